@@ -1,0 +1,64 @@
+"""Named errors of the FedXray core.
+
+Every refusal in the system is one of these. Each maps to exactly one gRPC status
+code in `services/common/grpc_status.py`, so a node or operator always learns
+*why* a request was refused.
+"""
+
+from __future__ import annotations
+
+
+class FedXrayError(Exception):
+    """Base class of every refusal the system makes on purpose."""
+
+
+class SpecMismatchError(FedXrayError):
+    """Two parties disagree on the model's parameter layout."""
+
+
+class CkksParameterError(FedXrayError):
+    """CKKS parameters that cannot carry the configured integers exactly."""
+
+
+class PackingError(FedXrayError):
+    """A value outside the field range, or a malformed packed vector."""
+
+
+class DecryptionIntegrityError(FedXrayError):
+    """A decrypted slot is not close to an integer: the input was no valid sum."""
+
+
+class PrivacyBudgetError(FedXrayError):
+    """A plan whose privacy cost exceeds the budget or cannot be met at all."""
+
+
+class MalformedChunkError(FedXrayError):
+    """A submission chunk that is out of order, oversized or undecodable."""
+
+
+class DigestMismatchError(FedXrayError):
+    """A stream whose digest or signature does not verify."""
+
+
+class WrongKeyError(FedXrayError):
+    """A request made under a key id other than the current one."""
+
+
+class WrongRoundError(FedXrayError):
+    """A submission for a round that is not open."""
+
+
+class DuplicateSubmissionError(FedXrayError):
+    """A second (or replayed) submission from a node in the same round."""
+
+
+class PolicyViolationError(FedXrayError):
+    """A decryption request the key authority's policy refuses."""
+
+
+class AlreadyDecryptedError(FedXrayError):
+    """A second decryption request for a round that was already decrypted."""
+
+
+class UnknownNodeError(FedXrayError):
+    """A node the consortium does not know."""

@@ -1,0 +1,83 @@
+"""Flatten a model's floating-point state to one vector, and restore it, in a fixed order.
+
+Both ends of a round must agree on the layout; `ParameterSpec` names it by the count
+of values and a hash of every tensor's name, shape and dtype, so a node running a
+different architecture is refused before any arithmetic happens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from services.common.errors import SpecMismatchError
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    count: int
+    digest: str
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    def require_equal(self, other: ParameterSpec) -> None:
+        if self.count != other.count or self.digest != other.digest:
+            raise SpecMismatchError(
+                f"model spec mismatch: expected {self.count} values with layout "
+                f"{self.digest[:16]}, got {other.count} values with layout {other.digest[:16]}"
+            )
+
+
+def _is_aggregated(tensor: torch.Tensor) -> bool:
+    # Floating tensors only: BatchNorm's integer `num_batches_tracked` is not averaged.
+    return bool(tensor.is_floating_point())
+
+
+def parameter_spec(state: Mapping[str, torch.Tensor]) -> ParameterSpec:
+    names: list[str] = []
+    shapes: list[tuple[int, ...]] = []
+    hasher = hashlib.sha256()
+    count = 0
+    for name, tensor in state.items():
+        if not _is_aggregated(tensor):
+            continue
+        shape = tuple(int(s) for s in tensor.shape)
+        names.append(name)
+        shapes.append(shape)
+        hasher.update(f"{name}:{shape}:{tensor.dtype};".encode())
+        count += int(tensor.numel())
+    return ParameterSpec(count=count, digest=hasher.hexdigest(), names=tuple(names), shapes=tuple(shapes))
+
+
+def flatten_state(state: Mapping[str, torch.Tensor]) -> np.ndarray:
+    """All floating tensors of `state`, in `state`'s order, as one float64 vector."""
+    parts = [
+        tensor.detach().to("cpu", torch.float64).reshape(-1).numpy()
+        for tensor in state.values()
+        if _is_aggregated(tensor)
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)
+
+
+def restore_state(
+    template: Mapping[str, torch.Tensor], flat: np.ndarray, spec: ParameterSpec
+) -> dict[str, torch.Tensor]:
+    """A copy of `template` with its floating tensors replaced by `flat`, checked against `spec`."""
+    parameter_spec(template).require_equal(spec)
+    if flat.shape != (spec.count,):
+        raise SpecMismatchError(f"flat vector has shape {flat.shape}, spec expects ({spec.count},)")
+    restored: dict[str, torch.Tensor] = {}
+    offset = 0
+    for name, tensor in template.items():
+        if not _is_aggregated(tensor):
+            restored[name] = tensor.clone()
+            continue
+        size = int(tensor.numel())
+        values = torch.from_numpy(np.ascontiguousarray(flat[offset : offset + size]))
+        restored[name] = values.reshape(tensor.shape).to(tensor.dtype)
+        offset += size
+    return restored

@@ -1,0 +1,80 @@
+"""Clip a float update, scale it and round it to integers without bias.
+
+Conditional randomized rounding follows Kairouz, Liu and Steinke, "The Distributed
+Discrete Gaussian Mechanism for Federated Learning with Secure Aggregation"
+(ICML 2021), Section 4: each coordinate rounds up with probability equal to its
+fractional part, and a draw whose L2 norm exceeds a high-probability bound is
+re-drawn, so the sensitivity the accountant uses is a hard bound.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+MAX_ROUNDING_DRAWS = 32
+
+
+def l2_norm(values: np.ndarray) -> float:
+    return float(np.sqrt(np.dot(values, values)))
+
+
+def clip_l2(update: np.ndarray, clip_norm: float) -> np.ndarray:
+    """`update` scaled down, if needed, so its L2 norm is at most `clip_norm`."""
+    if clip_norm <= 0:
+        raise ValueError(f"clip norm must be positive, got {clip_norm}")
+    norm = l2_norm(update)
+    if norm <= clip_norm or norm == 0.0:
+        return update.astype(np.float64, copy=True)
+    return update * (clip_norm / norm)
+
+
+def rounded_l2_bound(scaled_norm: float, dimension: int, beta: float) -> float:
+    """L2 norm that conditional randomized rounding never exceeds (DDG paper, Thm 2).
+
+    sqrt(c^2 + d/4 + sqrt(2 ln(1/beta)) * (c + sqrt(d)/2)), where a random rounding
+    of a vector of norm <= c exceeds it with probability at most beta.
+    """
+    c = scaled_norm
+    return math.sqrt(c * c + dimension / 4 + math.sqrt(2 * math.log(1 / beta)) * (c + math.sqrt(dimension) / 2))
+
+
+def randomized_round(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Unbiased rounding: floor(x) + Bernoulli(frac(x)), so E[round(x)] = x."""
+    floor = np.floor(values)
+    up = rng.random(values.shape) < (values - floor)
+    return floor.astype(np.int64) + up.astype(np.int64)
+
+
+def conditional_randomized_round(
+    values: np.ndarray, norm_bound: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Randomized rounding re-drawn until the result's L2 norm is within `norm_bound`."""
+    for _ in range(MAX_ROUNDING_DRAWS):
+        rounded = randomized_round(values, rng)
+        if l2_norm(rounded.astype(np.float64)) <= norm_bound:
+            return rounded
+    raise ValueError(
+        f"randomized rounding exceeded the norm bound {norm_bound:.1f} in {MAX_ROUNDING_DRAWS} draws; "
+        "the input was not clipped to the configured norm"
+    )
+
+
+def quantize_update(
+    update: np.ndarray,
+    clip_norm: float,
+    scale: float,
+    coordinate_bound: int,
+    beta: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Clip to L2 `clip_norm`, scale by `scale`, clamp coordinates, round without bias.
+
+    The clamp to +-`coordinate_bound` keeps the sum of all nodes inside the modular
+    field; clamping only shrinks coordinates, so the L2 sensitivity is unchanged.
+    """
+    scaled = clip_l2(update, clip_norm) * scale
+    np.clip(scaled, -coordinate_bound, coordinate_bound, out=scaled)
+    bound = rounded_l2_bound(clip_norm * scale, update.size, beta)
+    return conditional_randomized_round(scaled, bound, rng)

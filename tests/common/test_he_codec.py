@@ -1,0 +1,121 @@
+"""The invariant: decrypting the sum of encryptions gives exactly the modular sum."""
+
+import numpy as np
+import pytest
+import tenseal as ts
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.common.ckks_params import (
+    FRESH_NOISE_AT_UNIT_SCALE,
+    ckks_parameters,
+    field_layout,
+    load_public_context,
+    make_secret_context,
+    public_context_bytes,
+)
+from services.common.errors import CkksParameterError, DecryptionIntegrityError
+from services.common.he_codec import (
+    EncryptionPool,
+    RunningCiphertextSum,
+    decrypt_to_slot_integers,
+    slot_matrix,
+)
+from services.common.packing import pack_fields, unpack_fields
+
+N_MAX_CONFIGURATIONS = (8, 20)
+
+
+@pytest.fixture(scope="module", params=N_MAX_CONFIGURATIONS)
+def keyed(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    n_max = request.param
+    params = ckks_parameters(n_max)
+    secret = make_secret_context(params)
+    public = public_context_bytes(secret)
+    return n_max, params, field_layout(params, n_max), secret, public
+
+
+def _roundtrip(keyed, vectors: list[np.ndarray]) -> np.ndarray:  # type: ignore[no-untyped-def]
+    _, params, layout, secret, public = keyed
+    size = vectors[0].size
+    context = load_public_context(public)
+    pool = EncryptionPool(public, workers=0)
+    chunks_per_vector = [list(pool.encrypt_chunks(slot_matrix(pack_fields(v, layout), params.slots), 1))
+                         for v in vectors]
+    total = RunningCiphertextSum(context, len(chunks_per_vector[0]))
+    for chunks in chunks_per_vector:
+        for index, chunk in enumerate(chunks):
+            total.fold(index, total.parse_chunk(index, chunk))
+    slots = np.concatenate([decrypt_to_slot_integers(secret, total.serialized_chunk(i), params.slots)
+                            for i in range(total.chunk_count)])
+    return unpack_fields(slots, layout, size)
+
+
+@settings(max_examples=6, deadline=None)
+@given(data=st.data())
+def test_decrypted_sum_equals_modular_integer_sum_for_every_n(keyed, data: st.DataObject) -> None:  # type: ignore[no-untyped-def]
+    n_max, params, layout, *_ = keyed
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    size = data.draw(st.integers(1, params.slots * layout.fields_per_slot + 7))
+    extreme = data.draw(st.booleans())
+    rng = np.random.default_rng(seed)
+    for n in range(1, n_max + 1):
+        if extreme:  # every field at its maximum: the worst case for carries and CKKS range
+            vectors = [np.full(size, layout.modulus - 1, dtype=np.int64) for _ in range(n)]
+        else:
+            vectors = [rng.integers(0, layout.modulus, size) for _ in range(n)]
+        expected = np.mod(np.sum(vectors, axis=0), layout.modulus)
+        assert np.array_equal(_roundtrip(keyed, vectors), expected), f"n={n}"
+
+
+def test_public_context_holds_no_secret_key(keyed) -> None:  # type: ignore[no-untyped-def]
+    *_, secret, public = keyed
+    context = ts.context_from(public)
+    assert secret.is_private()
+    assert not context.is_private()
+    assert not context.has_secret_key()
+
+
+def test_public_context_cannot_decrypt(keyed) -> None:  # type: ignore[no-untyped-def]
+    _, params, _, _, public = keyed
+    context = load_public_context(public)
+    vector = ts.ckks_vector(context, [1.0, 2.0])
+    with pytest.raises(Exception):
+        vector.decrypt()
+    with pytest.raises(ValueError, match="secret-key"):
+        decrypt_to_slot_integers(context, [bytes(vector.serialize())], params.slots)
+
+
+def test_fresh_noise_matches_the_constant_the_parameters_rely_on(keyed) -> None:  # type: ignore[no-untyped-def]
+    _, params, _, secret, public = keyed
+    context = load_public_context(public)
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 2**30, params.slots).astype(np.float64)
+    errors = np.concatenate([np.asarray(ts.ckks_vector_from(secret, ts.ckks_vector(context, values).serialize())
+                                        .decrypt()) - values for _ in range(4)])
+    measured = errors.std() * params.scale
+    # The constant must not understate the noise (the safety margin depends on it).
+    assert measured <= FRESH_NOISE_AT_UNIT_SCALE * 1.1
+
+
+def test_layout_refuses_bits_that_cannot_be_exact(keyed) -> None:  # type: ignore[no-untyped-def]
+    n_max, params, layout, *_ = keyed
+    with pytest.raises(CkksParameterError, match=f"n_max={n_max}"):
+        field_layout(params, n_max, bits=layout.bits + 1)
+
+
+def test_decryption_refuses_non_integer_plaintexts(keyed) -> None:  # type: ignore[no-untyped-def]
+    _, params, _, secret, public = keyed
+    vector = ts.ckks_vector(load_public_context(public), [0.5] * params.slots)
+    with pytest.raises(DecryptionIntegrityError):
+        decrypt_to_slot_integers(secret, [bytes(vector.serialize())], params.slots)
+
+
+def test_worker_pool_encrypts_like_the_in_process_path(keyed) -> None:  # type: ignore[no-untyped-def]
+    _, params, layout, secret, public = keyed
+    values = np.arange(params.slots * 2 + 3, dtype=np.int64) % layout.modulus
+    matrix = slot_matrix(pack_fields(values, layout), params.slots)
+    with EncryptionPool(public, workers=2) as pool:
+        chunks = list(pool.encrypt_chunks(matrix, 1))
+    slots = np.concatenate([decrypt_to_slot_integers(secret, c, params.slots) for c in chunks])
+    assert np.array_equal(unpack_fields(slots, layout, values.size), values)

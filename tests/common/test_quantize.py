@@ -1,0 +1,42 @@
+import math
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from services.common.quantize import clip_l2, quantize_update, randomized_round, rounded_l2_bound
+
+finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=80, deadline=None)
+@given(update=hnp.arrays(np.float64, st.integers(1, 300), elements=finite), clip=st.floats(1e-3, 100))
+def test_clip_bounds_norm_and_keeps_direction(update: np.ndarray, clip: float) -> None:
+    clipped = clip_l2(update, clip)
+    assert np.linalg.norm(clipped) <= clip * (1 + 1e-9)
+    if np.linalg.norm(update) <= clip:
+        assert np.array_equal(clipped, update)
+    else:
+        # Same direction: clipped is a positive multiple of update.
+        ratio = clip / np.linalg.norm(update)
+        assert np.allclose(clipped, update * ratio)
+
+
+def test_randomized_rounding_is_unbiased() -> None:
+    rng = np.random.default_rng(7)
+    values = np.full(200_000, 2.3)
+    rounded = randomized_round(values, rng)
+    assert set(np.unique(rounded)) == {2, 3}
+    # mean of Bernoulli(0.3) over 2e5 draws: std 0.001; allow 5 sigma.
+    assert abs(rounded.mean() - 2.3) < 5 * math.sqrt(0.3 * 0.7 / values.size)
+
+
+@settings(max_examples=40, deadline=None)
+@given(update=hnp.arrays(np.float64, st.integers(1, 500), elements=finite), seed=st.integers(0, 2**32 - 1))
+def test_quantized_update_respects_clamp_and_rounded_norm_bound(update: np.ndarray, seed: int) -> None:
+    clip, scale, bound = 1.5, 40.0, 25
+    q = quantize_update(update, clip, scale, bound, math.exp(-0.5), np.random.default_rng(seed))
+    assert q.dtype == np.int64
+    assert np.abs(q).max(initial=0) <= bound
+    assert np.linalg.norm(q) <= rounded_l2_bound(clip * scale, update.size, math.exp(-0.5))
