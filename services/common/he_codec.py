@@ -1,26 +1,17 @@
-"""CKKS encryption of packed slot vectors, blind summation, and rounded decryption.
-
-TenSEAL holds the GIL while it encrypts, so parallel encryption uses worker
-processes (`EncryptionPool`), each holding its own copy of the public context.
-"""
+"""CKKS encryption of packed slot vectors, blind summation, and rounded decryption."""
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tenseal as ts
 
-from services.common.ckks_params import load_public_context
 from services.common.errors import DecryptionIntegrityError, MalformedChunkError
 
 # A decrypted slot further than this from an integer means the ciphertext was not
 # a valid sum (overflow, corruption or a crafted input); nothing is returned then.
 MAX_ROUNDING_DISTANCE = 0.25
-
-_worker_context: ts.Context | None = None
 
 
 def slot_matrix(slot_values: np.ndarray, slots: int) -> np.ndarray:
@@ -33,51 +24,6 @@ def slot_matrix(slot_values: np.ndarray, slots: int) -> np.ndarray:
 
 def encrypt_rows(context: ts.Context, rows: np.ndarray) -> list[bytes]:
     return [bytes(ts.ckks_vector(context, row).serialize()) for row in rows]
-
-
-def _init_worker(public_context: bytes) -> None:
-    # Per-process state is the point of a worker: it holds the context once, not per task.
-    global _worker_context
-    _worker_context = load_public_context(public_context)
-
-
-def _encrypt_in_worker(rows: np.ndarray) -> list[bytes]:
-    assert _worker_context is not None, "worker used before its initializer ran"
-    return encrypt_rows(_worker_context, rows)
-
-
-class EncryptionPool:
-    """Encrypts chunks of slot rows on `workers` processes (0: in this process)."""
-
-    def __init__(self, public_context: bytes, workers: int) -> None:
-        self._context = load_public_context(public_context)
-        self._executor: concurrent.futures.ProcessPoolExecutor | None = None
-        if workers > 0:
-            self._executor = concurrent.futures.ProcessPoolExecutor(
-                max_workers=workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker,
-                initargs=(public_context,),
-            )
-
-    def encrypt_chunks(self, matrix: np.ndarray, chunk_ciphertexts: int) -> Iterator[list[bytes]]:
-        """Serialized ciphertexts, `chunk_ciphertexts` rows to a chunk, in order."""
-        chunks = [matrix[i : i + chunk_ciphertexts] for i in range(0, matrix.shape[0], chunk_ciphertexts)]
-        if self._executor is None:
-            for chunk in chunks:
-                yield encrypt_rows(self._context, chunk)
-            return
-        yield from self._executor.map(_encrypt_in_worker, chunks)
-
-    def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-
-    def __enter__(self) -> EncryptionPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def deserialize_ciphertext(context: ts.Context, payload: bytes) -> ts.CKKSVector:

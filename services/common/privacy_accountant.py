@@ -26,7 +26,7 @@ class RoundPrivacy:
 
 def round_privacy(plan: QuantizationPlan, participants: int) -> RoundPrivacy:
     """The mechanism of one round with `participants` counted nodes' noise shares."""
-    l1, l2 = integer_sensitivities(plan.clip_norm, plan.scale, plan.dimension, plan.rounding_beta)
+    l1, l2 = integer_sensitivities(plan.l2_sensitivity, plan.dimension)
     variance = plan.node_noise_variance * participants
     accounted = plan.noise_kind is not NoiseKind.POISSON
     return RoundPrivacy(l1, l2, variance if plan.noise_kind is not NoiseKind.NONE else 0.0, accounted)

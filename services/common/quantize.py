@@ -30,14 +30,18 @@ def clip_l2(update: np.ndarray, clip_norm: float) -> np.ndarray:
     return update * (clip_norm / norm)
 
 
-def rounded_l2_bound(scaled_norm: float, dimension: int, beta: float) -> float:
+def rounded_l2_bound(scaled_norm: float, dimension: int, beta: float, pieces: int = 1) -> float:
     """L2 norm that conditional randomized rounding never exceeds (DDG paper, Thm 2).
 
-    sqrt(c^2 + d/4 + sqrt(2 ln(1/beta)) * (c + sqrt(d)/2)), where a random rounding
+    One piece: sqrt(c^2 + d/4 + sqrt(2 ln(1/beta)) (c + sqrt(d)/2)); a random rounding
     of a vector of norm <= c exceeds it with probability at most beta.
+    K pieces, each rounded conditionally on its own bound: the squared bounds add up,
+    and by Cauchy-Schwarz sum(c_k) <= sqrt(K) c and sum(sqrt(d_k)) <= sqrt(K d), so the
+    cross term grows by sqrt(K) at most.
     """
     c = scaled_norm
-    return math.sqrt(c * c + dimension / 4 + math.sqrt(2 * math.log(1 / beta)) * (c + math.sqrt(dimension) / 2))
+    cross = math.sqrt(2 * math.log(1 / beta)) * math.sqrt(pieces) * (c + math.sqrt(dimension) / 2)
+    return math.sqrt(c * c + dimension / 4 + cross)
 
 
 def randomized_round(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -61,20 +65,17 @@ def conditional_randomized_round(
     )
 
 
-def quantize_update(
-    update: np.ndarray,
-    clip_norm: float,
-    scale: float,
-    coordinate_bound: int,
-    beta: float,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """Clip to L2 `clip_norm`, scale by `scale`, clamp coordinates, round without bias.
+def scale_and_clamp(update: np.ndarray, clip_norm: float, scale: float, coordinate_bound: int) -> np.ndarray:
+    """Clip to L2 `clip_norm`, scale by `scale`, clamp every coordinate to +-`coordinate_bound`.
 
-    The clamp to +-`coordinate_bound` keeps the sum of all nodes inside the modular
-    field; clamping only shrinks coordinates, so the L2 sensitivity is unchanged.
+    The clamp keeps the sum of all nodes inside the modular field; clamping only
+    shrinks coordinates, so the L2 sensitivity is unchanged.
     """
     scaled = clip_l2(update, clip_norm) * scale
-    np.clip(scaled, -coordinate_bound, coordinate_bound, out=scaled)
-    bound = rounded_l2_bound(clip_norm * scale, update.size, beta)
-    return conditional_randomized_round(scaled, bound, rng)
+    return np.clip(scaled, -coordinate_bound, coordinate_bound, out=scaled)
+
+
+def round_piece(scaled_piece: np.ndarray, beta: float, rng: np.random.Generator) -> np.ndarray:
+    """Conditional randomized rounding of one piece against its own norm bound."""
+    bound = rounded_l2_bound(l2_norm(scaled_piece), scaled_piece.size, beta)
+    return conditional_randomized_round(scaled_piece, bound, rng)

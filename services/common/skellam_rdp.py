@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from services.common.quantize import rounded_l2_bound
 
 RDP_ORDERS: tuple[int, ...] = tuple(range(2, 64)) + tuple(range(64, 257, 8)) + (320, 512, 1024)
 
@@ -48,11 +47,10 @@ def rdp_to_epsilon(rdp: Sequence[float], orders: Sequence[int], delta: float) ->
     return max(0.0, min(candidates))
 
 
-def integer_sensitivities(clip_norm: float, scale: float, dimension: int, beta: float) -> tuple[float, float]:
-    """(L1, L2) sensitivity of one node's rounded, scaled, clipped update.
+def integer_sensitivities(l2_bound: float, dimension: int) -> tuple[float, float]:
+    """(L1, L2) sensitivity of an integer vector whose L2 norm is at most `l2_bound`.
 
-    L2 is the conditional-rounding bound; for an integer vector L1 <= min(sqrt(d) L2, L2^2)
-    since every non-zero coordinate has |x| <= x^2.
+    Replacing one node's vector moves the sum by at most one such vector (add/remove
+    neighbours). For integers, L1 <= min(sqrt(d) L2, L2^2): every non-zero |x| <= x^2.
     """
-    l2 = rounded_l2_bound(clip_norm * scale, dimension, beta)
-    return min(math.sqrt(dimension) * l2, l2 * l2), l2
+    return min(math.sqrt(dimension) * l2_bound, l2_bound * l2_bound), l2_bound

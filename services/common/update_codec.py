@@ -15,7 +15,7 @@ import numpy as np
 
 from services.common.noise import NoiseKind, node_noise_share, noise_mean, sample_noise
 from services.common.packing import to_centered, to_modular
-from services.common.quantize import quantize_update
+from services.common.quantize import round_piece, rounded_l2_bound, scale_and_clamp
 
 # The summed noise may reach this many standard deviations before it could wrap
 # around the modular field (probability < 1e-9 per coordinate).
@@ -38,11 +38,18 @@ class QuantizationPlan:
     min_participants: int
     noise_kind: NoiseKind
     noise_variance: float  # per coordinate, carried by any quorum of min_participants
+    rounding_pieces: int = 1  # pieces rounded independently (one per upload chunk)
     rounding_beta: float = DEFAULT_ROUNDING_BETA
 
     @property
     def node_noise_variance(self) -> float:
         return node_noise_share(self.noise_variance, self.min_participants)
+
+    @property
+    def l2_sensitivity(self) -> float:
+        """Hard L2 bound of one node's rounded update (before noise)."""
+        return rounded_l2_bound(self.clip_norm * self.scale, self.dimension, self.rounding_beta,
+                                self.rounding_pieces)
 
 
 def coordinate_bound_for(bits: int, max_participants: int, noise_kind: NoiseKind, noise_variance: float,
@@ -69,6 +76,7 @@ def plan_quantization(
     min_participants: int,
     noise_kind: NoiseKind,
     noise_variance: float,
+    rounding_pieces: int = 1,
 ) -> QuantizationPlan:
     """A plan whose scale spends the field's range on the update, not on empty bits."""
     if noise_kind is NoiseKind.NONE:
@@ -85,16 +93,27 @@ def plan_quantization(
         min_participants=min_participants,
         noise_kind=noise_kind,
         noise_variance=noise_variance,
+        rounding_pieces=rounding_pieces,
     )
 
 
-def encode_update(update: np.ndarray, plan: QuantizationPlan, rng: np.random.Generator) -> np.ndarray:
-    """One node's update as integers in [0, 2^b), noise share included."""
+def scale_update(update: np.ndarray, plan: QuantizationPlan) -> np.ndarray:
+    """Clip, scale and clamp the whole update (needs its global norm), before rounding."""
     if update.shape != (plan.dimension,):
         raise ValueError(f"update has shape {update.shape}, plan expects ({plan.dimension},)")
-    integers = quantize_update(update, plan.clip_norm, plan.scale, plan.coordinate_bound, plan.rounding_beta, rng)
-    integers += sample_noise(plan.noise_kind, plan.node_noise_variance, plan.dimension, rng)
+    return scale_and_clamp(update, plan.clip_norm, plan.scale, plan.coordinate_bound)
+
+
+def encode_piece(scaled_piece: np.ndarray, plan: QuantizationPlan, rng: np.random.Generator) -> np.ndarray:
+    """A piece of a scaled update as integers in [0, 2^b), this node's noise share included."""
+    integers = round_piece(scaled_piece, plan.rounding_beta, rng)
+    integers += sample_noise(plan.noise_kind, plan.node_noise_variance, scaled_piece.size, rng)
     return to_modular(integers, plan.bits)
+
+
+def encode_update(update: np.ndarray, plan: QuantizationPlan, rng: np.random.Generator) -> np.ndarray:
+    """One node's whole update as integers in [0, 2^b), rounded as a single piece."""
+    return encode_piece(scale_update(update, plan), plan, rng)
 
 
 def decode_mean_update(field_sums: np.ndarray, plan: QuantizationPlan, participants: int) -> np.ndarray:

@@ -15,13 +15,11 @@ from services.common.ckks_params import (
     public_context_bytes,
 )
 from services.common.errors import CkksParameterError, DecryptionIntegrityError
-from services.common.he_codec import (
-    EncryptionPool,
-    RunningCiphertextSum,
-    decrypt_to_slot_integers,
-    slot_matrix,
-)
+from services.common.encryption_pool import EncryptionPool, upload_chunk_count
+from services.common.he_codec import RunningCiphertextSum, decrypt_to_slot_integers, encrypt_rows, slot_matrix
+from services.common.noise import NoiseKind
 from services.common.packing import pack_fields, unpack_fields
+from services.common.update_codec import plan_quantization, scale_update
 
 N_MAX_CONFIGURATIONS = (8, 20)
 
@@ -39,8 +37,7 @@ def _roundtrip(keyed, vectors: list[np.ndarray]) -> np.ndarray:  # type: ignore[
     _, params, layout, secret, public = keyed
     size = vectors[0].size
     context = load_public_context(public)
-    pool = EncryptionPool(public, workers=0)
-    chunks_per_vector = [list(pool.encrypt_chunks(slot_matrix(pack_fields(v, layout), params.slots), 1))
+    chunks_per_vector = [[[c] for c in encrypt_rows(context, slot_matrix(pack_fields(v, layout), params.slots))]
                          for v in vectors]
     total = RunningCiphertextSum(context, len(chunks_per_vector[0]))
     for chunks in chunks_per_vector:
@@ -111,11 +108,18 @@ def test_decryption_refuses_non_integer_plaintexts(keyed) -> None:  # type: igno
         decrypt_to_slot_integers(secret, [bytes(vector.serialize())], params.slots)
 
 
-def test_worker_pool_encrypts_like_the_in_process_path(keyed) -> None:  # type: ignore[no-untyped-def]
-    _, params, layout, secret, public = keyed
-    values = np.arange(params.slots * 2 + 3, dtype=np.int64) % layout.modulus
-    matrix = slot_matrix(pack_fields(values, layout), params.slots)
+def test_worker_pool_chunks_decrypt_to_the_fields_it_encoded(keyed) -> None:  # type: ignore[no-untyped-def]
+    n_max, params, layout, secret, public = keyed
+    dimension = params.slots * layout.fields_per_slot * 3 + 11
+    chunks = upload_chunk_count(dimension, layout, params.slots, 1)
+    plan = plan_quantization(dimension, 1.0, layout.bits, n_max, 2, NoiseKind.SKELLAM, 4.0, rounding_pieces=chunks)
+    update = np.random.default_rng(5).normal(0, 0.01, dimension)
     with EncryptionPool(public, workers=2) as pool:
-        chunks = list(pool.encrypt_chunks(matrix, 1))
-    slots = np.concatenate([decrypt_to_slot_integers(secret, c, params.slots) for c in chunks])
-    assert np.array_equal(unpack_fields(slots, layout, values.size), values)
+        out = list(pool.encode_and_encrypt(scale_update(update, plan), plan, layout, params.slots, 1,
+                                           np.random.SeedSequence(9), keep_fields=True))
+    assert [c.index for c in out] == list(range(chunks))
+    fields = np.concatenate([c.fields for c in out if c.fields is not None])
+    decrypted = np.concatenate([unpack_fields(decrypt_to_slot_integers(secret, c.ciphertexts, params.slots), layout,
+                                              c.fields.size) for c in out if c.fields is not None])
+    assert fields.size == dimension
+    assert np.array_equal(decrypted, fields)

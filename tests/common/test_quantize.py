@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from services.common.quantize import clip_l2, quantize_update, randomized_round, rounded_l2_bound
+from services.common.quantize import clip_l2, randomized_round, round_piece, rounded_l2_bound, scale_and_clamp
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
 
@@ -33,10 +33,20 @@ def test_randomized_rounding_is_unbiased() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(update=hnp.arrays(np.float64, st.integers(1, 500), elements=finite), seed=st.integers(0, 2**32 - 1))
-def test_quantized_update_respects_clamp_and_rounded_norm_bound(update: np.ndarray, seed: int) -> None:
-    clip, scale, bound = 1.5, 40.0, 25
-    q = quantize_update(update, clip, scale, bound, math.exp(-0.5), np.random.default_rng(seed))
+@given(update=hnp.arrays(np.float64, st.integers(1, 500), elements=finite), seed=st.integers(0, 2**32 - 1),
+       pieces=st.integers(1, 9))
+def test_rounding_in_pieces_respects_clamp_and_the_k_piece_norm_bound(
+    update: np.ndarray, seed: int, pieces: int
+) -> None:
+    clip, scale, bound, beta = 1.5, 40.0, 25, math.exp(-0.5)
+    rng = np.random.default_rng(seed)
+    scaled = scale_and_clamp(update, clip, scale, bound)
+    parts = np.array_split(scaled, pieces)
+    q = np.concatenate([round_piece(part, beta, rng) for part in parts])
     assert q.dtype == np.int64
     assert np.abs(q).max(initial=0) <= bound
-    assert np.linalg.norm(q) <= rounded_l2_bound(clip * scale, update.size, math.exp(-0.5))
+    assert np.linalg.norm(q) <= rounded_l2_bound(clip * scale, update.size, beta, pieces=len(parts))
+
+
+def test_k_piece_bound_is_looser_than_the_single_piece_bound() -> None:
+    assert rounded_l2_bound(100.0, 10_000, 0.5, pieces=16) > rounded_l2_bound(100.0, 10_000, 0.5)

@@ -1,0 +1,261 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class GetPublicContextRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PublicContext(_message.Message):
+    __slots__ = ("context", "key_id", "bits", "fields_per_slot", "max_participants", "slots_per_ciphertext", "min_participants")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    BITS_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_PER_SLOT_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_PER_CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    MIN_PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    context: bytes
+    key_id: str
+    bits: int
+    fields_per_slot: int
+    max_participants: int
+    slots_per_ciphertext: int
+    min_participants: int
+    def __init__(self, context: _Optional[bytes] = ..., key_id: _Optional[str] = ..., bits: _Optional[int] = ..., fields_per_slot: _Optional[int] = ..., max_participants: _Optional[int] = ..., slots_per_ciphertext: _Optional[int] = ..., min_participants: _Optional[int] = ...) -> None: ...
+
+class Attestation(_message.Message):
+    __slots__ = ("node_id", "round_id", "key_id", "chunk_count", "stream_digest", "signature")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    STREAM_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    round_id: int
+    key_id: str
+    chunk_count: int
+    stream_digest: bytes
+    signature: bytes
+    def __init__(self, node_id: _Optional[str] = ..., round_id: _Optional[int] = ..., key_id: _Optional[str] = ..., chunk_count: _Optional[int] = ..., stream_digest: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class DecryptManifest(_message.Message):
+    __slots__ = ("round_id", "key_id", "chunk_count", "value_count", "attestations")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    VALUE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ATTESTATIONS_FIELD_NUMBER: _ClassVar[int]
+    round_id: int
+    key_id: str
+    chunk_count: int
+    value_count: int
+    attestations: _containers.RepeatedCompositeFieldContainer[Attestation]
+    def __init__(self, round_id: _Optional[int] = ..., key_id: _Optional[str] = ..., chunk_count: _Optional[int] = ..., value_count: _Optional[int] = ..., attestations: _Optional[_Iterable[_Union[Attestation, _Mapping]]] = ...) -> None: ...
+
+class CiphertextChunk(_message.Message):
+    __slots__ = ("index", "ciphertexts")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    ciphertexts: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, index: _Optional[int] = ..., ciphertexts: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class DecryptRequest(_message.Message):
+    __slots__ = ("manifest", "chunk")
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    manifest: DecryptManifest
+    chunk: CiphertextChunk
+    def __init__(self, manifest: _Optional[_Union[DecryptManifest, _Mapping]] = ..., chunk: _Optional[_Union[CiphertextChunk, _Mapping]] = ...) -> None: ...
+
+class DecryptResponse(_message.Message):
+    __slots__ = ("index", "field_values", "value_count")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    FIELD_VALUES_FIELD_NUMBER: _ClassVar[int]
+    VALUE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    field_values: bytes
+    value_count: int
+    def __init__(self, index: _Optional[int] = ..., field_values: _Optional[bytes] = ..., value_count: _Optional[int] = ...) -> None: ...
+
+class JoinRequest(_message.Message):
+    __slots__ = ("node_id", "parameter_count", "parameter_digest")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    parameter_count: int
+    parameter_digest: str
+    def __init__(self, node_id: _Optional[str] = ..., parameter_count: _Optional[int] = ..., parameter_digest: _Optional[str] = ...) -> None: ...
+
+class RoundPlan(_message.Message):
+    __slots__ = ("round_id", "secure", "evaluate_only", "key_id", "local_epochs", "learning_rate", "batch_size", "clip_norm", "scale", "coordinate_bound", "bits", "fields_per_slot", "max_participants", "min_participants", "noise_kind", "noise_variance", "rounding_beta", "chunk_ciphertexts", "chunk_count", "parameter_count", "parameter_digest", "model_sha256", "model_chunk_count", "deadline_seconds", "plaintext_chunk_values")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    SECURE_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    COORDINATE_BOUND_FIELD_NUMBER: _ClassVar[int]
+    BITS_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_PER_SLOT_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    MIN_PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    NOISE_KIND_FIELD_NUMBER: _ClassVar[int]
+    NOISE_VARIANCE_FIELD_NUMBER: _ClassVar[int]
+    ROUNDING_BETA_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    MODEL_CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_CHUNK_VALUES_FIELD_NUMBER: _ClassVar[int]
+    round_id: int
+    secure: bool
+    evaluate_only: bool
+    key_id: str
+    local_epochs: int
+    learning_rate: float
+    batch_size: int
+    clip_norm: float
+    scale: float
+    coordinate_bound: int
+    bits: int
+    fields_per_slot: int
+    max_participants: int
+    min_participants: int
+    noise_kind: str
+    noise_variance: float
+    rounding_beta: float
+    chunk_ciphertexts: int
+    chunk_count: int
+    parameter_count: int
+    parameter_digest: str
+    model_sha256: bytes
+    model_chunk_count: int
+    deadline_seconds: float
+    plaintext_chunk_values: int
+    def __init__(self, round_id: _Optional[int] = ..., secure: _Optional[bool] = ..., evaluate_only: _Optional[bool] = ..., key_id: _Optional[str] = ..., local_epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., clip_norm: _Optional[float] = ..., scale: _Optional[float] = ..., coordinate_bound: _Optional[int] = ..., bits: _Optional[int] = ..., fields_per_slot: _Optional[int] = ..., max_participants: _Optional[int] = ..., min_participants: _Optional[int] = ..., noise_kind: _Optional[str] = ..., noise_variance: _Optional[float] = ..., rounding_beta: _Optional[float] = ..., chunk_ciphertexts: _Optional[int] = ..., chunk_count: _Optional[int] = ..., parameter_count: _Optional[int] = ..., parameter_digest: _Optional[str] = ..., model_sha256: _Optional[bytes] = ..., model_chunk_count: _Optional[int] = ..., deadline_seconds: _Optional[float] = ..., plaintext_chunk_values: _Optional[int] = ...) -> None: ...
+
+class ModelChunk(_message.Message):
+    __slots__ = ("round_id", "index", "values")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    round_id: int
+    index: int
+    values: bytes
+    def __init__(self, round_id: _Optional[int] = ..., index: _Optional[int] = ..., values: _Optional[bytes] = ...) -> None: ...
+
+class TrainingFinished(_message.Message):
+    __slots__ = ("rounds",)
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    rounds: int
+    def __init__(self, rounds: _Optional[int] = ...) -> None: ...
+
+class RoundMessage(_message.Message):
+    __slots__ = ("plan", "model_chunk", "finished")
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    MODEL_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    plan: RoundPlan
+    model_chunk: ModelChunk
+    finished: TrainingFinished
+    def __init__(self, plan: _Optional[_Union[RoundPlan, _Mapping]] = ..., model_chunk: _Optional[_Union[ModelChunk, _Mapping]] = ..., finished: _Optional[_Union[TrainingFinished, _Mapping]] = ...) -> None: ...
+
+class UpdateChunk(_message.Message):
+    __slots__ = ("round_id", "key_id", "node_id", "index", "ciphertexts", "plaintext_values", "attestation", "phase_seconds")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_VALUES_FIELD_NUMBER: _ClassVar[int]
+    ATTESTATION_FIELD_NUMBER: _ClassVar[int]
+    PHASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    round_id: int
+    key_id: str
+    node_id: str
+    index: int
+    ciphertexts: _containers.RepeatedScalarFieldContainer[bytes]
+    plaintext_values: bytes
+    attestation: Attestation
+    phase_seconds: NodePhaseSeconds
+    def __init__(self, round_id: _Optional[int] = ..., key_id: _Optional[str] = ..., node_id: _Optional[str] = ..., index: _Optional[int] = ..., ciphertexts: _Optional[_Iterable[bytes]] = ..., plaintext_values: _Optional[bytes] = ..., attestation: _Optional[_Union[Attestation, _Mapping]] = ..., phase_seconds: _Optional[_Union[NodePhaseSeconds, _Mapping]] = ...) -> None: ...
+
+class NodePhaseSeconds(_message.Message):
+    __slots__ = ("train", "encode", "encrypt", "upload")
+    TRAIN_FIELD_NUMBER: _ClassVar[int]
+    ENCODE_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPT_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_FIELD_NUMBER: _ClassVar[int]
+    train: float
+    encode: float
+    encrypt: float
+    upload: float
+    def __init__(self, train: _Optional[float] = ..., encode: _Optional[float] = ..., encrypt: _Optional[float] = ..., upload: _Optional[float] = ...) -> None: ...
+
+class SubmitReceipt(_message.Message):
+    __slots__ = ("round_id", "chunks", "stream_digest")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    round_id: int
+    chunks: int
+    stream_digest: bytes
+    def __init__(self, round_id: _Optional[int] = ..., chunks: _Optional[int] = ..., stream_digest: _Optional[bytes] = ...) -> None: ...
+
+class EvaluationReport(_message.Message):
+    __slots__ = ("node_id", "model_round", "num_classes", "confusion", "loss_sum", "examples", "positive_histograms", "negative_histograms", "histogram_bins")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ROUND_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    CONFUSION_FIELD_NUMBER: _ClassVar[int]
+    LOSS_SUM_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    POSITIVE_HISTOGRAMS_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_HISTOGRAMS_FIELD_NUMBER: _ClassVar[int]
+    HISTOGRAM_BINS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    model_round: int
+    num_classes: int
+    confusion: _containers.RepeatedScalarFieldContainer[int]
+    loss_sum: float
+    examples: int
+    positive_histograms: _containers.RepeatedScalarFieldContainer[int]
+    negative_histograms: _containers.RepeatedScalarFieldContainer[int]
+    histogram_bins: int
+    def __init__(self, node_id: _Optional[str] = ..., model_round: _Optional[int] = ..., num_classes: _Optional[int] = ..., confusion: _Optional[_Iterable[int]] = ..., loss_sum: _Optional[float] = ..., examples: _Optional[int] = ..., positive_histograms: _Optional[_Iterable[int]] = ..., negative_histograms: _Optional[_Iterable[int]] = ..., histogram_bins: _Optional[int] = ...) -> None: ...
+
+class EvaluationAck(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ServiceStatus(_message.Message):
+    __slots__ = ("service", "holds_secret_key", "key_id", "current_round", "decrypted_rounds")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    HOLDS_SECRET_KEY_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_ROUND_FIELD_NUMBER: _ClassVar[int]
+    DECRYPTED_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    holds_secret_key: bool
+    key_id: str
+    current_round: int
+    decrypted_rounds: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, service: _Optional[str] = ..., holds_secret_key: _Optional[bool] = ..., key_id: _Optional[str] = ..., current_round: _Optional[int] = ..., decrypted_rounds: _Optional[_Iterable[int]] = ...) -> None: ...

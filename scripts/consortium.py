@@ -1,0 +1,253 @@
+"""Run a key authority, an aggregator and N hospital nodes as separate local processes.
+
+`make demo` runs `python -m scripts.consortium` with its defaults: five hospitals on
+a SYNTHETIC chest-X-ray-like data set, ResNet-50, three secure rounds. Each service
+is a separate OS process talking gRPC over 127.0.0.1; logs go to RUN_DIR/logs.
+Tests and benchmarks use `Consortium` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from services.common.stream_digest import generate_identity
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class ConsortiumConfig:
+    run_dir: Path
+    nodes: int = 5
+    rounds: int = 3
+    secure: bool = True
+    architecture: str = "resnet50"
+    image_size: int = 32
+    images_per_node: int = 60
+    num_classes: int = 2
+    partition_scheme: str = "dirichlet"
+    partition_alpha: float = 0.5
+    local_epochs: int = 1
+    learning_rate: float = 0.01
+    batch_size: int = 16
+    min_participants: int = 3
+    max_participants: int = 8
+    clip_norm: float = 10.0
+    noise_kind: str = "skellam"
+    noise_variance: float = 16.0
+    server_optimizer: str = "fedavg"
+    round_deadline_seconds: float = 900.0
+    encryption_workers: int = 0
+    torch_threads: int = 1
+    seed: int | None = None
+    record: bool = False
+    extra_aggregator_env: dict[str, str] = field(default_factory=dict)
+    extra_node_env: dict[int, dict[str, str]] = field(default_factory=dict)
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: IO[bytes]
+    metrics_port: int
+
+
+class Consortium:
+    """The processes of one local consortium; use as a context manager."""
+
+    def __init__(self, config: ConsortiumConfig) -> None:
+        self.config = config
+        self.services: dict[str, Service] = {}
+        self.ka_address = f"127.0.0.1:{free_port()}"
+        self.aggregator_address = f"127.0.0.1:{free_port()}"
+        self.identities = config.run_dir / "identities"
+        self.logs = config.run_dir / "logs"
+
+    @property
+    def node_ids(self) -> list[str]:
+        return [f"hospital-{i + 1}" for i in range(self.config.nodes)]
+
+    def _start(self, name: str, module: str, env: dict[str, str], metrics_port: int) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = open(self.logs / f"{name}.log", "wb")
+        full_env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **env}
+        process = subprocess.Popen([sys.executable, "-m", module], cwd=REPO, env=full_env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        self.services[name] = Service(name, process, log, metrics_port)
+
+    def start(self) -> Consortium:
+        c = self.config
+        for node_id in self.node_ids:
+            if not (self.identities / f"{node_id}.key").exists():
+                generate_identity(self.identities, node_id)
+        ka_metrics, agg_metrics = free_port(), free_port()
+        self._start("key_authority", "services.key_authority", {
+            "FEDXRAY_KA_LISTEN": self.ka_address, "FEDXRAY_KA_METRICS_PORT": str(ka_metrics),
+            "FEDXRAY_KA_STATE_DIR": str(c.run_dir / "key_authority"),
+            "FEDXRAY_KA_NODE_KEYS_DIR": str(self.identities),
+            "FEDXRAY_KA_MAX_PARTICIPANTS": str(c.max_participants),
+            "FEDXRAY_KA_MIN_PARTICIPANTS": str(c.min_participants),
+        }, ka_metrics)
+        self._start("aggregator", "services.aggregator", {
+            "FEDXRAY_AGG_LISTEN": self.aggregator_address, "FEDXRAY_AGG_METRICS_PORT": str(agg_metrics),
+            "FEDXRAY_AGG_KEY_AUTHORITY": self.ka_address, "FEDXRAY_AGG_STATE_DIR": str(c.run_dir / "aggregator"),
+            "FEDXRAY_AGG_NODE_KEYS_DIR": str(self.identities), "FEDXRAY_AGG_SECURE": str(c.secure).lower(),
+            "FEDXRAY_AGG_ROUNDS": str(c.rounds), "FEDXRAY_AGG_EXPECTED_PARTICIPANTS": str(c.nodes),
+            "FEDXRAY_AGG_MIN_PARTICIPANTS": str(c.min_participants),
+            "FEDXRAY_AGG_ARCHITECTURE": c.architecture, "FEDXRAY_AGG_NUM_CLASSES": str(c.num_classes),
+            "FEDXRAY_AGG_IMAGE_SIZE": str(c.image_size), "FEDXRAY_AGG_LOCAL_EPOCHS": str(c.local_epochs),
+            "FEDXRAY_AGG_LEARNING_RATE": str(c.learning_rate), "FEDXRAY_AGG_BATCH_SIZE": str(c.batch_size),
+            "FEDXRAY_AGG_CLIP_NORM": str(c.clip_norm), "FEDXRAY_AGG_NOISE_KIND": c.noise_kind,
+            "FEDXRAY_AGG_NOISE_VARIANCE": str(c.noise_variance),
+            "FEDXRAY_AGG_SERVER_OPTIMIZER": c.server_optimizer,
+            "FEDXRAY_AGG_ROUND_DEADLINE_SECONDS": str(c.round_deadline_seconds),
+            "FEDXRAY_AGG_RECORD_SUMS": str(c.record).lower(),
+            **c.extra_aggregator_env,
+        }, agg_metrics)
+        for index, node_id in enumerate(self.node_ids):
+            port = free_port()
+            env = {
+                "FEDXRAY_NODE_NODE_ID": node_id, "FEDXRAY_NODE_AGGREGATOR": self.aggregator_address,
+                "FEDXRAY_NODE_KEY_AUTHORITY": self.ka_address,
+                "FEDXRAY_NODE_IDENTITY_KEY": str(self.identities / f"{node_id}.key"),
+                "FEDXRAY_NODE_METRICS_PORT": str(port), "FEDXRAY_NODE_ARCHITECTURE": c.architecture,
+                "FEDXRAY_NODE_NUM_CLASSES": str(c.num_classes), "FEDXRAY_NODE_IMAGE_SIZE": str(c.image_size),
+                "FEDXRAY_NODE_SYNTHETIC_IMAGES": str(c.images_per_node * c.nodes),
+                "FEDXRAY_NODE_PARTITION_SCHEME": c.partition_scheme,
+                "FEDXRAY_NODE_PARTITION_ALPHA": str(c.partition_alpha),
+                "FEDXRAY_NODE_PARTITION_PARTIES": str(c.nodes), "FEDXRAY_NODE_PARTITION_INDEX": str(index),
+                "FEDXRAY_NODE_ENCRYPTION_WORKERS": str(c.encryption_workers),
+                "FEDXRAY_NODE_TORCH_THREADS": str(c.torch_threads),
+            }
+            if c.seed is not None:
+                env["FEDXRAY_NODE_SEED"] = str(c.seed * 1000 + index)
+            if c.record:
+                env["FEDXRAY_NODE_RECORD_DIR"] = str(c.run_dir / "records")
+            env.update(c.extra_node_env.get(index, {}))
+            self._start(node_id, "services.hospital_node", env, port)
+        return self
+
+    def rows(self) -> list[dict[str, object]]:
+        path = self.config.run_dir / "aggregator" / "rounds.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def wait(self, timeout: float, on_row: object = None) -> int:
+        """Wait for the aggregator to finish; return its exit code (124 on timeout)."""
+        deadline = time.monotonic() + timeout
+        aggregator = self.services["aggregator"].process
+        shown = 0
+        while time.monotonic() < deadline:
+            rows = self.rows()
+            for row in rows[shown:]:
+                if callable(on_row):
+                    on_row(row)
+            shown = len(rows)
+            if aggregator.poll() is not None:
+                for row in self.rows()[shown:]:
+                    if callable(on_row):
+                        on_row(row)
+                return int(aggregator.returncode)
+            for name, service in self.services.items():
+                if name in ("key_authority",) and service.process.poll() is not None:
+                    raise RuntimeError(f"{name} exited early with {service.process.returncode}; "
+                                       f"see {self.logs / (name + '.log')}")
+            time.sleep(0.5)
+        return 124
+
+    def stop(self) -> None:
+        for service in self.services.values():
+            if service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        for service in self.services.values():
+            try:
+                service.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                service.process.wait()
+            service.log.close()
+
+    def __enter__(self) -> Consortium:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def format_value(value: object, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) or isinstance(value, str) and value in ("inf", "Infinity"):
+        number = float(value)
+        return "inf" if math.isinf(number) else f"{number:.{digits}f}"
+    return str(value)
+
+
+TABLE_HEADER = (f"{'round':>5} {'nodes':>5} {'seconds':>8} {'accuracy':>8} {'precision':>9} {'recall':>7} "
+                f"{'F1':>6} {'AUC':>6} {'epsilon':>10}")
+
+
+def format_row(row: dict[str, object]) -> str:
+    evaluation = row.get("evaluation") or {}
+    assert isinstance(evaluation, dict)
+    return (f"{format_value(row.get('round')):>5} {format_value(row.get('participants')):>5} "
+            f"{format_value(row.get('seconds'), 1):>8} {format_value(evaluation.get('accuracy')):>8} "
+            f"{format_value(evaluation.get('precision')):>9} {format_value(evaluation.get('recall')):>7} "
+            f"{format_value(evaluation.get('f1')):>6} {format_value(evaluation.get('auc')):>6} "
+            f"{format_value(row.get('epsilon'), 4):>10}" + ("  FAILED" if row.get("failed") else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scripts.consortium", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "demo")
+    parser.add_argument("--nodes", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--architecture", default="resnet50")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--images-per-node", type=int, default=60)
+    parser.add_argument("--plaintext", action="store_true", help="privacy off, for comparison")
+    parser.add_argument("--timeout", type=float, default=1200.0)
+    args = parser.parse_args(argv)
+    if args.run_dir.exists():
+        import shutil
+
+        shutil.rmtree(args.run_dir)
+    config = ConsortiumConfig(run_dir=args.run_dir, nodes=args.nodes, rounds=args.rounds,
+                              secure=not args.plaintext, architecture=args.architecture,
+                              image_size=args.image_size, images_per_node=args.images_per_node)
+    print(f"FedXray consortium: {config.nodes} hospitals on SYNTHETIC radiographs ({config.image_size}px, "
+          f"{config.architecture}), {config.rounds} {'secure' if config.secure else 'PLAINTEXT'} rounds; "
+          f"logs in {args.run_dir / 'logs'}", flush=True)
+    print("row 0 is the initial model; metrics are pooled over the hospitals' validation splits", flush=True)
+    print(TABLE_HEADER, flush=True)
+    started = time.monotonic()
+    with Consortium(config) as consortium:
+        code = consortium.wait(args.timeout, on_row=lambda row: print(format_row(row), flush=True))
+        rows = consortium.rows()
+    print(f"finished in {time.monotonic() - started:.0f} s with exit code {code}", flush=True)
+    completed = [r for r in rows if not r.get("failed") and int(str(r.get("round", 0))) > 0]
+    return 0 if code == 0 and len(completed) == config.rounds else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

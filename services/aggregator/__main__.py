@@ -1,0 +1,69 @@
+"""Run the aggregator: `python -m services.aggregator [--config FILE]`.
+
+Settings come from FEDXRAY_AGG_* environment variables or an env file; `--help`
+lists them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from pathlib import Path
+
+from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
+from services.aggregator.config import AggregatorSettings
+from services.aggregator.key_authority_client import KeyAuthorityClient
+from services.aggregator.round_loop import Coordinator
+from services.aggregator.servicer import AggregatorServicer
+from services.common.metrics import ServiceMetrics
+from services.common.model_spec import flatten_state, parameter_spec
+from services.common.models import build_model
+from services.common.service_runtime import (
+    configure_logging,
+    grpc_server,
+    insecure_channel,
+    mark_serving,
+    serve_metrics,
+    shutdown_event,
+)
+from services.common.stream_digest import NodeKeyRegistry
+
+
+def settings_help() -> str:
+    return "\n".join(f"  FEDXRAY_AGG_{name.upper():24} {field.description or ''} (default: {field.default})"
+                     for name, field in AggregatorSettings.model_fields.items())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m services.aggregator", description=__doc__,
+                                     epilog="settings:\n" + settings_help(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, help="env file with FEDXRAY_AGG_* settings")
+    args = parser.parse_args(argv)
+    settings = AggregatorSettings(_env_file=args.config) if args.config else AggregatorSettings()
+    log = configure_logging("aggregator", settings.log_level)
+    metrics = ServiceMetrics("aggregator", holds_secret_key=False)
+    serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
+    state = build_model(settings.architecture, settings.num_classes, settings.model_seed).state_dict()
+    registry = NodeKeyRegistry.from_directory(settings.node_keys_dir)
+    coordinator = Coordinator(settings, metrics, KeyAuthorityClient(insecure_channel(settings.key_authority)),
+                              registry, parameter_spec(state), flatten_state(state))
+    server, health = grpc_server()
+    pb_grpc.add_AggregatorServicer_to_server(AggregatorServicer(coordinator, registry, metrics), server)
+    server.add_insecure_port(settings.listen)
+    server.start()
+    mark_serving(health, "fedxray.v1.Aggregator")
+    log.info("aggregator serving on %s (%s mode, %d rounds, %s)", settings.listen,
+             "secure" if settings.secure else "PLAINTEXT", settings.rounds, settings.architecture)
+    stop = shutdown_event()
+    loop = threading.Thread(target=coordinator.run, args=(stop,), name="round-loop", daemon=True)
+    loop.start()
+    while not stop.is_set() and not coordinator.finished.is_set():
+        stop.wait(0.5)
+    # Let subscribers receive the final message before the server goes.
+    server.stop(grace=5).wait()
+    log.info("aggregator stopped")
+
+
+if __name__ == "__main__":
+    main()

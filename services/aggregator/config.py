@@ -1,0 +1,49 @@
+"""Aggregator settings: environment variables (FEDXRAY_AGG_*) or an env file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.noise import NoiseKind
+
+
+class AggregatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FEDXRAY_AGG_", extra="forbid")
+
+    listen: str = Field("127.0.0.1:50052", description="gRPC host:port to serve nodes on")
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9102, description="Prometheus /metrics port; 0 disables")
+    key_authority: str = Field("127.0.0.1:50051", description="key authority host:port")
+    state_dir: Path = Field(Path("runs/aggregator"), description="checkpoints, staging, round log")
+    node_keys_dir: Path = Field(Path("runs/identities"), description="<node_id>.pub Ed25519 keys of the nodes")
+    secure: bool = Field(True, description="false: plaintext mode (privacy off), for comparison only")
+    rounds: int = Field(3, ge=1)
+    expected_participants: int = Field(5, ge=1, description="nodes to wait for before round 1")
+    min_participants: int = Field(3, ge=1, description="quorum below which a round is not sealed")
+    join_timeout_seconds: float = Field(600.0, gt=0)
+    round_deadline_seconds: float = Field(1800.0, gt=0, description="seal with the quorum present after this")
+    architecture: str = Field("resnet50", description="resnet50 | resnet18 | tiny")
+    num_classes: int = Field(2, ge=2)
+    image_size: int = Field(64, ge=16)
+    model_seed: int = 0
+    local_epochs: int = Field(1, ge=1)
+    learning_rate: float = Field(0.01, gt=0)
+    batch_size: int = Field(16, ge=1)
+    server_optimizer: Literal["fedavg", "fedadam"] = "fedavg"
+    server_learning_rate: float = Field(1.0, gt=0)
+    fedadam_beta1: float = 0.9
+    fedadam_beta2: float = 0.99
+    fedadam_tau: float = 1e-3
+    clip_norm: float = Field(10.0, gt=0, description="L2 clip norm of one node's update")
+    noise_kind: NoiseKind = NoiseKind.SKELLAM
+    noise_variance: float = Field(16.0, ge=0, description="per-coordinate variance of any quorum's summed noise")
+    delta: float = Field(1e-5, gt=0, lt=1)
+    epsilon_budget: float = Field(float("inf"), gt=0, description="refuse a round that would exceed it")
+    chunk_ciphertexts: int = Field(8, ge=1, description="ciphertexts per upload chunk")
+    plaintext_chunk_values: int = Field(1 << 18, ge=1)
+    record_sums: bool = Field(False, description="test hook: save each round's decrypted field sums")
+    log_level: str = "INFO"

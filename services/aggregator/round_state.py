@@ -1,0 +1,105 @@
+"""The state of one open round: who may submit, what was folded, and the sealed manifest."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import tenseal as ts
+
+from protos.fedxray.v1 import fedxray_pb2 as pb
+from services.aggregator.submission_staging import VerifiedSubmission, plaintext_values, read_staged
+from services.common.errors import DuplicateSubmissionError, WrongRoundError
+from services.common.he_codec import RunningCiphertextSum
+
+
+@dataclass
+class RoundState:
+    round_id: int
+    plan: pb.RoundPlan
+    expected: set[str]
+    opened_at: float = field(default_factory=time.monotonic)
+    contributors: dict[str, VerifiedSubmission] = field(default_factory=dict)
+    in_flight: set[str] = field(default_factory=set)
+    sealed: bool = False
+    corrupted: bool = False
+    fold_seconds: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    changed: threading.Condition = field(init=False)
+    ciphertext_sum: RunningCiphertextSum | None = None
+    plaintext_sum: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.changed = threading.Condition(self.lock)
+
+    def start_stream(self, node_id: str) -> None:
+        with self.lock:
+            if self.sealed:
+                raise WrongRoundError(f"round {self.round_id} is sealed; submission of {node_id!r} is late")
+            if node_id in self.contributors or node_id in self.in_flight:
+                raise DuplicateSubmissionError(f"node {node_id!r} already submitted to round {self.round_id}")
+            self.in_flight.add(node_id)
+
+    def abandon_stream(self, node_id: str) -> None:
+        with self.lock:
+            self.in_flight.discard(node_id)
+            self.changed.notify_all()
+
+    def fold(self, submission: VerifiedSubmission) -> None:
+        """Add a verified submission to the running sums; a failure here poisons the round."""
+        node_id = submission.header.node_id
+        start = time.perf_counter()
+        with self.lock:
+            self.in_flight.discard(node_id)
+            if self.sealed:
+                raise WrongRoundError(f"round {self.round_id} was sealed while {node_id!r} uploaded")
+            try:
+                self._fold_locked(submission)
+            except Exception:
+                self.corrupted = True
+                raise
+            self.contributors[node_id] = submission
+            self.fold_seconds += time.perf_counter() - start
+            self.changed.notify_all()
+
+    def _fold_locked(self, submission: VerifiedSubmission) -> None:
+        if self.plan.secure:
+            assert self.ciphertext_sum is not None
+            total = self.ciphertext_sum
+            for index, chunk in enumerate(read_staged(submission, self.plan.chunk_ciphertexts)):
+                total.fold(index, total.parse_chunk(index, chunk))
+            total.contributions += 1
+            return
+        assert self.plaintext_sum is not None
+        offset = 0
+        for (payload,) in read_staged(submission, 1):
+            values = plaintext_values(payload)
+            self.plaintext_sum[offset : offset + values.size] += values
+            offset += values.size
+
+    def complete(self) -> bool:
+        """Every node still expected has been folded."""
+        return bool(self.expected) and self.expected <= set(self.contributors)
+
+    def node_left(self, node_id: str) -> None:
+        with self.lock:
+            self.expected.discard(node_id)
+            self.changed.notify_all()
+
+    def seal(self) -> list[VerifiedSubmission]:
+        with self.lock:
+            self.sealed = True
+            return [self.contributors[node] for node in sorted(self.contributors)]
+
+
+def new_round_state(round_id: int, plan: pb.RoundPlan, expected: set[str], public_context: ts.Context | None,
+                    dimension: int) -> RoundState:
+    state = RoundState(round_id, plan, set(expected))
+    if plan.secure:
+        assert public_context is not None
+        state.ciphertext_sum = RunningCiphertextSum(public_context, plan.chunk_count)
+    else:
+        state.plaintext_sum = np.zeros(dimension, dtype=np.float64)
+    return state

@@ -1,0 +1,75 @@
+"""Aggregator gRPC servicer: translates messages to `Coordinator` calls, nothing more."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+import grpc
+
+from protos.fedxray.v1 import fedxray_pb2 as pb
+from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
+from services.aggregator.round_loop import Coordinator
+from services.common.errors import MalformedChunkError
+from services.common.grpc_status import translate_errors, translate_stream_errors
+from services.common.metrics import ServiceMetrics
+from services.common.stream_digest import NodeKeyRegistry
+
+log = logging.getLogger(__name__)
+
+
+class AggregatorServicer(pb_grpc.AggregatorServicer):
+    def __init__(self, coordinator: Coordinator, registry: NodeKeyRegistry, metrics: ServiceMetrics) -> None:
+        self._coordinator = coordinator
+        self._registry = registry
+        self._metrics = metrics
+
+    def record_refusal(self, reason: str) -> None:
+        self._metrics.record_refusal(reason)
+
+    @translate_stream_errors
+    def Subscribe(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> Iterator[pb.RoundMessage]:
+        yield from self._coordinator.subscribe(request, context.is_active)
+
+    @translate_errors
+    def SubmitUpdate(self, request_iterator: Iterator[pb.UpdateChunk],
+                     context: grpc.ServicerContext) -> pb.SubmitReceipt:
+        started = time.monotonic()
+        first = next(request_iterator, None)
+        if first is None:
+            raise MalformedChunkError("empty update stream")
+        state, staged = self._coordinator.begin_submission(first)
+        try:
+            last = first
+            staged.add(first)
+            for chunk in request_iterator:
+                staged.add(chunk)
+                last = chunk
+            if not last.HasField("attestation"):
+                raise MalformedChunkError("the last chunk must carry the stream's attestation")
+            phases = pb.NodePhaseSeconds()
+            phases.CopyFrom(last.phase_seconds)
+            verified = staged.finish(last.attestation, self._registry, phases)
+        except BaseException as error:
+            # A broken, cancelled or refused stream: its staged chunks go, the sums are untouched.
+            staged.discard()
+            state.abandon_stream(first.node_id)
+            if isinstance(error, grpc.RpcError) or not context.is_active():
+                log.warning("stream of node %s broke off after %d bytes", first.node_id, staged.received_bytes)
+                self._metrics.record_refusal("broken_stream")
+            raise
+        self._coordinator.complete_submission(state, verified)
+        log.info("node %s submitted round %d in %.1f s", first.node_id, first.round_id, time.monotonic() - started)
+        return pb.SubmitReceipt(round_id=first.round_id, chunks=first.index + verified.header.chunk_count,
+                                stream_digest=verified.attestation.stream_digest)
+
+    @translate_errors
+    def ReportEvaluation(self, request: pb.EvaluationReport, context: grpc.ServicerContext) -> pb.EvaluationAck:
+        self._coordinator.report_evaluation(request)
+        return pb.EvaluationAck()
+
+    def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.ServiceStatus:
+        return pb.ServiceStatus(service="aggregator", holds_secret_key=False,
+                                key_id=self._coordinator.key.key_id if self._coordinator.key else "",
+                                current_round=self._coordinator.current_round)

@@ -1,0 +1,122 @@
+"""One update stream, staged on disk until it has completed and verified.
+
+Memory stays O(chunk) per stream: every chunk is checked (header, order, size,
+ciphertexts deserialize) and appended to a staging file, never kept. Only a
+stream whose digest and signed attestation verify is folded into the round's
+sums; anything else is deleted and adds nothing.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from protos.fedxray.v1 import fedxray_pb2 as pb
+from services.common.errors import DigestMismatchError, MalformedChunkError
+from services.common.stream_digest import NodeKeyRegistry, StreamDigest, attestation_message
+
+_LENGTH = struct.Struct(">Q")
+
+
+@dataclass(frozen=True)
+class StreamHeader:
+    round_id: int
+    key_id: str
+    node_id: str
+    secure: bool
+    chunk_count: int
+    values_per_plaintext_chunk: int
+    dimension: int
+
+
+@dataclass(frozen=True)
+class VerifiedSubmission:
+    header: StreamHeader
+    attestation: pb.Attestation
+    path: Path
+    phase_seconds: pb.NodePhaseSeconds
+    received_bytes: int
+
+
+class StagedSubmission:
+    def __init__(self, directory: Path, header: StreamHeader,
+                 check_ciphertexts: Callable[[int, list[bytes]], None]) -> None:
+        self.header = header
+        self._check_ciphertexts = check_ciphertexts
+        self._digest = StreamDigest(header.round_id, header.key_id, header.node_id)
+        self._path = directory / f"round{header.round_id}-{header.node_id}.staged"
+        directory.mkdir(parents=True, exist_ok=True)
+        self._file = open(self._path, "wb")
+        self._next_index = 0
+        self.received_bytes = 0
+
+    def add(self, chunk: pb.UpdateChunk) -> None:
+        header = self.header
+        if (chunk.round_id, chunk.key_id, chunk.node_id) != (header.round_id, header.key_id, header.node_id):
+            raise MalformedChunkError(f"chunk {chunk.index} changes round, key or node mid-stream")
+        if chunk.index != self._next_index or chunk.index >= header.chunk_count:
+            raise MalformedChunkError(
+                f"chunk {chunk.index} out of order: expected {self._next_index} of {header.chunk_count}")
+        payloads = self._payloads(chunk)
+        self._digest.add_chunk(chunk.index, payloads)
+        for payload in payloads:
+            self._file.write(_LENGTH.pack(len(payload)) + payload)
+            self.received_bytes += len(payload)
+        self._next_index += 1
+
+    def _payloads(self, chunk: pb.UpdateChunk) -> list[bytes]:
+        if self.header.secure:
+            if chunk.plaintext_values or not chunk.ciphertexts:
+                raise MalformedChunkError(f"chunk {chunk.index} of a secure round must carry ciphertexts only")
+            payloads = list(chunk.ciphertexts)
+            self._check_ciphertexts(chunk.index, payloads)
+            return payloads
+        expected = min(self.header.values_per_plaintext_chunk,
+                       self.header.dimension - chunk.index * self.header.values_per_plaintext_chunk)
+        if chunk.ciphertexts or len(chunk.plaintext_values) != 4 * expected:
+            raise MalformedChunkError(f"plaintext chunk {chunk.index} must carry {expected} float32 values")
+        return [chunk.plaintext_values]
+
+    def finish(self, attestation: pb.Attestation, registry: NodeKeyRegistry,
+               phase_seconds: pb.NodePhaseSeconds) -> VerifiedSubmission:
+        """Check completeness, digest and signature; the result may be folded."""
+        self._file.close()
+        header = self.header
+        if self._next_index != header.chunk_count:
+            raise MalformedChunkError(f"stream ended after {self._next_index} of {header.chunk_count} chunks")
+        if attestation.stream_digest != self._digest.digest():
+            raise DigestMismatchError(f"stream digest of node {header.node_id!r} does not match its chunks")
+        if (attestation.node_id, attestation.round_id, attestation.key_id, attestation.chunk_count) != (
+            header.node_id, header.round_id, header.key_id, header.chunk_count
+        ):
+            raise DigestMismatchError("attestation names another node, round, key or chunk count")
+        registry.verify(header.node_id, attestation_message(header.round_id, header.key_id, header.node_id,
+                                                            header.chunk_count, attestation.stream_digest),
+                        attestation.signature)
+        return VerifiedSubmission(header, attestation, self._path, phase_seconds, self.received_bytes)
+
+    def discard(self) -> None:
+        self._file.close()
+        self._path.unlink(missing_ok=True)
+
+
+def read_staged(submission: VerifiedSubmission, per_chunk: int) -> Iterator[list[bytes]]:
+    """The staged payloads again, `per_chunk` at a time (the last chunk may be shorter)."""
+    with open(submission.path, "rb") as handle:
+        chunk: list[bytes] = []
+        while header := handle.read(_LENGTH.size):
+            (length,) = _LENGTH.unpack(header)
+            chunk.append(handle.read(length))
+            if len(chunk) == per_chunk:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+
+def plaintext_values(payload: bytes) -> np.ndarray:
+    return np.frombuffer(payload, dtype="<f4").astype(np.float64)

@@ -1,0 +1,66 @@
+"""Run a hospital node: `python -m services.hospital_node [--config FILE]`.
+
+Settings come from FEDXRAY_NODE_* environment variables or an env file; `--help`
+lists them. `python -m services.hospital_node keygen --out DIR --node-id ID`
+makes the node's Ed25519 identity key (ID.key, mode 0600) and its public half.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+
+import torch
+
+from services.common.metrics import ServiceMetrics
+from services.common.service_runtime import configure_logging, insecure_channel, serve_metrics, shutdown_event
+from services.common.stream_digest import generate_identity
+from services.hospital_node.config import HospitalNodeSettings
+from services.hospital_node.local_data import load_local_data
+from services.hospital_node.node_loop import HospitalNode
+
+
+def settings_help() -> str:
+    return "\n".join(f"  FEDXRAY_NODE_{name.upper():24} {field.description or ''} (default: {field.default})"
+                     for name, field in HospitalNodeSettings.model_fields.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["keygen"]:
+        keygen = argparse.ArgumentParser(prog="python -m services.hospital_node keygen")
+        keygen.add_argument("--out", type=Path, required=True)
+        keygen.add_argument("--node-id", required=True)
+        parsed = keygen.parse_args(argv[1:])
+        print(generate_identity(parsed.out, parsed.node_id))
+        return 0
+    parser = argparse.ArgumentParser(prog="python -m services.hospital_node", description=__doc__,
+                                     epilog="settings:\n" + settings_help(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, help="env file with FEDXRAY_NODE_* settings")
+    args = parser.parse_args(argv)
+    settings = HospitalNodeSettings(_env_file=args.config) if args.config else HospitalNodeSettings()
+    log = configure_logging(settings.node_id, settings.log_level)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    metrics = ServiceMetrics("hospital_node", holds_secret_key=False)
+    serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
+    data = load_local_data(settings)
+    node = HospitalNode(settings, data, metrics, insecure_channel(settings.aggregator),
+                        insecure_channel(settings.key_authority))
+    stop = shutdown_event()
+    result: list[int] = []
+    worker = threading.Thread(target=lambda: result.append(node.run(stop)), name="node", daemon=True)
+    worker.start()
+    while worker.is_alive() and not stop.is_set():
+        worker.join(0.5)
+    if stop.is_set():
+        log.info("stopping on signal")
+        return 0
+    return result[0] if result else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Hospital node settings: environment variables (FEDXRAY_NODE_*) or an env file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class HospitalNodeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FEDXRAY_NODE_", extra="forbid")
+
+    node_id: str = Field("hospital-1", description="consortium member name (matches its identity key)")
+    aggregator: str = Field("127.0.0.1:50052", description="aggregator host:port")
+    key_authority: str = Field("127.0.0.1:50051", description="key authority host:port (public context only)")
+    identity_key: Path = Field(Path("runs/identities/hospital-1.key"), description="Ed25519 key signing uploads")
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(0, description="Prometheus /metrics port; 0 disables")
+    architecture: str = Field("resnet50", description="resnet50 | resnet18 | tiny (must match the aggregator)")
+    num_classes: int = Field(2, ge=2)
+    image_size: int = Field(64, ge=16)
+    model_seed: int = 0
+    data_source: Literal["synthetic", "folder", "medmnist", "dicom"] = "synthetic"
+    data_path: Path | None = Field(None, description="folder root, .npz file or DICOM folder")
+    synthetic_images: int = Field(1000, ge=10, description="size of the synthetic set all nodes share out")
+    synthetic_seed: int = 0
+    partition_scheme: Literal["iid", "dirichlet", "quantity"] = "iid"
+    partition_alpha: float = Field(0.5, gt=0)
+    partition_parties: int = Field(5, ge=1)
+    partition_index: int = Field(0, ge=0, description="this hospital's part of the synthetic set")
+    validation_fraction: float = Field(0.2, gt=0, lt=1)
+    imbalance: Literal["none", "class_weights", "sampler"] = "class_weights"
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    encryption_workers: int = Field(1, ge=0, description="processes encrypting uploads; 0: in-process")
+    torch_threads: int = Field(0, ge=0, description="CPU threads for training; 0: torch default")
+    seed: int | None = Field(None, description="fixes training and noise randomness (tests); None: OS entropy")
+    record_dir: Path | None = Field(None, description="test hook: write each round's encoding and true update")
+    fault_exit_after_chunks: int | None = Field(None, description="test hook: crash mid-upload after N chunks")
+    fault_round: int = Field(1, description="test hook: the round in which to crash")
+    log_level: str = "INFO"

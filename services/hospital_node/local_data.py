@@ -1,0 +1,66 @@
+"""This hospital's training and validation images, from the configured source."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from services.common.partition import partition_indices
+from services.common.synthetic_xray import generate_synthetic_xrays
+from services.hospital_node.config import HospitalNodeSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LocalData:
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    num_classes: int
+
+
+def _split(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int, classes: int) -> LocalData:
+    order = np.random.default_rng(seed).permutation(labels.size)
+    cut = max(1, int(round(labels.size * fraction)))
+    val, train = order[:cut], order[cut:]
+    return LocalData(torch.from_numpy(images[train]), torch.from_numpy(labels[train]),
+                     torch.from_numpy(images[val]), torch.from_numpy(labels[val]), classes)
+
+
+def load_local_data(settings: HospitalNodeSettings) -> LocalData:
+    if settings.data_source == "synthetic":
+        # Every node regenerates the same SYNTHETIC set from the shared seed and keeps its own part.
+        images, labels = generate_synthetic_xrays(settings.synthetic_images, settings.image_size,
+                                                  settings.num_classes, settings.synthetic_seed)
+        parts = partition_indices(labels, settings.partition_parties, settings.partition_scheme,
+                                  settings.partition_alpha, settings.synthetic_seed)
+        mine = parts[settings.partition_index]
+        images, labels = images[mine], labels[mine]
+    else:
+        images, labels = _load_real(settings)
+    counts = np.bincount(labels, minlength=settings.num_classes)
+    log.info("%s: %d images (%s), class counts %s", settings.node_id, labels.size, settings.data_source,
+             counts.tolist())
+    return _split(images.astype(np.float32), labels.astype(np.int64), settings.validation_fraction,
+                  settings.synthetic_seed + settings.partition_index, settings.num_classes)
+
+
+def _load_real(settings: HospitalNodeSettings) -> tuple[np.ndarray, np.ndarray]:
+    from services.hospital_node import image_loaders
+
+    if settings.data_path is None:
+        raise ValueError(f"data_source={settings.data_source} needs FEDXRAY_NODE_DATA_PATH")
+    if settings.data_source == "folder":
+        loaded = image_loaders.load_image_folder(settings.data_path, "train", settings.image_size)
+    elif settings.data_source == "medmnist":
+        loaded = image_loaders.load_medmnist_npz(settings.data_path, "train", settings.image_size)
+    else:
+        loaded = image_loaders.load_dicom_folder(settings.data_path, settings.image_size, None)
+    for skipped in loaded.skipped:
+        log.warning("skipped %s: %s", skipped.path, skipped.reason)
+    return loaded.images, loaded.labels

@@ -1,0 +1,171 @@
+"""A hospital's participation: join, then for every round evaluate, train, encode and upload."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import torch
+
+from protos.fedxray.v1 import fedxray_pb2 as pb
+from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
+from services.common.chunking import float32_from_chunks
+from services.common.ckks_params import key_id as key_id_of
+from services.common.ckks_params import load_public_context
+from services.common.encryption_pool import EncryptionPool
+from services.common.errors import MalformedChunkError, WrongKeyError
+from services.common.metrics import ServiceMetrics
+from services.common.model_spec import flatten_state, parameter_spec, restore_state
+from services.common.models import best_device, build_model
+from services.common.stream_digest import load_identity
+from services.hospital_node.config import HospitalNodeSettings
+from services.hospital_node.local_data import LocalData
+from services.hospital_node.trainer import HISTOGRAM_BINS, evaluate, train_local
+from services.hospital_node.update_stream import CrashFault, UploadTimings, plaintext_upload, secure_upload
+
+log = logging.getLogger(__name__)
+CONNECT_ATTEMPTS = 120
+
+
+class HospitalNode:
+    def __init__(self, settings: HospitalNodeSettings, data: LocalData, metrics: ServiceMetrics,
+                 aggregator: grpc.Channel, key_authority: grpc.Channel) -> None:
+        self._settings = settings
+        self._data = data
+        self._metrics = metrics
+        self._aggregator = pb_grpc.AggregatorStub(aggregator)
+        self._key_authority = pb_grpc.KeyAuthorityStub(key_authority)
+        self._model = build_model(settings.architecture, settings.num_classes, settings.model_seed)
+        self._template = self._model.state_dict()
+        self._spec = parameter_spec(self._template)
+        self._device = best_device()
+        self._identity = load_identity(settings.identity_key)
+        self._entropy = settings.seed if settings.seed is not None else secrets.randbits(128)
+        self._pool: EncryptionPool | None = None
+        self._public: pb.PublicContext | None = None
+
+    def run(self, stop: threading.Event) -> int:
+        log.info("%s: %s on %s, %d parameters, %d train / %d validation images", self._settings.node_id,
+                 self._settings.architecture, self._device, self._spec.count, self._data.train_labels.numel(),
+                 self._data.val_labels.numel())
+        try:
+            return self._follow_rounds(stop)
+        finally:
+            if self._pool is not None:
+                self._pool.close()
+
+    def _public_context(self) -> pb.PublicContext:
+        if self._public is None:
+            reply = self._key_authority.GetPublicContext(pb.GetPublicContextRequest(), timeout=60,
+                                                         wait_for_ready=True)
+            load_public_context(reply.context)  # refuses a context that carries a secret key
+            if key_id_of(reply.context) != reply.key_id:
+                raise WrongKeyError("the key authority's key id does not name its public context")
+            self._public = reply
+            self._pool = EncryptionPool(reply.context, self._settings.encryption_workers)
+        return self._public
+
+    def _follow_rounds(self, stop: threading.Event) -> int:
+        join = pb.JoinRequest(node_id=self._settings.node_id, parameter_count=self._spec.count,
+                              parameter_digest=self._spec.digest)
+        stream = self._aggregator.Subscribe(join, wait_for_ready=True)
+        plan: pb.RoundPlan | None = None
+        model_chunks: list[bytes] = []
+        for message in stream:
+            if stop.is_set():
+                stream.cancel()
+                return 0
+            kind = message.WhichOneof("body")
+            if kind == "finished":
+                log.info("training finished after %d rounds", message.finished.rounds)
+                return 0
+            if kind == "plan":
+                plan, model_chunks = message.plan, []
+                continue
+            if plan is None or message.model_chunk.round_id != plan.round_id:
+                raise MalformedChunkError("model chunk without a matching plan")
+            model_chunks.append(message.model_chunk.values)
+            if len(model_chunks) == plan.model_chunk_count:
+                self._handle_round(plan, model_chunks)
+        return 0
+
+    def _handle_round(self, plan: pb.RoundPlan, model_chunks: list[bytes]) -> None:
+        started = time.monotonic()
+        if hashlib.sha256(b"".join(model_chunks)).digest() != plan.model_sha256:
+            raise MalformedChunkError(f"global model of round {plan.round_id} does not match its digest")
+        if plan.parameter_count != self._spec.count or plan.parameter_digest != self._spec.digest:
+            raise MalformedChunkError("round plan is for another model layout")
+        global_weights = float32_from_chunks(model_chunks, self._spec.count)
+        self._model.load_state_dict(restore_state(self._template, global_weights, self._spec))
+        self._report_evaluation(plan.round_id - 1)
+        if plan.evaluate_only:
+            return
+        self._metrics.current_round.set(plan.round_id)
+        generator = torch.Generator().manual_seed(hash((self._entropy, plan.round_id)) & 0x7FFFFFFF)
+        train_start = time.monotonic()
+        stats = train_local(self._model, self._data, plan.local_epochs, plan.learning_rate, plan.batch_size,
+                            self._device, self._settings.imbalance, self._settings.lr_schedule, generator)
+        timings = UploadTimings(train=time.monotonic() - train_start)
+        self._metrics.observe_phase("train", timings.train)
+        update = flatten_state({k: v.cpu() for k, v in self._model.state_dict().items()}) - global_weights
+        log.info("round %d: trained %d steps, loss %.4f, update norm %.4g", plan.round_id, stats.steps,
+                 stats.mean_loss, float(np.linalg.norm(update)))
+        self._upload(plan, update, timings)
+        log.info("round %d done in %.1f s", plan.round_id, time.monotonic() - started)
+
+    def _upload(self, plan: pb.RoundPlan, update: np.ndarray, timings: UploadTimings) -> None:
+        s = self._settings
+        fault = CrashFault(s.fault_exit_after_chunks) if (s.fault_exit_after_chunks is not None
+                                                         and plan.round_id == s.fault_round) else None
+        record: list[np.ndarray] | None = [] if s.record_dir is not None else None
+        if plan.secure:
+            public = self._public_context()
+            if plan.key_id != public.key_id:
+                raise WrongKeyError(f"round {plan.round_id} names key {plan.key_id!r}; "
+                                    f"the key authority serves {public.key_id!r}")
+            assert self._pool is not None
+            seed = np.random.SeedSequence(self._entropy, spawn_key=(plan.round_id,))
+            chunks = secure_upload(plan, update, s.node_id, self._identity, self._pool,
+                                   public.slots_per_ciphertext, timings, seed, record, fault)
+        else:
+            chunks = plaintext_upload(plan, update, s.node_id, self._identity, timings, fault)
+        counted = self._count_bytes(chunks)
+        receipt = self._aggregator.SubmitUpdate(counted, timeout=plan.deadline_seconds)
+        phases = timings.phases()
+        for phase in ("encode", "encrypt", "upload"):
+            self._metrics.observe_phase(phase, getattr(phases, phase))
+        log.info("round %d: upload accepted (%d chunks)", receipt.round_id, receipt.chunks)
+        if s.record_dir is not None:
+            s.record_dir.mkdir(parents=True, exist_ok=True)
+            np.save(s.record_dir / f"{s.node_id}_round{plan.round_id:04d}_update.npy", update)
+            if record:
+                np.save(s.record_dir / f"{s.node_id}_round{plan.round_id:04d}_fields.npy",
+                        np.concatenate(record).astype(np.int64))
+
+    def _count_bytes(self, chunks):  # type: ignore[no-untyped-def]
+        for chunk in chunks:
+            self._metrics.bytes_sent.inc(sum(len(c) for c in chunk.ciphertexts) + len(chunk.plaintext_values))
+            yield chunk
+
+    def _report_evaluation(self, model_round: int) -> None:
+        counts = evaluate(self._model, self._data.val_images, self._data.val_labels, self._data.num_classes,
+                          self._device)
+        report = pb.EvaluationReport(
+            node_id=self._settings.node_id, model_round=model_round, num_classes=self._data.num_classes,
+            confusion=counts.confusion.reshape(-1).tolist(), loss_sum=counts.loss_sum, examples=counts.examples,
+            positive_histograms=counts.positive_histograms.reshape(-1).tolist(),
+            negative_histograms=counts.negative_histograms.reshape(-1).tolist(), histogram_bins=HISTOGRAM_BINS)
+        self._aggregator.ReportEvaluation(report, timeout=60)
+        accuracy = np.trace(counts.confusion) / max(counts.examples, 1)
+        log.info("model after round %d: local validation accuracy %.3f on %d images", model_round, accuracy,
+                 counts.examples)
+
+
+def record_path(directory: Path, node_id: str, round_id: int, kind: str) -> Path:
+    return directory / f"{node_id}_round{round_id:04d}_{kind}.npy"

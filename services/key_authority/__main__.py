@@ -1,0 +1,56 @@
+"""Run the key authority: `python -m services.key_authority [--config FILE]`.
+
+Settings come from FEDXRAY_KA_* environment variables or an env file; `--help`
+lists them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
+from services.common.metrics import ServiceMetrics
+from services.common.service_runtime import configure_logging, grpc_server, mark_serving, serve_metrics, shutdown_event
+from services.common.stream_digest import NodeKeyRegistry
+from services.key_authority.config import KeyAuthoritySettings
+from services.key_authority.decryption_policy import DecryptionLedger, DecryptionPolicy
+from services.key_authority.key_store import load_or_create_keys
+from services.key_authority.servicer import KeyAuthorityServicer
+
+
+def settings_help() -> str:
+    return "\n".join(f"  FEDXRAY_KA_{name.upper():24} {field.description or ''} (default: {field.default})"
+                     for name, field in KeyAuthoritySettings.model_fields.items())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m services.key_authority", description=__doc__,
+                                     epilog="settings:\n" + settings_help(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, help="env file with FEDXRAY_KA_* settings")
+    args = parser.parse_args(argv)
+    settings = KeyAuthoritySettings(_env_file=args.config) if args.config else KeyAuthoritySettings()
+    log = configure_logging("key_authority", settings.log_level)
+    keys = load_or_create_keys(settings.max_participants, settings.bits, settings.state_dir,
+                               settings.persist_secret_key)
+    ledger = DecryptionLedger(settings.state_dir / "decrypted_rounds.json")
+    registry = NodeKeyRegistry.from_directory(settings.node_keys_dir)
+    policy = DecryptionPolicy(keys.key_id, settings.min_participants, registry, ledger)
+    metrics = ServiceMetrics("key_authority", holds_secret_key=True)
+    serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
+    server, health = grpc_server()
+    servicer = KeyAuthorityServicer(keys, policy, settings.min_participants, metrics, iter(sorted(ledger.rounds)))
+    pb_grpc.add_KeyAuthorityServicer_to_server(servicer, server)
+    server.add_insecure_port(settings.listen)
+    server.start()
+    mark_serving(health, "fedxray.v1.KeyAuthority")
+    log.info("key authority serving on %s, key id %s, %d registered nodes, %d-bit fields x%d per slot",
+             settings.listen, keys.key_id, len(registry.node_ids), keys.layout.bits, keys.layout.fields_per_slot)
+    shutdown_event().wait()
+    server.stop(grace=5).wait()
+    log.info("key authority stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""Key authority settings: environment variables (FEDXRAY_KA_*) or an env file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KeyAuthoritySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FEDXRAY_KA_", extra="forbid")
+
+    listen: str = Field("127.0.0.1:50051", description="gRPC host:port to serve on")
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(9101, description="Prometheus /metrics port; 0 disables")
+    state_dir: Path = Field(Path("runs/key_authority"), description="decryption ledger (and key, if persisted)")
+    persist_secret_key: bool = Field(False, description="write the secret key to state_dir with mode 0600")
+    node_keys_dir: Path = Field(Path("runs/identities"), description="<node_id>.pub Ed25519 keys of the nodes")
+    max_participants: int = Field(8, ge=1, le=1024, description="largest node count a sum may hold (n_max)")
+    min_participants: int = Field(3, ge=1, description="fewest distinct attested nodes in a decryptable sum")
+    bits: int | None = Field(None, description="field bits; None: the largest CKKS can carry exactly")
+    log_level: str = "INFO"

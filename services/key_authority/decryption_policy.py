@@ -1,0 +1,89 @@
+"""When the key authority decrypts: the policy and its persistent ledger.
+
+A sum is decrypted only if its manifest names the current key, carries valid
+signed attestations from at least `min_participants` distinct registered nodes,
+and its round was never decrypted before. The ledger is written before any
+decryption starts, so a crash can waste a round but never decrypt one twice.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.errors import AlreadyDecryptedError, PolicyViolationError, WrongKeyError
+from services.common.stream_digest import NodeKeyRegistry, attestation_message
+
+
+@dataclass(frozen=True)
+class AttestationClaim:
+    node_id: str
+    round_id: int
+    key_id: str
+    chunk_count: int
+    stream_digest: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class ManifestClaim:
+    round_id: int
+    key_id: str
+    chunk_count: int
+    value_count: int
+    attestations: tuple[AttestationClaim, ...]
+
+
+class DecryptionLedger:
+    """The set of rounds already decrypted, persisted as JSON."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._rounds: set[int] = set(json.loads(path.read_text())) if path.exists() else set()
+
+    @property
+    def rounds(self) -> frozenset[int]:
+        return frozenset(self._rounds)
+
+    def claim(self, round_id: int) -> None:
+        if round_id in self._rounds:
+            raise AlreadyDecryptedError(f"round {round_id} was already decrypted; each round is decrypted once")
+        self._rounds.add(round_id)
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self._path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(sorted(self._rounds)))
+        temporary.replace(self._path)
+
+
+class DecryptionPolicy:
+    def __init__(self, key_id: str, min_participants: int, registry: NodeKeyRegistry,
+                 ledger: DecryptionLedger) -> None:
+        self._key_id = key_id
+        self._min_participants = min_participants
+        self._registry = registry
+        self._ledger = ledger
+        self._lock = threading.Lock()
+
+    def authorize(self, manifest: ManifestClaim) -> None:
+        """Raise the named refusal, or record the round as decrypted and return."""
+        if manifest.key_id != self._key_id:
+            raise WrongKeyError(f"manifest names key {manifest.key_id!r}; the current key is {self._key_id!r}")
+        valid_nodes: set[str] = set()
+        for claim in manifest.attestations:
+            if (claim.round_id, claim.key_id, claim.chunk_count) != (
+                manifest.round_id, manifest.key_id, manifest.chunk_count
+            ):
+                raise PolicyViolationError(f"attestation of {claim.node_id!r} is for another round, key or size")
+            message = attestation_message(claim.round_id, claim.key_id, claim.node_id, claim.chunk_count,
+                                          claim.stream_digest)
+            self._registry.verify(claim.node_id, message, claim.signature)
+            valid_nodes.add(claim.node_id)
+        if len(valid_nodes) < self._min_participants:
+            raise PolicyViolationError(
+                f"round {manifest.round_id} has {len(valid_nodes)} distinct attested participants; "
+                f"the policy requires at least {self._min_participants}"
+            )
+        with self._lock:
+            self._ledger.claim(manifest.round_id)

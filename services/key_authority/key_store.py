@@ -1,0 +1,64 @@
+"""Makes and keeps the CKKS key pair; the secret key stays in this process.
+
+The secret key is on disk only when `persist_secret_key` is set, and then with
+mode 0600 in the state directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import tenseal as ts
+
+from services.common.ckks_params import (
+    CkksParameters,
+    ckks_parameters,
+    field_layout,
+    key_id,
+    load_public_context,
+    make_secret_context,
+    public_context_bytes,
+)
+from services.common.packing import FieldLayout
+
+log = logging.getLogger(__name__)
+SECRET_FILE = "ckks_secret_context.bin"
+
+
+@dataclass(frozen=True)
+class KeyMaterial:
+    params: CkksParameters
+    layout: FieldLayout
+    secret_context: ts.Context
+    public_context: bytes
+    key_id: str
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+    path.chmod(0o600)
+
+
+def load_or_create_keys(max_participants: int, bits: int | None, state_dir: Path, persist: bool) -> KeyMaterial:
+    params = ckks_parameters(max_participants)
+    layout = field_layout(params, max_participants, bits)  # refuses impossible settings at start-up
+    secret_path = state_dir / SECRET_FILE
+    if persist and secret_path.exists():
+        if secret_path.stat().st_mode & 0o077:
+            raise PermissionError(f"{secret_path} must not be readable by group or others (chmod 600)")
+        context = ts.context_from(secret_path.read_bytes())
+        log.info("loaded secret key from %s", secret_path)
+    else:
+        context = make_secret_context(params)
+        if persist:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            _write_private(secret_path, bytes(context.serialize(save_secret_key=True)))
+            log.info("secret key written to %s (mode 0600)", secret_path)
+    public = public_context_bytes(context)
+    load_public_context(public)  # asserts the public half carries no secret key
+    return KeyMaterial(params, layout, context, public, key_id(public))
