@@ -7,6 +7,7 @@ lists them.
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def settings_help() -> str:
                      for name, field in AggregatorSettings.model_fields.items())
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.aggregator", description=__doc__,
                                      epilog="settings:\n" + settings_help(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     # Let subscribers receive the final message before the server goes.
     server.stop(grace=5).wait()
     log.info("aggregator stopped")
+    return 1 if coordinator.failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -31,8 +31,8 @@ from services.common.chunking import MODEL_CHUNK_VALUES, chunk_count, float32_ch
 from services.common.ckks_params import load_public_context
 from services.common.encryption_pool import upload_chunk_count
 from services.common.errors import (
+    MalformedChunkError,
     PrivacyBudgetError,
-    SpecMismatchError,
     UnknownNodeError,
     WrongKeyError,
     WrongRoundError,
@@ -75,6 +75,8 @@ class Coordinator:
         self.key: PublicKeyInfo | None = None
         self._public_context = None
         self.finished = threading.Event()
+        self.failed = False
+        self.completed_rounds = 0
         self._state_dir = settings.state_dir
         self._staging = settings.state_dir / "staging"
         self._round_log = settings.state_dir / "rounds.jsonl"
@@ -124,8 +126,6 @@ class Coordinator:
         def check(index: int, payloads: list[bytes]) -> None:
             assert current.ciphertext_sum is not None
             if len(payloads) != self._ciphertexts_in_chunk(index, plan):
-                from services.common.errors import MalformedChunkError
-
                 raise MalformedChunkError(f"chunk {index} carries {len(payloads)} ciphertexts, expected "
                                           f"{self._ciphertexts_in_chunk(index, plan)}")
             current.ciphertext_sum.parse_chunk(index, payloads)
@@ -163,10 +163,11 @@ class Coordinator:
         try:
             self._run(stop)
         except Exception:
+            self.failed = True
             log.exception("round loop failed")
             raise
         finally:
-            self._broadcast(pb.RoundMessage(finished=pb.TrainingFinished(rounds=self.current_round)))
+            self._broadcast(pb.RoundMessage(finished=pb.TrainingFinished(rounds=self.completed_rounds)))
             self.finished.set()
 
     def _run(self, stop: threading.Event) -> None:
@@ -176,6 +177,7 @@ class Coordinator:
             raise PrivacyBudgetError(f"aggregator quorum {settings.min_participants} is below the key authority's "
                                      f"policy of {self.key.min_participants} participants")
         self._public_context = load_public_context(self.key.context)
+        self._metrics.secret_key.set(int(self._public_context.is_private()))
         layout = FieldLayout(self.key.bits, self.key.max_participants, self.key.fields_per_slot)
         quantization = self._quantization_plan(layout)
         if settings.secure:
@@ -183,6 +185,7 @@ class Coordinator:
                      "L2 sensitivity %.4g", quantization.clip_norm, quantization.scale, quantization.bits,
                      quantization.coordinate_bound, quantization.noise_kind, quantization.noise_variance,
                      quantization.l2_sensitivity)
+        save_checkpoint(self._state_dir / "checkpoints", 0, self.weights, self._optimizer.state(), {"epsilon": 0.0})
         self._wait_for_nodes(stop)
         pending_row: dict[str, object] | None = None
         for round_id in range(1, settings.rounds + 1):
@@ -196,6 +199,7 @@ class Coordinator:
                               round_id, projected, settings.epsilon_budget)
                     break
             row = self._run_round(round_id, quantization, stop)
+            self.completed_rounds += 0 if row.get("failed") else 1
             self._write_row(round_id - 1, pending_row)
             pending_row = row
         final = self.current_round + 1
@@ -374,8 +378,6 @@ class Coordinator:
 
 
 def _json_default(value: object) -> object:
-    if isinstance(value, float) and math.isinf(value):
-        return "inf"
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     if isinstance(value, Path):

@@ -61,7 +61,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             raise
         self._coordinator.complete_submission(state, verified)
         log.info("node %s submitted round %d in %.1f s", first.node_id, first.round_id, time.monotonic() - started)
-        return pb.SubmitReceipt(round_id=first.round_id, chunks=first.index + verified.header.chunk_count,
+        return pb.SubmitReceipt(round_id=first.round_id, chunks=verified.header.chunk_count,
                                 stream_digest=verified.attestation.stream_digest)
 
     @translate_errors

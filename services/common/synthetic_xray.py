@@ -25,13 +25,16 @@ Everything is vectorized over the batch: per-image parameters are drawn as
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 FloatArray = npt.NDArray[np.float32]
 LabelArray = npt.NDArray[np.int64]
+# Working arrays are float32 at run time; numpy's stubs widen scalar arithmetic
+# to float64, so internal helpers are typed with any float precision.
+_Field = npt.NDArray[np.floating[Any]]
 
 BINARY_CLASS_NAMES: Final[tuple[str, ...]] = ("NORMAL", "OPACITY")
 THREE_CLASS_NAMES: Final[tuple[str, ...]] = ("NORMAL", "OPACITY", "DIFFUSE")
@@ -89,15 +92,15 @@ def generate_synthetic_xrays(
 class _Thorax:
     """Per-image anatomy that the findings are placed into."""
 
-    density: FloatArray
-    lungs: FloatArray  # soft mask in [0, 1]
-    lung_centres: FloatArray  # (count, side, [vertical, horizontal]) in grid units
-    lung_radii: FloatArray  # same layout as lung_centres
+    density: _Field
+    lungs: _Field  # soft mask in [0, 1]
+    lung_centres: _Field  # (count, side, [vertical, horizontal]) in grid units
+    lung_radii: _Field  # same layout as lung_centres
 
 
 def _coordinate_grid(
     image_size: int,
-) -> tuple[FloatArray, FloatArray]:
+) -> tuple[_Field, _Field]:
     """Pixel-centre coordinates in [-1, 1], shaped (1, S, 1) and (1, 1, S)."""
     axis = ((np.arange(image_size) + 0.5) / image_size * 2.0 - 1.0).astype(np.float32)
     return axis.reshape(1, -1, 1), axis.reshape(1, 1, -1)
@@ -105,24 +108,24 @@ def _coordinate_grid(
 
 def _uniform(
     rng: np.random.Generator, low: float, high: float, count: int
-) -> FloatArray:
+) -> _Field:
     """One value per image, shaped to broadcast against (count, S, S)."""
     return rng.uniform(low, high, size=(count, 1, 1)).astype(np.float32)
 
 
-def _normal(rng: np.random.Generator, mean: float, std: float, count: int) -> FloatArray:
+def _normal(rng: np.random.Generator, mean: float, std: float, count: int) -> _Field:
     return rng.normal(mean, std, size=(count, 1, 1)).astype(np.float32)
 
 
 def _soft_ellipse(
-    vertical: FloatArray,
-    horizontal: FloatArray,
-    centre_v: FloatArray,
-    centre_h: FloatArray,
-    radius_v: FloatArray,
-    radius_h: FloatArray,
+    vertical: _Field,
+    horizontal: _Field,
+    centre_v: _Field,
+    centre_h: _Field,
+    radius_v: _Field,
+    radius_h: _Field,
     edge: float,
-) -> FloatArray:
+) -> _Field:
     """1 inside, 0 outside, with a logistic edge about ``edge`` wide."""
     distance = np.sqrt(
         ((vertical - centre_v) / radius_v) ** 2 + ((horizontal - centre_h) / radius_h) ** 2
@@ -134,8 +137,8 @@ def _soft_ellipse(
 def _draw_thorax(
     rng: np.random.Generator,
     count: int,
-    vertical: FloatArray,
-    horizontal: FloatArray,
+    vertical: _Field,
+    horizontal: _Field,
 ) -> _Thorax:
     body_v = 0.08 + _normal(rng, 0.0, 0.03, count)
     body_h = _normal(rng, 0.0, 0.03, count)
@@ -192,7 +195,7 @@ def _draw_thorax(
 
 def _lowpass_noise(
     rng: np.random.Generator, count: int, image_size: int, correlation_pixels: float
-) -> FloatArray:
+) -> _Field:
     """Gaussian-smoothed white noise with unit std per image.
 
     The white noise is drawn directly in the Fourier domain (white noise is
@@ -205,17 +208,18 @@ def _lowpass_noise(
     sigma = np.full((count, 1, 1), correlation_pixels, dtype=np.float32)
     smooth = np.fft.irfft2(spectrum * _gaussian_transfer(image_size, sigma), s=(image_size, image_size))
     std = smooth.std(axis=(1, 2), keepdims=True)
-    return (smooth / np.maximum(std, 1e-12)).astype(np.float32)
+    normalized: _Field = (smooth / np.maximum(std, 1e-12)).astype(np.float32)
+    return normalized
 
 
-def _gaussian_transfer(image_size: int, sigma_pixels: FloatArray) -> FloatArray:
+def _gaussian_transfer(image_size: int, sigma_pixels: _Field) -> _Field:
     """Fourier transfer function of a Gaussian blur, shaped for ``rfft2`` output."""
     frequency_v = np.fft.fftfreq(image_size).astype(np.float32).reshape(1, -1, 1)
     frequency_h = np.fft.rfftfreq(image_size).astype(np.float32).reshape(1, 1, -1)
     return np.exp(-2.0 * np.pi**2 * sigma_pixels**2 * (frequency_v**2 + frequency_h**2))
 
 
-def _gaussian_blur(images: FloatArray, sigma_pixels: FloatArray) -> FloatArray:
+def _gaussian_blur(images: _Field, sigma_pixels: _Field) -> _Field:
     """Per-image Gaussian blur in the Fourier domain (edges wrap; they are dark)."""
     size = images.shape[-1]
     blurred = np.fft.irfft2(np.fft.rfft2(images) * _gaussian_transfer(size, sigma_pixels), s=(size, size))
@@ -224,7 +228,7 @@ def _gaussian_blur(images: FloatArray, sigma_pixels: FloatArray) -> FloatArray:
 
 def _vascular_texture(
     rng: np.random.Generator, count: int, image_size: int
-) -> FloatArray:
+) -> _Field:
     amplitude = _uniform(rng, 0.01, 0.04, count)
     return amplitude * _lowpass_noise(rng, count, image_size, 0.035 * image_size)
 
@@ -233,9 +237,9 @@ def _focal_opacities(
     rng: np.random.Generator,
     thorax: _Thorax,
     rows: npt.NDArray[np.intp],
-    vertical: FloatArray,
-    horizontal: FloatArray,
-) -> FloatArray:
+    vertical: _Field,
+    horizontal: _Field,
+) -> _Field:
     """Sum of 1..3 Gaussian blobs, each inside one lung, for the images ``rows``."""
     count = rows.size
     blob_shape = (count, MAX_BLOBS_PER_IMAGE)
@@ -260,22 +264,24 @@ def _focal_opacities(
             + (horizontal[:, None] - centre_h[..., None, None]) ** 2
         ) / sigma[..., None, None] ** 2
     )
-    return blobs.sum(axis=1) * (0.3 + 0.7 * thorax.lungs[rows])
+    opacities: _Field = blobs.sum(axis=1) * (0.3 + 0.7 * thorax.lungs[rows])
+    return opacities
 
 
 def _diffuse_density(
     rng: np.random.Generator, count: int, image_size: int
-) -> FloatArray:
+) -> _Field:
     """Patchy haze: thresholded coarse noise plus a uniform density rise."""
     patches = np.maximum(_lowpass_noise(rng, count, image_size, 0.06 * image_size) + 0.3, 0.0)
     patch_amplitude = _uniform(rng, 0.025, 0.09, count)
     haze = _uniform(rng, 0.0, 0.06, count)
-    return patch_amplitude * patches + haze
+    density: _Field = patch_amplitude * patches + haze
+    return density
 
 
 def _acquire(
-    rng: np.random.Generator, density: FloatArray, image_size: int
-) -> FloatArray:
+    rng: np.random.Generator, density: _Field, image_size: int
+) -> _Field:
     """Detector model: blur, gain/offset, gamma, then Gaussian noise and clipping."""
     count = density.shape[0]
     blur_pixels = _uniform(rng, 0.3, 1.2, count) * image_size / 64.0

@@ -64,7 +64,8 @@ class HospitalNode:
         if self._public is None:
             reply = self._key_authority.GetPublicContext(pb.GetPublicContextRequest(), timeout=60,
                                                          wait_for_ready=True)
-            load_public_context(reply.context)  # refuses a context that carries a secret key
+            context = load_public_context(reply.context)  # refuses a context that carries a secret key
+            self._metrics.secret_key.set(int(context.is_private()))
             if key_id_of(reply.context) != reply.key_id:
                 raise WrongKeyError("the key authority's key id does not name its public context")
             self._public = reply

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     ledger = DecryptionLedger(settings.state_dir / "decrypted_rounds.json")
     registry = NodeKeyRegistry.from_directory(settings.node_keys_dir)
     policy = DecryptionPolicy(keys.key_id, settings.min_participants, registry, ledger)
-    metrics = ServiceMetrics("key_authority", holds_secret_key=True)
+    metrics = ServiceMetrics("key_authority", holds_secret_key=keys.secret_context.is_private())
     serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
     server, health = grpc_server()
     servicer = KeyAuthorityServicer(keys, policy, settings.min_participants, metrics, iter(sorted(ledger.rounds)))

@@ -1,0 +1,466 @@
+"""Load a hospital's chest X-rays into one array format, and prepare them for training.
+
+Supported sources:
+
+* an image folder in the Kaggle "Chest X-Ray Images (Pneumonia)" layout,
+  ``root/split/CLASS/image.(png|jpg|jpeg)``;
+* a MedMNIST ``.npz`` archive (PneumoniaMNIST, ChestMNIST; Yang et al.,
+  "MedMNIST v2", Scientific Data 2023);
+* a folder of DICOM files, read with pydicom and de-identified before the
+  header leaves this module.
+
+Every loader returns a :class:`LoadedDataset` of float32 images shaped
+``(n, 1, S, S)`` in ``[0, 1]``. A file that cannot be used is listed in
+``skipped`` with the reason, so one bad file never aborts a hospital's load.
+Images are resized to a square without keeping the aspect ratio, as is usual
+for these public datasets.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Final, Sequence
+
+import numpy as np
+import numpy.typing as npt
+import pydicom
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+
+FloatArray = npt.NDArray[np.float32]
+LabelArray = npt.NDArray[np.int64]
+
+UNLABELLED: Final[int] = -1
+IMAGE_EXTENSIONS: Final[frozenset[str]] = frozenset({".png", ".jpg", ".jpeg"})
+MEDMNIST_SPLITS: Final[tuple[str, ...]] = ("train", "val", "test")
+PNEUMONIAMNIST_CLASS_NAMES: Final[tuple[str, ...]] = ("NORMAL", "PNEUMONIA")
+CHESTMNIST_CLASS_NAMES: Final[tuple[str, ...]] = ("NO_FINDING", "ANY_FINDING")
+DICOM_DEFAULT_CLASS_NAMES: Final[tuple[str, ...]] = ("NORMAL", "ABNORMAL")
+
+# Small geometric jitter only: a chest film is not mirror-symmetric (the heart
+# is on the patient's left), so flips would teach the model dextrocardia.
+MAX_ROTATION_DEGREES: Final[float] = 7.0
+MAX_SHIFT_FRACTION: Final[float] = 0.05
+MAX_SCALE_CHANGE: Final[float] = 0.05
+MAX_BRIGHTNESS_SHIFT: Final[float] = 0.08
+MAX_CONTRAST_CHANGE: Final[float] = 0.15
+
+_PIXEL_KEYWORDS: Final[frozenset[str]] = frozenset({"PixelData", "FloatPixelData", "DoubleFloatPixelData"})
+# Attributes that PS3.15 Annex E (Basic Application Level Confidentiality
+# Profile) removes or blanks and that are not caught by the VR rules in
+# _is_identifying (person names, dates, times, instance UIDs).
+_IDENTIFYING_KEYWORDS: Final[frozenset[str]] = frozenset({
+    "PatientID", "IssuerOfPatientID", "OtherPatientIDs", "OtherPatientIDsSequence",
+    "PatientAddress", "PatientTelephoneNumbers", "PatientSex", "PatientAge", "PatientSize",
+    "PatientWeight", "MilitaryRank", "BranchOfService", "EthnicGroup", "Occupation",
+    "MedicalRecordLocator", "AdditionalPatientHistory", "PatientComments",
+    "PatientReligiousPreference", "CountryOfResidence", "RegionOfResidence",
+    "CurrentPatientLocation", "PatientInsurancePlanCodeSequence", "ResponsibleOrganization",
+    "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName",
+    "InstitutionCodeSequence", "ReferringPhysicianAddress", "ReferringPhysicianTelephoneNumbers",
+    "ReferringPhysicianIdentificationSequence", "AccessionNumber", "StudyID", "StationName",
+    "DeviceSerialNumber", "PlateID", "DetectorID", "GantryID", "CassetteID",
+    "StudyDescription", "SeriesDescription", "ImageComments", "DerivationDescription",
+    "RequestAttributesSequence", "ReferencedPatientSequence", "ReferencedStudySequence",
+    "AdmissionID", "AdmittingDiagnosesDescription", "PerformedProcedureStepID",
+    "PerformedProcedureStepDescription", "ScheduledProcedureStepID", "RequestedProcedureID",
+    "TextComments",
+})
+_IDENTIFYING_VRS: Final[frozenset[str]] = frozenset({"PN", "DA", "DT", "TM"})
+
+
+class DatasetFormatError(ValueError):
+    """A file or folder that does not have the layout or content a loader expects."""
+
+
+class NoPixelDataError(DatasetFormatError):
+    """A DICOM file (a DICOMDIR, a structured report, ...) that holds no image."""
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class LoadedDataset:
+    images: FloatArray  # (n, 1, S, S), float32 in [0, 1]
+    labels: LabelArray  # (n,), int64; UNLABELLED where no label is known
+    class_names: tuple[str, ...]
+    skipped: list[SkippedFile]
+    # De-identified DICOM headers, one per image; empty for other formats.
+    headers: list[Dataset] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DicomImage:
+    pixels: FloatArray  # (rows, columns), float32 in [0, 1], 1 = bright (dense)
+    header: Dataset  # de-identified, without pixel data
+
+
+# --- image folders -----------------------------------------------------------
+
+
+def load_image_folder(
+    root: str | Path, split: str, image_size: int, class_names: Sequence[str] | None = None
+) -> LoadedDataset:
+    """Load ``root/split/CLASS/*`` images; class names default to the sorted folder names."""
+    split_folder = Path(root) / split
+    if not split_folder.is_dir():
+        raise DatasetFormatError(f"{split_folder}: no such split folder")
+    entries = sorted(split_folder.iterdir())
+    if class_names is None:
+        class_names = [entry.name for entry in entries if entry.is_dir() and not _is_hidden(entry)]
+    known_classes = tuple(class_names)
+    skipped: list[SkippedFile] = []
+    images: list[FloatArray] = []
+    labels: list[int] = []
+    for entry in entries:
+        if not entry.is_dir():
+            skipped.append(SkippedFile(str(entry), "file is not inside a class folder"))
+            continue
+        if entry.name not in known_classes:
+            skipped.append(SkippedFile(
+                str(entry), f"folder {entry.name!r} is not a known class {known_classes}"))
+            continue
+        for path in sorted(entry.iterdir()):
+            if not path.is_file() or path.suffix.lower() not in IMAGE_EXTENSIONS:
+                skipped.append(SkippedFile(str(path), "not a .png/.jpg/.jpeg file"))
+                continue
+            try:
+                pixels = read_picture(path)
+            except DatasetFormatError as error:
+                skipped.append(SkippedFile(str(path), str(error)))
+                continue
+            images.append(_resize_batch(pixels[None, None], image_size)[0])
+            labels.append(known_classes.index(entry.name))
+    return LoadedDataset(_stack(images, image_size), np.asarray(labels, dtype=np.int64),
+                         known_classes, skipped)
+
+
+def read_picture(path: str | Path) -> FloatArray:
+    """One PNG/JPEG as a 2-D float32 array in [0, 1]; colour is converted to grey."""
+    try:
+        with Image.open(path) as picture:
+            picture.load()  # decode now, so a truncated file fails here
+            if picture.mode.startswith("I"):
+                # 16-bit greyscale PNG (common for radiographs).
+                pixels = np.asarray(picture, dtype=np.float64) / 65535.0
+            else:
+                pixels = np.asarray(picture.convert("L"), dtype=np.float64) / 255.0
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise DatasetFormatError(f"unreadable image: {error}") from error
+    return np.clip(pixels, 0.0, 1.0).astype(np.float32)
+
+
+def _is_hidden(path: Path) -> bool:
+    return path.name.startswith((".", "__"))
+
+
+# --- MedMNIST ------------------------------------------------------------------
+
+
+def load_medmnist_npz(path: str | Path, split: str, image_size: int) -> LoadedDataset:
+    """Load one split of a MedMNIST archive as a binary task.
+
+    One label column (PneumoniaMNIST) is used as is: 0 = normal, 1 = pneumonia.
+    Several columns (ChestMNIST: 14 NIH ChestX-ray14 findings, multi-label)
+    become "any finding": 1 when at least one finding is present.
+    """
+    if split not in MEDMNIST_SPLITS:
+        raise ValueError(f"split must be one of {MEDMNIST_SPLITS}, got {split!r}")
+    image_key, label_key = f"{split}_images", f"{split}_labels"
+    with np.load(path, allow_pickle=False) as archive:
+        for key in (image_key, label_key):
+            if key not in archive.files:
+                raise DatasetFormatError(
+                    f"{path}: missing key {key!r} (found {sorted(archive.files)})")
+        raw_images = archive[image_key]
+        raw_labels = archive[label_key]
+    images = _medmnist_images(raw_images, path)
+    labels, class_names = _medmnist_binary_labels(raw_labels, path)
+    if labels.size != images.shape[0]:
+        raise DatasetFormatError(
+            f"{path}: {images.shape[0]} images but {labels.size} labels in split {split!r}")
+    return LoadedDataset(_resize_batch(images[:, None], image_size), labels, class_names, [])
+
+
+def _medmnist_images(raw: npt.NDArray[Any], path: str | Path) -> FloatArray:
+    full_scale = float(np.iinfo(raw.dtype).max) if np.issubdtype(raw.dtype, np.integer) else 1.0
+    scaled = np.asarray(raw, dtype=np.float64) / full_scale
+    if scaled.ndim == 4 and scaled.shape[-1] in (1, 3):
+        scaled = scaled.mean(axis=-1)  # MedMNIST stores colour as a trailing channel axis
+    if scaled.ndim != 3:
+        raise DatasetFormatError(f"{path}: images must be (n, H, W[, C]), got {raw.shape}")
+    images: FloatArray = np.clip(scaled, 0.0, 1.0).astype(np.float32)
+    return images
+
+
+def _medmnist_binary_labels(
+    raw: npt.NDArray[Any], path: str | Path
+) -> tuple[LabelArray, tuple[str, ...]]:
+    columns = raw.reshape(raw.shape[0], -1) if raw.ndim else raw.reshape(0, 1)
+    if not np.all((columns == 0) | (columns == 1)):
+        raise DatasetFormatError(f"{path}: expected 0/1 labels, found values {np.unique(columns)}")
+    if columns.shape[1] == 1:
+        return np.asarray(columns[:, 0], dtype=np.int64), PNEUMONIAMNIST_CLASS_NAMES
+    return np.asarray(columns.any(axis=1), dtype=np.int64), CHESTMNIST_CLASS_NAMES
+
+
+# --- DICOM -------------------------------------------------------------------------
+
+
+def read_dicom(path: str | Path) -> DicomImage:
+    """Read one single-frame greyscale DICOM image and its de-identified header.
+
+    Raises :class:`DatasetFormatError` (or :class:`NoPixelDataError`) for
+    files that are not DICOM, hold no image, or cannot be decoded.
+    """
+    try:
+        dataset = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as error:
+        raise DatasetFormatError(f"not a readable DICOM file: {error}") from error
+    if not any(keyword in dataset for keyword in _PIXEL_KEYWORDS):
+        raise NoPixelDataError("DICOM file has no pixel data")
+    return DicomImage(dicom_pixels_to_unit_range(dataset), deidentify(dataset))
+
+
+def dicom_pixels_to_unit_range(dataset: Dataset) -> FloatArray:
+    """Stored values -> modality LUT -> VOI LUT or window -> [0, 1], MONOCHROME1 inverted."""
+    photometric = str(dataset.get("PhotometricInterpretation", ""))
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise DatasetFormatError(f"unsupported PhotometricInterpretation {photometric!r}")
+    if int(dataset.get("NumberOfFrames", 1) or 1) != 1:
+        raise DatasetFormatError("multi-frame DICOM images are not supported")
+    try:
+        stored = dataset.pixel_array
+    except Exception as error:  # pydicom raises many types for undecodable data
+        raise DatasetFormatError(f"cannot decode pixel data: {error}") from error
+    values = apply_modality_lut(stored.astype(np.float64), dataset)
+    if "VOILUTSequence" in dataset:
+        lut = np.asarray(dataset.VOILUTSequence[0].LUTData, dtype=np.float64)
+        unit = _stretch(apply_voi_lut(values, dataset, prefer_lut=True), float(lut.min()), float(lut.max()))
+    elif "WindowCenter" in dataset and "WindowWidth" in dataset:
+        unit = window_to_unit_range(
+            values,
+            _first_value(dataset.WindowCenter),
+            _first_value(dataset.WindowWidth),
+            str(dataset.get("VOILUTFunction", "LINEAR") or "LINEAR"),
+        )
+    else:
+        unit = _stretch(values, float(values.min()), float(values.max()))
+    if photometric == "MONOCHROME1":
+        unit = 1.0 - unit  # MONOCHROME1: the lowest value is displayed white
+    return unit.astype(np.float32)
+
+
+def window_to_unit_range(
+    values: npt.NDArray[np.floating], center: float, width: float, function: str = "LINEAR"
+) -> npt.NDArray[np.float64]:
+    """Apply a DICOM VOI window (PS3.3 C.11.2.1.2-3) with output range [0, 1]."""
+    x = np.asarray(values, dtype=np.float64)
+    if function == "LINEAR":
+        if width < 1:
+            raise DatasetFormatError(f"LINEAR window width must be >= 1, got {width}")
+        if width == 1:  # degenerate window: a threshold at center - 0.5
+            return (x > center - 0.5).astype(np.float64)
+        return np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+    if function == "LINEAR_EXACT":
+        if width <= 0:
+            raise DatasetFormatError(f"LINEAR_EXACT window width must be > 0, got {width}")
+        return np.clip((x - center) / width + 0.5, 0.0, 1.0)
+    if function == "SIGMOID":
+        if width <= 0:
+            raise DatasetFormatError(f"SIGMOID window width must be > 0, got {width}")
+        return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+    raise DatasetFormatError(f"unknown VOILUTFunction {function!r}")
+
+
+def deidentify(dataset: Dataset) -> Dataset:
+    """A copy of the header without pixel data and without identifying attributes.
+
+    In the spirit of the PS3.15 Annex E basic profile: removes private tags,
+    person names, dates and times, instance UIDs, overlays (they may carry
+    burned-in text) and the attributes in ``_IDENTIFYING_KEYWORDS``, at every
+    sequence depth. The file meta header is not copied. Identifying text burned
+    into the pixels themselves is NOT detected. The input is not modified.
+    """
+    header = Dataset()
+    for element in dataset:
+        if element.keyword not in _PIXEL_KEYWORDS:
+            header.add(copy.deepcopy(element))
+    header.walk(_delete_if_identifying)
+    header.PatientIdentityRemoved = "YES"
+    header.DeidentificationMethod = "FedXray: PS3.15 basic profile subset (removal only)"
+    return header
+
+
+def _delete_if_identifying(dataset: Dataset, element: DataElement) -> None:
+    if _is_identifying(element):
+        del dataset[element.tag]
+
+
+def _is_identifying(element: DataElement) -> bool:
+    tag = element.tag
+    is_overlay = 0x6000 <= tag.group <= 0x60FF
+    keyword = element.keyword
+    is_instance_uid = element.VR == "UI" and not keyword.endswith("ClassUID") and keyword != "TransferSyntaxUID"
+    return (tag.is_private or is_overlay or is_instance_uid
+            or element.VR in _IDENTIFYING_VRS or keyword in _IDENTIFYING_KEYWORDS)
+
+
+def load_dicom_folder(
+    root: str | Path,
+    image_size: int,
+    label_for_path: Callable[[Path], int] | None = None,
+    class_names: Sequence[str] = DICOM_DEFAULT_CLASS_NAMES,
+) -> LoadedDataset:
+    """Load every DICOM image below ``root`` (any file name; DICOM often has none).
+
+    ``label_for_path`` maps a file to its class index; without it every label
+    is ``UNLABELLED``. A file whose label cannot be found is skipped.
+    """
+    known_classes = tuple(class_names)
+    skipped: list[SkippedFile] = []
+    images: list[FloatArray] = []
+    labels: list[int] = []
+    headers: list[Dataset] = []
+    for path in sorted(candidate for candidate in Path(root).rglob("*") if candidate.is_file()):
+        try:
+            image = read_dicom(path)
+            label = UNLABELLED if label_for_path is None else _checked_label(
+                label_for_path(path), len(known_classes))
+        except (ValueError, LookupError) as error:  # DatasetFormatError is a ValueError
+            skipped.append(SkippedFile(str(path), str(error)))
+            continue
+        images.append(_resize_batch(image.pixels[None, None], image_size)[0])
+        labels.append(label)
+        headers.append(image.header)
+    return LoadedDataset(_stack(images, image_size), np.asarray(labels, dtype=np.int64),
+                         known_classes, skipped, headers)
+
+
+def _checked_label(label: int, class_count: int) -> int:
+    if not 0 <= label < class_count:
+        raise DatasetFormatError(f"label {label} outside [0, {class_count})")
+    return int(label)
+
+
+def _first_value(value: object) -> float:
+    """Window attributes may hold several windows (a MultiValue); the first is the default."""
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return float(value[0])
+    return float(value)  # type: ignore[arg-type]
+
+
+def _stretch(values: npt.NDArray[np.floating], low: float, high: float) -> npt.NDArray[np.float64]:
+    """Map [low, high] onto [0, 1]; a constant image becomes all zeros."""
+    if high <= low:
+        return np.zeros(np.shape(values), dtype=np.float64)
+    return np.clip((np.asarray(values, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+
+
+# --- preprocessing and augmentation -------------------------------------------------
+
+
+def preprocess(
+    images: npt.ArrayLike, image_size: int, denoise: bool = False, enhance_contrast: bool = False
+) -> FloatArray:
+    """Resize ``(n, 1, H, W)`` images to ``image_size``, then optionally denoise and equalize.
+
+    ``denoise``: 3x3 median filter (edges replicated) against salt-and-pepper
+    and detector noise. ``enhance_contrast``: per-image histogram equalization
+    with 256 grey levels.
+    """
+    batch = np.asarray(images, dtype=np.float32)
+    if batch.ndim != 4 or batch.shape[1] != 1:
+        raise ValueError(f"images must be (n, 1, H, W), got {batch.shape}")
+    resized = _resize_batch(batch, image_size)
+    if denoise:
+        resized = median_filter_3x3(resized)
+    if enhance_contrast:
+        resized = equalize_histogram(resized)
+    return resized
+
+
+def median_filter_3x3(images: FloatArray) -> FloatArray:
+    """3x3 median of each pixel's neighbourhood, for ``(n, 1, H, W)`` images."""
+    tensor = F.pad(torch.from_numpy(np.ascontiguousarray(images)), (1, 1, 1, 1), mode="replicate")
+    windows = tensor.unfold(2, 3, 1).unfold(3, 3, 1)  # (n, 1, H, W, 3, 3)
+    median = windows.reshape(*windows.shape[:4], 9).median(dim=-1).values
+    return median.numpy().astype(np.float32)
+
+
+def equalize_histogram(images: FloatArray, levels: int = 256) -> FloatArray:
+    """Per-image histogram equalization; a constant image is returned unchanged."""
+    count = images.shape[0]
+    quantized = np.clip(np.rint(images.reshape(count, -1) * (levels - 1)), 0, levels - 1).astype(np.int64)
+    offsets = (np.arange(count) * levels)[:, None]
+    histograms = np.bincount((quantized + offsets).ravel(), minlength=count * levels).reshape(count, levels)
+    cdf = np.cumsum(histograms, axis=1) / quantized.shape[1]
+    lowest = np.take_along_axis(cdf, quantized.min(axis=1, keepdims=True), axis=1)
+    spread = 1.0 - lowest
+    safe_spread = np.where(spread > 0, spread, 1.0)
+    equalized = (np.take_along_axis(cdf, quantized, axis=1) - lowest) / safe_spread
+    unchanged = images.reshape(count, -1)
+    result = np.where(spread > 0, equalized, unchanged)
+    return result.reshape(images.shape).astype(np.float32)
+
+
+def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random small rotation, shift, zoom, brightness and contrast; never a flip.
+
+    ``images`` is ``(B, 1, H, W)`` in [0, 1]; the result has the same shape and
+    range. All randomness comes from ``generator``, so runs are reproducible.
+    """
+    batch = images.shape[0]
+
+    def symmetric(limit: float) -> torch.Tensor:
+        draw = torch.rand(batch, generator=generator, device=generator.device)
+        return ((draw * 2.0 - 1.0) * limit).to(device=images.device, dtype=images.dtype)
+
+    angle = symmetric(math.radians(MAX_ROTATION_DEGREES))
+    scale = 1.0 + symmetric(MAX_SCALE_CHANGE)
+    # affine_grid works in [-1, 1] coordinates: a full image side spans 2.
+    shift_x = symmetric(2.0 * MAX_SHIFT_FRACTION)
+    shift_y = symmetric(2.0 * MAX_SHIFT_FRACTION)
+    theta = torch.stack([
+        torch.stack([scale * torch.cos(angle), -scale * torch.sin(angle), shift_x], dim=1),
+        torch.stack([scale * torch.sin(angle), scale * torch.cos(angle), shift_y], dim=1),
+    ], dim=1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    moved = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    contrast = (1.0 + symmetric(MAX_CONTRAST_CHANGE)).view(-1, 1, 1, 1)
+    brightness = symmetric(MAX_BRIGHTNESS_SHIFT).view(-1, 1, 1, 1)
+    mean = moved.mean(dim=(1, 2, 3), keepdim=True)
+    return ((moved - mean) * contrast + mean + brightness).clamp(0.0, 1.0)
+
+
+def _resize_batch(images: FloatArray, image_size: int) -> FloatArray:
+    """Bilinear resize of ``(n, 1, H, W)`` to ``(n, 1, S, S)``, antialiased when shrinking."""
+    if image_size < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size}")
+    if images.shape[-2:] == (image_size, image_size):
+        return images.astype(np.float32, copy=False)
+    if images.shape[0] == 0:
+        return np.zeros((0, 1, image_size, image_size), dtype=np.float32)
+    tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    resized = F.interpolate(tensor, size=(image_size, image_size), mode="bilinear",
+                            align_corners=False, antialias=True)
+    return resized.clamp(0.0, 1.0).numpy()
+
+
+def _stack(images: list[FloatArray], image_size: int) -> FloatArray:
+    if not images:
+        return np.zeros((0, 1, image_size, image_size), dtype=np.float32)
+    return np.stack(images).astype(np.float32)

@@ -1,0 +1,137 @@
+"""Five hospital processes, a key authority and an aggregator over loopback gRPC, two rounds."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from protos.fedxray.v1 import fedxray_pb2 as pb
+from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
+from scripts.consortium import Consortium, ConsortiumConfig
+from services.common.stream_digest import attestation_message, load_identity
+from tests.e2e.consortium_checks import (
+    checkpoint_weights,
+    field_sum,
+    node_fields,
+    node_update,
+    round_plan,
+    scrape,
+    status,
+)
+
+NODES, ROUNDS = 5, 2
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    run_dir = tmp_path_factory.mktemp("secure")
+    config = ConsortiumConfig(run_dir=run_dir, nodes=NODES, rounds=ROUNDS, architecture="tiny", image_size=32,
+                              images_per_node=40, seed=7, record=True, noise_variance=12.0, clip_norm=5.0)
+    secret_key_gauges: dict[str, float] = {}
+    consortium = Consortium(config)
+
+    def on_row(row: dict[str, object]) -> None:
+        for name, service in consortium.services.items():
+            if name not in secret_key_gauges:
+                try:
+                    secret_key_gauges[name] = scrape(service.metrics_port)["fedxray_holds_secret_key"]
+                except OSError:
+                    pass
+
+    with consortium:
+        code = consortium.wait(420, on_row=on_row)
+        statuses = {"key_authority": status(consortium.ka_address, "key_authority")}
+        yield consortium, code, secret_key_gauges, statuses
+
+
+def _centered(values: np.ndarray, bits: int) -> np.ndarray:
+    half = 1 << (bits - 1)
+    return ((values.astype(np.int64) + half) % (1 << bits)) - half
+
+
+def test_rounds_complete_with_all_five_hospitals(finished_run) -> None:  # type: ignore[no-untyped-def]
+    consortium, code, _, _ = finished_run
+    assert code == 0, (consortium.logs / "aggregator.log").read_text()[-3000:]
+    rows = [r for r in consortium.rows() if r["round"] >= 1]
+    assert [r["round"] for r in rows] == [1, 2]
+    assert all(r["participants"] == NODES and not r.get("failed") for r in rows)
+    assert all(r["evaluation"] and r["evaluation"]["examples"] > 0 for r in consortium.rows())
+
+
+def test_key_authority_returns_exactly_the_integer_sum_of_what_nodes_encoded(finished_run) -> None:  # type: ignore[no-untyped-def]
+    consortium, *_ = finished_run
+    records = consortium.config.run_dir / "records"
+    for round_id in range(1, ROUNDS + 1):
+        plan = round_plan(consortium.config.run_dir, round_id)
+        bits = int(plan["bits"])
+        encoded = [node_fields(records, node, round_id) for node in consortium.node_ids]
+        expected = np.sum(encoded, axis=0) % (1 << bits)
+        assert np.array_equal(field_sum(consortium.config.run_dir, round_id), expected)
+
+
+def test_global_model_moves_by_the_fedavg_mean_of_the_updates(finished_run) -> None:  # type: ignore[no-untyped-def]
+    consortium, *_ = finished_run
+    run_dir, records = consortium.config.run_dir, consortium.config.run_dir / "records"
+    for round_id in range(1, ROUNDS + 1):
+        plan = round_plan(run_dir, round_id)
+        n, scale, bits = int(plan["participants"]), float(plan["scale"]), int(plan["bits"])
+        before, after = checkpoint_weights(run_dir, round_id - 1), checkpoint_weights(run_dir, round_id)
+        decoded_mean = _centered(field_sum(run_dir, round_id), bits) / (n * scale)
+        # FedAvg with server learning rate 1: w_r = w_{r-1} + mean update (checkpoints are float32).
+        np.testing.assert_allclose(after, before + decoded_mean, rtol=1e-6, atol=1e-6)
+        # And that mean is the hospitals' true clipped mean, up to rounding and noise.
+        clip = consortium.config.clip_norm
+        updates = [node_update(records, node, round_id) for node in consortium.node_ids]
+        clipped = [u * min(1.0, clip / np.linalg.norm(u)) for u in updates]
+        true_mean = np.mean(clipped, axis=0)
+        sigma = math.sqrt(n / 4 + n * float(plan["node_noise_variance"])) / (n * scale)
+        assert np.max(np.abs(decoded_mean - true_mean)) < 7 * sigma
+        assert np.linalg.norm(after - before) > 0
+
+
+def test_only_the_key_authority_holds_a_secret_key(finished_run) -> None:  # type: ignore[no-untyped-def]
+    consortium, _, gauges, statuses = finished_run
+    assert statuses["key_authority"].holds_secret_key
+    assert set(gauges) == {"key_authority", "aggregator", *consortium.node_ids}
+    assert gauges["key_authority"] == 1.0
+    assert all(gauges[name] == 0.0 for name in gauges if name != "key_authority")
+
+
+def _attestation(identities: Path, node_id: str, round_id: int, key_id: str) -> pb.Attestation:
+    digest = bytes(32)
+    signature = load_identity(identities / f"{node_id}.key").sign(
+        attestation_message(round_id, key_id, node_id, 1, digest))
+    return pb.Attestation(node_id=node_id, round_id=round_id, key_id=key_id, chunk_count=1, stream_digest=digest,
+                          signature=signature)
+
+
+def _decrypt(consortium: Consortium, manifest: pb.DecryptManifest) -> grpc.RpcError:
+    stub = pb_grpc.KeyAuthorityStub(grpc.insecure_channel(consortium.ka_address))
+    with pytest.raises(grpc.RpcError) as refused:
+        list(stub.Decrypt(iter([pb.DecryptRequest(manifest=manifest)]), timeout=30))
+    return refused.value
+
+
+def test_key_authority_refuses_too_few_participants_and_a_second_decryption(finished_run) -> None:  # type: ignore[no-untyped-def]
+    consortium, *_ = finished_run
+    key_id = status(consortium.ka_address, "key_authority").key_id
+    ids = consortium.identities
+
+    def manifest(round_id: int, nodes: list[str], key: str = key_id) -> pb.DecryptManifest:
+        return pb.DecryptManifest(round_id=round_id, key_id=key, chunk_count=1, value_count=1,
+                                  attestations=[_attestation(ids, node, round_id, key) for node in nodes])
+
+    too_few = _decrypt(consortium, manifest(99, ["hospital-1", "hospital-2"]))
+    assert too_few.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "at least 3" in (too_few.details() or "")
+    same_node_thrice = _decrypt(consortium, manifest(98, ["hospital-1"] * 3))
+    assert same_node_thrice.code() == grpc.StatusCode.PERMISSION_DENIED
+    again = _decrypt(consortium, manifest(1, ["hospital-1", "hospital-2", "hospital-3"]))
+    assert again.code() == grpc.StatusCode.ALREADY_EXISTS
+    wrong_key = _decrypt(consortium, manifest(97, ["hospital-1", "hospital-2", "hospital-3"], key="0" * 16))
+    assert wrong_key.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert status(consortium.ka_address, "key_authority").decrypted_rounds == [1, 2]
