@@ -43,7 +43,7 @@ NORMAL: Final[int] = 0
 OPACITY: Final[int] = 1
 DIFFUSE: Final[int] = 2
 
-MIN_IMAGE_SIZE: Final[int] = 16
+MIN_IMAGE_SIZE: Final[int] = 16  # below this the lungs and ribs are no longer drawn apart
 MAX_BLOBS_PER_IMAGE: Final[int] = 3
 
 
@@ -77,15 +77,15 @@ def generate_synthetic_xrays(
     vertical, horizontal = _coordinate_grid(image_size)
 
     thorax = _draw_thorax(rng, count, vertical, horizontal)
-    image = thorax.density
-    image = image + _vascular_texture(rng, count, image_size) * thorax.lungs
+    # A new array: the in-place additions below must not write into thorax.density.
+    image: _Field = thorax.density + _vascular_texture(rng, count, image_size) * thorax.lungs
     # Findings are drawn only for the images that carry them: they are the costly part.
     opacity_rows = np.flatnonzero(labels == OPACITY)
     image[opacity_rows] += _focal_opacities(rng, thorax, opacity_rows, vertical, horizontal)
     diffuse_rows = np.flatnonzero(labels == DIFFUSE)
     image[diffuse_rows] += _diffuse_density(rng, diffuse_rows.size, image_size) * thorax.lungs[diffuse_rows]
-    image = _acquire(rng, image, image_size)
-    return image[:, None, :, :].astype(np.float32), labels
+    acquired = _acquire(rng, image, image_size)
+    return acquired[:, None, :, :].astype(np.float32), labels
 
 
 @dataclass(frozen=True)
@@ -256,7 +256,7 @@ def _focal_opacities(
     centre_h = centres[..., 1] + radius * np.cos(angle) * radii[..., 1]
     sigma = rng.uniform(0.05, 0.16, blob_shape).astype(np.float32)
     # Log-uniform contrast: many faint findings, some obvious ones.
-    contrast = (np.exp(rng.uniform(np.log(0.035), np.log(0.28), blob_shape)) * active).astype(np.float32)
+    contrast = (np.exp(rng.uniform(np.log(0.06), np.log(0.4), blob_shape)) * active).astype(np.float32)
 
     blobs = contrast[..., None, None] * np.exp(
         -0.5 * (

@@ -1,0 +1,186 @@
+"""Specification of the pooled classification metrics (expected values computed by hand)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.common.classification_metrics import (
+    ClassificationMetrics,
+    auc_from_histograms,
+    auc_macro_from_histograms,
+    confusion_matrix,
+    metrics_from_confusion,
+    one_vs_rest_histograms,
+    score_histograms,
+)
+
+
+def _brute_force_binned_auc(scores: np.ndarray, truth: np.ndarray, bins: int) -> float:
+    """Pairwise comparison of bin numbers: 1 per win, 1/2 per tie."""
+    bin_number = np.floor(scores * bins).clip(max=bins - 1)
+    positive, negative = bin_number[truth == 1], bin_number[truth == 0]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in positive for n in negative)
+    return wins / (positive.size * negative.size)
+
+
+def test_confusion_matrix_counts_true_rows_and_predicted_columns() -> None:
+    cm = confusion_matrix([0, 0, 1, 1, 2, 2, 2], [0, 1, 1, 1, 2, 0, 2], num_classes=3)
+    np.testing.assert_array_equal(cm, [[1, 1, 0], [0, 2, 0], [1, 0, 2]])
+    assert cm.dtype == np.int64
+
+
+def test_confusion_matrix_has_a_row_for_a_class_never_seen() -> None:
+    cm = confusion_matrix([0, 0], [0, 1], num_classes=3)
+    np.testing.assert_array_equal(cm, [[1, 1, 0], [0, 0, 0], [0, 0, 0]])
+
+
+@pytest.mark.parametrize(
+    ("truth", "predicted"), [([0, 1], [0]), ([0, 3], [0, 1]), ([0, 1], [-1, 1])]
+)
+def test_confusion_matrix_refuses_bad_labels(truth: list[int], predicted: list[int]) -> None:
+    with pytest.raises(ValueError):
+        confusion_matrix(truth, predicted, num_classes=3)
+
+
+def test_binary_metrics_use_class_one_as_positive() -> None:
+    # tn=50 fp=10 / fn=5 tp=35
+    metrics = metrics_from_confusion(np.array([[50, 10], [5, 35]]))
+    assert metrics.accuracy == pytest.approx(85 / 100)
+    assert metrics.precision == pytest.approx(35 / 45)
+    assert metrics.recall == pytest.approx(35 / 40)
+    assert metrics.specificity == pytest.approx(50 / 60)
+    assert metrics.f1 == pytest.approx(70 / 85)
+    assert metrics.auc is None
+
+
+def test_three_class_metrics_are_macro_one_vs_rest_means() -> None:
+    # Per class (tp, fp, fn, tn): 0 -> (1,1,1,4); 1 -> (2,1,0,4); 2 -> (2,0,1,4).
+    metrics = metrics_from_confusion(np.array([[1, 1, 0], [0, 2, 0], [1, 0, 2]]), auc=0.75)
+    assert metrics == ClassificationMetrics(
+        accuracy=pytest.approx(5 / 7),
+        precision=pytest.approx((1 / 2 + 2 / 3 + 1) / 3),
+        recall=pytest.approx((1 / 2 + 1 + 2 / 3) / 3),
+        specificity=pytest.approx((4 / 5 + 4 / 5 + 1) / 3),
+        f1=pytest.approx((2 / 4 + 4 / 5 + 4 / 5) / 3),
+        auc=0.75,
+    )
+
+
+def test_zero_over_zero_is_defined_as_zero() -> None:
+    # Nothing positive, nothing predicted positive: precision and recall are 0/0.
+    metrics = metrics_from_confusion(np.array([[5, 0], [0, 0]]))
+    assert metrics.precision == 0.0
+    assert metrics.recall == 0.0
+    assert metrics.f1 == 0.0
+    assert metrics.specificity == 1.0
+    assert metrics.accuracy == 1.0
+
+
+def test_empty_confusion_matrix_gives_all_zero_metrics() -> None:
+    metrics = metrics_from_confusion(np.zeros((2, 2), dtype=np.int64))
+    assert (metrics.accuracy, metrics.precision, metrics.recall, metrics.specificity, metrics.f1) == (0, 0, 0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "confusion", [np.array([[1, 2, 3]]), np.array([[1]]), np.array([[1, -1], [0, 2]]), np.array([[0.5, 0], [0, 1]])]
+)
+def test_malformed_confusion_matrix_is_refused(confusion: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        metrics_from_confusion(confusion)
+
+
+def test_score_histograms_bin_by_score_and_put_one_in_the_last_bin() -> None:
+    positive, negative = score_histograms(
+        np.array([0.0, 0.05, 0.1, 0.99, 1.0]), np.array([0, 1, 0, 1, 1]), bins=10
+    )
+    np.testing.assert_array_equal(positive, [1, 0, 0, 0, 0, 0, 0, 0, 0, 2])
+    np.testing.assert_array_equal(negative, [1, 1, 0, 0, 0, 0, 0, 0, 0, 0])
+
+
+@pytest.mark.parametrize(
+    ("scores", "truth"), [([0.2, 1.5], [0, 1]), ([0.2, np.nan], [0, 1]), ([0.2, 0.3], [0, 2]), ([0.2], [0, 1])]
+)
+def test_score_histograms_refuse_bad_input(scores: list[float], truth: list[int]) -> None:
+    with pytest.raises(ValueError):
+        score_histograms(np.array(scores), np.array(truth))
+
+
+def test_auc_counts_wins_and_half_ties_by_hand() -> None:
+    # Positive in bin 1 beats 2 negatives and ties 1: 2.5; two positives in bin 2 beat 3 each: 6.
+    assert auc_from_histograms(np.array([0, 1, 2]), np.array([2, 1, 0])) == pytest.approx(8.5 / 9)
+
+
+def test_auc_is_one_for_perfect_separation_and_half_for_all_ties() -> None:
+    assert auc_from_histograms(np.array([0, 0, 4]), np.array([3, 0, 0])) == 1.0
+    assert auc_from_histograms(np.array([4, 0, 0]), np.array([0, 0, 3])) == 0.0
+    assert auc_from_histograms(np.array([0, 7, 0]), np.array([0, 2, 0])) == 0.5
+
+
+def test_auc_is_none_when_a_class_is_missing() -> None:
+    assert auc_from_histograms(np.array([0, 0, 0]), np.array([1, 2, 3])) is None
+    assert auc_from_histograms(np.array([1, 0, 0]), np.array([0, 0, 0])) is None
+
+
+def test_auc_matches_brute_force_pairwise_count_on_random_scores() -> None:
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 2, size=300)
+    scores = np.clip(rng.normal(0.4 + 0.2 * truth, 0.2), 0.0, 1.0)
+    for bins in (7, 100):
+        positive, negative = score_histograms(scores, truth, bins=bins)
+        assert auc_from_histograms(positive, negative) == pytest.approx(
+            _brute_force_binned_auc(scores, truth, bins), abs=1e-12
+        )
+
+
+def test_fine_bins_approach_the_exact_auc_of_unbinned_scores() -> None:
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 2, size=400)
+    scores = rng.uniform(0.0, 1.0, size=400) ** np.where(truth == 1, 0.5, 1.0)
+    positive_scores, negative_scores = scores[truth == 1], scores[truth == 0]
+    exact = (positive_scores[:, None] > negative_scores[None, :]).mean()
+    positive, negative = score_histograms(scores, truth, bins=100_000)
+    assert auc_from_histograms(positive, negative) == pytest.approx(exact, abs=1e-3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 1)), min_size=2, max_size=60),
+    st.integers(1, 59),
+)
+def test_pooled_histograms_give_the_auc_of_the_pooled_data(
+    samples: list[tuple[float, int]], cut: int
+) -> None:
+    scores = np.array([score for score, _ in samples])
+    truth = np.array([label for _, label in samples])
+    cut = min(cut, len(samples) - 1)
+    first = score_histograms(scores[:cut], truth[:cut], bins=20)
+    second = score_histograms(scores[cut:], truth[cut:], bins=20)
+    pooled = auc_from_histograms(first[0] + second[0], first[1] + second[1])
+    whole = auc_from_histograms(*score_histograms(scores, truth, bins=20))
+    assert pooled == whole
+    if whole is not None:
+        assert whole == pytest.approx(_brute_force_binned_auc(scores, truth, 20), abs=1e-12)
+
+
+def test_macro_auc_averages_the_classes_that_have_an_auc() -> None:
+    positive = np.array([[0, 1], [1, 0], [0, 0]])  # class 2 has no positives: left out
+    negative = np.array([[1, 0], [0, 1], [1, 1]])
+    # class 0: AUC 1.0, class 1: AUC 0.0
+    assert auc_macro_from_histograms(positive, negative) == pytest.approx(0.5)
+    assert auc_macro_from_histograms(np.zeros((2, 3), dtype=np.int64), np.ones((2, 3), dtype=np.int64)) is None
+
+
+def test_one_vs_rest_histograms_treat_each_class_as_positive_in_turn() -> None:
+    probabilities = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1]])
+    truth = np.array([0, 1, 2, 1])
+    positive, negative = one_vs_rest_histograms(probabilities, truth, bins=2)
+    # bins [0, 0.5) and [0.5, 1]; class 0 positive: sample 0 (0.8); negatives 0.2, 0.1, 0.5.
+    np.testing.assert_array_equal(positive, [[0, 1], [1, 1], [0, 1]])
+    np.testing.assert_array_equal(negative, [[2, 1], [2, 0], [3, 0]])
+    # class 0: 1 pos in bin 1 vs negs (2 below, 1 tie) -> 2.5/3;
+    # class 1: pos in bin 1 beats both negs (2), pos in bin 0 ties both (2 x 1/2) -> 3/4;
+    # class 2: 1 pos in bin 1 beats all 3 negs -> 1.
+    assert auc_macro_from_histograms(positive, negative) == pytest.approx((2.5 / 3 + 3 / 4 + 1.0) / 3)

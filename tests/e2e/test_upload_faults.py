@@ -1,0 +1,150 @@
+"""Broken, malformed, replayed and forged submissions change no sum and get a clear status."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+
+from protos.fedxray.v1 import fedxray_pb2 as pb
+from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
+from scripts.consortium import Consortium, ConsortiumConfig
+from services.common.encryption_pool import EncryptionPool
+from services.common.model_spec import flatten_state, parameter_spec
+from services.common.models import build_model
+from services.common.stream_digest import generate_identity, load_identity
+from services.hospital_node.update_stream import UploadTimings, secure_upload
+from tests.e2e.consortium_checks import field_sum, node_fields, scrape
+
+
+def test_node_killed_mid_upload_adds_nothing_and_the_round_completes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = ConsortiumConfig(run_dir=tmp_path, nodes=5, rounds=1, architecture="tiny", image_size=32,
+                              images_per_node=30, seed=3, record=True,
+                              extra_aggregator_env={"FEDXRAY_AGG_CHUNK_CIPHERTEXTS": "1"},
+                              extra_node_env={4: {"FEDXRAY_NODE_FAULT_EXIT_AFTER_CHUNKS": "1"}})
+    refusals: dict[str, float] = {}
+    consortium = Consortium(config)
+
+    def on_row(row: dict[str, object]) -> None:
+        if not refusals:
+            samples = scrape(consortium.services["aggregator"].metrics_port)
+            refusals.update({k: v for k, v in samples.items() if k.startswith("fedxray_refused_requests_total")})
+
+    with consortium:
+        code = consortium.wait(300, on_row=on_row)
+        crashed = consortium.services["hospital-5"].process.wait(timeout=30)
+    assert code == 0
+    assert crashed == 17  # the fault hook's exit status: it really died mid-stream
+    row = next(r for r in consortium.rows() if r["round"] == 1)
+    survivors = consortium.node_ids[:4]
+    assert row["participants"] == 4 and sorted(row["contributors"]) == survivors
+    records = tmp_path / "records"
+    expected = np.sum([node_fields(records, node, 1) for node in survivors], axis=0) % (1 << 10)
+    assert np.array_equal(field_sum(tmp_path, 1), expected)
+    assert refusals.get('fedxray_refused_requests_total{reason="broken_stream"}', 0) >= 1
+    assert not list((tmp_path / "aggregator" / "staging").glob("*"))
+
+
+class IntruderNode:
+    """The test's own node: a registered member that also tries every bad submission."""
+
+    def __init__(self, consortium: Consortium, node_id: str) -> None:
+        self.node_id = node_id
+        self.aggregator = pb_grpc.AggregatorStub(grpc.insecure_channel(consortium.aggregator_address))
+        self.key_authority = pb_grpc.KeyAuthorityStub(grpc.insecure_channel(consortium.ka_address))
+        state = build_model("tiny", 2, 0).state_dict()
+        self.spec = parameter_spec(state)
+        self.weights = flatten_state(state)
+        self.identity = load_identity(consortium.identities / f"{node_id}.key")
+        self.stream: Iterator[pb.RoundMessage] | None = None
+
+    def join(self) -> pb.RoundPlan:
+        self.stream = self.aggregator.Subscribe(pb.JoinRequest(
+            node_id=self.node_id, parameter_count=self.spec.count, parameter_digest=self.spec.digest),
+            wait_for_ready=True)
+        plan = next(self.stream).plan
+        for _ in range(plan.model_chunk_count):
+            next(self.stream)
+        return plan
+
+    def leave(self) -> None:
+        """Disconnect, so the aggregator does not wait for this node's evaluations."""
+        assert self.stream is not None
+        self.stream.cancel()  # type: ignore[attr-defined]
+
+    def honest_chunks(self, plan: pb.RoundPlan, record: list[np.ndarray]) -> list[pb.UpdateChunk]:
+        public = self.key_authority.GetPublicContext(pb.GetPublicContextRequest(), timeout=30)
+        update = np.random.default_rng(11).normal(0, 1e-3, self.spec.count)
+        with EncryptionPool(public.context, workers=0) as pool:
+            return list(secure_upload(plan, update, self.node_id, self.identity, pool, public.slots_per_ciphertext,
+                                      UploadTimings(), np.random.SeedSequence(5), record))
+
+    def submit(self, chunks: list[pb.UpdateChunk]) -> grpc.StatusCode:
+        try:
+            self.aggregator.SubmitUpdate(iter(chunks), timeout=60)
+            return grpc.StatusCode.OK
+        except grpc.RpcError as error:
+            return error.code()
+
+
+def _copy(chunk: pb.UpdateChunk, **changes: object) -> pb.UpdateChunk:
+    changed = pb.UpdateChunk()
+    changed.CopyFrom(chunk)
+    for name, value in changes.items():
+        if name == "ciphertexts":
+            del changed.ciphertexts[:]
+            changed.ciphertexts.extend(value)  # type: ignore[arg-type]
+        else:
+            setattr(changed, name, value)
+    return changed
+
+
+def test_bad_submissions_are_refused_with_named_statuses_and_leave_the_sum_exact(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = ConsortiumConfig(run_dir=tmp_path, nodes=3, rounds=1, architecture="tiny", image_size=32,
+                              images_per_node=30, seed=5, record=True,
+                              extra_aggregator_env={"FEDXRAY_AGG_CHUNK_CIPHERTEXTS": "1",
+                                                    "FEDXRAY_AGG_EXPECTED_PARTICIPANTS": "4"})
+    generate_identity(tmp_path / "identities", "hospital-4")
+    with Consortium(config) as consortium:
+        intruder = IntruderNode(consortium, "hospital-4")
+        plan = intruder.join()
+        record: list[np.ndarray] = []
+        good = intruder.honest_chunks(plan, record)
+        assert len(good) >= 2
+        forged_signature = _copy(good[-1])
+        forged_signature.attestation.signature = load_identity(consortium.identities / "hospital-1.key").sign(b"x")
+        refused = {
+            "malformed ciphertext": intruder.submit([_copy(good[0], ciphertexts=[b"not a ciphertext"])] + good[1:]),
+            "wrong key id": intruder.submit([_copy(c, key_id="0" * 16) for c in good]),
+            "wrong round": intruder.submit([_copy(c, round_id=plan.round_id + 7) for c in good]),
+            "unknown node": intruder.submit([_copy(c, node_id="mallory") for c in good]),
+            "out of order": intruder.submit(good[1:] + good[:1]),
+            "truncated stream": intruder.submit(good[:-1]),
+            "forged signature": intruder.submit(good[:-1] + [forged_signature]),
+        }
+        assert refused == {
+            "malformed ciphertext": grpc.StatusCode.INVALID_ARGUMENT,
+            "wrong key id": grpc.StatusCode.FAILED_PRECONDITION,
+            "wrong round": grpc.StatusCode.FAILED_PRECONDITION,
+            "unknown node": grpc.StatusCode.UNAUTHENTICATED,
+            "out of order": grpc.StatusCode.INVALID_ARGUMENT,
+            "truncated stream": grpc.StatusCode.INVALID_ARGUMENT,
+            "forged signature": grpc.StatusCode.INVALID_ARGUMENT,
+        }
+        assert intruder.submit(good) == grpc.StatusCode.OK
+        assert intruder.submit(good) == grpc.StatusCode.ALREADY_EXISTS  # a replay
+        samples = scrape(consortium.services["aggregator"].metrics_port)
+        intruder.leave()
+        code = consortium.wait(300)
+    assert code == 0
+    row = next(r for r in consortium.rows() if r["round"] == 1)
+    assert row["participants"] == 4
+    honest = [node_fields(tmp_path / "records", node, 1) for node in consortium.node_ids]
+    expected = (np.sum(honest, axis=0) + np.concatenate(record).astype(np.int64)) % (1 << 10)
+    assert np.array_equal(field_sum(tmp_path, 1), expected)
+    reasons = {k for k, v in samples.items() if k.startswith("fedxray_refused_requests_total{") and v > 0}
+    assert {f'fedxray_refused_requests_total{{reason="{r}"}}' for r in
+            ("malformed_chunk", "wrong_key", "wrong_round", "unknown_node", "digest_mismatch",
+             "duplicate_submission")} <= reasons
