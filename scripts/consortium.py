@@ -21,7 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+import grpc
+
+from scripts.make_certs import issue, make_ca
 from services.common.stream_digest import generate_identity
+from services.common.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME, TlsSettings, channel
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,6 +62,8 @@ class ConsortiumConfig:
     torch_threads: int = 1
     seed: int | None = None
     record: bool = False
+    insecure: bool = False
+    extra_members: list[str] = field(default_factory=list)  # registered ids with no node process
     extra_aggregator_env: dict[str, str] = field(default_factory=dict)
     extra_node_env: dict[int, dict[str, str]] = field(default_factory=dict)
 
@@ -79,7 +85,31 @@ class Consortium:
         self.ka_address = f"127.0.0.1:{free_port()}"
         self.aggregator_address = f"127.0.0.1:{free_port()}"
         self.identities = config.run_dir / "identities"
+        self.certs = config.run_dir / "certs"
         self.logs = config.run_dir / "logs"
+
+    @property
+    def members(self) -> list[str]:
+        return self.node_ids + list(self.config.extra_members)
+
+    def tls_env(self, prefix: str, name: str) -> dict[str, str]:
+        if self.config.insecure:
+            return {f"{prefix}INSECURE": "true"}
+        return {f"{prefix}TLS_CERT": str(self.certs / f"{name}.pem"), f"{prefix}TLS_KEY": str(self.certs / f"{name}.key"),
+                f"{prefix}TLS_CA": str(self.certs / "ca.pem")}
+
+    def tls_for(self, name: str) -> TlsSettings:
+        """The TLS settings of consortium member `name`, for tests that act as that member."""
+        if self.config.insecure:
+            return TlsSettings(insecure=True)
+        return TlsSettings(tls_cert=self.certs / f"{name}.pem", tls_key=self.certs / f"{name}.key",
+                           tls_ca=self.certs / "ca.pem")
+
+    def channel_as(self, name: str, service: str) -> grpc.Channel:
+        """A client channel to `service` ("aggregator" or "key_authority") with `name`'s certificate."""
+        if service == "aggregator":
+            return channel(self.aggregator_address, self.tls_for(name), AGGREGATOR_NAME)
+        return channel(self.ka_address, self.tls_for(name), KEY_AUTHORITY_NAME)
 
     @property
     def node_ids(self) -> list[str]:
@@ -95,9 +125,13 @@ class Consortium:
 
     def start(self) -> Consortium:
         c = self.config
-        for node_id in self.node_ids:
+        for node_id in self.members:
             if not (self.identities / f"{node_id}.key").exists():
                 generate_identity(self.identities, node_id)
+        if not c.insecure:
+            ca, ca_key = make_ca(self.certs)
+            for name in (KEY_AUTHORITY_NAME, AGGREGATOR_NAME, *self.members):
+                issue(self.certs, name, ca, ca_key)
         ka_metrics, agg_metrics = free_port(), free_port()
         self._start("key_authority", "services.key_authority", {
             "FEDXRAY_KA_LISTEN": self.ka_address, "FEDXRAY_KA_METRICS_PORT": str(ka_metrics),
@@ -105,6 +139,7 @@ class Consortium:
             "FEDXRAY_KA_NODE_KEYS_DIR": str(self.identities),
             "FEDXRAY_KA_MAX_PARTICIPANTS": str(c.max_participants),
             "FEDXRAY_KA_MIN_PARTICIPANTS": str(c.min_participants),
+            **self.tls_env("FEDXRAY_KA_", KEY_AUTHORITY_NAME),
         }, ka_metrics)
         self._start("aggregator", "services.aggregator", {
             "FEDXRAY_AGG_LISTEN": self.aggregator_address, "FEDXRAY_AGG_METRICS_PORT": str(agg_metrics),
@@ -120,6 +155,7 @@ class Consortium:
             "FEDXRAY_AGG_SERVER_OPTIMIZER": c.server_optimizer,
             "FEDXRAY_AGG_ROUND_DEADLINE_SECONDS": str(c.round_deadline_seconds),
             "FEDXRAY_AGG_RECORD_SUMS": str(c.record).lower(),
+            **self.tls_env("FEDXRAY_AGG_", AGGREGATOR_NAME),
             **c.extra_aggregator_env,
         }, agg_metrics)
         for index, node_id in enumerate(self.node_ids):
@@ -136,6 +172,7 @@ class Consortium:
                 "FEDXRAY_NODE_PARTITION_PARTIES": str(c.nodes), "FEDXRAY_NODE_PARTITION_INDEX": str(index),
                 "FEDXRAY_NODE_ENCRYPTION_WORKERS": str(c.encryption_workers),
                 "FEDXRAY_NODE_TORCH_THREADS": str(c.torch_threads),
+                **self.tls_env("FEDXRAY_NODE_", node_id),
             }
             if c.seed is not None:
                 env["FEDXRAY_NODE_SEED"] = str(c.seed * 1000 + index)
@@ -162,11 +199,14 @@ class Consortium:
                 if callable(on_row):
                     on_row(row)
             shown = len(rows)
-            if aggregator.poll() is not None:
+            finished = self.config.run_dir / "aggregator" / "finished.json"
+            if aggregator.poll() is not None or finished.exists():
                 for row in self.rows()[shown:]:
                     if callable(on_row):
                         on_row(row)
-                return int(aggregator.returncode)
+                if aggregator.poll() is not None:
+                    return int(aggregator.returncode)
+                return 1 if json.loads(finished.read_text())["failed"] else 0
             for name, service in self.services.items():
                 if name in ("key_authority",) and service.process.poll() is not None:
                     raise RuntimeError(f"{name} exited early with {service.process.returncode}; "

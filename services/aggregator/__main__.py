@@ -22,12 +22,12 @@ from services.common.models import build_model
 from services.common.service_runtime import (
     configure_logging,
     grpc_server,
-    insecure_channel,
     mark_serving,
     serve_metrics,
     shutdown_event,
 )
 from services.common.stream_digest import NodeKeyRegistry
+from services.common.tls import KEY_AUTHORITY_NAME, add_port, channel
 
 
 def settings_help() -> str:
@@ -47,11 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
     state = build_model(settings.architecture, settings.num_classes, settings.model_seed).state_dict()
     registry = NodeKeyRegistry.from_directory(settings.node_keys_dir)
-    coordinator = Coordinator(settings, metrics, KeyAuthorityClient(insecure_channel(settings.key_authority)),
+    coordinator = Coordinator(settings, metrics, KeyAuthorityClient(channel(settings.key_authority, settings, KEY_AUTHORITY_NAME)),
                               registry, parameter_spec(state), flatten_state(state))
     server, health = grpc_server()
-    pb_grpc.add_AggregatorServicer_to_server(AggregatorServicer(coordinator, registry, metrics), server)
-    server.add_insecure_port(settings.listen)
+    pb_grpc.add_AggregatorServicer_to_server(AggregatorServicer(coordinator, registry, metrics, check_peer=not settings.insecure), server)
+    settings.warn_if_insecure("aggregator")
+    add_port(server, settings.listen, settings)
     server.start()
     mark_serving(health, "fedxray.v1.Aggregator")
     log.info("aggregator serving on %s (%s mode, %d rounds, %s)", settings.listen,
@@ -61,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     loop.start()
     while not stop.is_set() and not coordinator.finished.is_set():
         stop.wait(0.5)
+    if settings.linger_seconds and not stop.is_set():
+        log.info("training finished; serving status and metrics for %.0f s more", settings.linger_seconds)
+        stop.wait(settings.linger_seconds)
     # Let subscribers receive the final message before the server goes.
     server.stop(grace=5).wait()
     log.info("aggregator stopped")

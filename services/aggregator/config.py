@@ -6,12 +6,15 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pydantic_settings import SettingsConfigDict
+
+from services.common.tls import TlsSettings
 
 from services.common.noise import NoiseKind
 
 
-class AggregatorSettings(BaseSettings):
+class AggregatorSettings(TlsSettings):
     model_config = SettingsConfigDict(env_prefix="FEDXRAY_AGG_", extra="forbid")
 
     listen: str = Field("127.0.0.1:50052", description="gRPC host:port to serve nodes on")
@@ -45,5 +48,6 @@ class AggregatorSettings(BaseSettings):
     epsilon_budget: float = Field(float("inf"), gt=0, description="refuse a round that would exceed it")
     chunk_ciphertexts: int = Field(8, ge=1, description="ciphertexts per upload chunk")
     plaintext_chunk_values: int = Field(1 << 18, ge=1)
+    linger_seconds: float = Field(0.0, ge=0, description="keep serving status and metrics this long after training")
     record_sums: bool = Field(False, description="test hook: save each round's decrypted field sums")
     log_level: str = "INFO"

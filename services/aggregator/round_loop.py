@@ -168,6 +168,9 @@ class Coordinator:
             raise
         finally:
             self._broadcast(pb.RoundMessage(finished=pb.TrainingFinished(rounds=self.completed_rounds)))
+            self._state_dir.mkdir(parents=True, exist_ok=True)
+            (self._state_dir / "finished.json").write_text(json.dumps(
+                {"failed": self.failed, "completed_rounds": self.completed_rounds}))
             self.finished.set()
 
     def _run(self, stop: threading.Event) -> None:

@@ -11,16 +11,19 @@ import grpc
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
 from services.aggregator.round_loop import Coordinator
-from services.common.errors import MalformedChunkError
+from services.common.errors import IdentityMismatchError, MalformedChunkError
 from services.common.grpc_status import translate_errors, translate_stream_errors
 from services.common.metrics import ServiceMetrics
 from services.common.stream_digest import NodeKeyRegistry
+from services.common.tls import peer_common_name
 
 log = logging.getLogger(__name__)
 
 
 class AggregatorServicer(pb_grpc.AggregatorServicer):
-    def __init__(self, coordinator: Coordinator, registry: NodeKeyRegistry, metrics: ServiceMetrics) -> None:
+    def __init__(self, coordinator: Coordinator, registry: NodeKeyRegistry, metrics: ServiceMetrics,
+                 check_peer: bool = True) -> None:
+        self._check_peer = check_peer
         self._coordinator = coordinator
         self._registry = registry
         self._metrics = metrics
@@ -28,8 +31,15 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
     def record_refusal(self, reason: str) -> None:
         self._metrics.record_refusal(reason)
 
+    def _require_peer(self, context: grpc.ServicerContext, node_id: str) -> None:
+        """With mTLS, a node speaks only for the name on its certificate."""
+        peer = peer_common_name(context)
+        if self._check_peer and peer != node_id:
+            raise IdentityMismatchError(f"certificate of {peer!r} cannot act for node {node_id!r}")
+
     @translate_stream_errors
     def Subscribe(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> Iterator[pb.RoundMessage]:
+        self._require_peer(context, request.node_id)
         yield from self._coordinator.subscribe(request, context.is_active)
 
     @translate_errors
@@ -39,6 +49,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         first = next(request_iterator, None)
         if first is None:
             raise MalformedChunkError("empty update stream")
+        self._require_peer(context, first.node_id)
         state, staged = self._coordinator.begin_submission(first)
         try:
             last = first
@@ -66,6 +77,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
 
     @translate_errors
     def ReportEvaluation(self, request: pb.EvaluationReport, context: grpc.ServicerContext) -> pb.EvaluationAck:
+        self._require_peer(context, request.node_id)
         self._coordinator.report_evaluation(request)
         return pb.EvaluationAck()
 

@@ -60,5 +60,9 @@ class AlreadyDecryptedError(FedXrayError):
     """A second decryption request for a round that was already decrypted."""
 
 
+class IdentityMismatchError(FedXrayError):
+    """A request whose claimed identity differs from its TLS certificate's."""
+
+
 class UnknownNodeError(FedXrayError):
     """A node the consortium does not know."""

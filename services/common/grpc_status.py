@@ -25,6 +25,7 @@ STATUS_OF: dict[type[errors.FedXrayError], grpc.StatusCode] = {
     errors.PolicyViolationError: grpc.StatusCode.PERMISSION_DENIED,
     errors.AlreadyDecryptedError: grpc.StatusCode.ALREADY_EXISTS,
     errors.UnknownNodeError: grpc.StatusCode.UNAUTHENTICATED,
+    errors.IdentityMismatchError: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 log = logging.getLogger(__name__)

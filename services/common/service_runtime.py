@@ -16,12 +16,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
 from services.common.metrics import ServiceMetrics
+from services.common.tls import GRPC_OPTIONS
 
-GRPC_MESSAGE_LIMIT = 16 * 1024 * 1024
-GRPC_OPTIONS = [
-    ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
-    ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
-]
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -79,6 +75,3 @@ def mark_serving(health_servicer: health.HealthServicer, *names: str) -> None:
     for name in ("", *names):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-
-def insecure_channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=GRPC_OPTIONS)

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 from services.common.metrics import ServiceMetrics
-from services.common.service_runtime import configure_logging, insecure_channel, serve_metrics, shutdown_event
+from services.common.service_runtime import configure_logging, serve_metrics, shutdown_event
 from services.common.stream_digest import generate_identity
+from services.common.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME, channel
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.local_data import load_local_data
 from services.hospital_node.node_loop import HospitalNode
@@ -48,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     metrics = ServiceMetrics("hospital_node", holds_secret_key=False)
     serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
     data = load_local_data(settings)
-    node = HospitalNode(settings, data, metrics, insecure_channel(settings.aggregator),
-                        insecure_channel(settings.key_authority))
+    settings.warn_if_insecure(settings.node_id)
+    node = HospitalNode(settings, data, metrics, channel(settings.aggregator, settings, AGGREGATOR_NAME),
+                        channel(settings.key_authority, settings, KEY_AUTHORITY_NAME))
     stop = shutdown_event()
     result: list[int] = []
     worker = threading.Thread(target=lambda: result.append(node.run(stop)), name="node", daemon=True)

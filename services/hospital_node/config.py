@@ -6,10 +6,13 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pydantic_settings import SettingsConfigDict
+
+from services.common.tls import TlsSettings
 
 
-class HospitalNodeSettings(BaseSettings):
+class HospitalNodeSettings(TlsSettings):
     model_config = SettingsConfigDict(env_prefix="FEDXRAY_NODE_", extra="forbid")
 
     node_id: str = Field("hospital-1", description="consortium member name (matches its identity key)")

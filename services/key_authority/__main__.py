@@ -13,6 +13,7 @@ from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
 from services.common.metrics import ServiceMetrics
 from services.common.service_runtime import configure_logging, grpc_server, mark_serving, serve_metrics, shutdown_event
 from services.common.stream_digest import NodeKeyRegistry
+from services.common.tls import add_port
 from services.key_authority.config import KeyAuthoritySettings
 from services.key_authority.decryption_policy import DecryptionLedger, DecryptionPolicy
 from services.key_authority.key_store import load_or_create_keys
@@ -40,9 +41,11 @@ def main(argv: list[str] | None = None) -> None:
     metrics = ServiceMetrics("key_authority", holds_secret_key=keys.secret_context.is_private())
     serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
     server, health = grpc_server()
-    servicer = KeyAuthorityServicer(keys, policy, settings.min_participants, metrics, iter(sorted(ledger.rounds)))
+    servicer = KeyAuthorityServicer(keys, policy, settings.min_participants, metrics, iter(sorted(ledger.rounds)),
+                                    require_aggregator_certificate=not settings.insecure)
     pb_grpc.add_KeyAuthorityServicer_to_server(servicer, server)
-    server.add_insecure_port(settings.listen)
+    settings.warn_if_insecure("key authority")
+    add_port(server, settings.listen, settings)
     server.start()
     mark_serving(health, "fedxray.v1.KeyAuthority")
     log.info("key authority serving on %s, key id %s, %d registered nodes, %d-bit fields x%d per slot",

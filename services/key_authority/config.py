@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pydantic_settings import SettingsConfigDict
+
+from services.common.tls import TlsSettings
 
 
-class KeyAuthoritySettings(BaseSettings):
+class KeyAuthoritySettings(TlsSettings):
     model_config = SettingsConfigDict(env_prefix="FEDXRAY_KA_", extra="forbid")
 
     listen: str = Field("127.0.0.1:50051", description="gRPC host:port to serve on")

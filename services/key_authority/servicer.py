@@ -11,11 +11,12 @@ import numpy as np
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
-from services.common.errors import MalformedChunkError
+from services.common.errors import MalformedChunkError, PolicyViolationError
 from services.common.grpc_status import translate_errors, translate_stream_errors
 from services.common.he_codec import decrypt_to_slot_integers
 from services.common.metrics import ServiceMetrics
 from services.common.packing import unpack_fields
+from services.common.tls import AGGREGATOR_NAME, peer_common_name
 from services.key_authority.decryption_policy import AttestationClaim, DecryptionPolicy, ManifestClaim
 from services.key_authority.key_store import KeyMaterial
 
@@ -37,7 +38,9 @@ def manifest_claim(manifest: pb.DecryptManifest) -> ManifestClaim:
 
 class KeyAuthorityServicer(pb_grpc.KeyAuthorityServicer):
     def __init__(self, keys: KeyMaterial, policy: DecryptionPolicy, min_participants: int,
-                 metrics: ServiceMetrics, decrypted_rounds: Iterator[int] | None = None) -> None:
+                 metrics: ServiceMetrics, decrypted_rounds: Iterator[int] | None = None,
+                 require_aggregator_certificate: bool = True) -> None:
+        self._require_aggregator = require_aggregator_certificate
         self._keys = keys
         self._policy = policy
         self._min_participants = min_participants
@@ -59,6 +62,9 @@ class KeyAuthorityServicer(pb_grpc.KeyAuthorityServicer):
     @translate_stream_errors
     def Decrypt(self, request_iterator: Iterator[pb.DecryptRequest],
                 context: grpc.ServicerContext) -> Iterator[pb.DecryptResponse]:
+        peer = peer_common_name(context)
+        if self._require_aggregator and peer != AGGREGATOR_NAME:
+            raise PolicyViolationError(f"decryption is answered only for the aggregator's certificate, not {peer!r}")
         first = next(request_iterator, None)
         if first is None or not first.HasField("manifest"):
             raise MalformedChunkError("a decryption stream must open with its manifest")

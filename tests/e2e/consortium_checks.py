@@ -6,11 +6,11 @@ import json
 import urllib.request
 from pathlib import Path
 
-import grpc
 import numpy as np
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
+from scripts.consortium import Consortium
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -24,8 +24,8 @@ def scrape(port: int) -> dict[str, float]:
     return samples
 
 
-def status(address: str, service: str) -> pb.ServiceStatus:
-    channel = grpc.insecure_channel(address)
+def status(consortium: Consortium, service: str, as_member: str = "aggregator") -> pb.ServiceStatus:
+    channel = consortium.channel_as(as_member, service)
     stub = pb_grpc.KeyAuthorityStub(channel) if service == "key_authority" else pb_grpc.AggregatorStub(channel)
     return stub.GetStatus(pb.GetStatusRequest(), timeout=10)
 

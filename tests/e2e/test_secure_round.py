@@ -30,7 +30,8 @@ NODES, ROUNDS = 5, 2
 def finished_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     run_dir = tmp_path_factory.mktemp("secure")
     config = ConsortiumConfig(run_dir=run_dir, nodes=NODES, rounds=ROUNDS, architecture="tiny", image_size=32,
-                              images_per_node=40, seed=7, record=True, noise_variance=12.0, clip_norm=5.0)
+                              images_per_node=40, seed=7, record=True, noise_variance=12.0, clip_norm=5.0,
+                              extra_aggregator_env={"FEDXRAY_AGG_LINGER_SECONDS": "600"})
     secret_key_gauges: dict[str, float] = {}
     consortium = Consortium(config)
 
@@ -44,7 +45,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
 
     with consortium:
         code = consortium.wait(420, on_row=on_row)
-        statuses = {"key_authority": status(consortium.ka_address, "key_authority")}
+        statuses = {"key_authority": status(consortium, "key_authority")}
         yield consortium, code, secret_key_gauges, statuses
 
 
@@ -110,7 +111,7 @@ def _attestation(identities: Path, node_id: str, round_id: int, key_id: str) -> 
 
 
 def _decrypt(consortium: Consortium, manifest: pb.DecryptManifest) -> grpc.RpcError:
-    stub = pb_grpc.KeyAuthorityStub(grpc.insecure_channel(consortium.ka_address))
+    stub = pb_grpc.KeyAuthorityStub(consortium.channel_as("aggregator", "key_authority"))
     with pytest.raises(grpc.RpcError) as refused:
         list(stub.Decrypt(iter([pb.DecryptRequest(manifest=manifest)]), timeout=30))
     return refused.value
@@ -118,7 +119,7 @@ def _decrypt(consortium: Consortium, manifest: pb.DecryptManifest) -> grpc.RpcEr
 
 def test_key_authority_refuses_too_few_participants_and_a_second_decryption(finished_run) -> None:  # type: ignore[no-untyped-def]
     consortium, *_ = finished_run
-    key_id = status(consortium.ka_address, "key_authority").key_id
+    key_id = status(consortium, "key_authority").key_id
     ids = consortium.identities
 
     def manifest(round_id: int, nodes: list[str], key: str = key_id) -> pb.DecryptManifest:
@@ -134,4 +135,49 @@ def test_key_authority_refuses_too_few_participants_and_a_second_decryption(fini
     assert again.code() == grpc.StatusCode.ALREADY_EXISTS
     wrong_key = _decrypt(consortium, manifest(97, ["hospital-1", "hospital-2", "hospital-3"], key="0" * 16))
     assert wrong_key.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert status(consortium.ka_address, "key_authority").decrypted_rounds == [1, 2]
+    assert status(consortium, "key_authority").decrypted_rounds == [1, 2]
+
+
+def test_key_authority_answers_decryption_only_for_the_aggregators_certificate(finished_run) -> None:  # type: ignore[no-untyped-def]
+    consortium, *_ = finished_run
+    stub = pb_grpc.KeyAuthorityStub(consortium.channel_as("hospital-1", "key_authority"))
+    manifest = pb.DecryptManifest(round_id=50, key_id="x", chunk_count=1, value_count=1)
+    with pytest.raises(grpc.RpcError) as refused:
+        list(stub.Decrypt(iter([pb.DecryptRequest(manifest=manifest)]), timeout=30))
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "aggregator's certificate" in (refused.value.details() or "")
+
+
+def _handshake_fails(channel: grpc.Channel) -> bool:
+    try:
+        pb_grpc.AggregatorStub(channel).GetStatus(pb.GetStatusRequest(), timeout=10)
+    except grpc.RpcError as error:
+        return error.code() == grpc.StatusCode.UNAVAILABLE
+    return False
+
+
+def test_aggregator_refuses_foreign_ca_missing_and_plaintext_clients(finished_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from scripts.make_certs import issue, make_ca
+    from services.common.tls import AGGREGATOR_NAME, TlsSettings, channel
+
+    consortium, *_ = finished_run
+    assert not _handshake_fails(consortium.channel_as("hospital-1", "aggregator"))  # the control: members get in
+    foreign_ca, foreign_key = make_ca(tmp_path, "Some other CA")
+    issue(tmp_path, "hospital-1", foreign_ca, foreign_key)
+    impostor = TlsSettings(tls_cert=tmp_path / "hospital-1.pem", tls_key=tmp_path / "hospital-1.key",
+                           tls_ca=consortium.certs / "ca.pem")
+    assert _handshake_fails(channel(consortium.aggregator_address, impostor, AGGREGATOR_NAME))
+    no_certificate = grpc.secure_channel(
+        consortium.aggregator_address,
+        grpc.ssl_channel_credentials(root_certificates=(consortium.certs / "ca.pem").read_bytes()),
+        options=[("grpc.ssl_target_name_override", AGGREGATOR_NAME)])
+    assert _handshake_fails(no_certificate)
+    assert _handshake_fails(grpc.insecure_channel(consortium.aggregator_address))
+
+
+def test_a_node_cannot_act_for_another_node(finished_run) -> None:  # type: ignore[no-untyped-def]
+    consortium, *_ = finished_run
+    stub = pb_grpc.AggregatorStub(consortium.channel_as("hospital-1", "aggregator"))
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.ReportEvaluation(pb.EvaluationReport(node_id="hospital-2", model_round=0, num_classes=2), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -14,7 +14,7 @@ from scripts.consortium import Consortium, ConsortiumConfig
 from services.common.encryption_pool import EncryptionPool
 from services.common.model_spec import flatten_state, parameter_spec
 from services.common.models import build_model
-from services.common.stream_digest import generate_identity, load_identity
+from services.common.stream_digest import load_identity
 from services.hospital_node.update_stream import UploadTimings, secure_upload
 from tests.e2e.consortium_checks import field_sum, node_fields, scrape
 
@@ -52,8 +52,8 @@ class IntruderNode:
 
     def __init__(self, consortium: Consortium, node_id: str) -> None:
         self.node_id = node_id
-        self.aggregator = pb_grpc.AggregatorStub(grpc.insecure_channel(consortium.aggregator_address))
-        self.key_authority = pb_grpc.KeyAuthorityStub(grpc.insecure_channel(consortium.ka_address))
+        self.aggregator = pb_grpc.AggregatorStub(consortium.channel_as(node_id, "aggregator"))
+        self.key_authority = pb_grpc.KeyAuthorityStub(consortium.channel_as(node_id, "key_authority"))
         state = build_model("tiny", 2, 0).state_dict()
         self.spec = parameter_spec(state)
         self.weights = flatten_state(state)
@@ -104,9 +104,9 @@ def _copy(chunk: pb.UpdateChunk, **changes: object) -> pb.UpdateChunk:
 def test_bad_submissions_are_refused_with_named_statuses_and_leave_the_sum_exact(tmp_path) -> None:  # type: ignore[no-untyped-def]
     config = ConsortiumConfig(run_dir=tmp_path, nodes=3, rounds=1, architecture="tiny", image_size=32,
                               images_per_node=30, seed=5, record=True,
+                              extra_members=["hospital-4"],
                               extra_aggregator_env={"FEDXRAY_AGG_CHUNK_CIPHERTEXTS": "1",
                                                     "FEDXRAY_AGG_EXPECTED_PARTICIPANTS": "4"})
-    generate_identity(tmp_path / "identities", "hospital-4")
     with Consortium(config) as consortium:
         intruder = IntruderNode(consortium, "hospital-4")
         plan = intruder.join()

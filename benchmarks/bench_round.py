@@ -1,0 +1,74 @@
+"""Secure versus plaintext round on the same services, data and seed.
+
+Run: `make bench-round` or `python -m benchmarks.bench_round [--rounds R]`. The
+workload: ResNet-50 at 64 px, 5 hospital processes on this machine, 200 training
+images each (SYNTHETIC radiographs), one local epoch. Prints per-round latency of
+both modes, their ratio, and the seconds of each phase (node phases: slowest node).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from scripts.consortium import Consortium, ConsortiumConfig
+
+PHASES = ("train", "encode", "encrypt", "upload", "aggregate", "decrypt", "apply")
+
+
+def run_mode(secure: bool, args: argparse.Namespace, root: Path) -> list[dict[str, object]]:
+    config = ConsortiumConfig(
+        run_dir=root / ("secure" if secure else "plaintext"), nodes=5, rounds=args.rounds, secure=secure,
+        architecture=args.architecture, image_size=args.image_size,
+        # 200 training images per node after the 20% validation split.
+        images_per_node=args.train_images * 5 // 4, partition_scheme="iid", seed=args.seed,
+        round_deadline_seconds=3600,
+    )
+    started = time.monotonic()
+    print(f"[{'secure' if secure else 'plaintext'}] starting 5 hospitals, {args.rounds} round(s)...", flush=True)
+    with Consortium(config) as consortium:
+        code = consortium.wait(args.timeout, on_row=lambda row: print(
+            f"  round {row['round']} done: {float(str(row.get('seconds', 0))):.1f} s", flush=True))
+        rows = [r for r in consortium.rows() if int(str(r["round"])) >= 1 and not r.get("failed")]
+    if code != 0 or len(rows) != args.rounds:
+        raise SystemExit(f"{'secure' if secure else 'plaintext'} run failed (exit {code}); logs in {root}")
+    print(f"  finished in {time.monotonic() - started:.0f} s", flush=True)
+    return rows
+
+
+def median_of(rows: list[dict[str, object]], key: str, phase: str | None = None) -> float:
+    values = []
+    for row in rows:
+        value = row["phases"][phase] if phase else row[key]  # type: ignore[index]
+        values.append(float(value))  # type: ignore[arg-type]
+    return statistics.median(values)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--architecture", default="resnet50")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--train-images", type=int, default=200, help="training images per node")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=1800)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="bench-round-") as tmp:
+        plaintext = run_mode(False, args, Path(tmp))
+        secure = run_mode(True, args, Path(tmp))
+    print(f"\n{args.architecture} at {args.image_size}px, 5 nodes x {args.train_images} SYNTHETIC training images, "
+          f"1 local epoch; medians over {args.rounds} round(s)")
+    print(f"{'':16} {'plaintext':>10} {'secure':>10} {'secure/plain':>13}")
+    p_round, s_round = median_of(plaintext, "seconds"), median_of(secure, "seconds")
+    print(f"{'round seconds':16} {p_round:10.1f} {s_round:10.1f} {s_round / p_round:13.2f}")
+    for phase in PHASES:
+        p, s = median_of(plaintext, "", phase), median_of(secure, "", phase)
+        ratio = f"{s / p:13.2f}" if p > 0 else f"{'-':>13}"
+        print(f"{phase + ' s':16} {p:10.2f} {s:10.2f} {ratio}")
+
+
+if __name__ == "__main__":
+    main()

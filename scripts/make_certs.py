@@ -1,0 +1,94 @@
+"""Make the consortium CA and a certificate for every service: `python -m scripts.make_certs`.
+
+Writes into --out: ca.pem (and ca.key, keep it offline), key-authority.{pem,key},
+aggregator.{pem,key}, and hospital-N.{pem,key} for each node, plus each node's
+Ed25519 upload-signing identity under identities/. Private keys are mode 0600.
+A certificate's common name is the party's identity: the aggregator takes the node
+id from it, and the key authority decrypts only for the `aggregator` name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from services.common.stream_digest import generate_identity
+from services.common.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME
+
+VALID_DAYS = 825
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "FedXray consortium"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def make_ca(out: Path, common_name: str = "FedXray consortium CA") -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(_name(common_name))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, encipher_only=False, decipher_only=False),
+                           critical=True)
+            .sign(key, hashes.SHA256()))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(out / "ca.key", key)
+    return cert, key
+
+
+def issue(out: Path, name: str, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(_name(name)).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (out / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(out / f"{name}.key", key)
+
+
+def make_consortium_certs(out: Path, node_ids: list[str]) -> None:
+    ca, ca_key = make_ca(out)
+    for name in (KEY_AUTHORITY_NAME, AGGREGATOR_NAME, *node_ids):
+        issue(out, name, ca, ca_key)
+    for node_id in node_ids:
+        if not (out / "identities" / f"{node_id}.key").exists():
+            generate_identity(out / "identities", node_id)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m scripts.make_certs", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("deploy/certs"))
+    parser.add_argument("--nodes", type=int, default=5, help="hospital-1 .. hospital-N")
+    args = parser.parse_args(argv)
+    nodes = [f"hospital-{i + 1}" for i in range(args.nodes)]
+    make_consortium_certs(args.out, nodes)
+    print(f"wrote CA, key-authority, aggregator and {', '.join(nodes)} certificates to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
