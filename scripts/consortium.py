@@ -118,7 +118,8 @@ class Consortium:
     def _start(self, name: str, module: str, env: dict[str, str], metrics_port: int) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = open(self.logs / f"{name}.log", "wb")
-        full_env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **env}
+        python_path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+        full_env = {**os.environ, "PYTHONPATH": python_path, "PYTHONUNBUFFERED": "1", **env}
         process = subprocess.Popen([sys.executable, "-m", module], cwd=REPO, env=full_env, stdout=log,
                                    stderr=subprocess.STDOUT)
         self.services[name] = Service(name, process, log, metrics_port)

@@ -112,8 +112,10 @@ def public_context_bytes(context: ts.Context) -> bytes:
     )
 
 
-def load_public_context(serialized: bytes) -> ts.Context:
-    context = ts.context_from(serialized)
+def load_public_context(serialized: bytes, threads: int = 1) -> ts.Context:
+    # One thread: TenSEAL's pool only adds overhead to single-ciphertext work;
+    # parallelism comes from worker processes (`encryption_pool`).
+    context = ts.context_from(serialized, n_threads=threads)
     if context.is_private():
         raise CkksParameterError("refusing a context that carries a secret key")
     return context

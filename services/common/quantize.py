@@ -17,7 +17,9 @@ MAX_ROUNDING_DRAWS = 32
 
 
 def l2_norm(values: np.ndarray) -> float:
-    return float(np.sqrt(np.dot(values, values)))
+    # A ufunc reduction, not BLAS: OpenBLAS threads spin after each call and would
+    # steal the cores the encryption workers run on.
+    return float(np.sqrt(np.add.reduce(np.square(values, dtype=np.float64))))
 
 
 def clip_l2(update: np.ndarray, clip_norm: float) -> np.ndarray:
