@@ -2,9 +2,10 @@
 
 Run: `python -m benchmarks.bench_aggregator_memory [--architecture resnet18]`.
 A real key authority and aggregator run as processes; one load process plays N
-registered nodes over real gRPC. It encrypts one update once and submits it as
-every node (each stream re-digested and signed by its node), all streams at once,
-so the aggregator stages N full submissions concurrently. Read from the
+registered nodes over real gRPC. Every node's update is encoded and encrypted
+independently (as real nodes do: summing one ciphertext with itself would add its
+noise coherently), then all N streams are sent at once, so the aggregator stages
+N full submissions concurrently. Read from the
 aggregator's own `fedxray_peak_rss_bytes` metric after the round.
 """
 
@@ -24,26 +25,9 @@ from scripts.consortium import Consortium, ConsortiumConfig
 from services.common.encryption_pool import EncryptionPool
 from services.common.model_spec import parameter_spec
 from services.common.models import build_model
-from services.common.stream_digest import StreamDigest, attestation_message, load_identity
+from services.common.stream_digest import load_identity
 from services.hospital_node.update_stream import UploadTimings, secure_upload
 from tests.e2e.consortium_checks import scrape
-
-
-def resign(chunks: list[pb.UpdateChunk], node_id: str, key_path: Path, plan: pb.RoundPlan) -> list[pb.UpdateChunk]:
-    key = load_identity(key_path)
-    digest = StreamDigest(plan.round_id, plan.key_id, node_id)
-    out = []
-    for chunk in chunks:
-        copy = pb.UpdateChunk()
-        copy.CopyFrom(chunk)
-        copy.node_id = node_id
-        digest.add_chunk(copy.index, list(copy.ciphertexts))
-        out.append(copy)
-    last = out[-1].attestation
-    last.node_id, last.stream_digest = node_id, digest.digest()
-    last.signature = key.sign(attestation_message(plan.round_id, plan.key_id, node_id, plan.chunk_count,
-                                                  last.stream_digest))
-    return out
 
 
 def measure(nodes: int, architecture: str, root: Path) -> tuple[float, float]:
@@ -67,17 +51,18 @@ def measure(nodes: int, architecture: str, root: Path) -> tuple[float, float]:
         plan = plans[0]
         public = pb_grpc.KeyAuthorityStub(consortium.channel_as(node_ids[0], "key_authority")).GetPublicContext(
             pb.GetPublicContextRequest(), timeout=60)
-        update = np.random.default_rng(0).normal(0, 1e-3, spec.count)
+        uploads: dict[str, list[pb.UpdateChunk]] = {}
         with EncryptionPool(public.context, workers=2) as pool:
-            template = list(secure_upload(plan, update, node_ids[0], load_identity(
-                run_dir / "identities" / f"{node_ids[0]}.key"), pool, public.slots_per_ciphertext, UploadTimings(),
-                np.random.SeedSequence(1)))
-        submission_bytes = sum(len(c) for chunk in template for c in chunk.ciphertexts)
+            for index, node_id in enumerate(node_ids):
+                update = np.random.default_rng(index).normal(0, 1e-3, spec.count)
+                uploads[node_id] = list(secure_upload(
+                    plan, update, node_id, load_identity(run_dir / "identities" / f"{node_id}.key"), pool,
+                    public.slots_per_ciphertext, UploadTimings(), np.random.SeedSequence(index)))
+        print(f"  {nodes} nodes: encrypted {nodes} updates", flush=True)
+        submission_bytes = sum(len(c) for chunk in uploads[node_ids[0]] for c in chunk.ciphertexts)
         started = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(max_workers=nodes) as executor:
-            futures = [executor.submit(stubs[n].SubmitUpdate,
-                                       iter(resign(template, n, run_dir / "identities" / f"{n}.key", plan)),
-                                       timeout=1800) for n in node_ids]
+            futures = [executor.submit(stubs[n].SubmitUpdate, iter(uploads[n]), timeout=1800) for n in node_ids]
             for future in futures:
                 future.result()
         upload_seconds = time.monotonic() - started

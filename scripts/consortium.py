@@ -124,6 +124,21 @@ class Consortium:
                                    stderr=subprocess.STDOUT)
         self.services[name] = Service(name, process, log, metrics_port)
 
+    def write_class_counts(self) -> str:
+        """Each hospital's class counts of the SYNTHETIC set, as the nodes will split it."""
+        from services.common.partition import class_counts, format_class_counts, partition_indices
+        from services.common.synthetic_xray import generate_synthetic_xrays, synthetic_class_names
+
+        c = self.config
+        _, labels = generate_synthetic_xrays(c.images_per_node * c.nodes, 16, c.num_classes, 0)
+        parts = partition_indices(labels, c.nodes, c.partition_scheme, c.partition_alpha, 0)
+        counts = class_counts(labels, parts, c.num_classes)
+        names = synthetic_class_names(c.num_classes)
+        c.run_dir.mkdir(parents=True, exist_ok=True)
+        (c.run_dir / "class_counts.json").write_text(json.dumps({"classes": list(names),
+                                                                 "counts": counts.tolist()}))
+        return format_class_counts(counts, names)
+
     def start(self) -> Consortium:
         c = self.config
         for node_id in self.members:
@@ -279,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"FedXray consortium: {config.nodes} hospitals on SYNTHETIC radiographs ({config.image_size}px, "
           f"{config.architecture}), {config.rounds} {'secure' if config.secure else 'PLAINTEXT'} rounds; "
           f"logs in {args.run_dir / 'logs'}", flush=True)
+    print("class counts per hospital (Dirichlet label skew):", flush=True)
+    print(Consortium(config).write_class_counts(), flush=True)
     print("row 0 is the initial model; metrics are pooled over the hospitals' validation splits", flush=True)
     print(TABLE_HEADER, flush=True)
     started = time.monotonic()

@@ -11,7 +11,10 @@ from services.common.errors import DecryptionIntegrityError, MalformedChunkError
 
 # A decrypted slot further than this from an integer means the ciphertext was not
 # a valid sum (overflow, corruption or a crafted input); nothing is returned then.
-MAX_ROUNDING_DISTANCE = 0.25
+# A valid sum's noise stays SAFETY_SIGMAS (10) standard deviations below 1/2
+# (ckks_params), so 0.45 is still over 9 of them: never hit by a valid sum of
+# independent encryptions, while garbage (uniform errors) exceeds it in ~10% of slots.
+MAX_ROUNDING_DISTANCE = 0.45
 
 
 def slot_matrix(slot_values: np.ndarray, slots: int) -> np.ndarray:

@@ -1,5 +1,10 @@
 """Flatten a model's floating-point state to one vector, and restore it, in a fixed order.
 
+Only trainable weights are aggregated. BatchNorm running statistics stay with each
+hospital (as in FedBN, Li et al., ICLR 2021): they describe the hospital's own
+images, are not gradients, and would otherwise dominate the clipped update; a
+node evaluates the global weights with its own statistics.
+
 Both ends of a round must agree on the layout; `ParameterSpec` names it by the count
 of values and a hash of every tensor's name, shape and dtype, so a node running a
 different architecture is refused before any arithmetic happens.
@@ -32,9 +37,11 @@ class ParameterSpec:
             )
 
 
-def _is_aggregated(tensor: torch.Tensor) -> bool:
-    # Floating tensors only: BatchNorm's integer `num_batches_tracked` is not averaged.
-    return bool(tensor.is_floating_point())
+LOCAL_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _is_aggregated(name: str, tensor: torch.Tensor) -> bool:
+    return bool(tensor.is_floating_point()) and not name.endswith(LOCAL_BUFFER_SUFFIXES)
 
 
 def parameter_spec(state: Mapping[str, torch.Tensor]) -> ParameterSpec:
@@ -43,7 +50,7 @@ def parameter_spec(state: Mapping[str, torch.Tensor]) -> ParameterSpec:
     hasher = hashlib.sha256()
     count = 0
     for name, tensor in state.items():
-        if not _is_aggregated(tensor):
+        if not _is_aggregated(name, tensor):
             continue
         shape = tuple(int(s) for s in tensor.shape)
         names.append(name)
@@ -54,11 +61,11 @@ def parameter_spec(state: Mapping[str, torch.Tensor]) -> ParameterSpec:
 
 
 def flatten_state(state: Mapping[str, torch.Tensor]) -> np.ndarray:
-    """All floating tensors of `state`, in `state`'s order, as one float64 vector."""
+    """All aggregated tensors of `state`, in `state`'s order, as one float64 vector."""
     parts = [
         tensor.detach().to("cpu", torch.float64).reshape(-1).numpy()
-        for tensor in state.values()
-        if _is_aggregated(tensor)
+        for name, tensor in state.items()
+        if _is_aggregated(name, tensor)
     ]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)
 
@@ -66,14 +73,17 @@ def flatten_state(state: Mapping[str, torch.Tensor]) -> np.ndarray:
 def restore_state(
     template: Mapping[str, torch.Tensor], flat: np.ndarray, spec: ParameterSpec
 ) -> dict[str, torch.Tensor]:
-    """A copy of `template` with its floating tensors replaced by `flat`, checked against `spec`."""
+    """A copy of `template` with its aggregated tensors replaced by `flat`, checked against `spec`.
+
+    Local tensors (BatchNorm statistics) keep `template`'s values.
+    """
     parameter_spec(template).require_equal(spec)
     if flat.shape != (spec.count,):
         raise SpecMismatchError(f"flat vector has shape {flat.shape}, spec expects ({spec.count},)")
     restored: dict[str, torch.Tensor] = {}
     offset = 0
     for name, tensor in template.items():
-        if not _is_aggregated(tensor):
+        if not _is_aggregated(name, tensor):
             restored[name] = tensor.clone()
             continue
         size = int(tensor.numel())

@@ -1,5 +1,12 @@
 """Classifier architectures the consortium can train, built deterministically from a seed.
 
+`resnet50` and `resnet18` are torchvision's ResNets with GroupNorm(32) in place of
+BatchNorm, the standard remedy for non-IID federated training (Hsieh et al., "The
+Non-IID Data Quagmire of Decentralized Machine Learning", ICML 2020): BatchNorm's
+running statistics follow each hospital's label mix and break the averaged model.
+GroupNorm has the same affine parameters, so the parameter count is unchanged.
+`resnet50-bn` keeps BatchNorm (its running statistics then stay local, see model_spec).
+
 Radiographs are single-channel; the standard 3-channel stems are kept (so the
 ResNet-50 parameter count is torchvision's: 23,512,130 with 2 classes) and the
 grey channel is repeated, as is usual when fine-tuning ImageNet-shaped models.
@@ -11,7 +18,12 @@ import torch
 import torchvision
 from torch import nn
 
-ARCHITECTURES = ("resnet50", "resnet18", "tiny")
+ARCHITECTURES = ("resnet50", "resnet18", "resnet50-bn", "tiny")
+GROUPS = 32
+
+
+def group_norm(channels: int) -> nn.Module:
+    return nn.GroupNorm(GROUPS, channels)
 
 
 class GreyToRgb(nn.Module):
@@ -42,9 +54,11 @@ def build_model(architecture: str, num_classes: int, seed: int = 0) -> nn.Module
     torch.manual_seed(seed)
     body: nn.Module
     if architecture == "resnet50":
-        body = torchvision.models.resnet50(weights=None, num_classes=num_classes)
+        body = torchvision.models.resnet50(weights=None, num_classes=num_classes, norm_layer=group_norm)
     elif architecture == "resnet18":
-        body = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+        body = torchvision.models.resnet18(weights=None, num_classes=num_classes, norm_layer=group_norm)
+    elif architecture == "resnet50-bn":
+        body = torchvision.models.resnet50(weights=None, num_classes=num_classes)
     else:
         body = TinyCnn(num_classes)
     return nn.Sequential(GreyToRgb(), body)

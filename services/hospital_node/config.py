@@ -21,7 +21,7 @@ class HospitalNodeSettings(TlsSettings):
     identity_key: Path = Field(Path("runs/identities/hospital-1.key"), description="Ed25519 key signing uploads")
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(0, description="Prometheus /metrics port; 0 disables")
-    architecture: str = Field("resnet50", description="resnet50 | resnet18 | tiny (must match the aggregator)")
+    architecture: str = Field("resnet50", description="resnet50 | resnet18 (GroupNorm) | resnet50-bn | tiny (must match the aggregator)")
     num_classes: int = Field(2, ge=2)
     image_size: int = Field(64, ge=16)
     model_seed: int = 0

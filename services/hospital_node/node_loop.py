@@ -42,8 +42,7 @@ class HospitalNode:
         self._aggregator = pb_grpc.AggregatorStub(aggregator)
         self._key_authority = pb_grpc.KeyAuthorityStub(key_authority)
         self._model = build_model(settings.architecture, settings.num_classes, settings.model_seed)
-        self._template = self._model.state_dict()
-        self._spec = parameter_spec(self._template)
+        self._spec = parameter_spec(self._model.state_dict())
         self._device = best_device()
         self._identity = load_identity(settings.identity_key)
         self._entropy = settings.seed if settings.seed is not None else secrets.randbits(128)
@@ -103,7 +102,8 @@ class HospitalNode:
         if plan.parameter_count != self._spec.count or plan.parameter_digest != self._spec.digest:
             raise MalformedChunkError("round plan is for another model layout")
         global_weights = float32_from_chunks(model_chunks, self._spec.count)
-        self._model.load_state_dict(restore_state(self._template, global_weights, self._spec))
+        # The node's own BatchNorm statistics stay; only the aggregated weights are replaced.
+        self._model.load_state_dict(restore_state(self._model.state_dict(), global_weights, self._spec))
         self._report_evaluation(plan.round_id - 1)
         if plan.evaluate_only:
             return

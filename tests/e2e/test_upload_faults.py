@@ -148,3 +148,19 @@ def test_bad_submissions_are_refused_with_named_statuses_and_leave_the_sum_exact
     assert {f'fedxray_refused_requests_total{{reason="{r}"}}' for r in
             ("malformed_chunk", "wrong_key", "wrong_round", "unknown_node", "digest_mismatch",
              "duplicate_submission")} <= reasons
+
+
+def test_plaintext_mode_runs_the_same_services_and_averages_exactly(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.e2e.consortium_checks import checkpoint_weights, node_update
+
+    config = ConsortiumConfig(run_dir=tmp_path, nodes=3, rounds=1, secure=False, architecture="tiny",
+                              image_size=32, images_per_node=30, seed=9, record=True)
+    with Consortium(config) as consortium:
+        code = consortium.wait(300)
+    assert code == 0
+    row = next(r for r in consortium.rows() if r["round"] == 1)
+    assert row["participants"] == 3 and row["epsilon"] in (float("inf"), "Infinity")
+    updates = [node_update(tmp_path / "records", node, 1) for node in consortium.node_ids]
+    expected = checkpoint_weights(tmp_path, 0) + np.mean([u.astype(np.float32) for u in updates], axis=0)
+    np.testing.assert_allclose(checkpoint_weights(tmp_path, 1), expected, rtol=1e-5, atol=1e-6)
+    assert not (tmp_path / "aggregator" / "round_0001_field_sum.npy").exists()  # nothing was decrypted

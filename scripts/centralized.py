@@ -1,0 +1,76 @@
+"""Centralized baseline: one model trained on the hospitals' pooled training splits.
+
+Uses exactly the images, train/validation splits, architecture, trainer and
+evaluation counts the federated nodes use, with the same epochs per "round", so
+the federated and centralized rows compare like for like.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from pathlib import Path
+
+
+import torch
+
+from protos.fedxray.v1 import fedxray_pb2 as pb
+from services.aggregator.pooled_evaluation import pool_reports
+from services.common.models import best_device, build_model
+from services.hospital_node.config import HospitalNodeSettings
+from services.hospital_node.local_data import LocalData, load_local_data
+from services.hospital_node.trainer import HISTOGRAM_BINS, evaluate, train_local
+
+log = logging.getLogger(__name__)
+
+
+def pooled_data(settings: HospitalNodeSettings, parties: int) -> LocalData:
+    parts = [load_local_data(settings.model_copy(update={"partition_index": i})) for i in range(parties)]
+    return LocalData(torch.cat([p.train_images for p in parts]), torch.cat([p.train_labels for p in parts]),
+                     torch.cat([p.val_images for p in parts]), torch.cat([p.val_labels for p in parts]),
+                     parts[0].num_classes)
+
+
+def run_centralized(settings: HospitalNodeSettings, parties: int, rounds: int, local_epochs: int,
+                    learning_rate: float, batch_size: int, out_dir: Path, seed: int = 0) -> list[dict[str, object]]:
+    data = pooled_data(settings, parties)
+    device = best_device()
+    model = build_model(settings.architecture, settings.num_classes, settings.model_seed)
+    generator = torch.Generator().manual_seed(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, object]] = []
+
+    def record(round_id: int, seconds: float) -> None:
+        counts = evaluate(model, data.val_images, data.val_labels, data.num_classes, device)
+        report = pb.EvaluationReport(
+            node_id="centralized", model_round=round_id, num_classes=data.num_classes,
+            confusion=counts.confusion.reshape(-1).tolist(), loss_sum=counts.loss_sum, examples=counts.examples,
+            positive_histograms=counts.positive_histograms.reshape(-1).tolist(),
+            negative_histograms=counts.negative_histograms.reshape(-1).tolist(), histogram_bins=HISTOGRAM_BINS)
+        rows.append({"round": round_id, "participants": 1, "seconds": seconds,
+                     "evaluation": pool_reports([report]).as_dict()})
+        log.info("centralized round %d: F1 %.3f", round_id, rows[-1]["evaluation"]["f1"])  # type: ignore[index]
+
+    record(0, 0.0)
+    for round_id in range(1, rounds + 1):
+        started = time.monotonic()
+        train_local(model, data, local_epochs, learning_rate, batch_size, device, settings.imbalance,
+                    settings.lr_schedule, generator)
+        record(round_id, time.monotonic() - started)
+    with open(out_dir / "rounds.jsonl", "w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    return rows
+
+
+def node_settings_for(architecture: str, image_size: int, images: int, parties: int, scheme: str, alpha: float,
+                      seed: int) -> HospitalNodeSettings:
+    """The settings the consortium launcher gives its nodes, for the same data."""
+    return HospitalNodeSettings(insecure=True, architecture=architecture, image_size=image_size,
+                                synthetic_images=images, partition_scheme=scheme,  # type: ignore[arg-type]
+                                partition_alpha=alpha, partition_parties=parties)
+
+
+

@@ -1,0 +1,178 @@
+"""Write a Markdown report with PNG plots from finished runs: `python -m scripts.report`.
+
+    python -m scripts.report --run secure=runs/x/secure --run plaintext=runs/x/plaintext \
+        --run centralized=runs/x/centralized --out docs/results
+
+Each run directory holds a `rounds.jsonl` (at its top or under aggregator/), as
+written by the aggregator or by the centralized baseline; a `class_counts.json`
+(written by the consortium launcher) adds the class-distribution plot. Plots:
+metrics per round, each hospital's class distribution, latency per phase, epsilon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+PHASES = ("train", "encode", "encrypt", "upload", "aggregate", "decrypt", "apply")
+METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
+
+
+def read_rows(run_dir: Path) -> list[dict[str, object]]:
+    for path in (run_dir / "rounds.jsonl", run_dir / "aggregator" / "rounds.jsonl"):
+        if path.exists():
+            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    raise FileNotFoundError(f"no rounds.jsonl in {run_dir}")
+
+
+def _metric(row: dict[str, object], name: str) -> float:
+    evaluation = row.get("evaluation") or {}
+    assert isinstance(evaluation, dict)
+    value = evaluation.get(name)
+    return float(value) if value is not None else math.nan
+
+
+def _epsilon(row: dict[str, object]) -> float:
+    value = row.get("epsilon", math.nan)
+    return float(value) if value not in (None, "inf", "Infinity") else math.inf  # type: ignore[arg-type]
+
+
+def plot_metrics(runs: dict[str, list[dict[str, object]]], out: Path) -> Path:
+    figure, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for axis, name in zip(axes, ("accuracy", "f1", "auc")):
+        for label, rows in runs.items():
+            axis.plot([r["round"] for r in rows], [_metric(r, name) for r in rows], marker="o", label=label)
+        axis.set_title(f"{name} (pooled validation, SYNTHETIC data)")
+        axis.set_xlabel("round")
+        axis.set_ylim(0, 1)
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    path = out / "metrics_per_round.png"
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_class_counts(counts: dict[str, object], out: Path) -> Path:
+    classes = list(counts["classes"])  # type: ignore[call-overload]
+    table = counts["counts"]
+    assert isinstance(table, list)
+    figure, axis = plt.subplots(figsize=(7, 4))
+    bottom = [0] * len(table)
+    for index, name in enumerate(classes):
+        values = [row[index] for row in table]
+        axis.bar([f"hospital-{i + 1}" for i in range(len(table))], values, bottom=bottom, label=name)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    axis.set_title("images per hospital and class (SYNTHETIC)")
+    axis.legend()
+    path = out / "class_distribution.png"
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_phases(runs: dict[str, list[dict[str, object]]], out: Path) -> Path | None:
+    timed = {label: [r for r in rows if r.get("phases")] for label, rows in runs.items()}
+    timed = {label: rows for label, rows in timed.items() if rows}
+    if not timed:
+        return None
+    figure, axes = plt.subplots(1, len(timed), figsize=(6 * len(timed), 4), squeeze=False)
+    for axis, (label, rows) in zip(axes[0], timed.items()):
+        bottom = [0.0] * len(rows)
+        for phase in PHASES:
+            values = [float(r["phases"][phase]) for r in rows]  # type: ignore[index]
+            axis.bar([str(r["round"]) for r in rows], values, bottom=bottom, label=phase)
+            bottom = [b + v for b, v in zip(bottom, values)]
+        axis.set_title(f"{label}: seconds per phase (node phases: slowest node)")
+        axis.set_xlabel("round")
+    axes[0][0].legend(fontsize=8)
+    path = out / "latency_per_phase.png"
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_epsilon(runs: dict[str, list[dict[str, object]]], out: Path) -> Path | None:
+    series = {label: [(r["round"], _epsilon(r)) for r in rows if "epsilon" in r and math.isfinite(_epsilon(r))
+                      and _epsilon(r) > 0] for label, rows in runs.items()}
+    series = {label: points for label, points in series.items() if points}
+    if not series:
+        return None
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for label, points in series.items():
+        axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    axis.set_yscale("log")
+    axis.set_title("cumulative epsilon (Skellam RDP accountant)")
+    axis.set_xlabel("round")
+    axis.legend()
+    path = out / "epsilon.png"
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def write_report(runs: dict[str, Path], out: Path, title: str, notes: str = "") -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = {label: read_rows(path) for label, path in runs.items()}
+    lines = [f"# {title}", "", "All figures below come from **SYNTHETIC** radiographs; they say nothing about "
+             "clinical performance on real images.", ""]
+    if notes:
+        lines += [notes, ""]
+    lines += ["## Final model", "", "| run | rounds | " + " | ".join(METRICS) + " | epsilon |",
+              "|---|---|" + "---|" * len(METRICS) + "---|"]
+    for label, run_rows in rows.items():
+        last = run_rows[-1]
+        epsilon = next((_epsilon(r) for r in reversed(run_rows) if "epsilon" in r and r["round"]), math.nan)
+        cells = [f"{_metric(last, m):.3f}" for m in METRICS]
+        lines.append(f"| {label} | {last['round']} | " + " | ".join(cells) + f" | {epsilon:.4g} |")
+    if "centralized" in rows:
+        reference = _metric(rows["centralized"][-1], "f1")
+        for label in rows:
+            if label != "centralized":
+                gap = reference - _metric(rows[label][-1], "f1")
+                lines.append(f"\nF1 gap, centralized minus {label}: {gap * 100:+.1f} points")
+    lines += ["", "## Plots", "", f"![metrics per round]({plot_metrics(rows, out).name})"]
+    counts_path = next((p / "class_counts.json" for p in runs.values() if (p / "class_counts.json").exists()), None)
+    if counts_path is not None:
+        lines.append(f"![class distribution]({plot_class_counts(json.loads(counts_path.read_text()), out).name})")
+    for plot in (plot_phases(rows, out), plot_epsilon(rows, out)):
+        if plot is not None:
+            lines.append(f"![{plot.stem}]({plot.name})")
+    lines += ["", "## Rounds", ""]
+    for label, run_rows in rows.items():
+        lines += [f"### {label}", "", "| round | participants | seconds | accuracy | F1 | AUC | epsilon |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in run_rows:
+            lines.append(f"| {row['round']} | {row.get('participants', '-')} | "
+                         f"{float(str(row.get('seconds', 0))):.1f} | {_metric(row, 'accuracy'):.3f} | "
+                         f"{_metric(row, 'f1'):.3f} | {_metric(row, 'auc'):.3f} | {_epsilon(row):.4g} |")
+        lines.append("")
+    path = out / "REPORT.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m scripts.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", action="append", required=True, help="LABEL=DIR, repeatable")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--title", default="FedXray run report")
+    args = parser.parse_args(argv)
+    runs = {label: Path(path) for label, path in (item.split("=", 1) for item in args.run)}
+    print(write_report(runs, args.out, args.title))
+
+
+if __name__ == "__main__":
+    main()
