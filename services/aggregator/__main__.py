@@ -6,10 +6,8 @@ lists them.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
-from pathlib import Path
 
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
 from services.aggregator.config import AggregatorSettings
@@ -20,6 +18,7 @@ from services.common.metrics import ServiceMetrics
 from services.common.model_spec import flatten_state, parameter_spec
 from services.common.models import build_model
 from services.common.service_runtime import (
+    load_settings,
     configure_logging,
     grpc_server,
     mark_serving,
@@ -30,18 +29,8 @@ from services.common.stream_digest import NodeKeyRegistry
 from services.common.tls import KEY_AUTHORITY_NAME, add_port, channel
 
 
-def settings_help() -> str:
-    return "\n".join(f"  FEDXRAY_AGG_{name.upper():24} {field.description or ''} (default: {field.default})"
-                     for name, field in AggregatorSettings.model_fields.items())
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.aggregator", description=__doc__,
-                                     epilog="settings:\n" + settings_help(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, help="env file with FEDXRAY_AGG_* settings")
-    args = parser.parse_args(argv)
-    settings = AggregatorSettings(_env_file=args.config) if args.config else AggregatorSettings()
+    settings = load_settings(AggregatorSettings, "services.aggregator", __doc__, argv)
     log = configure_logging("aggregator", settings.log_level)
     metrics = ServiceMetrics("aggregator", holds_secret_key=False)
     serve_metrics(metrics, settings.metrics_host, settings.metrics_port)

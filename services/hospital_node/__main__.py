@@ -15,17 +15,12 @@ from pathlib import Path
 import torch
 
 from services.common.metrics import ServiceMetrics
-from services.common.service_runtime import configure_logging, serve_metrics, shutdown_event
+from services.common.service_runtime import configure_logging, load_settings, serve_metrics, shutdown_event
 from services.common.stream_digest import generate_identity
 from services.common.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME, channel
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.local_data import load_local_data
 from services.hospital_node.node_loop import HospitalNode
-
-
-def settings_help() -> str:
-    return "\n".join(f"  FEDXRAY_NODE_{name.upper():24} {field.description or ''} (default: {field.default})"
-                     for name, field in HospitalNodeSettings.model_fields.items())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,12 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         parsed = keygen.parse_args(argv[1:])
         print(generate_identity(parsed.out, parsed.node_id))
         return 0
-    parser = argparse.ArgumentParser(prog="python -m services.hospital_node", description=__doc__,
-                                     epilog="settings:\n" + settings_help(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, help="env file with FEDXRAY_NODE_* settings")
-    args = parser.parse_args(argv)
-    settings = HospitalNodeSettings(_env_file=args.config) if args.config else HospitalNodeSettings()
+    settings = load_settings(HospitalNodeSettings, "services.hospital_node", __doc__, argv)
     log = configure_logging(settings.node_id, settings.log_level)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)

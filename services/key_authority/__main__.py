@@ -6,12 +6,10 @@ lists them.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
 from services.common.metrics import ServiceMetrics
-from services.common.service_runtime import configure_logging, grpc_server, mark_serving, serve_metrics, shutdown_event
+from services.common.service_runtime import configure_logging, load_settings, grpc_server, mark_serving, serve_metrics, shutdown_event
 from services.common.stream_digest import NodeKeyRegistry
 from services.common.tls import add_port
 from services.key_authority.config import KeyAuthoritySettings
@@ -20,18 +18,8 @@ from services.key_authority.key_store import load_or_create_keys
 from services.key_authority.servicer import KeyAuthorityServicer
 
 
-def settings_help() -> str:
-    return "\n".join(f"  FEDXRAY_KA_{name.upper():24} {field.description or ''} (default: {field.default})"
-                     for name, field in KeyAuthoritySettings.model_fields.items())
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m services.key_authority", description=__doc__,
-                                     epilog="settings:\n" + settings_help(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, help="env file with FEDXRAY_KA_* settings")
-    args = parser.parse_args(argv)
-    settings = KeyAuthoritySettings(_env_file=args.config) if args.config else KeyAuthoritySettings()
+    settings = load_settings(KeyAuthoritySettings, "services.key_authority", __doc__, argv)
     log = configure_logging("key_authority", settings.log_level)
     keys = load_or_create_keys(settings.max_participants, settings.bits, settings.state_dir,
                                settings.persist_secret_key)

@@ -12,7 +12,7 @@ import numpy as np
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
 from services.common.errors import MalformedChunkError, PolicyViolationError
-from services.common.grpc_status import translate_errors, translate_stream_errors
+from services.common.grpc_status import translate_stream_errors
 from services.common.he_codec import decrypt_to_slot_integers
 from services.common.metrics import ServiceMetrics
 from services.common.packing import unpack_fields

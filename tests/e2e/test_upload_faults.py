@@ -6,7 +6,6 @@ from collections.abc import Iterator
 
 import grpc
 import numpy as np
-import pytest
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
