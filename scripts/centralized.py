@@ -57,7 +57,7 @@ def run_centralized(settings: HospitalNodeSettings, parties: int, rounds: int, l
     for round_id in range(1, rounds + 1):
         started = time.monotonic()
         train_local(model, data, local_epochs, learning_rate, batch_size, device, settings.imbalance,
-                    settings.lr_schedule, generator)
+                    settings.lr_schedule, generator, settings.augment)
         record(round_id, time.monotonic() - started)
     with open(out_dir / "rounds.jsonl", "w") as handle:
         for row in rows:

@@ -12,7 +12,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +82,7 @@ class Coordinator:
         self._round_log = settings.state_dir / "rounds.jsonl"
 
     # ------------------------------------------------------------------ nodes
-    def subscribe(self, request: pb.JoinRequest, is_active: callable) -> Iterator[pb.RoundMessage]:  # type: ignore[valid-type]
+    def subscribe(self, request: pb.JoinRequest, is_active: Callable[[], bool]) -> Iterator[pb.RoundMessage]:
         if request.node_id not in self._registry.node_ids:
             raise UnknownNodeError(f"node {request.node_id!r} is not a registered consortium member")
         spec = ParameterSpec(request.parameter_count, request.parameter_digest, (), ())

@@ -36,6 +36,7 @@ class HospitalNodeSettings(TlsSettings):
     validation_fraction: float = Field(0.2, gt=0, lt=1)
     imbalance: Literal["none", "class_weights", "sampler"] = "class_weights"
     lr_schedule: Literal["constant", "cosine"] = "cosine"
+    augment: bool = Field(True, description="small rotations, shifts, zoom, brightness/contrast (no flips)")
     encryption_workers: int = Field(1, ge=0, description="processes encrypting uploads; 0: in-process")
     torch_threads: int = Field(0, ge=0, description="CPU threads for training; 0: torch default")
     seed: int | None = Field(None, description="fixes training and noise randomness (tests); None: OS entropy")

@@ -111,7 +111,8 @@ class HospitalNode:
         generator = torch.Generator().manual_seed(hash((self._entropy, plan.round_id)) & 0x7FFFFFFF)
         train_start = time.monotonic()
         stats = train_local(self._model, self._data, plan.local_epochs, plan.learning_rate, plan.batch_size,
-                            self._device, self._settings.imbalance, self._settings.lr_schedule, generator)
+                            self._device, self._settings.imbalance, self._settings.lr_schedule, generator,
+                            self._settings.augment)
         timings = UploadTimings(train=time.monotonic() - train_start)
         self._metrics.observe_phase("train", timings.train)
         update = flatten_state({k: v.cpu() for k, v in self._model.state_dict().items()}) - global_weights

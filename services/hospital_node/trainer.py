@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
+from services.hospital_node.image_preprocessing import augment_batch
 from services.hospital_node.local_data import LocalData
 
 HISTOGRAM_BINS = 100
@@ -45,7 +46,8 @@ def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 def train_local(model: nn.Module, data: LocalData, epochs: int, learning_rate: float, batch_size: int,
                 device: torch.device, imbalance: Literal["none", "class_weights", "sampler"],
-                schedule: Literal["constant", "cosine"], generator: torch.Generator) -> TrainStats:
+                schedule: Literal["constant", "cosine"], generator: torch.Generator,
+                augment: bool = False) -> TrainStats:
     use_amp = device.type == "cuda"
     model.to(device)
     if use_amp:
@@ -69,6 +71,8 @@ def train_local(model: nn.Module, data: LocalData, epochs: int, learning_rate: f
     steps, seen, loss_total = 0, 0, 0.0
     for _ in range(epochs):
         for images, labels in loader:
+            if augment:
+                images = augment_batch(images, generator)
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if use_amp:
                 images = images.contiguous(memory_format=torch.channels_last)

@@ -18,17 +18,14 @@ from services.hospital_node.image_loaders import (
     UNLABELLED,
     DatasetFormatError,
     NoPixelDataError,
-    augment_batch,
     deidentify,
-    equalize_histogram,
     load_dicom_folder,
     load_image_folder,
     load_medmnist_npz,
-    median_filter_3x3,
-    preprocess,
     read_dicom,
     window_to_unit_range,
 )
+from services.hospital_node.image_preprocessing import augment_batch, equalize_histogram, median_filter_3x3, preprocess
 
 # Only files that ship inside the pydicom wheel: get_testdata_file would try
 # to download anything else.
