@@ -118,7 +118,7 @@ def test_bad_submissions_are_refused_with_named_statuses_and_leave_the_sum_exact
             "malformed ciphertext": intruder.submit([_copy(good[0], ciphertexts=[b"not a ciphertext"])] + good[1:]),
             "wrong key id": intruder.submit([_copy(c, key_id="0" * 16) for c in good]),
             "wrong round": intruder.submit([_copy(c, round_id=plan.round_id + 7) for c in good]),
-            "unknown node": intruder.submit([_copy(c, node_id="mallory") for c in good]),
+            "claims another identity": intruder.submit([_copy(c, node_id="mallory") for c in good]),
             "out of order": intruder.submit(good[1:] + good[:1]),
             "truncated stream": intruder.submit(good[:-1]),
             "forged signature": intruder.submit(good[:-1] + [forged_signature]),
@@ -127,7 +127,7 @@ def test_bad_submissions_are_refused_with_named_statuses_and_leave_the_sum_exact
             "malformed ciphertext": grpc.StatusCode.INVALID_ARGUMENT,
             "wrong key id": grpc.StatusCode.FAILED_PRECONDITION,
             "wrong round": grpc.StatusCode.FAILED_PRECONDITION,
-            "unknown node": grpc.StatusCode.UNAUTHENTICATED,
+            "claims another identity": grpc.StatusCode.PERMISSION_DENIED,  # mTLS: the certificate names hospital-4
             "out of order": grpc.StatusCode.INVALID_ARGUMENT,
             "truncated stream": grpc.StatusCode.INVALID_ARGUMENT,
             "forged signature": grpc.StatusCode.INVALID_ARGUMENT,
@@ -145,7 +145,7 @@ def test_bad_submissions_are_refused_with_named_statuses_and_leave_the_sum_exact
     assert np.array_equal(field_sum(tmp_path, 1), expected)
     reasons = {k for k, v in samples.items() if k.startswith("fedxray_refused_requests_total{") and v > 0}
     assert {f'fedxray_refused_requests_total{{reason="{r}"}}' for r in
-            ("malformed_chunk", "wrong_key", "wrong_round", "unknown_node", "digest_mismatch",
+            ("malformed_chunk", "wrong_key", "wrong_round", "identity_mismatch", "digest_mismatch",
              "duplicate_submission")} <= reasons
 
 
