@@ -44,6 +44,20 @@ def _epsilon(row: dict[str, object]) -> float:
     return float(value) if value not in (None, "inf", "Infinity") else math.inf  # type: ignore[arg-type]
 
 
+def _stacked_bars(axis: plt.Axes, categories: list[str], series: dict[str, list[float]]) -> None:
+    bottom = [0.0] * len(categories)
+    for name, values in series.items():
+        axis.bar(categories, values, bottom=bottom, label=name)
+        bottom = [b + v for b, v in zip(bottom, values)]
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def plot_metrics(runs: dict[str, list[dict[str, object]]], out: Path) -> Path:
     figure, axes = plt.subplots(1, 3, figsize=(14, 4))
     for axis, name in zip(axes, ("accuracy", "f1", "auc")):
@@ -54,11 +68,7 @@ def plot_metrics(runs: dict[str, list[dict[str, object]]], out: Path) -> Path:
         axis.set_ylim(0, 1)
         axis.grid(alpha=0.3)
     axes[0].legend()
-    path = out / "metrics_per_round.png"
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, out / "metrics_per_round.png")
 
 
 def plot_class_counts(counts: dict[str, object], out: Path) -> Path:
@@ -67,17 +77,11 @@ def plot_class_counts(counts: dict[str, object], out: Path) -> Path:
     assert isinstance(table, list)
     figure, axis = plt.subplots(figsize=(7, 4))
     bottom = [0] * len(table)
-    for index, name in enumerate(classes):
-        values = [row[index] for row in table]
-        axis.bar([f"hospital-{i + 1}" for i in range(len(table))], values, bottom=bottom, label=name)
-        bottom = [b + v for b, v in zip(bottom, values)]
+    _stacked_bars(axis, [f"hospital-{i + 1}" for i in range(len(table))],
+                  {name: [float(row[index]) for row in table] for index, name in enumerate(classes)})
     axis.set_title("images per hospital and class (SYNTHETIC)")
     axis.legend()
-    path = out / "class_distribution.png"
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, out / "class_distribution.png")
 
 
 def plot_phases(runs: dict[str, list[dict[str, object]]], out: Path) -> Path | None:
@@ -87,19 +91,12 @@ def plot_phases(runs: dict[str, list[dict[str, object]]], out: Path) -> Path | N
         return None
     figure, axes = plt.subplots(1, len(timed), figsize=(6 * len(timed), 4), squeeze=False)
     for axis, (label, rows) in zip(axes[0], timed.items()):
-        bottom = [0.0] * len(rows)
-        for phase in PHASES:
-            values = [float(r["phases"][phase]) for r in rows]  # type: ignore[index]
-            axis.bar([str(r["round"]) for r in rows], values, bottom=bottom, label=phase)
-            bottom = [b + v for b, v in zip(bottom, values)]
+        _stacked_bars(axis, [str(r["round"]) for r in rows],
+                      {phase: [float(r["phases"][phase]) for r in rows] for phase in PHASES})  # type: ignore[index]
         axis.set_title(f"{label}: seconds per phase (node phases: slowest node)")
         axis.set_xlabel("round")
     axes[0][0].legend(fontsize=8)
-    path = out / "latency_per_phase.png"
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, out / "latency_per_phase.png")
 
 
 def plot_epsilon(runs: dict[str, list[dict[str, object]]], out: Path) -> Path | None:
@@ -115,11 +112,7 @@ def plot_epsilon(runs: dict[str, list[dict[str, object]]], out: Path) -> Path | 
     axis.set_title("cumulative epsilon (Skellam RDP accountant)")
     axis.set_xlabel("round")
     axis.legend()
-    path = out / "epsilon.png"
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return _save(figure, out / "epsilon.png")
 
 
 def write_report(runs: dict[str, Path], out: Path, title: str, notes: str = "") -> Path:
