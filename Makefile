@@ -37,3 +37,17 @@ bench-round: $(STAMP)
 
 clean:
 	rm -rf runs .pytest_cache
+
+# --- deployment (docs/DEPLOYMENT.md) ---------------------------------------------------
+.PHONY: compose-config compose-test
+COMPOSE_YML ?= deploy/docker-compose.yml
+
+## compose-config: validate the compose files with the Compose v2 CLI (fails on an invalid file)
+compose-config:
+	deploy/compose.sh --project-directory deploy -f $(COMPOSE_YML) config --quiet
+	deploy/compose.sh --project-directory deploy -f $(COMPOSE_YML) -f deploy/docker-compose.gpu.yml --profile grafana config --quiet
+	@echo "compose-config: $(COMPOSE_YML) (+ GPU override, grafana profile) is valid"
+
+## compose-test: real `docker compose up` (root): 5 hospitals, 2 rounds, asserts round latency in Prometheus
+compose-test: $(STAMP)
+	PY=$(PY) deploy/compose_test.sh

@@ -54,6 +54,7 @@ class HospitalNode:
                  self._settings.architecture, self._device, self._spec.count, self._data.train_labels.numel(),
                  self._data.val_labels.numel())
         try:
+            self._public_context()  # fail fast if the key authority is unreachable or serves a secret key
             return self._follow_rounds(stop)
         finally:
             if self._pool is not None:

@@ -1,6 +1,6 @@
 """One service per host, without Docker: each in its own network namespace and address.
 
-The key authority, the aggregator and three hospital nodes run as processes in five
+The key authority, the aggregator and five hospital nodes run as processes in seven
 network namespaces joined by a bridge that lives in a namespace of its own, in the
 private subnet 10.213.0.0/24, for two secure rounds with mTLS on (certificates from
 `scripts.make_certs`). Peers are reached by address while certificates are checked
@@ -30,7 +30,7 @@ from tests.deploy.netns_lab import NetnsLab, ip
 
 REPO = Path(__file__).resolve().parents[2]
 SUBNET = "10.213.0.0/24"
-NODES, ROUNDS = 3, 2
+NODES, ROUNDS = 5, 2
 KA_PORT, AGGREGATOR_PORT, AGGREGATOR_METRICS_PORT = 50051, 50052, 9102
 RUN_TIMEOUT_SECONDS = 150.0
 

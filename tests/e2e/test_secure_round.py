@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 
 import grpc
@@ -34,17 +35,26 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
                               extra_aggregator_env={"FEDXRAY_AGG_LINGER_SECONDS": "600"})
     secret_key_gauges: dict[str, float] = {}
     consortium = Consortium(config)
+    done = threading.Event()
 
-    def on_row(row: dict[str, object]) -> None:
-        for name, service in consortium.services.items():
-            if name not in secret_key_gauges:
+    def watch_gauges() -> None:
+        """Each process's own report, read once it is inside a round (its contexts loaded)."""
+        while not done.is_set() and len(secret_key_gauges) < len(consortium.services):
+            for name, service in list(consortium.services.items()):
                 try:
-                    secret_key_gauges[name] = scrape(service.metrics_port)["fedxray_holds_secret_key"]
+                    samples = scrape(service.metrics_port)
                 except OSError:
-                    pass
+                    continue
+                if name == "key_authority" or samples.get("fedxray_current_round", 0) >= 1:
+                    secret_key_gauges.setdefault(name, samples["fedxray_holds_secret_key"])
+            done.wait(0.1)
 
     with consortium:
-        code = consortium.wait(420, on_row=on_row)
+        watcher = threading.Thread(target=watch_gauges, daemon=True)
+        watcher.start()
+        code = consortium.wait(420)
+        done.set()
+        watcher.join()
         statuses = {"key_authority": status(consortium, "key_authority")}
         yield consortium, code, secret_key_gauges, statuses
 

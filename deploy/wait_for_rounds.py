@@ -1,0 +1,105 @@
+"""Poll a Prometheus server until the aggregator's round latency histogram covers N rounds.
+
+    python3 deploy/wait_for_rounds.py --prometheus http://127.0.0.1:9090 --rounds 2 [--timeout 900]
+
+Asks Prometheus's HTTP API (/api/v1/query), never the services: the first scrape comes
+5 to 10 s after Prometheus starts, so this polls. Exit 0 when
+fedxray_round_latency_seconds_count{job="aggregator"} reaches the round count and every
+check below holds; 1 otherwise. Standard library only: runs with any Python 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+COUNT = 'fedxray_round_latency_seconds_count{job="aggregator"}'
+
+
+def query(prometheus: str, expression: str) -> list[dict[str, object]]:
+    url = f"{prometheus}/api/v1/query?{urllib.parse.urlencode({'query': expression})}"
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        body = json.loads(reply.read().decode())
+    if body.get("status") != "success":
+        raise RuntimeError(f"Prometheus refused {expression!r}: {body}")
+    return list(body["data"]["result"])
+
+
+def scalar(prometheus: str, expression: str) -> float | None:
+    result = query(prometheus, expression)
+    return float(result[0]["value"][1]) if result else None  # type: ignore[index]
+
+
+def targets_up(prometheus: str) -> str:
+    return ", ".join(f"{r['metric'].get('instance')}={r['value'][1]}"  # type: ignore[index,union-attr]
+                     for r in query(prometheus, "up"))
+
+
+def wait(prometheus: str, rounds: int, timeout: float) -> int:
+    started = time.monotonic()
+    last_report = ""
+    aggregator_seen, aggregator_down_polls = False, 0
+    while time.monotonic() - started < timeout:
+        try:
+            count = scalar(prometheus, COUNT)
+            current = scalar(prometheus, 'fedxray_current_round{job="aggregator"}')
+            report = f"rounds completed {count}, current round {current}; targets up: {targets_up(prometheus)}"
+            aggregator_up = scalar(prometheus, 'up{job="aggregator"}')
+            aggregator_seen = aggregator_seen or aggregator_up == 1
+            aggregator_down_polls = aggregator_down_polls + 1 if aggregator_seen and aggregator_up == 0 else 0
+        except (OSError, urllib.error.URLError, RuntimeError, ValueError) as error:
+            count, report = None, f"Prometheus not answering yet ({error})"
+        if report != last_report:
+            print(f"[wait_for_rounds {time.monotonic() - started:5.0f}s] {report}", flush=True)
+            last_report = report
+        if count is not None and count >= rounds:
+            return check(prometheus, rounds)
+        if aggregator_down_polls >= 5:
+            print("FAIL: the aggregator's /metrics went away before the rounds completed", flush=True)
+            return 1
+        time.sleep(3)
+    print(f"FAIL: {COUNT} did not reach {rounds} within {timeout:.0f} s", flush=True)
+    return 1
+
+
+def check(prometheus: str, rounds: int) -> int:
+    checks = {
+        COUNT: float(rounds),
+        'fedxray_round_latency_seconds_bucket{job="aggregator", le="+Inf"}': float(rounds),
+        'fedxray_holds_secret_key{job="aggregator"}': 0.0,
+        'fedxray_holds_secret_key{job="key-authority"}': 1.0,
+    }
+    failed = 0
+    for expression, expected in checks.items():
+        value = scalar(prometheus, expression)
+        ok = value == expected
+        failed += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} {expression} = {value} (expected {expected})", flush=True)
+    latency = scalar(prometheus, 'fedxray_round_latency_seconds_sum{job="aggregator"}')
+    participants = scalar(prometheus, 'fedxray_round_participants{job="aggregator"}')
+    accuracy = scalar(prometheus, 'fedxray_validation_metric{job="aggregator", metric="accuracy"}')
+    epsilon = scalar(prometheus, 'fedxray_epsilon{job="aggregator"}')
+    print(f"     round seconds total {latency}, participants {participants}, accuracy {accuracy}, "
+          f"epsilon {epsilon}", flush=True)
+    if not latency or latency <= 0:
+        print("FAIL fedxray_round_latency_seconds_sum is not positive", flush=True)
+        failed += 1
+    return 1 if failed else 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prometheus", default="http://127.0.0.1:9090")
+    parser.add_argument("--rounds", type=int, required=True)
+    parser.add_argument("--timeout", type=float, default=900.0)
+    args = parser.parse_args()
+    return wait(args.prometheus.rstrip("/"), args.rounds, args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
