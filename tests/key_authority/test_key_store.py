@@ -1,0 +1,31 @@
+import stat
+
+import pytest
+
+from services.common.ckks_params import load_public_context
+from services.common.errors import CkksParameterError
+from services.key_authority.key_store import SECRET_FILE, load_or_create_keys
+
+
+def test_secret_key_is_persisted_only_on_request_with_mode_0600_and_reloads(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ephemeral = load_or_create_keys(8, None, tmp_path / "a", persist=False)
+    assert not (tmp_path / "a").exists()
+    first = load_or_create_keys(8, None, tmp_path / "b", persist=True)
+    path = tmp_path / "b" / SECRET_FILE
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again = load_or_create_keys(8, None, tmp_path / "b", persist=True)
+    assert again.key_id == first.key_id != ephemeral.key_id
+    assert again.secret_context.is_private()
+    assert not load_public_context(first.public_context).is_private()
+
+
+def test_a_group_readable_secret_key_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    load_or_create_keys(8, None, tmp_path, persist=True)
+    (tmp_path / SECRET_FILE).chmod(0o640)
+    with pytest.raises(PermissionError, match="chmod 600"):
+        load_or_create_keys(8, None, tmp_path, persist=True)
+
+
+def test_impossible_bits_are_refused_at_start_up(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(CkksParameterError, match="at most 10 bits per field"):
+        load_or_create_keys(8, 12, tmp_path, persist=False)
