@@ -44,7 +44,8 @@ class TinyCnn(nn.Module):
         self.head = nn.Linear(64, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.flatten(self.features(images), 1))
+        logits: torch.Tensor = self.head(torch.flatten(self.features(images), 1))
+        return logits
 
 
 def build_model(architecture: str, num_classes: int, seed: int = 0) -> nn.Module:

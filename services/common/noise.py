@@ -48,7 +48,8 @@ def poisson_pmf(mean: float) -> np.ndarray:
     log_pmf = -mean + j * math.log(mean) - np.array([math.lgamma(x + 1) for x in j])
     pmf = np.exp(log_pmf)
     negligible_tail = int(np.count_nonzero(np.cumsum(pmf[::-1]) < TAIL_MASS))
-    return pmf[: pmf.size - negligible_tail]
+    kept: np.ndarray = pmf[: pmf.size - negligible_tail]
+    return kept
 
 
 @lru_cache(maxsize=16)

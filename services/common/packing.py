@@ -61,7 +61,8 @@ def to_modular(values: np.ndarray, bits: int) -> np.ndarray:
 def to_centered(values: np.ndarray, bits: int) -> np.ndarray:
     """Integers mod 2^bits mapped to the signed range [-2^(bits-1), 2^(bits-1))."""
     half = np.int64(1) << (bits - 1)
-    return np.mod(values.astype(np.int64) + half, np.int64(1) << bits) - half
+    centered: np.ndarray = np.mod(values.astype(np.int64) + half, np.int64(1) << bits) - half
+    return centered
 
 
 def pack_fields(values: np.ndarray, layout: FieldLayout) -> np.ndarray:
@@ -73,7 +74,8 @@ def pack_fields(values: np.ndarray, layout: FieldLayout) -> np.ndarray:
     padded[: values.size] = values
     grid = padded.reshape(slots, layout.fields_per_slot)
     shifts = np.arange(layout.fields_per_slot, dtype=np.int64) * layout.width
-    return np.sum(grid << shifts, axis=1)
+    packed: np.ndarray = np.sum(grid << shifts, axis=1)
+    return packed
 
 
 def unpack_fields(slot_sums: np.ndarray, layout: FieldLayout, count: int) -> np.ndarray:
@@ -84,4 +86,5 @@ def unpack_fields(slot_sums: np.ndarray, layout: FieldLayout, count: int) -> np.
         raise PackingError(f"{slot_sums.size} slots cannot hold {count} values")
     shifts = np.arange(layout.fields_per_slot, dtype=np.int64) * layout.width
     fields = (slot_sums.astype(np.int64)[:, None] >> shifts) & ((np.int64(1) << layout.width) - 1)
-    return np.mod(fields.reshape(-1)[:count], np.int64(layout.modulus))
+    unpacked: np.ndarray = np.mod(fields.reshape(-1)[:count], np.int64(layout.modulus))
+    return unpacked

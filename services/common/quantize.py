@@ -50,7 +50,8 @@ def randomized_round(values: np.ndarray, rng: np.random.Generator) -> np.ndarray
     """Unbiased rounding: floor(x) + Bernoulli(frac(x)), so E[round(x)] = x."""
     floor = np.floor(values)
     up = rng.random(values.shape) < (values - floor)
-    return floor.astype(np.int64) + up.astype(np.int64)
+    rounded: np.ndarray = floor.astype(np.int64) + up.astype(np.int64)
+    return rounded
 
 
 def conditional_randomized_round(

@@ -37,7 +37,7 @@ def load_settings(settings_class: type[SettingsT], module: str, doc: str | None,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help=f"env file with {prefix}* settings")
     args = parser.parse_args(argv)
-    return settings_class(_env_file=args.config) if args.config else settings_class()  # type: ignore[call-arg]
+    return settings_class(_env_file=args.config) if args.config else settings_class()
 
 
 class JsonLogFormatter(logging.Formatter):
