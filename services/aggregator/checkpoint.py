@@ -30,14 +30,3 @@ def save_checkpoint(directory: Path, round_id: int, weights: np.ndarray, optimiz
     _atomic_write(directory / "latest.json", json.dumps({"round": round_id, "file": path.name, **round_state},
                                                         default=float).encode())
     return path
-
-
-def load_latest(directory: Path) -> tuple[int, np.ndarray, dict[str, np.ndarray], dict[str, Any]] | None:
-    pointer = directory / "latest.json"
-    if not pointer.exists():
-        return None
-    state = json.loads(pointer.read_text())
-    with np.load(directory / state["file"]) as archive:
-        weights = archive["weights"].astype(np.float64)
-        optimizer = {k.removeprefix("opt_"): archive[k] for k in archive.files if k.startswith("opt_")}
-    return int(state["round"]), weights, optimizer, state

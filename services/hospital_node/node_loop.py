@@ -7,7 +7,6 @@ import logging
 import secrets
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -168,7 +167,3 @@ class HospitalNode:
         accuracy = np.trace(counts.confusion) / max(counts.examples, 1)
         log.info("model after round %d: local validation accuracy %.3f on %d images", model_round, accuracy,
                  counts.examples)
-
-
-def record_path(directory: Path, node_id: str, round_id: int, kind: str) -> Path:
-    return directory / f"{node_id}_round{round_id:04d}_{kind}.npy"
