@@ -29,7 +29,7 @@ from services.aggregator.round_state import RoundState, new_round_state
 from services.aggregator.submission_staging import StagedSubmission, StreamHeader, VerifiedSubmission
 from services.common.chunking import MODEL_CHUNK_VALUES, chunk_count, float32_chunks
 from services.common.ckks_params import load_public_context
-from services.common.encryption_pool import upload_chunk_count
+from services.common.encryption_pool import ciphertexts_in_chunk, upload_chunk_count
 from services.common.errors import (
     MalformedChunkError,
     PrivacyBudgetError,
@@ -124,19 +124,14 @@ class Coordinator:
                               plan.plaintext_chunk_values, self._spec.count)
 
         def check(index: int, payloads: list[bytes]) -> None:
-            assert current.ciphertext_sum is not None
-            if len(payloads) != self._ciphertexts_in_chunk(index, plan):
-                raise MalformedChunkError(f"chunk {index} carries {len(payloads)} ciphertexts, expected "
-                                          f"{self._ciphertexts_in_chunk(index, plan)}")
+            assert current.ciphertext_sum is not None and self.key is not None
+            layout = FieldLayout(plan.bits, plan.max_participants, plan.fields_per_slot)
+            expected = ciphertexts_in_chunk(index, self._spec.count, layout, self.key.slots, plan.chunk_ciphertexts)
+            if len(payloads) != expected:
+                raise MalformedChunkError(f"chunk {index} carries {len(payloads)} ciphertexts, expected {expected}")
             current.ciphertext_sum.parse_chunk(index, payloads)
 
         return current, StagedSubmission(self._staging, header, check)
-
-    def _ciphertexts_in_chunk(self, index: int, plan: pb.RoundPlan) -> int:
-        assert self.key is not None
-        values = plan.chunk_ciphertexts * self.key.slots * self.key.fields_per_slot
-        remaining = self._spec.count - index * values
-        return min(plan.chunk_ciphertexts, -(-min(values, remaining) // (self.key.slots * self.key.fields_per_slot)))
 
     def complete_submission(self, state: RoundState, submission: VerifiedSubmission) -> None:
         try:

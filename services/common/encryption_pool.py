@@ -53,6 +53,13 @@ def upload_chunk_count(dimension: int, layout: FieldLayout, slots: int, chunk_ci
     return -(-dimension // values_per_chunk(layout, slots, chunk_ciphertexts))
 
 
+def ciphertexts_in_chunk(index: int, dimension: int, layout: FieldLayout, slots: int, chunk_ciphertexts: int) -> int:
+    """How many ciphertexts upload chunk `index` carries (the last chunk may be short)."""
+    per_chunk = values_per_chunk(layout, slots, chunk_ciphertexts)
+    values = min(per_chunk, dimension - index * per_chunk)
+    return -(-values // (slots * layout.fields_per_slot))
+
+
 def _run(context: ts.Context, task: _Task) -> EncryptedChunk:
     fields = encode_piece(task.scaled, task.plan, np.random.default_rng(task.seed))
     ciphertexts = encrypt_rows(context, slot_matrix(pack_fields(fields, task.layout), task.slots))
