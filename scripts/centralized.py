@@ -16,25 +16,29 @@ from pathlib import Path
 
 import torch
 
-from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.aggregator.pooled_evaluation import pool_reports
 from services.common.models import best_device, build_model
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.local_data import LocalData, load_local_data
-from services.hospital_node.trainer import HISTOGRAM_BINS, evaluate, train_local
+from services.hospital_node.trainer import LocalTraining, evaluate, train_local
 
 log = logging.getLogger(__name__)
 
 
 def pooled_data(settings: HospitalNodeSettings, parties: int) -> LocalData:
-    parts = [load_local_data(settings.model_copy(update={"partition_index": i})) for i in range(parties)]
+    return pool([load_local_data(settings.model_copy(update={"partition_index": i})) for i in range(parties)])
+
+
+def pool(parts: list[LocalData]) -> LocalData:
+    """The hospitals' training splits together, and their validation splits together."""
     return LocalData(torch.cat([p.train_images for p in parts]), torch.cat([p.train_labels for p in parts]),
                      torch.cat([p.val_images for p in parts]), torch.cat([p.val_labels for p in parts]),
                      parts[0].num_classes)
 
 
-def run_centralized(settings: HospitalNodeSettings, parties: int, rounds: int, local_epochs: int,
-                    learning_rate: float, batch_size: int, out_dir: Path, seed: int = 0) -> list[dict[str, object]]:
+def run_centralized(settings: HospitalNodeSettings, parties: int, rounds: int, training: LocalTraining,
+                    out_dir: Path, seed: int = 0) -> list[dict[str, object]]:
+    """`training` is one federated round's local training; the baseline runs it `rounds` times on the pool."""
     data = pooled_data(settings, parties)
     device = best_device()
     model = build_model(settings.architecture, settings.num_classes, settings.model_seed)
@@ -44,11 +48,7 @@ def run_centralized(settings: HospitalNodeSettings, parties: int, rounds: int, l
 
     def record(round_id: int, seconds: float) -> None:
         counts = evaluate(model, data.val_images, data.val_labels, data.num_classes, device)
-        report = pb.EvaluationReport(
-            node_id="centralized", model_round=round_id, num_classes=data.num_classes,
-            confusion=counts.confusion.reshape(-1).tolist(), loss_sum=counts.loss_sum, examples=counts.examples,
-            positive_histograms=counts.positive_histograms.reshape(-1).tolist(),
-            negative_histograms=counts.negative_histograms.reshape(-1).tolist(), histogram_bins=HISTOGRAM_BINS)
+        report = counts.report("centralized", round_id)
         rows.append({"round": round_id, "participants": 1, "seconds": seconds,
                      "evaluation": pool_reports([report]).as_dict()})
         log.info("centralized round %d: F1 %.3f", round_id, rows[-1]["evaluation"]["f1"])  # type: ignore[index]
@@ -56,8 +56,7 @@ def run_centralized(settings: HospitalNodeSettings, parties: int, rounds: int, l
     record(0, 0.0)
     for round_id in range(1, rounds + 1):
         started = time.monotonic()
-        train_local(model, data, local_epochs, learning_rate, batch_size, device, settings.imbalance,
-                    settings.lr_schedule, generator, settings.augment)
+        train_local(model, data, training, device, generator)
         record(round_id, time.monotonic() - started)
     with open(out_dir / "rounds.jsonl", "w") as handle:
         for row in rows:

@@ -57,6 +57,11 @@ class ConsortiumConfig:
     noise_kind: str = "skellam"
     noise_variance: float = 16.0
     server_optimizer: str = "fedavg"
+    server_learning_rate: float = 1.0
+    server_momentum: float = 0.0
+    local_optimizer: str = "sgd"
+    proximal_mu: float = 0.0
+    imbalance: str = "class_weights"
     round_deadline_seconds: float = 900.0
     encryption_workers: int = 0
     torch_threads: int = 1
@@ -169,6 +174,9 @@ class Consortium:
             "FEDXRAY_AGG_CLIP_NORM": str(c.clip_norm), "FEDXRAY_AGG_NOISE_KIND": c.noise_kind,
             "FEDXRAY_AGG_NOISE_VARIANCE": str(c.noise_variance),
             "FEDXRAY_AGG_SERVER_OPTIMIZER": c.server_optimizer,
+            "FEDXRAY_AGG_SERVER_LEARNING_RATE": str(c.server_learning_rate),
+            "FEDXRAY_AGG_SERVER_MOMENTUM": str(c.server_momentum),
+            "FEDXRAY_AGG_LOCAL_OPTIMIZER": c.local_optimizer, "FEDXRAY_AGG_PROXIMAL_MU": str(c.proximal_mu),
             "FEDXRAY_AGG_ROUND_DEADLINE_SECONDS": str(c.round_deadline_seconds),
             "FEDXRAY_AGG_RECORD_SUMS": str(c.record).lower(),
             **self.tls_env("FEDXRAY_AGG_", AGGREGATOR_NAME),
@@ -187,7 +195,7 @@ class Consortium:
                 "FEDXRAY_NODE_PARTITION_ALPHA": str(c.partition_alpha),
                 "FEDXRAY_NODE_PARTITION_PARTIES": str(c.nodes), "FEDXRAY_NODE_PARTITION_INDEX": str(index),
                 "FEDXRAY_NODE_ENCRYPTION_WORKERS": str(c.encryption_workers),
-                "FEDXRAY_NODE_TORCH_THREADS": str(c.torch_threads),
+                "FEDXRAY_NODE_TORCH_THREADS": str(c.torch_threads), "FEDXRAY_NODE_IMBALANCE": c.imbalance,
                 **self.tls_env("FEDXRAY_NODE_", node_id),
             }
             if c.seed is not None:

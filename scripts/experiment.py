@@ -10,6 +10,7 @@ plots (see scripts/report.py). Progress is printed as rounds finish.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shutil
@@ -19,6 +20,19 @@ from pathlib import Path
 from scripts.centralized import node_settings_for, run_centralized
 from scripts.consortium import Consortium, ConsortiumConfig, format_row
 from scripts.report import write_report
+from services.hospital_node.trainer import LocalTraining
+
+
+def centralized(args: argparse.Namespace) -> Path:
+    """The centralized baseline on the same images, splits and local training as one federated round."""
+    settings = node_settings_for(args.architecture, args.image_size, args.images_per_node * 5, 5, "dirichlet",
+                                 args.alpha, 0)
+    # No FedProx anchor: with one party there is no global model to stay near.
+    training = LocalTraining(args.local_epochs, args.learning_rate, args.batch_size, args.local_optimizer, 0.0,
+                             args.imbalance, settings.lr_schedule, settings.augment)
+    out = args.out / "centralized"
+    run_centralized(settings, 5, args.rounds, training, out, seed=1)
+    return Path(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,15 +49,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clip-norm", type=float, default=50.0)
     parser.add_argument("--noise-variance", type=float, default=16.0)
     parser.add_argument("--server-optimizer", default="fedavg")
+    parser.add_argument("--server-learning-rate", type=float, default=1.0)
+    parser.add_argument("--server-momentum", type=float, default=0.0)
+    parser.add_argument("--local-optimizer", default="sgd", choices=("sgd", "adamw"))
+    parser.add_argument("--proximal-mu", type=float, default=0.0)
+    parser.add_argument("--imbalance", default="class_weights",
+                        choices=("none", "class_weights", "sampler", "logit_adjust"))
     parser.add_argument("--encryption-workers", type=int, default=0)
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--skip", action="append", default=[], help="secure | plaintext | centralized")
+    parser.add_argument("--concurrent", action="store_true",
+                        help="run the two consortia and the centralized baseline at once (a machine with room)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, Path] = {}
     timings: dict[str, float] = {}
+    consortia: dict[str, Consortium] = {}
     for mode in ("plaintext", "secure"):
         if mode in args.skip:
             continue
@@ -54,32 +77,44 @@ def main(argv: list[str] | None = None) -> int:
             image_size=args.image_size, images_per_node=args.images_per_node, partition_scheme="dirichlet",
             partition_alpha=args.alpha, local_epochs=args.local_epochs, learning_rate=args.learning_rate,
             batch_size=args.batch_size, clip_norm=args.clip_norm, noise_variance=args.noise_variance,
-            server_optimizer=args.server_optimizer, encryption_workers=args.encryption_workers,
+            server_optimizer=args.server_optimizer, server_learning_rate=args.server_learning_rate,
+            server_momentum=args.server_momentum, local_optimizer=args.local_optimizer,
+            proximal_mu=args.proximal_mu, imbalance=args.imbalance, encryption_workers=args.encryption_workers,
             torch_threads=args.torch_threads, seed=1, round_deadline_seconds=3600)
-        consortium = Consortium(config)
-        print(f"[{mode}] class counts:\n{consortium.write_class_counts()}", flush=True)
-        started = time.monotonic()
-        with consortium:
+        consortia[mode] = Consortium(config)
+        print(f"[{mode}] class counts:\n{consortia[mode].write_class_counts()}", flush=True)
+    started, started_clock = time.monotonic(), time.time()
+    with contextlib.ExitStack() as stack:
+        if args.concurrent:
+            for consortium in consortia.values():
+                stack.enter_context(consortium)
+            if "centralized" not in args.skip:
+                runs["centralized"] = centralized(args)
+                timings["centralized"] = time.monotonic() - started
+        for mode, consortium in consortia.items():
+            if not args.concurrent:
+                started = time.monotonic()
+                stack.enter_context(consortium)
             code = consortium.wait(args.timeout, on_row=lambda row, m=mode: print(f"[{m}] {format_row(row)}",
                                                                                    flush=True))
-        timings[mode] = time.monotonic() - started
-        if code != 0:
-            print(f"[{mode}] failed with exit {code}; logs in {run_dir / 'logs'}", flush=True)
-            return 1
-        runs[mode] = run_dir
-    if "centralized" not in args.skip:
+            finished = consortium.config.run_dir / "aggregator" / "finished.json"
+            # Side by side, a consortium may finish while the baseline still trains: time it by its own finish.
+            timings[mode] = (finished.stat().st_mtime - started_clock if args.concurrent and finished.exists()
+                             else time.monotonic() - started)
+            if code != 0:
+                print(f"[{mode}] failed with exit {code}; logs in {consortium.logs}", flush=True)
+                return 1
+            runs[mode] = consortium.config.run_dir
+    if not args.concurrent and "centralized" not in args.skip:
         started = time.monotonic()
-        settings = node_settings_for(args.architecture, args.image_size, args.images_per_node * 5, 5, "dirichlet",
-                                     args.alpha, 0)
-        run_centralized(settings, 5, args.rounds, args.local_epochs, args.learning_rate, args.batch_size,
-                        args.out / "centralized", seed=1)
+        runs["centralized"] = centralized(args)
         timings["centralized"] = time.monotonic() - started
-        runs["centralized"] = args.out / "centralized"
     notes = (f"Setting: {args.architecture} at {args.image_size} px, 5 hospitals x {args.images_per_node} images "
              f"(80% train / 20% validation each), Dirichlet alpha={args.alpha} label skew, {args.rounds} rounds of "
              f"{args.local_epochs} local epochs, lr {args.learning_rate}, batch {args.batch_size}, clip norm "
-             f"{args.clip_norm}, Skellam noise variance {args.noise_variance} per quorum, server "
-             f"{args.server_optimizer}. Wall seconds per run: {json.dumps({k: round(v) for k, v in timings.items()})}.")
+             f"{args.clip_norm}, Skellam noise variance {args.noise_variance} per quorum, local optimizer "
+             f"{args.local_optimizer}, imbalance {args.imbalance}, FedProx mu {args.proximal_mu}, server "
+             f"{args.server_optimizer} (lr {args.server_learning_rate}, momentum {args.server_momentum}). Wall seconds per run{' (run concurrently)' if args.concurrent else ''}: {json.dumps({k: round(v) for k, v in timings.items()})}.")
     print(write_report(runs, args.out, "Secure vs plaintext federated vs centralized (SYNTHETIC data)", notes))
     return 0
 

@@ -46,9 +46,11 @@ def _epsilon(row: dict[str, object]) -> float:
 
 def _stacked_bars(axis: plt.Axes, categories: list[str], series: dict[str, list[float]]) -> None:
     bottom = [0.0] * len(categories)
+    positions = list(range(len(categories)))  # explicit positions: round numbers are labels, not values
     for name, values in series.items():
-        axis.bar(categories, values, bottom=bottom, label=name)
+        axis.bar(positions, values, bottom=bottom, label=name)
         bottom = [b + v for b, v in zip(bottom, values)]
+    axis.set_xticks(positions, categories)
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:
@@ -76,7 +78,6 @@ def plot_class_counts(counts: dict[str, object], out: Path) -> Path:
     table = counts["counts"]
     assert isinstance(table, list)
     figure, axis = plt.subplots(figsize=(7, 4))
-    bottom = [0] * len(table)
     _stacked_bars(axis, [f"hospital-{i + 1}" for i in range(len(table))],
                   {name: [float(row[index]) for row in table] for index, name in enumerate(classes)})
     axis.set_title("images per hospital and class (SYNTHETIC)")

@@ -36,8 +36,11 @@ class AggregatorSettings(TlsSettings):
     local_epochs: int = Field(1, ge=1)
     learning_rate: float = Field(0.01, gt=0)
     batch_size: int = Field(16, ge=1)
+    local_optimizer: Literal["sgd", "adamw"] = Field("sgd", description="hospitals' optimizer (sgd: momentum 0.9)")
+    proximal_mu: float = Field(0.0, ge=0, description="FedProx proximal weight; 0: plain local steps")
     server_optimizer: Literal["fedavg", "fedadam"] = "fedavg"
     server_learning_rate: float = Field(1.0, gt=0)
+    server_momentum: float = Field(0.0, ge=0, lt=1, description="FedAvgM momentum of the server step; 0: FedAvg")
     fedadam_beta1: float = 0.9
     fedadam_beta2: float = 0.99
     fedadam_tau: float = 1e-3

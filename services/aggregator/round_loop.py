@@ -65,7 +65,8 @@ class Coordinator:
         self.weights = initial_weights.astype(np.float64)
         self._optimizer = (FedAdam(settings.server_learning_rate, settings.fedadam_beta1, settings.fedadam_beta2,
                                    settings.fedadam_tau)
-                           if settings.server_optimizer == "fedadam" else FedAvg(settings.server_learning_rate))
+                           if settings.server_optimizer == "fedadam" else FedAvg(settings.server_learning_rate,
+                                                                                settings.server_momentum))
         self._accountant = SkellamAccountant(delta=settings.delta)
         self._subscribers: dict[str, Subscriber] = {}
         self._subscribers_lock = threading.Condition()
@@ -229,6 +230,7 @@ class Coordinator:
         return pb.RoundPlan(
             round_id=round_id, secure=s.secure, evaluate_only=evaluate_only, key_id=key.key_id,
             local_epochs=s.local_epochs, learning_rate=s.learning_rate, batch_size=s.batch_size,
+            local_optimizer=s.local_optimizer, proximal_mu=s.proximal_mu,
             clip_norm=quantization.clip_norm, scale=quantization.scale,
             coordinate_bound=quantization.coordinate_bound, bits=quantization.bits,
             fields_per_slot=key.fields_per_slot, max_participants=key.max_participants,

@@ -5,6 +5,9 @@ BatchNorm, the standard remedy for non-IID federated training (Hsieh et al., "Th
 Non-IID Data Quagmire of Decentralized Machine Learning", ICML 2020): BatchNorm's
 running statistics follow each hospital's label mix and break the averaged model.
 GroupNorm has the same affine parameters, so the parameter count is unchanged.
+The last norm layer of every residual block starts at zero (`zero_init_residual`,
+Goyal et al., "Accurate, Large Minibatch SGD", 2017): each block starts as the
+identity, which keeps the first local steps of an untrained model stable.
 `resnet50-bn` keeps BatchNorm (its running statistics then stay local, see model_spec).
 
 Radiographs are single-channel; the standard 3-channel stems are kept (so the
@@ -55,9 +58,11 @@ def build_model(architecture: str, num_classes: int, seed: int = 0) -> nn.Module
     torch.manual_seed(seed)
     body: nn.Module
     if architecture == "resnet50":
-        body = torchvision.models.resnet50(weights=None, num_classes=num_classes, norm_layer=group_norm)
+        body = torchvision.models.resnet50(weights=None, num_classes=num_classes, norm_layer=group_norm,
+                                            zero_init_residual=True)
     elif architecture == "resnet18":
-        body = torchvision.models.resnet18(weights=None, num_classes=num_classes, norm_layer=group_norm)
+        body = torchvision.models.resnet18(weights=None, num_classes=num_classes, norm_layer=group_norm,
+                                            zero_init_residual=True)
     elif architecture == "resnet50-bn":
         body = torchvision.models.resnet50(weights=None, num_classes=num_classes)
     else:

@@ -34,7 +34,8 @@ class HospitalNodeSettings(TlsSettings):
     partition_parties: int = Field(5, ge=1)
     partition_index: int = Field(0, ge=0, description="this hospital's part of the synthetic set")
     validation_fraction: float = Field(0.2, gt=0, lt=1)
-    imbalance: Literal["none", "class_weights", "sampler"] = "class_weights"
+    imbalance: Literal["none", "class_weights", "sampler", "logit_adjust"] = Field(
+        "class_weights", description="class-weighted loss, weighted sampling, or logit adjustment by the local prior")
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     augment: bool = Field(True, description="small rotations, shifts, zoom, brightness/contrast (no flips)")
     encryption_workers: int = Field(1, ge=0, description="processes encrypting uploads; 0: in-process")

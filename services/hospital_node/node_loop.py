@@ -25,7 +25,7 @@ from services.common.models import best_device, build_model
 from services.common.stream_digest import load_identity
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.local_data import LocalData
-from services.hospital_node.trainer import HISTOGRAM_BINS, evaluate, train_local
+from services.hospital_node.trainer import LocalTraining, evaluate, train_local
 from services.hospital_node.update_stream import CrashFault, UploadTimings, plaintext_upload, secure_upload
 
 log = logging.getLogger(__name__)
@@ -110,9 +110,10 @@ class HospitalNode:
         self._metrics.current_round.set(plan.round_id)
         generator = torch.Generator().manual_seed(hash((self._entropy, plan.round_id)) & 0x7FFFFFFF)
         train_start = time.monotonic()
-        stats = train_local(self._model, self._data, plan.local_epochs, plan.learning_rate, plan.batch_size,
-                            self._device, self._settings.imbalance, self._settings.lr_schedule, generator,
-                            self._settings.augment)
+        config = LocalTraining(plan.local_epochs, plan.learning_rate, plan.batch_size,
+                               "adamw" if plan.local_optimizer == "adamw" else "sgd", plan.proximal_mu,
+                               self._settings.imbalance, self._settings.lr_schedule, self._settings.augment)
+        stats = train_local(self._model, self._data, config, self._device, generator)
         timings = UploadTimings(train=time.monotonic() - train_start)
         self._metrics.observe_phase("train", timings.train)
         update = flatten_state({k: v.cpu() for k, v in self._model.state_dict().items()}) - global_weights
@@ -158,12 +159,7 @@ class HospitalNode:
     def _report_evaluation(self, model_round: int) -> None:
         counts = evaluate(self._model, self._data.val_images, self._data.val_labels, self._data.num_classes,
                           self._device)
-        report = pb.EvaluationReport(
-            node_id=self._settings.node_id, model_round=model_round, num_classes=self._data.num_classes,
-            confusion=counts.confusion.reshape(-1).tolist(), loss_sum=counts.loss_sum, examples=counts.examples,
-            positive_histograms=counts.positive_histograms.reshape(-1).tolist(),
-            negative_histograms=counts.negative_histograms.reshape(-1).tolist(), histogram_bins=HISTOGRAM_BINS)
-        self._aggregator.ReportEvaluation(report, timeout=60)
+        self._aggregator.ReportEvaluation(counts.report(self._settings.node_id, model_round), timeout=60)
         accuracy = np.trace(counts.confusion) / max(counts.examples, 1)
         log.info("model after round %d: local validation accuracy %.3f on %d images", model_round, accuracy,
                  counts.examples)

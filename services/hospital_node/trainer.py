@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
+from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.hospital_node.image_preprocessing import augment_batch
 from services.hospital_node.local_data import LocalData
 
@@ -36,6 +37,32 @@ class EvaluationCounts:
     positive_histograms: np.ndarray
     negative_histograms: np.ndarray
 
+    def report(self, node_id: str, model_round: int) -> pb.EvaluationReport:
+        """The counts as sent to the aggregator, which pools them over hospitals."""
+        return pb.EvaluationReport(
+            node_id=node_id, model_round=model_round, num_classes=int(self.confusion.shape[0]),
+            confusion=self.confusion.reshape(-1).tolist(), loss_sum=self.loss_sum, examples=self.examples,
+            positive_histograms=self.positive_histograms.reshape(-1).tolist(),
+            negative_histograms=self.negative_histograms.reshape(-1).tolist(), histogram_bins=HISTOGRAM_BINS)
+
+
+Imbalance = Literal["none", "class_weights", "sampler", "logit_adjust"]
+LocalOptimizer = Literal["sgd", "adamw"]
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """How one hospital trains in one round: the round plan's part and the hospital's own part."""
+
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    optimizer: LocalOptimizer = "sgd"
+    proximal_mu: float = 0.0
+    imbalance: Imbalance = "class_weights"
+    schedule: Literal["constant", "cosine"] = "cosine"
+    augment: bool = False
+
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Inverse-frequency weights, normalised to mean 1 over the classes present."""
@@ -44,10 +71,35 @@ def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return (weights / weights[counts > 0].mean()).float()
 
 
-def train_local(model: nn.Module, data: LocalData, epochs: int, learning_rate: float, batch_size: int,
-                device: torch.device, imbalance: Literal["none", "class_weights", "sampler"],
-                schedule: Literal["constant", "cosine"], generator: torch.Generator,
-                augment: bool = False) -> TrainStats:
+def log_class_prior(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """log of the local class frequencies; -inf for a class this hospital does not hold."""
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    return torch.log(counts / counts.sum()).float()
+
+
+def _loss_function(config: LocalTraining, labels: torch.Tensor, num_classes: int,
+                   device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if config.imbalance == "class_weights":
+        return nn.CrossEntropyLoss(weight=class_weights(labels, num_classes).to(device))
+    if config.imbalance == "logit_adjust":
+        # Logit adjustment (Menon et al., ICLR 2021), the calibration FedLC (Zhang et al., ICML 2022) applies
+        # under label skew: training on logits + log(local prior) leaves the raw logits balanced. An absent
+        # class gets -inf, i.e. the restricted softmax of FedRS (Li & Zhan, KDD 2021): a hospital holding one
+        # class has no contrast to learn from and must not push every image towards its class (with Adam,
+        # any nonzero gradient there, however small, becomes a full-size step).
+        prior = log_class_prior(labels, num_classes).to(device)
+        return lambda logits, target: nn.functional.cross_entropy(logits + prior, target)
+    return nn.CrossEntropyLoss()
+
+
+def _optimizer(config: LocalTraining, model: nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
+    return torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=0.9, weight_decay=1e-4)
+
+
+def train_local(model: nn.Module, data: LocalData, config: LocalTraining, device: torch.device,
+                generator: torch.Generator) -> TrainStats:
     use_amp = device.type == "cuda"
     model.to(device)
     if use_amp:
@@ -55,23 +107,24 @@ def train_local(model: nn.Module, data: LocalData, epochs: int, learning_rate: f
     model.train()
     dataset = TensorDataset(data.train_images, data.train_labels)
     sampler = None
-    if imbalance == "sampler":
+    if config.imbalance == "sampler":
         per_class = class_weights(data.train_labels, data.num_classes)
         sampler = WeightedRandomSampler(per_class[data.train_labels].double(), len(dataset), generator=generator)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                        generator=generator, drop_last=len(dataset) > batch_size)
-    weight = class_weights(data.train_labels, data.num_classes).to(device) if imbalance == "class_weights" else None
-    loss_fn = nn.CrossEntropyLoss(weight=weight)
-    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=0.9, weight_decay=1e-4)
-    total_steps = max(1, epochs * len(loader))
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
+                        generator=generator, drop_last=len(dataset) > config.batch_size)
+    loss_fn = _loss_function(config, data.train_labels, data.num_classes, device)
+    optimizer = _optimizer(config, model)
+    # FedProx (Li et al., MLSys 2020): mu/2 ||w - w_global||^2 keeps a skewed hospital near the global model.
+    anchor = [p.detach().clone() for p in model.parameters()] if config.proximal_mu > 0 else []
+    total_steps = max(1, config.epochs * len(loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, (lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps))) if schedule == "cosine"
+        optimizer, (lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps))) if config.schedule == "cosine"
         else (lambda step: 1.0))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     steps, seen, loss_total = 0, 0, 0.0
-    for _ in range(epochs):
+    for _ in range(config.epochs):
         for images, labels in loader:
-            if augment:
+            if config.augment:
                 images = augment_batch(images, generator)
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if use_amp:
@@ -80,6 +133,14 @@ def train_local(model: nn.Module, data: LocalData, epochs: int, learning_rate: f
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 loss = loss_fn(model(images), labels)
             scaler.scale(loss).backward()
+            if anchor:
+                # The gradient is still scaled by AMP's loss scale; scale the proximal term alike (one read of
+                # the scale per step: each read waits for the GPU).
+                factor = config.proximal_mu * scaler.get_scale()
+                with torch.no_grad():
+                    for parameter, start in zip(model.parameters(), anchor):
+                        if parameter.grad is not None:
+                            parameter.grad.add_(parameter - start, alpha=factor)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
@@ -87,6 +148,16 @@ def train_local(model: nn.Module, data: LocalData, epochs: int, learning_rate: f
             seen += labels.numel()
             loss_total += float(loss.detach()) * labels.numel()
     return TrainStats(steps, seen, loss_total / max(seen, 1))
+
+
+def histogram_edges(bins: int = HISTOGRAM_BINS) -> np.ndarray:
+    """Probability bin edges spaced evenly in logit over [-12, 12], plus 0 and 1.
+
+    Even spacing in probability puts every image of a confident model into the top or bottom bin, and the
+    pooled AUC computed from the bins then reads 0.5 whatever the ranking; logit spacing keeps the ranking.
+    """
+    interior = 1.0 / (1.0 + np.exp(-np.linspace(-12.0, 12.0, bins - 1)))
+    return np.concatenate([[0.0], interior, [1.0]])
 
 
 @torch.no_grad()
@@ -107,7 +178,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_c
     predicted = probs.argmax(axis=1) if probs.size else np.zeros(0, dtype=np.int64)
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (truth, predicted), 1)
-    edges = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
+    edges = histogram_edges()
     positive = np.stack([np.histogram(probs[truth == c, c], edges)[0] for c in range(num_classes)])
     negative = np.stack([np.histogram(probs[truth != c, c], edges)[0] for c in range(num_classes)])
     return EvaluationCounts(confusion, loss_sum, int(truth.size), positive, negative)

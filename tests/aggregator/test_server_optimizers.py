@@ -30,3 +30,20 @@ def test_fedadam_keeps_moments_across_rounds_and_restores_them() -> None:
     assert np.allclose(restored.step(weights, np.ones(3)), second)
     with pytest.raises(AssertionError):
         assert np.allclose(FedAdam(0.1).step(weights, np.ones(3)), second)
+
+
+def test_fedavgm_accumulates_velocity_as_hsu_et_al() -> None:
+    optimizer = FedAvg(0.5, momentum=0.9)
+    update = np.array([1.0, -2.0])
+    first = optimizer.step(np.zeros(2), update)
+    second = optimizer.step(first, update)
+    assert np.allclose(first, 0.5 * update)
+    assert np.allclose(second - first, 0.5 * (0.9 * update + update))
+
+
+def test_fedavgm_velocity_survives_a_checkpoint() -> None:
+    optimizer = FedAvg(1.0, momentum=0.5)
+    weights = optimizer.step(np.zeros(2), np.ones(2))
+    restored = FedAvg(1.0, momentum=0.5)
+    restored.load_state(optimizer.state())
+    assert np.allclose(restored.step(weights, np.ones(2)), optimizer.step(weights, np.ones(2)))

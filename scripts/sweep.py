@@ -1,0 +1,169 @@
+"""Choose federated training settings by in-process simulation on SYNTHETIC data.
+
+    python -m scripts.sweep --out runs/sweep --rounds 15 \\
+        "sgd=local_optimizer=sgd,learning_rate=0.02" "prox=proximal_mu=0.01" "central=mode=centralized"
+
+Each named setting runs in its own process (side by side, so a GPU is shared)
+and simulates the consortium without its services: every hospital trains on its
+Dirichlet part with the node's own trainer, its update is L2-clipped at the
+clip norm as in secure mode, and the server averages and steps with the
+aggregator's own FedAvg/FedAdam. No encryption and no noise: this picks settings
+quickly, and `scripts.experiment` then measures the chosen ones on the real
+services. `mode=centralized` trains on the pooled data instead. Prints a row per
+round per setting and a closing table ranked by the mean F1 of the last rounds;
+writes `<out>/<name>.jsonl` and `<out>/ranking.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from scripts.centralized import node_settings_for, pool
+from services.aggregator.fedadam import FedAdam
+from services.aggregator.fedavg import FedAvg
+from services.aggregator.pooled_evaluation import pool_reports
+from services.common.model_spec import flatten_state, parameter_spec, restore_state
+from services.common.models import best_device, build_model
+from services.common.quantize import clip_l2
+from services.hospital_node.local_data import LocalData, load_local_data
+from services.hospital_node.trainer import LocalTraining, evaluate, train_local
+
+SCORED_LAST_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One simulated configuration; the names match scripts.experiment's options."""
+
+    mode: str = "federated"
+    architecture: str = "resnet50"
+    image_size: int = 64
+    images_per_node: int = 1000
+    alpha: float = 0.5
+    rounds: int = 15
+    local_epochs: int = 1
+    learning_rate: float = 0.02
+    batch_size: int = 32
+    local_optimizer: str = "sgd"
+    proximal_mu: float = 0.0
+    imbalance: str = "class_weights"
+    clip_norm: float = 20.0
+    server_optimizer: str = "fedavg"
+    server_learning_rate: float = 1.0
+    server_momentum: float = 0.0
+    torch_threads: int = 2
+
+    @classmethod
+    def parse(cls, text: str, base: Setting) -> tuple[str, Setting]:
+        """`name=key=value,key=value` over `base`; a key must be a Setting field."""
+        name, _, assignments = text.partition("=")
+        types = {f.name: type(getattr(base, f.name)) for f in fields(cls)}
+        changes: dict[str, object] = {}
+        for assignment in filter(None, assignments.split(",")):
+            key, _, value = assignment.partition("=")
+            if key not in types:
+                raise SystemExit(f"unknown setting {key!r} in {text!r}; known: {', '.join(types)}")
+            changes[key] = types[key](value)
+        return name, replace(base, **changes)  # type: ignore[arg-type]
+
+    def training(self) -> LocalTraining:
+        return LocalTraining(self.local_epochs, self.learning_rate, self.batch_size,
+                             self.local_optimizer,  # type: ignore[arg-type]
+                             self.proximal_mu if self.mode == "federated" else 0.0,
+                             self.imbalance,  # type: ignore[arg-type]
+                             "cosine", True)
+
+
+def pooled_evaluation(model: torch.nn.Module, data: LocalData, device: torch.device) -> dict[str, float]:
+    counts = evaluate(model, data.val_images, data.val_labels, data.num_classes, device)
+    report = counts.report("pooled", 0)
+    return {k: v for k, v in pool_reports([report]).as_dict().items() if isinstance(v, float)}
+
+
+def simulate(name: str, setting: Setting, out: Path) -> None:
+    torch.set_num_threads(setting.torch_threads)
+    device = best_device()
+    settings = node_settings_for(setting.architecture, setting.image_size, setting.images_per_node * 5, 5,
+                                 "dirichlet", setting.alpha, 0)
+    parts = [load_local_data(settings.model_copy(update={"partition_index": i})) for i in range(5)]
+    pooled = pool(parts)
+    model = build_model(setting.architecture, 2, 0)
+    spec = parameter_spec(model.state_dict())
+    weights = flatten_state(model.state_dict()).astype(np.float64)
+    server = (FedAdam(setting.server_learning_rate) if setting.server_optimizer == "fedadam"
+              else FedAvg(setting.server_learning_rate, setting.server_momentum))
+    generator = torch.Generator().manual_seed(1)
+    training = setting.training()
+    with open(out / f"{name}.jsonl", "w") as log:
+        for round_id in range(1, setting.rounds + 1):
+            started = time.monotonic()
+            if setting.mode == "centralized":
+                train_local(model, pooled, training, device, generator)
+            else:
+                updates = []
+                for part in parts:
+                    model.load_state_dict(restore_state(model.state_dict(), weights.astype(np.float32), spec))
+                    train_local(model, part, training, device, generator)
+                    update = flatten_state({k: v.cpu() for k, v in model.state_dict().items()}) - weights
+                    updates.append(clip_l2(update, setting.clip_norm))
+                weights = server.step(weights, np.mean(updates, axis=0))
+                model.load_state_dict(restore_state(model.state_dict(), weights.astype(np.float32), spec))
+            metrics = pooled_evaluation(model, pooled, device)
+            row = {"name": name, "round": round_id, "seconds": round(time.monotonic() - started, 1), **metrics}
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            print(f"[{name}] round {round_id}: F1 {metrics.get('f1', float('nan')):.3f} "
+                  f"AUC {metrics.get('auc', float('nan')):.3f} ({row['seconds']} s)", flush=True)
+
+
+def rank(out: Path, names: list[str]) -> list[dict[str, object]]:
+    table = []
+    for name in names:
+        path = out / f"{name}.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        last = rows[-SCORED_LAST_ROUNDS:]
+        table.append({"name": name, "rounds": len(rows),
+                      "f1_last": float(np.mean([r.get("f1", 0.0) for r in last])) if last else 0.0,
+                      "auc_last": float(np.mean([r.get("auc", 0.5) for r in last])) if last else 0.5})
+    return sorted(table, key=lambda row: -float(row["f1_last"]))  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("settings", nargs="+", help="name=key=value,key=value (see Setting)")
+    parser.add_argument("--out", type=Path, default=Path("runs/sweep"))
+    parser.add_argument("--base", default="", help="key=value,... applied to every setting first")
+    parser.add_argument("--timeout", type=float, default=3600, help="stop unfinished settings after this")
+    args = parser.parse_args(argv)
+    _, base = Setting.parse(f"base={args.base}", Setting())
+    named = dict(Setting.parse(text, base) for text in args.settings)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "settings.json").write_text(json.dumps({n: asdict(s) for n, s in named.items()}, indent=1))
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=simulate, args=(n, s, args.out), name=n) for n, s in named.items()]
+    for worker in workers:
+        worker.start()
+    deadline = time.monotonic() + args.timeout
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            print(f"[{worker.name}] stopped at the sweep's timeout", flush=True)
+            worker.terminate()
+    table = rank(args.out, list(named))
+    (args.out / "ranking.json").write_text(json.dumps(table, indent=1))
+    print(f"{'setting':<16} {'rounds':>6} {'F1 (last 3)':>11} {'AUC (last 3)':>12}")
+    for row in table:
+        print(f"{row['name']:<16} {row['rounds']:>6} {row['f1_last']:>11.3f} {row['auc_last']:>12.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""Local training options, on the tiny CNN and SYNTHETIC images (CPU)."""
+
+import math
+
+import numpy as np
+import torch
+
+from services.common.classification_metrics import auc_from_histograms
+from services.common.model_spec import flatten_state
+from services.common.models import build_model
+from services.common.synthetic_xray import generate_synthetic_xrays
+from services.hospital_node.local_data import LocalData
+from services.hospital_node.trainer import LocalTraining, evaluate, histogram_edges, log_class_prior, train_local
+
+CPU = torch.device("cpu")
+
+
+def one_class_data(label: int, count: int = 64) -> LocalData:
+    images, labels = generate_synthetic_xrays(4 * count, 32, 2, seed=3)
+    keep = np.flatnonzero(labels == label)[:count]
+    tensor = torch.from_numpy(images[keep])
+    target = torch.full((keep.size,), label, dtype=torch.int64)
+    return LocalData(tensor, target, tensor, target, 2)
+
+
+def mean_margin(model: torch.nn.Module, images: torch.Tensor) -> float:
+    model.eval()
+    with torch.no_grad():
+        logits = model(images)
+    return float((logits[:, 1] - logits[:, 0]).mean())
+
+
+def trained_margin_shift(imbalance: str, optimizer: str) -> float:
+    data = one_class_data(label=1)
+    model = build_model("resnet18", 2, seed=0)  # GroupNorm: no running statistics to drift in eval
+    before = mean_margin(model, data.train_images)
+    config = LocalTraining(epochs=2, learning_rate=1e-3 if optimizer == "adamw" else 0.05, batch_size=16,
+                           optimizer=optimizer, imbalance=imbalance)  # type: ignore[arg-type]
+    train_local(model, data, config, CPU, torch.Generator().manual_seed(0))
+    return mean_margin(model, data.train_images) - before
+
+
+def test_log_class_prior_is_log_frequency_and_minus_infinity_for_an_absent_class() -> None:
+    prior = log_class_prior(torch.tensor([0, 0, 0, 2]), 3)
+    assert torch.allclose(prior[[0, 2]], torch.log(torch.tensor([0.75, 0.25])))
+    assert prior[1] == -math.inf
+
+
+def test_one_class_hospital_does_not_push_predictions_with_logit_adjustment() -> None:
+    for optimizer in ("sgd", "adamw"):
+        plain = trained_margin_shift("none", optimizer)
+        adjusted = trained_margin_shift("logit_adjust", optimizer)
+        assert plain > 1.0, f"{optimizer}: plain cross-entropy should learn 'always class 1' ({plain})"
+        assert abs(adjusted) < 0.05 * plain, f"{optimizer}: logit-adjusted shift {adjusted} vs plain {plain}"
+
+
+def test_proximal_term_keeps_the_local_model_nearer_the_global_one() -> None:
+    images, labels = generate_synthetic_xrays(96, 32, 2, seed=4)
+    data = LocalData(torch.from_numpy(images), torch.from_numpy(labels), torch.from_numpy(images[:8]),
+                     torch.from_numpy(labels[:8]), 2)
+    distances = {}
+    for mu in (0.0, 1.0):
+        model = build_model("tiny", 2, seed=0)
+        start = flatten_state(model.state_dict())
+        train_local(model, data, LocalTraining(epochs=3, learning_rate=0.05, batch_size=16, proximal_mu=mu), CPU,
+                    torch.Generator().manual_seed(0))
+        distances[mu] = float(np.linalg.norm(flatten_state(model.state_dict()) - start))
+    assert distances[1.0] < 0.8 * distances[0.0], distances
+
+
+def test_pooled_auc_keeps_the_ranking_of_a_confident_model() -> None:
+    """Probabilities all above 0.999 but perfectly ranked: equal-width bins would read AUC 0.5."""
+    negatives = 1 / (1 + np.exp(-np.linspace(7.0, 8.0, 50)))
+    positives = 1 / (1 + np.exp(-np.linspace(8.5, 9.5, 50)))
+    edges = histogram_edges()
+    auc = auc_from_histograms(np.histogram(positives, edges)[0], np.histogram(negatives, edges)[0])
+    assert auc > 0.95
+    assert np.all(np.diff(edges) > 0) and edges[0] == 0.0 and edges[-1] == 1.0
+
+
+def test_evaluate_counts_every_validation_image_once() -> None:
+    images, labels = generate_synthetic_xrays(40, 32, 2, seed=5)
+    counts = evaluate(build_model("tiny", 2, 0), torch.from_numpy(images), torch.from_numpy(labels), 2, CPU)
+    assert counts.confusion.sum() == 40
+    assert counts.positive_histograms.sum() + counts.negative_histograms.sum() == 2 * 40
