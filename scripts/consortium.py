@@ -92,6 +92,7 @@ class Consortium:
         self.identities = config.run_dir / "identities"
         self.certs = config.run_dir / "certs"
         self.logs = config.run_dir / "logs"
+        self.started_at = 0.0  # wall clock (time.time()) when start() launched the processes
 
     @property
     def members(self) -> list[str]:
@@ -146,6 +147,7 @@ class Consortium:
 
     def start(self) -> Consortium:
         c = self.config
+        self.started_at = time.time()
         for node_id in self.members:
             if not (self.identities / f"{node_id}.key").exists():
                 generate_identity(self.identities, node_id)

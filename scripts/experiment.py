@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from services.hospital_node.trainer import LocalTraining
 
 def centralized(args: argparse.Namespace) -> Path:
     """The centralized baseline on the same images, splits and local training as one federated round."""
-    settings = node_settings_for(args.architecture, args.image_size, args.images_per_node * 5, 5, "dirichlet",
+    settings = node_settings_for(args.architecture, args.image_size, args.images_per_node * 5, 5, args.partition,
                                  args.alpha, 0)
     # No FedProx anchor: with one party there is no global model to stay near.
     training = LocalTraining(args.local_epochs, args.learning_rate, args.batch_size, args.local_optimizer, 0.0,
@@ -33,6 +34,28 @@ def centralized(args: argparse.Namespace) -> Path:
     out = args.out / "centralized"
     run_centralized(settings, 5, args.rounds, training, out, seed=1)
     return Path(out)
+
+
+def run_baseline(args: argparse.Namespace, runs: dict[str, Path], timings: dict[str, float]) -> None:
+    started = time.monotonic()
+    runs["centralized"] = centralized(args)
+    timings["centralized"] = time.monotonic() - started
+
+
+def wait_for(mode: str, consortium: Consortium, timeout: float, runs: dict[str, Path],
+             timings: dict[str, float]) -> bool:
+    """Print the consortium's rounds as they come; record its run and wall seconds. False if it failed."""
+    started = time.monotonic()
+    code = consortium.wait(timeout, on_row=lambda row: print(f"[{mode}] {format_row(row)}", flush=True))
+    finished = consortium.config.run_dir / "aggregator" / "finished.json"
+    # Side by side, a consortium may have finished before its turn to be waited for: time it by its own finish.
+    timings[mode] = (finished.stat().st_mtime - consortium.started_at if finished.exists()
+                     else time.monotonic() - started)
+    if code != 0:
+        print(f"[{mode}] failed with exit {code}; logs in {consortium.logs}", flush=True)
+        return False
+    runs[mode] = consortium.config.run_dir
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--images-per-node", type=int, default=400)
     parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--partition", default="dirichlet", choices=("dirichlet", "label_mix"),
+                        help="dirichlet: per-class split (sizes vary); label_mix: equal sizes, mixed labels")
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--learning-rate", type=float, default=0.01)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -74,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(run_dir, ignore_errors=True)
         config = ConsortiumConfig(
             run_dir=run_dir, nodes=5, rounds=args.rounds, secure=mode == "secure", architecture=args.architecture,
-            image_size=args.image_size, images_per_node=args.images_per_node, partition_scheme="dirichlet",
+            image_size=args.image_size, images_per_node=args.images_per_node, partition_scheme=args.partition,
             partition_alpha=args.alpha, local_epochs=args.local_epochs, learning_rate=args.learning_rate,
             batch_size=args.batch_size, clip_norm=args.clip_norm, noise_variance=args.noise_variance,
             server_optimizer=args.server_optimizer, server_learning_rate=args.server_learning_rate,
@@ -83,38 +108,33 @@ def main(argv: list[str] | None = None) -> int:
             torch_threads=args.torch_threads, seed=1, round_deadline_seconds=3600)
         consortia[mode] = Consortium(config)
         print(f"[{mode}] class counts:\n{consortia[mode].write_class_counts()}", flush=True)
-    started, started_clock = time.monotonic(), time.time()
-    with contextlib.ExitStack() as stack:
-        if args.concurrent:
+    if args.concurrent:
+        with contextlib.ExitStack() as stack:
             for consortium in consortia.values():
                 stack.enter_context(consortium)
+            baseline = threading.Thread(target=run_baseline, args=(args, runs, timings), daemon=True)
             if "centralized" not in args.skip:
-                runs["centralized"] = centralized(args)
-                timings["centralized"] = time.monotonic() - started
+                baseline.start()
+            for mode, consortium in consortia.items():
+                if not wait_for(mode, consortium, args.timeout, runs, timings):
+                    return 1
+            if "centralized" not in args.skip:
+                baseline.join()
+    else:
         for mode, consortium in consortia.items():
-            if not args.concurrent:
-                started = time.monotonic()
-                stack.enter_context(consortium)
-            code = consortium.wait(args.timeout, on_row=lambda row, m=mode: print(f"[{m}] {format_row(row)}",
-                                                                                   flush=True))
-            finished = consortium.config.run_dir / "aggregator" / "finished.json"
-            # Side by side, a consortium may finish while the baseline still trains: time it by its own finish.
-            timings[mode] = (finished.stat().st_mtime - started_clock if args.concurrent and finished.exists()
-                             else time.monotonic() - started)
-            if code != 0:
-                print(f"[{mode}] failed with exit {code}; logs in {consortium.logs}", flush=True)
-                return 1
-            runs[mode] = consortium.config.run_dir
-    if not args.concurrent and "centralized" not in args.skip:
-        started = time.monotonic()
-        runs["centralized"] = centralized(args)
-        timings["centralized"] = time.monotonic() - started
+            with consortium:
+                if not wait_for(mode, consortium, args.timeout, runs, timings):
+                    return 1
+        if "centralized" not in args.skip:
+            run_baseline(args, runs, timings)
+    concurrently = " (run concurrently)" if args.concurrent else ""
     notes = (f"Setting: {args.architecture} at {args.image_size} px, 5 hospitals x {args.images_per_node} images "
-             f"(80% train / 20% validation each), Dirichlet alpha={args.alpha} label skew, {args.rounds} rounds of "
-             f"{args.local_epochs} local epochs, lr {args.learning_rate}, batch {args.batch_size}, clip norm "
-             f"{args.clip_norm}, Skellam noise variance {args.noise_variance} per quorum, local optimizer "
-             f"{args.local_optimizer}, imbalance {args.imbalance}, FedProx mu {args.proximal_mu}, server "
-             f"{args.server_optimizer} (lr {args.server_learning_rate}, momentum {args.server_momentum}). Wall seconds per run{' (run concurrently)' if args.concurrent else ''}: {json.dumps({k: round(v) for k, v in timings.items()})}.")
+             f"(80% train / 20% validation each), Dirichlet alpha={args.alpha} label skew ({args.partition} split), "
+             f"{args.rounds} rounds of {args.local_epochs} local epochs, lr {args.learning_rate}, batch "
+             f"{args.batch_size}, clip norm {args.clip_norm}, Skellam noise variance {args.noise_variance} per quorum, "
+             f"local optimizer {args.local_optimizer}, imbalance {args.imbalance}, FedProx mu {args.proximal_mu}, "
+             f"server {args.server_optimizer} (lr {args.server_learning_rate}, momentum {args.server_momentum}). "
+             f"Wall seconds per run{concurrently}: {json.dumps({k: round(v) for k, v in timings.items()})}.")
     print(write_report(runs, args.out, "Secure vs plaintext federated vs centralized (SYNTHETIC data)", notes))
     return 0
 

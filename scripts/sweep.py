@@ -48,6 +48,7 @@ class Setting:
     image_size: int = 64
     images_per_node: int = 1000
     alpha: float = 0.5
+    partition: str = "dirichlet"
     rounds: int = 15
     local_epochs: int = 1
     learning_rate: float = 0.02
@@ -92,7 +93,7 @@ def simulate(name: str, setting: Setting, out: Path) -> None:
     torch.set_num_threads(setting.torch_threads)
     device = best_device()
     settings = node_settings_for(setting.architecture, setting.image_size, setting.images_per_node * 5, 5,
-                                 "dirichlet", setting.alpha, 0)
+                                 setting.partition, setting.alpha, 0)
     parts = [load_local_data(settings.model_copy(update={"partition_index": i})) for i in range(5)]
     pooled = pool(parts)
     model = build_model(setting.architecture, 2, 0)

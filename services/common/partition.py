@@ -4,9 +4,14 @@ Schemes:
 
 * ``iid``       - a random permutation cut into near-equal parts.
 * ``dirichlet`` - label skew: each class is split over the parties with
-  proportions drawn from Dirichlet(alpha), as in Hsu, Qi & Brown, "Measuring
-  the Effects of Non-Identical Data Distribution for Federated Visual
-  Classification" (2019). Small alpha -> each hospital sees few classes.
+  proportions drawn from Dirichlet(alpha) (Yurochkin et al., ICML 2019; the
+  NIID-Bench split of Li et al., ICDE 2022). Small alpha -> each hospital sees
+  few classes; party sizes come out unequal too.
+* ``label_mix`` - label skew alone: equal party sizes, and each party's class
+  mix drawn from Dirichlet(alpha) (Hsu, Qi & Brown, "Measuring the Effects of
+  Non-Identical Data Distribution for Federated Visual Classification", 2019,
+  with alpha per class). The mixes are fitted to the class totals by
+  iterative proportional fitting, which keeps each party's skew.
 * ``quantity``  - quantity skew: party sizes follow Dirichlet(alpha), labels
   are IID within each party (Li et al., "Federated Learning on Non-IID Data
   Silos: An Experimental Study", ICDE 2022).
@@ -25,7 +30,7 @@ import numpy.typing as npt
 IndexArray = npt.NDArray[np.int64]
 CountArray = npt.NDArray[np.int64]
 
-PartitionScheme = Literal["iid", "dirichlet", "quantity"]
+PartitionScheme = Literal["iid", "dirichlet", "label_mix", "quantity"]
 PARTITION_SCHEMES: Final[tuple[str, ...]] = get_args(PartitionScheme)
 
 # Resampling budget before falling back to moving samples (Dirichlet scheme).
@@ -66,6 +71,8 @@ def partition_indices(
     rng = np.random.default_rng(seed)
     if scheme == "iid":
         parts = _split_by_sizes(rng.permutation(sample_count), _equal_sizes(sample_count, parties))
+    elif scheme == "label_mix":
+        parts = _label_mix(rng, label_array, parties, alpha)
     elif scheme == "quantity":
         sizes = _dirichlet_sizes(rng, sample_count, parties, alpha, min_size)
         parts = _split_by_sizes(rng.permutation(sample_count), sizes)
@@ -170,6 +177,41 @@ def _dirichlet_label_skew(
         if min(part.size for part in parts) >= min_size:
             return parts
     return _top_up_small_parties(parts, min_size)
+
+
+def _label_mix(rng: np.random.Generator, labels: IndexArray, parties: int, alpha: float) -> list[IndexArray]:
+    """Equal sizes; the class counts follow each party's Dirichlet mix as closely as the class totals allow."""
+    classes, totals = np.unique(labels, return_counts=True)
+    sizes = _equal_sizes(labels.size, parties)
+    mixes = rng.dirichlet(np.full(classes.size, alpha), size=parties)
+    counts = _fit_margins(mixes * sizes[:, None], sizes, totals)
+    pools = [rng.permutation(np.flatnonzero(labels == label)) for label in classes]
+    starts = np.vstack([np.zeros(classes.size, dtype=np.int64), np.cumsum(counts, axis=0)])
+    return [np.concatenate([pools[c][starts[p, c]:starts[p + 1, c]] for c in range(classes.size)]).astype(np.int64)
+            for p in range(parties)]
+
+
+def _fit_margins(wanted: npt.NDArray[np.float64], rows: IndexArray, columns: IndexArray) -> IndexArray:
+    """Integer counts with exactly these row and column sums, close to `wanted`.
+
+    Iterative proportional fitting keeps the odds between a party's classes (the skew), then
+    rounding down and handing out the remaining units by largest remainder meets both sums.
+    """
+    fitted = wanted + 1e-9
+    for _ in range(200):
+        fitted *= (columns / fitted.sum(axis=0))[None, :]
+        fitted *= (rows / fitted.sum(axis=1))[:, None]
+    counts = np.floor(fitted).astype(np.int64)
+    remainder = fitted - counts
+    for flat in np.argsort(-remainder, axis=None, kind="stable"):
+        row, column = np.unravel_index(flat, counts.shape)
+        if counts[row].sum() < rows[row] and counts[:, column].sum() < columns[column]:
+            counts[row, column] += 1
+    while (counts.sum(axis=1) < rows).any():  # units the remainders could not place
+        row = int(np.flatnonzero(counts.sum(axis=1) < rows)[0])
+        column = int(np.flatnonzero(counts.sum(axis=0) < columns)[0])
+        counts[row, column] += 1
+    return counts
 
 
 def _top_up_small_parties(parts: list[IndexArray], min_size: int) -> list[IndexArray]:

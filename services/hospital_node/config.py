@@ -29,7 +29,7 @@ class HospitalNodeSettings(TlsSettings):
     data_path: Path | None = Field(None, description="folder root, .npz file or DICOM folder")
     synthetic_images: int = Field(1000, ge=10, description="size of the synthetic set all nodes share out")
     synthetic_seed: int = 0
-    partition_scheme: Literal["iid", "dirichlet", "quantity"] = "iid"
+    partition_scheme: Literal["iid", "dirichlet", "label_mix", "quantity"] = "iid"
     partition_alpha: float = Field(0.5, gt=0)
     partition_parties: int = Field(5, ge=1)
     partition_index: int = Field(0, ge=0, description="this hospital's part of the synthetic set")

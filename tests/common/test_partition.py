@@ -199,3 +199,21 @@ def test_any_valid_request_covers_every_index_once_and_honours_min_size(
     assert min(part.size for part in parts) >= min_size
     counts = class_counts(label_array, parts, num_classes=4)
     np.testing.assert_array_equal(counts.sum(axis=0), np.bincount(label_array, minlength=4))
+
+
+def test_label_mix_gives_equal_sizes_and_skewed_labels() -> None:
+    labels = np.repeat([0, 1], 2500)
+    parts = partition_indices(labels, 5, "label_mix", alpha=0.5, seed=0)
+    assert sorted(part.size for part in parts) == [1000] * 5
+    assert _mean_label_skew(labels, parts) > _mean_label_skew(labels, partition_indices(labels, 5, "iid")) + 0.1
+    many = partition_indices(labels, 5, "label_mix", alpha=1000.0, seed=0)
+    assert max(abs(np.mean(labels[part]) - 0.5) for part in many) < 0.1
+
+
+def test_label_mix_keeps_the_skew_it_draws_despite_fixed_class_totals() -> None:
+    labels = np.repeat([0, 1], 1000)
+    counts = class_counts(labels, partition_indices(labels, 5, "label_mix", alpha=0.1, seed=0), 2)
+    assert counts.sum(axis=1).tolist() == [400] * 5
+    assert counts.sum(axis=0).tolist() == [1000, 1000]
+    shares = counts[:, 1] / 400
+    assert np.sum((shares < 0.05) | (shares > 0.95)) >= 3, counts.tolist()
