@@ -13,6 +13,7 @@ import numpy as np
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.common.classification_metrics import (
+    HISTOGRAM_SPACING,
     ClassificationMetrics,
     auc_from_histograms,
     auc_macro_from_histograms,
@@ -32,6 +33,20 @@ class PooledEvaluation:
     def as_dict(self) -> dict[str, object]:
         return {**asdict(self.metrics), "loss": self.loss, "examples": self.examples, "nodes": self.nodes,
                 "confusion": self.confusion.tolist()}
+
+
+def validate_report(report: pb.EvaluationReport, num_classes: int) -> None:
+    """Refuse a report that cannot be pooled with the others, before it is stored."""
+    classes, bins = report.num_classes, report.histogram_bins
+    if classes != num_classes:
+        raise MalformedChunkError(f"evaluation of node {report.node_id!r} has {classes} classes, "
+                                  f"the model has {num_classes}")
+    if report.histogram_spacing != HISTOGRAM_SPACING:
+        raise MalformedChunkError(f"evaluation of node {report.node_id!r} uses histogram spacing "
+                                  f"{report.histogram_spacing!r}, expected {HISTOGRAM_SPACING!r}")
+    if (len(report.confusion) != classes * classes or len(report.positive_histograms) != classes * bins
+            or len(report.negative_histograms) != classes * bins or bins < 1):
+        raise MalformedChunkError(f"evaluation of node {report.node_id!r} has counts of the wrong length")
 
 
 def pool_reports(reports: list[pb.EvaluationReport]) -> PooledEvaluation:

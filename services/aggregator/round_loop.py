@@ -24,7 +24,7 @@ from services.aggregator.config import AggregatorSettings
 from services.aggregator.fedadam import FedAdam
 from services.aggregator.fedavg import FedAvg
 from services.aggregator.key_authority_client import KeyAuthorityClient, PublicKeyInfo
-from services.aggregator.pooled_evaluation import PooledEvaluation, pool_reports
+from services.aggregator.pooled_evaluation import PooledEvaluation, pool_reports, validate_report
 from services.aggregator.round_state import RoundState, new_round_state
 from services.aggregator.submission_staging import StagedSubmission, StreamHeader, VerifiedSubmission
 from services.common.chunking import MODEL_CHUNK_VALUES, chunk_count, float32_chunks
@@ -146,6 +146,7 @@ class Coordinator:
     def report_evaluation(self, report: pb.EvaluationReport) -> None:
         if report.node_id not in self._registry.node_ids:
             raise UnknownNodeError(f"node {report.node_id!r} is not a registered consortium member")
+        validate_report(report, self._settings.num_classes)
         with self._evaluations_lock:
             self._evaluations.setdefault(report.model_round, {})[report.node_id] = report
             self._evaluations_lock.notify_all()

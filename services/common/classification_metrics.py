@@ -21,6 +21,7 @@ Conventions:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +37,21 @@ class ClassificationMetrics:
     specificity: float
     f1: float
     auc: float | None = None
+
+
+# Score histograms: 100 bins whose edges are evenly spaced in logit (see histogram_edges).
+HISTOGRAM_BINS: Final[int] = 100
+HISTOGRAM_SPACING: Final[str] = "logit"
+
+
+def histogram_edges(bins: int = HISTOGRAM_BINS) -> npt.NDArray[np.float64]:
+    """Probability bin edges spaced evenly in logit over [-12, 12], plus 0 and 1.
+
+    Even spacing in probability puts every image of a confident model into the top or bottom bin, and the
+    pooled AUC computed from the bins then reads 0.5 whatever the ranking; logit spacing keeps the ranking.
+    """
+    interior = 1.0 / (1.0 + np.exp(-np.linspace(-12.0, 12.0, bins - 1)))
+    return np.concatenate([[0.0], interior, [1.0]])
 
 
 def confusion_matrix(

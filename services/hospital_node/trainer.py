@@ -16,10 +16,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
+from services.common.classification_metrics import HISTOGRAM_BINS, HISTOGRAM_SPACING, histogram_edges
 from services.hospital_node.image_preprocessing import augment_batch
 from services.hospital_node.local_data import LocalData
 
-HISTOGRAM_BINS = 100
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,8 @@ class EvaluationCounts:
             node_id=node_id, model_round=model_round, num_classes=int(self.confusion.shape[0]),
             confusion=self.confusion.reshape(-1).tolist(), loss_sum=self.loss_sum, examples=self.examples,
             positive_histograms=self.positive_histograms.reshape(-1).tolist(),
-            negative_histograms=self.negative_histograms.reshape(-1).tolist(), histogram_bins=HISTOGRAM_BINS)
+            negative_histograms=self.negative_histograms.reshape(-1).tolist(), histogram_bins=HISTOGRAM_BINS,
+            histogram_spacing=HISTOGRAM_SPACING)
 
 
 Imbalance = Literal["none", "class_weights", "sampler", "logit_adjust"]
@@ -148,16 +149,6 @@ def train_local(model: nn.Module, data: LocalData, config: LocalTraining, device
             seen += labels.numel()
             loss_total += float(loss.detach()) * labels.numel()
     return TrainStats(steps, seen, loss_total / max(seen, 1))
-
-
-def histogram_edges(bins: int = HISTOGRAM_BINS) -> np.ndarray:
-    """Probability bin edges spaced evenly in logit over [-12, 12], plus 0 and 1.
-
-    Even spacing in probability puts every image of a confident model into the top or bottom bin, and the
-    pooled AUC computed from the bins then reads 0.5 whatever the ranking; logit spacing keeps the ranking.
-    """
-    interior = 1.0 / (1.0 + np.exp(-np.linspace(-12.0, 12.0, bins - 1)))
-    return np.concatenate([[0.0], interior, [1.0]])
 
 
 @torch.no_grad()

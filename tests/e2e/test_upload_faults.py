@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import grpc
 import numpy as np
+import pytest
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
@@ -129,6 +130,14 @@ def test_bad_submissions_are_refused_with_named_statuses_and_leave_the_sum_exact
         }
         assert intruder.submit(good) == grpc.StatusCode.OK
         assert intruder.submit(good) == grpc.StatusCode.ALREADY_EXISTS  # a replay
+        # An evaluation with bins evenly spaced in probability (no spacing named) must not be pooled.
+        old_layout = pb.EvaluationReport(node_id="hospital-4", model_round=0, num_classes=2, histogram_bins=100,
+                                         confusion=[1, 0, 0, 1], positive_histograms=[0] * 200,
+                                         negative_histograms=[0] * 200)
+        with pytest.raises(grpc.RpcError) as refused_report:
+            intruder.aggregator.ReportEvaluation(old_layout, timeout=10)
+        assert refused_report.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "histogram spacing" in (refused_report.value.details() or "")
         samples = scrape(consortium.services["aggregator"].metrics_port)
         intruder.leave()
         code = consortium.wait(300)

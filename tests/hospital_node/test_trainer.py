@@ -5,12 +5,12 @@ import math
 import numpy as np
 import torch
 
-from services.common.classification_metrics import auc_from_histograms
+from services.common.classification_metrics import auc_from_histograms, histogram_edges
 from services.common.model_spec import flatten_state
 from services.common.models import build_model
 from services.common.synthetic_xray import generate_synthetic_xrays
 from services.hospital_node.local_data import LocalData
-from services.hospital_node.trainer import LocalTraining, evaluate, histogram_edges, log_class_prior, train_local
+from services.hospital_node.trainer import LocalTraining, evaluate, log_class_prior, train_local
 
 CPU = torch.device("cpu")
 
