@@ -21,7 +21,6 @@ from services.hospital_node.image_preprocessing import augment_batch
 from services.hospital_node.local_data import LocalData
 
 
-
 @dataclass(frozen=True)
 class TrainStats:
     steps: int
