@@ -4,9 +4,9 @@
         "sgd=local_optimizer=sgd,learning_rate=0.02" "prox=proximal_mu=0.01" "central=mode=centralized"
 
 Each named setting runs in its own process (side by side, so a GPU is shared)
-and simulates the consortium without its services: every hospital trains on its
-part of the split (`partition`, as in the nodes) with the node's own trainer, its update is L2-clipped at the
-clip norm as in secure mode, and the server averages and steps with the
+and simulates the consortium without its services: every hospital trains on
+its part of the split (`partition`, as in the nodes) with the node's own
+trainer, its update is L2-clipped at the clip norm as in secure mode, and the server averages and steps with the
 aggregator's own FedAvg/FedAdam. No encryption and no noise: this picks settings
 quickly, and `scripts.experiment` then measures the chosen ones on the real
 services. `mode=centralized` trains on the pooled data instead. Prints a row per
