@@ -1,8 +1,9 @@
 """Centralized baseline: one model trained on the hospitals' pooled training splits.
 
 Uses exactly the images, train/validation splits, architecture, trainer and
-evaluation counts the federated nodes use, with the same epochs per "round", so
-the federated and centralized rows compare like for like.
+evaluation counts the federated nodes use. Its epochs per "round" are the caller's
+choice (scripts.experiment: the federated local epochs unless --centralized-epochs
+says otherwise), and the report states them.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 
 
 def pooled_data(settings: HospitalNodeSettings, parties: int) -> LocalData:
-    return pool([load_local_data(settings.model_copy(update={"partition_index": i})) for i in range(parties)])
+    return pool([load_local_data(settings.model_copy(update={"partition_index": i, "node_id": f"hospital-{i + 1}"}))
+                 for i in range(parties)])
 
 
 def pool(parts: list[LocalData]) -> LocalData:
@@ -46,18 +48,18 @@ def run_centralized(settings: HospitalNodeSettings, parties: int, rounds: int, t
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, object]] = []
 
-    def record(round_id: int, seconds: float) -> None:
+    def record(round_id: int, seconds: float, steps: int) -> None:
         counts = evaluate(model, data.val_images, data.val_labels, data.num_classes, device)
         report = counts.report("centralized", round_id)
-        rows.append({"round": round_id, "participants": 1, "seconds": seconds,
-                     "evaluation": pool_reports([report]).as_dict()})
+        rows.append({"round": round_id, "participants": 1, "seconds": seconds, "epochs": training.epochs,
+                     "steps": steps, "evaluation": pool_reports([report]).as_dict()})
         log.info("centralized round %d: F1 %.3f", round_id, rows[-1]["evaluation"]["f1"])  # type: ignore[index]
 
-    record(0, 0.0)
+    record(0, 0.0, 0)
     for round_id in range(1, rounds + 1):
         started = time.monotonic()
-        train_local(model, data, training, device, generator)
-        record(round_id, time.monotonic() - started)
+        stats = train_local(model, data, training, device, generator)
+        record(round_id, time.monotonic() - started, stats.steps)
     with open(out_dir / "rounds.jsonl", "w") as handle:
         for row in rows:
             handle.write(json.dumps(row) + "\n")

@@ -25,11 +25,11 @@ from services.hospital_node.trainer import LocalTraining
 
 
 def centralized(args: argparse.Namespace) -> Path:
-    """The centralized baseline on the same images, splits and local training as one federated round."""
+    """The centralized baseline: the same images, splits and local training, `--centralized-epochs` per round."""
     settings = node_settings_for(args.architecture, args.image_size, args.images_per_node * 5, 5, args.partition,
                                  args.alpha, 0)
     # No FedProx anchor: with one party there is no global model to stay near.
-    training = LocalTraining(args.local_epochs, args.learning_rate, args.batch_size, args.local_optimizer, 0.0,
+    training = LocalTraining(args.centralized_epochs or args.local_epochs, args.learning_rate, args.batch_size, args.local_optimizer, 0.0,
                              args.imbalance, settings.lr_schedule, settings.augment)
     out = args.out / "centralized"
     run_centralized(settings, 5, args.rounds, training, out, seed=1)
@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="dirichlet: per-class split (sizes vary); label_mix: equal sizes, mixed labels")
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--learning-rate", type=float, default=0.01)
+    parser.add_argument("--centralized-epochs", type=int, default=0,
+                        help="the baseline's epochs per round over the pooled data (default: --local-epochs)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--clip-norm", type=float, default=50.0)
     parser.add_argument("--noise-variance", type=float, default=16.0)
@@ -130,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     concurrently = " (run concurrently)" if args.concurrent else ""
     notes = (f"Setting: {args.architecture} at {args.image_size} px, 5 hospitals x {args.images_per_node} images "
              f"(80% train / 20% validation each), Dirichlet alpha={args.alpha} label skew ({args.partition} split), "
-             f"{args.rounds} rounds of {args.local_epochs} local epochs, lr {args.learning_rate}, batch "
+             f"{args.rounds} rounds of {args.local_epochs} local epochs (centralized: "
+             f"{args.centralized_epochs or args.local_epochs} epochs per round over the pooled data), lr {args.learning_rate}, batch "
              f"{args.batch_size}, clip norm {args.clip_norm}, Skellam noise variance {args.noise_variance} per quorum, "
              f"local optimizer {args.local_optimizer}, imbalance {args.imbalance}, FedProx mu {args.proximal_mu}, "
              f"server {args.server_optimizer} (lr {args.server_learning_rate}, momentum {args.server_momentum}). "

@@ -6,11 +6,13 @@ from pathlib import Path
 import pytest
 
 from scripts import experiment, sweep
+from scripts.centralized import node_settings_for, pooled_data
 
 
 def test_side_by_side_experiment_reports_secure_plaintext_and_centralized(tmp_path: Path) -> None:
     code = experiment.main(["--out", str(tmp_path), "--rounds", "1", "--architecture", "tiny", "--image-size",
-                            "32", "--images-per-node", "24", "--local-epochs", "1", "--imbalance", "logit_adjust",
+                            "32", "--images-per-node", "24", "--local-epochs", "1", "--centralized-epochs", "2",
+                            "--batch-size", "16", "--imbalance", "logit_adjust",
                             "--server-momentum", "0.5", "--concurrent", "--timeout", "600"])
     assert code == 0
     report = (tmp_path / "REPORT.md").read_text()
@@ -20,6 +22,11 @@ def test_side_by_side_experiment_reports_secure_plaintext_and_centralized(tmp_pa
                    (tmp_path / "secure" / "aggregator" / "rounds.jsonl").read_text().splitlines()]
     assert 0 < float(secure_rows[-1]["epsilon"]) < float("inf")
     assert "imbalance logit_adjust" in report and "momentum 0.5" in report
+    # The baseline's epochs are its own: 2 passes over the pooled training split per round, not the local 1.
+    assert "centralized: 2 epochs per round" in report
+    pooled = pooled_data(node_settings_for("tiny", 32, 24 * 5, 5, "dirichlet", 0.5, 0), 5)
+    central = json.loads((tmp_path / "centralized" / "rounds.jsonl").read_text().splitlines()[-1])
+    assert central["epochs"] == 2 and central["steps"] == 2 * (pooled.train_labels.numel() // 16)
 
 
 def test_sweep_ranks_every_setting_and_refuses_an_unknown_one(tmp_path: Path) -> None:
