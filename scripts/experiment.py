@@ -29,7 +29,7 @@ def centralized(args: argparse.Namespace) -> Path:
     settings = node_settings_for(args.architecture, args.image_size, args.images_per_node * 5, 5, args.partition,
                                  args.alpha, 0)
     # No FedProx anchor: with one party there is no global model to stay near.
-    training = LocalTraining(args.centralized_epochs or args.local_epochs, args.learning_rate, args.batch_size, args.local_optimizer, 0.0,
+    training = LocalTraining(args.centralized_epochs, args.learning_rate, args.batch_size, args.local_optimizer, 0.0,
                              args.imbalance, settings.lr_schedule, settings.augment)
     out = args.out / "centralized"
     run_centralized(settings, 5, args.rounds, training, out, seed=1)
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrent", action="store_true",
                         help="run the two consortia and the centralized baseline at once (a machine with room)")
     args = parser.parse_args(argv)
+    args.centralized_epochs = args.centralized_epochs or args.local_epochs
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     runs: dict[str, Path] = {}
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     notes = (f"Setting: {args.architecture} at {args.image_size} px, 5 hospitals x {args.images_per_node} images "
              f"(80% train / 20% validation each), Dirichlet alpha={args.alpha} label skew ({args.partition} split), "
              f"{args.rounds} rounds of {args.local_epochs} local epochs (centralized: "
-             f"{args.centralized_epochs or args.local_epochs} epochs per round over the pooled data), lr {args.learning_rate}, batch "
+             f"{args.centralized_epochs} epochs per round over the pooled data), lr {args.learning_rate}, batch "
              f"{args.batch_size}, clip norm {args.clip_norm}, Skellam noise variance {args.noise_variance} per quorum, "
              f"local optimizer {args.local_optimizer}, imbalance {args.imbalance}, FedProx mu {args.proximal_mu}, "
              f"server {args.server_optimizer} (lr {args.server_learning_rate}, momentum {args.server_momentum}). "
