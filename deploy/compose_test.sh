@@ -7,6 +7,8 @@
 # Steps (each prints its time):
 #   1. apt-get install docker.io and debootstrap when missing (root needed);
 #   2. start dockerd when none answers (iptables off: see docs/DEPLOYMENT.md);
+#      where bridged packets pass a FORWARD chain whose policy is DROP, step 7 inserts
+#      one ACCEPT rule for traffic within the stack's own bridge, and removes it on exit;
 #   3. debootstrap a Debian bookworm base with python3 once, as image local/fedxray-base;
 #   4. fill deploy/wheelhouse with the pinned wheels (deploy/make_wheelhouse.sh);
 #   5. make a fresh CA and certificates in build/compose-test/certs;
@@ -31,6 +33,7 @@ PY="${PY:-$repo/.venv/bin/python}"
 started=$SECONDS
 dockerd_pid=""
 stack_up=0
+forward_bridges=()  # bridges given an ACCEPT rule in iptables' FORWARD chain, removed on exit
 
 log() { printf '[compose-test %4ss] %s\n' "$((SECONDS - started))" "$*"; }
 fail() { log "FAIL: $*"; exit 1; }
@@ -73,6 +76,10 @@ cleanup() {
         log "docker compose down -v"
         compose down -v --remove-orphans --timeout 20 >/dev/null 2>&1
     fi
+    for bridge in "${forward_bridges[@]}"; do
+        iptables -D FORWARD -i "$bridge" -o "$bridge" -j ACCEPT 2>/dev/null \
+            && log "removed the FORWARD ACCEPT rule for $bridge"
+    done
     if "$DOCKER" info >/dev/null 2>&1; then
         # Each rebuild leaves the previous fedxray image untagged (about 5 GB); remove only ours.
         "$DOCKER" image prune -f --filter label=io.fedxray.image >/dev/null 2>&1
@@ -98,11 +105,14 @@ if ! "$DOCKER" info >/dev/null 2>&1; then
     for _ in $(seq 60); do "$DOCKER" info >/dev/null 2>&1 && break; sleep 1; done
     "$DOCKER" info >/dev/null 2>&1 || fail "dockerd did not answer within 60 s; see $work/dockerd.log"
 fi
-if [[ "$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null)" == 1 ]] \
-        && iptables -S FORWARD 2>/dev/null | grep -q -- '-P FORWARD DROP'; then
-    log "WARNING: bridged packets pass iptables' FORWARD chain, whose policy is DROP, and a dockerd" \
-        "without iptables adds no ACCEPT rule: containers may not reach each other"
-fi
+# With br_netfilter loaded, packets between two containers on one bridge pass iptables'
+# FORWARD chain; a dockerd without iptables adds no rule there, so where the policy is
+# DROP (left by any dockerd that once ran with iptables) they vanish and every RPC
+# between services times out. Step 7 opens the stack's own bridge, and only within it.
+forward_drops() {
+    [[ "$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null)" == 1 ]] \
+        && iptables -S FORWARD 2>/dev/null | grep -q -- '-P FORWARD DROP'
+}
 log "engine: $("$DOCKER" version --format 'server {{.Server.Version}}, API {{.Server.APIVersion}}')"
 
 # --- 3. base image --------------------------------------------------------------------
@@ -144,6 +154,18 @@ log "FedXray image: $("$DOCKER" image inspect --format '{{.Size}}' fedxray:local
 
 # --- 7. run ---------------------------------------------------------------------------
 stack_up=1
+compose up --no-start --no-build >/dev/null 2>&1 || fail "docker compose up --no-start failed"
+if forward_drops; then
+    for network in $("$DOCKER" network ls -q --filter "label=com.docker.compose.project=$PROJECT"); do
+        bridge="$("$DOCKER" network inspect --format '{{index .Options "com.docker.network.bridge.name"}}' "$network")"
+        [[ -n "$bridge" ]] || bridge="br-${network:0:12}"
+        [[ -e "/sys/class/net/$bridge" ]] || fail "network $network has no bridge $bridge"
+        iptables -I FORWARD -i "$bridge" -o "$bridge" -j ACCEPT || fail "iptables could not open $bridge"
+        forward_bridges+=("$bridge")
+        log "iptables' FORWARD policy is DROP for bridged packets: accepting traffic within $bridge (removed on exit)"
+    done
+    ((${#forward_bridges[@]})) || fail "FORWARD drops bridged packets and the stack has no bridge network to open"
+fi
 log "docker compose up: key authority, aggregator, 5 hospitals, Prometheus; $ROUNDS rounds (tiny model)"
 compose up -d --no-build 2>&1 | sed -u 's/^/    /'
 log "polling Prometheus at 127.0.0.1:$prometheus_port for fedxray_round_latency_seconds_count"

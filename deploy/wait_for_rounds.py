@@ -5,7 +5,9 @@
 Asks Prometheus's HTTP API (/api/v1/query), never the services: the first scrape comes
 5 to 10 s after Prometheus starts, so this polls. Exit 0 when
 fedxray_round_latency_seconds_count{job="aggregator"} reaches the round count and every
-check below holds; 1 otherwise. Standard library only: runs with any Python 3.
+check below holds; 1 otherwise, naming each target that is down with Prometheus's last
+scrape error. Fails early when no FedXray target is up after --startup-grace seconds
+(the containers cannot reach each other: see docs/DEPLOYMENT.md). Standard library only: runs with any Python 3.
 """
 
 from __future__ import annotations
@@ -40,12 +42,23 @@ def targets_up(prometheus: str) -> str:
                      for r in query(prometheus, "up"))
 
 
-def wait(prometheus: str, rounds: int, timeout: float) -> int:
+def target_errors(prometheus: str) -> str:
+    """Each FedXray scrape target that is not up, with Prometheus's last scrape error."""
+    with urllib.request.urlopen(f"{prometheus}/api/v1/targets?state=active", timeout=10) as reply:
+        body = json.loads(reply.read().decode())
+    return "; ".join(f"{t['labels'].get('instance')}: {t.get('health')} ({t.get('lastError') or 'no error'})"
+                     for t in body["data"]["activeTargets"]
+                     if t["labels"].get("job") != "prometheus" and t.get("health") != "up")
+
+
+def wait(prometheus: str, rounds: int, timeout: float, startup_grace: float) -> int:
     started = time.monotonic()
     last_report = ""
     aggregator_seen, aggregator_down_polls = False, 0
+    service_seen = False  # has any FedXray target (not Prometheus itself) been up yet?
     while time.monotonic() - started < timeout:
         try:
+            service_seen = service_seen or (scalar(prometheus, 'max(up{job!="prometheus"})') or 0) == 1
             count = scalar(prometheus, COUNT)
             current = scalar(prometheus, 'fedxray_current_round{job="aggregator"}')
             report = f"rounds completed {count}, current round {current}; targets up: {targets_up(prometheus)}"
@@ -62,9 +75,24 @@ def wait(prometheus: str, rounds: int, timeout: float) -> int:
         if aggregator_down_polls >= 5:
             print("FAIL: the aggregator's /metrics went away before the rounds completed", flush=True)
             return 1
+        if not service_seen and time.monotonic() - started > startup_grace:
+            if count is None and report.startswith("Prometheus not answering"):
+                print(f"FAIL: Prometheus did not answer within {startup_grace:.0f} s ({report})", flush=True)
+            else:
+                print(f"FAIL: Prometheus has scraped no FedXray service within {startup_grace:.0f} s: the "
+                      f"containers may not reach each other. Targets: {describe_targets(prometheus)}", flush=True)
+            return 1
         time.sleep(3)
-    print(f"FAIL: {COUNT} did not reach {rounds} within {timeout:.0f} s", flush=True)
+    print(f"FAIL: {COUNT} did not reach {rounds} within {timeout:.0f} s. "
+          f"Targets down: {describe_targets(prometheus)}", flush=True)
     return 1
+
+
+def describe_targets(prometheus: str) -> str:
+    try:
+        return target_errors(prometheus) or "none"
+    except (OSError, urllib.error.URLError, KeyError, ValueError) as error:
+        return f"unknown ({error})"
 
 
 def check(prometheus: str, rounds: int) -> int:
@@ -97,8 +125,10 @@ def main() -> int:
     parser.add_argument("--prometheus", default="http://127.0.0.1:9090")
     parser.add_argument("--rounds", type=int, required=True)
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--startup-grace", type=float, default=180.0,
+                        help="fail when no FedXray scrape target has been up after this many seconds")
     args = parser.parse_args()
-    return wait(args.prometheus.rstrip("/"), args.rounds, args.timeout)
+    return wait(args.prometheus.rstrip("/"), args.rounds, args.timeout, args.startup_grace)
 
 
 if __name__ == "__main__":
