@@ -21,7 +21,7 @@ from services.aggregator.pooled_evaluation import pool_reports
 from services.common.models import best_device, build_model
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.local_data import LocalData, load_local_data
-from services.hospital_node.trainer import LocalTraining, evaluate, train_local
+from services.hospital_node.trainer import LocalTraining, evaluation_report, train_local
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,11 @@ def pooled_data(settings: HospitalNodeSettings, parties: int) -> LocalData:
 
 
 def pool(parts: list[LocalData]) -> LocalData:
-    """The hospitals' training splits together, and their validation splits together."""
+    """The hospitals' training, validation and calibration splits, each pooled."""
     return LocalData(torch.cat([p.train_images for p in parts]), torch.cat([p.train_labels for p in parts]),
                      torch.cat([p.val_images for p in parts]), torch.cat([p.val_labels for p in parts]),
-                     parts[0].num_classes)
+                     parts[0].num_classes, torch.cat([p.cal_images for p in parts]),
+                     torch.cat([p.cal_labels for p in parts]))
 
 
 def run_centralized(settings: HospitalNodeSettings, parties: int, rounds: int, training: LocalTraining,
@@ -49,8 +50,7 @@ def run_centralized(settings: HospitalNodeSettings, parties: int, rounds: int, t
     rows: list[dict[str, object]] = []
 
     def record(round_id: int, seconds: float, steps: int) -> None:
-        counts = evaluate(model, data.val_images, data.val_labels, data.num_classes, device)
-        report = counts.report("centralized", round_id)
+        report, _ = evaluation_report(model, data, device, "centralized", round_id)
         rows.append({"round": round_id, "participants": 1, "seconds": seconds, "epochs": training.epochs,
                      "steps": steps, "evaluation": pool_reports([report]).as_dict()})
         log.info("centralized round %d: F1 %.3f", round_id, rows[-1]["evaluation"]["f1"])  # type: ignore[index]
@@ -67,11 +67,12 @@ def run_centralized(settings: HospitalNodeSettings, parties: int, rounds: int, t
 
 
 def node_settings_for(architecture: str, image_size: int, images: int, parties: int, scheme: str, alpha: float,
-                      seed: int) -> HospitalNodeSettings:
+                      seed: int, calibration_fraction: float = 0.0) -> HospitalNodeSettings:
     """The settings the consortium launcher gives its nodes, for the same data."""
     return HospitalNodeSettings(insecure=True, architecture=architecture, image_size=image_size,
                                 synthetic_images=images, partition_scheme=scheme,  # type: ignore[arg-type]
-                                partition_alpha=alpha, partition_parties=parties)
+                                partition_alpha=alpha, partition_parties=parties,
+                                calibration_fraction=calibration_fraction)
 
 
 

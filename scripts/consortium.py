@@ -62,6 +62,7 @@ class ConsortiumConfig:
     local_optimizer: str = "sgd"
     proximal_mu: float = 0.0
     imbalance: str = "class_weights"
+    calibration_fraction: float = 0.0
     round_deadline_seconds: float = 900.0
     encryption_workers: int = 0
     torch_threads: int = 1
@@ -198,6 +199,7 @@ class Consortium:
                 "FEDXRAY_NODE_PARTITION_PARTIES": str(c.nodes), "FEDXRAY_NODE_PARTITION_INDEX": str(index),
                 "FEDXRAY_NODE_ENCRYPTION_WORKERS": str(c.encryption_workers),
                 "FEDXRAY_NODE_TORCH_THREADS": str(c.torch_threads), "FEDXRAY_NODE_IMBALANCE": c.imbalance,
+                "FEDXRAY_NODE_CALIBRATION_FRACTION": str(c.calibration_fraction),
                 **self.tls_env("FEDXRAY_NODE_", node_id),
             }
             if c.seed is not None:

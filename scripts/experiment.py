@@ -27,7 +27,7 @@ from services.hospital_node.trainer import LocalTraining
 def centralized(args: argparse.Namespace) -> Path:
     """The centralized baseline: the same images, splits and local training, `--centralized-epochs` per round."""
     settings = node_settings_for(args.architecture, args.image_size, args.images_per_node * 5, 5, args.partition,
-                                 args.alpha, 0)
+                                 args.alpha, 0, args.calibration_fraction)
     # No FedProx anchor: with one party there is no global model to stay near.
     training = LocalTraining(args.centralized_epochs, args.learning_rate, args.batch_size, args.local_optimizer, 0.0,
                              args.imbalance, settings.lr_schedule, settings.augment)
@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proximal-mu", type=float, default=0.0)
     parser.add_argument("--imbalance", default="class_weights",
                         choices=("none", "class_weights", "sampler", "logit_adjust"))
+    parser.add_argument("--calibration-fraction", type=float, default=0.5,
+                        help="share of each hospital's validation split kept for choosing the operating point "
+                             "(0: metrics at argmax only)")
     parser.add_argument("--encryption-workers", type=int, default=0)
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=3600)
@@ -107,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size, clip_norm=args.clip_norm, noise_variance=args.noise_variance,
             server_optimizer=args.server_optimizer, server_learning_rate=args.server_learning_rate,
             server_momentum=args.server_momentum, local_optimizer=args.local_optimizer,
-            proximal_mu=args.proximal_mu, imbalance=args.imbalance, encryption_workers=args.encryption_workers,
+            proximal_mu=args.proximal_mu, imbalance=args.imbalance,
+            calibration_fraction=args.calibration_fraction, encryption_workers=args.encryption_workers,
             torch_threads=args.torch_threads, seed=1, round_deadline_seconds=3600)
         consortia[mode] = Consortium(config)
         print(f"[{mode}] class counts:\n{consortia[mode].write_class_counts()}", flush=True)
@@ -132,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             run_baseline(args, runs, timings)
     concurrently = " (run concurrently)" if args.concurrent else ""
     notes = (f"Setting: {args.architecture} at {args.image_size} px, 5 hospitals x {args.images_per_node} images "
-             f"(80% train / 20% validation each), Dirichlet alpha={args.alpha} label skew ({args.partition} split), "
+             f"(80% train / 20% held out each; {args.calibration_fraction:.0%} of the held-out images choose the "
+             f"operating point, the rest are the evaluated set), Dirichlet alpha={args.alpha} label skew ({args.partition} split), "
              f"{args.rounds} rounds of {args.local_epochs} local epochs (centralized: "
              f"{args.centralized_epochs} epochs per round over the pooled data), lr {args.learning_rate}, batch "
              f"{args.batch_size}, clip norm {args.clip_norm}, Skellam noise variance {args.noise_variance} per quorum, "

@@ -15,9 +15,11 @@ from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.common.classification_metrics import (
     HISTOGRAM_SPACING,
     ClassificationMetrics,
+    OperatingPoint,
     auc_from_histograms,
     auc_macro_from_histograms,
     metrics_from_confusion,
+    operating_point,
 )
 from services.common.errors import MalformedChunkError
 
@@ -29,10 +31,18 @@ class PooledEvaluation:
     loss: float
     examples: int
     nodes: int
+    # Binary only, when every hospital sent calibration histograms: the threshold chosen on
+    # the pooled calibration splits, and the evaluated images' metrics at it.
+    calibrated: OperatingPoint | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {**asdict(self.metrics), "loss": self.loss, "examples": self.examples, "nodes": self.nodes,
-                "confusion": self.confusion.tolist()}
+        row: dict[str, object] = {**asdict(self.metrics), "loss": self.loss, "examples": self.examples,
+                                  "nodes": self.nodes, "confusion": self.confusion.tolist()}
+        if self.calibrated is not None:
+            point = self.calibrated
+            row["calibrated"] = {**asdict(point.metrics), "threshold": point.threshold,
+                                 "calibration_f1": point.calibration_f1, "confusion": point.confusion.tolist()}
+        return row
 
 
 def validate_report(report: pb.EvaluationReport, num_classes: int) -> None:
@@ -47,6 +57,10 @@ def validate_report(report: pb.EvaluationReport, num_classes: int) -> None:
     if (len(report.confusion) != classes * classes or len(report.positive_histograms) != classes * bins
             or len(report.negative_histograms) != classes * bins or bins < 1):
         raise MalformedChunkError(f"evaluation of node {report.node_id!r} has counts of the wrong length")
+    calibration = (len(report.calibration_positive_histograms), len(report.calibration_negative_histograms))
+    if calibration not in ((0, 0), (classes * bins, classes * bins)):
+        raise MalformedChunkError(f"evaluation of node {report.node_id!r} has calibration histograms of "
+                                  f"lengths {calibration}, expected none or {classes * bins} each")
 
 
 def pool_reports(reports: list[pb.EvaluationReport]) -> PooledEvaluation:
@@ -55,6 +69,9 @@ def pool_reports(reports: list[pb.EvaluationReport]) -> PooledEvaluation:
     confusion = np.zeros((classes, classes), dtype=np.int64)
     positive = np.zeros((classes, bins), dtype=np.int64)
     negative = np.zeros((classes, bins), dtype=np.int64)
+    calibration_positive = np.zeros((classes, bins), dtype=np.int64)
+    calibration_negative = np.zeros((classes, bins), dtype=np.int64)
+    calibrated_reports = 0
     loss_sum, examples = 0.0, 0
     for report in reports:
         if report.num_classes != classes or report.histogram_bins != bins:
@@ -62,10 +79,19 @@ def pool_reports(reports: list[pb.EvaluationReport]) -> PooledEvaluation:
         confusion += np.asarray(report.confusion, dtype=np.int64).reshape(classes, classes)
         positive += np.asarray(report.positive_histograms, dtype=np.int64).reshape(classes, bins)
         negative += np.asarray(report.negative_histograms, dtype=np.int64).reshape(classes, bins)
+        if report.calibration_positive_histograms:
+            calibrated_reports += 1
+            calibration_positive += np.asarray(report.calibration_positive_histograms,
+                                               dtype=np.int64).reshape(classes, bins)
+            calibration_negative += np.asarray(report.calibration_negative_histograms,
+                                               dtype=np.int64).reshape(classes, bins)
         loss_sum += report.loss_sum
         examples += report.examples
     metrics = metrics_from_confusion(confusion)
     auc = (auc_from_histograms(positive[1], negative[1]) if classes == 2
            else auc_macro_from_histograms(positive, negative))
     metrics = ClassificationMetrics(**{**asdict(metrics), "auc": auc})
-    return PooledEvaluation(metrics, confusion, loss_sum / max(examples, 1), examples, len(reports))
+    # A threshold chosen on some hospitals' calibration images only would not be the consortium's.
+    calibrated = (operating_point(calibration_positive[1], calibration_negative[1], positive[1], negative[1], auc)
+                  if classes == 2 and calibrated_reports == len(reports) else None)
+    return PooledEvaluation(metrics, confusion, loss_sum / max(examples, 1), examples, len(reports), calibrated)

@@ -371,6 +371,9 @@ class Coordinator:
             for name, value in pooled.as_dict().items():
                 if isinstance(value, float):
                     self._metrics.validation.labels(metric=name).set(value)
+            if pooled.calibrated is not None:
+                self._metrics.validation.labels(metric="f1_calibrated").set(pooled.calibrated.metrics.f1)
+                self._metrics.validation.labels(metric="threshold").set(pooled.calibrated.threshold)
         entry = dict(row or {"round": 0, "participants": 0, "seconds": 0.0, "epsilon": 0.0})
         entry["evaluation"] = pooled.as_dict() if pooled else None
         self._round_log.parent.mkdir(parents=True, exist_ok=True)

@@ -195,6 +195,67 @@ def auc_macro_from_histograms(
     return float(np.mean(defined)) if defined else None
 
 
+@dataclass(frozen=True)
+class OperatingPoint:
+    """A binary decision threshold chosen on one set of counts and applied to another.
+
+    ``threshold``: predict positive when P(positive) >= threshold (a histogram bin edge).
+    ``calibration_f1``: the F1 that threshold reached on the set it was chosen on.
+    ``metrics`` and ``confusion``: the evaluated set at that threshold.
+    """
+
+    threshold: float
+    calibration_f1: float
+    metrics: ClassificationMetrics
+    confusion: CountArray
+
+
+def confusion_at_edge(positive_histogram: npt.ArrayLike, negative_histogram: npt.ArrayLike,
+                      edge: int) -> CountArray:
+    """The 2x2 confusion matrix of "positive when the score lies in bin ``edge`` or above"."""
+    positive = _validated_histogram(positive_histogram, "positive_histogram")
+    negative = _validated_histogram(negative_histogram, "negative_histogram")
+    if positive.shape != negative.shape or not 0 <= edge <= positive.size:
+        raise ValueError(f"edge {edge} outside 0..{positive.size}, or histograms of unequal shape")
+    true_positive, false_negative = int(positive[edge:].sum()), int(positive[:edge].sum())
+    false_positive, true_negative = int(negative[edge:].sum()), int(negative[:edge].sum())
+    return np.array([[true_negative, false_positive], [false_negative, true_positive]], dtype=np.int64)
+
+
+def best_f1_edge(positive_histogram: npt.ArrayLike, negative_histogram: npt.ArrayLike) -> tuple[int, float]:
+    """The bin edge whose threshold maximises F1 on these counts, and that F1.
+
+    Ties go to the highest edge (fewest positive calls). With no positive, F1 is 0
+    everywhere and the answer is the top edge.
+    """
+    positive = _validated_histogram(positive_histogram, "positive_histogram")
+    negative = _validated_histogram(negative_histogram, "negative_histogram")
+    if positive.shape != negative.shape:
+        raise ValueError(f"histograms differ in shape: {positive.shape} vs {negative.shape}")
+    # Counts at or above each edge 0..bins (edge `bins` calls nothing positive).
+    true_positive = np.concatenate([np.cumsum(positive[::-1])[::-1], [0]])
+    false_positive = np.concatenate([np.cumsum(negative[::-1])[::-1], [0]])
+    false_negative = int(positive.sum()) - true_positive
+    denominator = 2 * true_positive + false_positive + false_negative
+    f1 = np.divide(2 * true_positive, denominator, out=np.zeros(denominator.shape), where=denominator > 0)
+    edge = int(np.flatnonzero(f1 == f1.max())[-1])
+    return edge, float(f1[edge])
+
+
+def operating_point(calibration_positive: npt.ArrayLike, calibration_negative: npt.ArrayLike,
+                    positive: npt.ArrayLike, negative: npt.ArrayLike, auc: float | None = None,
+                    edges: npt.NDArray[np.float64] | None = None) -> OperatingPoint:
+    """Choose the F1-maximising threshold on calibration histograms; evaluate it on the others.
+
+    All four are one class's histograms over the same bins (``histogram_edges``). The
+    evaluated set must be disjoint from the calibration set, or the F1 is optimistic.
+    """
+    bin_edges = histogram_edges(np.asarray(positive).size) if edges is None else edges
+    edge, calibration_f1 = best_f1_edge(calibration_positive, calibration_negative)
+    confusion = confusion_at_edge(positive, negative, edge)
+    return OperatingPoint(float(bin_edges[edge]), calibration_f1, metrics_from_confusion(confusion, auc), confusion)
+
+
 def _validated_confusion(confusion: npt.ArrayLike) -> CountArray:
     counts = np.asarray(confusion)
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] < 2:

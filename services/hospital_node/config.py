@@ -34,6 +34,9 @@ class HospitalNodeSettings(TlsSettings):
     partition_parties: int = Field(5, ge=1)
     partition_index: int = Field(0, ge=0, description="this hospital's part of the synthetic set")
     validation_fraction: float = Field(0.2, gt=0, lt=1)
+    calibration_fraction: float = Field(
+        0.0, ge=0, lt=1, description="share of the validation split kept apart for choosing the operating "
+        "point (threshold); 0: none, metrics at argmax only")
     imbalance: Literal["none", "class_weights", "sampler", "logit_adjust"] = Field(
         "class_weights", description="class-weighted loss, weighted sampling, or logit adjustment by the local prior")
     lr_schedule: Literal["constant", "cosine"] = "cosine"

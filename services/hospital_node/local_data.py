@@ -22,14 +22,25 @@ class LocalData:
     val_images: torch.Tensor
     val_labels: torch.Tensor
     num_classes: int
+    # Images kept apart from both, for choosing the operating point; empty when none.
+    cal_images: torch.Tensor = torch.empty(0)
+    cal_labels: torch.Tensor = torch.empty(0, dtype=torch.int64)
 
 
-def _split(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int, classes: int) -> LocalData:
+def _split(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int, classes: int,
+           calibration_fraction: float = 0.0) -> LocalData:
+    """Train / validation split; `calibration_fraction` of the validation part becomes the calibration split."""
     order = np.random.default_rng(seed).permutation(labels.size)
     cut = max(1, int(round(labels.size * fraction)))
-    val, train = order[:cut], order[cut:]
+    held, train = order[:cut], order[cut:]
+    kept = int(round(cut * calibration_fraction))
+    if calibration_fraction > 0 and not 0 < kept < cut:
+        raise ValueError(f"calibration_fraction {calibration_fraction} of {cut} validation images leaves an "
+                         "empty calibration or validation split")
+    cal, val = held[:kept], held[kept:]
     return LocalData(torch.from_numpy(images[train]), torch.from_numpy(labels[train]),
-                     torch.from_numpy(images[val]), torch.from_numpy(labels[val]), classes)
+                     torch.from_numpy(images[val]), torch.from_numpy(labels[val]), classes,
+                     torch.from_numpy(images[cal]), torch.from_numpy(labels[cal]))
 
 
 def load_local_data(settings: HospitalNodeSettings) -> LocalData:
@@ -47,7 +58,8 @@ def load_local_data(settings: HospitalNodeSettings) -> LocalData:
     log.info("%s: %d images (%s), class counts %s", settings.node_id, labels.size, settings.data_source,
              counts.tolist())
     return _split(images.astype(np.float32), labels.astype(np.int64), settings.validation_fraction,
-                  settings.synthetic_seed + settings.partition_index, settings.num_classes)
+                  settings.synthetic_seed + settings.partition_index, settings.num_classes,
+                  settings.calibration_fraction)
 
 
 def _load_real(settings: HospitalNodeSettings) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ from services.common.models import best_device, build_model
 from services.common.stream_digest import load_identity
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.local_data import LocalData
-from services.hospital_node.trainer import LocalTraining, evaluate, train_local
+from services.hospital_node.trainer import LocalTraining, evaluation_report, train_local
 from services.hospital_node.update_stream import CrashFault, UploadTimings, plaintext_upload, secure_upload
 
 log = logging.getLogger(__name__)
@@ -157,9 +157,9 @@ class HospitalNode:
             yield chunk
 
     def _report_evaluation(self, model_round: int) -> None:
-        counts = evaluate(self._model, self._data.val_images, self._data.val_labels, self._data.num_classes,
-                          self._device)
-        self._aggregator.ReportEvaluation(counts.report(self._settings.node_id, model_round), timeout=60)
+        report, counts = evaluation_report(self._model, self._data, self._device, self._settings.node_id,
+                                           model_round)
+        self._aggregator.ReportEvaluation(report, timeout=60)
         accuracy = np.trace(counts.confusion) / max(counts.examples, 1)
         log.info("model after round %d: local validation accuracy %.3f on %d images", model_round, accuracy,
                  counts.examples)

@@ -172,3 +172,17 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_c
     positive = np.stack([np.histogram(probs[truth == c, c], edges)[0] for c in range(num_classes)])
     negative = np.stack([np.histogram(probs[truth != c, c], edges)[0] for c in range(num_classes)])
     return EvaluationCounts(confusion, loss_sum, int(truth.size), positive, negative)
+
+
+def evaluation_report(model: nn.Module, data: LocalData, device: torch.device, node_id: str,
+                      model_round: int) -> tuple[pb.EvaluationReport, EvaluationCounts]:
+    """The report a hospital sends for one model: its validation counts, plus the score
+    histograms of its calibration split when it keeps one (the aggregator chooses the
+    operating point on those)."""
+    counts = evaluate(model, data.val_images, data.val_labels, data.num_classes, device)
+    report = counts.report(node_id, model_round)
+    if data.cal_labels.numel():
+        calibration = evaluate(model, data.cal_images, data.cal_labels, data.num_classes, device)
+        report.calibration_positive_histograms.extend(calibration.positive_histograms.reshape(-1).tolist())
+        report.calibration_negative_histograms.extend(calibration.negative_histograms.reshape(-1).tolist())
+    return report, counts

@@ -2,7 +2,7 @@ import pytest
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.aggregator.pooled_evaluation import pool_reports, validate_report
-from services.common.classification_metrics import HISTOGRAM_BINS, HISTOGRAM_SPACING
+from services.common.classification_metrics import HISTOGRAM_BINS, HISTOGRAM_SPACING, histogram_edges
 from services.common.errors import MalformedChunkError
 
 
@@ -30,3 +30,47 @@ def test_a_well_formed_report_is_accepted_and_pooled() -> None:
 def test_a_report_that_cannot_be_pooled_is_refused_by_name(changes: dict[str, object], message: str) -> None:
     with pytest.raises(MalformedChunkError, match=message):
         validate_report(report("a", **changes), num_classes=2)
+
+
+def _histogram(counts: dict[int, int]) -> list[int]:
+    """Class-1 histogram with the given bins filled; class 0's row stays empty."""
+    row = [0] * HISTOGRAM_BINS
+    for index, count in counts.items():
+        row[index] = count
+    return [0] * HISTOGRAM_BINS + row
+
+
+def test_pooled_calibration_histograms_choose_the_threshold_applied_to_the_evaluated_counts() -> None:
+    edges = histogram_edges()
+    # Calibration, pooled over two hospitals: positives score in bin 60, negatives in bins 30 and 70 (one
+    # each). Calling bins >= 61 positive catches nothing; >= 31 catches 2 TP + 1 FP (F1 0.8); >= 71: 0.
+    # The best F1 (0.8) is edges 31..60; ties go to the highest, edge 60.
+    calibration = [(_histogram({60: 1}), _histogram({30: 1})), (_histogram({60: 1}), _histogram({70: 1}))]
+    # Evaluated: positives in bins 55 and 65, negatives in bin 20; argmax (edge 50) calls both positives.
+    reports = [report(node, positive_histograms=_histogram({55: 1, 65: 1}), negative_histograms=_histogram({20: 2}),
+                      calibration_positive_histograms=cal_pos, calibration_negative_histograms=cal_neg)
+               for node, (cal_pos, cal_neg) in zip("ab", calibration)]
+    for r in reports:
+        validate_report(r, num_classes=2)
+    pooled = pool_reports(reports)
+    assert pooled.calibrated is not None
+    assert pooled.calibrated.threshold == edges[60]
+    assert pooled.calibrated.calibration_f1 == pytest.approx(0.8)
+    # At edge 60, of the evaluated images: the two bin-65 positives are called, the bin-55 ones missed.
+    assert pooled.calibrated.confusion.tolist() == [[4, 0], [2, 2]]
+    row = pooled.as_dict()["calibrated"]
+    assert isinstance(row, dict) and row["f1"] == pytest.approx(4 / 6) and row["threshold"] == edges[60]
+
+
+def test_no_operating_point_unless_every_hospital_sent_calibration_counts() -> None:
+    with_calibration = report("a", calibration_positive_histograms=_histogram({60: 1}),
+                              calibration_negative_histograms=_histogram({30: 1}))
+    assert pool_reports([with_calibration]).calibrated is not None
+    assert pool_reports([with_calibration, report("b")]).calibrated is None
+    assert "calibrated" not in pool_reports([report("a")]).as_dict()
+
+
+def test_calibration_histograms_of_the_wrong_length_are_refused_by_name() -> None:
+    with pytest.raises(MalformedChunkError, match="calibration histograms"):
+        validate_report(report("a", calibration_positive_histograms=[0] * 7,
+                               calibration_negative_histograms=[0] * 7), num_classes=2)

@@ -181,3 +181,66 @@ def test_one_vs_rest_histograms_treat_each_class_as_positive_in_turn() -> None:
     # class 1: pos in bin 1 beats both negs (2), pos in bin 0 ties both (2 x 1/2) -> 3/4;
     # class 2: 1 pos in bin 1 beats all 3 negs -> 1.
     assert auc_macro_from_histograms(positive, negative) == pytest.approx((2.5 / 3 + 3 / 4 + 1.0) / 3)
+
+
+# --- operating point --------------------------------------------------------------------------------------
+
+def test_confusion_at_an_edge_counts_the_bins_at_and_above_it_as_positive_calls() -> None:
+    from services.common.classification_metrics import confusion_at_edge
+
+    positive, negative = np.array([1, 2, 3, 4]), np.array([5, 3, 1, 0])
+    # Edge 2: bins 2 and 3 are called positive. TP 3+4, FN 1+2, FP 1+0, TN 5+3.
+    np.testing.assert_array_equal(confusion_at_edge(positive, negative, 2), [[8, 1], [3, 7]])
+    np.testing.assert_array_equal(confusion_at_edge(positive, negative, 0), [[0, 9], [0, 10]])
+    np.testing.assert_array_equal(confusion_at_edge(positive, negative, 4), [[9, 0], [10, 0]])
+    with pytest.raises(ValueError, match="edge 5"):
+        confusion_at_edge(positive, negative, 5)
+
+
+def test_best_f1_edge_is_the_threshold_a_hand_count_picks() -> None:
+    from services.common.classification_metrics import best_f1_edge
+
+    positive, negative = np.array([1, 2, 3, 4]), np.array([5, 3, 1, 0])
+    # F1 by edge, by hand: edge 0: 20/29; 1: 18/(18+4+1) = 18/23; 2: 14/(14+1+3) = 14/18; 3: 8/(8+0+6) = 8/14.
+    # 18/23 = 0.7826 > 14/18 = 0.7778: edge 1.
+    edge, f1 = best_f1_edge(positive, negative)
+    assert edge == 1
+    assert f1 == pytest.approx(18 / 23)
+
+
+def test_best_f1_edge_with_no_positive_calls_nothing_positive() -> None:
+    from services.common.classification_metrics import best_f1_edge
+
+    assert best_f1_edge(np.zeros(4, dtype=np.int64), np.array([1, 1, 1, 1])) == (4, 0.0)
+
+
+def test_the_operating_point_is_chosen_on_the_calibration_counts_and_evaluated_on_the_others() -> None:
+    from services.common.classification_metrics import histogram_edges, operating_point
+
+    edges = histogram_edges(4)
+    calibration_positive, calibration_negative = np.array([1, 2, 3, 4]), np.array([5, 3, 1, 0])  # best: edge 1
+    positive, negative = np.array([0, 0, 5, 5]), np.array([4, 4, 2, 0])
+    point = operating_point(calibration_positive, calibration_negative, positive, negative, auc=0.9, edges=edges)
+    assert point.threshold == edges[1]
+    assert point.calibration_f1 == pytest.approx(18 / 23)
+    # On the evaluated counts at edge 1: TP 10, FN 0, FP 6, TN 4.
+    np.testing.assert_array_equal(point.confusion, [[4, 6], [0, 10]])
+    assert point.metrics.f1 == pytest.approx(20 / 26)
+    assert point.metrics.recall == 1.0 and point.metrics.specificity == pytest.approx(0.4)
+    assert point.metrics.auc == 0.9
+
+
+def test_the_half_probability_edge_reproduces_the_argmax_confusion_matrix() -> None:
+    """The default 100 logit-spaced bins have 0.5 as an edge, so argmax is one of the candidate thresholds."""
+    from services.common.classification_metrics import HISTOGRAM_BINS, confusion_at_edge, histogram_edges
+
+    edges = histogram_edges()
+    half = int(np.flatnonzero(np.isclose(edges, 0.5))[0])
+    rng = np.random.default_rng(3)
+    scores, truth = rng.uniform(0.01, 0.99, 400), rng.integers(0, 2, 400)
+    scores = np.where(np.isclose(scores, 0.5), 0.51, scores)
+    positive = np.histogram(scores[truth == 1], edges)[0]
+    negative = np.histogram(scores[truth == 0], edges)[0]
+    assert positive.size == HISTOGRAM_BINS
+    np.testing.assert_array_equal(confusion_at_edge(positive, negative, half),
+                                  confusion_matrix(truth, (scores > 0.5).astype(np.int64), 2))

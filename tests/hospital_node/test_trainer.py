@@ -83,3 +83,40 @@ def test_evaluate_counts_every_validation_image_once() -> None:
     counts = evaluate(build_model("tiny", 2, 0), torch.from_numpy(images), torch.from_numpy(labels), 2, CPU)
     assert counts.confusion.sum() == 40
     assert counts.positive_histograms.sum() + counts.negative_histograms.sum() == 2 * 40
+
+
+def test_the_calibration_split_is_carved_from_the_held_out_images_disjoint_and_deterministic() -> None:
+    from services.hospital_node.local_data import _split
+
+    images = np.arange(100, dtype=np.float32).reshape(100, 1)  # each image's value is its index
+    labels = np.arange(100) % 2
+    data = _split(images, labels, 0.2, seed=4, classes=2, calibration_fraction=0.5)
+    train, val, cal = (set(t[:, 0].int().tolist()) for t in (data.train_images, data.val_images, data.cal_images))
+    assert (len(train), len(val), len(cal)) == (80, 10, 10)
+    assert train | val | cal == set(range(100)) and not (train & val or train & cal or val & cal)
+    # Without calibration the training split is the same images: calibration only divides the held-out ones.
+    plain = _split(images, labels, 0.2, seed=4, classes=2)
+    assert set(plain.train_images[:, 0].int().tolist()) == train and plain.cal_labels.numel() == 0
+    assert set(plain.val_images[:, 0].int().tolist()) == val | cal
+    again = _split(images, labels, 0.2, seed=4, classes=2, calibration_fraction=0.5)
+    assert torch.equal(again.cal_images, data.cal_images)
+    import pytest
+    with pytest.raises(ValueError, match="empty calibration"):
+        _split(images[:5], labels[:5], 0.2, seed=4, classes=2, calibration_fraction=0.5)
+
+
+def test_the_evaluation_report_carries_calibration_histograms_only_for_a_calibration_split() -> None:
+    from services.hospital_node.trainer import evaluation_report
+
+    images, labels = generate_synthetic_xrays(30, 32, 2, seed=6)
+    x, y = torch.from_numpy(images), torch.from_numpy(labels)
+    model = build_model("tiny", 2, 0)
+    with_cal = LocalData(x[:10], y[:10], x[10:20], y[10:20], 2, x[20:], y[20:])
+    report, counts = evaluation_report(model, with_cal, CPU, "h1", 3)
+    assert report.model_round == 3 and sum(report.confusion) == 10 == counts.examples
+    # Each calibration image lands once in each class's positive or negative histogram.
+    assert sum(report.calibration_positive_histograms) + sum(report.calibration_negative_histograms) == 2 * 10
+    calibration = evaluate(model, x[20:], y[20:], 2, CPU)
+    assert list(report.calibration_positive_histograms) == calibration.positive_histograms.reshape(-1).tolist()
+    without, _ = evaluation_report(model, LocalData(x[:10], y[:10], x[10:20], y[10:20], 2), CPU, "h1", 3)
+    assert not without.calibration_positive_histograms and not without.calibration_negative_histograms

@@ -12,7 +12,8 @@ from scripts.centralized import node_settings_for, pooled_data
 def test_side_by_side_experiment_reports_secure_plaintext_and_centralized(tmp_path: Path) -> None:
     code = experiment.main(["--out", str(tmp_path), "--rounds", "1", "--architecture", "tiny", "--image-size",
                             "32", "--images-per-node", "24", "--local-epochs", "1", "--centralized-epochs", "2",
-                            "--batch-size", "16", "--imbalance", "logit_adjust",
+                            "--batch-size", "16", "--imbalance", "logit_adjust", "--partition", "label_mix",
+                            "--calibration-fraction", "0.5",
                             "--server-momentum", "0.5", "--concurrent", "--timeout", "600"])
     assert code == 0
     report = (tmp_path / "REPORT.md").read_text()
@@ -24,9 +25,18 @@ def test_side_by_side_experiment_reports_secure_plaintext_and_centralized(tmp_pa
     assert "imbalance logit_adjust" in report and "momentum 0.5" in report
     # The baseline's epochs are its own: 2 passes over the pooled training split per round, not the local 1.
     assert "centralized: 2 epochs per round" in report
-    pooled = pooled_data(node_settings_for("tiny", 32, 24 * 5, 5, "dirichlet", 0.5, 0), 5)
+    pooled = pooled_data(node_settings_for("tiny", 32, 24 * 5, 5, "label_mix", 0.5, 0, 0.5), 5)
     central = json.loads((tmp_path / "centralized" / "rounds.jsonl").read_text().splitlines()[-1])
     assert central["epochs"] == 2 and central["steps"] == 2 * (pooled.train_labels.numel() // 16)
+    # Every run chose an operating point on the hospitals' calibration images and evaluated the others at it:
+    # 24 images per hospital, 5 held out, 2 of them (round(2.5)) for calibration, 3 evaluated.
+    assert pooled.cal_labels.numel() == 5 * 2 and pooled.val_labels.numel() == 5 * 3
+    for rows_path in (tmp_path / "secure" / "aggregator" / "rounds.jsonl",
+                      tmp_path / "plaintext" / "aggregator" / "rounds.jsonl", tmp_path / "centralized" / "rounds.jsonl"):
+        last = json.loads(rows_path.read_text().splitlines()[-1])["evaluation"]
+        assert sum(map(sum, last["calibrated"]["confusion"])) == last["examples"] == 15, rows_path
+    assert "## Final model at the calibrated operating point" in report
+    assert "Calibrated F1 gap, centralized minus secure" in report
 
 
 def test_sweep_ranks_every_setting_and_refuses_an_unknown_one(tmp_path: Path) -> None:

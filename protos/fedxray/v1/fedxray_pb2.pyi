@@ -221,7 +221,7 @@ class SubmitReceipt(_message.Message):
     def __init__(self, round_id: _Optional[int] = ..., chunks: _Optional[int] = ..., stream_digest: _Optional[bytes] = ...) -> None: ...
 
 class EvaluationReport(_message.Message):
-    __slots__ = ("node_id", "model_round", "num_classes", "confusion", "loss_sum", "examples", "positive_histograms", "negative_histograms", "histogram_bins", "histogram_spacing")
+    __slots__ = ("node_id", "model_round", "num_classes", "confusion", "loss_sum", "examples", "positive_histograms", "negative_histograms", "histogram_bins", "histogram_spacing", "calibration_positive_histograms", "calibration_negative_histograms")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_ROUND_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
@@ -232,6 +232,8 @@ class EvaluationReport(_message.Message):
     NEGATIVE_HISTOGRAMS_FIELD_NUMBER: _ClassVar[int]
     HISTOGRAM_BINS_FIELD_NUMBER: _ClassVar[int]
     HISTOGRAM_SPACING_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_POSITIVE_HISTOGRAMS_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_NEGATIVE_HISTOGRAMS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     model_round: int
     num_classes: int
@@ -242,7 +244,9 @@ class EvaluationReport(_message.Message):
     negative_histograms: _containers.RepeatedScalarFieldContainer[int]
     histogram_bins: int
     histogram_spacing: str
-    def __init__(self, node_id: _Optional[str] = ..., model_round: _Optional[int] = ..., num_classes: _Optional[int] = ..., confusion: _Optional[_Iterable[int]] = ..., loss_sum: _Optional[float] = ..., examples: _Optional[int] = ..., positive_histograms: _Optional[_Iterable[int]] = ..., negative_histograms: _Optional[_Iterable[int]] = ..., histogram_bins: _Optional[int] = ..., histogram_spacing: _Optional[str] = ...) -> None: ...
+    calibration_positive_histograms: _containers.RepeatedScalarFieldContainer[int]
+    calibration_negative_histograms: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, node_id: _Optional[str] = ..., model_round: _Optional[int] = ..., num_classes: _Optional[int] = ..., confusion: _Optional[_Iterable[int]] = ..., loss_sum: _Optional[float] = ..., examples: _Optional[int] = ..., positive_histograms: _Optional[_Iterable[int]] = ..., negative_histograms: _Optional[_Iterable[int]] = ..., histogram_bins: _Optional[int] = ..., histogram_spacing: _Optional[str] = ..., calibration_positive_histograms: _Optional[_Iterable[int]] = ..., calibration_negative_histograms: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class EvaluationAck(_message.Message):
     __slots__ = ()
