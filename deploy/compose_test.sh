@@ -111,7 +111,7 @@ fi
 # between services times out. Step 7 opens the stack's own bridge, and only within it.
 forward_drops() {
     [[ "$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null)" == 1 ]] \
-        && iptables -S FORWARD 2>/dev/null | grep -q -- '-P FORWARD DROP'
+        && [[ "$(iptables -S FORWARD 2>/dev/null)" == *"-P FORWARD DROP"* ]]  # no pipe: grep -q + pipefail
 }
 log "engine: $("$DOCKER" version --format 'server {{.Server.Version}}, API {{.Server.APIVersion}}')"
 
@@ -154,7 +154,7 @@ log "FedXray image: $("$DOCKER" image inspect --format '{{.Size}}' fedxray:local
 
 # --- 7. run ---------------------------------------------------------------------------
 stack_up=1
-compose up --no-start --no-build >/dev/null 2>&1 || fail "docker compose up --no-start failed"
+compose up --no-start --no-build >"$work/create.log" 2>&1 || fail "docker compose up --no-start failed; see $work/create.log"
 if forward_drops; then
     for network in $("$DOCKER" network ls -q --filter "label=com.docker.compose.project=$PROJECT"); do
         bridge="$("$DOCKER" network inspect --format '{{index .Options "com.docker.network.bridge.name"}}' "$network")"

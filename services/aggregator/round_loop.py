@@ -5,6 +5,7 @@ The servicer calls into `Coordinator`; the loop runs on its own thread.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -374,6 +375,10 @@ class Coordinator:
             if pooled.calibrated is not None:
                 self._metrics.validation.labels(metric="f1_calibrated").set(pooled.calibrated.metrics.f1)
                 self._metrics.validation.labels(metric="threshold").set(pooled.calibrated.threshold)
+            else:  # no operating point this round: drop last round's, never show it as current
+                for name in ("f1_calibrated", "threshold"):
+                    with contextlib.suppress(KeyError):
+                        self._metrics.validation.remove(name)
         entry = dict(row or {"round": 0, "participants": 0, "seconds": 0.0, "epsilon": 0.0})
         entry["evaluation"] = pooled.as_dict() if pooled else None
         self._round_log.parent.mkdir(parents=True, exist_ok=True)

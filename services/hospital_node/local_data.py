@@ -33,10 +33,14 @@ def _split(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int, c
     order = np.random.default_rng(seed).permutation(labels.size)
     cut = max(1, int(round(labels.size * fraction)))
     held, train = order[:cut], order[cut:]
-    kept = int(round(cut * calibration_fraction))
-    if calibration_fraction > 0 and not 0 < kept < cut:
-        raise ValueError(f"calibration_fraction {calibration_fraction} of {cut} validation images leaves an "
-                         "empty calibration or validation split")
+    kept = 0
+    if calibration_fraction > 0:
+        if cut < 2:
+            # Train and evaluate anyway; the consortium then publishes no operating point this run.
+            log.warning("calibration_fraction %s needs at least 2 held-out images, this hospital holds out %d "
+                        "of %d: keeping no calibration split", calibration_fraction, cut, labels.size)
+        else:
+            kept = min(max(int(round(cut * calibration_fraction)), 1), cut - 1)
     cal, val = held[:kept], held[kept:]
     return LocalData(torch.from_numpy(images[train]), torch.from_numpy(labels[train]),
                      torch.from_numpy(images[val]), torch.from_numpy(labels[val]), classes,

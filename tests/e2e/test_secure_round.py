@@ -32,6 +32,8 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
     run_dir = tmp_path_factory.mktemp("secure")
     config = ConsortiumConfig(run_dir=run_dir, nodes=NODES, rounds=ROUNDS, architecture="tiny", image_size=32,
                               images_per_node=40, seed=7, record=True, noise_variance=12.0, clip_norm=5.0,
+                              partition_scheme="label_mix",  # 40 images each, so 8 held out per hospital:
+                              calibration_fraction=0.5,  # 4 calibrate, 4 are evaluated
                               extra_aggregator_env={"FEDXRAY_AGG_LINGER_SECONDS": "600"})
     secret_key_gauges: dict[str, float] = {}
     consortium = Consortium(config)
@@ -57,6 +59,18 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
         watcher.join()
         statuses = {"key_authority": status(consortium, "key_authority")}
         yield consortium, code, secret_key_gauges, statuses
+
+
+def test_the_operating_point_comes_from_the_calibration_counts_and_is_published(finished_run) -> None:  # type: ignore[no-untyped-def]
+    consortium, code, _, _ = finished_run
+    assert code == 0
+    last = consortium.rows()[-1]["evaluation"]
+    # The evaluated images are the 4 per hospital not kept for calibration, at the chosen threshold.
+    assert last["examples"] == NODES * 4
+    assert sum(map(sum, last["calibrated"]["confusion"])) == NODES * 4
+    samples = scrape(consortium.services["aggregator"].metrics_port)
+    assert samples['fedxray_validation_metric{metric="f1_calibrated"}'] == pytest.approx(last["calibrated"]["f1"])
+    assert samples['fedxray_validation_metric{metric="threshold"}'] == pytest.approx(last["calibrated"]["threshold"])
 
 
 def _centered(values: np.ndarray, bits: int) -> np.ndarray:

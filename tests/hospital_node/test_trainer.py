@@ -100,9 +100,14 @@ def test_the_calibration_split_is_carved_from_the_held_out_images_disjoint_and_d
     assert set(plain.val_images[:, 0].int().tolist()) == val | cal
     again = _split(images, labels, 0.2, seed=4, classes=2, calibration_fraction=0.5)
     assert torch.equal(again.cal_images, data.cal_images)
-    import pytest
-    with pytest.raises(ValueError, match="empty calibration"):
-        _split(images[:5], labels[:5], 0.2, seed=4, classes=2, calibration_fraction=0.5)
+    # A small hospital keeps at least one image on each side: 3 held out, 10% asked for, 1 kept.
+    small = _split(images[:15], labels[:15], 0.2, seed=4, classes=2, calibration_fraction=0.1)
+    assert (small.cal_labels.numel(), small.val_labels.numel()) == (1, 2)
+    small = _split(images[:15], labels[:15], 0.2, seed=4, classes=2, calibration_fraction=0.9)
+    assert (small.cal_labels.numel(), small.val_labels.numel()) == (2, 1)
+    # Too few to divide: the hospital still trains and evaluates, and keeps no calibration split.
+    tiny = _split(images[:5], labels[:5], 0.2, seed=4, classes=2, calibration_fraction=0.5)
+    assert (tiny.train_labels.numel(), tiny.val_labels.numel(), tiny.cal_labels.numel()) == (4, 1, 0)
 
 
 def test_the_evaluation_report_carries_calibration_histograms_only_for_a_calibration_split() -> None:
