@@ -134,6 +134,16 @@ def plot_epsilon(runs: dict[str, list[dict[str, object]]], out: Path) -> Path | 
     return _save(figure, out / "epsilon.png")
 
 
+def _f1_gaps(rows: dict[str, list[dict[str, object]]], f1: Callable[[dict[str, object]], float],
+             name: str) -> list[str]:
+    """One line per federated run: the centralized final F1 minus its own, in points."""
+    if "centralized" not in rows:
+        return []
+    reference = f1(rows["centralized"][-1])
+    return [f"\n{name}, centralized minus {label}: {(reference - f1(run_rows[-1])) * 100:+.1f} points"
+            for label, run_rows in rows.items() if label != "centralized"]
+
+
 def write_report(runs: dict[str, Path], out: Path, title: str, notes: str = "") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rows = {label: read_rows(path) for label, path in runs.items()}
@@ -148,12 +158,7 @@ def write_report(runs: dict[str, Path], out: Path, title: str, notes: str = "") 
         epsilon = next((_epsilon(r) for r in reversed(run_rows) if "epsilon" in r and r["round"]), math.nan)
         cells = [f"{_metric(last, m):.3f}" for m in METRICS]
         lines.append(f"| {label} | {last['round']} | " + " | ".join(cells) + f" | {epsilon:.4g} |")
-    if "centralized" in rows:
-        reference = _metric(rows["centralized"][-1], "f1")
-        for label in rows:
-            if label != "centralized":
-                gap = reference - _metric(rows[label][-1], "f1")
-                lines.append(f"\nF1 gap, centralized minus {label}: {gap * 100:+.1f} points")
+    lines += _f1_gaps(rows, lambda row: _metric(row, "f1"), "F1 gap")
     if _has_calibration(rows):
         lines += ["", "## Final model at the calibrated operating point", "",
                   "Each run's threshold maximises F1 on the pooled calibration splits (held-out images that "
@@ -164,12 +169,7 @@ def write_report(runs: dict[str, Path], out: Path, title: str, notes: str = "") 
             last = run_rows[-1]
             lines.append(f"| {label} | {_calibrated(last, 'threshold'):.3g} | " + " | ".join(
                 f"{_calibrated(last, m):.3f}" for m in ("precision", "recall", "specificity", "f1")) + " |")
-        if "centralized" in rows:
-            reference = _calibrated(rows["centralized"][-1], "f1")
-            for label in rows:
-                if label != "centralized":
-                    gap = reference - _calibrated(rows[label][-1], "f1")
-                    lines.append(f"\nCalibrated F1 gap, centralized minus {label}: {gap * 100:+.1f} points")
+        lines += _f1_gaps(rows, lambda row: _calibrated(row, "f1"), "Calibrated F1 gap")
     lines += ["", "## Plots", "", f"![metrics per round]({plot_metrics(rows, out).name})"]
     counts_path = next((p / "class_counts.json" for p in runs.values() if (p / "class_counts.json").exists()), None)
     if counts_path is not None:
