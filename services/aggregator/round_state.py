@@ -36,10 +36,11 @@ class RoundState:
 
     def start_stream(self, node_id: str) -> None:
         with self.lock:
-            if self.sealed:
-                raise WrongRoundError(f"round {self.round_id} is sealed; submission of {node_id!r} is late")
+            # A replay is named as one even once the round is sealed.
             if node_id in self.contributors or node_id in self.in_flight:
                 raise DuplicateSubmissionError(f"node {node_id!r} already submitted to round {self.round_id}")
+            if self.sealed:
+                raise WrongRoundError(f"round {self.round_id} is sealed; submission of {node_id!r} is late")
             self.in_flight.add(node_id)
 
     def abandon_stream(self, node_id: str) -> None:

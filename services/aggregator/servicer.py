@@ -11,13 +11,27 @@ import grpc
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
 from services.aggregator.round_loop import Coordinator
-from services.common.errors import IdentityMismatchError, MalformedChunkError
+from services.common.errors import BrokenStreamError, IdentityMismatchError, MalformedChunkError
 from services.common.grpc_status import translate_errors, translate_stream_errors
 from services.common.metrics import ServiceMetrics
 from services.common.stream_digest import NodeKeyRegistry
 from services.common.tls import peer_common_name
 
 log = logging.getLogger(__name__)
+
+# When a node's connection drops, gRPC may end the request iterator as if the node had closed its side
+# cleanly, and mark the call cancelled only a moment later. A stream that ends early is called broken
+# if the call is cancelled within this grace; otherwise the node closed it on purpose and it is malformed.
+CLOSE_GRACE_SECONDS = 0.5
+
+
+def _client_gone(context: grpc.ServicerContext, grace: float = CLOSE_GRACE_SECONDS) -> bool:
+    deadline = time.monotonic() + grace
+    while context.is_active():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 class AggregatorServicer(pb_grpc.AggregatorServicer):
@@ -46,8 +60,13 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
     def SubmitUpdate(self, request_iterator: Iterator[pb.UpdateChunk],
                      context: grpc.ServicerContext) -> pb.SubmitReceipt:
         started = time.monotonic()
-        first = next(request_iterator, None)
+        try:
+            first = next(request_iterator, None)
+        except grpc.RpcError as error:
+            raise BrokenStreamError("an upload stream broke off before its first chunk") from error
         if first is None:
+            if _client_gone(context):
+                raise BrokenStreamError("an upload stream broke off before its first chunk")
             raise MalformedChunkError("empty update stream")
         self._require_peer(context, first.node_id)
         state, staged = self._coordinator.begin_submission(first)
@@ -58,6 +77,9 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                 staged.add(chunk)
                 last = chunk
             if not last.HasField("attestation"):
+                if _client_gone(context):
+                    raise BrokenStreamError(f"stream of node {first.node_id!r} broke off after "
+                                            f"{staged.received_bytes} bytes")
                 raise MalformedChunkError("the last chunk must carry the stream's attestation")
             phases = pb.NodePhaseSeconds()
             phases.CopyFrom(last.phase_seconds)
@@ -66,9 +88,9 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             # A broken, cancelled or refused stream: its staged chunks go, the sums are untouched.
             staged.discard()
             state.abandon_stream(first.node_id)
-            if isinstance(error, grpc.RpcError) or not context.is_active():
-                log.warning("stream of node %s broke off after %d bytes", first.node_id, staged.received_bytes)
-                self._metrics.record_refusal("broken_stream")
+            if isinstance(error, grpc.RpcError):
+                raise BrokenStreamError(f"stream of node {first.node_id!r} broke off after "
+                                        f"{staged.received_bytes} bytes") from error
             raise
         self._coordinator.complete_submission(state, verified)
         log.info("node %s submitted round %d in %.1f s", first.node_id, first.round_id, time.monotonic() - started)

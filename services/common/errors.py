@@ -36,6 +36,10 @@ class MalformedChunkError(FedXrayError):
     """A submission chunk that is out of order, oversized or undecodable."""
 
 
+class BrokenStreamError(FedXrayError):
+    """An upload stream whose node went away (died, or lost its connection) before finishing it."""
+
+
 class DigestMismatchError(FedXrayError):
     """A stream whose digest or signature does not verify."""
 

@@ -18,6 +18,7 @@ STATUS_OF: dict[type[errors.FedXrayError], grpc.StatusCode] = {
     errors.DecryptionIntegrityError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.PrivacyBudgetError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.MalformedChunkError: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.BrokenStreamError: grpc.StatusCode.CANCELLED,
     errors.DigestMismatchError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.WrongKeyError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.WrongRoundError: grpc.StatusCode.FAILED_PRECONDITION,

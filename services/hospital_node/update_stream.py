@@ -34,9 +34,18 @@ class UploadTimings:
 
 @dataclass(frozen=True)
 class CrashFault:
-    """Test hook: the process dies after sending this many chunks."""
+    """Test hook: the process dies after sending this many chunks.
+
+    It waits `flush_seconds` first: gRPC has accepted the chunks but may not have put them on the wire yet,
+    and a process that died before that would look to the aggregator like one that never called.
+    """
 
     after_chunks: int
+    flush_seconds: float = 1.0
+
+    def crash(self) -> None:
+        time.sleep(self.flush_seconds)
+        os._exit(17)
 
 
 def quantization_plan(plan: pb.RoundPlan) -> QuantizationPlan:
@@ -60,7 +69,7 @@ def _signed_chunks(plan: pb.RoundPlan, node_id: str, key: Ed25519PrivateKey, tim
             yield previous
             sent += 1
             if fault is not None and sent >= fault.after_chunks:
-                os._exit(17)
+                fault.crash()
         previous = body
     assert previous is not None, "an upload has at least one chunk"
     stream_digest = digest.digest()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -39,6 +41,7 @@ def test_node_killed_mid_upload_adds_nothing_and_the_round_completes(tmp_path) -
     expected = np.sum([node_fields(records, node, 1) for node in survivors], axis=0) % (1 << 10)
     assert np.array_equal(field_sum(tmp_path, 1), expected)
     assert refusals.get('fedxray_refused_requests_total{reason="broken_stream"}', 0) >= 1
+    assert refusals.get('fedxray_refused_requests_total{reason="malformed_chunk"}', 0) == 0  # not a truncation
     assert not list((tmp_path / "aggregator" / "staging").glob("*"))
 
 
@@ -75,6 +78,19 @@ class IntruderNode:
         with EncryptionPool(public.context, workers=0) as pool:
             return list(secure_upload(plan, update, self.node_id, self.identity, pool, public.slots_per_ciphertext,
                                       UploadTimings(), np.random.SeedSequence(5), record))
+
+    def break_off_before_the_first_chunk(self) -> None:
+        """Open an upload, send nothing, and cancel it: the aggregator counts a broken stream."""
+        release = threading.Event()
+
+        def nothing() -> Iterator[pb.UpdateChunk]:
+            release.wait(30)
+            yield from ()
+
+        call = self.aggregator.SubmitUpdate.future(nothing(), timeout=60)
+        time.sleep(1.0)  # the call's headers reach the aggregator, whose handler waits for a first chunk
+        call.cancel()
+        release.set()
 
     def submit(self, chunks: list[pb.UpdateChunk]) -> grpc.StatusCode:
         try:
@@ -128,6 +144,7 @@ def test_bad_submissions_are_refused_with_named_statuses_and_leave_the_sum_exact
             "truncated stream": grpc.StatusCode.INVALID_ARGUMENT,
             "forged signature": grpc.StatusCode.INVALID_ARGUMENT,
         }
+        intruder.break_off_before_the_first_chunk()
         assert intruder.submit(good) == grpc.StatusCode.OK
         assert intruder.submit(good) == grpc.StatusCode.ALREADY_EXISTS  # a replay
         # An evaluation with bins evenly spaced in probability (no spacing named) must not be pooled.
@@ -150,7 +167,7 @@ def test_bad_submissions_are_refused_with_named_statuses_and_leave_the_sum_exact
     reasons = {k for k, v in samples.items() if k.startswith("fedxray_refused_requests_total{") and v > 0}
     assert {f'fedxray_refused_requests_total{{reason="{r}"}}' for r in
             ("malformed_chunk", "wrong_key", "wrong_round", "identity_mismatch", "digest_mismatch",
-             "duplicate_submission")} <= reasons
+             "duplicate_submission", "broken_stream")} <= reasons
 
 
 def test_plaintext_mode_runs_the_same_services_and_averages_exactly(tmp_path) -> None:  # type: ignore[no-untyped-def]
