@@ -67,6 +67,7 @@ class ConsortiumConfig:
     encryption_workers: int = 0
     torch_threads: int = 1
     seed: int | None = None
+    data_seed: int = 0  # the SYNTHETIC set, its partition and splits, and the initial model
     record: bool = False
     insecure: bool = False
     extra_members: list[str] = field(default_factory=list)  # registered ids with no node process
@@ -181,7 +182,7 @@ class Consortium:
             "FEDXRAY_AGG_SERVER_MOMENTUM": str(c.server_momentum),
             "FEDXRAY_AGG_LOCAL_OPTIMIZER": c.local_optimizer, "FEDXRAY_AGG_PROXIMAL_MU": str(c.proximal_mu),
             "FEDXRAY_AGG_ROUND_DEADLINE_SECONDS": str(c.round_deadline_seconds),
-            "FEDXRAY_AGG_RECORD_SUMS": str(c.record).lower(),
+            "FEDXRAY_AGG_RECORD_SUMS": str(c.record).lower(), "FEDXRAY_AGG_MODEL_SEED": str(c.data_seed),
             **self.tls_env("FEDXRAY_AGG_", AGGREGATOR_NAME),
             **c.extra_aggregator_env,
         }, agg_metrics)
@@ -200,6 +201,7 @@ class Consortium:
                 "FEDXRAY_NODE_ENCRYPTION_WORKERS": str(c.encryption_workers),
                 "FEDXRAY_NODE_TORCH_THREADS": str(c.torch_threads), "FEDXRAY_NODE_IMBALANCE": c.imbalance,
                 "FEDXRAY_NODE_CALIBRATION_FRACTION": str(c.calibration_fraction),
+                "FEDXRAY_NODE_SYNTHETIC_SEED": str(c.data_seed), "FEDXRAY_NODE_MODEL_SEED": str(c.data_seed),
                 **self.tls_env("FEDXRAY_NODE_", node_id),
             }
             if c.seed is not None:

@@ -27,12 +27,12 @@ from services.hospital_node.trainer import LocalTraining
 def centralized(args: argparse.Namespace) -> Path:
     """The centralized baseline: the same images, splits and local training, `--centralized-epochs` per round."""
     settings = node_settings_for(args.architecture, args.image_size, args.images_per_node * 5, 5, args.partition,
-                                 args.alpha, 0, args.calibration_fraction)
+                                 args.alpha, args.seed, args.calibration_fraction)
     # No FedProx anchor: with one party there is no global model to stay near.
     training = LocalTraining(args.centralized_epochs, args.learning_rate, args.batch_size, args.local_optimizer, 0.0,
                              args.imbalance, settings.lr_schedule, settings.augment)
     out = args.out / "centralized"
-    run_centralized(settings, 5, args.rounds, training, out, seed=1)
+    run_centralized(settings, 5, args.rounds, training, out, seed=args.seed + 1)
     return Path(out)
 
 
@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-fraction", type=float, default=0.5,
                         help="share of each hospital's validation split kept for choosing the operating point "
                              "(0: metrics at argmax only)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="N: the SYNTHETIC set, its partition and splits and the initial model; "
+                             "N+1: training and noise randomness")
     parser.add_argument("--encryption-workers", type=int, default=0)
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=3600)
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             server_momentum=args.server_momentum, local_optimizer=args.local_optimizer,
             proximal_mu=args.proximal_mu, imbalance=args.imbalance,
             calibration_fraction=args.calibration_fraction, encryption_workers=args.encryption_workers,
-            torch_threads=args.torch_threads, seed=1, round_deadline_seconds=3600)
+            torch_threads=args.torch_threads, seed=args.seed + 1, data_seed=args.seed, round_deadline_seconds=3600)
         consortia[mode] = Consortium(config)
         print(f"[{mode}] class counts:\n{consortia[mode].write_class_counts()}", flush=True)
     if args.concurrent:
@@ -142,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
              f"{args.centralized_epochs} epochs per round over the pooled data), lr {args.learning_rate}, batch "
              f"{args.batch_size}, clip norm {args.clip_norm}, Skellam noise variance {args.noise_variance} per quorum, "
              f"local optimizer {args.local_optimizer}, imbalance {args.imbalance}, FedProx mu {args.proximal_mu}, "
-             f"server {args.server_optimizer} (lr {args.server_learning_rate}, momentum {args.server_momentum}). "
+             f"server {args.server_optimizer} (lr {args.server_learning_rate}, momentum {args.server_momentum}), "
+             f"seed {args.seed}. "
              f"Wall seconds per run{concurrently}: {json.dumps({k: round(v) for k, v in timings.items()})}.")
     print(write_report(runs, args.out, "Secure vs plaintext federated vs centralized (SYNTHETIC data)", notes))
     return 0

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from scripts import experiment, sweep
 from scripts.centralized import node_settings_for, pooled_data
@@ -13,7 +14,7 @@ def test_side_by_side_experiment_reports_secure_plaintext_and_centralized(tmp_pa
     code = experiment.main(["--out", str(tmp_path), "--rounds", "1", "--architecture", "tiny", "--image-size",
                             "32", "--images-per-node", "24", "--local-epochs", "1", "--centralized-epochs", "2",
                             "--batch-size", "16", "--imbalance", "logit_adjust", "--partition", "label_mix",
-                            "--calibration-fraction", "0.5",
+                            "--calibration-fraction", "0.5", "--seed", "2",
                             "--server-momentum", "0.5", "--concurrent", "--timeout", "600"])
     assert code == 0
     report = (tmp_path / "REPORT.md").read_text()
@@ -25,7 +26,10 @@ def test_side_by_side_experiment_reports_secure_plaintext_and_centralized(tmp_pa
     assert "imbalance logit_adjust" in report and "momentum 0.5" in report
     # The baseline's epochs are its own: 2 passes over the pooled training split per round, not the local 1.
     assert "centralized: 2 epochs per round" in report
-    pooled = pooled_data(node_settings_for("tiny", 32, 24 * 5, 5, "label_mix", 0.5, 0, 0.5), 5)
+    pooled = pooled_data(node_settings_for("tiny", 32, 24 * 5, 5, "label_mix", 0.5, 2, 0.5), 5)
+    other_seed = pooled_data(node_settings_for("tiny", 32, 24 * 5, 5, "label_mix", 0.5, 0, 0.5), 5)
+    evaluated = torch.bincount(pooled.val_labels, minlength=2).tolist()
+    assert evaluated != torch.bincount(other_seed.val_labels, minlength=2).tolist()  # the seed changes the data
     central = json.loads((tmp_path / "centralized" / "rounds.jsonl").read_text().splitlines()[-1])
     assert central["epochs"] == 2 and central["steps"] == 2 * (pooled.train_labels.numel() // 16)
     # Every run chose an operating point on the hospitals' calibration images and evaluated the others at it:
@@ -35,6 +39,8 @@ def test_side_by_side_experiment_reports_secure_plaintext_and_centralized(tmp_pa
                       tmp_path / "plaintext" / "aggregator" / "rounds.jsonl", tmp_path / "centralized" / "rounds.jsonl"):
         last = json.loads(rows_path.read_text().splitlines()[-1])["evaluation"]
         assert sum(map(sum, last["calibrated"]["confusion"])) == last["examples"] == 15, rows_path
+        # Every run evaluated seed 2's images: the confusion matrix's rows count their true classes.
+        assert [sum(row) for row in last["confusion"]] == evaluated, rows_path
     assert "## Final model at the calibrated operating point" in report
     assert "Calibrated F1 gap, centralized minus secure" in report
 
