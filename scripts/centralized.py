@@ -68,7 +68,10 @@ def run_centralized(settings: HospitalNodeSettings, parties: int, rounds: int, t
 
 def node_settings_for(architecture: str, image_size: int, images: int, parties: int, scheme: str, alpha: float,
                       seed: int, calibration_fraction: float = 0.0) -> HospitalNodeSettings:
-    """The settings the consortium launcher gives its nodes, for the same data (`seed`: its `data_seed`)."""
+    """The settings the consortium launcher gives its nodes, for the same data.
+
+    `seed` is the consortium's `data_seed`: the SYNTHETIC set, its partition and splits, and the initial model.
+    """
     return HospitalNodeSettings(insecure=True, architecture=architecture, image_size=image_size,
                                 synthetic_images=images, partition_scheme=scheme,  # type: ignore[arg-type]
                                 partition_alpha=alpha, partition_parties=parties,

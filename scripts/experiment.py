@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(0: metrics at argmax only)")
     parser.add_argument("--seed", type=int, default=0,
                         help="N: the SYNTHETIC set, its partition and splits and the initial model; "
-                             "N+1: training and noise randomness")
+                             "training and noise randomness derive from N+1")
     parser.add_argument("--encryption-workers", type=int, default=0)
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=3600)

@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Callable
 
 import matplotlib
+import numpy as np
+
+from services.common.classification_metrics import f1_sampling_sd
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -47,6 +50,15 @@ def _calibrated(row: dict[str, object], name: str) -> float:
     point = evaluation.get("calibrated") or {}
     value = point.get(name)
     return float(value) if value is not None else math.nan
+
+
+def _f1_sd(row: dict[str, object], calibrated: bool = False) -> float:
+    """The F1's sampling SD on the evaluated images (see f1_sampling_sd); NaN without a confusion matrix."""
+    evaluation = row.get("evaluation") or {}
+    assert isinstance(evaluation, dict)
+    source = (evaluation.get("calibrated") or {}) if calibrated else evaluation
+    confusion = source.get("confusion")
+    return f1_sampling_sd(np.array(confusion, dtype=np.int64)) if confusion else math.nan
 
 
 def _has_calibration(rows: dict[str, list[dict[str, object]]]) -> bool:
@@ -135,13 +147,20 @@ def plot_epsilon(runs: dict[str, list[dict[str, object]]], out: Path) -> Path | 
 
 
 def _f1_gaps(rows: dict[str, list[dict[str, object]]], f1: Callable[[dict[str, object]], float],
-             name: str) -> list[str]:
-    """One line per federated run: the centralized final F1 minus its own, in points."""
+             name: str, calibrated: bool = False) -> list[str]:
+    """One line per federated run: the centralized final F1 minus its own, in points, with its sampling SD."""
     if "centralized" not in rows:
         return []
-    reference = f1(rows["centralized"][-1])
-    return [f"\n{name}, centralized minus {label}: {(reference - f1(run_rows[-1])) * 100:+.1f} points"
-            for label, run_rows in rows.items() if label != "centralized"]
+    reference = rows["centralized"][-1]
+    lines = []
+    for label, run_rows in rows.items():
+        if label != "centralized":
+            sd = math.hypot(_f1_sd(reference, calibrated), _f1_sd(run_rows[-1], calibrated))
+            spread = "" if math.isnan(sd) else (f" (sampling SD {sd * 100:.1f}, as if the two runs' errors "
+                                                "were independent)")
+            lines.append(f"\n{name}, centralized minus {label}: "
+                         f"{(f1(reference) - f1(run_rows[-1])) * 100:+.1f} points{spread}")
+    return lines
 
 
 def write_report(runs: dict[str, Path], out: Path, title: str, notes: str = "") -> Path:
@@ -151,25 +170,30 @@ def write_report(runs: dict[str, Path], out: Path, title: str, notes: str = "") 
              "clinical performance on real images.", ""]
     if notes:
         lines += [notes, ""]
-    lines += ["## Final model", "", "| run | rounds | " + " | ".join(METRICS) + " | epsilon |",
-              "|---|---|" + "---|" * len(METRICS) + "---|"]
+    lines += ["## Final model", "", "F1 SD: the F1's sampling standard deviation on the evaluated images "
+              "(multinomial resampling of the confusion matrix); training randomness is not in it.", "",
+              "| run | rounds | " + " | ".join(METRICS) + " | F1 SD | epsilon |",
+              "|---|---|" + "---|" * len(METRICS) + "---|---|"]
     for label, run_rows in rows.items():
         last = run_rows[-1]
         epsilon = next((_epsilon(r) for r in reversed(run_rows) if "epsilon" in r and r["round"]), math.nan)
         cells = [f"{_metric(last, m):.3f}" for m in METRICS]
-        lines.append(f"| {label} | {last['round']} | " + " | ".join(cells) + f" | {epsilon:.4g} |")
+        lines.append(f"| {label} | {last['round']} | " + " | ".join(cells) + f" | {_f1_sd(last):.3f} | "
+                     f"{epsilon:.4g} |")
     lines += _f1_gaps(rows, lambda row: _metric(row, "f1"), "F1 gap")
     if _has_calibration(rows):
         lines += ["", "## Final model at the calibrated operating point", "",
                   "Each run's threshold maximises F1 on the pooled calibration splits (held-out images that "
                   "are neither trained on nor evaluated); the metrics are those of the evaluated images at "
                   "that threshold.", "",
-                  "| run | threshold | precision | recall | specificity | F1 |", "|---|---|---|---|---|---|"]
+                  "| run | threshold | precision | recall | specificity | F1 | F1 SD |",
+                  "|---|---|---|---|---|---|---|"]
         for label, run_rows in rows.items():
             last = run_rows[-1]
             lines.append(f"| {label} | {_calibrated(last, 'threshold'):.3g} | " + " | ".join(
-                f"{_calibrated(last, m):.3f}" for m in ("precision", "recall", "specificity", "f1")) + " |")
-        lines += _f1_gaps(rows, lambda row: _calibrated(row, "f1"), "Calibrated F1 gap")
+                f"{_calibrated(last, m):.3f}" for m in ("precision", "recall", "specificity", "f1"))
+                + f" | {_f1_sd(last, calibrated=True):.3f} |")
+        lines += _f1_gaps(rows, lambda row: _calibrated(row, "f1"), "Calibrated F1 gap", calibrated=True)
     lines += ["", "## Plots", "", f"![metrics per round]({plot_metrics(rows, out).name})"]
     counts_path = next((p / "class_counts.json" for p in runs.values() if (p / "class_counts.json").exists()), None)
     if counts_path is not None:

@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     coordinator = Coordinator(settings, metrics, KeyAuthorityClient(channel(settings.key_authority, settings, KEY_AUTHORITY_NAME)),
                               registry, parameter_spec(state), flatten_state(state))
     server, health = grpc_server()
-    pb_grpc.add_AggregatorServicer_to_server(AggregatorServicer(coordinator, registry, metrics, check_peer=not settings.insecure), server)
+    servicer = AggregatorServicer(coordinator, registry, metrics, check_peer=not settings.insecure,
+                                  close_grace_seconds=settings.stream_close_grace_seconds)
+    pb_grpc.add_AggregatorServicer_to_server(servicer, server)
     settings.warn_if_insecure("aggregator")
     add_port(server, settings.listen, settings)
     server.start()

@@ -29,6 +29,9 @@ class AggregatorSettings(TlsSettings):
     min_participants: int = Field(3, ge=1, description="quorum below which a round is not sealed")
     join_timeout_seconds: float = Field(600.0, gt=0)
     round_deadline_seconds: float = Field(1800.0, gt=0, description="seal with the quorum present after this")
+    stream_close_grace_seconds: float = Field(
+        2.0, gt=0, description="how long an upload that ends without its attestation waits to learn whether its "
+        "node went away (a broken stream) or closed it on purpose (a truncated one)")
     architecture: str = Field("resnet50", description="resnet50 | resnet18 (GroupNorm) | resnet50-bn | tiny")
     num_classes: int = Field(2, ge=2)
     image_size: int = Field(64, ge=16)

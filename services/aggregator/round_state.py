@@ -36,11 +36,14 @@ class RoundState:
 
     def start_stream(self, node_id: str) -> None:
         with self.lock:
-            # A replay is named as one even once the round is sealed.
-            if node_id in self.contributors or node_id in self.in_flight:
+            # Checked before the seal: a retry of a folded upload learns that it was counted, not that it is late.
+            if node_id in self.contributors:
                 raise DuplicateSubmissionError(f"node {node_id!r} already submitted to round {self.round_id}")
             if self.sealed:
                 raise WrongRoundError(f"round {self.round_id} is sealed; submission of {node_id!r} is late")
+            if node_id in self.in_flight:
+                raise DuplicateSubmissionError(f"node {node_id!r} already has an upload to round {self.round_id} "
+                                               "in flight")
             self.in_flight.add(node_id)
 
     def abandon_stream(self, node_id: str) -> None:

@@ -19,14 +19,16 @@ from services.common.tls import peer_common_name
 
 log = logging.getLogger(__name__)
 
-# When a node's connection drops, gRPC may end the request iterator as if the node had closed its side
-# cleanly, and mark the call cancelled only a moment later. A stream that ends early is called broken
-# if the call is cancelled within this grace; otherwise the node closed it on purpose and it is malformed.
-CLOSE_GRACE_SECONDS = 0.5
 
+def client_gone(context: grpc.ServicerContext, grace_seconds: float) -> bool:
+    """Whether the call is, or within the grace becomes, cancelled: the node went away.
 
-def _client_gone(context: grpc.ServicerContext, grace: float = CLOSE_GRACE_SECONDS) -> bool:
-    deadline = time.monotonic() + grace
+    When a node's connection drops, gRPC may end the request iterator as if the node had closed its side
+    cleanly and mark the call cancelled only a moment later, so a stream that ends early cannot be told
+    from a truncated one at once. A node that truncates a stream and then cancels within the grace is
+    counted as broken too; only the metric's label differs, since no one is left to read the status.
+    """
+    deadline = time.monotonic() + grace_seconds
     while context.is_active():
         if time.monotonic() >= deadline:
             return False
@@ -34,10 +36,17 @@ def _client_gone(context: grpc.ServicerContext, grace: float = CLOSE_GRACE_SECON
     return True
 
 
+def broken_stream(node_id: str | None, received_bytes: int) -> BrokenStreamError:
+    if node_id is None:
+        return BrokenStreamError("an upload stream broke off before its first chunk")
+    return BrokenStreamError(f"stream of node {node_id!r} broke off after {received_bytes} bytes")
+
+
 class AggregatorServicer(pb_grpc.AggregatorServicer):
     def __init__(self, coordinator: Coordinator, registry: NodeKeyRegistry, metrics: ServiceMetrics,
-                 check_peer: bool = True) -> None:
+                 check_peer: bool = True, close_grace_seconds: float = 2.0) -> None:
         self._check_peer = check_peer
+        self._close_grace_seconds = close_grace_seconds
         self._coordinator = coordinator
         self._registry = registry
         self._metrics = metrics
@@ -63,10 +72,10 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         try:
             first = next(request_iterator, None)
         except grpc.RpcError as error:
-            raise BrokenStreamError("an upload stream broke off before its first chunk") from error
+            raise broken_stream(None, 0) from error
         if first is None:
-            if _client_gone(context):
-                raise BrokenStreamError("an upload stream broke off before its first chunk")
+            if client_gone(context, self._close_grace_seconds):
+                raise broken_stream(None, 0)
             raise MalformedChunkError("empty update stream")
         self._require_peer(context, first.node_id)
         state, staged = self._coordinator.begin_submission(first)
@@ -77,9 +86,8 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                 staged.add(chunk)
                 last = chunk
             if not last.HasField("attestation"):
-                if _client_gone(context):
-                    raise BrokenStreamError(f"stream of node {first.node_id!r} broke off after "
-                                            f"{staged.received_bytes} bytes")
+                if client_gone(context, self._close_grace_seconds):
+                    raise broken_stream(first.node_id, staged.received_bytes)
                 raise MalformedChunkError("the last chunk must carry the stream's attestation")
             phases = pb.NodePhaseSeconds()
             phases.CopyFrom(last.phase_seconds)
@@ -89,8 +97,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             staged.discard()
             state.abandon_stream(first.node_id)
             if isinstance(error, grpc.RpcError):
-                raise BrokenStreamError(f"stream of node {first.node_id!r} broke off after "
-                                        f"{staged.received_bytes} bytes") from error
+                raise broken_stream(first.node_id, staged.received_bytes) from error
             raise
         self._coordinator.complete_submission(state, verified)
         log.info("node %s submitted round %d in %.1f s", first.node_id, first.round_id, time.monotonic() - started)

@@ -256,6 +256,26 @@ def operating_point(calibration_positive: npt.ArrayLike, calibration_negative: n
     return OperatingPoint(float(bin_edges[edge]), calibration_f1, metrics_from_confusion(confusion, auc), confusion)
 
 
+def f1_sampling_sd(confusion: npt.ArrayLike, draws: int = 20_000, seed: int = 0) -> float:
+    """The standard deviation of F1 over multinomial resamplings of a confusion matrix.
+
+    Each draw spreads the same number of images over the cells at the observed cell
+    frequencies (a parametric bootstrap, Efron & Tibshirani 1993, ch. 6). The spread is
+    the F1's error from the finite evaluated set alone; training randomness is not in it.
+    """
+    counts = _validated_confusion(confusion)
+    total = int(counts.sum())
+    if total == 0:
+        return 0.0
+    classes = counts.shape[0]
+    samples = np.random.default_rng(seed).multinomial(total, counts.ravel() / total, size=draws)
+    samples = samples.reshape(draws, classes, classes)
+    true_positive = np.diagonal(samples, axis1=1, axis2=2)
+    denominator = samples.sum(axis=1) + samples.sum(axis=2)  # predicted + actual = 2 TP + FP + FN
+    f1 = np.divide(2 * true_positive, denominator, out=np.zeros(denominator.shape), where=denominator > 0)
+    return float((f1[:, 1] if classes == 2 else f1.mean(axis=1)).std())
+
+
 def _validated_confusion(confusion: npt.ArrayLike) -> CountArray:
     counts = np.asarray(confusion)
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] < 2:

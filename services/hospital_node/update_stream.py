@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -37,13 +38,13 @@ class CrashFault:
     """Test hook: the process dies after sending this many chunks.
 
     It waits `flush_seconds` first: gRPC has accepted the chunks but may not have put them on the wire yet,
-    and a process that died before that would look to the aggregator like one that never called.
+    and without the wait the aggregator might receive none, so the test would not show a death mid-upload.
     """
 
     after_chunks: int
     flush_seconds: float = 1.0
 
-    def crash(self) -> None:
+    def crash(self) -> NoReturn:
         time.sleep(self.flush_seconds)
         os._exit(17)
 

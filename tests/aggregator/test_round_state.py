@@ -2,27 +2,45 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.aggregator.round_state import RoundState
+from services.aggregator.submission_staging import VerifiedSubmission
 from services.common.errors import DuplicateSubmissionError, WrongRoundError
 
 
-def test_a_replay_is_named_a_duplicate_before_and_after_the_round_is_sealed() -> None:
-    state = RoundState(3, pb.RoundPlan(round_id=3), {"a", "b"})
-    state.start_stream("a")
+def _state(*expected: str) -> RoundState:
+    return RoundState(3, pb.RoundPlan(round_id=3), set(expected))
+
+
+def test_a_replay_of_a_folded_upload_is_a_duplicate_even_after_the_seal() -> None:
+    state = _state("a", "b")
+    state.contributors["a"] = cast(VerifiedSubmission, None)  # only membership matters here
     with pytest.raises(DuplicateSubmissionError, match="'a' already submitted to round 3"):
         state.start_stream("a")
     state.seal()
-    with pytest.raises(DuplicateSubmissionError):
+    with pytest.raises(DuplicateSubmissionError, match="'a' already submitted to round 3"):
         state.start_stream("a")
     with pytest.raises(WrongRoundError, match="round 3 is sealed"):
         state.start_stream("b")
 
 
+def test_a_second_stream_while_one_is_in_flight_is_refused_and_late_once_sealed() -> None:
+    state = _state("a")
+    state.start_stream("a")
+    with pytest.raises(DuplicateSubmissionError, match="already has an upload to round 3 in flight"):
+        state.start_stream("a")
+    state.seal()
+    # The upload in flight will not be folded into a sealed round, so the node is told it is late.
+    with pytest.raises(WrongRoundError, match="is late"):
+        state.start_stream("a")
+
+
 def test_an_abandoned_stream_may_be_started_again_while_the_round_is_open() -> None:
-    state = RoundState(1, pb.RoundPlan(round_id=1), {"a"})
+    state = _state("a")
     state.start_stream("a")
     state.abandon_stream("a")
     state.start_stream("a")

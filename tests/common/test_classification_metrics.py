@@ -11,6 +11,7 @@ from services.common.classification_metrics import (
     auc_from_histograms,
     auc_macro_from_histograms,
     confusion_matrix,
+    f1_sampling_sd,
     metrics_from_confusion,
     one_vs_rest_histograms,
     score_histograms,
@@ -244,3 +245,19 @@ def test_the_half_probability_edge_reproduces_the_argmax_confusion_matrix() -> N
     assert positive.size == HISTOGRAM_BINS
     np.testing.assert_array_equal(confusion_at_edge(positive, negative, half),
                                   confusion_matrix(truth, (scores > 0.5).astype(np.int64), 2))
+
+
+@pytest.mark.parametrize("confusion", [[[40, 10], [15, 35]], [[20, 3, 2], [4, 15, 1], [0, 5, 10]]],
+                         ids=["binary", "three classes"])
+def test_f1_sampling_sd_is_the_spread_of_f1_over_multinomial_redraws(confusion: list[list[int]]) -> None:
+    counts = np.array(confusion)
+    draws = np.random.default_rng(7).multinomial(counts.sum(), counts.ravel() / counts.sum(), size=500)
+    by_hand = np.std([metrics_from_confusion(d.reshape(counts.shape)).f1 for d in draws])
+    assert f1_sampling_sd(counts, draws=500, seed=7) == pytest.approx(by_hand, rel=1e-9)
+
+
+def test_f1_sampling_sd_halves_with_four_times_the_images_and_vanishes_without_spread() -> None:
+    confusion = np.array([[40, 10], [15, 35]])
+    assert f1_sampling_sd(4 * confusion) / f1_sampling_sd(confusion) == pytest.approx(0.5, abs=0.03)
+    assert f1_sampling_sd([[0, 0], [0, 30]]) == 0.0  # every draw is all true positives
+    assert f1_sampling_sd([[0, 0], [0, 0]]) == 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -42,6 +43,10 @@ def test_node_killed_mid_upload_adds_nothing_and_the_round_completes(tmp_path) -
     assert np.array_equal(field_sum(tmp_path, 1), expected)
     assert refusals.get('fedxray_refused_requests_total{reason="broken_stream"}', 0) >= 1
     assert refusals.get('fedxray_refused_requests_total{reason="malformed_chunk"}', 0) == 0  # not a truncation
+    # It died mid-upload: part of its stream had arrived.
+    broke_off = re.findall(r"stream of node 'hospital-5' broke off after (\d+) bytes",
+                           (consortium.logs / "aggregator.log").read_text())
+    assert broke_off and int(broke_off[0]) > 0
     assert not list((tmp_path / "aggregator" / "staging").glob("*"))
 
 
@@ -88,9 +93,12 @@ class IntruderNode:
             yield from ()
 
         call = self.aggregator.SubmitUpdate.future(nothing(), timeout=60)
-        time.sleep(1.0)  # the call's headers reach the aggregator, whose handler waits for a first chunk
+        # Time for the call's headers to reach the aggregator (loopback, a channel already connected), whose
+        # handler then waits for a first chunk. Were it cancelled before they left, nothing would be counted.
+        time.sleep(1.0)
         call.cancel()
         release.set()
+        assert call.cancelled() and call.code() == grpc.StatusCode.CANCELLED
 
     def submit(self, chunks: list[pb.UpdateChunk]) -> grpc.StatusCode:
         try:

@@ -1,7 +1,9 @@
 import json
+import math
 from pathlib import Path
 
 from scripts.report import write_report
+from services.common.classification_metrics import f1_sampling_sd
 
 
 def _run(directory: Path, f1s: list[float], phases: bool) -> Path:
@@ -30,3 +32,18 @@ def test_report_writes_plots_and_the_f1_gap_to_the_centralized_baseline(tmp_path
     for plot in ("metrics_per_round.png", "class_distribution.png", "latency_per_phase.png", "epsilon.png"):
         assert (tmp_path / "out" / plot).stat().st_size > 1000
         assert f"({plot})" in text
+
+
+def test_report_gives_each_f1_its_sampling_sd_and_the_gap_its_combined_sd(tmp_path: Path) -> None:
+    runs = {}
+    for label, confusion in (("secure", [[40, 10], [15, 35]]), ("centralized", [[45, 5], [10, 40]])):
+        directory = _run(tmp_path / label, [0.0, 0.5], phases=False)
+        rows = [json.loads(line) for line in (directory / "rounds.jsonl").read_text().splitlines()]
+        rows[-1]["evaluation"]["confusion"] = confusion
+        (directory / "rounds.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+        runs[label] = directory
+    text = write_report(runs, tmp_path / "out", "t").read_text()
+    secure_sd, central_sd = f1_sampling_sd([[40, 10], [15, 35]]), f1_sampling_sd([[45, 5], [10, 40]])
+    assert 0.03 < secure_sd < 0.08  # about sqrt(F1 (1 - F1) / 50) for 50 positives
+    assert f"| 0.600 | {secure_sd:.3f} | 2 |" in text  # the secure row: AUC, F1 SD, epsilon
+    assert f"(sampling SD {math.hypot(secure_sd, central_sd) * 100:.1f}, as if" in text
