@@ -3,14 +3,15 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from scripts import experiment, sweep
 from scripts.centralized import node_settings_for, pooled_data
-from services.aggregator.pooled_evaluation import pool_reports
+from services.common.model_spec import flatten_state
 from services.common.models import build_model
-from services.hospital_node.trainer import evaluation_report
+from tests.e2e.consortium_checks import checkpoint_weights
 
 
 def test_side_by_side_experiment_reports_secure_plaintext_and_centralized(tmp_path: Path) -> None:
@@ -33,10 +34,12 @@ def test_side_by_side_experiment_reports_secure_plaintext_and_centralized(tmp_pa
     other_seed = pooled_data(node_settings_for("tiny", 32, 24 * 5, 5, "label_mix", 0.5, 0, 0.5), 5)
     evaluated = torch.bincount(pooled.val_labels, minlength=2).tolist()
     assert evaluated != torch.bincount(other_seed.val_labels, minlength=2).tolist()  # the seed changes the data
-    report, _ = evaluation_report(build_model("tiny", 2, 2), pooled, torch.device("cpu"), "check", 0)
-    initial = pool_reports([report]).as_dict()
-    other_report, _ = evaluation_report(build_model("tiny", 2, 0), pooled, torch.device("cpu"), "check", 0)
-    assert pool_reports([other_report]).as_dict()["auc"] != initial["auc"]  # the seed changes the initial model
+    # Both consortia start from seed 2's initial model, not seed 0's; so does the baseline.
+    initial = flatten_state(build_model("tiny", 2, 2).state_dict()).astype(np.float64)
+    assert not np.array_equal(initial, flatten_state(build_model("tiny", 2, 0).state_dict()))
+    for mode in ("secure", "plaintext"):
+        np.testing.assert_array_equal(checkpoint_weights(tmp_path / mode, 0), initial, err_msg=mode)
+    assert node_settings_for("tiny", 32, 24 * 5, 5, "label_mix", 0.5, 2, 0.5).model_seed == 2
     central = json.loads((tmp_path / "centralized" / "rounds.jsonl").read_text().splitlines()[-1])
     assert central["epochs"] == 2 and central["steps"] == 2 * (pooled.train_labels.numel() // 16)
     # Every run chose an operating point on the hospitals' calibration images and evaluated the others at it:
@@ -48,10 +51,12 @@ def test_side_by_side_experiment_reports_secure_plaintext_and_centralized(tmp_pa
         assert sum(map(sum, last["calibrated"]["confusion"])) == last["examples"] == 15, rows_path
         # Every run evaluated seed 2's images: the confusion matrix's rows count their true classes.
         assert [sum(row) for row in last["confusion"]] == evaluated, rows_path
-        # ... and started from seed 2's initial model: round 0 scores exactly as that model does.
-        first = json.loads(rows_path.read_text().splitlines()[0])
-        assert first["round"] == 0 and first["evaluation"]["auc"] == initial["auc"], rows_path
-        assert first["evaluation"]["confusion"] == initial["confusion"], rows_path
+    # Both consortia start from seed 2's initial model, not seed 0's; so does the baseline.
+    initial = flatten_state(build_model("tiny", 2, 2).state_dict()).astype(np.float64)
+    assert not np.array_equal(initial, flatten_state(build_model("tiny", 2, 0).state_dict()))
+    for mode in ("secure", "plaintext"):
+        np.testing.assert_array_equal(checkpoint_weights(tmp_path / mode, 0), initial, err_msg=mode)
+    assert node_settings_for("tiny", 32, 24 * 5, 5, "label_mix", 0.5, 2, 0.5).model_seed == 2
     assert "## Final model at the calibrated operating point" in report
     assert "Calibrated F1 gap, centralized minus secure" in report
 
