@@ -138,8 +138,8 @@ class Consortium:
         from services.common.synthetic_xray import generate_synthetic_xrays, synthetic_class_names
 
         c = self.config
-        _, labels = generate_synthetic_xrays(c.images_per_node * c.nodes, 16, c.num_classes, 0)
-        parts = partition_indices(labels, c.nodes, c.partition_scheme, c.partition_alpha, 0)
+        _, labels = generate_synthetic_xrays(c.images_per_node * c.nodes, 16, c.num_classes, c.data_seed)
+        parts = partition_indices(labels, c.nodes, c.partition_scheme, c.partition_alpha, c.data_seed)
         counts = class_counts(labels, parts, c.num_classes)
         names = synthetic_class_names(c.num_classes)
         c.run_dir.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from scripts import experiment, sweep
 from scripts.centralized import node_settings_for, pooled_data
 from services.common.model_spec import flatten_state
 from services.common.models import build_model
+from services.hospital_node.local_data import load_local_data
 from tests.e2e.consortium_checks import checkpoint_weights
 
 
@@ -39,7 +40,13 @@ def test_side_by_side_experiment_reports_secure_plaintext_and_centralized(tmp_pa
     assert not np.array_equal(initial, flatten_state(build_model("tiny", 2, 0).state_dict()))
     for mode in ("secure", "plaintext"):
         np.testing.assert_array_equal(checkpoint_weights(tmp_path / mode, 0), initial, err_msg=mode)
-    assert node_settings_for("tiny", 32, 24 * 5, 5, "label_mix", 0.5, 2, 0.5).model_seed == 2
+    settings = node_settings_for("tiny", 32, 24 * 5, 5, "label_mix", 0.5, 2, 0.5)
+    assert settings.model_seed == 2
+    # The class counts the launcher prints and plots are those of the hospitals' own seed-2 data.
+    held = [load_local_data(settings.model_copy(update={"partition_index": i})) for i in range(5)]
+    counts = [torch.bincount(torch.cat([d.train_labels, d.val_labels, d.cal_labels]), minlength=2).tolist()
+              for d in held]
+    assert json.loads((tmp_path / "secure" / "class_counts.json").read_text())["counts"] == counts
     central = json.loads((tmp_path / "centralized" / "rounds.jsonl").read_text().splitlines()[-1])
     assert central["epochs"] == 2 and central["steps"] == 2 * (pooled.train_labels.numel() // 16)
     # Every run chose an operating point on the hospitals' calibration images and evaluated the others at it:
@@ -56,7 +63,13 @@ def test_side_by_side_experiment_reports_secure_plaintext_and_centralized(tmp_pa
     assert not np.array_equal(initial, flatten_state(build_model("tiny", 2, 0).state_dict()))
     for mode in ("secure", "plaintext"):
         np.testing.assert_array_equal(checkpoint_weights(tmp_path / mode, 0), initial, err_msg=mode)
-    assert node_settings_for("tiny", 32, 24 * 5, 5, "label_mix", 0.5, 2, 0.5).model_seed == 2
+    settings = node_settings_for("tiny", 32, 24 * 5, 5, "label_mix", 0.5, 2, 0.5)
+    assert settings.model_seed == 2
+    # The class counts the launcher prints and plots are those of the hospitals' own seed-2 data.
+    held = [load_local_data(settings.model_copy(update={"partition_index": i})) for i in range(5)]
+    counts = [torch.bincount(torch.cat([d.train_labels, d.val_labels, d.cal_labels]), minlength=2).tolist()
+              for d in held]
+    assert json.loads((tmp_path / "secure" / "class_counts.json").read_text())["counts"] == counts
     assert "## Final model at the calibrated operating point" in report
     assert "Calibrated F1 gap, centralized minus secure" in report
 
