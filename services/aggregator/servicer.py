@@ -44,7 +44,7 @@ def broken_stream(node_id: str | None, received_bytes: int) -> BrokenStreamError
 
 class AggregatorServicer(pb_grpc.AggregatorServicer):
     def __init__(self, coordinator: Coordinator, registry: NodeKeyRegistry, metrics: ServiceMetrics,
-                 check_peer: bool = True, close_grace_seconds: float = 2.0) -> None:
+                 *, check_peer: bool = True, close_grace_seconds: float) -> None:
         self._check_peer = check_peer
         self._close_grace_seconds = close_grace_seconds
         self._coordinator = coordinator
