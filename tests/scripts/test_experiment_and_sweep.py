@@ -31,7 +31,8 @@ def test_side_by_side_experiment_reports_secure_plaintext_and_centralized(tmp_pa
     assert "imbalance logit_adjust" in report and "momentum 0.5" in report
     # The baseline's epochs are its own: 2 passes over the pooled training split per round, not the local 1.
     assert "centralized: 2 epochs per round" in report
-    pooled = pooled_data(node_settings_for("tiny", 32, 24 * 5, 5, "label_mix", 0.5, 2, 0.5), 5)
+    settings = node_settings_for("tiny", 32, 24 * 5, 5, "label_mix", 0.5, 2, 0.5)
+    pooled = pooled_data(settings, 5)
     other_seed = pooled_data(node_settings_for("tiny", 32, 24 * 5, 5, "label_mix", 0.5, 0, 0.5), 5)
     evaluated = torch.bincount(pooled.val_labels, minlength=2).tolist()
     assert evaluated != torch.bincount(other_seed.val_labels, minlength=2).tolist()  # the seed changes the data
@@ -40,7 +41,6 @@ def test_side_by_side_experiment_reports_secure_plaintext_and_centralized(tmp_pa
     assert not np.array_equal(initial, flatten_state(build_model("tiny", 2, 0).state_dict()))
     for mode in ("secure", "plaintext"):
         np.testing.assert_array_equal(checkpoint_weights(tmp_path / mode, 0), initial, err_msg=mode)
-    settings = node_settings_for("tiny", 32, 24 * 5, 5, "label_mix", 0.5, 2, 0.5)
     assert settings.model_seed == 2
     # The class counts the launcher prints and plots are those of the hospitals' own seed-2 data.
     held = [load_local_data(settings.model_copy(update={"partition_index": i})) for i in range(5)]
