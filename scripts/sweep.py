@@ -61,6 +61,7 @@ class Setting:
     server_learning_rate: float = 1.0
     server_momentum: float = 0.0
     torch_threads: int = 2
+    seed: int = 0  # as scripts.experiment --seed: the data, split and initial model; training from seed + 1
 
     @classmethod
     def parse(cls, text: str, base: Setting) -> tuple[str, Setting]:
@@ -93,15 +94,15 @@ def simulate(name: str, setting: Setting, out: Path) -> None:
     torch.set_num_threads(setting.torch_threads)
     device = best_device()
     settings = node_settings_for(setting.architecture, setting.image_size, setting.images_per_node * 5, 5,
-                                 setting.partition, setting.alpha, 0)
+                                 setting.partition, setting.alpha, setting.seed)
     parts = [load_local_data(settings.model_copy(update={"partition_index": i})) for i in range(5)]
     pooled = pool(parts)
-    model = build_model(setting.architecture, 2, 0)
+    model = build_model(setting.architecture, 2, setting.seed)
     spec = parameter_spec(model.state_dict())
     weights = flatten_state(model.state_dict()).astype(np.float64)
     server = (FedAdam(setting.server_learning_rate) if setting.server_optimizer == "fedadam"
               else FedAvg(setting.server_learning_rate, setting.server_momentum))
-    generator = torch.Generator().manual_seed(1)
+    generator = torch.Generator().manual_seed(setting.seed + 1)
     training = setting.training()
     with open(out / f"{name}.jsonl", "w") as log:
         for round_id in range(1, setting.rounds + 1):

@@ -72,3 +72,11 @@ def test_sweep_ranks_every_setting_and_refuses_an_unknown_one(tmp_path: Path) ->
     assert [row["f1_last"] for row in ranking] == sorted((row["f1_last"] for row in ranking), reverse=True)
     with pytest.raises(SystemExit, match="unknown setting 'lr'"):
         sweep.main(["--out", str(tmp_path), "bad=lr=0.1"])
+
+
+def test_sweep_seed_changes_the_data_and_the_initial_model(tmp_path: Path) -> None:
+    base = "architecture=tiny,image_size=32,images_per_node=20,rounds=1,mode=centralized"
+    assert sweep.main(["--out", str(tmp_path), "--base", base, "s0=seed=0", "s0again=seed=0", "s1=seed=1"]) == 0
+    loss = {name: json.loads((tmp_path / f"{name}.jsonl").read_text())["loss"] for name in ("s0", "s0again", "s1")}
+    assert loss["s0"] == loss["s0again"]
+    assert loss["s1"] != loss["s0"]
