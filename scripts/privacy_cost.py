@@ -1,0 +1,160 @@
+"""What a meaningful epsilon would cost this system, computed by its own accountant.
+
+    python -m scripts.privacy_cost --architecture resnet50 --clip-norm 20 --rounds 12 --epsilon 1 8 100
+
+For each target epsilon, the Skellam noise that the aggregator's accountant would need
+(hospital-level neighbours, every hospital present), through the same quantization plan,
+rounding bound and RDP conversion the aggregator uses; then what that noise means for
+learning: its per-coordinate standard deviation in the averaged update, beside the RMS
+coordinate of one clipped update, and the smallest field width (bits per packed value)
+that carries it. The first row is the configured noise and its epsilon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+
+from services.common.ckks_params import ckks_parameters, field_layout, slot_capacity_bits
+from services.common.encryption_pool import upload_chunk_count
+from services.common.model_spec import parameter_spec
+from services.common.models import build_model
+from services.common.noise import NoiseKind, node_noise_share
+from services.common.packing import FieldLayout, headroom_bits
+from services.common.privacy_accountant import epsilon_for
+from services.common.skellam_rdp import integer_sensitivities
+from services.common.update_codec import QuantizationPlan, plan_quantization
+
+CHUNK_CIPHERTEXTS = 8  # the aggregator's default
+BISECTION_STEPS = 200
+
+
+@dataclass(frozen=True)
+class Setting:
+    dimension: int
+    clip_norm: float
+    rounds: int
+    delta: float
+    participants: int
+    quorum: int
+    max_participants: int
+
+
+@dataclass(frozen=True)
+class Cost:
+    """One noise level (per quorum, as FEDXRAY_AGG_NOISE_VARIANCE) at one field layout, and what it gives."""
+
+    bits: int
+    fields_per_slot: int
+    noise_variance: float
+    epsilon: float
+    noise_multiplier: float  # std of the summed noise over the L2 sensitivity, both in integer units
+    noise_std: float  # per coordinate of the averaged update, in model units
+    update_rms: float  # RMS coordinate of one update at the clip norm, in model units
+
+
+def plan(setting: Setting, layout: FieldLayout, noise_variance: float) -> QuantizationPlan:
+    slots = ckks_parameters(setting.max_participants).slots
+    pieces = upload_chunk_count(setting.dimension, layout, slots, CHUNK_CIPHERTEXTS)
+    return plan_quantization(setting.dimension, setting.clip_norm, layout.bits, setting.max_participants,
+                             setting.quorum, NoiseKind.SKELLAM, noise_variance, rounding_pieces=pieces)
+
+
+def cost(setting: Setting, layout: FieldLayout, noise_variance: float) -> Cost:
+    """The accountant's epsilon for this noise, as the aggregator computes it (see round_privacy)."""
+    quantization = plan(setting, layout, noise_variance)
+    l1, l2 = integer_sensitivities(quantization.l2_sensitivity, setting.dimension)
+    summed = node_noise_share(noise_variance, setting.quorum) * setting.participants
+    return Cost(layout.bits, layout.fields_per_slot, noise_variance,
+                epsilon_for(l1, l2, summed, setting.rounds, setting.delta), math.sqrt(summed) / l2,
+                math.sqrt(summed) / quantization.scale / setting.participants,
+                setting.clip_norm / math.sqrt(setting.dimension))
+
+
+def largest_variance(setting: Setting, layout: FieldLayout) -> float:
+    """The most noise this field carries (the coordinate bound stays at least 1)."""
+    low, high = 0.0, float(1 << (2 * layout.bits))
+    for _ in range(BISECTION_STEPS):
+        middle = (low + high) / 2
+        try:
+            plan(setting, layout, middle)
+            low = middle
+        except ValueError:
+            high = middle
+    return low
+
+
+def cheapest(setting: Setting, layout: FieldLayout, target_epsilon: float) -> Cost | None:
+    """The least noise meeting the target at this layout, or None when the field cannot carry enough."""
+    most = largest_variance(setting, layout)
+    if most <= 0 or cost(setting, layout, most).epsilon > target_epsilon:
+        return None
+    low, high = math.log(most) - 200.0, math.log(most)  # epsilon falls as the noise grows
+    for _ in range(BISECTION_STEPS):
+        middle = (low + high) / 2
+        if cost(setting, layout, math.exp(middle)).epsilon <= target_epsilon:
+            high = middle
+        else:
+            low = middle
+    return cost(setting, layout, math.exp(high))
+
+
+def layouts(max_participants: int) -> list[FieldLayout]:
+    """Every field width this CKKS configuration carries exactly, narrowest first (the widest packing for each)."""
+    params = ckks_parameters(max_participants)
+    capacity, headroom = slot_capacity_bits(params), headroom_bits(max_participants)
+    found: dict[int, FieldLayout] = {}
+    for fields in range(capacity // (2 + headroom), 0, -1):
+        widest = capacity // fields - headroom
+        for bits in range(2, widest + 1):
+            found.setdefault(bits, field_layout(params, max_participants, bits, fields))
+    return [found[bits] for bits in sorted(found)]
+
+
+def cheapest_over_layouts(setting: Setting, target_epsilon: float) -> Cost | None:
+    """The narrowest field (fewest ciphertexts) that carries the target's noise; None if none does."""
+    for layout in layouts(setting.max_participants):
+        found = cheapest(setting, layout, target_epsilon)
+        if found is not None:
+            return found
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--architecture", default="resnet50")
+    parser.add_argument("--clip-norm", type=float, default=20.0)
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--delta", type=float, default=1e-5)
+    parser.add_argument("--hospitals", type=int, default=5, help="participants in every round")
+    parser.add_argument("--quorum", type=int, default=3, help="FEDXRAY_AGG_MIN_PARTICIPANTS")
+    parser.add_argument("--max-participants", type=int, default=8, help="the key authority's n_max")
+    parser.add_argument("--noise-variance", type=float, default=16.0, help="the configured noise, per quorum")
+    parser.add_argument("--bits", type=int, default=0, help="the configured field bits (0: the widest at 3 per slot)")
+    parser.add_argument("--epsilon", type=float, nargs="+", default=[1.0, 8.0, 100.0, 1e4])
+    args = parser.parse_args(argv)
+    dimension = parameter_spec(build_model(args.architecture, 2, 0).state_dict()).count
+    setting = Setting(dimension, args.clip_norm, args.rounds, args.delta, args.hospitals, args.quorum,
+                      args.max_participants)
+    params = ckks_parameters(args.max_participants)
+    configured = field_layout(params, args.max_participants, args.bits or None)
+    print(f"{args.architecture}: {dimension} parameters, clip norm {args.clip_norm}, {args.rounds} rounds, "
+          f"{args.hospitals} hospitals (quorum {args.quorum}, n_max {args.max_participants}), delta {args.delta}; "
+          f"hospital-level neighbours")
+    print(f"{'epsilon':>10} {'noise/quorum':>13} {'bits':>5} {'per slot':>8} {'multiplier':>10} "
+          f"{'noise SD':>10} {'update RMS':>10} {'SD / RMS':>10}")
+    rows: list[tuple[str, Cost | None]] = [("configured", cost(setting, configured, args.noise_variance))]
+    rows += [(f"{target:g}", cheapest_over_layouts(setting, target)) for target in args.epsilon]
+    for label, row in rows:
+        if row is None:
+            print(f"{label:>10}  no field this CKKS configuration carries holds enough noise")
+            continue
+        print(f"{(f'{row.epsilon:.3g}' if label == 'configured' else label):>10} {row.noise_variance:>13.4g} "
+              f"{row.bits:>5} {row.fields_per_slot:>8} {row.noise_multiplier:>10.3g} {row.noise_std:>10.3g} "
+              f"{row.update_rms:>10.3g} {row.noise_std / row.update_rms:>10.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
