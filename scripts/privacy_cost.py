@@ -6,8 +6,9 @@ For each target epsilon, the Skellam noise that the aggregator's accountant woul
 (hospital-level neighbours, every hospital present), through the same quantization plan,
 rounding bound and RDP conversion the aggregator uses; then what that noise means for
 learning: its per-coordinate standard deviation in the averaged update, beside the RMS
-coordinate of one clipped update, and the smallest field width (bits per packed value)
-that carries it. The first row is the configured noise and its epsilon.
+coordinate of one clipped update. One row per packing (values per CKKS slot, each at its
+widest field) that carries the noise: fewer values per slot cost more ciphertexts and
+need a little less noise. The first row is the configured noise and its epsilon.
 """
 
 from __future__ import annotations
@@ -100,25 +101,15 @@ def cheapest(setting: Setting, layout: FieldLayout, target_epsilon: float) -> Co
     return cost(setting, layout, math.exp(high))
 
 
-def layouts(max_participants: int) -> list[FieldLayout]:
-    """Every field width this CKKS configuration carries exactly, narrowest first (the widest packing for each)."""
+def packings(max_participants: int) -> list[FieldLayout]:
+    """For each number of values per slot this CKKS configuration carries exactly, its widest field; most first.
+
+    Every width at one packing costs the same ciphertexts, and the widest needs the least noise (its finer
+    scale keeps the rounding's share of the sensitivity small)."""
     params = ckks_parameters(max_participants)
     capacity, headroom = slot_capacity_bits(params), headroom_bits(max_participants)
-    found: dict[int, FieldLayout] = {}
-    for fields in range(capacity // (2 + headroom), 0, -1):
-        widest = capacity // fields - headroom
-        for bits in range(2, widest + 1):
-            found.setdefault(bits, field_layout(params, max_participants, bits, fields))
-    return [found[bits] for bits in sorted(found)]
-
-
-def cheapest_over_layouts(setting: Setting, target_epsilon: float) -> Cost | None:
-    """The narrowest field (fewest ciphertexts) that carries the target's noise; None if none does."""
-    for layout in layouts(setting.max_participants):
-        found = cheapest(setting, layout, target_epsilon)
-        if found is not None:
-            return found
-    return None
+    return [field_layout(params, max_participants, capacity // fields - headroom, fields)
+            for fields in range(capacity // (2 + headroom), 0, -1)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,12 +135,14 @@ def main(argv: list[str] | None = None) -> int:
           f"hospital-level neighbours")
     print(f"{'epsilon':>10} {'noise/quorum':>13} {'bits':>5} {'per slot':>8} {'multiplier':>10} "
           f"{'noise SD':>10} {'update RMS':>10} {'SD / RMS':>10}")
-    rows: list[tuple[str, Cost | None]] = [("configured", cost(setting, configured, args.noise_variance))]
-    rows += [(f"{target:g}", cheapest_over_layouts(setting, target)) for target in args.epsilon]
+    rows: list[tuple[str, Cost]] = [("configured", cost(setting, configured, args.noise_variance))]
+    for target in args.epsilon:
+        carried = [found for layout in packings(args.max_participants)
+                   if (found := cheapest(setting, layout, target)) is not None]
+        if not carried:
+            print(f"{target:>10g}  no field this CKKS configuration carries holds enough noise")
+        rows += [(f"{target:g}", found) for found in carried]
     for label, row in rows:
-        if row is None:
-            print(f"{label:>10}  no field this CKKS configuration carries holds enough noise")
-            continue
         print(f"{(f'{row.epsilon:.3g}' if label == 'configured' else label):>10} {row.noise_variance:>13.4g} "
               f"{row.bits:>5} {row.fields_per_slot:>8} {row.noise_multiplier:>10.3g} {row.noise_std:>10.3g} "
               f"{row.update_rms:>10.3g} {row.noise_std / row.update_rms:>10.3g}")

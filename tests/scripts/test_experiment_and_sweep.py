@@ -74,9 +74,29 @@ def test_sweep_ranks_every_setting_and_refuses_an_unknown_one(tmp_path: Path) ->
         sweep.main(["--out", str(tmp_path), "bad=lr=0.1"])
 
 
-def test_sweep_seed_changes_the_data_and_the_initial_model(tmp_path: Path) -> None:
-    base = "architecture=tiny,image_size=32,images_per_node=20,rounds=1,mode=centralized"
-    assert sweep.main(["--out", str(tmp_path), "--base", base, "s0=seed=0", "s0again=seed=0", "s1=seed=1"]) == 0
-    loss = {name: json.loads((tmp_path / f"{name}.jsonl").read_text())["loss"] for name in ("s0", "s0again", "s1")}
-    assert loss["s0"] == loss["s0again"]
-    assert loss["s1"] != loss["s0"]
+def test_sweep_seed_reaches_the_data_the_initial_model_and_the_training(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # As scripts.experiment --seed N: data, split and initial model from N; training randomness from N + 1.
+    seen: dict[str, int] = {}
+    real_settings, real_model, real_train = sweep.node_settings_for, sweep.build_model, sweep.train_local
+
+    def settings_spy(*args: object, **kwargs: object) -> object:
+        settings = real_settings(*args, **kwargs)  # type: ignore[arg-type]
+        seen["data"] = settings.synthetic_seed  # the synthetic set, its partition and the splits
+        return settings
+
+    def model_spy(architecture: str, classes: int, seed: int = 0) -> object:
+        seen["model"] = seed
+        return real_model(architecture, classes, seed)
+
+    def train_spy(model: object, data: object, config: object, device: object, generator: torch.Generator) -> object:
+        seen.setdefault("training", generator.initial_seed())
+        return real_train(model, data, config, device, generator)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sweep, "node_settings_for", settings_spy)
+    monkeypatch.setattr(sweep, "build_model", model_spy)
+    monkeypatch.setattr(sweep, "train_local", train_spy)
+    setting = sweep.Setting(architecture="tiny", image_size=32, images_per_node=20, rounds=1, seed=3,
+                            torch_threads=1)
+    sweep.simulate("s3", setting, tmp_path)
+    assert seen == {"data": 3, "model": 3, "training": 4}
