@@ -25,6 +25,8 @@ from services.hospital_node.trainer import LocalTraining, evaluation_report, tra
 
 log = logging.getLogger(__name__)
 
+FINAL_STATE = "final_state.pt"  # the last round's model, its normalisation statistics included
+
 
 def pooled_data(settings: HospitalNodeSettings, parties: int) -> LocalData:
     return pool([load_local_data(settings.model_copy(update={"partition_index": i, "node_id": f"hospital-{i + 1}"}))
@@ -63,6 +65,7 @@ def run_centralized(settings: HospitalNodeSettings, parties: int, rounds: int, t
     with open(out_dir / "rounds.jsonl", "w") as handle:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
+    torch.save({name: tensor.cpu() for name, tensor in model.state_dict().items()}, out_dir / FINAL_STATE)
     return rows
 
 

@@ -18,9 +18,11 @@ import threading
 import time
 from pathlib import Path
 
-from scripts.centralized import node_settings_for, run_centralized
+from scripts.centralized import node_settings_for, pooled_data, run_centralized
 from scripts.consortium import Consortium, ConsortiumConfig, format_row
+from scripts.paired import compare, describe, final_model
 from scripts.report import write_report
+from services.common.models import best_device
 from services.hospital_node.trainer import LocalTraining
 
 
@@ -56,6 +58,26 @@ def wait_for(mode: str, consortium: Consortium, timeout: float, runs: dict[str, 
         return False
     runs[mode] = consortium.config.run_dir
     return True
+
+
+def paired_notes(args: argparse.Namespace, runs: dict[str, Path]) -> str:
+    """Each federated run's F1 gap to the baseline on the same images, paired (see scripts.paired)."""
+    if "centralized" not in runs:
+        return ""
+    settings = node_settings_for(args.architecture, args.image_size, args.images_per_node * 5, 5, args.partition,
+                                 args.alpha, args.seed, args.calibration_fraction)
+    data, device = pooled_data(settings, 5), best_device()
+    baseline = final_model("centralized", runs["centralized"], args.architecture, data.num_classes)
+    notes = []
+    for mode in ("secure", "plaintext"):
+        if mode in runs:
+            try:
+                other = final_model(mode, runs[mode], args.architecture, data.num_classes)
+                notes.append(describe("centralized", mode, compare(baseline, other, args.architecture, data, device)))
+            except ValueError as refused:
+                notes.append(f"No paired F1 gap for {mode}: {refused}")
+    print("\n".join(notes), flush=True)
+    return "".join(f"\n\n{note}" for note in notes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
              f"server {args.server_optimizer} (lr {args.server_learning_rate}, momentum {args.server_momentum}), "
              f"seed {args.seed}. "
              f"Wall seconds per run{concurrently}: {json.dumps({k: round(v) for k, v in timings.items()})}.")
+    notes += paired_notes(args, runs)
     print(write_report(runs, args.out, "Secure vs plaintext federated vs centralized (SYNTHETIC data)", notes))
     return 0
 

@@ -269,11 +269,51 @@ def f1_sampling_sd(confusion: npt.ArrayLike, draws: int = 20_000, seed: int = 0)
         return 0.0
     classes = counts.shape[0]
     samples = np.random.default_rng(seed).multinomial(total, counts.ravel() / total, size=draws)
-    samples = samples.reshape(draws, classes, classes)
-    true_positive = np.diagonal(samples, axis1=1, axis2=2)
-    denominator = samples.sum(axis=1) + samples.sum(axis=2)  # predicted + actual = 2 TP + FP + FN
+    return float(_f1_of_confusions(samples.reshape(draws, classes, classes)).std())
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """F1(b) - F1(a) of two models' predictions on the same images, with its bootstrap spread."""
+
+    difference: float
+    sd: float
+    low: float  # 2.5th percentile of the resampled differences
+    high: float  # 97.5th percentile
+
+
+def paired_f1_difference(y_true: npt.ArrayLike, predicted_a: npt.ArrayLike, predicted_b: npt.ArrayLike,
+                         num_classes: int, draws: int = 20_000, seed: int = 0) -> PairedDifference:
+    """F1(b) - F1(a) and its spread when the evaluated images are resampled, both models together.
+
+    Resampling images with replacement is a multinomial draw over the (truth, a's prediction,
+    b's prediction) cells at their observed frequencies. Images both models get right or both
+    get wrong move the two F1s together, so the paired spread is smaller than that of two
+    independent F1s. Needs per-image predictions, which hospitals never pool: this is for
+    experiments that hold the evaluated images centrally (the SYNTHETIC experiment harness).
+    """
+    truth, first, second = (np.asarray(v, dtype=np.int64) for v in (y_true, predicted_a, predicted_b))
+    if not truth.shape == first.shape == second.shape or truth.ndim != 1:
+        raise ValueError(f"need three 1-D arrays of equal length, got {truth.shape}, {first.shape}, {second.shape}")
+    joint = np.zeros((num_classes,) * 3, dtype=np.int64)
+    np.add.at(joint, (truth, first, second), 1)
+    observed = metrics_from_confusion(joint.sum(axis=1)).f1 - metrics_from_confusion(joint.sum(axis=2)).f1
+    total = int(truth.size)
+    if total == 0:
+        return PairedDifference(observed, 0.0, observed, observed)
+    samples = np.random.default_rng(seed).multinomial(total, joint.ravel() / total, size=draws)
+    samples = samples.reshape((draws,) + (num_classes,) * 3)
+    differences = _f1_of_confusions(samples.sum(axis=2)) - _f1_of_confusions(samples.sum(axis=3))
+    low, high = np.percentile(differences, [2.5, 97.5])
+    return PairedDifference(observed, float(differences.std()), float(low), float(high))
+
+
+def _f1_of_confusions(confusions: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+    """F1 of each of a stack of confusion matrices (draws x classes x classes), as metrics_from_confusion."""
+    true_positive = np.diagonal(confusions, axis1=1, axis2=2)
+    denominator = confusions.sum(axis=1) + confusions.sum(axis=2)  # predicted + actual = 2 TP + FP + FN
     f1 = np.divide(2 * true_positive, denominator, out=np.zeros(denominator.shape), where=denominator > 0)
-    return float((f1[:, 1] if classes == 2 else f1.mean(axis=1)).std())
+    return f1[:, 1] if confusions.shape[1] == 2 else f1.mean(axis=1)
 
 
 def _validated_confusion(confusion: npt.ArrayLike) -> CountArray:

@@ -13,6 +13,7 @@ from services.common.classification_metrics import (
     confusion_matrix,
     f1_sampling_sd,
     metrics_from_confusion,
+    paired_f1_difference,
     one_vs_rest_histograms,
     score_histograms,
 )
@@ -261,3 +262,46 @@ def test_f1_sampling_sd_halves_with_four_times_the_images_and_vanishes_without_s
     assert f1_sampling_sd(4 * confusion) / f1_sampling_sd(confusion) == pytest.approx(0.5, abs=0.03)
     assert f1_sampling_sd([[0, 0], [0, 30]]) == 0.0  # every draw is all true positives
     assert f1_sampling_sd([[0, 0], [0, 0]]) == 0.0
+
+
+def _two_models(classes: int, images: int, agree: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Truth and two models' predictions that are right about 80% of the time and share most errors."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, classes, images)
+    wrong = (truth + rng.integers(1, classes, images)) % classes
+    a = np.where(rng.random(images) < 0.8, truth, wrong)
+    b = np.where(rng.random(images) < agree, a, np.where(rng.random(images) < 0.85, truth, wrong))
+    return truth, a, b
+
+
+@pytest.mark.parametrize("classes", [2, 3], ids=["binary", "three classes"])
+def test_paired_f1_difference_is_b_minus_a_and_spreads_as_redrawn_images(classes: int) -> None:
+    truth, a, b = _two_models(classes, 300, 0.7, seed=1)
+    result = paired_f1_difference(truth, a, b, classes, draws=400, seed=5)
+    by_hand = (metrics_from_confusion(confusion_matrix(truth, b, classes)).f1
+               - metrics_from_confusion(confusion_matrix(truth, a, classes)).f1)
+    assert result.difference == pytest.approx(by_hand, abs=1e-12)
+    # The same multinomial draws over the (truth, a, b) cells, each turned into two confusion matrices by hand.
+    joint = np.zeros((classes,) * 3, dtype=np.int64)
+    for t, p, q in zip(truth, a, b):
+        joint[t, p, q] += 1
+    draws = np.random.default_rng(5).multinomial(truth.size, joint.ravel() / truth.size, size=400)
+    differences = [metrics_from_confusion(d.reshape(joint.shape).sum(axis=1)).f1
+                   - metrics_from_confusion(d.reshape(joint.shape).sum(axis=2)).f1 for d in draws]
+    assert result.sd == pytest.approx(np.std(differences), rel=1e-9)
+    assert (result.low, result.high) == pytest.approx(tuple(np.percentile(differences, [2.5, 97.5])), rel=1e-9)
+
+
+def test_paired_spread_is_below_that_of_two_independent_f1s_and_zero_for_the_same_model() -> None:
+    truth, a, b = _two_models(2, 500, 0.9, seed=2)
+    paired = paired_f1_difference(truth, a, b, 2)
+    independent = np.hypot(f1_sampling_sd(confusion_matrix(truth, a, 2)), f1_sampling_sd(confusion_matrix(truth, b, 2)))
+    assert paired.sd < 0.6 * independent
+    assert paired.low < paired.difference < paired.high
+    same = paired_f1_difference(truth, a, a, 2)
+    assert (same.difference, same.sd, same.low, same.high) == (0.0, 0.0, 0.0, 0.0)
+
+
+def test_paired_f1_difference_refuses_unequal_lengths() -> None:
+    with pytest.raises(ValueError, match="equal length"):
+        paired_f1_difference([0, 1], [0, 1], [0], 2)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from scripts import experiment, sweep
+from scripts import experiment, paired, sweep
 from scripts.centralized import node_settings_for, pooled_data
+from services.common.classification_metrics import confusion_matrix
 from services.common.model_spec import flatten_state
 from services.common.models import build_model
 from services.hospital_node.local_data import load_local_data
@@ -58,8 +59,14 @@ def test_side_by_side_experiment_reports_secure_plaintext_and_centralized(tmp_pa
         assert sum(map(sum, last["calibrated"]["confusion"])) == last["examples"] == 15, rows_path
         # Every run evaluated seed 2's images: the confusion matrix's rows count their true classes.
         assert [sum(row) for row in last["confusion"]] == evaluated, rows_path
-    assert "## Final model at the calibrated operating point" in report
-    assert "Calibrated F1 gap, centralized minus secure" in report
+    # The tiny model's BatchNorm statistics stay at each hospital, so the global model alone is not the model they
+    # evaluated: the paired comparison says so instead of scoring a different model.
+    for mode in ("secure", "plaintext"):
+        assert f"No paired F1 gap for {mode}: {mode}: each hospital keeps 6 normalisation statistics" in report
+    # The baseline's saved model is the one it evaluated last.
+    baseline = paired.final_model("centralized", tmp_path / "centralized", "tiny", 2)
+    scores = paired.positive_scores(baseline, "tiny", pooled, torch.device("cpu"))
+    assert confusion_matrix(pooled.val_labels.numpy(), scores.argmax(axis=1), 2).tolist() == central["evaluation"]["confusion"]
 
 
 def test_sweep_ranks_every_setting_and_refuses_an_unknown_one(tmp_path: Path) -> None:
