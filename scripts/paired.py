@@ -26,6 +26,7 @@ from services.common.classification_metrics import PairedDifference, confusion_m
 from services.common.model_spec import parameter_spec, restore_state
 from services.common.models import best_device, build_model
 from services.hospital_node.local_data import LocalData
+from services.hospital_node.trainer import predict
 
 @dataclass(frozen=True)
 class RunModel:
@@ -53,17 +54,10 @@ def final_model(label: str, run_dir: Path, architecture: str, num_classes: int) 
 
 
 def positive_scores(run: RunModel, architecture: str, data: LocalData, device: torch.device) -> np.ndarray:
-    """Class probabilities of every evaluated image, as the hospitals' evaluation computes them."""
+    """Class probabilities of every evaluated image, by the hospitals' own evaluation."""
     model = build_model(architecture, data.num_classes, 0)
     model.load_state_dict(run.state)
-    model.to(device).eval()
-    scores = []
-    with torch.no_grad():
-        for start in range(0, data.val_labels.numel(), 64):
-            batch = data.val_images[start : start + 64].to(device)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda"):
-                scores.append(torch.softmax(model(batch).float(), dim=1).cpu())
-    return torch.cat(scores).numpy()
+    return predict(model, data.val_images, data.val_labels, data.num_classes, device)[0]
 
 
 def predictions(run: RunModel, probabilities: np.ndarray, calibrated: bool) -> np.ndarray:

@@ -151,8 +151,9 @@ def train_local(model: nn.Module, data: LocalData, config: LocalTraining, device
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-             device: torch.device, batch_size: int = 64) -> EvaluationCounts:
+def predict(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, device: torch.device,
+            batch_size: int = 64) -> tuple[np.ndarray, float]:
+    """Every image's class probabilities, and the summed cross-entropy against `labels`."""
     model.to(device)
     model.eval()
     probabilities, loss_sum = [], 0.0
@@ -163,7 +164,12 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_c
         target = labels[start : start + batch_size].to(device)
         loss_sum += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
         probabilities.append(torch.softmax(logits, dim=1).cpu())
-    probs = torch.cat(probabilities).numpy() if probabilities else np.zeros((0, num_classes))
+    return (torch.cat(probabilities).numpy() if probabilities else np.zeros((0, num_classes))), loss_sum
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+             device: torch.device, batch_size: int = 64) -> EvaluationCounts:
+    probs, loss_sum = predict(model, images, labels, num_classes, device, batch_size)
     truth = labels.numpy()
     predicted = probs.argmax(axis=1) if probs.size else np.zeros(0, dtype=np.int64)
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
