@@ -312,8 +312,10 @@ def _f1_of_confusions(confusions: npt.NDArray[np.int64]) -> npt.NDArray[np.float
     """F1 of each of a stack of confusion matrices (draws x classes x classes), as metrics_from_confusion."""
     true_positive = np.diagonal(confusions, axis1=1, axis2=2)
     denominator = confusions.sum(axis=1) + confusions.sum(axis=2)  # predicted + actual = 2 TP + FP + FN
-    f1 = np.divide(2 * true_positive, denominator, out=np.zeros(denominator.shape), where=denominator > 0)
-    return f1[:, 1] if confusions.shape[1] == 2 else f1.mean(axis=1)
+    f1: npt.NDArray[np.float64] = np.divide(2 * true_positive, denominator, out=np.zeros(denominator.shape),
+                                            where=denominator > 0)
+    per_draw: npt.NDArray[np.float64] = f1[:, 1] if confusions.shape[1] == 2 else f1.mean(axis=1)
+    return per_draw
 
 
 def _validated_confusion(confusion: npt.ArrayLike) -> CountArray:
