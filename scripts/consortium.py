@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -30,10 +31,27 @@ from services.common.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME, TlsSettings
 REPO = Path(__file__).resolve().parent.parent
 
 
+# Listening ports come from below the kernel's ephemeral range: a port handed out here stays unbound until its
+# service starts, and in that gap the kernel may give it to an outgoing connection (another consortium's
+# nodes dialling their aggregator) if it lies in the ephemeral range.
+LISTEN_PORTS = range(20000, 32768)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A loopback port that binds now, below the ephemeral range, and that this process has not handed out."""
+    for _ in range(1000):
+        port = random.choice(LISTEN_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in {LISTEN_PORTS.start}..{LISTEN_PORTS.stop - 1}")
 
 
 @dataclass
