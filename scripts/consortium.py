@@ -79,6 +79,7 @@ class ConsortiumConfig:
     server_momentum: float = 0.0
     local_optimizer: str = "sgd"
     proximal_mu: float = 0.0
+    drift_correction: bool = False
     imbalance: str = "class_weights"
     calibration_fraction: float = 0.0
     round_deadline_seconds: float = 900.0
@@ -199,6 +200,7 @@ class Consortium:
             "FEDXRAY_AGG_SERVER_LEARNING_RATE": str(c.server_learning_rate),
             "FEDXRAY_AGG_SERVER_MOMENTUM": str(c.server_momentum),
             "FEDXRAY_AGG_LOCAL_OPTIMIZER": c.local_optimizer, "FEDXRAY_AGG_PROXIMAL_MU": str(c.proximal_mu),
+            "FEDXRAY_AGG_DRIFT_CORRECTION": str(c.drift_correction).lower(),
             "FEDXRAY_AGG_ROUND_DEADLINE_SECONDS": str(c.round_deadline_seconds),
             "FEDXRAY_AGG_RECORD_SUMS": str(c.record).lower(), "FEDXRAY_AGG_MODEL_SEED": str(c.data_seed),
             **self.tls_env("FEDXRAY_AGG_", AGGREGATOR_NAME),

@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-momentum", type=float, default=0.0)
     parser.add_argument("--local-optimizer", default="sgd", choices=("sgd", "adamw"))
     parser.add_argument("--proximal-mu", type=float, default=0.0)
+    parser.add_argument("--drift-correction", action="store_true",
+                        help="SCAFFOLD drift correction in both consortia (uploads carry twice the values)")
     parser.add_argument("--imbalance", default="class_weights",
                         choices=("none", "class_weights", "sampler", "logit_adjust"))
     parser.add_argument("--calibration-fraction", type=float, default=0.5,
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size, clip_norm=args.clip_norm, noise_variance=args.noise_variance,
             server_optimizer=args.server_optimizer, server_learning_rate=args.server_learning_rate,
             server_momentum=args.server_momentum, local_optimizer=args.local_optimizer,
-            proximal_mu=args.proximal_mu, imbalance=args.imbalance,
+            proximal_mu=args.proximal_mu, drift_correction=args.drift_correction, imbalance=args.imbalance,
             calibration_fraction=args.calibration_fraction, encryption_workers=args.encryption_workers,
             torch_threads=args.torch_threads, seed=args.seed + 1, data_seed=args.seed, round_deadline_seconds=3600)
         consortia[mode] = Consortium(config)
@@ -167,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{args.centralized_epochs} epochs per round over the pooled data), lr {args.learning_rate}, batch "
              f"{args.batch_size}, clip norm {args.clip_norm}, Skellam noise variance {args.noise_variance} per quorum, "
              f"local optimizer {args.local_optimizer}, imbalance {args.imbalance}, FedProx mu {args.proximal_mu}, "
+             f"drift correction {'on' if args.drift_correction else 'off'}, "
              f"server {args.server_optimizer} (lr {args.server_learning_rate}, momentum {args.server_momentum}), "
              f"seed {args.seed}. "
              f"Wall seconds per run{concurrently}: {json.dumps({k: round(v) for k, v in timings.items()})}.")

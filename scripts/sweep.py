@@ -6,8 +6,9 @@
 Each named setting runs in its own process (side by side, so a GPU is shared)
 and simulates the consortium without its services: every hospital trains on
 its part of the split (`partition`, as in the nodes) with the node's own
-trainer, its update is L2-clipped at the clip norm as in secure mode, and the server averages and steps with the
-aggregator's own FedAvg/FedAdam. No encryption and no noise: this picks settings
+trainer, its update is L2-clipped at the clip norm as in secure mode (`secure_clamp=1` also clamps it per
+coordinate as the secure codec does), and the server averages and steps with the aggregator's own
+FedAvg/FedAdam (`drift_correction=1`: SCAFFOLD, as the nodes and aggregator run it). No encryption and no noise: this picks settings
 quickly, and `scripts.experiment` then measures the chosen ones on the real
 services. `mode=centralized` trains on the pooled data instead. Prints a row per
 round per setting and a closing table ranked by the mean F1 of the last rounds;
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -30,9 +32,10 @@ from scripts.centralized import node_settings_for, pool
 from services.aggregator.fedadam import FedAdam
 from services.aggregator.fedavg import FedAvg
 from services.aggregator.pooled_evaluation import pool_reports
-from services.common.model_spec import flatten_state, parameter_spec, restore_state
+from services.common.model_spec import flatten_named, flatten_state, parameter_spec, restore_state
 from services.common.models import best_device, build_model
 from services.common.quantize import clip_l2
+from services.common.update_codec import CLAMP_RATIO
 from services.hospital_node.local_data import LocalData, load_local_data
 from services.hospital_node.trainer import LocalTraining, evaluate, train_local
 
@@ -60,6 +63,9 @@ class Setting:
     server_optimizer: str = "fedavg"
     server_learning_rate: float = 1.0
     server_momentum: float = 0.0
+    # 1: SCAFFOLD's drift correction as the services run it (each upload carries the control variate's change)
+    drift_correction: int = 0
+    secure_clamp: int = 0  # 1: clamp every upload's coordinates as the secure codec does (0: clip only)
     torch_threads: int = 2
     seed: int = 0  # as scripts.experiment --seed: the data, split and initial model; training from seed + 1
 
@@ -90,6 +96,16 @@ def pooled_evaluation(model: torch.nn.Module, data: LocalData, device: torch.dev
     return {k: v for k, v in pool_reports([report]).as_dict().items() if isinstance(v, float)}
 
 
+def sent(upload: np.ndarray, setting: Setting) -> np.ndarray:
+    """What the aggregator's sum holds of one upload, less rounding and noise: L2-clipped, and with `secure_clamp`
+    clamped per coordinate as the secure codec does (to CLAMP_RATIO x the RMS coordinate of a clip-norm vector)."""
+    clipped = clip_l2(upload, setting.clip_norm)
+    if not setting.secure_clamp:
+        return clipped
+    bound = CLAMP_RATIO * setting.clip_norm / math.sqrt(upload.size)
+    return np.clip(clipped, -bound, bound)
+
+
 def simulate(name: str, setting: Setting, out: Path) -> None:
     torch.set_num_threads(setting.torch_threads)
     device = best_device()
@@ -104,22 +120,39 @@ def simulate(name: str, setting: Setting, out: Path) -> None:
               else FedAvg(setting.server_learning_rate, setting.server_momentum))
     generator = torch.Generator().manual_seed(setting.seed + 1)
     training = setting.training()
+    own = [np.zeros(spec.count) for _ in parts]  # SCAFFOLD's c_i: each hospital's mean gradient, last round
+    control = np.zeros(spec.count)  # its c, the consortium's
     with open(out / f"{name}.jsonl", "w") as log:
         for round_id in range(1, setting.rounds + 1):
             started = time.monotonic()
+            norms: list[float] = []
             if setting.mode == "centralized":
                 train_local(model, pooled, training, device, generator)
             else:
-                updates = []
-                for part in parts:
+                uploads = []
+                for index, part in enumerate(parts):
                     model.load_state_dict(restore_state(model.state_dict(), weights.astype(np.float32), spec))
-                    train_local(model, part, training, device, generator)
+                    drift = (restore_state(model.state_dict(), (control - own[index]).astype(np.float32), spec)
+                             if setting.drift_correction else None)
+                    stats = train_local(model, part, training, device, generator, drift,
+                                        track_gradient=bool(setting.drift_correction))
                     update = flatten_state({k: v.cpu() for k, v in model.state_dict().items()}) - weights
-                    updates.append(clip_l2(update, setting.clip_norm))
-                weights = server.step(weights, np.mean(updates, axis=0))
+                    norms.append(round(float(np.linalg.norm(update)), 3))
+                    upload = update
+                    if setting.drift_correction:  # as the node: the update, then its control variate's change
+                        mean_gradient = flatten_named(stats.mean_gradient or {}, spec)
+                        upload = np.concatenate([update, mean_gradient - own[index]])
+                        own[index] = mean_gradient
+                    uploads.append(sent(upload, setting))
+                mean_upload = np.mean(uploads, axis=0)
+                if setting.drift_correction:  # as the aggregator, every hospital taking part
+                    control += mean_upload[spec.count :]
+                weights = server.step(weights, mean_upload[: spec.count])
                 model.load_state_dict(restore_state(model.state_dict(), weights.astype(np.float32), spec))
             metrics = pooled_evaluation(model, pooled, device)
             row = {"name": name, "round": round_id, "seconds": round(time.monotonic() - started, 1), **metrics}
+            if norms:
+                row["update_norms"] = norms  # each hospital's, before clipping
             log.write(json.dumps(row) + "\n")
             log.flush()
             print(f"[{name}] round {round_id}: F1 {metrics.get('f1', float('nan')):.3f} "

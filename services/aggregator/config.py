@@ -41,6 +41,9 @@ class AggregatorSettings(TlsSettings):
     batch_size: int = Field(16, ge=1)
     local_optimizer: Literal["sgd", "adamw"] = Field("sgd", description="hospitals' optimizer (sgd: momentum 0.9)")
     proximal_mu: float = Field(0.0, ge=0, description="FedProx proximal weight; 0: plain local steps")
+    drift_correction: bool = Field(False, description="SCAFFOLD drift correction: each upload also carries the "
+                                   "node's control variate change, clipped and encrypted with its update (twice the "
+                                   "values per round)")
     server_optimizer: Literal["fedavg", "fedadam"] = "fedavg"
     server_learning_rate: float = Field(1.0, gt=0)
     server_momentum: float = Field(0.0, ge=0, lt=1, description="FedAvgM momentum of the server step; 0: FedAvg")

@@ -39,7 +39,7 @@ from services.common.errors import (
     WrongRoundError,
 )
 from services.common.metrics import ServiceMetrics
-from services.common.model_spec import ParameterSpec
+from services.common.model_spec import ParameterSpec, upload_value_count
 from services.common.packing import FieldLayout
 from services.common.privacy_accountant import SkellamAccountant, round_privacy
 from services.common.stream_digest import NodeKeyRegistry
@@ -64,6 +64,9 @@ class Coordinator:
         self._registry = registry
         self._spec = spec
         self.weights = initial_weights.astype(np.float64)
+        # SCAFFOLD's c (Karimireddy et al., ICML 2020): the mean of the nodes' control variates, None when off.
+        self.control = np.zeros(spec.count) if settings.drift_correction else None
+        self._upload_count = upload_value_count(spec.count, settings.drift_correction)
         self._optimizer = (FedAdam(settings.server_learning_rate, settings.fedadam_beta1, settings.fedadam_beta2,
                                    settings.fedadam_tau)
                            if settings.server_optimizer == "fedadam" else FedAvg(settings.server_learning_rate,
@@ -123,12 +126,12 @@ class Coordinator:
             raise WrongKeyError(f"chunk names key {first.key_id!r}; round {plan.round_id} uses {plan.key_id!r}")
         current.start_stream(first.node_id)
         header = StreamHeader(current.round_id, first.key_id, first.node_id, plan.secure, plan.chunk_count,
-                              plan.plaintext_chunk_values, self._spec.count)
+                              plan.plaintext_chunk_values, self._upload_count)
 
         def check(index: int, payloads: list[bytes]) -> None:
             assert current.ciphertext_sum is not None and self.key is not None
             layout = FieldLayout(plan.bits, plan.max_participants, plan.fields_per_slot)
-            expected = ciphertexts_in_chunk(index, self._spec.count, layout, self.key.slots, plan.chunk_ciphertexts)
+            expected = ciphertexts_in_chunk(index, self._upload_count, layout, self.key.slots, plan.chunk_ciphertexts)
             if len(payloads) != expected:
                 raise MalformedChunkError(f"chunk {index} carries {len(payloads)} ciphertexts, expected {expected}")
             current.ciphertext_sum.parse_chunk(index, payloads)
@@ -186,7 +189,7 @@ class Coordinator:
                      "L2 sensitivity %.4g", quantization.clip_norm, quantization.scale, quantization.bits,
                      quantization.coordinate_bound, quantization.noise_kind, quantization.noise_variance,
                      quantization.l2_sensitivity)
-        save_checkpoint(self._state_dir / "checkpoints", 0, self.weights, self._optimizer.state(), {"epsilon": 0.0})
+        save_checkpoint(self._state_dir / "checkpoints", 0, self.weights, self._server_state(), {"epsilon": 0.0})
         self._wait_for_nodes(stop)
         pending_row: dict[str, object] | None = None
         for round_id in range(1, settings.rounds + 1):
@@ -209,8 +212,8 @@ class Coordinator:
 
     def _quantization_plan(self, layout: FieldLayout) -> QuantizationPlan:
         assert self.key is not None
-        pieces = upload_chunk_count(self._spec.count, layout, self.key.slots, self._settings.chunk_ciphertexts)
-        return plan_quantization(self._spec.count, self._settings.clip_norm, layout.bits, layout.max_participants,
+        pieces = upload_chunk_count(self._upload_count, layout, self.key.slots, self._settings.chunk_ciphertexts)
+        return plan_quantization(self._upload_count, self._settings.clip_norm, layout.bits, layout.max_participants,
                                  self._settings.min_participants, self._settings.noise_kind,
                                  self._settings.noise_variance, rounding_pieces=pieces)
 
@@ -232,7 +235,7 @@ class Coordinator:
         return pb.RoundPlan(
             round_id=round_id, secure=s.secure, evaluate_only=evaluate_only, key_id=key.key_id,
             local_epochs=s.local_epochs, learning_rate=s.learning_rate, batch_size=s.batch_size,
-            local_optimizer=s.local_optimizer, proximal_mu=s.proximal_mu,
+            local_optimizer=s.local_optimizer, proximal_mu=s.proximal_mu, drift_correction=s.drift_correction,
             clip_norm=quantization.clip_norm, scale=quantization.scale,
             coordinate_bound=quantization.coordinate_bound, bits=quantization.bits,
             fields_per_slot=key.fields_per_slot, max_participants=key.max_participants,
@@ -240,19 +243,20 @@ class Coordinator:
             noise_variance=quantization.noise_variance, rounding_beta=quantization.rounding_beta,
             chunk_ciphertexts=s.chunk_ciphertexts,
             chunk_count=(quantization.rounding_pieces if s.secure
-                         else chunk_count(self._spec.count, s.plaintext_chunk_values)),
+                         else chunk_count(self._upload_count, s.plaintext_chunk_values)),
             parameter_count=self._spec.count, parameter_digest=self._spec.digest, model_sha256=model_sha256,
             model_chunk_count=model_chunks, deadline_seconds=s.round_deadline_seconds,
             plaintext_chunk_values=s.plaintext_chunk_values,
         )
 
     def _open_round(self, round_id: int, quantization: QuantizationPlan, evaluate_only: bool) -> RoundState:
-        chunks = list(float32_chunks(self.weights, MODEL_CHUNK_VALUES))
+        broadcast = self.weights if self.control is None else np.concatenate([self.weights, self.control])
+        chunks = list(float32_chunks(broadcast, MODEL_CHUNK_VALUES))
         digest = hashlib.sha256(b"".join(chunks)).digest()
         plan = self._round_plan(round_id, quantization, evaluate_only, digest, len(chunks))
         with self._subscribers_lock:
             expected = set(self._subscribers)
-        state = new_round_state(round_id, plan, expected, self._public_context, self._spec.count)
+        state = new_round_state(round_id, plan, expected, self._public_context, self._upload_count)
         self._round = state
         self._metrics.current_round.set(round_id)
         log.info("round %d opened for %s%s", round_id, sorted(expected), " (evaluation only)" if evaluate_only else "")
@@ -295,14 +299,17 @@ class Coordinator:
             row.update(failed=True, seconds=time.monotonic() - started, epsilon=self._accountant.epsilon())
             return row
         decrypt_start = time.monotonic()
-        mean_update = self._mean_update(state, contributors, quantization)
+        mean_upload = self._mean_update(state, contributors, quantization)
         decrypt_seconds = time.monotonic() - decrypt_start
         apply_start = time.monotonic()
-        self.weights = self._optimizer.step(self.weights, mean_update)
+        self.weights = self._optimizer.step(self.weights, mean_upload[: self._spec.count])
+        if self.control is not None:
+            # SCAFFOLD's server rule: c moves by the participants' share of the mean control variate change.
+            self.control += participants / self._settings.expected_participants * mean_upload[self._spec.count :]
         if self._settings.secure:
             self._accountant.step(round_privacy(quantization, participants))
         epsilon = self._accountant.epsilon() if self._settings.secure else math.inf
-        save_checkpoint(self._state_dir / "checkpoints", round_id, self.weights, self._optimizer.state(),
+        save_checkpoint(self._state_dir / "checkpoints", round_id, self.weights, self._server_state(),
                         {"epsilon": epsilon, "rdp": self._accountant.rdp, "rounds": self._accountant.rounds})
         apply_seconds = time.monotonic() - apply_start
         seconds = time.monotonic() - started
@@ -322,7 +329,7 @@ class Coordinator:
         assert state.ciphertext_sum is not None
         total = state.ciphertext_sum
         manifest = pb.DecryptManifest(round_id=state.round_id, key_id=state.plan.key_id,
-                                      chunk_count=total.chunk_count, value_count=self._spec.count,
+                                      chunk_count=total.chunk_count, value_count=self._upload_count,
                                       attestations=[c.attestation for c in contributors])
         chunks = (pb.CiphertextChunk(index=i, ciphertexts=total.serialized_chunk(i))
                   for i in range(total.chunk_count))
@@ -331,9 +338,14 @@ class Coordinator:
             np.save(self._state_dir / f"round_{state.round_id:04d}_field_sum.npy", field_sums)
             (self._state_dir / f"round_{state.round_id:04d}_plan.json").write_text(json.dumps({
                 "scale": quantization.scale, "bits": quantization.bits, "participants": participants,
+                "coordinate_bound": quantization.coordinate_bound,
                 "noise_kind": str(quantization.noise_kind), "node_noise_variance": quantization.node_noise_variance,
                 "contributors": [c.header.node_id for c in contributors]}))
         return decode_mean_update(field_sums, quantization, participants)
+
+    def _server_state(self) -> dict[str, np.ndarray]:
+        state = self._optimizer.state()
+        return state if self.control is None else {**state, "control": self.control}
 
     def _phase_row(self, state: RoundState, contributors: list[VerifiedSubmission], decrypt_seconds: float,
                    apply_seconds: float) -> dict[str, float]:

@@ -91,3 +91,16 @@ def restore_state(
         restored[name] = values.reshape(tensor.shape).to(tensor.dtype)
         offset += size
     return restored
+
+
+def upload_value_count(parameter_count: int, drift_correction: bool) -> int:
+    """Values in one node's upload: its update, then under drift correction its control variate's change."""
+    return parameter_count * (2 if drift_correction else 1)
+
+
+def flatten_named(named: Mapping[str, torch.Tensor], spec: ParameterSpec) -> np.ndarray:
+    """Tensors keyed by state name (a gradient per parameter, say) in `spec`'s order; 0 for a missing one."""
+    parts = [named[name].detach().to("cpu", torch.float64).reshape(-1).numpy() if name in named
+             else np.zeros(int(np.prod(shape, dtype=np.int64)), dtype=np.float64)
+             for name, shape in zip(spec.names, spec.shapes)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)

@@ -20,7 +20,7 @@ from services.common.ckks_params import load_public_context
 from services.common.encryption_pool import EncryptionPool
 from services.common.errors import MalformedChunkError, WrongKeyError
 from services.common.metrics import ServiceMetrics
-from services.common.model_spec import flatten_state, parameter_spec, restore_state
+from services.common.model_spec import flatten_named, flatten_state, parameter_spec, restore_state, upload_value_count
 from services.common.models import best_device, build_model
 from services.common.stream_digest import load_identity
 from services.hospital_node.config import HospitalNodeSettings
@@ -46,6 +46,8 @@ class HospitalNode:
         self._identity = load_identity(settings.identity_key)
         self._entropy = settings.seed if settings.seed is not None else secrets.randbits(128)
         self._pool: EncryptionPool | None = None
+        # SCAFFOLD's c_i under drift correction: this hospital's mean loss gradient in the last round it trained.
+        self._control = np.zeros(self._spec.count)
         self._public: pb.PublicContext | None = None
 
     def run(self, stop: threading.Event) -> int:
@@ -101,7 +103,8 @@ class HospitalNode:
             raise MalformedChunkError(f"global model of round {plan.round_id} does not match its digest")
         if plan.parameter_count != self._spec.count or plan.parameter_digest != self._spec.digest:
             raise MalformedChunkError("round plan is for another model layout")
-        global_weights = float32_from_chunks(model_chunks, self._spec.count)
+        received = float32_from_chunks(model_chunks, upload_value_count(self._spec.count, plan.drift_correction))
+        global_weights, consortium_control = received[: self._spec.count], received[self._spec.count :]
         # The node's own BatchNorm statistics stay; only the aggregated weights are replaced.
         self._model.load_state_dict(restore_state(self._model.state_dict(), global_weights, self._spec))
         self._report_evaluation(plan.round_id - 1)
@@ -113,13 +116,21 @@ class HospitalNode:
         config = LocalTraining(plan.local_epochs, plan.learning_rate, plan.batch_size,
                                "adamw" if plan.local_optimizer == "adamw" else "sgd", plan.proximal_mu,
                                self._settings.imbalance, self._settings.lr_schedule, self._settings.augment)
-        stats = train_local(self._model, self._data, config, self._device, generator)
+        drift = (restore_state(self._model.state_dict(), (consortium_control - self._control).astype(np.float32),
+                               self._spec) if plan.drift_correction else None)
+        stats = train_local(self._model, self._data, config, self._device, generator, drift,
+                            track_gradient=plan.drift_correction)
         timings = UploadTimings(train=time.monotonic() - train_start)
         self._metrics.observe_phase("train", timings.train)
         update = flatten_state({k: v.cpu() for k, v in self._model.state_dict().items()}) - global_weights
         log.info("round %d: trained %d steps, loss %.4f, update norm %.4g", plan.round_id, stats.steps,
                  stats.mean_loss, float(np.linalg.norm(update)))
-        self._upload(plan, update, timings)
+        if plan.drift_correction:
+            control = flatten_named(stats.mean_gradient or {}, self._spec)
+            self._upload(plan, np.concatenate([update, control - self._control]), timings)
+            self._control = control
+        else:
+            self._upload(plan, update, timings)
         log.info("round %d done in %.1f s", plan.round_id, time.monotonic() - started)
 
     def _upload(self, plan: pb.RoundPlan, update: np.ndarray, timings: UploadTimings) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Callable, Literal
 
 import numpy as np
@@ -26,6 +27,8 @@ class TrainStats:
     steps: int
     examples: int
     mean_loss: float
+    # Each parameter's loss gradient averaged over the steps taken, when asked for (SCAFFOLD's c_i).
+    mean_gradient: dict[str, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,15 @@ def _optimizer(config: LocalTraining, model: nn.Module) -> torch.optim.Optimizer
 
 
 def train_local(model: nn.Module, data: LocalData, config: LocalTraining, device: torch.device,
-                generator: torch.Generator) -> TrainStats:
+                generator: torch.Generator, drift: Mapping[str, torch.Tensor] | None = None,
+                track_gradient: bool = False) -> TrainStats:
+    """Train in place.
+
+    `drift`, by parameter name, is added to every step's loss gradient before the optimizer uses it:
+    SCAFFOLD's `c - c_i` (Karimireddy et al., ICML 2020). `track_gradient` averages the loss gradients
+    over the steps, before any correction: SCAFFOLD's next `c_i` (its option II, in gradient units, so
+    that it holds for any optimizer).
+    """
     use_amp = device.type == "cuda"
     model.to(device)
     if use_amp:
@@ -121,6 +132,9 @@ def train_local(model: nn.Module, data: LocalData, config: LocalTraining, device
         optimizer, (lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps))) if config.schedule == "cosine"
         else (lambda step: 1.0))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    named = list(model.named_parameters())
+    corrections = [(p, drift[name].to(device, p.dtype)) for name, p in named if drift is not None and name in drift]
+    gradient_sums = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in named} if track_gradient else {}
     steps, seen, loss_total = 0, 0, 0.0
     for _ in range(config.epochs):
         for images, labels in loader:
@@ -133,6 +147,15 @@ def train_local(model: nn.Module, data: LocalData, config: LocalTraining, device
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 loss = loss_fn(model(images), labels)
             scaler.scale(loss).backward()
+            if gradient_sums or corrections:
+                scale = scaler.get_scale() if use_amp else 1.0
+                with torch.no_grad():
+                    for name, parameter in named:
+                        if name in gradient_sums and parameter.grad is not None:
+                            gradient_sums[name].add_(parameter.grad.float(), alpha=1.0 / scale)
+                    for parameter, correction in corrections:
+                        if parameter.grad is not None:
+                            parameter.grad.add_(correction, alpha=scale)
             if anchor:
                 # The gradient is still scaled by AMP's loss scale; scale the proximal term alike (one read of
                 # the scale per step: each read waits for the GPU).
@@ -147,7 +170,8 @@ def train_local(model: nn.Module, data: LocalData, config: LocalTraining, device
             steps += 1
             seen += labels.numel()
             loss_total += float(loss.detach()) * labels.numel()
-    return TrainStats(steps, seen, loss_total / max(seen, 1))
+    mean_gradient = {name: (total / max(steps, 1)).cpu() for name, total in gradient_sums.items()} or None
+    return TrainStats(steps, seen, loss_total / max(seen, 1), mean_gradient)
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.common.chunking import float32_chunks
 from services.common.encryption_pool import EncryptionPool
+from services.common.model_spec import upload_value_count
 from services.common.noise import NoiseKind
 from services.common.packing import FieldLayout
 from services.common.stream_digest import StreamDigest, attestation_message, sign_attestation
@@ -51,7 +52,7 @@ class CrashFault:
 
 def quantization_plan(plan: pb.RoundPlan) -> QuantizationPlan:
     return QuantizationPlan(
-        dimension=plan.parameter_count, clip_norm=plan.clip_norm, scale=plan.scale,
+        dimension=upload_value_count(plan.parameter_count, plan.drift_correction), clip_norm=plan.clip_norm, scale=plan.scale,
         coordinate_bound=plan.coordinate_bound, bits=plan.bits, min_participants=plan.min_participants,
         noise_kind=NoiseKind(plan.noise_kind), noise_variance=plan.noise_variance,
         rounding_pieces=plan.chunk_count, rounding_beta=plan.rounding_beta,

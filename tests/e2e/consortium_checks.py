@@ -49,3 +49,9 @@ def field_sum(run_dir: Path, round_id: int) -> np.ndarray:
 def checkpoint_weights(run_dir: Path, round_id: int) -> np.ndarray:
     with np.load(run_dir / "aggregator" / "checkpoints" / f"round_{round_id:04d}.npz") as archive:
         return archive["weights"].astype(np.float64)
+
+
+def checkpoint_control(run_dir: Path, round_id: int) -> np.ndarray:
+    """The consortium's control variate after `round_id`, under drift correction."""
+    with np.load(run_dir / "aggregator" / "checkpoints" / f"round_{round_id:04d}.npz") as archive:
+        return archive["opt_control"].astype(np.float64)

@@ -125,3 +125,100 @@ def test_the_evaluation_report_carries_calibration_histograms_only_for_a_calibra
     assert list(report.calibration_positive_histograms) == calibration.positive_histograms.reshape(-1).tolist()
     without, _ = evaluation_report(model, LocalData(x[:10], y[:10], x[10:20], y[10:20], 2), CPU, "h1", 3)
     assert not without.calibration_positive_histograms and not without.calibration_negative_histograms
+
+
+def _logistic_hospital(rng: np.random.Generator, normal: int, opacity: int, shift: list[float]) -> LocalData:
+    labels = np.r_[np.zeros(normal), np.ones(opacity)].astype(np.int64)
+    features = rng.normal(size=(labels.size, 4)) + labels[:, None] + np.asarray(shift)
+    images = torch.from_numpy(features.astype(np.float32)).reshape(-1, 1, 2, 2)
+    return LocalData(images, torch.from_numpy(labels), images[:1], torch.from_numpy(labels[:1]), 2)
+
+
+def _logistic_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+
+
+def _pooled_optimum(parts: list[LocalData]) -> np.ndarray:
+    """The minimiser of the pooled cross-entropy, by L-BFGS: independent of the trainer."""
+    model = _logistic_model()
+    images = torch.cat([p.train_images for p in parts])
+    labels = torch.cat([p.train_labels for p in parts])
+    solver = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=500, tolerance_grad=1e-10,
+                               tolerance_change=1e-14, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        solver.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        return loss
+
+    solver.step(closure)
+    return flatten_state(model.state_dict())
+
+
+def _federate(parts: list[LocalData], correct: bool, rounds: int) -> np.ndarray:
+    """Full-batch local AdamW, many steps a round, plain averaging; SCAFFOLD when `correct`."""
+    model = _logistic_model()
+    config = LocalTraining(epochs=40, learning_rate=0.01, batch_size=200, optimizer="adamw", imbalance="none",
+                           schedule="constant")
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    own: list[dict[str, torch.Tensor]] = [{} for _ in parts]
+    consortium: dict[str, torch.Tensor] | None = None
+    for _ in range(rounds):
+        finished = []
+        for index, part in enumerate(parts):
+            model.load_state_dict(start)
+            drift = None if consortium is None else {n: consortium[n] - own[index][n] for n in consortium}
+            stats = train_local(model, part, config, CPU, torch.Generator().manual_seed(0), drift,
+                                track_gradient=correct)
+            own[index] = stats.mean_gradient or {}
+            finished.append({k: v.clone() for k, v in model.state_dict().items()})
+        start = {k: torch.stack([f[k] for f in finished]).mean(0) for k in start}
+        if correct:
+            consortium = {n: torch.stack([c[n] for c in own]).mean(0) for n in own[0]}
+    return flatten_state(start)
+
+
+def test_drift_correction_brings_federated_adamw_to_the_pooled_optimum_under_label_skew() -> None:
+    rng = np.random.default_rng(0)
+    parts = [_logistic_hospital(rng, 190, 10, [1, 0, 0, 0]), _logistic_hospital(rng, 10, 190, [0, 1, 0, 0])]
+    optimum = _pooled_optimum(parts)
+    plain = np.linalg.norm(_federate(parts, correct=False, rounds=15) - optimum)
+    corrected = np.linalg.norm(_federate(parts, correct=True, rounds=15) - optimum)
+    assert plain > 0.3, f"the skewed hospitals should pull plain FedAvg off the optimum ({plain})"
+    assert corrected < 0.2 * plain, f"corrected {corrected} vs plain {plain} from the pooled optimum"
+
+
+def test_the_tracked_gradient_is_the_mean_loss_gradient_before_any_correction() -> None:
+    rng = np.random.default_rng(1)
+    data = _logistic_hospital(rng, 30, 34, [0, 0, 0, 0])
+    model = _logistic_model()
+    expected = torch.autograd.grad(torch.nn.functional.cross_entropy(model(data.train_images), data.train_labels),
+                                   list(model.parameters()))
+    # Learning rate 0: every step sees the same model, so the mean over steps is the full-batch gradient.
+    config = LocalTraining(epochs=3, learning_rate=0.0, batch_size=64, optimizer="sgd", imbalance="none",
+                           schedule="constant")
+    drift = {name: torch.full_like(p, 5.0) for name, p in model.named_parameters()}
+    stats = train_local(model, data, config, CPU, torch.Generator().manual_seed(0), drift, track_gradient=True)
+    assert stats.mean_gradient is not None and stats.steps == 3
+    for (name, _), gradient in zip(model.named_parameters(), expected):
+        torch.testing.assert_close(stats.mean_gradient[name], gradient, rtol=1e-5, atol=1e-6)
+
+
+def test_drift_is_added_to_each_steps_gradient() -> None:
+    """Plain SGD's first step from a model whose loss gradient is g moves it by -lr (g + drift)."""
+    rng = np.random.default_rng(2)
+    data = _logistic_hospital(rng, 30, 34, [0, 0, 0, 0])
+    model = _logistic_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    gradient = torch.autograd.grad(torch.nn.functional.cross_entropy(model(data.train_images), data.train_labels),
+                                   list(model.parameters()))
+    drift = {name: torch.linspace(-1, 1, p.numel()).reshape(p.shape) for name, p in model.named_parameters()}
+    config = LocalTraining(epochs=1, learning_rate=0.1, batch_size=64, optimizer="sgd", imbalance="none",
+                           schedule="constant")
+    train_local(model, data, config, CPU, torch.Generator().manual_seed(0), drift)
+    for (name, parameter), start, g in zip(model.named_parameters(), before, gradient):
+        # weight decay 1e-4 on the starting weights, as in the trainer's SGD
+        expected = start - 0.1 * (g + drift[name] + 1e-4 * start)
+        torch.testing.assert_close(parameter.detach(), expected, rtol=1e-5, atol=1e-6)

@@ -96,9 +96,10 @@ def test_sweep_seed_reaches_the_data_the_initial_model_and_the_training(tmp_path
         seen["model"] = seed
         return real_model(architecture, classes, seed)
 
-    def train_spy(model: object, data: object, config: object, device: object, generator: torch.Generator) -> object:
+    def train_spy(model: object, data: object, config: object, device: object, generator: torch.Generator,
+                  *args: object, **kwargs: object) -> object:
         seen.setdefault("training", generator.initial_seed())
-        return real_train(model, data, config, device, generator)  # type: ignore[arg-type]
+        return real_train(model, data, config, device, generator, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(sweep, "node_settings_for", settings_spy)
     monkeypatch.setattr(sweep, "build_model", model_spy)
@@ -107,3 +108,21 @@ def test_sweep_seed_reaches_the_data_the_initial_model_and_the_training(tmp_path
                             torch_threads=1)
     sweep.simulate("s3", setting, tmp_path)
     assert seen == {"data": 3, "model": 3, "training": 4}
+
+
+def test_the_sweeps_secure_clamp_is_the_secure_codecs_clip_and_clamp() -> None:
+    from services.common.noise import NoiseKind
+    from services.common.quantize import scale_and_clamp
+    from services.common.update_codec import plan_quantization
+
+    rng = np.random.default_rng(0)
+    upload = rng.normal(size=4000) * 0.01
+    upload[:3] = [5.0, -4.0, 0.9]  # a few large coordinates, as a gradient's head has
+    clip = 2.0
+    plan = plan_quantization(upload.size, clip, 16, 8, 3, NoiseKind.SKELLAM, 16.0)
+    codec = scale_and_clamp(upload, clip, plan.scale, plan.coordinate_bound) / plan.scale
+    simulated = sweep.sent(upload, sweep.Setting(clip_norm=clip, secure_clamp=1))
+    np.testing.assert_allclose(simulated, codec, rtol=1e-9, atol=1e-12)
+    assert np.abs(simulated).max() < 0.9 * clip  # the large coordinates were clamped
+    unclamped = sweep.sent(upload, sweep.Setting(clip_norm=clip))
+    np.testing.assert_allclose(np.linalg.norm(unclamped), clip)

@@ -95,7 +95,7 @@ class JoinRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., parameter_count: _Optional[int] = ..., parameter_digest: _Optional[str] = ...) -> None: ...
 
 class RoundPlan(_message.Message):
-    __slots__ = ("round_id", "secure", "evaluate_only", "key_id", "local_epochs", "learning_rate", "batch_size", "clip_norm", "scale", "coordinate_bound", "bits", "fields_per_slot", "max_participants", "min_participants", "noise_kind", "noise_variance", "rounding_beta", "chunk_ciphertexts", "chunk_count", "parameter_count", "parameter_digest", "model_sha256", "model_chunk_count", "deadline_seconds", "plaintext_chunk_values", "local_optimizer", "proximal_mu")
+    __slots__ = ("round_id", "secure", "evaluate_only", "key_id", "local_epochs", "learning_rate", "batch_size", "clip_norm", "scale", "coordinate_bound", "bits", "fields_per_slot", "max_participants", "min_participants", "noise_kind", "noise_variance", "rounding_beta", "chunk_ciphertexts", "chunk_count", "parameter_count", "parameter_digest", "model_sha256", "model_chunk_count", "deadline_seconds", "plaintext_chunk_values", "local_optimizer", "proximal_mu", "drift_correction")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     SECURE_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_ONLY_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +123,7 @@ class RoundPlan(_message.Message):
     PLAINTEXT_CHUNK_VALUES_FIELD_NUMBER: _ClassVar[int]
     LOCAL_OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     PROXIMAL_MU_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_CORRECTION_FIELD_NUMBER: _ClassVar[int]
     round_id: int
     secure: bool
     evaluate_only: bool
@@ -150,7 +151,8 @@ class RoundPlan(_message.Message):
     plaintext_chunk_values: int
     local_optimizer: str
     proximal_mu: float
-    def __init__(self, round_id: _Optional[int] = ..., secure: _Optional[bool] = ..., evaluate_only: _Optional[bool] = ..., key_id: _Optional[str] = ..., local_epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., clip_norm: _Optional[float] = ..., scale: _Optional[float] = ..., coordinate_bound: _Optional[int] = ..., bits: _Optional[int] = ..., fields_per_slot: _Optional[int] = ..., max_participants: _Optional[int] = ..., min_participants: _Optional[int] = ..., noise_kind: _Optional[str] = ..., noise_variance: _Optional[float] = ..., rounding_beta: _Optional[float] = ..., chunk_ciphertexts: _Optional[int] = ..., chunk_count: _Optional[int] = ..., parameter_count: _Optional[int] = ..., parameter_digest: _Optional[str] = ..., model_sha256: _Optional[bytes] = ..., model_chunk_count: _Optional[int] = ..., deadline_seconds: _Optional[float] = ..., plaintext_chunk_values: _Optional[int] = ..., local_optimizer: _Optional[str] = ..., proximal_mu: _Optional[float] = ...) -> None: ...
+    drift_correction: bool
+    def __init__(self, round_id: _Optional[int] = ..., secure: _Optional[bool] = ..., evaluate_only: _Optional[bool] = ..., key_id: _Optional[str] = ..., local_epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., clip_norm: _Optional[float] = ..., scale: _Optional[float] = ..., coordinate_bound: _Optional[int] = ..., bits: _Optional[int] = ..., fields_per_slot: _Optional[int] = ..., max_participants: _Optional[int] = ..., min_participants: _Optional[int] = ..., noise_kind: _Optional[str] = ..., noise_variance: _Optional[float] = ..., rounding_beta: _Optional[float] = ..., chunk_ciphertexts: _Optional[int] = ..., chunk_count: _Optional[int] = ..., parameter_count: _Optional[int] = ..., parameter_digest: _Optional[str] = ..., model_sha256: _Optional[bytes] = ..., model_chunk_count: _Optional[int] = ..., deadline_seconds: _Optional[float] = ..., plaintext_chunk_values: _Optional[int] = ..., local_optimizer: _Optional[str] = ..., proximal_mu: _Optional[float] = ..., drift_correction: _Optional[bool] = ...) -> None: ...
 
 class ModelChunk(_message.Message):
     __slots__ = ("round_id", "index", "values")

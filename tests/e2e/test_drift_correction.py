@@ -1,0 +1,67 @@
+"""Drift correction (SCAFFOLD) through the real services: three hospitals, two secure rounds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from scripts.consortium import Consortium, ConsortiumConfig
+from services.common.model_spec import parameter_spec
+from services.common.models import build_model
+from services.common.quantize import scale_and_clamp
+from tests.e2e.consortium_checks import (
+    checkpoint_control,
+    checkpoint_weights,
+    field_sum,
+    node_update,
+    round_plan,
+)
+
+NODES, ROUNDS = 3, 2
+
+
+def _centered(values: np.ndarray, bits: int) -> np.ndarray:
+    half = 1 << (bits - 1)
+    return ((values.astype(np.int64) + half) % (1 << bits)) - half
+
+
+def test_uploads_carry_the_control_variate_change_and_the_aggregator_applies_both_halves(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = ConsortiumConfig(run_dir=tmp_path, nodes=NODES, rounds=ROUNDS, architecture="tiny", image_size=32,
+                              images_per_node=40, seed=5, record=True, clip_norm=5.0, noise_variance=12.0,
+                              partition_scheme="label_mix", drift_correction=True)
+    with Consortium(config) as consortium:
+        code = consortium.wait(420)
+    assert code == 0, (consortium.logs / "aggregator.log").read_text()[-3000:]
+    rows = [r for r in consortium.rows() if r["round"] >= 1]
+    assert [(r["round"], r["participants"]) for r in rows] == [(1, NODES), (2, NODES)]
+    count = parameter_spec(build_model("tiny", 2, 0).state_dict()).count
+    records = tmp_path / "records"
+    assert np.all(checkpoint_control(tmp_path, 0) == 0)
+    sent: dict[str, list[np.ndarray]] = {node: [] for node in consortium.node_ids}
+    for round_id in range(1, ROUNDS + 1):
+        uploads = [node_update(records, node, round_id) for node in consortium.node_ids]
+        # Each upload is the update followed by the change in that hospital's control variate.
+        assert all(u.shape == (2 * count,) for u in uploads)
+        assert all(np.linalg.norm(u[count:]) > 0 for u in uploads)
+        plan = round_plan(tmp_path, round_id)
+        n, scale, bits = int(plan["participants"]), float(plan["scale"]), int(plan["bits"])
+        decoded = _centered(field_sum(tmp_path, round_id), bits) / (n * scale)
+        assert decoded.shape == (2 * count,)
+        # Clipped as one vector, so the clip covers both halves; then clamped per coordinate like an update.
+        clipped = [scale_and_clamp(u, config.clip_norm, scale, int(plan["coordinate_bound"])) / scale
+                   for u in uploads]
+        for node, values in zip(consortium.node_ids, clipped):
+            sent[node].append(values[count:])
+        sigma = math.sqrt(n / 4 + n * float(plan["node_noise_variance"])) / (n * scale)
+        assert np.max(np.abs(decoded - np.mean(clipped, axis=0))) < 7 * sigma
+        # FedAvg moves the model by the first half; SCAFFOLD's c moves by the participants' share of the second.
+        np.testing.assert_allclose(checkpoint_weights(tmp_path, round_id),
+                                   checkpoint_weights(tmp_path, round_id - 1) + decoded[:count], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(checkpoint_control(tmp_path, round_id),
+                                   checkpoint_control(tmp_path, round_id - 1) + n / NODES * decoded[count:],
+                                   rtol=1e-6, atol=1e-6)
+    # With every hospital in every round, c stays the mean of what the hospitals sent of their control variates
+    # (each c_i is the sum of its changes, from 0), up to the rounding and noise of each round's sum.
+    own = [np.sum(changes, axis=0) for changes in sent.values()]
+    assert np.max(np.abs(checkpoint_control(tmp_path, ROUNDS) - np.mean(own, axis=0))) < 10 * sigma
