@@ -135,7 +135,7 @@ def train_local(model: nn.Module, data: LocalData, config: LocalTraining, device
     named = list(model.named_parameters())
     corrections = [(p, drift[name].to(device, p.dtype)) for name, p in named if drift is not None and name in drift]
     gradient_sums = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in named} if track_gradient else {}
-    steps, seen, loss_total = 0, 0, 0.0
+    steps, seen, loss_total, tracked = 0, 0, 0.0, 0
     for _ in range(config.epochs):
         for images, labels in loader:
             if config.augment:
@@ -150,9 +150,13 @@ def train_local(model: nn.Module, data: LocalData, config: LocalTraining, device
             if gradient_sums or corrections:
                 scale = scaler.get_scale() if use_amp else 1.0
                 with torch.no_grad():
-                    for name, parameter in named:
-                        if name in gradient_sums and parameter.grad is not None:
-                            gradient_sums[name].add_(parameter.grad.float(), alpha=1.0 / scale)
+                    grads = [(name, p.grad) for name, p in named if p.grad is not None]
+                    # Under AMP a step with overflowed gradients is skipped; keep it out of the mean as well.
+                    if gradient_sums and (not use_amp or bool(torch.isfinite(
+                            torch.stack([g.float().norm() for _, g in grads])).all())):
+                        tracked += 1
+                        for name, gradient in grads:
+                            gradient_sums[name].add_(gradient.float(), alpha=1.0 / scale)
                     for parameter, correction in corrections:
                         if parameter.grad is not None:
                             parameter.grad.add_(correction, alpha=scale)
@@ -170,7 +174,7 @@ def train_local(model: nn.Module, data: LocalData, config: LocalTraining, device
             steps += 1
             seen += labels.numel()
             loss_total += float(loss.detach()) * labels.numel()
-    mean_gradient = {name: (total / max(steps, 1)).cpu() for name, total in gradient_sums.items()} or None
+    mean_gradient = {name: (total / max(tracked, 1)).cpu() for name, total in gradient_sums.items()} or None
     return TrainStats(steps, seen, loss_total / max(seen, 1), mean_gradient)
 
 
