@@ -6,7 +6,8 @@ For each target epsilon, the Skellam noise that the aggregator's accountant woul
 (hospital-level neighbours, every hospital present), through the same quantization plan,
 rounding bound and RDP conversion the aggregator uses; then what that noise means for
 learning: its per-coordinate standard deviation in the averaged update, beside the RMS
-coordinate of one clipped update. One row per packing (values per CKKS slot, each at its
+coordinate of one clipped update (`--drift-correction`: of one upload, which then also carries
+the control variate's change). One row per packing (values per CKKS slot, each at its
 widest field) that carries the noise: fewer values per slot cost more ciphertexts and
 need a little less noise. The first row is the configured noise and its epsilon.
 """
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 from services.common.ckks_params import ckks_parameters, field_layout, slot_capacity_bits
 from services.common.encryption_pool import upload_chunk_count
-from services.common.model_spec import parameter_spec
+from services.common.model_spec import parameter_spec, upload_value_count
 from services.common.models import build_model
 from services.common.noise import NoiseKind, node_noise_share
 from services.common.packing import FieldLayout, headroom_bits
@@ -124,13 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise-variance", type=float, default=16.0, help="the configured noise, per quorum")
     parser.add_argument("--bits", type=int, default=0, help="the configured field bits (0: the widest at 3 per slot)")
     parser.add_argument("--epsilon", type=float, nargs="+", default=[1.0, 8.0, 100.0, 1e4])
+    parser.add_argument("--drift-correction", action="store_true",
+                        help="uploads carry the control variate's change too: twice the values, one clip norm")
     args = parser.parse_args(argv)
-    dimension = parameter_spec(build_model(args.architecture, 2, 0).state_dict()).count
+    parameters = parameter_spec(build_model(args.architecture, 2, 0).state_dict()).count
+    dimension = upload_value_count(parameters, args.drift_correction)
     setting = Setting(dimension, args.clip_norm, args.rounds, args.delta, args.hospitals, args.quorum,
                       args.max_participants)
     params = ckks_parameters(args.max_participants)
     configured = field_layout(params, args.max_participants, args.bits or None)
-    print(f"{args.architecture}: {dimension} parameters, clip norm {args.clip_norm}, {args.rounds} rounds, "
+    print(f"{args.architecture}: {parameters} parameters, {dimension} values per upload, clip norm {args.clip_norm}, {args.rounds} rounds, "
           f"{args.hospitals} hospitals (quorum {args.quorum}, n_max {args.max_participants}), delta {args.delta}; "
           f"hospital-level neighbours")
     print(f"{'epsilon':>10} {'noise/quorum':>13} {'bits':>5} {'per slot':>8} {'multiplier':>10} "

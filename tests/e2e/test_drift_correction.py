@@ -5,8 +5,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from scripts.consortium import Consortium, ConsortiumConfig
+from scripts.privacy_cost import Setting, cost
+from services.common.ckks_params import ckks_parameters, field_layout
 from services.common.model_spec import parameter_spec
 from services.common.models import build_model
 from services.common.quantize import scale_and_clamp
@@ -36,6 +39,16 @@ def test_uploads_carry_the_control_variate_change_and_the_aggregator_applies_bot
     rows = [r for r in consortium.rows() if r["round"] >= 1]
     assert [(r["round"], r["participants"]) for r in rows] == [(1, NODES), (2, NODES)]
     count = parameter_spec(build_model("tiny", 2, 0).state_dict()).count
+    # The accountant's epsilon is that of uploads twice the model's length under the one clip norm.
+    default_field = field_layout(ckks_parameters(config.max_participants), config.max_participants)
+
+    def epsilon(values: int) -> float:
+        setting = Setting(values, config.clip_norm, ROUNDS, 1e-5, NODES, config.min_participants,
+                          config.max_participants)
+        return cost(setting, default_field, config.noise_variance).epsilon
+
+    assert rows[-1]["epsilon"] == pytest.approx(epsilon(2 * count), rel=1e-9)
+    assert epsilon(2 * count) > 1.5 * epsilon(count)
     records = tmp_path / "records"
     assert np.all(checkpoint_control(tmp_path, 0) == 0)
     sent: dict[str, list[np.ndarray]] = {node: [] for node in consortium.node_ids}

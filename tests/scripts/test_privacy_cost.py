@@ -106,3 +106,12 @@ def test_the_command_prints_the_configured_row_and_each_target(capsys: pytest.Ca
     labels = [line.split()[0] for line in lines[2:]]
     assert labels[0] != "8" and labels[1:].count("8") >= 1 and labels[1:].count("1e+12") >= 1
     assert set(labels[1:]) == {"8", "1e+12"}
+
+
+def test_drift_correction_costs_the_epsilon_of_twice_the_values(capsys: pytest.CaptureFixture[str]) -> None:
+    count = parameter_spec(build_model("tiny", 2, 0).state_dict()).count
+    assert privacy_cost.main(["--architecture", "tiny", "--epsilon", "8", "--drift-correction"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"{count} parameters, {2 * count} values per upload" in lines[0]
+    doubled = Setting(2 * count, 20.0, 12, 1e-5, 5, 3, 8)
+    assert float(lines[2].split()[0]) == pytest.approx(cost(doubled, DEFAULT, 16.0).epsilon, rel=1e-2)
