@@ -37,7 +37,7 @@ from services.common.models import best_device, build_model
 from services.common.quantize import clip_l2
 from services.common.update_codec import CLAMP_RATIO
 from services.hospital_node.local_data import LocalData, load_local_data
-from services.hospital_node.trainer import LocalTraining, evaluate, train_local
+from services.hospital_node.trainer import LocalTraining, evaluate, loss_gradient, train_local
 
 SCORED_LAST_ROUNDS = 3
 
@@ -63,7 +63,8 @@ class Setting:
     server_optimizer: str = "fedavg"
     server_learning_rate: float = 1.0
     server_momentum: float = 0.0
-    # 1: SCAFFOLD's drift correction as the services run it (each upload carries the control variate's change)
+    # SCAFFOLD's drift correction as the services run it (each upload carries the control variate's change), c_i
+    # being 1: the mean gradient over the round's steps (option II); 2: the gradient at the global model (option I)
     drift_correction: int = 0
     secure_clamp: int = 0  # 1: clamp every upload's coordinates as the secure codec does (0: clip only)
     torch_threads: int = 2
@@ -134,13 +135,15 @@ def simulate(name: str, setting: Setting, out: Path) -> None:
                     model.load_state_dict(restore_state(model.state_dict(), weights.astype(np.float32), spec))
                     drift = (restore_state(model.state_dict(), (control - own[index]).astype(np.float32), spec)
                              if setting.drift_correction else None)
+                    start_gradient = (loss_gradient(model, part, training, device)
+                                      if setting.drift_correction == 2 else None)
                     stats = train_local(model, part, training, device, generator, drift,
-                                        track_gradient=bool(setting.drift_correction))
+                                        track_gradient=setting.drift_correction == 1)
                     update = flatten_state({k: v.cpu() for k, v in model.state_dict().items()}) - weights
                     norms.append(round(float(np.linalg.norm(update)), 3))
                     upload = update
                     if setting.drift_correction:  # as the node: the update, then its control variate's change
-                        mean_gradient = flatten_named(stats.mean_gradient or {}, spec)
+                        mean_gradient = flatten_named(start_gradient or stats.mean_gradient or {}, spec)
                         upload = np.concatenate([update, mean_gradient - own[index]])
                         own[index] = mean_gradient
                     uploads.append(sent(upload, setting))

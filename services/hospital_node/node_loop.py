@@ -25,7 +25,7 @@ from services.common.models import best_device, build_model
 from services.common.stream_digest import load_identity
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.local_data import LocalData
-from services.hospital_node.trainer import LocalTraining, evaluation_report, train_local
+from services.hospital_node.trainer import LocalTraining, evaluation_report, loss_gradient, train_local
 from services.hospital_node.update_stream import CrashFault, UploadTimings, plaintext_upload, secure_upload
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class HospitalNode:
         self._identity = load_identity(settings.identity_key)
         self._entropy = settings.seed if settings.seed is not None else secrets.randbits(128)
         self._pool: EncryptionPool | None = None
-        # SCAFFOLD's c_i under drift correction: this hospital's mean loss gradient in the last round it trained.
+        # SCAFFOLD's c_i under drift correction: this hospital's loss gradient at the last global model it trained.
         self._control = np.zeros(self._spec.count)
         self._public: pb.PublicContext | None = None
 
@@ -116,17 +116,19 @@ class HospitalNode:
         config = LocalTraining(plan.local_epochs, plan.learning_rate, plan.batch_size,
                                "adamw" if plan.local_optimizer == "adamw" else "sgd", plan.proximal_mu,
                                self._settings.imbalance, self._settings.lr_schedule, self._settings.augment)
-        drift = (restore_state(self._model.state_dict(), (consortium_control - self._control).astype(np.float32),
-                               self._spec) if plan.drift_correction else None)
-        stats = train_local(self._model, self._data, config, self._device, generator, drift,
-                            track_gradient=plan.drift_correction)
+        drift, control = None, self._control
+        if plan.drift_correction:
+            # SCAFFOLD, option I: the new c_i is the loss gradient at the global model, before any local step.
+            control = flatten_named(loss_gradient(self._model, self._data, config, self._device), self._spec)
+            drift = restore_state(self._model.state_dict(), (consortium_control - self._control).astype(np.float32),
+                                  self._spec)
+        stats = train_local(self._model, self._data, config, self._device, generator, drift)
         timings = UploadTimings(train=time.monotonic() - train_start)
         self._metrics.observe_phase("train", timings.train)
         update = flatten_state({k: v.cpu() for k, v in self._model.state_dict().items()}) - global_weights
         log.info("round %d: trained %d steps, loss %.4f, update norm %.4g", plan.round_id, stats.steps,
                  stats.mean_loss, float(np.linalg.norm(update)))
         if plan.drift_correction:
-            control = flatten_named(stats.mean_gradient or {}, self._spec)
             self._upload(plan, np.concatenate([update, control - self._control]), timings)
             self._control = control
         else:

@@ -178,6 +178,30 @@ def train_local(model: nn.Module, data: LocalData, config: LocalTraining, device
     return TrainStats(steps, seen, loss_total / max(seen, 1), mean_gradient)
 
 
+def loss_gradient(model: nn.Module, data: LocalData, config: LocalTraining, device: torch.device) -> dict[str, torch.Tensor]:
+    """The training loss's gradient at the current weights over all of this hospital's training images (no
+    augmentation, no step): SCAFFOLD's option I control variate."""
+    model.to(device)
+    model.train()
+    loss_fn = _loss_function(config, data.train_labels, data.num_classes, device)
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    sums = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in named}
+    total = data.train_labels.numel()
+    for start in range(0, total, config.batch_size):
+        images = data.train_images[start : start + config.batch_size].to(device)
+        labels = data.train_labels[start : start + config.batch_size].to(device)
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = loss_fn(model(images), labels) * (labels.numel() / total)
+        loss.backward()
+        with torch.no_grad():
+            for name, parameter in named:
+                if parameter.grad is not None:
+                    sums[name].add_(parameter.grad.float())
+    model.zero_grad(set_to_none=True)
+    return {name: value.cpu() for name, value in sums.items()}
+
+
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, device: torch.device,
             batch_size: int = 64) -> tuple[np.ndarray, float]:

@@ -10,7 +10,7 @@ from services.common.model_spec import flatten_state
 from services.common.models import build_model
 from services.common.synthetic_xray import generate_synthetic_xrays
 from services.hospital_node.local_data import LocalData
-from services.hospital_node.trainer import LocalTraining, evaluate, log_class_prior, train_local
+from services.hospital_node.trainer import LocalTraining, evaluate, log_class_prior, loss_gradient, train_local
 
 CPU = torch.device("cpu")
 
@@ -157,8 +157,9 @@ def _pooled_optimum(parts: list[LocalData]) -> np.ndarray:
     return flatten_state(model.state_dict())
 
 
-def _federate(parts: list[LocalData], correct: bool, rounds: int) -> np.ndarray:
-    """Full-batch local AdamW, many steps a round, plain averaging; SCAFFOLD when `correct`."""
+def _federate(parts: list[LocalData], control: str, rounds: int) -> np.ndarray:
+    """Full-batch local AdamW, many steps a round, plain averaging; SCAFFOLD with `control` "start" (option I:
+    the gradient at the global model) or "trajectory" (option II: the mean gradient over the local steps)."""
     model = _logistic_model()
     config = LocalTraining(epochs=40, learning_rate=0.01, batch_size=200, optimizer="adamw", imbalance="none",
                            schedule="constant")
@@ -169,13 +170,14 @@ def _federate(parts: list[LocalData], correct: bool, rounds: int) -> np.ndarray:
         finished = []
         for index, part in enumerate(parts):
             model.load_state_dict(start)
+            at_start = loss_gradient(model, part, config, CPU) if control == "start" else None
             drift = None if consortium is None else {n: consortium[n] - own[index][n] for n in consortium}
             stats = train_local(model, part, config, CPU, torch.Generator().manual_seed(0), drift,
-                                track_gradient=correct)
-            own[index] = stats.mean_gradient or {}
+                                track_gradient=control == "trajectory")
+            own[index] = at_start or stats.mean_gradient or {}
             finished.append({k: v.clone() for k, v in model.state_dict().items()})
         start = {k: torch.stack([f[k] for f in finished]).mean(0) for k in start}
-        if correct:
+        if control != "none":
             consortium = {n: torch.stack([c[n] for c in own]).mean(0) for n in own[0]}
     return flatten_state(start)
 
@@ -184,10 +186,27 @@ def test_drift_correction_brings_federated_adamw_to_the_pooled_optimum_under_lab
     rng = np.random.default_rng(0)
     parts = [_logistic_hospital(rng, 190, 10, [1, 0, 0, 0]), _logistic_hospital(rng, 10, 190, [0, 1, 0, 0])]
     optimum = _pooled_optimum(parts)
-    plain = np.linalg.norm(_federate(parts, correct=False, rounds=15) - optimum)
-    corrected = np.linalg.norm(_federate(parts, correct=True, rounds=15) - optimum)
+    plain, trajectory, start = (np.linalg.norm(_federate(parts, control, rounds=15) - optimum)
+                                for control in ("none", "trajectory", "start"))
     assert plain > 0.3, f"the skewed hospitals should pull plain FedAvg off the optimum ({plain})"
-    assert corrected < 0.2 * plain, f"corrected {corrected} vs plain {plain} from the pooled optimum"
+    assert trajectory < 0.2 * plain, f"option II {trajectory} vs plain {plain} from the pooled optimum"
+    assert start < 0.05 * plain and start < trajectory, f"option I {start}, option II {trajectory}, plain {plain}"
+
+
+def test_the_loss_gradient_is_the_full_batch_gradient_and_leaves_the_model_unchanged() -> None:
+    rng = np.random.default_rng(3)
+    data = _logistic_hospital(rng, 50, 23, [0.5, 0, 0, 0])
+    model = _logistic_model()
+    before = flatten_state(model.state_dict())
+    config = LocalTraining(epochs=1, learning_rate=0.1, batch_size=16, optimizer="adamw", imbalance="logit_adjust")
+    prior = log_class_prior(data.train_labels, 2)
+    loss = torch.nn.functional.cross_entropy(model(data.train_images) + prior, data.train_labels)
+    expected = torch.autograd.grad(loss, list(model.parameters()))
+    gradient = loss_gradient(model, data, config, CPU)  # in batches of 16, the last one short
+    for (name, _), value in zip(model.named_parameters(), expected):
+        torch.testing.assert_close(gradient[name], value, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(flatten_state(model.state_dict()), before)
+    assert all(p.grad is None for p in model.parameters())
 
 
 def test_the_tracked_gradient_is_the_mean_loss_gradient_before_any_correction() -> None:
