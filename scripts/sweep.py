@@ -63,8 +63,7 @@ class Setting:
     server_optimizer: str = "fedavg"
     server_learning_rate: float = 1.0
     server_momentum: float = 0.0
-    # SCAFFOLD's drift correction as the services run it (each upload carries the control variate's change), c_i
-    # being 1: the mean gradient over the round's steps (option II); 2: the gradient at the global model (option I)
+    # 1: SCAFFOLD's drift correction as the services run it (each upload carries the control variate's change)
     drift_correction: int = 0
     secure_clamp: int = 0  # 1: clamp every upload's coordinates as the secure codec does (0: clip only)
     torch_threads: int = 2
@@ -121,7 +120,7 @@ def simulate(name: str, setting: Setting, out: Path) -> None:
               else FedAvg(setting.server_learning_rate, setting.server_momentum))
     generator = torch.Generator().manual_seed(setting.seed + 1)
     training = setting.training()
-    own = [np.zeros(spec.count) for _ in parts]  # SCAFFOLD's c_i: each hospital's mean gradient, last round
+    own = [np.zeros(spec.count) for _ in parts]  # SCAFFOLD's c_i: each hospital's gradient at its last start
     control = np.zeros(spec.count)  # its c, the consortium's
     with open(out / f"{name}.jsonl", "w") as log:
         for round_id in range(1, setting.rounds + 1):
@@ -135,17 +134,15 @@ def simulate(name: str, setting: Setting, out: Path) -> None:
                     model.load_state_dict(restore_state(model.state_dict(), weights.astype(np.float32), spec))
                     drift = (restore_state(model.state_dict(), (control - own[index]).astype(np.float32), spec)
                              if setting.drift_correction else None)
-                    start_gradient = (loss_gradient(model, part, training, device)
-                                      if setting.drift_correction == 2 else None)
-                    stats = train_local(model, part, training, device, generator, drift,
-                                        track_gradient=setting.drift_correction == 1)
+                    control_now = (flatten_named(loss_gradient(model, part, training, device), spec)
+                                   if setting.drift_correction else own[index])
+                    train_local(model, part, training, device, generator, drift)
                     update = flatten_state({k: v.cpu() for k, v in model.state_dict().items()}) - weights
                     norms.append(round(float(np.linalg.norm(update)), 3))
                     upload = update
                     if setting.drift_correction:  # as the node: the update, then its control variate's change
-                        mean_gradient = flatten_named(start_gradient or stats.mean_gradient or {}, spec)
-                        upload = np.concatenate([update, mean_gradient - own[index]])
-                        own[index] = mean_gradient
+                        upload = np.concatenate([update, control_now - own[index]])
+                        own[index] = control_now
                     uploads.append(sent(upload, setting))
                 mean_upload = np.mean(uploads, axis=0)
                 if setting.drift_correction:  # as the aggregator, every hospital taking part

@@ -27,8 +27,6 @@ class TrainStats:
     steps: int
     examples: int
     mean_loss: float
-    # Each parameter's loss gradient averaged over the steps taken, when asked for (SCAFFOLD's c_i).
-    mean_gradient: dict[str, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -102,15 +100,9 @@ def _optimizer(config: LocalTraining, model: nn.Module) -> torch.optim.Optimizer
 
 
 def train_local(model: nn.Module, data: LocalData, config: LocalTraining, device: torch.device,
-                generator: torch.Generator, drift: Mapping[str, torch.Tensor] | None = None,
-                track_gradient: bool = False) -> TrainStats:
-    """Train in place.
-
-    `drift`, by parameter name, is added to every step's loss gradient before the optimizer uses it:
-    SCAFFOLD's `c - c_i` (Karimireddy et al., ICML 2020). `track_gradient` averages the loss gradients
-    over the steps, before any correction: SCAFFOLD's next `c_i` (its option II, in gradient units, so
-    that it holds for any optimizer).
-    """
+                generator: torch.Generator, drift: Mapping[str, torch.Tensor] | None = None) -> TrainStats:
+    """Train in place. `drift`, by parameter name, is added to every step's loss gradient before the optimizer
+    uses it: SCAFFOLD's `c - c_i` (Karimireddy et al., ICML 2020; `c_i` from `loss_gradient`)."""
     use_amp = device.type == "cuda"
     model.to(device)
     if use_amp:
@@ -132,10 +124,9 @@ def train_local(model: nn.Module, data: LocalData, config: LocalTraining, device
         optimizer, (lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps))) if config.schedule == "cosine"
         else (lambda step: 1.0))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    named = list(model.named_parameters())
-    corrections = [(p, drift[name].to(device, p.dtype)) for name, p in named if drift is not None and name in drift]
-    gradient_sums = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in named} if track_gradient else {}
-    steps, seen, loss_total, tracked = 0, 0, 0.0, 0
+    corrections = [(p, drift[name].to(device, p.dtype)) for name, p in model.named_parameters()
+                   if drift is not None and name in drift]
+    steps, seen, loss_total = 0, 0, 0.0
     for _ in range(config.epochs):
         for images, labels in loader:
             if config.augment:
@@ -147,16 +138,9 @@ def train_local(model: nn.Module, data: LocalData, config: LocalTraining, device
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 loss = loss_fn(model(images), labels)
             scaler.scale(loss).backward()
-            if gradient_sums or corrections:
-                scale = scaler.get_scale() if use_amp else 1.0
+            if corrections:
+                scale = scaler.get_scale() if use_amp else 1.0  # the gradients are still scaled by AMP's loss scale
                 with torch.no_grad():
-                    grads = [(name, p.grad) for name, p in named if p.grad is not None]
-                    # Under AMP a step with overflowed gradients is skipped; keep it out of the mean as well.
-                    if gradient_sums and (not use_amp or bool(torch.isfinite(
-                            torch.stack([g.float().norm() for _, g in grads])).all())):
-                        tracked += 1
-                        for name, gradient in grads:
-                            gradient_sums[name].add_(gradient.float(), alpha=1.0 / scale)
                     for parameter, correction in corrections:
                         if parameter.grad is not None:
                             parameter.grad.add_(correction, alpha=scale)
@@ -174,8 +158,7 @@ def train_local(model: nn.Module, data: LocalData, config: LocalTraining, device
             steps += 1
             seen += labels.numel()
             loss_total += float(loss.detach()) * labels.numel()
-    mean_gradient = {name: (total / max(tracked, 1)).cpu() for name, total in gradient_sums.items()} or None
-    return TrainStats(steps, seen, loss_total / max(seen, 1), mean_gradient)
+    return TrainStats(steps, seen, loss_total / max(seen, 1))
 
 
 def loss_gradient(model: nn.Module, data: LocalData, config: LocalTraining, device: torch.device) -> dict[str, torch.Tensor]:

@@ -132,7 +132,7 @@ def test_sweep_drift_correction_changes_nothing_in_round_one_and_steers_round_tw
     base = sweep.Setting(architecture="tiny", image_size=32, images_per_node=40, rounds=2, partition="label_mix",
                          local_epochs=2, local_optimizer="adamw", learning_rate=1e-3, torch_threads=1)
     sweep.simulate("plain", base, tmp_path)
-    sweep.simulate("scaffold", sweep.Setting(**{**base.__dict__, "drift_correction": 2}), tmp_path)
+    sweep.simulate("scaffold", sweep.Setting(**{**base.__dict__, "drift_correction": 1}), tmp_path)
     plain, corrected = ([json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
                         for name in ("plain", "scaffold"))
     # c and every c_i start at 0, so round 1 trains alike; from round 2 on, c - c_i steers the local steps.
