@@ -126,6 +126,7 @@ def simulate(name: str, setting: Setting, out: Path) -> None:
         for round_id in range(1, setting.rounds + 1):
             started = time.monotonic()
             norms: list[float] = []
+            kept: list[float] = []  # per hospital, the share of its control variate change's norm the sum received
             if setting.mode == "centralized":
                 train_local(model, pooled, training, device, generator)
             else:
@@ -142,8 +143,12 @@ def simulate(name: str, setting: Setting, out: Path) -> None:
                     upload = update
                     if setting.drift_correction:  # as the node: the update, then its control variate's change
                         upload = np.concatenate([update, control_now - own[index]])
-                        own[index] = control_now
                     uploads.append(sent(upload, setting))
+                    if setting.drift_correction:  # as the node: c_i moves by what the sum received of the change
+                        received = uploads[-1][spec.count :]
+                        own[index] = own[index] + received
+                        kept.append(round(float(np.linalg.norm(received) / max(np.linalg.norm(upload[spec.count :]),
+                                                                                  1e-30)), 3))
                 mean_upload = np.mean(uploads, axis=0)
                 if setting.drift_correction:  # as the aggregator, every hospital taking part
                     control += mean_upload[spec.count :]
@@ -153,6 +158,8 @@ def simulate(name: str, setting: Setting, out: Path) -> None:
             row = {"name": name, "round": round_id, "seconds": round(time.monotonic() - started, 1), **metrics}
             if norms:
                 row["update_norms"] = norms  # each hospital's, before clipping
+            if kept:
+                row["control_change_kept"] = kept
             log.write(json.dumps(row) + "\n")
             log.flush()
             print(f"[{name}] round {round_id}: F1 {metrics.get('f1', float('nan')):.3f} "

@@ -104,6 +104,11 @@ def scale_update(update: np.ndarray, plan: QuantizationPlan) -> np.ndarray:
     return scale_and_clamp(update, plan.clip_norm, plan.scale, plan.coordinate_bound)
 
 
+def received_update(update: np.ndarray, plan: QuantizationPlan) -> np.ndarray:
+    """What a sum receives of `update`, less rounding and noise: clipped and clamped, in model units."""
+    return scale_update(update, plan) / plan.scale
+
+
 def encode_piece(scaled_piece: np.ndarray, plan: QuantizationPlan, rng: np.random.Generator) -> np.ndarray:
     """A piece of a scaled update as integers in [0, 2^b), this node's noise share included."""
     integers = round_piece(scaled_piece, plan.rounding_beta, rng)

@@ -23,10 +23,17 @@ from services.common.metrics import ServiceMetrics
 from services.common.model_spec import flatten_named, flatten_state, parameter_spec, restore_state, upload_value_count
 from services.common.models import best_device, build_model
 from services.common.stream_digest import load_identity
+from services.common.update_codec import received_update
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.local_data import LocalData
 from services.hospital_node.trainer import LocalTraining, evaluation_report, loss_gradient, train_local
-from services.hospital_node.update_stream import CrashFault, UploadTimings, plaintext_upload, secure_upload
+from services.hospital_node.update_stream import (
+    CrashFault,
+    UploadTimings,
+    plaintext_upload,
+    quantization_plan,
+    secure_upload,
+)
 
 log = logging.getLogger(__name__)
 CONNECT_ATTEMPTS = 120
@@ -116,10 +123,11 @@ class HospitalNode:
         config = LocalTraining(plan.local_epochs, plan.learning_rate, plan.batch_size,
                                "adamw" if plan.local_optimizer == "adamw" else "sgd", plan.proximal_mu,
                                self._settings.imbalance, self._settings.lr_schedule, self._settings.augment)
-        drift, control = None, self._control
+        drift, change = None, None
         if plan.drift_correction:
-            # SCAFFOLD, option I: the new c_i is the loss gradient at the global model, before any local step.
-            control = flatten_named(loss_gradient(self._model, self._data, config, self._device), self._spec)
+            # SCAFFOLD, option I: c_i moves to the loss gradient at the global model, taken before any local step.
+            gradient = flatten_named(loss_gradient(self._model, self._data, config, self._device), self._spec)
+            change = gradient - self._control
             drift = restore_state(self._model.state_dict(), (consortium_control - self._control).astype(np.float32),
                                   self._spec)
         stats = train_local(self._model, self._data, config, self._device, generator, drift)
@@ -128,9 +136,14 @@ class HospitalNode:
         update = flatten_state({k: v.cpu() for k, v in self._model.state_dict().items()}) - global_weights
         log.info("round %d: trained %d steps, loss %.4f, update norm %.4g", plan.round_id, stats.steps,
                  stats.mean_loss, float(np.linalg.norm(update)))
-        if plan.drift_correction:
-            self._upload(plan, np.concatenate([update, control - self._control]), timings)
-            self._control = control
+        if change is not None:
+            upload = np.concatenate([update, change])
+            self._upload(plan, upload, timings)
+            # c_i moves by what the consortium's sum received of the change (clipped and clamped in secure mode),
+            # so that c stays the mean of the c_i: a clamped c against exact c_i would add their gap to every
+            # hospital's every step.
+            received = received_update(upload, quantization_plan(plan)) if plan.secure else upload
+            self._control = self._control + received[self._spec.count :]
         else:
             self._upload(plan, update, timings)
         log.info("round %d done in %.1f s", plan.round_id, time.monotonic() - started)

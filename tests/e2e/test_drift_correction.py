@@ -6,13 +6,17 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
+from scripts.centralized import node_settings_for
 from scripts.consortium import Consortium, ConsortiumConfig
 from scripts.privacy_cost import Setting, cost
 from services.common.ckks_params import ckks_parameters, field_layout
-from services.common.model_spec import parameter_spec
+from services.common.model_spec import flatten_named, parameter_spec, restore_state
 from services.common.models import build_model
 from services.common.quantize import scale_and_clamp
+from services.hospital_node.local_data import load_local_data
+from services.hospital_node.trainer import LocalTraining, loss_gradient
 from tests.e2e.consortium_checks import (
     checkpoint_control,
     checkpoint_weights,
@@ -78,3 +82,18 @@ def test_uploads_carry_the_control_variate_change_and_the_aggregator_applies_bot
     # (each c_i is the sum of its changes, from 0), up to the rounding and noise of each round's sum.
     own = [np.sum(changes, axis=0) for changes in sent.values()]
     assert np.max(np.abs(checkpoint_control(tmp_path, ROUNDS) - np.mean(own, axis=0))) < 10 * sigma
+    # Each hospital's round-2 change is its loss gradient at the round-2 global model minus its c_i, and that c_i is
+    # what the sum received of its round-1 change (clipped and clamped), not the exact gradient it sent.
+    model = build_model("tiny", 2, config.data_seed)
+    spec = parameter_spec(model.state_dict())
+    start = checkpoint_weights(tmp_path, 1).astype(np.float32)
+    training = LocalTraining(1, config.learning_rate, config.batch_size,
+                             imbalance=config.imbalance)  # type: ignore[arg-type]
+    for index, node in enumerate(consortium.node_ids):
+        settings = node_settings_for("tiny", config.image_size, config.images_per_node * NODES, NODES,
+                                     config.partition_scheme, config.partition_alpha, config.data_seed)
+        data = load_local_data(settings.model_copy(update={"partition_index": index}))
+        model.load_state_dict(restore_state(model.state_dict(), start, spec))
+        gradient = flatten_named(loss_gradient(model, data, training, torch.device("cpu")), spec)
+        np.testing.assert_allclose(node_update(records, node, 2)[count:], gradient - sent[node][0],
+                                   rtol=1e-4, atol=1e-6)
