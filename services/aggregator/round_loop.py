@@ -189,6 +189,9 @@ class Coordinator:
                      "L2 sensitivity %.4g", quantization.clip_norm, quantization.scale, quantization.bits,
                      quantization.coordinate_bound, quantization.noise_kind, quantization.noise_variance,
                      quantization.l2_sensitivity)
+        if settings.drift_correction and settings.local_optimizer == "adamw":
+            log.warning("drift correction with local AdamW did worse than plain FedAvg in the measured runs: AdamW "
+                        "turns the steady correction into full-size steps (docs/RESULTS.md, 'Drift correction')")
         save_checkpoint(self._state_dir / "checkpoints", 0, self.weights, self._server_state(), {"epsilon": 0.0})
         self._wait_for_nodes(stop)
         pending_row: dict[str, object] | None = None
