@@ -4,6 +4,8 @@ Run: `make bench-round` or `python -m benchmarks.bench_round [--rounds R]`. The
 workload: ResNet-50 at 64 px, 5 hospital processes on this machine, 200 training
 images each (SYNTHETIC radiographs), one local epoch. Prints per-round latency of
 both modes, their ratio, and the seconds of each phase (node phases: slowest node).
+`--drift-correction` adds a third run, secure with SCAFFOLD drift correction (uploads
+twice as long, one extra gradient pass per hospital), and its ratio to plain secure.
 """
 
 from __future__ import annotations
@@ -19,22 +21,23 @@ from scripts.consortium import Consortium, ConsortiumConfig
 PHASES = ("train", "encode", "encrypt", "upload", "aggregate", "decrypt", "apply")
 
 
-def run_mode(secure: bool, args: argparse.Namespace, root: Path) -> list[dict[str, object]]:
+def run_mode(secure: bool, args: argparse.Namespace, root: Path, drift_correction: bool = False) -> list[dict[str, object]]:
+    label = ("secure" if secure else "plaintext") + ("+drift" if drift_correction else "")
     config = ConsortiumConfig(
-        run_dir=root / ("secure" if secure else "plaintext"), nodes=5, rounds=args.rounds, secure=secure,
+        run_dir=root / label, nodes=5, rounds=args.rounds, secure=secure, drift_correction=drift_correction,
         architecture=args.architecture, image_size=args.image_size,
         # 200 training images per node after the 20% validation split.
         images_per_node=args.train_images * 5 // 4, partition_scheme="iid", seed=args.seed,
         round_deadline_seconds=3600,
     )
     started = time.monotonic()
-    print(f"[{'secure' if secure else 'plaintext'}] starting 5 hospitals, {args.rounds} round(s)...", flush=True)
+    print(f"[{label}] starting 5 hospitals, {args.rounds} round(s)...", flush=True)
     with Consortium(config) as consortium:
         code = consortium.wait(args.timeout, on_row=lambda row: print(
             f"  round {row['round']} done: {float(str(row.get('seconds', 0))):.1f} s", flush=True))
         rows = [r for r in consortium.rows() if int(str(r["round"])) >= 1 and not r.get("failed")]
     if code != 0 or len(rows) != args.rounds:
-        raise SystemExit(f"{'secure' if secure else 'plaintext'} run failed (exit {code}); logs in {root}")
+        raise SystemExit(f"{label} run failed (exit {code}); logs in {root}")
     print(f"  finished in {time.monotonic() - started:.0f} s", flush=True)
     return rows
 
@@ -55,10 +58,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-images", type=int, default=200, help="training images per node")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--drift-correction", action="store_true", help="also time secure rounds with it on")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-round-") as tmp:
         plaintext = run_mode(False, args, Path(tmp))
         secure = run_mode(True, args, Path(tmp))
+        drift = run_mode(True, args, Path(tmp), drift_correction=True) if args.drift_correction else []
     print(f"\n{args.architecture} at {args.image_size}px, 5 nodes x {args.train_images} SYNTHETIC training images, "
           f"1 local epoch; medians over {args.rounds} round(s)")
     print(f"{'':16} {'plaintext':>10} {'secure':>10} {'secure/plain':>13}")
@@ -68,6 +73,15 @@ def main(argv: list[str] | None = None) -> None:
         p, s = median_of(plaintext, "", phase), median_of(secure, "", phase)
         ratio = f"{s / p:13.2f}" if p > 0 else f"{'-':>13}"
         print(f"{phase + ' s':16} {p:10.2f} {s:10.2f} {ratio}")
+    if drift:
+        print(f"\nsecure with drift correction, same workload; medians over {args.rounds} round(s)")
+        print(f"{'':16} {'secure':>10} {'+drift':>10} {'drift/secure':>13}")
+        d_round = median_of(drift, "seconds")
+        print(f"{'round seconds':16} {s_round:10.1f} {d_round:10.1f} {d_round / s_round:13.2f}")
+        for phase in PHASES:
+            s, d = median_of(secure, "", phase), median_of(drift, "", phase)
+            ratio = f"{d / s:13.2f}" if s > 0 else f"{'-':>13}"
+            print(f"{phase + ' s':16} {s:10.2f} {d:10.2f} {ratio}")
 
 
 if __name__ == "__main__":
