@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -35,7 +34,7 @@ from services.aggregator.pooled_evaluation import pool_reports
 from services.common.model_spec import flatten_named, flatten_state, parameter_spec, restore_state
 from services.common.models import best_device, build_model
 from services.common.quantize import clip_l2
-from services.common.update_codec import CLAMP_RATIO
+from services.common.update_codec import clamp_threshold
 from services.hospital_node.local_data import LocalData, load_local_data
 from services.hospital_node.trainer import LocalTraining, evaluate, loss_gradient, train_local
 
@@ -98,11 +97,11 @@ def pooled_evaluation(model: torch.nn.Module, data: LocalData, device: torch.dev
 
 def sent(upload: np.ndarray, setting: Setting) -> np.ndarray:
     """What the aggregator's sum holds of one upload, less rounding and noise: L2-clipped, and with `secure_clamp`
-    clamped per coordinate as the secure codec does (to CLAMP_RATIO x the RMS coordinate of a clip-norm vector)."""
+    clamped per coordinate where the secure codec clamps."""
     clipped = clip_l2(upload, setting.clip_norm)
     if not setting.secure_clamp:
         return clipped
-    bound = CLAMP_RATIO * setting.clip_norm / math.sqrt(upload.size)
+    bound = clamp_threshold(upload.size, setting.clip_norm)
     return np.clip(clipped, -bound, bound)
 
 

@@ -68,6 +68,12 @@ def coordinate_bound_for(bits: int, max_participants: int, noise_kind: NoiseKind
     return bound
 
 
+def clamp_threshold(dimension: int, clip_norm: float) -> float:
+    """Where coordinates are clamped, in model units (`coordinate_bound / scale` of every plan): CLAMP_RATIO
+    times the RMS coordinate C / sqrt(d) of a norm-C update."""
+    return CLAMP_RATIO * clip_norm / math.sqrt(dimension)
+
+
 def plan_quantization(
     dimension: int,
     clip_norm: float,
@@ -82,8 +88,7 @@ def plan_quantization(
     if noise_kind is NoiseKind.NONE:
         noise_variance = 0.0
     bound = coordinate_bound_for(bits, max_participants, noise_kind, noise_variance, min_participants)
-    # A norm-C update's RMS coordinate is C / sqrt(d); map CLAMP_RATIO of those to the bound.
-    scale = bound * math.sqrt(dimension) / (clip_norm * CLAMP_RATIO)
+    scale = bound / clamp_threshold(dimension, clip_norm)
     return QuantizationPlan(
         dimension=dimension,
         clip_norm=clip_norm,
