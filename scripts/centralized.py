@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import torch
 
 from services.aggregator.pooled_evaluation import pool_reports
+from services.aggregator.round_schedule import RoundSchedule, round_learning_rate
 from services.common.models import best_device, build_model
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.local_data import LocalData, load_local_data
@@ -42,8 +44,10 @@ def pool(parts: list[LocalData]) -> LocalData:
 
 
 def run_centralized(settings: HospitalNodeSettings, parties: int, rounds: int, training: LocalTraining,
-                    out_dir: Path, seed: int = 0) -> list[dict[str, object]]:
-    """`training` is one federated round's local training; the baseline runs it `rounds` times on the pool."""
+                    out_dir: Path, seed: int = 0, round_schedule: RoundSchedule = "constant",
+                    round_floor: float = 0.1) -> list[dict[str, object]]:
+    """`training` is one federated round's local training; the baseline runs it `rounds` times on the pool, its
+    learning rate lowered from round to round by the aggregator's `round_schedule`, as the consortium's is."""
     data = pooled_data(settings, parties)
     device = best_device()
     model = build_model(settings.architecture, settings.num_classes, settings.model_seed)
@@ -51,17 +55,19 @@ def run_centralized(settings: HospitalNodeSettings, parties: int, rounds: int, t
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, object]] = []
 
-    def record(round_id: int, seconds: float, steps: int) -> None:
+    def record(round_id: int, seconds: float, steps: int, rate: float | None = None) -> None:
         report, _ = evaluation_report(model, data, device, "centralized", round_id)
         rows.append({"round": round_id, "participants": 1, "seconds": seconds, "epochs": training.epochs,
-                     "steps": steps, "evaluation": pool_reports([report]).as_dict()})
+                     "steps": steps, **({} if rate is None else {"learning_rate": rate}),
+                     "evaluation": pool_reports([report]).as_dict()})
         log.info("centralized round %d: F1 %.3f", round_id, rows[-1]["evaluation"]["f1"])  # type: ignore[index]
 
     record(0, 0.0, 0)
     for round_id in range(1, rounds + 1):
         started = time.monotonic()
-        stats = train_local(model, data, training, device, generator)
-        record(round_id, time.monotonic() - started, stats.steps)
+        rate = round_learning_rate(training.learning_rate, round_id, rounds, round_schedule, round_floor)
+        stats = train_local(model, data, replace(training, learning_rate=rate), device, generator)
+        record(round_id, time.monotonic() - started, stats.steps, rate)
     with open(out_dir / "rounds.jsonl", "w") as handle:
         for row in rows:
             handle.write(json.dumps(row) + "\n")

@@ -68,6 +68,8 @@ class ConsortiumConfig:
     partition_alpha: float = 0.5
     local_epochs: int = 1
     learning_rate: float = 0.01
+    round_schedule: str = "constant"
+    round_floor: float = 0.1
     batch_size: int = 16
     min_participants: int = 3
     max_participants: int = 8
@@ -194,6 +196,7 @@ class Consortium:
             "FEDXRAY_AGG_ARCHITECTURE": c.architecture, "FEDXRAY_AGG_NUM_CLASSES": str(c.num_classes),
             "FEDXRAY_AGG_IMAGE_SIZE": str(c.image_size), "FEDXRAY_AGG_LOCAL_EPOCHS": str(c.local_epochs),
             "FEDXRAY_AGG_LEARNING_RATE": str(c.learning_rate), "FEDXRAY_AGG_BATCH_SIZE": str(c.batch_size),
+            "FEDXRAY_AGG_ROUND_SCHEDULE": c.round_schedule, "FEDXRAY_AGG_ROUND_FLOOR": str(c.round_floor),
             "FEDXRAY_AGG_CLIP_NORM": str(c.clip_norm), "FEDXRAY_AGG_NOISE_KIND": c.noise_kind,
             "FEDXRAY_AGG_NOISE_VARIANCE": str(c.noise_variance),
             "FEDXRAY_AGG_SERVER_OPTIMIZER": c.server_optimizer,

@@ -34,7 +34,8 @@ def centralized(args: argparse.Namespace) -> Path:
     training = LocalTraining(args.centralized_epochs, args.learning_rate, args.batch_size, args.local_optimizer, 0.0,
                              args.imbalance, settings.lr_schedule, settings.augment)
     out = args.out / "centralized"
-    run_centralized(settings, 5, args.rounds, training, out, seed=args.seed + 1)
+    run_centralized(settings, 5, args.rounds, training, out, seed=args.seed + 1, round_schedule=args.round_schedule,
+                    round_floor=args.round_floor)
     return Path(out)
 
 
@@ -92,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="dirichlet: per-class split (sizes vary); label_mix: equal sizes, mixed labels")
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--learning-rate", type=float, default=0.01)
+    parser.add_argument("--round-schedule", default="constant", choices=("constant", "cosine"),
+                        help="cosine: lower the local learning rate from round to round (all three runs alike)")
+    parser.add_argument("--round-floor", type=float, default=0.1,
+                        help="under --round-schedule cosine, the last round's share of --learning-rate")
     parser.add_argument("--centralized-epochs", type=int, default=0,
                         help="the baseline's epochs per round over the pooled data (default: --local-epochs)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -134,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir=run_dir, nodes=5, rounds=args.rounds, secure=mode == "secure", architecture=args.architecture,
             image_size=args.image_size, images_per_node=args.images_per_node, partition_scheme=args.partition,
             partition_alpha=args.alpha, local_epochs=args.local_epochs, learning_rate=args.learning_rate,
+            round_schedule=args.round_schedule, round_floor=args.round_floor,
             batch_size=args.batch_size, clip_norm=args.clip_norm, noise_variance=args.noise_variance,
             server_optimizer=args.server_optimizer, server_learning_rate=args.server_learning_rate,
             server_momentum=args.server_momentum, local_optimizer=args.local_optimizer,
@@ -166,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
              f"(80% train / 20% held out each; {args.calibration_fraction:.0%} of the held-out images choose the "
              f"operating point, the rest are the evaluated set), Dirichlet alpha={args.alpha} label skew ({args.partition} split), "
              f"{args.rounds} rounds of {args.local_epochs} local epochs (centralized: "
-             f"{args.centralized_epochs} epochs per round over the pooled data), lr {args.learning_rate}, batch "
+             f"{args.centralized_epochs} epochs per round over the pooled data), lr {args.learning_rate}"
+             + (f" falling along a cosine to {args.round_floor:g}x by the last round" if args.round_schedule == "cosine"
+                else "") + f", batch "
              f"{args.batch_size}, clip norm {args.clip_norm}, Skellam noise variance {args.noise_variance} per quorum, "
              f"local optimizer {args.local_optimizer}, imbalance {args.imbalance}, FedProx mu {args.proximal_mu}, "
              f"drift correction {'on' if args.drift_correction else 'off'}, "

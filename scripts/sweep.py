@@ -31,6 +31,7 @@ from scripts.centralized import node_settings_for, pool
 from services.aggregator.fedadam import FedAdam
 from services.aggregator.fedavg import FedAvg
 from services.aggregator.pooled_evaluation import pool_reports
+from services.aggregator.round_schedule import round_learning_rate
 from services.common.model_spec import flatten_named, flatten_state, parameter_spec, restore_state
 from services.common.models import best_device, build_model
 from services.common.quantize import clip_l2
@@ -62,6 +63,8 @@ class Setting:
     server_optimizer: str = "fedavg"
     server_learning_rate: float = 1.0
     server_momentum: float = 0.0
+    round_schedule: str = "constant"  # the aggregator's: "cosine" lowers the local rate from round to round
+    round_floor: float = 0.1  # under "cosine", the last round's rate as a share of learning_rate
     # 1: SCAFFOLD's drift correction as the services run it (each upload carries the control variate's change)
     drift_correction: int = 0
     secure_clamp: int = 0  # 1: clamp every upload's coordinates as the secure codec does (0: clip only)
@@ -81,8 +84,10 @@ class Setting:
             changes[key] = types[key](value)
         return name, replace(base, **changes)  # type: ignore[arg-type]
 
-    def training(self) -> LocalTraining:
-        return LocalTraining(self.local_epochs, self.learning_rate, self.batch_size,
+    def training(self, round_id: int = 1) -> LocalTraining:
+        rate = round_learning_rate(self.learning_rate, round_id, self.rounds,
+                                   self.round_schedule, self.round_floor)  # type: ignore[arg-type]
+        return LocalTraining(self.local_epochs, rate, self.batch_size,
                              self.local_optimizer,  # type: ignore[arg-type]
                              self.proximal_mu if self.mode == "federated" else 0.0,
                              self.imbalance,  # type: ignore[arg-type]
@@ -118,12 +123,12 @@ def simulate(name: str, setting: Setting, out: Path) -> None:
     server = (FedAdam(setting.server_learning_rate) if setting.server_optimizer == "fedadam"
               else FedAvg(setting.server_learning_rate, setting.server_momentum))
     generator = torch.Generator().manual_seed(setting.seed + 1)
-    training = setting.training()
     own = [np.zeros(spec.count) for _ in parts]  # SCAFFOLD's c_i: each hospital's gradient at its last start
     control = np.zeros(spec.count)  # its c, the consortium's
     with open(out / f"{name}.jsonl", "w") as log:
         for round_id in range(1, setting.rounds + 1):
             started = time.monotonic()
+            training = setting.training(round_id)
             norms: list[float] = []
             kept: list[float] = []  # per hospital, the share of its control variate change's norm the sum received
             if setting.mode == "centralized":
@@ -154,7 +159,8 @@ def simulate(name: str, setting: Setting, out: Path) -> None:
                 weights = server.step(weights, mean_upload[: spec.count])
                 model.load_state_dict(restore_state(model.state_dict(), weights.astype(np.float32), spec))
             metrics = pooled_evaluation(model, pooled, device)
-            row = {"name": name, "round": round_id, "seconds": round(time.monotonic() - started, 1), **metrics}
+            row = {"name": name, "round": round_id, "seconds": round(time.monotonic() - started, 1),
+                   "learning_rate": training.learning_rate, **metrics}
             if norms:
                 row["update_norms"] = norms  # each hospital's, before clipping
             if kept:

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from pydantic_settings import SettingsConfigDict
 
+from services.aggregator.round_schedule import RoundSchedule
 from services.common.tls import TlsSettings
 
 from services.common.noise import NoiseKind
@@ -37,7 +38,10 @@ class AggregatorSettings(TlsSettings):
     image_size: int = Field(64, ge=16)
     model_seed: int = 0
     local_epochs: int = Field(1, ge=1)
-    learning_rate: float = Field(0.01, gt=0)
+    learning_rate: float = Field(0.01, gt=0, description="hospitals' local learning rate (round 1's, under a schedule)")
+    round_schedule: RoundSchedule = Field("constant", description="cosine: lower the local learning rate from round "
+                                          "to round, to round_floor x learning_rate in the last round")
+    round_floor: float = Field(0.1, gt=0, le=1, description="the last round's share of learning_rate under cosine")
     batch_size: int = Field(16, ge=1)
     local_optimizer: Literal["sgd", "adamw"] = Field("sgd", description="hospitals' optimizer (sgd: momentum 0.9)")
     proximal_mu: float = Field(0.0, ge=0, description="FedProx proximal weight; 0: plain local steps")

@@ -26,6 +26,7 @@ from services.aggregator.fedadam import FedAdam
 from services.aggregator.fedavg import FedAvg
 from services.aggregator.key_authority_client import KeyAuthorityClient, PublicKeyInfo
 from services.aggregator.pooled_evaluation import PooledEvaluation, pool_reports, validate_report
+from services.aggregator.round_schedule import round_learning_rate
 from services.aggregator.round_state import RoundState, new_round_state
 from services.aggregator.submission_staging import StagedSubmission, StreamHeader, VerifiedSubmission
 from services.common.chunking import MODEL_CHUNK_VALUES, chunk_count, float32_chunks
@@ -237,7 +238,9 @@ class Coordinator:
         assert key is not None
         return pb.RoundPlan(
             round_id=round_id, secure=s.secure, evaluate_only=evaluate_only, key_id=key.key_id,
-            local_epochs=s.local_epochs, learning_rate=s.learning_rate, batch_size=s.batch_size,
+            local_epochs=s.local_epochs,
+            learning_rate=round_learning_rate(s.learning_rate, round_id, s.rounds, s.round_schedule, s.round_floor),
+            batch_size=s.batch_size,
             local_optimizer=s.local_optimizer, proximal_mu=s.proximal_mu, drift_correction=s.drift_correction,
             clip_norm=quantization.clip_norm, scale=quantization.scale,
             coordinate_bound=quantization.coordinate_bound, bits=quantization.bits,
@@ -295,7 +298,8 @@ class Coordinator:
         contributors = state.seal()
         participants = len(contributors)
         row: dict[str, object] = {"round": round_id, "participants": participants,
-                                  "contributors": [c.header.node_id for c in contributors]}
+                                  "contributors": [c.header.node_id for c in contributors],
+                                  "learning_rate": state.plan.learning_rate}
         if participants < self._settings.min_participants or state.corrupted:
             log.error("round %d failed: %d participants (quorum %d)%s", round_id, participants,
                       self._settings.min_participants, ", sum corrupted" if state.corrupted else "")

@@ -17,19 +17,26 @@ from tests.e2e.consortium_checks import checkpoint_weights
 
 
 def test_side_by_side_experiment_reports_secure_plaintext_and_centralized(tmp_path: Path) -> None:
-    code = experiment.main(["--out", str(tmp_path), "--rounds", "1", "--architecture", "tiny", "--image-size",
+    code = experiment.main(["--out", str(tmp_path), "--rounds", "2", "--architecture", "tiny", "--image-size",
                             "32", "--images-per-node", "24", "--local-epochs", "1", "--centralized-epochs", "2",
                             "--batch-size", "16", "--imbalance", "logit_adjust", "--partition", "label_mix",
-                            "--calibration-fraction", "0.5", "--seed", "2",
+                            "--calibration-fraction", "0.5", "--seed", "2", "--learning-rate", "0.02",
+                            "--round-schedule", "cosine", "--round-floor", "0.25",
                             "--server-momentum", "0.5", "--concurrent", "--timeout", "600"])
     assert code == 0
     report = (tmp_path / "REPORT.md").read_text()
     for run in ("secure", "plaintext", "centralized"):
-        assert f"| {run} | 1 |" in report, run
+        assert f"| {run} | 2 |" in report, run
     secure_rows = [json.loads(line) for line in
                    (tmp_path / "secure" / "aggregator" / "rounds.jsonl").read_text().splitlines()]
     assert 0 < float(secure_rows[-1]["epsilon"]) < float("inf")
     assert "imbalance logit_adjust" in report and "momentum 0.5" in report
+    # The round schedule: both consortia's plans and the baseline step at 0.02 in round 1 and 0.25 x 0.02 in round 2.
+    assert "lr 0.02 falling along a cosine to 0.25x by the last round" in report
+    for rows_path in (tmp_path / "secure" / "aggregator" / "rounds.jsonl",
+                      tmp_path / "plaintext" / "aggregator" / "rounds.jsonl", tmp_path / "centralized" / "rounds.jsonl"):
+        rates = [json.loads(line).get("learning_rate") for line in rows_path.read_text().splitlines()]
+        assert rates[-2:] == pytest.approx([0.02, 0.005]), rows_path
     # The baseline's epochs are its own: 2 passes over the pooled training split per round, not the local 1.
     assert "centralized: 2 epochs per round" in report
     settings = node_settings_for("tiny", 32, 24 * 5, 5, "label_mix", 0.5, 2, 0.5)
@@ -72,7 +79,11 @@ def test_side_by_side_experiment_reports_secure_plaintext_and_centralized(tmp_pa
 def test_sweep_ranks_every_setting_and_refuses_an_unknown_one(tmp_path: Path) -> None:
     base = "architecture=tiny,image_size=32,images_per_node=20,rounds=2"
     assert sweep.main(["--out", str(tmp_path), "--base", base, "fed=imbalance=logit_adjust,proximal_mu=0.1",
-                       "central=mode=centralized"]) == 0
+                       "central=mode=centralized,round_schedule=cosine,round_floor=0.5"]) == 0
+    # Each round trains at the rate of the aggregator's round schedule (the base rate is 0.02).
+    for name, rates in (("fed", [0.02, 0.02]), ("central", [0.02, 0.01])):
+        rows = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+        assert [row["learning_rate"] for row in rows] == pytest.approx(rates), name
     ranking = json.loads((tmp_path / "ranking.json").read_text())
     assert sorted(row["name"] for row in ranking) == ["central", "fed"]
     assert all(row["rounds"] == 2 for row in ranking)
