@@ -18,6 +18,8 @@ import threading
 import time
 from pathlib import Path
 
+import torch
+
 from scripts.centralized import node_settings_for, pooled_data, run_centralized
 from scripts.consortium import Consortium, ConsortiumConfig, format_row
 from scripts.paired import compare, describe, final_model
@@ -34,8 +36,15 @@ def centralized(args: argparse.Namespace) -> Path:
     training = LocalTraining(args.centralized_epochs, args.learning_rate, args.batch_size, args.local_optimizer, 0.0,
                              args.imbalance, settings.lr_schedule, settings.augment)
     out = args.out / "centralized"
-    run_centralized(settings, 5, args.rounds, training, out, seed=args.seed + 1, round_schedule=args.round_schedule,
-                    round_floor=args.round_floor)
+    # As many CPU threads as each hospital: torch's default (every core) beside the hospitals' processes
+    # oversubscribes the cores, and its threads' busy-waiting slowed CPU runs several times over.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.torch_threads or threads)
+    try:
+        run_centralized(settings, 5, args.rounds, training, out, seed=args.seed + 1,
+                        round_schedule=args.round_schedule, round_floor=args.round_floor)
+    finally:
+        torch.set_num_threads(threads)
     return Path(out)
 
 
@@ -118,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="N: the SYNTHETIC set, its partition and splits and the initial model; "
                              "training and noise randomness derive from N+1")
     parser.add_argument("--encryption-workers", type=int, default=0)
-    parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="CPU threads of each hospital and of the centralized baseline (0: torch's default)")
     parser.add_argument("--timeout", type=float, default=3600)
     parser.add_argument("--skip", action="append", default=[], help="secure | plaintext | centralized")
     parser.add_argument("--concurrent", action="store_true",

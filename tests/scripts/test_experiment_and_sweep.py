@@ -1,5 +1,6 @@
 """The comparison and screening scripts, end to end on a tiny model (real services for the experiment)."""
 
+import argparse
 import json
 from pathlib import Path
 
@@ -149,3 +150,18 @@ def test_sweep_drift_correction_changes_nothing_in_round_one_and_steers_round_tw
     # c and every c_i start at 0, so round 1 trains alike; from round 2 on, c - c_i steers the local steps.
     assert plain[0]["update_norms"] == corrected[0]["update_norms"]
     assert plain[1]["update_norms"] != corrected[1]["update_norms"]
+
+
+def test_the_centralized_baseline_trains_with_the_hospitals_thread_count(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+    monkeypatch.setattr(experiment, "run_centralized", lambda *args, **kwargs: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    namespace = argparse.Namespace(architecture="tiny", image_size=32, images_per_node=20, partition="label_mix",
+                                   alpha=0.5, seed=0, calibration_fraction=0.0, centralized_epochs=1,
+                                   learning_rate=0.01, batch_size=16, local_optimizer="sgd", imbalance="none",
+                                   out=tmp_path, rounds=1, round_schedule="constant", round_floor=0.1,
+                                   torch_threads=max(1, before - 1) if before > 1 else 2)
+    experiment.centralized(namespace)
+    assert seen == [namespace.torch_threads] and seen[0] != before
+    assert torch.get_num_threads() == before  # the launcher's own count is restored afterwards
