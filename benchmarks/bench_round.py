@@ -50,6 +50,18 @@ def median_of(rows: list[dict[str, object]], key: str, phase: str | None = None)
     return statistics.median(values)
 
 
+def print_side_by_side(base_label: str, base: list[dict[str, object]], other_label: str,
+                       other: list[dict[str, object]], ratio_label: str) -> None:
+    """Median round and phase seconds of two runs, with the other's ratio to the base."""
+    print(f"{'':16} {base_label:>10} {other_label:>10} {ratio_label:>13}")
+    b_round, o_round = median_of(base, "seconds"), median_of(other, "seconds")
+    print(f"{'round seconds':16} {b_round:10.1f} {o_round:10.1f} {o_round / b_round:13.2f}")
+    for phase in PHASES:
+        b, o = median_of(base, "", phase), median_of(other, "", phase)
+        ratio = f"{o / b:13.2f}" if b > 0 else f"{'-':>13}"
+        print(f"{phase + ' s':16} {b:10.2f} {o:10.2f} {ratio}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=1)
@@ -66,23 +78,10 @@ def main(argv: list[str] | None = None) -> None:
         drift = run_mode(True, args, Path(tmp), drift_correction=True) if args.drift_correction else []
     print(f"\n{args.architecture} at {args.image_size}px, 5 nodes x {args.train_images} SYNTHETIC training images, "
           f"1 local epoch; medians over {args.rounds} round(s)")
-    print(f"{'':16} {'plaintext':>10} {'secure':>10} {'secure/plain':>13}")
-    p_round, s_round = median_of(plaintext, "seconds"), median_of(secure, "seconds")
-    print(f"{'round seconds':16} {p_round:10.1f} {s_round:10.1f} {s_round / p_round:13.2f}")
-    for phase in PHASES:
-        p, s = median_of(plaintext, "", phase), median_of(secure, "", phase)
-        ratio = f"{s / p:13.2f}" if p > 0 else f"{'-':>13}"
-        print(f"{phase + ' s':16} {p:10.2f} {s:10.2f} {ratio}")
+    print_side_by_side("plaintext", plaintext, "secure", secure, "secure/plain")
     if drift:
         print(f"\nsecure with drift correction, same workload; medians over {args.rounds} round(s)")
-        print(f"{'':16} {'secure':>10} {'+drift':>10} {'drift/secure':>13}")
-        d_round = median_of(drift, "seconds")
-        print(f"{'round seconds':16} {s_round:10.1f} {d_round:10.1f} {d_round / s_round:13.2f}")
-        for phase in PHASES:
-            s, d = median_of(secure, "", phase), median_of(drift, "", phase)
-            ratio = f"{d / s:13.2f}" if s > 0 else f"{'-':>13}"
-            print(f"{phase + ' s':16} {s:10.2f} {d:10.2f} {ratio}")
-
+        print_side_by_side("secure", secure, "+drift", drift, "drift/secure")
 
 if __name__ == "__main__":
     main()
