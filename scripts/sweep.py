@@ -32,10 +32,33 @@ from services.aggregator.fedadam import FedAdam
 from services.aggregator.fedavg import FedAvg
 from services.aggregator.pooled_evaluation import pool_reports
 from services.aggregator.round_schedule import round_learning_rate
+from services.common.ckks_params import ckks_parameters, field_layout
+from services.common.head_refit import (
+    class_means_from_sum,
+    class_sums_vector,
+    covariance_from_sum,
+    FeatureMoments,
+    feature_moments,
+    moments_of,
+    lda_from_estimates,
+    lda_head,
+    penultimate_features,
+    scaled_to,
+    scatter_vector,
+    set_head,
+)
+from services.common.noise import NoiseKind
+from services.common.packing import to_modular
 from services.common.model_spec import flatten_named, flatten_state, parameter_spec, restore_state
 from services.common.models import best_device, build_model
 from services.common.quantize import clip_l2
-from services.common.update_codec import clamp_threshold
+from services.common.update_codec import (
+    clamp_threshold,
+    decode_mean_update,
+    encode_update,
+    plan_quantization,
+    received_update,
+)
 from services.hospital_node.local_data import LocalData, load_local_data
 from services.hospital_node.trainer import LocalTraining, evaluate, loss_gradient, train_local
 
@@ -68,6 +91,15 @@ class Setting:
     # 1: SCAFFOLD's drift correction as the services run it (each upload carries the control variate's change)
     drift_correction: int = 0
     secure_clamp: int = 0  # 1: clamp every upload's coordinates as the secure codec does (0: clip only)
+    # "eval": also score each round's model with its head refit by LDA on the pooled training features;
+    # "lda": the refit head replaces the averaged one and the next round starts from it
+    freeze_head: int = 0  # 1: local training leaves the classifier head as it arrived (FedBABU)
+    head_refit: str = "none"
+    head_shrinkage: float = 0.1
+    # with head_refit=eval, also score the head refit from statistics that took the secure path: three sums, each
+    # clipped, clamped, rounded and noised by the secure codec (refit_head_securely)
+    refit_noise_variance: float = 16.0
+    refit_noise_variances: str = ""  # with head_refit=eval: "16:0" scores the secure refit at each noise variance
     torch_threads: int = 2
     seed: int = 0  # as scripts.experiment --seed: the data, split and initial model; training from seed + 1
 
@@ -91,7 +123,7 @@ class Setting:
                              self.local_optimizer,  # type: ignore[arg-type]
                              self.proximal_mu if self.mode == "federated" else 0.0,
                              self.imbalance,  # type: ignore[arg-type]
-                             "cosine", True)
+                             "cosine", True, bool(self.freeze_head))
 
 
 def pooled_evaluation(model: torch.nn.Module, data: LocalData, device: torch.device) -> dict[str, float]:
@@ -110,6 +142,65 @@ def sent(upload: np.ndarray, setting: Setting) -> np.ndarray:
     return np.clip(clipped, -bound, bound)
 
 
+def refit_head(model: torch.nn.Module, parts: list[LocalData], setting: Setting, device: torch.device) -> None:
+    """Replace the head by LDA on the moments the hospitals' training images give, summed over hospitals."""
+    moments = [feature_moments(model, p.train_images, p.train_labels, p.num_classes, device) for p in parts]
+    set_head(model, *lda_head(sum(moments[1:], moments[0]), setting.head_shrinkage))
+
+
+MAX_PARTICIPANTS, MIN_PARTICIPANTS = 8, 3  # as scripts.experiment's consortia
+
+
+def secure_sum(vectors: list[np.ndarray], setting: Setting, rng: np.random.Generator) -> tuple[np.ndarray, list[float]]:
+    """The sum the key authority would return of these vectors, each encoded by the secure codec (clip, clamp,
+    randomized rounding, a Skellam noise share, mod 2^b), and each vector's share of its norm that survived
+    clipping and clamping (1.0: nothing lost)."""
+    bits = field_layout(ckks_parameters(MAX_PARTICIPANTS), MAX_PARTICIPANTS, None).bits
+    plan = plan_quantization(vectors[0].size, setting.clip_norm, bits, MAX_PARTICIPANTS, MIN_PARTICIPANTS,
+                             NoiseKind.SKELLAM, setting.refit_noise_variance)
+    total = np.zeros(vectors[0].size, dtype=np.int64)
+    kept = []
+    for vector in vectors:
+        total = (total + encode_update(vector, plan, rng).astype(np.int64)) % (1 << bits)
+        kept.append(round(float(np.linalg.norm(received_update(vector, plan)) / max(np.linalg.norm(vector), 1e-30)), 3))
+    return decode_mean_update(to_modular(total, bits), plan, len(vectors)) * len(vectors), kept
+
+
+def refit_head_securely(features: list[torch.Tensor], parts: list[LocalData], setting: Setting,
+                        noise_variance: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
+    """The head LDA fits on statistics that took three secure sums, each hospital scaling each of its vectors to
+    half the clip norm: (1) the image count and feature sum, whose pooled mean `r` centres the rest; (2) the
+    class counts, the class sums about `r` and the summed squared distance to `r` over the feature count (which
+    fixes the covariance's scale); (3) the scatter about the pooled class means. Also each sum's errors
+    against the exact statistics."""
+    classes, dim = parts[0].num_classes, features[0].shape[1]
+    noisy = replace(setting, refit_noise_variance=noise_variance)
+    half = setting.clip_norm / 2
+    firsts = [np.concatenate([[p.train_labels.numel()], f.sum(dim=0).numpy()]) for f, p in zip(features, parts)]
+    first, _ = secure_sum([scaled_to(v, half) for v in firsts], noisy, rng)
+    reference = torch.from_numpy(first[1:] / first[0])
+    seconds = [np.concatenate([class_sums_vector(f - reference, p.train_labels, classes),
+                               [float(((f - reference) ** 2).sum()) / dim]]) for f, p in zip(features, parts)]
+    second, _ = secure_sum([scaled_to(v, half) for v in seconds], noisy, rng)
+    counts, centred_means = class_means_from_sum(second[:-1], classes, dim)
+    means = centred_means + reference.numpy()
+    within_trace = (second[-1] * dim - float((counts[:, None] * centred_means**2).sum())) / counts.sum()
+    thirds = [scatter_vector(f, p.train_labels, means)[1:] for f, p in zip(features, parts)]
+    third, _ = secure_sum([scaled_to(v, half) for v in thirds], noisy, rng)
+    covariance = covariance_from_sum(np.concatenate([[1.0], third]), dim)
+    covariance *= max(within_trace, 1e-12) / max(float(np.trace(covariance)), 1e-12)
+    exact = sum((moments_of(f, p.train_labels, classes) for f, p in zip(features, parts)),
+                FeatureMoments(np.zeros(classes), np.zeros((classes, dim)), np.zeros((dim, dim))))
+    exact_means = exact.sums / np.maximum(exact.counts, 1)[:, None]
+    exact_cov = (exact.second - (exact.counts[:, None] * exact_means).T @ exact_means) / exact.counts.sum()
+    contrast = exact_means[-1] - exact_means[0]
+    detail: dict[str, object] = {"contrast_error": round(float(np.linalg.norm(means[-1] - means[0] - contrast) / np.linalg.norm(contrast)), 4),
+              "covariance_error": round(float(np.linalg.norm(covariance - exact_cov) / np.linalg.norm(exact_cov)), 4),
+              "trace_ratio": round(float(np.trace(covariance) / np.trace(exact_cov)), 4)}
+    weight, bias = lda_from_estimates(means, covariance, counts, setting.head_shrinkage)
+    return weight, bias, detail
+
+
 def simulate(name: str, setting: Setting, out: Path) -> None:
     torch.set_num_threads(setting.torch_threads)
     device = best_device()
@@ -123,6 +214,7 @@ def simulate(name: str, setting: Setting, out: Path) -> None:
     server = (FedAdam(setting.server_learning_rate) if setting.server_optimizer == "fedadam"
               else FedAvg(setting.server_learning_rate, setting.server_momentum))
     generator = torch.Generator().manual_seed(setting.seed + 1)
+    refit_rng = np.random.default_rng(setting.seed + 2)
     own = [np.zeros(spec.count) for _ in parts]  # SCAFFOLD's c_i: each hospital's gradient at its last start
     control = np.zeros(spec.count)  # its c, the consortium's
     with open(out / f"{name}.jsonl", "w") as log:
@@ -158,17 +250,43 @@ def simulate(name: str, setting: Setting, out: Path) -> None:
                     control += mean_upload[spec.count :]
                 weights = server.step(weights, mean_upload[: spec.count])
                 model.load_state_dict(restore_state(model.state_dict(), weights.astype(np.float32), spec))
+            extra: dict[str, object] = {}
+            if setting.head_refit in ("eval", "lda"):
+                sources = [pooled] if setting.mode == "centralized" else parts
+                kept_state = {k: v.clone() for k, v in model.state_dict().items()}
+                before = pooled_evaluation(model, pooled, device)
+                refit_head(model, sources, setting, device)
+                if setting.head_refit == "eval":
+                    extra["refit"] = pooled_evaluation(model, pooled, device)
+                    model.load_state_dict(kept_state)
+                    if setting.mode == "federated" and setting.refit_noise_variances:
+                        features = [penultimate_features(model, p.train_images, device) for p in parts]
+                        for variance in map(float, setting.refit_noise_variances.split(":")):
+                            weight, bias, detail = refit_head_securely(features, parts, setting, variance, refit_rng)
+                            set_head(model, weight, bias)
+                            extra[f"refit_secure_noise{variance:g}"] = {**pooled_evaluation(model, pooled, device),
+                                                                        **detail}
+                        model.load_state_dict(kept_state)
+                else:
+                    extra["before_refit"] = before
+                    weights = flatten_state({k: v.cpu() for k, v in model.state_dict().items()}).astype(np.float64)
             metrics = pooled_evaluation(model, pooled, device)
             row = {"name": name, "round": round_id, "seconds": round(time.monotonic() - started, 1),
-                   "learning_rate": training.learning_rate, **metrics}
+                   "learning_rate": training.learning_rate, **metrics, **extra}
             if norms:
                 row["update_norms"] = norms  # each hospital's, before clipping
             if kept:
                 row["control_change_kept"] = kept
             log.write(json.dumps(row) + "\n")
             log.flush()
+            other = ""
+            for label, values in extra.items():
+                assert isinstance(values, dict)
+                if "f1" not in values:
+                    continue
+                other += f"; {label}: F1 {values.get('f1', float('nan')):.3f} AUC {values.get('auc', float('nan')):.3f}"
             print(f"[{name}] round {round_id}: F1 {metrics.get('f1', float('nan')):.3f} "
-                  f"AUC {metrics.get('auc', float('nan')):.3f} ({row['seconds']} s)", flush=True)
+                  f"AUC {metrics.get('auc', float('nan')):.3f}{other} ({row['seconds']} s)", flush=True)
 
 
 def rank(out: Path, names: list[str]) -> list[dict[str, object]]:

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
+from services.common.head_refit import classifier_head
 from services.common.classification_metrics import HISTOGRAM_BINS, HISTOGRAM_SPACING, histogram_edges
 from services.hospital_node.image_preprocessing import augment_batch
 from services.hospital_node.local_data import LocalData
@@ -63,6 +64,8 @@ class LocalTraining:
     imbalance: Imbalance = "class_weights"
     schedule: Literal["constant", "cosine"] = "cosine"
     augment: bool = False
+    # Train the body only; the classifier head keeps the weights it arrived with (FedBABU: Oh et al., ICLR 2022).
+    freeze_head: bool = False
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -94,9 +97,10 @@ def _loss_function(config: LocalTraining, labels: torch.Tensor, num_classes: int
 
 
 def _optimizer(config: LocalTraining, model: nn.Module) -> torch.optim.Optimizer:
+    trained = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-4)
-    return torch.optim.SGD(model.parameters(), lr=config.learning_rate, momentum=0.9, weight_decay=1e-4)
+        return torch.optim.AdamW(trained, lr=config.learning_rate, weight_decay=1e-4)
+    return torch.optim.SGD(trained, lr=config.learning_rate, momentum=0.9, weight_decay=1e-4)
 
 
 def train_local(model: nn.Module, data: LocalData, config: LocalTraining, device: torch.device,
@@ -108,6 +112,19 @@ def train_local(model: nn.Module, data: LocalData, config: LocalTraining, device
     if use_amp:
         model.to(memory_format=torch.channels_last)
     model.train()
+    frozen = [p for p in classifier_head(model).parameters() if p.requires_grad] if config.freeze_head else []
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    try:
+        return _train_steps(model, data, config, device, generator, drift)
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(True)
+
+
+def _train_steps(model: nn.Module, data: LocalData, config: LocalTraining, device: torch.device,
+                 generator: torch.Generator, drift: Mapping[str, torch.Tensor] | None) -> TrainStats:
+    use_amp = device.type == "cuda"
     dataset = TensorDataset(data.train_images, data.train_labels)
     sampler = None
     if config.imbalance == "sampler":

@@ -1,11 +1,14 @@
 """Local training options, on the tiny CNN and SYNTHETIC images (CPU)."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 from services.common.classification_metrics import auc_from_histograms, histogram_edges
+from services.common.head_refit import classifier_head
 from services.common.model_spec import flatten_state
 from services.common.models import build_model
 from services.common.synthetic_xray import generate_synthetic_xrays
@@ -222,3 +225,23 @@ def test_drift_is_added_to_each_steps_gradient() -> None:
         # weight decay 1e-4 on the starting weights, as in the trainer's SGD
         expected = start - 0.1 * (g + drift[name] + 1e-4 * start)
         torch.testing.assert_close(parameter.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_a_frozen_head_arrives_and_leaves_unchanged_while_the_body_trains(optimizer: str) -> None:
+    images, labels = generate_synthetic_xrays(48, 32, 2, seed=6)
+    data = LocalData(torch.from_numpy(images), torch.from_numpy(labels), torch.from_numpy(images[:8]),
+                     torch.from_numpy(labels[:8]), 2)
+    model = build_model("tiny", 2, seed=5)
+    head = classifier_head(model)
+    head_before = [p.detach().clone() for p in head.parameters()]
+    body_before = model[1].features[0].weight.detach().clone()
+    config = LocalTraining(epochs=2, learning_rate=1e-2, batch_size=16, optimizer=optimizer,  # type: ignore[arg-type]
+                           freeze_head=True)
+    train_local(model, data, config, CPU, torch.Generator().manual_seed(0))
+    for parameter, before in zip(head.parameters(), head_before):
+        assert torch.equal(parameter.detach(), before)  # not even weight decay touched it
+        assert parameter.requires_grad  # and it trains again when not frozen
+    assert not torch.equal(model[1].features[0].weight.detach(), body_before)
+    train_local(model, data, replace(config, freeze_head=False), CPU, torch.Generator().manual_seed(0))
+    assert not torch.equal(head.weight.detach(), head_before[0])

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,10 @@ import torch
 from scripts import experiment, paired, sweep
 from scripts.centralized import node_settings_for, pooled_data
 from services.common.classification_metrics import confusion_matrix
+from services.common.head_refit import FeatureMoments, lda_head, moments_of
 from services.common.model_spec import flatten_state
 from services.common.models import build_model
-from services.hospital_node.local_data import load_local_data
+from services.hospital_node.local_data import LocalData, load_local_data
 from tests.e2e.consortium_checks import checkpoint_weights
 
 
@@ -165,3 +167,47 @@ def test_the_centralized_baseline_trains_with_the_hospitals_thread_count(tmp_pat
     experiment.centralized(namespace)
     assert seen == [namespace.torch_threads] and seen[0] != before
     assert torch.get_num_threads() == before  # the launcher's own count is restored afterwards
+
+
+def test_sweep_head_refit_eval_scores_a_refit_copy_and_lda_trains_on_from_it(tmp_path: Path) -> None:
+    base = sweep.Setting(architecture="tiny", image_size=32, images_per_node=40, rounds=2, partition="label_mix",
+                         local_epochs=1, local_optimizer="adamw", learning_rate=1e-3, torch_threads=1)
+    sweep.simulate("plain", base, tmp_path)
+    sweep.simulate("eval", replace(base, head_refit="eval", refit_noise_variances="16:0"), tmp_path)
+    sweep.simulate("lda", replace(base, head_refit="lda"), tmp_path)
+    plain, scored, refit = ([json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+                            for name in ("plain", "eval", "lda"))
+    # "eval" scores a refit copy only: the trained model, its updates and its scores are plain FedAvg's.
+    for left, right in zip(plain, scored):
+        assert left["update_norms"] == right["update_norms"] and left["f1"] == right["f1"]
+        assert set(right["refit"]) >= {"f1", "auc"}
+        for variance in ("16", "0"):
+            assert {"contrast_error", "covariance_error", "trace_ratio", "auc"} <= set(right[f"refit_secure_noise{variance}"])
+    # "lda" replaces the head: round 1 trained alike, its published model is the refit one, and round 2 starts from it.
+    assert refit[0]["update_norms"] == plain[0]["update_norms"]
+    assert refit[0]["before_refit"]["f1"] == plain[0]["f1"]
+    assert refit[0]["auc"] == pytest.approx(scored[0]["refit"]["auc"])
+    assert refit[1]["update_norms"] != plain[1]["update_norms"]
+
+
+def test_the_three_secure_sums_give_the_exact_lda_head_when_the_sums_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the codec taken out (exact sums), the three-sum protocol's centring, per-hospital scaling and trace
+    matching reproduce LDA on the pooled moments, up to the weight each hospital's scale gives its images (here
+    the hospitals' features differ only through their labels, so the weights barely matter)."""
+    rng = np.random.default_rng(4)
+    parts, features = [], []
+    for mix in (0.1, 0.5, 0.95):  # label-skewed hospitals, each with its own scale after scaled_to
+        labels = torch.from_numpy((rng.random(300) < mix).astype(np.int64))
+        feats = torch.from_numpy(rng.normal(2.0, 1.0, (300, 6)) + 0.8 * labels.numpy()[:, None] * np.arange(6))
+        parts.append(LocalData(torch.zeros(300, 1, 2, 2), labels, torch.zeros(0, 1, 2, 2),
+                               torch.zeros(0, dtype=torch.int64), 2))
+        features.append(feats)
+    monkeypatch.setattr(sweep, "secure_sum", lambda vectors, setting, rng: (np.sum(vectors, axis=0), []))
+    setting = sweep.Setting(head_shrinkage=0.1)
+    weight, bias, detail = sweep.refit_head_securely(features, parts, setting, 16.0, rng)
+    assert detail["contrast_error"] < 0.05 and abs(float(detail["trace_ratio"]) - 1) < 0.05  # type: ignore[arg-type]
+    exact_weight, exact_bias = lda_head(sum((moments_of(f, p.train_labels, 2) for f, p in zip(features, parts)),
+                                            FeatureMoments(np.zeros(2), np.zeros((2, 6)), np.zeros((6, 6)))), 0.1)
+    secure, exact = weight[1] - weight[0], exact_weight[1] - exact_weight[0]
+    assert np.linalg.norm(secure - exact) < 0.02 * np.linalg.norm(exact)  # direction and scale
+    assert bias[1] - bias[0] == pytest.approx(exact_bias[1] - exact_bias[0], abs=0.05 * np.abs(exact_bias).max())

@@ -1,0 +1,103 @@
+"""The classifier head refit by linear discriminant analysis on pooled feature moments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from services.common.head_refit import FeatureMoments, classifier_head, feature_moments, lda_head, set_head
+from services.common.models import build_model
+
+
+def _moments(means: list[list[float]], covariance: list[list[float]], counts: list[int]) -> FeatureMoments:
+    """Moments of samples with these class means and exactly this pooled within-class covariance."""
+    mu, sigma, n = np.array(means, float), np.array(covariance, float), np.array(counts, float)
+    second = (n[:, None] * mu).T @ mu + n.sum() * sigma
+    return FeatureMoments(n, n[:, None] * mu, second)
+
+
+def test_one_feature_by_hand() -> None:
+    # Class 0 at {0, 2}, class 1 at {4, 6}: means 1 and 5, within-class variance (1+1+1+1)/4 = 1.
+    # w_c = mu_c = 1, 5; b_c = -mu_c^2 / 2 + log(1/2) = -0.5, -12.5 (+ log 1/2); centred: w = -2, +2,
+    # b = +6, -6, so logit_1 - logit_0 = 4x - 12: the boundary is x = 3, midway between the means.
+    x = np.array([[0.0], [2.0], [4.0], [6.0]])
+    moments = FeatureMoments(np.array([2.0, 2.0]), np.array([[2.0], [10.0]]), x.T @ x)
+    weight, bias = lda_head(moments, shrinkage=0.0)
+    np.testing.assert_allclose(weight, [[-2.0], [2.0]])
+    np.testing.assert_allclose(bias, [6.0, -6.0])
+
+
+def test_direction_follows_the_inverse_covariance() -> None:
+    # Means differ along x only, but the features are correlated: Sigma = [[2, 1], [1, 2]], whose inverse is
+    # [[2, -1], [-1, 2]] / 3, so the discriminant is Sigma^-1 (mu_1 - mu_0) = (2, -1) / 3, not (1, 0).
+    moments = _moments([[0.0, 0.0], [1.0, 0.0]], [[2.0, 1.0], [1.0, 2.0]], [50, 50])
+    weight, bias = lda_head(moments, shrinkage=0.0)
+    np.testing.assert_allclose(weight[1] - weight[0], [2 / 3, -1 / 3], atol=1e-12)
+    midpoint = np.array([0.5, 0.0])
+    assert (weight[1] - weight[0]) @ midpoint + bias[1] - bias[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_prior_moves_the_boundary_by_its_log_ratio() -> None:
+    balanced = lda_head(_moments([[0.0], [2.0]], [[1.0]], [100, 100]), shrinkage=0.0)
+    skewed = lda_head(_moments([[0.0], [2.0]], [[1.0]], [300, 100]), shrinkage=0.0)
+    # The variance is the same (1), so the slope is 2 in both; the intercept falls by log(300/100).
+    margin = [b[1] - b[0] for _, b in (balanced, skewed)]
+    assert margin[0] - margin[1] == pytest.approx(np.log(3.0), rel=1e-9)
+
+
+def test_shrinkage_pulls_the_covariance_towards_its_mean_variance() -> None:
+    moments = _moments([[0.0, 0.0], [1.0, 0.0]], [[2.0, 1.0], [1.0, 2.0]], [50, 50])
+    weight, _ = lda_head(moments, shrinkage=1.0)  # Sigma becomes 2 I: the direction is the mean difference / 2
+    np.testing.assert_allclose(weight[1] - weight[0], [0.5, 0.0], atol=1e-12)
+    with pytest.raises(ValueError, match="shrinkage"):
+        lda_head(moments, shrinkage=1.5)
+
+
+def test_one_class_only_is_refused() -> None:
+    with pytest.raises(ValueError, match="two classes"):
+        lda_head(_moments([[0.0], [2.0]], [[1.0]], [10, 0]))
+
+
+def test_vector_round_trip_and_addition() -> None:
+    a = _moments([[0.0, 1.0], [1.0, 3.0]], [[2.0, 0.5], [0.5, 1.0]], [4, 6])
+    b = _moments([[2.0, 1.0], [1.0, -1.0]], [[1.0, 0.0], [0.0, 1.0]], [3, 1])
+    vector = (a + b).as_vector()
+    assert vector.size == 2 + 2 * 2 + 3  # counts, sums, upper triangle of a 2x2
+    np.testing.assert_allclose(vector, a.as_vector() + b.as_vector())  # additive, as a secure sum needs
+    back = FeatureMoments.from_vector(vector, 2, 2)
+    np.testing.assert_allclose(back.second, a.second + b.second)
+    np.testing.assert_allclose(back.sums, a.sums + b.sums)
+    with pytest.raises(ValueError, match="take 9 values"):
+        FeatureMoments.from_vector(vector[:-1], 2, 2)
+
+
+def test_feature_moments_are_those_of_the_penultimate_features() -> None:
+    model = build_model("tiny", 2, seed=3)
+    images = torch.rand(10, 1, 16, 16)
+    labels = torch.tensor([0, 1, 1, 0, 1, 1, 1, 0, 1, 1])
+    moments = feature_moments(model, images, labels, 2, torch.device("cpu"), batch_size=4)
+    model.eval()
+    with torch.no_grad():
+        features = torch.flatten(model[1].features(images.expand(-1, 3, -1, -1)), 1).double().numpy()
+    np.testing.assert_array_equal(moments.counts, [3, 7])
+    np.testing.assert_allclose(moments.sums[1], features[labels.numpy() == 1].sum(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(moments.second, features.T @ features, rtol=1e-5)
+
+
+def test_a_refit_head_separates_what_the_features_separate() -> None:
+    """Features whose class shows in one direction only: a random head scores near chance, the refit one
+    nearly perfectly."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(8, 2))
+    labels = torch.randint(0, 2, (400,))
+    features = torch.randn(400, 8)
+    features[:, 3] += 3.0 * labels
+    moments = feature_moments(model, features, labels, 2, torch.device("cpu"))
+    set_head(model, *lda_head(moments))
+    with torch.no_grad():
+        accuracy = (model(features).argmax(dim=1) == labels).float().mean().item()
+    assert accuracy > 0.9
+    assert classifier_head(model) is model[1]
+    with pytest.raises(ValueError, match="shape"):
+        set_head(model, np.zeros((3, 8)), np.zeros(3))
