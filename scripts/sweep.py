@@ -91,6 +91,10 @@ class Setting:
     # 1: SCAFFOLD's drift correction as the services run it (each upload carries the control variate's change)
     drift_correction: int = 0
     secure_clamp: int = 0  # 1: clamp every upload's coordinates as the secure codec does (0: clip only)
+    # 1: the mean update is what the key authority would return: every upload encoded by the secure codec (clip,
+    # clamp, randomized rounding, Skellam noise of noise_variance per quorum of 3, 10-bit fields for up to 8 nodes)
+    secure_codec: int = 0
+    noise_variance: float = 16.0
     # "eval": also score each round's model with its head refit by LDA on the pooled training features;
     # "lda": the refit head replaces the averaged one and the next round starts from it
     freeze_head: int = 0  # 1: local training leaves the classifier head as it arrived (FedBABU)
@@ -98,7 +102,6 @@ class Setting:
     head_shrinkage: float = 0.1
     # with head_refit=eval, also score the head refit from statistics that took the secure path: three sums, each
     # clipped, clamped, rounded and noised by the secure codec (refit_head_securely)
-    refit_noise_variance: float = 16.0
     refit_noise_variances: str = ""  # with head_refit=eval: "16:0" scores the secure refit at each noise variance
     torch_threads: int = 2
     seed: int = 0  # as scripts.experiment --seed: the data, split and initial model; training from seed + 1
@@ -151,19 +154,18 @@ def refit_head(model: torch.nn.Module, parts: list[LocalData], setting: Setting,
 MAX_PARTICIPANTS, MIN_PARTICIPANTS = 8, 3  # as scripts.experiment's consortia
 
 
-def secure_sum(vectors: list[np.ndarray], setting: Setting, rng: np.random.Generator) -> tuple[np.ndarray, list[float]]:
-    """The sum the key authority would return of these vectors, each encoded by the secure codec (clip, clamp,
-    randomized rounding, a Skellam noise share, mod 2^b), and each vector's share of its norm that survived
-    clipping and clamping (1.0: nothing lost)."""
+def secure_sum(vectors: list[np.ndarray], clip_norm: float, noise_variance: float,
+               rng: np.random.Generator) -> np.ndarray:
+    """The sum the key authority would return of these vectors, each encoded as a node encodes it in secure mode
+    (L2 clip, clamp, randomized rounding, its share of Skellam noise of `noise_variance` per quorum, mod 2^b), less
+    encryption, which the tests show exact."""
     bits = field_layout(ckks_parameters(MAX_PARTICIPANTS), MAX_PARTICIPANTS, None).bits
-    plan = plan_quantization(vectors[0].size, setting.clip_norm, bits, MAX_PARTICIPANTS, MIN_PARTICIPANTS,
-                             NoiseKind.SKELLAM, setting.refit_noise_variance)
+    plan = plan_quantization(vectors[0].size, clip_norm, bits, MAX_PARTICIPANTS, MIN_PARTICIPANTS,
+                             NoiseKind.SKELLAM, noise_variance)
     total = np.zeros(vectors[0].size, dtype=np.int64)
-    kept = []
     for vector in vectors:
         total = (total + encode_update(vector, plan, rng).astype(np.int64)) % (1 << bits)
-        kept.append(round(float(np.linalg.norm(received_update(vector, plan)) / max(np.linalg.norm(vector), 1e-30)), 3))
-    return decode_mean_update(to_modular(total, bits), plan, len(vectors)) * len(vectors), kept
+    return decode_mean_update(to_modular(total, bits), plan, len(vectors)) * len(vectors)
 
 
 def refit_head_securely(features: list[torch.Tensor], parts: list[LocalData], setting: Setting,
@@ -174,19 +176,18 @@ def refit_head_securely(features: list[torch.Tensor], parts: list[LocalData], se
     fixes the covariance's scale); (3) the scatter about the pooled class means. Also each sum's errors
     against the exact statistics."""
     classes, dim = parts[0].num_classes, features[0].shape[1]
-    noisy = replace(setting, refit_noise_variance=noise_variance)
     half = setting.clip_norm / 2
     firsts = [np.concatenate([[p.train_labels.numel()], f.sum(dim=0).numpy()]) for f, p in zip(features, parts)]
-    first, _ = secure_sum([scaled_to(v, half) for v in firsts], noisy, rng)
+    first = secure_sum([scaled_to(v, half) for v in firsts], setting.clip_norm, noise_variance, rng)
     reference = torch.from_numpy(first[1:] / first[0])
     seconds = [np.concatenate([class_sums_vector(f - reference, p.train_labels, classes),
                                [float(((f - reference) ** 2).sum()) / dim]]) for f, p in zip(features, parts)]
-    second, _ = secure_sum([scaled_to(v, half) for v in seconds], noisy, rng)
+    second = secure_sum([scaled_to(v, half) for v in seconds], setting.clip_norm, noise_variance, rng)
     counts, centred_means = class_means_from_sum(second[:-1], classes, dim)
     means = centred_means + reference.numpy()
     within_trace = (second[-1] * dim - float((counts[:, None] * centred_means**2).sum())) / counts.sum()
     thirds = [scatter_vector(f, p.train_labels, means)[1:] for f, p in zip(features, parts)]
-    third, _ = secure_sum([scaled_to(v, half) for v in thirds], noisy, rng)
+    third = secure_sum([scaled_to(v, half) for v in thirds], setting.clip_norm, noise_variance, rng)
     covariance = covariance_from_sum(np.concatenate([[1.0], third]), dim)
     covariance *= max(within_trace, 1e-12) / max(float(np.trace(covariance)), 1e-12)
     exact = sum((moments_of(f, p.train_labels, classes) for f, p in zip(features, parts)),
@@ -215,6 +216,9 @@ def simulate(name: str, setting: Setting, out: Path) -> None:
               else FedAvg(setting.server_learning_rate, setting.server_momentum))
     generator = torch.Generator().manual_seed(setting.seed + 1)
     refit_rng = np.random.default_rng(setting.seed + 2)
+    codec_rng = np.random.default_rng(setting.seed + 3)
+    if setting.secure_codec and setting.drift_correction:
+        raise SystemExit("secure_codec=1 does not simulate drift correction; use secure_clamp=1 with it")
     own = [np.zeros(spec.count) for _ in parts]  # SCAFFOLD's c_i: each hospital's gradient at its last start
     control = np.zeros(spec.count)  # its c, the consortium's
     with open(out / f"{name}.jsonl", "w") as log:
@@ -226,7 +230,7 @@ def simulate(name: str, setting: Setting, out: Path) -> None:
             if setting.mode == "centralized":
                 train_local(model, pooled, training, device, generator)
             else:
-                uploads = []
+                uploads, raw = [], []
                 for index, part in enumerate(parts):
                     model.load_state_dict(restore_state(model.state_dict(), weights.astype(np.float32), spec))
                     drift = (restore_state(model.state_dict(), (control - own[index]).astype(np.float32), spec)
@@ -240,12 +244,14 @@ def simulate(name: str, setting: Setting, out: Path) -> None:
                     if setting.drift_correction:  # as the node: the update, then its control variate's change
                         upload = np.concatenate([update, control_now - own[index]])
                     uploads.append(sent(upload, setting))
+                    raw.append(upload)
                     if setting.drift_correction:  # as the node: c_i moves by what the sum received of the change
                         received = uploads[-1][spec.count :]
                         own[index] = own[index] + received
                         kept.append(round(float(np.linalg.norm(received) / max(np.linalg.norm(upload[spec.count :]),
                                                                                   1e-30)), 3))
-                mean_upload = np.mean(uploads, axis=0)
+                mean_upload = (secure_sum(raw, setting.clip_norm, setting.noise_variance, codec_rng) / len(raw)
+                               if setting.secure_codec else np.mean(uploads, axis=0))
                 if setting.drift_correction:  # as the aggregator, every hospital taking part
                     control += mean_upload[spec.count :]
                 weights = server.step(weights, mean_upload[: spec.count])

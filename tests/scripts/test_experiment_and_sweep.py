@@ -202,7 +202,7 @@ def test_the_three_secure_sums_give_the_exact_lda_head_when_the_sums_are_exact(m
         parts.append(LocalData(torch.zeros(300, 1, 2, 2), labels, torch.zeros(0, 1, 2, 2),
                                torch.zeros(0, dtype=torch.int64), 2))
         features.append(feats)
-    monkeypatch.setattr(sweep, "secure_sum", lambda vectors, setting, rng: (np.sum(vectors, axis=0), []))
+    monkeypatch.setattr(sweep, "secure_sum", lambda vectors, clip, variance, rng: np.sum(vectors, axis=0))
     setting = sweep.Setting(head_shrinkage=0.1)
     weight, bias, detail = sweep.refit_head_securely(features, parts, setting, 16.0, rng)
     assert detail["contrast_error"] < 0.05 and abs(float(detail["trace_ratio"]) - 1) < 0.05  # type: ignore[arg-type]
@@ -211,3 +211,21 @@ def test_the_three_secure_sums_give_the_exact_lda_head_when_the_sums_are_exact(m
     secure, exact = weight[1] - weight[0], exact_weight[1] - exact_weight[0]
     assert np.linalg.norm(secure - exact) < 0.02 * np.linalg.norm(exact)  # direction and scale
     assert bias[1] - bias[0] == pytest.approx(exact_bias[1] - exact_bias[0], abs=0.05 * np.abs(exact_bias).max())
+
+
+def test_the_sweeps_secure_sum_is_the_codecs_sum_with_its_noise() -> None:
+    """Without noise, the simulated secure sum is the sum of what the codec receives (clipped, clamped), to within
+    randomized rounding; with the configured noise its error grows to about the clip norm over five hospitals."""
+    rng = np.random.default_rng(0)
+    clip, size = 5.0, 20000
+    vectors = [rng.normal(0, 1, size) * (3.0 / np.sqrt(size)) for _ in range(5)]  # norms about 3, under the clip
+    vectors[0][:10] = 50.0  # far over the clip and the clamp
+    bits = sweep.field_layout(sweep.ckks_parameters(8), 8, None).bits
+    plan = sweep.plan_quantization(size, clip, bits, 8, 3, sweep.NoiseKind.SKELLAM, 0.0)
+    received = sum(sweep.received_update(v, plan) for v in vectors)
+    exact = sweep.secure_sum(vectors, clip, 0.0, rng)
+    step = 1 / plan.scale
+    assert np.abs(exact - received).max() <= 5 * step + 1e-12  # each of 5 nodes rounds by less than a step
+    assert np.linalg.norm(received - sum(vectors)) > 1.0  # the clip and clamp did act on vector 0
+    noisy = sweep.secure_sum(vectors, clip, 16.0, rng)
+    assert 0.7 * clip < np.linalg.norm(noisy - received) < 1.5 * clip
