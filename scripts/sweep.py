@@ -307,13 +307,45 @@ def rank(out: Path, names: list[str]) -> list[dict[str, object]]:
     return sorted(table, key=lambda row: -float(row["f1_last"]))  # type: ignore[arg-type]
 
 
+def plot_curves(rows: list[dict[str, object]], path: Path) -> Path:
+    """F1 and AUC per round for each setting in `rows`, with dashed lines for the scores of its refit head
+    (head_refit=eval) where the rows carry them."""
+    from scripts.report import _save, plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    names = list(dict.fromkeys(str(r["name"]) for r in rows))
+    for index, name in enumerate(names):
+        mine = [r for r in rows if r["name"] == name]
+        color = f"C{index % 10}"
+        for axis, metric in zip(axes, ("f1", "auc")):
+            rounds = [r["round"] for r in mine]
+            axis.plot(rounds, [r.get(metric, float("nan")) for r in mine], marker="o", color=color, label=name)
+            refit = [r["refit"].get(metric, float("nan")) for r in mine if isinstance(r.get("refit"), dict)]  # type: ignore[union-attr]
+            if len(refit) == len(mine):
+                axis.plot(rounds, refit, linestyle="--", marker="x", color=color, label=f"{name}, head refit")
+    for axis, metric in zip(axes, ("F1 at argmax", "ROC AUC")):
+        axis.set_title(f"{metric}, held-out images (SYNTHETIC data, simulation)", fontsize=10)
+        axis.set_xlabel("round")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return _save(figure, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("settings", nargs="+", help="name=key=value,key=value (see Setting)")
+    parser.add_argument("settings", nargs="*", help="name=key=value,key=value (see Setting)")
     parser.add_argument("--out", type=Path, default=Path("runs/sweep"))
     parser.add_argument("--base", default="", help="key=value,... applied to every setting first")
     parser.add_argument("--timeout", type=float, default=3600, help="stop unfinished settings after this")
+    parser.add_argument("--plot-rows", type=Path, nargs="+", help="only plot these rows files into <out>/curves.png")
     args = parser.parse_args(argv)
+    if args.plot_rows:
+        args.out.mkdir(parents=True, exist_ok=True)
+        rows = [json.loads(line) for path in args.plot_rows for line in path.read_text().splitlines()]
+        print(f"wrote {plot_curves(rows, args.out / 'curves.png')}")
+        return 0
+    if not args.settings:
+        parser.error("name at least one setting (or --plot-rows)")
     _, base = Setting.parse(f"base={args.base}", Setting())
     named = dict(Setting.parse(text, base) for text in args.settings)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -333,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'setting':<16} {'rounds':>6} {'F1 (last 3)':>11} {'AUC (last 3)':>12}")
     for row in table:
         print(f"{row['name']:<16} {row['rounds']:>6} {row['f1_last']:>11.3f} {row['auc_last']:>12.3f}")
+    rows = [json.loads(line) for name in named if (args.out / f"{name}.jsonl").exists()
+            for line in (args.out / f"{name}.jsonl").read_text().splitlines()]
+    if rows:
+        print(f"wrote {plot_curves(rows, args.out / 'curves.png')}")
     return 0
 
 

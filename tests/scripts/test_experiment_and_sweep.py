@@ -91,6 +91,10 @@ def test_sweep_ranks_every_setting_and_refuses_an_unknown_one(tmp_path: Path) ->
     assert sorted(row["name"] for row in ranking) == ["central", "fed"]
     assert all(row["rounds"] == 2 for row in ranking)
     assert [row["f1_last"] for row in ranking] == sorted((row["f1_last"] for row in ranking), reverse=True)
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "curves.png").unlink()
+    assert sweep.main(["--out", str(tmp_path), "--plot-rows", str(tmp_path / "fed.jsonl")]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 1000
     with pytest.raises(SystemExit, match="unknown setting 'lr'"):
         sweep.main(["--out", str(tmp_path), "bad=lr=0.1"])
 
