@@ -34,23 +34,23 @@ from services.aggregator.pooled_evaluation import pool_reports
 from services.aggregator.round_schedule import round_learning_rate
 from services.common.ckks_params import ckks_parameters, field_layout
 from services.common.head_refit import (
+    FeatureMoments,
     class_means_from_sum,
     class_sums_vector,
     covariance_from_sum,
-    FeatureMoments,
     feature_moments,
-    moments_of,
     lda_from_estimates,
     lda_head,
+    moments_of,
     penultimate_features,
     scaled_to,
     scatter_vector,
     set_head,
 )
-from services.common.noise import NoiseKind
-from services.common.packing import to_modular
 from services.common.model_spec import flatten_named, flatten_state, parameter_spec, restore_state
 from services.common.models import best_device, build_model
+from services.common.noise import NoiseKind
+from services.common.packing import to_modular
 from services.common.quantize import clip_l2
 from services.common.update_codec import (
     clamp_threshold,
@@ -95,14 +95,14 @@ class Setting:
     # clamp, randomized rounding, Skellam noise of noise_variance per quorum of 3, 10-bit fields for up to 8 nodes)
     secure_codec: int = 0
     noise_variance: float = 16.0
+    freeze_head: int = 0  # 1: local training leaves the classifier head as it arrived (FedBABU)
     # "eval": also score each round's model with its head refit by LDA on the pooled training features;
     # "lda": the refit head replaces the averaged one and the next round starts from it
-    freeze_head: int = 0  # 1: local training leaves the classifier head as it arrived (FedBABU)
     head_refit: str = "none"
     head_shrinkage: float = 0.1
-    # with head_refit=eval, also score the head refit from statistics that took the secure path: three sums, each
-    # clipped, clamped, rounded and noised by the secure codec (refit_head_securely)
-    refit_noise_variances: str = ""  # with head_refit=eval: "16:0" scores the secure refit at each noise variance
+    # with head_refit=eval, e.g. "16:0": also score the head refit from statistics that took the three secure sums
+    # of refit_head_securely, at each of these noise variances
+    refit_noise_variances: str = ""
     torch_threads: int = 2
     seed: int = 0  # as scripts.experiment --seed: the data, split and initial model; training from seed + 1
 
@@ -195,9 +195,10 @@ def refit_head_securely(features: list[torch.Tensor], parts: list[LocalData], se
     exact_means = exact.sums / np.maximum(exact.counts, 1)[:, None]
     exact_cov = (exact.second - (exact.counts[:, None] * exact_means).T @ exact_means) / exact.counts.sum()
     contrast = exact_means[-1] - exact_means[0]
-    detail: dict[str, object] = {"contrast_error": round(float(np.linalg.norm(means[-1] - means[0] - contrast) / np.linalg.norm(contrast)), 4),
-              "covariance_error": round(float(np.linalg.norm(covariance - exact_cov) / np.linalg.norm(exact_cov)), 4),
-              "trace_ratio": round(float(np.trace(covariance) / np.trace(exact_cov)), 4)}
+    detail: dict[str, object] = {
+        "contrast_error": round(float(np.linalg.norm(means[-1] - means[0] - contrast) / np.linalg.norm(contrast)), 4),
+        "covariance_error": round(float(np.linalg.norm(covariance - exact_cov) / np.linalg.norm(exact_cov)), 4),
+        "trace_ratio": round(float(np.trace(covariance) / np.trace(exact_cov)), 4)}
     weight, bias = lda_from_estimates(means, covariance, counts, setting.head_shrinkage)
     return weight, bias, detail
 
@@ -259,8 +260,9 @@ def simulate(name: str, setting: Setting, out: Path) -> None:
             extra: dict[str, object] = {}
             if setting.head_refit in ("eval", "lda"):
                 sources = [pooled] if setting.mode == "centralized" else parts
-                kept_state = {k: v.clone() for k, v in model.state_dict().items()}
-                before = pooled_evaluation(model, pooled, device)
+                kept_state = {k: v.clone() for k, v in model.state_dict().items()}  # "eval" scores a copy
+                if setting.head_refit == "lda":
+                    extra["before_refit"] = pooled_evaluation(model, pooled, device)
                 refit_head(model, sources, setting, device)
                 if setting.head_refit == "eval":
                     extra["refit"] = pooled_evaluation(model, pooled, device)
@@ -274,7 +276,6 @@ def simulate(name: str, setting: Setting, out: Path) -> None:
                                                                         **detail}
                         model.load_state_dict(kept_state)
                 else:
-                    extra["before_refit"] = before
                     weights = flatten_state({k: v.cpu() for k, v in model.state_dict().items()}).astype(np.float64)
             metrics = pooled_evaluation(model, pooled, device)
             row = {"name": name, "round": round_id, "seconds": round(time.monotonic() - started, 1),

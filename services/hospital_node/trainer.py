@@ -17,8 +17,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
-from services.common.head_refit import classifier_head
 from services.common.classification_metrics import HISTOGRAM_BINS, HISTOGRAM_SPACING, histogram_edges
+from services.common.head_refit import classifier_head
 from services.hospital_node.image_preprocessing import augment_batch
 from services.hospital_node.local_data import LocalData
 
