@@ -38,7 +38,6 @@ from services.common.head_refit import (
     class_means_from_sum,
     class_sums_vector,
     covariance_from_sum,
-    feature_moments,
     lda_from_estimates,
     lda_head,
     moments_of,
@@ -145,9 +144,9 @@ def sent(upload: np.ndarray, setting: Setting) -> np.ndarray:
     return np.clip(clipped, -bound, bound)
 
 
-def refit_head(model: torch.nn.Module, parts: list[LocalData], setting: Setting, device: torch.device) -> None:
-    """Replace the head by LDA on the moments the hospitals' training images give, summed over hospitals."""
-    moments = [feature_moments(model, p.train_images, p.train_labels, p.num_classes, device) for p in parts]
+def refit_head(model: torch.nn.Module, parts: list[LocalData], features: list[torch.Tensor], setting: Setting) -> None:
+    """Replace the head by LDA on the moments of the hospitals' training features, summed over hospitals."""
+    moments = [moments_of(f, p.train_labels, p.num_classes) for f, p in zip(features, parts)]
     set_head(model, *lda_head(sum(moments[1:], moments[0]), setting.head_shrinkage))
 
 
@@ -263,12 +262,13 @@ def simulate(name: str, setting: Setting, out: Path) -> None:
                 kept_state = {k: v.clone() for k, v in model.state_dict().items()}  # "eval" scores a copy
                 if setting.head_refit == "lda":
                     extra["before_refit"] = pooled_evaluation(model, pooled, device)
-                refit_head(model, sources, setting, device)
+                # the head's inputs: the same before and after the refit, so computed once
+                features = [penultimate_features(model, p.train_images, device) for p in sources]
+                refit_head(model, sources, features, setting)
                 if setting.head_refit == "eval":
                     extra["refit"] = pooled_evaluation(model, pooled, device)
                     model.load_state_dict(kept_state)
                     if setting.mode == "federated" and setting.refit_noise_variances:
-                        features = [penultimate_features(model, p.train_images, device) for p in parts]
                         for variance in map(float, setting.refit_noise_variances.split(":")):
                             weight, bias, detail = refit_head_securely(features, parts, setting, variance, refit_rng)
                             set_head(model, weight, bias)
