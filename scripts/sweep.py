@@ -321,9 +321,10 @@ def plot_curves(rows: list[dict[str, object]], path: Path) -> Path:
         for axis, metric in zip(axes, ("f1", "auc")):
             rounds = [r["round"] for r in mine]
             axis.plot(rounds, [r.get(metric, float("nan")) for r in mine], marker="o", color=color, label=name)
-            refit = [r["refit"].get(metric, float("nan")) for r in mine if isinstance(r.get("refit"), dict)]  # type: ignore[union-attr]
-            if len(refit) == len(mine):
-                axis.plot(rounds, refit, linestyle="--", marker="x", color=color, label=f"{name}, head refit")
+            refits = [r["refit"] for r in mine if isinstance(r.get("refit"), dict)]
+            if len(refits) == len(mine):
+                axis.plot(rounds, [refit.get(metric, float("nan")) for refit in refits],  # type: ignore[attr-defined]
+                          linestyle="--", marker="x", color=color, label=f"{name}, head refit")
     for axis, metric in zip(axes, ("F1 at argmax", "ROC AUC")):
         axis.set_title(f"{metric}, held-out images (SYNTHETIC data, simulation)", fontsize=10)
         axis.set_xlabel("round")
