@@ -37,12 +37,12 @@ from services.common.head_refit import (
     FeatureMoments,
     class_means_from_sum,
     class_sums_vector,
-    covariance_from_sum,
     lda_from_estimates,
     lda_head,
     moments_of,
     penultimate_features,
     scaled_to,
+    scatter_from_sum,
     scatter_vector,
     set_head,
 )
@@ -185,10 +185,10 @@ def refit_head_securely(features: list[torch.Tensor], parts: list[LocalData], se
     counts, centred_means = class_means_from_sum(second[:-1], classes, dim)
     means = centred_means + reference.numpy()
     within_trace = (second[-1] * dim - float((counts[:, None] * centred_means**2).sum())) / counts.sum()
-    thirds = [scatter_vector(f, p.train_labels, means)[1:] for f, p in zip(features, parts)]
+    thirds = [scatter_vector(f, p.train_labels, means) for f, p in zip(features, parts)]
     third = secure_sum([scaled_to(v, half) for v in thirds], setting.clip_norm, noise_variance, rng)
-    covariance = covariance_from_sum(np.concatenate([[1.0], third]), dim)
-    covariance *= max(within_trace, 1e-12) / max(float(np.trace(covariance)), 1e-12)
+    scatter = scatter_from_sum(third, dim)  # up to the hospitals' scales: sum 2's trace sets the covariance's
+    covariance = scatter * max(within_trace, 1e-12) / max(float(np.trace(scatter)), 1e-12)
     exact = sum((moments_of(f, p.train_labels, classes) for f, p in zip(features, parts)),
                 FeatureMoments(np.zeros(classes), np.zeros((classes, dim)), np.zeros((dim, dim))))
     exact_means = exact.sums / np.maximum(exact.counts, 1)[:, None]

@@ -38,28 +38,6 @@ class FeatureMoments:
     def __add__(self, other: FeatureMoments) -> FeatureMoments:
         return FeatureMoments(self.counts + other.counts, self.sums + other.sums, self.second + other.second)
 
-    def as_vector(self) -> np.ndarray:
-        """Counts, sums and the upper triangle of `second`, flat (the triangle is all a symmetric matrix holds)."""
-        upper = self.second[np.triu_indices(self.second.shape[0])]
-        return np.concatenate([self.counts, self.sums.reshape(-1), upper]).astype(np.float64)
-
-    @classmethod
-    def from_vector(cls, vector: np.ndarray, num_classes: int, dim: int) -> FeatureMoments:
-        expected = vector_length(num_classes, dim)
-        if vector.size != expected:
-            raise ValueError(f"feature moments for {num_classes} classes of {dim} features take {expected} values, "
-                             f"got {vector.size}")
-        counts = vector[:num_classes]
-        sums = vector[num_classes : num_classes * (dim + 1)].reshape(num_classes, dim)
-        second = np.zeros((dim, dim))
-        second[np.triu_indices(dim)] = vector[num_classes * (dim + 1) :]
-        second = second + np.triu(second, 1).T
-        return cls(counts.astype(np.float64), sums.astype(np.float64), second)
-
-
-def vector_length(num_classes: int, dim: int) -> int:
-    return num_classes * (dim + 1) + dim * (dim + 1) // 2
-
 
 @torch.no_grad()
 def penultimate_features(model: nn.Module, images: torch.Tensor, device: torch.device,
@@ -132,13 +110,13 @@ def set_head(model: nn.Module, weight: np.ndarray, bias: np.ndarray) -> None:
             head.bias.copy_(torch.from_numpy(bias).to(head.bias))
 
 
-# ---------------------------------------------------------------- the two secure sums a refit takes
+# ---------------------------------------------------------------- the secure sums a refit takes
 # A hospital's statistics pass the same clip, rounding, noise and encryption as an update, whose noise and
-# resolution are set relative to the clip norm. Uncentred moments are dominated by the mean every image
-# shares, which would leave the class contrast and the covariance inside that noise. So a refit takes two sums:
-# first the class counts and feature sums (the pooled class means), then the scatter about those pooled means.
-# Each hospital scales its vector to a fixed norm, the count that weighs it riding in the same vector: a scale is
-# a weight on that hospital's images, and the ratios the refit needs survive it.
+# resolution are set relative to the clip norm. Uncentred moments are dominated by the mean every image shares,
+# which would leave the class contrast and the covariance inside that noise. So the statistics are centred: on the
+# pooled feature mean for the class sums, then on the pooled class means for the scatter (the three sums are in
+# scripts/sweep.py's refit_head_securely and docs/DECISIONS.md). Each hospital scales each vector to a fixed norm;
+# where its counts ride in the same vector, a scale only weighs that hospital's images.
 
 def class_sums_vector(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> np.ndarray:
     """First sum: the class counts, then each class's feature sum."""
@@ -159,22 +137,20 @@ def class_means_from_sum(total: np.ndarray, num_classes: int, dim: int) -> tuple
 
 
 def scatter_vector(features: torch.Tensor, labels: torch.Tensor, means: np.ndarray) -> np.ndarray:
-    """Second sum: the image count, then the upper triangle of the scatter about the pooled class means."""
+    """The upper triangle of the scatter about the pooled class means."""
     centred = features - torch.from_numpy(means).to(features)[labels]
     scatter = (centred.T @ centred).numpy()
-    return np.concatenate([[float(labels.numel())], scatter[np.triu_indices(scatter.shape[0])]])
+    return scatter[np.triu_indices(scatter.shape[0])]
 
 
-def covariance_from_sum(total: np.ndarray, dim: int) -> np.ndarray:
-    """The pooled within-class covariance of a second sum."""
-    if total.size != 1 + dim * (dim + 1) // 2:
-        raise ValueError(f"a scatter of {dim} features takes {1 + dim * (dim + 1) // 2} values, got {total.size}")
-    if total[0] <= 0:
-        raise ValueError(f"the scatter's image count came out at {total[0]:.4g}; it must be positive")
+def scatter_from_sum(total: np.ndarray, dim: int) -> np.ndarray:
+    """The symmetric matrix whose upper triangle a sum of scatter vectors holds."""
+    if total.size != dim * (dim + 1) // 2:
+        raise ValueError(f"a scatter of {dim} features takes {dim * (dim + 1) // 2} values, got {total.size}")
     upper = np.zeros((dim, dim))
-    upper[np.triu_indices(dim)] = total[1:]
-    covariance: np.ndarray = (upper + np.triu(upper, 1).T) / float(total[0])
-    return covariance
+    upper[np.triu_indices(dim)] = total
+    scatter: np.ndarray = upper + np.triu(upper, 1).T
+    return scatter
 
 
 def scaled_to(vector: np.ndarray, norm: float) -> np.ndarray:

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from services.common.head_refit import FeatureMoments, classifier_head, feature_moments, lda_head, set_head
+from services.common.head_refit import (
+    FeatureMoments,
+    classifier_head,
+    feature_moments,
+    lda_head,
+    moments_of,
+    scatter_from_sum,
+    scatter_vector,
+    set_head,
+)
 from services.common.models import build_model
 
 
@@ -59,17 +68,15 @@ def test_one_class_only_is_refused() -> None:
         lda_head(_moments([[0.0], [2.0]], [[1.0]], [10, 0]))
 
 
-def test_vector_round_trip_and_addition() -> None:
-    a = _moments([[0.0, 1.0], [1.0, 3.0]], [[2.0, 0.5], [0.5, 1.0]], [4, 6])
-    b = _moments([[2.0, 1.0], [1.0, -1.0]], [[1.0, 0.0], [0.0, 1.0]], [3, 1])
-    vector = (a + b).as_vector()
-    assert vector.size == 2 + 2 * 2 + 3  # counts, sums, upper triangle of a 2x2
-    np.testing.assert_allclose(vector, a.as_vector() + b.as_vector())  # additive, as a secure sum needs
-    back = FeatureMoments.from_vector(vector, 2, 2)
-    np.testing.assert_allclose(back.second, a.second + b.second)
-    np.testing.assert_allclose(back.sums, a.sums + b.sums)
-    with pytest.raises(ValueError, match="take 9 values"):
-        FeatureMoments.from_vector(vector[:-1], 2, 2)
+def test_moments_add_across_hospitals() -> None:
+    """Two hospitals' moments added are the moments of their images pooled: what a secure sum needs."""
+    rng = np.random.default_rng(1)
+    features = [torch.from_numpy(rng.normal(size=(n, 3))) for n in (7, 5)]
+    labels = [torch.from_numpy(rng.integers(0, 2, n)) for n in (7, 5)]
+    a, b = (moments_of(f, y, 2) for f, y in zip(features, labels))
+    pooled = moments_of(torch.cat(features), torch.cat(labels), 2)
+    for total, expected in ((a + b).counts, pooled.counts), ((a + b).sums, pooled.sums), ((a + b).second, pooled.second):
+        np.testing.assert_allclose(total, expected)
 
 
 def test_feature_moments_are_those_of_the_penultimate_features() -> None:
@@ -101,3 +108,12 @@ def test_a_refit_head_separates_what_the_features_separate() -> None:
     assert classifier_head(model) is model[1]
     with pytest.raises(ValueError, match="shape"):
         set_head(model, np.zeros((3, 8)), np.zeros(3))
+
+
+def test_a_summed_scatter_vector_restores_the_scatter() -> None:
+    features = torch.tensor([[1.0, 2.0], [3.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1])
+    means = np.array([[2.0, 1.0], [0.0, 1.0]])  # class 0's deviations: (-1, 1) and (1, -1); class 1's: 0
+    np.testing.assert_allclose(scatter_from_sum(scatter_vector(features, labels, means), 2), [[2, -2], [-2, 2]])
+    with pytest.raises(ValueError, match="takes 3 values"):
+        scatter_from_sum(np.zeros(4), 2)
