@@ -20,6 +20,7 @@ import torch
 
 from services.aggregator.pooled_evaluation import pool_reports
 from services.aggregator.round_schedule import RoundSchedule, round_learning_rate
+from services.common.head_refit import feature_moments, lda_head, set_head
 from services.common.models import best_device, build_model
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.local_data import LocalData, load_local_data
@@ -45,9 +46,11 @@ def pool(parts: list[LocalData]) -> LocalData:
 
 def run_centralized(settings: HospitalNodeSettings, parties: int, rounds: int, training: LocalTraining,
                     out_dir: Path, seed: int = 0, round_schedule: RoundSchedule = "constant",
-                    round_floor: float = 0.1) -> list[dict[str, object]]:
+                    round_floor: float = 0.1, head_refit: bool = False) -> list[dict[str, object]]:
     """`training` is one federated round's local training; the baseline runs it `rounds` times on the pool, its
-    learning rate lowered from round to round by the aggregator's `round_schedule`, as the consortium's is."""
+    learning rate lowered from round to round by the aggregator's `round_schedule`, as the consortium's is.
+    `head_refit`: then, as the consortium's closing round does, refit the head by LDA on the pooled training
+    images' features (exact statistics: nothing to protect here), recorded as one more row."""
     data = pooled_data(settings, parties)
     device = best_device()
     model = build_model(settings.architecture, settings.num_classes, settings.model_seed)
@@ -68,6 +71,12 @@ def run_centralized(settings: HospitalNodeSettings, parties: int, rounds: int, t
         rate = round_learning_rate(training.learning_rate, round_id, rounds, round_schedule, round_floor)
         stats = train_local(model, data, replace(training, learning_rate=rate), device, generator)
         record(round_id, time.monotonic() - started, stats.steps, rate)
+    if head_refit:
+        started = time.monotonic()
+        moments = feature_moments(model, data.train_images, data.train_labels, data.num_classes, device)
+        set_head(model, *lda_head(moments))
+        record(rounds + 1, time.monotonic() - started, 0)
+        rows[-1]["head_refit"] = True
     with open(out_dir / "rounds.jsonl", "w") as handle:
         for row in rows:
             handle.write(json.dumps(row) + "\n")

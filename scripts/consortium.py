@@ -82,6 +82,7 @@ class ConsortiumConfig:
     local_optimizer: str = "sgd"
     proximal_mu: float = 0.0
     drift_correction: bool = False
+    head_refit: bool = False
     imbalance: str = "class_weights"
     calibration_fraction: float = 0.0
     round_deadline_seconds: float = 900.0
@@ -204,6 +205,7 @@ class Consortium:
             "FEDXRAY_AGG_SERVER_MOMENTUM": str(c.server_momentum),
             "FEDXRAY_AGG_LOCAL_OPTIMIZER": c.local_optimizer, "FEDXRAY_AGG_PROXIMAL_MU": str(c.proximal_mu),
             "FEDXRAY_AGG_DRIFT_CORRECTION": str(c.drift_correction).lower(),
+            "FEDXRAY_AGG_HEAD_REFIT": str(c.head_refit).lower(),
             "FEDXRAY_AGG_ROUND_DEADLINE_SECONDS": str(c.round_deadline_seconds),
             "FEDXRAY_AGG_RECORD_SUMS": str(c.record).lower(), "FEDXRAY_AGG_MODEL_SEED": str(c.data_seed),
             **self.tls_env("FEDXRAY_AGG_", AGGREGATOR_NAME),
@@ -306,7 +308,8 @@ def format_row(row: dict[str, object]) -> str:
             f"{format_value(row.get('seconds'), 1):>8} {format_value(evaluation.get('accuracy')):>8} "
             f"{format_value(evaluation.get('precision')):>9} {format_value(evaluation.get('recall')):>7} "
             f"{format_value(evaluation.get('f1')):>6} {format_value(evaluation.get('auc')):>6} "
-            f"{format_value(row.get('epsilon'), 4):>10}" + ("  FAILED" if row.get("failed") else ""))
+            f"{format_value(row.get('epsilon'), 4):>10}" + ("  head refit" if row.get("head_refit") else "")
+            + ("  FAILED" if row.get("failed") else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--images-per-node", type=int, default=60)
     parser.add_argument("--plaintext", action="store_true", help="privacy off, for comparison")
+    parser.add_argument("--no-head-refit", dest="head_refit", action="store_false",
+                        help="skip the closing refit of the classifier head from the hospitals' summed feature "
+                             "statistics")
     parser.add_argument("--timeout", type=float, default=1200.0)
     args = parser.parse_args(argv)
     if args.run_dir.exists():
@@ -327,9 +333,11 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(args.run_dir)
     config = ConsortiumConfig(run_dir=args.run_dir, nodes=args.nodes, rounds=args.rounds,
                               secure=not args.plaintext, architecture=args.architecture,
-                              image_size=args.image_size, images_per_node=args.images_per_node)
+                              image_size=args.image_size, images_per_node=args.images_per_node,
+                              head_refit=args.head_refit)
     print(f"FedXray consortium: {config.nodes} hospitals on SYNTHETIC radiographs ({config.image_size}px, "
-          f"{config.architecture}), {config.rounds} {'secure' if config.secure else 'PLAINTEXT'} rounds; "
+          f"{config.architecture}), {config.rounds} {'secure' if config.secure else 'PLAINTEXT'} rounds"
+          f"{', then a head refit' if config.head_refit else ''}; "
           f"logs in {args.run_dir / 'logs'}", flush=True)
     print("class counts per hospital (Dirichlet label skew):", flush=True)
     print(Consortium(config).write_class_counts(), flush=True)
@@ -341,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = consortium.rows()
     print(f"finished in {time.monotonic() - started:.0f} s with exit code {code}", flush=True)
     completed = [r for r in rows if not r.get("failed") and int(str(r.get("round", 0))) > 0]
-    return 0 if code == 0 and len(completed) == config.rounds else 1
+    refits = [r for r in completed if r.get("head_refit")]
+    return 0 if code == 0 and len(completed) - len(refits) == config.rounds and len(refits) == config.head_refit else 1
 
 
 if __name__ == "__main__":

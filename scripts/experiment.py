@@ -42,7 +42,7 @@ def centralized(args: argparse.Namespace) -> Path:
     torch.set_num_threads(args.torch_threads or threads)
     try:
         run_centralized(settings, 5, args.rounds, training, out, seed=args.seed + 1,
-                        round_schedule=args.round_schedule, round_floor=args.round_floor)
+                        round_schedule=args.round_schedule, round_floor=args.round_floor, head_refit=args.head_refit)
     finally:
         torch.set_num_threads(threads)
     return Path(out)
@@ -118,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proximal-mu", type=float, default=0.0)
     parser.add_argument("--drift-correction", action="store_true",
                         help="SCAFFOLD drift correction in both consortia (uploads carry twice the values)")
+    parser.add_argument("--head-refit", action="store_true",
+                        help="after the last round, both consortia refit the classifier head from the hospitals' "
+                             "summed feature statistics (one more secure sum), and the centralized baseline from "
+                             "its pooled images' features")
     parser.add_argument("--imbalance", default="class_weights",
                         choices=("none", "class_weights", "sampler", "logit_adjust"))
     parser.add_argument("--calibration-fraction", type=float, default=0.5,
@@ -153,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size, clip_norm=args.clip_norm, noise_variance=args.noise_variance,
             server_optimizer=args.server_optimizer, server_learning_rate=args.server_learning_rate,
             server_momentum=args.server_momentum, local_optimizer=args.local_optimizer,
-            proximal_mu=args.proximal_mu, drift_correction=args.drift_correction, imbalance=args.imbalance,
+            proximal_mu=args.proximal_mu, drift_correction=args.drift_correction, head_refit=args.head_refit,
+            imbalance=args.imbalance,
             calibration_fraction=args.calibration_fraction, encryption_workers=args.encryption_workers,
             torch_threads=args.torch_threads, seed=args.seed + 1, data_seed=args.seed, round_deadline_seconds=3600)
         consortia[mode] = Consortium(config)
@@ -188,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
              f"{args.batch_size}, clip norm {args.clip_norm}, Skellam noise variance {args.noise_variance} per quorum, "
              f"local optimizer {args.local_optimizer}, imbalance {args.imbalance}, FedProx mu {args.proximal_mu}, "
              f"drift correction {'on' if args.drift_correction else 'off'}, "
-             f"server {args.server_optimizer} (lr {args.server_learning_rate}, momentum {args.server_momentum}), "
+             + ("then a refit of the classifier head by LDA on the training images' feature statistics (summed "
+                "securely in the federated runs; the last round's row), " if args.head_refit else "")
+             + f"server {args.server_optimizer} (lr {args.server_learning_rate}, momentum {args.server_momentum}), "
              f"seed {args.seed}. "
              f"Wall seconds per run{concurrently}: {json.dumps({k: round(v) for k, v in timings.items()})}.")
     notes += paired_notes(args, runs)

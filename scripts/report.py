@@ -36,6 +36,11 @@ def read_rows(run_dir: Path) -> list[dict[str, object]]:
     raise FileNotFoundError(f"no rounds.jsonl in {run_dir}")
 
 
+def _round_label(row: dict[str, object]) -> str:
+    """The row's round, marked when it is the closing head refit rather than a training round."""
+    return f"{row['round']} (head refit)" if row.get("head_refit") else str(row["round"])
+
+
 def _metric(row: dict[str, object], name: str) -> float:
     evaluation = row.get("evaluation") or {}
     assert isinstance(evaluation, dict)
@@ -178,7 +183,7 @@ def write_report(runs: dict[str, Path], out: Path, title: str, notes: str = "") 
         last = run_rows[-1]
         epsilon = next((_epsilon(r) for r in reversed(run_rows) if "epsilon" in r and r["round"]), math.nan)
         cells = [f"{_metric(last, m):.3f}" for m in METRICS]
-        lines.append(f"| {label} | {last['round']} | " + " | ".join(cells) + f" | {_f1_sd(last):.3f} | "
+        lines.append(f"| {label} | {_round_label(last)} | " + " | ".join(cells) + f" | {_f1_sd(last):.3f} | "
                      f"{epsilon:.4g} |")
     lines += _f1_gaps(rows, lambda row: _metric(row, "f1"), "F1 gap")
     if _has_calibration(rows):
@@ -206,7 +211,7 @@ def write_report(runs: dict[str, Path], out: Path, title: str, notes: str = "") 
         lines += [f"### {label}", "", "| round | participants | seconds | accuracy | F1 | calibrated F1 | AUC "
                   "| epsilon |", "|---|---|---|---|---|---|---|---|"]
         for row in run_rows:
-            lines.append(f"| {row['round']} | {row.get('participants', '-')} | "
+            lines.append(f"| {_round_label(row)} | {row.get('participants', '-')} | "
                          f"{float(str(row.get('seconds', 0))):.1f} | {_metric(row, 'accuracy'):.3f} | "
                          f"{_metric(row, 'f1'):.3f} | {_calibrated(row, 'f1'):.3f} | {_metric(row, 'auc'):.3f} | "
                          f"{_epsilon(row):.4g} |")

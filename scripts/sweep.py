@@ -32,19 +32,16 @@ from services.aggregator.fedadam import FedAdam
 from services.aggregator.fedavg import FedAvg
 from services.aggregator.pooled_evaluation import pool_reports
 from services.aggregator.round_schedule import round_learning_rate
-from services.common.ckks_params import ckks_parameters, field_layout
+from services.common.ckks_params import ckks_parameters, field_layout, statistics_layout
 from services.common.head_refit import (
     FeatureMoments,
-    class_means_from_sum,
-    class_sums_vector,
-    lda_from_estimates,
     lda_head,
+    moments_from_statistics,
     moments_of,
     penultimate_features,
     scaled_to,
-    scatter_from_sum,
-    scatter_vector,
     set_head,
+    statistics_vector,
 )
 from services.common.model_spec import flatten_named, flatten_state, parameter_spec, restore_state
 from services.common.models import best_device, build_model
@@ -56,6 +53,7 @@ from services.common.update_codec import (
     decode_mean_update,
     encode_update,
     plan_quantization,
+    plan_statistics,
     received_update,
 )
 from services.hospital_node.local_data import LocalData, load_local_data
@@ -99,8 +97,8 @@ class Setting:
     # "lda": the refit head replaces the averaged one and the next round starts from it
     head_refit: str = "none"
     head_shrinkage: float = 0.1
-    # with head_refit=eval, e.g. "16:0": also score the head refit from statistics that took the three secure sums
-    # of refit_head_securely, at each of these noise variances
+    # with head_refit=eval, e.g. "16:0": also score the head refit from statistics that took the services' secure
+    # sum (refit_head_securely), at each of these noise variances
     refit_noise_variances: str = ""
     torch_threads: int = 2
     seed: int = 0  # as scripts.experiment --seed: the data, split and initial model; training from seed + 1
@@ -153,52 +151,48 @@ def refit_head(model: torch.nn.Module, parts: list[LocalData], features: list[to
 MAX_PARTICIPANTS, MIN_PARTICIPANTS = 8, 3  # as scripts.experiment's consortia
 
 
-def secure_sum(vectors: list[np.ndarray], clip_norm: float, noise_variance: float,
-               rng: np.random.Generator) -> np.ndarray:
+def secure_sum(vectors: list[np.ndarray], clip_norm: float, noise_variance: float, rng: np.random.Generator,
+               statistics: bool = False) -> np.ndarray:
     """The sum the key authority would return of these vectors, each encoded as a node encodes it in secure mode
     (L2 clip, clamp, randomized rounding, its share of Skellam noise of `noise_variance` per quorum, mod 2^b), less
-    encryption, which the tests show exact."""
-    bits = field_layout(ckks_parameters(MAX_PARTICIPANTS), MAX_PARTICIPANTS, None).bits
-    plan = plan_quantization(vectors[0].size, clip_norm, bits, MAX_PARTICIPANTS, MIN_PARTICIPANTS,
-                             NoiseKind.SKELLAM, noise_variance)
+    encryption, which the tests show exact. `statistics`: in the head refit's statistics layout and plan."""
+    params = ckks_parameters(MAX_PARTICIPANTS)
+    if statistics:
+        bits = statistics_layout(params, MAX_PARTICIPANTS).bits
+        plan = plan_statistics(vectors[0].size, clip_norm, bits, MAX_PARTICIPANTS, MIN_PARTICIPANTS,
+                               NoiseKind.SKELLAM, noise_variance)
+    else:
+        bits = field_layout(params, MAX_PARTICIPANTS, None).bits
+        plan = plan_quantization(vectors[0].size, clip_norm, bits, MAX_PARTICIPANTS, MIN_PARTICIPANTS,
+                                 NoiseKind.SKELLAM, noise_variance)
     total = np.zeros(vectors[0].size, dtype=np.int64)
     for vector in vectors:
         total = (total + encode_update(vector, plan, rng).astype(np.int64)) % (1 << bits)
     return decode_mean_update(to_modular(total, bits), plan, len(vectors)) * len(vectors)
 
 
+def _means_and_covariance(moments: FeatureMoments) -> tuple[np.ndarray, np.ndarray]:
+    means = moments.sums / np.maximum(moments.counts, 1e-12)[:, None]
+    return means, (moments.second - (moments.counts[:, None] * means).T @ means) / moments.counts.sum()
+
+
 def refit_head_securely(features: list[torch.Tensor], parts: list[LocalData], setting: Setting,
                         noise_variance: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
-    """The head LDA fits on statistics that took three secure sums, each hospital scaling each of its vectors to
-    half the clip norm: (1) the image count and feature sum, whose pooled mean `r` centres the rest; (2) the
-    class counts, the class sums about `r` and the summed squared distance to `r` over the feature count (which
-    fixes the covariance's scale); (3) the scatter about the pooled class means. Also each sum's errors
-    against the exact statistics."""
+    """The head LDA fits on the statistics the services' one secure sum gives (each hospital's statistics vector
+    scaled to the clip norm, in the statistics layout), and that sum's errors against the exact pooled statistics."""
     classes, dim = parts[0].num_classes, features[0].shape[1]
-    half = setting.clip_norm / 2
-    firsts = [np.concatenate([[p.train_labels.numel()], f.sum(dim=0).numpy()]) for f, p in zip(features, parts)]
-    first = secure_sum([scaled_to(v, half) for v in firsts], setting.clip_norm, noise_variance, rng)
-    reference = torch.from_numpy(first[1:] / first[0])
-    seconds = [np.concatenate([class_sums_vector(f - reference, p.train_labels, classes),
-                               [float(((f - reference) ** 2).sum()) / dim]]) for f, p in zip(features, parts)]
-    second = secure_sum([scaled_to(v, half) for v in seconds], setting.clip_norm, noise_variance, rng)
-    counts, centred_means = class_means_from_sum(second[:-1], classes, dim)
-    means = centred_means + reference.numpy()
-    within_trace = (second[-1] * dim - float((counts[:, None] * centred_means**2).sum())) / counts.sum()
-    thirds = [scatter_vector(f, p.train_labels, means) for f, p in zip(features, parts)]
-    third = secure_sum([scaled_to(v, half) for v in thirds], setting.clip_norm, noise_variance, rng)
-    scatter = scatter_from_sum(third, dim)  # up to the hospitals' scales: sum 2's trace sets the covariance's
-    covariance = scatter * max(within_trace, 1e-12) / max(float(np.trace(scatter)), 1e-12)
-    exact = sum((moments_of(f, p.train_labels, classes) for f, p in zip(features, parts)),
-                FeatureMoments(np.zeros(classes), np.zeros((classes, dim)), np.zeros((dim, dim))))
-    exact_means = exact.sums / np.maximum(exact.counts, 1)[:, None]
-    exact_cov = (exact.second - (exact.counts[:, None] * exact_means).T @ exact_means) / exact.counts.sum()
+    vectors = [statistics_vector(moments_of(f, p.train_labels, classes)) for f, p in zip(features, parts)]
+    total = secure_sum([scaled_to(v, setting.clip_norm) for v in vectors], setting.clip_norm, noise_variance, rng,
+                       statistics=True)
+    moments = moments_from_statistics(total, classes, dim)
+    means, covariance = _means_and_covariance(moments)
+    exact_means, exact_cov = _means_and_covariance(moments_from_statistics(np.sum(vectors, axis=0), classes, dim))
     contrast = exact_means[-1] - exact_means[0]
     detail: dict[str, object] = {
-        "contrast_error": round(float(np.linalg.norm(means[-1] - means[0] - contrast) / np.linalg.norm(contrast)), 4),
-        "covariance_error": round(float(np.linalg.norm(covariance - exact_cov) / np.linalg.norm(exact_cov)), 4),
-        "trace_ratio": round(float(np.trace(covariance) / np.trace(exact_cov)), 4)}
-    weight, bias = lda_from_estimates(means, covariance, counts, setting.head_shrinkage)
+        "contrast_error": round(float(np.linalg.norm(means[-1] - means[0] - contrast) / np.linalg.norm(contrast)), 6),
+        "covariance_error": round(float(np.linalg.norm(covariance - exact_cov) / np.linalg.norm(exact_cov)), 6),
+        "trace_ratio": round(float(np.trace(covariance) / np.trace(exact_cov)), 6)}
+    weight, bias = lda_head(moments, setting.head_shrinkage)
     return weight, bias, detail
 
 

@@ -16,6 +16,7 @@ from services.aggregator.round_loop import Coordinator
 from services.aggregator.servicer import AggregatorServicer
 from services.common.metrics import ServiceMetrics
 from services.common.model_spec import flatten_state, parameter_spec
+from services.common.head_refit import head_positions
 from services.common.models import build_model
 from services.common.service_runtime import (
     load_settings,
@@ -34,10 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     log = configure_logging("aggregator", settings.log_level)
     metrics = ServiceMetrics("aggregator", holds_secret_key=False)
     serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
-    state = build_model(settings.architecture, settings.num_classes, settings.model_seed).state_dict()
+    model = build_model(settings.architecture, settings.num_classes, settings.model_seed)
+    state = model.state_dict()
+    spec = parameter_spec(state)
     registry = NodeKeyRegistry.from_directory(settings.node_keys_dir)
     coordinator = Coordinator(settings, metrics, KeyAuthorityClient(channel(settings.key_authority, settings, KEY_AUTHORITY_NAME)),
-                              registry, parameter_spec(state), flatten_state(state))
+                              registry, spec, flatten_state(state), head_positions(model, spec))
     server, health = grpc_server()
     servicer = AggregatorServicer(coordinator, registry, metrics, check_peer=not settings.insecure,
                                   close_grace_seconds=settings.stream_close_grace_seconds)

@@ -27,6 +27,7 @@ class PublicKeyInfo:
     max_participants: int
     slots: int
     min_participants: int
+    statistics_bits: int
 
 
 class KeyAuthorityClient:
@@ -40,7 +41,8 @@ class KeyAuthorityClient:
             try:
                 reply = self._stub.GetPublicContext(pb.GetPublicContextRequest(), timeout=30)
                 return PublicKeyInfo(reply.context, reply.key_id, reply.bits, reply.fields_per_slot,
-                                     reply.max_participants, reply.slots_per_ciphertext, reply.min_participants)
+                                     reply.max_participants, reply.slots_per_ciphertext, reply.min_participants,
+                                     reply.statistics_bits)
             except grpc.RpcError as error:
                 if time.monotonic() > deadline or error.code() != grpc.StatusCode.UNAVAILABLE:
                     raise

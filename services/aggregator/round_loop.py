@@ -42,9 +42,10 @@ from services.common.errors import (
 from services.common.metrics import ServiceMetrics
 from services.common.model_spec import ParameterSpec, upload_value_count
 from services.common.packing import FieldLayout
+from services.common.head_refit import HeadPositions, lda_head, moments_from_statistics, statistics_dimension
 from services.common.privacy_accountant import SkellamAccountant, round_privacy
 from services.common.stream_digest import NodeKeyRegistry
-from services.common.update_codec import QuantizationPlan, decode_mean_update, plan_quantization
+from services.common.update_codec import QuantizationPlan, decode_mean_update, plan_quantization, plan_statistics
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
@@ -58,12 +59,14 @@ class Subscriber:
 
 class Coordinator:
     def __init__(self, settings: AggregatorSettings, metrics: ServiceMetrics, key_authority: KeyAuthorityClient,
-                 registry: NodeKeyRegistry, spec: ParameterSpec, initial_weights: np.ndarray) -> None:
+                 registry: NodeKeyRegistry, spec: ParameterSpec, initial_weights: np.ndarray,
+                 head: HeadPositions) -> None:
         self._settings = settings
         self._metrics = metrics
         self._key_authority = key_authority
         self._registry = registry
         self._spec = spec
+        self._head = head
         self.weights = initial_weights.astype(np.float64)
         # SCAFFOLD's c (Karimireddy et al., ICML 2020): the mean of the nodes' control variates, None when off.
         self.control = np.zeros(spec.count) if settings.drift_correction else None
@@ -127,12 +130,14 @@ class Coordinator:
             raise WrongKeyError(f"chunk names key {first.key_id!r}; round {plan.round_id} uses {plan.key_id!r}")
         current.start_stream(first.node_id)
         header = StreamHeader(current.round_id, first.key_id, first.node_id, plan.secure, plan.chunk_count,
-                              plan.plaintext_chunk_values, self._upload_count)
+                              plan.plaintext_chunk_values, plan.upload_value_count,
+                              pb.SUM_LAYOUT_STATISTICS if plan.head_statistics else pb.SUM_LAYOUT_UPDATE)
 
         def check(index: int, payloads: list[bytes]) -> None:
             assert current.ciphertext_sum is not None and self.key is not None
             layout = FieldLayout(plan.bits, plan.max_participants, plan.fields_per_slot)
-            expected = ciphertexts_in_chunk(index, self._upload_count, layout, self.key.slots, plan.chunk_ciphertexts)
+            expected = ciphertexts_in_chunk(index, plan.upload_value_count, layout, self.key.slots,
+                                            plan.chunk_ciphertexts)
             if len(payloads) != expected:
                 raise MalformedChunkError(f"chunk {index} carries {len(payloads)} ciphertexts, expected {expected}")
             current.ciphertext_sum.parse_chunk(index, payloads)
@@ -210,9 +215,26 @@ class Coordinator:
             self.completed_rounds += 0 if row.get("failed") else 1
             self._write_row(round_id - 1, pending_row)
             pending_row = row
+        if settings.head_refit and self.completed_rounds and not stop.is_set():
+            row = self._refit_head(self.current_round + 1, stop)
+            if row is not None:
+                self._write_row(self.current_round - 1, pending_row)
+                pending_row = row
         final = self.current_round + 1
         self._open_round(final, quantization, evaluate_only=True)
         self._write_row(final - 1, pending_row)
+
+    def _statistics_plan(self) -> tuple[QuantizationPlan, FieldLayout]:
+        """The plan and layout of the head refit's statistics: one wide field per slot, the clip norm at the
+        coordinate bound."""
+        assert self.key is not None
+        s = self._settings
+        layout = FieldLayout(self.key.statistics_bits, self.key.max_participants, 1)
+        dimension = statistics_dimension(self._head.num_classes, self._head.features)
+        pieces = upload_chunk_count(dimension, layout, self.key.slots, s.chunk_ciphertexts)
+        plan = plan_statistics(dimension, s.clip_norm, layout.bits, layout.max_participants, s.min_participants,
+                               s.noise_kind, s.noise_variance, rounding_pieces=pieces)
+        return plan, layout
 
     def _quantization_plan(self, layout: FieldLayout) -> QuantizationPlan:
         assert self.key is not None
@@ -233,39 +255,42 @@ class Coordinator:
         log.info("%d nodes connected; starting", len(self._subscribers))
 
     def _round_plan(self, round_id: int, quantization: QuantizationPlan, evaluate_only: bool,
-                    model_sha256: bytes, model_chunks: int) -> pb.RoundPlan:
+                    model_sha256: bytes, model_chunks: int, statistics: bool) -> pb.RoundPlan:
         s, key = self._settings, self.key
         assert key is not None
         return pb.RoundPlan(
             round_id=round_id, secure=s.secure, evaluate_only=evaluate_only, key_id=key.key_id,
+            head_statistics=statistics, upload_value_count=quantization.dimension,
             local_epochs=s.local_epochs,
             learning_rate=round_learning_rate(s.learning_rate, round_id, s.rounds, s.round_schedule, s.round_floor),
             batch_size=s.batch_size,
             local_optimizer=s.local_optimizer, proximal_mu=s.proximal_mu, drift_correction=s.drift_correction,
             clip_norm=quantization.clip_norm, scale=quantization.scale,
             coordinate_bound=quantization.coordinate_bound, bits=quantization.bits,
-            fields_per_slot=key.fields_per_slot, max_participants=key.max_participants,
+            fields_per_slot=1 if statistics else key.fields_per_slot, max_participants=key.max_participants,
             min_participants=quantization.min_participants, noise_kind=str(quantization.noise_kind),
             noise_variance=quantization.noise_variance, rounding_beta=quantization.rounding_beta,
             chunk_ciphertexts=s.chunk_ciphertexts,
             chunk_count=(quantization.rounding_pieces if s.secure
-                         else chunk_count(self._upload_count, s.plaintext_chunk_values)),
+                         else chunk_count(quantization.dimension, s.plaintext_chunk_values)),
             parameter_count=self._spec.count, parameter_digest=self._spec.digest, model_sha256=model_sha256,
             model_chunk_count=model_chunks, deadline_seconds=s.round_deadline_seconds,
             plaintext_chunk_values=s.plaintext_chunk_values,
         )
 
-    def _open_round(self, round_id: int, quantization: QuantizationPlan, evaluate_only: bool) -> RoundState:
+    def _open_round(self, round_id: int, quantization: QuantizationPlan, evaluate_only: bool,
+                    statistics: bool = False) -> RoundState:
         broadcast = self.weights if self.control is None else np.concatenate([self.weights, self.control])
         chunks = list(float32_chunks(broadcast, MODEL_CHUNK_VALUES))
         digest = hashlib.sha256(b"".join(chunks)).digest()
-        plan = self._round_plan(round_id, quantization, evaluate_only, digest, len(chunks))
+        plan = self._round_plan(round_id, quantization, evaluate_only, digest, len(chunks), statistics)
         with self._subscribers_lock:
             expected = set(self._subscribers)
-        state = new_round_state(round_id, plan, expected, self._public_context, self._upload_count)
+        state = new_round_state(round_id, plan, expected, self._public_context, quantization.dimension)
         self._round = state
         self._metrics.current_round.set(round_id)
-        log.info("round %d opened for %s%s", round_id, sorted(expected), " (evaluation only)" if evaluate_only else "")
+        log.info("round %d opened for %s%s", round_id, sorted(expected),
+                 " (evaluation only)" if evaluate_only else " (head statistics)" if statistics else "")
         self._broadcast(pb.RoundMessage(plan=plan))
         for index, values in enumerate(chunks):
             self._broadcast(pb.RoundMessage(model_chunk=pb.ModelChunk(round_id=round_id, index=index, values=values)))
@@ -288,23 +313,32 @@ class Coordinator:
                     return
                 self._evaluations_lock.wait(POLL_SECONDS)
 
-    def _run_round(self, round_id: int, quantization: QuantizationPlan, stop: threading.Event) -> dict[str, object]:
-        started = time.monotonic()
-        state = self._open_round(round_id, quantization, evaluate_only=False)
+    def _collect(self, state: RoundState, started: float, stop: threading.Event
+                 ) -> tuple[list[VerifiedSubmission], dict[str, object]]:
+        """Wait for the round's uploads to its quorum or deadline and seal it: the contributors and the round's row,
+        marked failed when the quorum is missing or the sum was corrupted."""
         deadline = started + self._settings.round_deadline_seconds
         with state.lock:
             while not state.complete() and time.monotonic() < deadline and not stop.is_set():
                 state.changed.wait(POLL_SECONDS)
         contributors = state.seal()
         participants = len(contributors)
-        row: dict[str, object] = {"round": round_id, "participants": participants,
+        row: dict[str, object] = {"round": state.round_id, "participants": participants,
                                   "contributors": [c.header.node_id for c in contributors],
                                   "learning_rate": state.plan.learning_rate}
         if participants < self._settings.min_participants or state.corrupted:
-            log.error("round %d failed: %d participants (quorum %d)%s", round_id, participants,
+            log.error("round %d failed: %d participants (quorum %d)%s", state.round_id, participants,
                       self._settings.min_participants, ", sum corrupted" if state.corrupted else "")
             row.update(failed=True, seconds=time.monotonic() - started, epsilon=self._accountant.epsilon())
+        return contributors, row
+
+    def _run_round(self, round_id: int, quantization: QuantizationPlan, stop: threading.Event) -> dict[str, object]:
+        started = time.monotonic()
+        state = self._open_round(round_id, quantization, evaluate_only=False)
+        contributors, row = self._collect(state, started, stop)
+        if row.get("failed"):
             return row
+        participants = len(contributors)
         decrypt_start = time.monotonic()
         mean_upload = self._mean_update(state, contributors, quantization)
         decrypt_seconds = time.monotonic() - decrypt_start
@@ -327,8 +361,50 @@ class Coordinator:
         log.info("round %d sealed: %d participants, %.1f s, epsilon %.4g", round_id, participants, seconds, epsilon)
         return row
 
+    def _refit_head(self, round_id: int, stop: threading.Event) -> dict[str, object] | None:
+        """The closing round: the hospitals' summed feature statistics, decrypted in the statistics layout, and the
+        classifier head that linear discriminant analysis fits on them. None when the privacy budget refuses it."""
+        quantization, _ = self._statistics_plan()
+        s = self._settings
+        if s.secure:
+            projected = self._accountant.epsilon_after(round_privacy(quantization, s.min_participants))
+            if projected > s.epsilon_budget:
+                self._metrics.record_refusal("privacy_budget")
+                log.error("refusing the head refit: epsilon would reach %.4g, above the budget %.4g", projected,
+                          s.epsilon_budget)
+                return None
+        started = time.monotonic()
+        state = self._open_round(round_id, quantization, evaluate_only=False, statistics=True)
+        contributors, row = self._collect(state, started, stop)
+        row["head_refit"] = True
+        if row.get("failed"):
+            return row
+        participants = len(contributors)
+        decrypt_start = time.monotonic()
+        total = self._mean_update(state, contributors, quantization, statistics=True) * participants
+        decrypt_seconds = time.monotonic() - decrypt_start
+        apply_start = time.monotonic()
+        head = self._head
+        moments = moments_from_statistics(total, head.num_classes, head.features)
+        weight, bias = lda_head(moments, s.head_refit_shrinkage)
+        self.weights = head.install(self.weights, weight, bias)
+        if s.secure:
+            self._accountant.step(round_privacy(quantization, participants))
+        epsilon = self._accountant.epsilon() if s.secure else math.inf
+        save_checkpoint(self._state_dir / "checkpoints", round_id, self.weights, self._server_state(),
+                        {"epsilon": epsilon, "rdp": self._accountant.rdp, "rounds": self._accountant.rounds})
+        apply_seconds = time.monotonic() - apply_start
+        seconds = time.monotonic() - started
+        self._record_round_metrics(state, contributors, seconds, decrypt_seconds, apply_seconds, epsilon,
+                                   quantization, participants)
+        row.update(seconds=seconds, epsilon=epsilon, phases=self._phase_row(state, contributors, decrypt_seconds,
+                                                                             apply_seconds))
+        log.info("round %d: classifier head refit from %d hospitals' feature statistics in %.1f s, epsilon %.4g",
+                 round_id, participants, seconds, epsilon)
+        return row
+
     def _mean_update(self, state: RoundState, contributors: list[VerifiedSubmission],
-                     quantization: QuantizationPlan) -> np.ndarray:
+                     quantization: QuantizationPlan, statistics: bool = False) -> np.ndarray:
         participants = len(contributors)
         if not state.plan.secure:
             assert state.plaintext_sum is not None
@@ -336,8 +412,9 @@ class Coordinator:
         assert state.ciphertext_sum is not None
         total = state.ciphertext_sum
         manifest = pb.DecryptManifest(round_id=state.round_id, key_id=state.plan.key_id,
-                                      chunk_count=total.chunk_count, value_count=self._upload_count,
-                                      attestations=[c.attestation for c in contributors])
+                                      chunk_count=total.chunk_count, value_count=quantization.dimension,
+                                      attestations=[c.attestation for c in contributors],
+                                      layout=pb.SUM_LAYOUT_STATISTICS if statistics else pb.SUM_LAYOUT_UPDATE)
         chunks = (pb.CiphertextChunk(index=i, ciphertexts=total.serialized_chunk(i))
                   for i in range(total.chunk_count))
         field_sums = self._key_authority.decrypt(manifest, chunks)

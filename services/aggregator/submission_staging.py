@@ -31,6 +31,7 @@ class StreamHeader:
     chunk_count: int
     values_per_plaintext_chunk: int
     dimension: int
+    layout: int  # the SumLayout the round's uploads are encoded in
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,13 @@ class StagedSubmission:
             raise MalformedChunkError(f"stream ended after {self._next_index} of {header.chunk_count} chunks")
         if attestation.stream_digest != self._digest.digest():
             raise DigestMismatchError(f"stream digest of node {header.node_id!r} does not match its chunks")
-        if (attestation.node_id, attestation.round_id, attestation.key_id, attestation.chunk_count) != (
-            header.node_id, header.round_id, header.key_id, header.chunk_count
-        ):
-            raise DigestMismatchError("attestation names another node, round, key or chunk count")
+        if (attestation.node_id, attestation.round_id, attestation.key_id, attestation.chunk_count,
+                attestation.layout) != (header.node_id, header.round_id, header.key_id, header.chunk_count,
+                                        header.layout):
+            raise DigestMismatchError("attestation names another node, round, key, chunk count or layout")
         registry.verify(header.node_id, attestation_message(header.round_id, header.key_id, header.node_id,
-                                                            header.chunk_count, attestation.stream_digest),
+                                                            header.chunk_count, attestation.stream_digest,
+                                                            header.layout),
                         attestation.signature)
         return VerifiedSubmission(header, attestation, self._path, phase_seconds, self.received_bytes)
 

@@ -92,6 +92,12 @@ def field_layout(
     return FieldLayout(bits=chosen, max_participants=max_participants, fields_per_slot=fields_per_slot)
 
 
+def statistics_layout(params: CkksParameters, max_participants: int) -> FieldLayout:
+    """One field per slot, as wide as exactness allows: for sums whose useful signal sits far below their largest
+    value (the head refit's feature statistics), which an update layout's fields would round away."""
+    return field_layout(params, max_participants, None, fields_per_slot=1)
+
+
 def make_secret_context(params: CkksParameters) -> ts.Context:
     """A full context with the secret key. Only the key authority calls this."""
     context = ts.context(

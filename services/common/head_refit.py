@@ -17,6 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from services.common.model_spec import ParameterSpec
+
+
+# A class with less than this share of the pooled (weighted) count is taken as absent.
+ABSENT_SHARE = 1e-6
+
 
 def classifier_head(model: nn.Module) -> nn.Linear:
     """The model's last linear layer: the one the refit replaces."""
@@ -71,13 +77,18 @@ def feature_moments(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
 def lda_head(moments: FeatureMoments, shrinkage: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """The head's weight (C, d) and bias (C,) of linear discriminant analysis on pooled moments: class means,
     one within-class covariance shrunk towards its mean variance by `shrinkage`, and the pooled class
-    frequencies as the prior. A class no hospital holds gets a bias of -inf's stand-in, -1e4."""
-    total = float(moments.counts.sum())
-    present = moments.counts > 0
-    means = np.where(present[:, None], moments.sums / np.maximum(moments.counts, 1)[:, None], 0.0)
-    scatter = moments.second - (moments.counts[:, None] * means).T @ means
-    covariance = scatter / max(total, 1.0)  # the maximum-likelihood estimate, as the secure sums give it
-    return lda_from_estimates(means, covariance, moments.counts, shrinkage)
+    frequencies as the prior. A class no hospital holds gets a bias of -inf's stand-in, -1e4.
+
+    The moments may be any positive multiple of image counts (a secure sum of vectors each hospital scaled to the
+    clip norm holds weighted counts far below 1). A class below ABSENT_SHARE of the total counts as absent: a
+    secure sum decodes an absent class's count to its noise, not to zero."""
+    total = float(np.clip(moments.counts, 0.0, None).sum())
+    present = moments.counts > ABSENT_SHARE * total
+    counts = np.where(present, moments.counts, 0.0)
+    means = np.where(present[:, None], moments.sums / np.where(present, counts, 1.0)[:, None], 0.0)
+    scatter = moments.second - (counts[:, None] * means).T @ means
+    covariance = scatter / counts.sum() if counts.sum() > 0 else scatter  # maximum likelihood, as the sums give it
+    return lda_from_estimates(means, covariance, counts, shrinkage)
 
 
 def lda_from_estimates(means: np.ndarray, covariance: np.ndarray, counts: np.ndarray,
@@ -100,6 +111,33 @@ def lda_from_estimates(means: np.ndarray, covariance: np.ndarray, counts: np.nda
     return weight - weight[present].mean(axis=0), bias - bias[present].mean()
 
 
+@dataclass(frozen=True)
+class HeadPositions:
+    """Where a model's classifier head lies in its flat aggregated vector (`model_spec`), and its shape."""
+
+    weight: slice
+    bias: slice | None
+    num_classes: int
+    features: int
+
+    def install(self, weights: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        """A copy of the flat `weights` with this head replaced."""
+        if weight.shape != (self.num_classes, self.features):
+            raise ValueError(f"refit head has shape {weight.shape}; the model's is {(self.num_classes, self.features)}")
+        out = weights.copy()
+        out[self.weight] = weight.reshape(-1)
+        if self.bias is not None:
+            out[self.bias] = bias
+        return out
+
+
+def head_positions(model: nn.Module, spec: ParameterSpec) -> HeadPositions:
+    head = classifier_head(model)
+    prefix = next(name for name, module in model.named_modules() if module is head)
+    bias = spec.positions(f"{prefix}.bias") if head.bias is not None else None
+    return HeadPositions(spec.positions(f"{prefix}.weight"), bias, head.out_features, head.in_features)
+
+
 def set_head(model: nn.Module, weight: np.ndarray, bias: np.ndarray) -> None:
     head = classifier_head(model)
     if tuple(head.weight.shape) != weight.shape:
@@ -110,43 +148,37 @@ def set_head(model: nn.Module, weight: np.ndarray, bias: np.ndarray) -> None:
             head.bias.copy_(torch.from_numpy(bias).to(head.bias))
 
 
-# ---------------------------------------------------------------- the secure sums a refit takes
-# A hospital's statistics pass the same clip, rounding, noise and encryption as an update, whose noise and
-# resolution are set relative to the clip norm. Uncentred moments are dominated by the mean every image shares,
-# which would leave the class contrast and the covariance inside that noise. So the statistics are centred: on the
-# pooled feature mean for the class sums, then on the pooled class means for the scatter (the three sums are in
-# scripts/sweep.py's refit_head_securely and docs/DECISIONS.md). Each hospital scales each vector to a fixed norm;
-# where its counts ride in the same vector, a scale only weighs that hospital's images.
+# ---------------------------------------------------------------- the one secure sum a refit takes
+# A hospital uploads its moments as one vector in the statistics layout (one wide field per slot,
+# `ckks_params.statistics_layout`), scaled to the clip norm. Its scale weighs only its own images: the counts ride
+# in the same vector, so means, covariance and prior are all taken over the same weighted images.
 
-def class_sums_vector(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> np.ndarray:
-    """First sum: the class counts, then each class's feature sum."""
-    moments = moments_of(features, labels, num_classes)
-    return np.concatenate([moments.counts, moments.sums.reshape(-1)])
+def statistics_dimension(num_classes: int, dim: int) -> int:
+    """Values in one statistics vector: C counts, C x d class sums, the d(d+1)/2 upper triangle of the moments."""
+    return num_classes + num_classes * dim + dim * (dim + 1) // 2
 
 
-def class_means_from_sum(total: np.ndarray, num_classes: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """The (weighted) class counts and class means of a first sum; a class counted at or below zero (absent, or
-    lost in the noise) gets a zero mean and a zero count."""
-    if total.size != num_classes * (dim + 1):
-        raise ValueError(f"class sums for {num_classes} classes of {dim} features take {num_classes * (dim + 1)} "
-                         f"values, got {total.size}")
-    counts = np.maximum(total[:num_classes], 0.0)
-    sums = total[num_classes:].reshape(num_classes, dim)
-    means = np.where(counts[:, None] > 0, sums / np.where(counts > 0, counts, 1.0)[:, None], 0.0)
-    return counts, means
+def statistics_vector(moments: FeatureMoments) -> np.ndarray:
+    """The moments as one vector: class counts, class sums (row-major), the upper triangle of `second`."""
+    dim = moments.second.shape[0]
+    return np.concatenate([moments.counts, moments.sums.reshape(-1), moments.second[np.triu_indices(dim)]])
 
 
-def scatter_vector(features: torch.Tensor, labels: torch.Tensor, means: np.ndarray) -> np.ndarray:
-    """The upper triangle of the scatter about the pooled class means."""
-    centred = features - torch.from_numpy(means).to(features)[labels]
-    scatter = (centred.T @ centred).numpy()
-    return scatter[np.triu_indices(scatter.shape[0])]
+def moments_from_statistics(vector: np.ndarray, num_classes: int, dim: int) -> FeatureMoments:
+    """The moments a (summed) statistics vector holds."""
+    expected = statistics_dimension(num_classes, dim)
+    if vector.shape != (expected,):
+        raise ValueError(f"statistics of {num_classes} classes and {dim} features take {expected} values, "
+                         f"got shape {vector.shape}")
+    counts = vector[:num_classes]
+    sums = vector[num_classes : num_classes * (dim + 1)].reshape(num_classes, dim)
+    return FeatureMoments(counts, sums, scatter_from_sum(vector[num_classes * (dim + 1) :], dim))
 
 
 def scatter_from_sum(total: np.ndarray, dim: int) -> np.ndarray:
-    """The symmetric matrix whose upper triangle a sum of scatter vectors holds."""
+    """The symmetric matrix whose upper triangle (row-major) a vector holds."""
     if total.size != dim * (dim + 1) // 2:
-        raise ValueError(f"a scatter of {dim} features takes {dim * (dim + 1) // 2} values, got {total.size}")
+        raise ValueError(f"the upper triangle of {dim} features takes {dim * (dim + 1) // 2} values, got {total.size}")
     upper = np.zeros((dim, dim))
     upper[np.triu_indices(dim)] = total
     scatter: np.ndarray = upper + np.triu(upper, 1).T

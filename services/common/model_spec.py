@@ -29,6 +29,16 @@ class ParameterSpec:
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
 
+    def positions(self, name: str) -> slice:
+        """Where the tensor `name` lies in the flat vector."""
+        offset = 0
+        for candidate, shape in zip(self.names, self.shapes):
+            size = int(np.prod(shape, dtype=np.int64))
+            if candidate == name:
+                return slice(offset, offset + size)
+            offset += size
+        raise KeyError(f"{name!r} is not an aggregated tensor of this model")
+
     def require_equal(self, other: ParameterSpec) -> None:
         if self.count != other.count or self.digest != other.digest:
             raise SpecMismatchError(

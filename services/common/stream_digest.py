@@ -42,9 +42,12 @@ def _frame(*parts: bytes) -> bytes:
     return b"".join(struct.pack(">Q", len(part)) + part for part in parts)
 
 
-def attestation_message(round_id: int, key_id: str, node_id: str, chunk_count: int, digest: bytes) -> bytes:
+def attestation_message(round_id: int, key_id: str, node_id: str, chunk_count: int, digest: bytes,
+                        layout: int) -> bytes:
+    """What a node signs: its stream's round, key, chunk count, digest and the sum layout it encoded in."""
     return ATTESTATION_DOMAIN + _frame(
-        struct.pack(">Q", round_id), key_id.encode(), node_id.encode(), struct.pack(">I", chunk_count), digest
+        struct.pack(">Q", round_id), key_id.encode(), node_id.encode(), struct.pack(">I", chunk_count), digest,
+        struct.pack(">I", layout),
     )
 
 

@@ -102,6 +102,18 @@ def plan_quantization(
     )
 
 
+def plan_statistics(dimension: int, clip_norm: float, bits: int, max_participants: int, min_participants: int,
+                    noise_kind: NoiseKind, noise_variance: float, rounding_pieces: int = 1) -> QuantizationPlan:
+    """A plan for a vector whose coordinates are not spread like an update's (a few carry most of its norm): the
+    clip norm maps to the coordinate bound, so no coordinate of a clipped vector is ever clamped."""
+    if noise_kind is NoiseKind.NONE:
+        noise_variance = 0.0
+    bound = coordinate_bound_for(bits, max_participants, noise_kind, noise_variance, min_participants)
+    return QuantizationPlan(dimension=dimension, clip_norm=clip_norm, scale=bound / clip_norm, coordinate_bound=bound,
+                            bits=bits, min_participants=min_participants, noise_kind=noise_kind,
+                            noise_variance=noise_variance, rounding_pieces=rounding_pieces)
+
+
 def scale_update(update: np.ndarray, plan: QuantizationPlan) -> np.ndarray:
     """Clip, scale and clamp the whole update (needs its global norm), before rounding."""
     if update.shape != (plan.dimension,):

@@ -19,6 +19,7 @@ from services.common.ckks_params import key_id as key_id_of
 from services.common.ckks_params import load_public_context
 from services.common.encryption_pool import EncryptionPool
 from services.common.errors import MalformedChunkError, WrongKeyError
+from services.common.head_refit import moments_of, penultimate_features, scaled_to, statistics_vector
 from services.common.metrics import ServiceMetrics
 from services.common.model_spec import flatten_named, flatten_state, parameter_spec, restore_state, upload_value_count
 from services.common.models import best_device, build_model
@@ -118,6 +119,9 @@ class HospitalNode:
         if plan.evaluate_only:
             return
         self._metrics.current_round.set(plan.round_id)
+        if plan.head_statistics:
+            self._upload_statistics(plan)
+            return
         generator = torch.Generator().manual_seed(hash((self._entropy, plan.round_id)) & 0x7FFFFFFF)
         train_start = time.monotonic()
         config = LocalTraining(plan.local_epochs, plan.learning_rate, plan.batch_size,
@@ -147,6 +151,22 @@ class HospitalNode:
         else:
             self._upload(plan, update, timings)
         log.info("round %d done in %.1f s", plan.round_id, time.monotonic() - started)
+
+    def _upload_statistics(self, plan: pb.RoundPlan) -> None:
+        """The head refit's round: this model's feature statistics on the training images, scaled to the clip norm
+        (the scale weighs only this hospital's images: its counts ride in the same vector)."""
+        started = time.monotonic()
+        features = penultimate_features(self._model, self._data.train_images, self._device)
+        moments = moments_of(features, self._data.train_labels, self._settings.num_classes)
+        vector = statistics_vector(moments)
+        if vector.size != plan.upload_value_count:
+            raise MalformedChunkError(f"round {plan.round_id} expects {plan.upload_value_count} statistics values; "
+                                      f"this model's head gives {vector.size}")
+        timings = UploadTimings(train=time.monotonic() - started)  # the feature pass is this round's local work
+        self._metrics.observe_phase("train", timings.train)
+        log.info("round %d: feature statistics of %d images (%d values)", plan.round_id, features.shape[0],
+                 vector.size)
+        self._upload(plan, scaled_to(vector, plan.clip_norm), timings)
 
     def _upload(self, plan: pb.RoundPlan, update: np.ndarray, timings: UploadTimings) -> None:
         s = self._settings

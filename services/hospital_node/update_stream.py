@@ -14,7 +14,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.common.chunking import float32_chunks
 from services.common.encryption_pool import EncryptionPool
-from services.common.model_spec import upload_value_count
 from services.common.noise import NoiseKind
 from services.common.packing import FieldLayout
 from services.common.stream_digest import StreamDigest, attestation_message, sign_attestation
@@ -52,7 +51,7 @@ class CrashFault:
 
 def quantization_plan(plan: pb.RoundPlan) -> QuantizationPlan:
     return QuantizationPlan(
-        dimension=upload_value_count(plan.parameter_count, plan.drift_correction), clip_norm=plan.clip_norm, scale=plan.scale,
+        dimension=plan.upload_value_count, clip_norm=plan.clip_norm, scale=plan.scale,
         coordinate_bound=plan.coordinate_bound, bits=plan.bits, min_participants=plan.min_participants,
         noise_kind=NoiseKind(plan.noise_kind), noise_variance=plan.noise_variance,
         rounding_pieces=plan.chunk_count, rounding_beta=plan.rounding_beta,
@@ -75,10 +74,11 @@ def _signed_chunks(plan: pb.RoundPlan, node_id: str, key: Ed25519PrivateKey, tim
         previous = body
     assert previous is not None, "an upload has at least one chunk"
     stream_digest = digest.digest()
-    message = attestation_message(plan.round_id, plan.key_id, node_id, plan.chunk_count, stream_digest)
+    layout = pb.SUM_LAYOUT_STATISTICS if plan.head_statistics else pb.SUM_LAYOUT_UPDATE
+    message = attestation_message(plan.round_id, plan.key_id, node_id, plan.chunk_count, stream_digest, layout)
     previous.attestation.CopyFrom(pb.Attestation(node_id=node_id, round_id=plan.round_id, key_id=plan.key_id,
                                                  chunk_count=plan.chunk_count, stream_digest=stream_digest,
-                                                 signature=sign_attestation(key, message)))
+                                                 signature=sign_attestation(key, message), layout=layout))
     previous.phase_seconds.CopyFrom(timings.phases())
     yield previous
 

@@ -25,6 +25,7 @@ class AttestationClaim:
     chunk_count: int
     stream_digest: bytes
     signature: bytes
+    layout: int
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class ManifestClaim:
     chunk_count: int
     value_count: int
     attestations: tuple[AttestationClaim, ...]
+    layout: int  # the SumLayout to unpack in: every attestation must have signed it
 
 
 class DecryptionLedger:
@@ -72,12 +74,13 @@ class DecryptionPolicy:
             raise WrongKeyError(f"manifest names key {manifest.key_id!r}; the current key is {self._key_id!r}")
         valid_nodes: set[str] = set()
         for claim in manifest.attestations:
-            if (claim.round_id, claim.key_id, claim.chunk_count) != (
-                manifest.round_id, manifest.key_id, manifest.chunk_count
+            if (claim.round_id, claim.key_id, claim.chunk_count, claim.layout) != (
+                manifest.round_id, manifest.key_id, manifest.chunk_count, manifest.layout
             ):
-                raise PolicyViolationError(f"attestation of {claim.node_id!r} is for another round, key or size")
+                raise PolicyViolationError(f"attestation of {claim.node_id!r} is for another round, key, size or "
+                                           "layout")
             message = attestation_message(claim.round_id, claim.key_id, claim.node_id, claim.chunk_count,
-                                          claim.stream_digest)
+                                          claim.stream_digest, claim.layout)
             self._registry.verify(claim.node_id, message, claim.signature)
             valid_nodes.add(claim.node_id)
         if len(valid_nodes) < self._min_participants:

@@ -17,6 +17,7 @@ from services.common.ckks_params import (
     CkksParameters,
     ckks_parameters,
     field_layout,
+    statistics_layout,
     key_id,
     load_public_context,
     make_secret_context,
@@ -32,6 +33,7 @@ SECRET_FILE = "ckks_secret_context.bin"
 class KeyMaterial:
     params: CkksParameters
     layout: FieldLayout
+    statistics_layout: FieldLayout
     secret_context: ts.Context
     public_context: bytes
     key_id: str
@@ -61,4 +63,4 @@ def load_or_create_keys(max_participants: int, bits: int | None, state_dir: Path
             log.info("secret key written to %s (mode 0600)", secret_path)
     public = public_context_bytes(context)
     load_public_context(public)  # asserts the public half carries no secret key
-    return KeyMaterial(params, layout, context, public, key_id(public))
+    return KeyMaterial(params, layout, statistics_layout(params, max_participants), context, public, key_id(public))

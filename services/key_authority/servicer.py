@@ -30,9 +30,10 @@ def manifest_claim(manifest: pb.DecryptManifest) -> ManifestClaim:
         chunk_count=manifest.chunk_count,
         value_count=manifest.value_count,
         attestations=tuple(
-            AttestationClaim(a.node_id, a.round_id, a.key_id, a.chunk_count, a.stream_digest, a.signature)
+            AttestationClaim(a.node_id, a.round_id, a.key_id, a.chunk_count, a.stream_digest, a.signature, a.layout)
             for a in manifest.attestations
         ),
+        layout=manifest.layout,
     )
 
 
@@ -57,6 +58,7 @@ class KeyAuthorityServicer(pb_grpc.KeyAuthorityServicer):
             context=self._keys.public_context, key_id=self._keys.key_id, bits=layout.bits,
             fields_per_slot=layout.fields_per_slot, max_participants=layout.max_participants,
             slots_per_ciphertext=self._keys.params.slots, min_participants=self._min_participants,
+            statistics_bits=self._keys.statistics_layout.bits,
         )
 
     @translate_stream_errors
@@ -68,13 +70,18 @@ class KeyAuthorityServicer(pb_grpc.KeyAuthorityServicer):
         first = next(request_iterator, None)
         if first is None or not first.HasField("manifest"):
             raise MalformedChunkError("a decryption stream must open with its manifest")
+        if first.manifest.layout not in (pb.SUM_LAYOUT_UPDATE, pb.SUM_LAYOUT_STATISTICS):
+            raise MalformedChunkError(f"manifest names an unknown sum layout {first.manifest.layout}")
         manifest = manifest_claim(first.manifest)
         self._policy.authorize(manifest)  # refuses before a single ciphertext is decrypted
         self.decrypted.append(manifest.round_id)
         log.info("decrypting round %d: %d chunks, %d participants", manifest.round_id, manifest.chunk_count,
                  len(manifest.attestations))
         start = time.perf_counter()
-        layout, slots = self._keys.layout, self._keys.params.slots
+        slots = self._keys.params.slots
+        statistics = first.manifest.layout == pb.SUM_LAYOUT_STATISTICS
+        layout = self._keys.statistics_layout if statistics else self._keys.layout
+        dtype = "<u8" if statistics else "<u4"
         remaining = manifest.value_count
         for expected_index, message in enumerate(request_iterator):
             chunk = message.chunk
@@ -83,9 +90,10 @@ class KeyAuthorityServicer(pb_grpc.KeyAuthorityServicer):
             self._metrics.bytes_received.inc(sum(len(c) for c in chunk.ciphertexts))
             slot_integers = decrypt_to_slot_integers(self._keys.secret_context, list(chunk.ciphertexts), slots)
             count = min(remaining, slot_integers.size * layout.fields_per_slot)
-            fields = unpack_fields(slot_integers, layout, count).astype("<u4")
+            fields = unpack_fields(slot_integers, layout, count).astype(dtype)
             remaining -= count
-            yield pb.DecryptResponse(index=chunk.index, field_values=fields.tobytes(), value_count=count)
+            yield pb.DecryptResponse(index=chunk.index, field_values=fields.tobytes(), value_count=count,
+                                     value_bytes=fields.itemsize)
         if remaining:
             raise MalformedChunkError(f"stream ended with {remaining} values of the manifest undelivered")
         self._metrics.observe_phase("decrypt", time.perf_counter() - start)
@@ -97,7 +105,9 @@ class KeyAuthorityServicer(pb_grpc.KeyAuthorityServicer):
 
 def field_values(response: pb.DecryptResponse) -> np.ndarray:
     """The integers of one response, for the aggregator."""
-    values = np.frombuffer(response.field_values, dtype="<u4")
+    if response.value_bytes not in (0, 4, 8):
+        raise MalformedChunkError(f"response {response.index} has {response.value_bytes}-byte values; 4 or 8 expected")
+    values = np.frombuffer(response.field_values, dtype="<u8" if response.value_bytes == 8 else "<u4")
     if values.size != response.value_count:
         raise MalformedChunkError(f"response {response.index} carries {values.size} of {response.value_count} values")
     return values.astype(np.int64)

@@ -13,6 +13,7 @@ from services.common.ckks_params import (
     load_public_context,
     make_secret_context,
     public_context_bytes,
+    statistics_layout,
 )
 from services.common.errors import CkksParameterError, DecryptionIntegrityError
 from services.common.encryption_pool import EncryptionPool, upload_chunk_count
@@ -63,6 +64,25 @@ def test_decrypted_sum_equals_modular_integer_sum_for_every_n(keyed, data: st.Da
             vectors = [rng.integers(0, layout.modulus, size) for _ in range(n)]
         expected = np.mod(np.sum(vectors, axis=0), layout.modulus)
         assert np.array_equal(_roundtrip(keyed, vectors), expected), f"n={n}"
+
+
+@settings(max_examples=4, deadline=None)
+@given(data=st.data())
+def test_statistics_layout_sums_are_exact_for_every_n(keyed, data: st.DataObject) -> None:  # type: ignore[no-untyped-def]
+    n_max, params, _, secret, public = keyed
+    layout = statistics_layout(params, n_max)
+    assert layout.fields_per_slot == 1 and layout.bits > 32  # what the head refit's statistics rely on
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    size = data.draw(st.integers(1, params.slots + 7))
+    extreme = data.draw(st.booleans())
+    rng = np.random.default_rng(seed)
+    for n in range(1, n_max + 1):
+        if extreme:
+            vectors = [np.full(size, layout.modulus - 1, dtype=np.int64) for _ in range(n)]
+        else:
+            vectors = [rng.integers(0, layout.modulus, size) for _ in range(n)]
+        expected = np.mod(np.sum(vectors, axis=0), layout.modulus)
+        assert np.array_equal(_roundtrip((n_max, params, layout, secret, public), vectors), expected), f"n={n}"
 
 
 def test_public_context_holds_no_secret_key(keyed) -> None:  # type: ignore[no-untyped-def]

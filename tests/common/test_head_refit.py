@@ -10,12 +10,15 @@ from services.common.head_refit import (
     FeatureMoments,
     classifier_head,
     feature_moments,
+    head_positions,
     lda_head,
+    moments_from_statistics,
     moments_of,
-    scatter_from_sum,
-    scatter_vector,
     set_head,
+    statistics_dimension,
+    statistics_vector,
 )
+from services.common.model_spec import flatten_state, parameter_spec, restore_state
 from services.common.models import build_model
 
 
@@ -68,6 +71,25 @@ def test_one_class_only_is_refused() -> None:
         lda_head(_moments([[0.0], [2.0]], [[1.0]], [10, 0]))
 
 
+def test_the_head_does_not_depend_on_the_moments_scale() -> None:
+    # A secure sum of vectors scaled to the clip norm holds weighted counts far below one image.
+    moments = _moments([[0.0, 1.0], [2.0, 0.0]], [[1.0, 0.3], [0.3, 2.0]], [30, 10])
+    weight, bias = lda_head(moments)
+    for factor in (1e-4, 1e3):
+        scaled = FeatureMoments(factor * moments.counts, factor * moments.sums, factor * moments.second)
+        for got, want in zip(lda_head(scaled), (weight, bias)):
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_a_class_counted_at_noise_level_is_absent() -> None:
+    # Three classes, the third held by no hospital: a secure sum decodes its count and sums to noise.
+    two = _moments([[0.0], [2.0]], [[1.0]], [30, 10])
+    three = FeatureMoments(np.array([30.0, 10.0, 3e-9]), np.vstack([two.sums, [[5e-9]]]), two.second)
+    weight, bias = lda_head(three)
+    np.testing.assert_allclose(weight[1] - weight[0], *(lda_head(two)[0][1] - lda_head(two)[0][0]))
+    assert bias[2] < -1e3 and np.all(np.isfinite(weight))
+
+
 def test_moments_add_across_hospitals() -> None:
     """Two hospitals' moments added are the moments of their images pooled: what a secure sum needs."""
     rng = np.random.default_rng(1)
@@ -110,10 +132,50 @@ def test_a_refit_head_separates_what_the_features_separate() -> None:
         set_head(model, np.zeros((3, 8)), np.zeros(3))
 
 
-def test_a_summed_scatter_vector_restores_the_scatter() -> None:
-    features = torch.tensor([[1.0, 2.0], [3.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
-    labels = torch.tensor([0, 0, 1])
-    means = np.array([[2.0, 1.0], [0.0, 1.0]])  # class 0's deviations: (-1, 1) and (1, -1); class 1's: 0
-    np.testing.assert_allclose(scatter_from_sum(scatter_vector(features, labels, means), 2), [[2, -2], [-2, 2]])
-    with pytest.raises(ValueError, match="takes 3 values"):
-        scatter_from_sum(np.zeros(4), 2)
+def test_a_statistics_vector_holds_the_moments_and_its_layout_is_fixed() -> None:
+    rng = np.random.default_rng(4)
+    features = torch.from_numpy(rng.normal(size=(9, 3)))
+    labels = torch.tensor([0, 1, 2, 2, 1, 0, 0, 2, 2])
+    moments = moments_of(features, labels, 3)
+    vector = statistics_vector(moments)
+    # 3 counts, 3 x 3 class sums, the 6 values of a 3 x 3 upper triangle.
+    assert vector.shape == (statistics_dimension(3, 3),) == (3 + 9 + 6,)
+    assert vector[:3].tolist() == [3, 2, 4]
+    np.testing.assert_allclose(vector[3:6], features[labels == 0].sum(dim=0).numpy())
+    restored = moments_from_statistics(vector, 3, 3)
+    np.testing.assert_array_equal(restored.counts, moments.counts)
+    np.testing.assert_allclose(restored.sums, moments.sums)
+    np.testing.assert_allclose(restored.second, moments.second)
+    with pytest.raises(ValueError, match="take 18 values"):
+        moments_from_statistics(vector[:-1], 3, 3)
+
+
+def test_a_scaled_statistics_sum_fits_the_same_head_as_its_images_weighted() -> None:
+    # A hospital's scale weighs its own images: LDA on a sum of scaled vectors is LDA on images so weighted.
+    a, b = _moments([[0.0, 1.0], [2.0, 0.0]], [[1.0, 0.3], [0.3, 2.0]], [30, 10]), \
+        _moments([[1.0, 1.0], [3.0, -1.0]], [[2.0, 0.0], [0.0, 1.0]], [5, 25])
+    weighted = FeatureMoments(0.5 * a.counts + 2.0 * b.counts, 0.5 * a.sums + 2.0 * b.sums,
+                              0.5 * a.second + 2.0 * b.second)
+    summed = moments_from_statistics(0.5 * statistics_vector(a) + 2.0 * statistics_vector(b), 2, 2)
+    for got, want in zip(lda_head(summed), lda_head(weighted)):
+        np.testing.assert_allclose(got, want)
+
+
+def test_head_positions_install_the_head_where_the_model_keeps_it() -> None:
+    model = build_model("tiny", 2, 0)
+    spec = parameter_spec(model.state_dict())
+    positions = head_positions(model, spec)
+    head = classifier_head(model)
+    assert (positions.num_classes, positions.features) == (2, head.in_features)
+    weights = flatten_state(model.state_dict())
+    weight = np.arange(2 * head.in_features, dtype=float).reshape(2, -1)
+    installed = positions.install(weights, weight, np.array([1.5, -1.5]))
+    model.load_state_dict(restore_state(model.state_dict(), installed, spec))
+    np.testing.assert_array_equal(classifier_head(model).weight.detach().numpy(), weight)
+    np.testing.assert_array_equal(classifier_head(model).bias.detach().numpy(), [1.5, -1.5])
+    unchanged = np.ones(weights.size, dtype=bool)
+    unchanged[positions.weight] = False
+    unchanged[positions.bias] = False
+    np.testing.assert_array_equal(installed[unchanged], weights[unchanged])
+    with pytest.raises(ValueError, match="shape"):
+        positions.install(weights, weight[:, :-1], np.zeros(2))

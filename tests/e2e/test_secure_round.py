@@ -129,7 +129,7 @@ def test_only_the_key_authority_holds_a_secret_key(finished_run) -> None:  # typ
 def _attestation(identities: Path, node_id: str, round_id: int, key_id: str) -> pb.Attestation:
     digest = bytes(32)
     signature = load_identity(identities / f"{node_id}.key").sign(
-        attestation_message(round_id, key_id, node_id, 1, digest))
+        attestation_message(round_id, key_id, node_id, 1, digest, pb.SUM_LAYOUT_UPDATE))
     return pb.Attestation(node_id=node_id, round_id=round_id, key_id=key_id, chunk_count=1, stream_digest=digest,
                           signature=signature)
 
@@ -159,6 +159,21 @@ def test_key_authority_refuses_too_few_participants_and_a_second_decryption(fini
     assert again.code() == grpc.StatusCode.ALREADY_EXISTS
     wrong_key = _decrypt(consortium, manifest(97, ["hospital-1", "hospital-2", "hospital-3"], key="0" * 16))
     assert wrong_key.code() == grpc.StatusCode.FAILED_PRECONDITION
+    # A sum is unpacked only in the layout its nodes signed: update uploads in the wide statistics layout would
+    # show the carries between fields, i.e. how many nodes sent a negative value per coordinate.
+    widened = manifest(96, ["hospital-1", "hospital-2", "hospital-3"])
+    widened.layout = pb.SUM_LAYOUT_STATISTICS
+    unsigned_layout = _decrypt(consortium, widened)
+    assert unsigned_layout.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "layout" in (unsigned_layout.details() or "")
+    for attestation in widened.attestations:
+        attestation.layout = pb.SUM_LAYOUT_STATISTICS  # relabelled, but the nodes signed the update layout
+    forged = _decrypt(consortium, widened)
+    assert forged.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "does not verify" in (forged.details() or "")
+    unknown = manifest(95, ["hospital-1", "hospital-2", "hospital-3"])
+    unknown.layout = 7  # type: ignore[assignment]
+    assert _decrypt(consortium, unknown).code() == grpc.StatusCode.INVALID_ARGUMENT
     assert status(consortium, "key_authority").decrypted_rounds == [1, 2]
 
 

@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from scripts import experiment, paired, sweep
-from scripts.centralized import node_settings_for, pooled_data
+from scripts.centralized import FINAL_STATE, node_settings_for, pooled_data, run_centralized
 from services.common.classification_metrics import confusion_matrix
-from services.common.head_refit import FeatureMoments, lda_head, moments_of
+from services.common.head_refit import FeatureMoments, classifier_head, feature_moments, lda_head, moments_of
 from services.common.model_spec import flatten_state
 from services.common.models import build_model
 from services.hospital_node.local_data import LocalData, load_local_data
+from services.hospital_node.trainer import LocalTraining, predict
 from tests.e2e.consortium_checks import checkpoint_weights
 
 
@@ -166,7 +167,7 @@ def test_the_centralized_baseline_trains_with_the_hospitals_thread_count(tmp_pat
     namespace = argparse.Namespace(architecture="tiny", image_size=32, images_per_node=20, partition="label_mix",
                                    alpha=0.5, seed=0, calibration_fraction=0.0, centralized_epochs=1,
                                    learning_rate=0.01, batch_size=16, local_optimizer="sgd", imbalance="none",
-                                   out=tmp_path, rounds=1, round_schedule="constant", round_floor=0.1,
+                                   out=tmp_path, rounds=1, round_schedule="constant", round_floor=0.1, head_refit=False,
                                    torch_threads=max(1, before - 1) if before > 1 else 2)
     experiment.centralized(namespace)
     assert seen == [namespace.torch_threads] and seen[0] != before
@@ -194,10 +195,10 @@ def test_sweep_head_refit_eval_scores_a_refit_copy_and_lda_trains_on_from_it(tmp
     assert refit[1]["update_norms"] != plain[1]["update_norms"]
 
 
-def test_the_three_secure_sums_give_the_exact_lda_head_when_the_sums_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the codec taken out (exact sums), the three-sum protocol's centring, per-hospital scaling and trace
-    matching reproduce LDA on the pooled moments, up to the weight each hospital's scale gives its images (here
-    the hospitals' features differ only through their labels, so the weights barely matter)."""
+def test_the_secure_statistics_sum_gives_the_pooled_lda_head() -> None:
+    """Through the codec in the statistics layout, noise included, the one-sum protocol gives LDA on the hospitals'
+    images weighted by their hospital's scale (clip norm over the norm of its statistics), and so nearly LDA on the
+    pooled images (here the hospitals' features differ only through their labels, so the weights matter little)."""
     rng = np.random.default_rng(4)
     parts, features = [], []
     for mix in (0.1, 0.5, 0.95):  # label-skewed hospitals, each with its own scale after scaled_to
@@ -206,15 +207,32 @@ def test_the_three_secure_sums_give_the_exact_lda_head_when_the_sums_are_exact(m
         parts.append(LocalData(torch.zeros(300, 1, 2, 2), labels, torch.zeros(0, 1, 2, 2),
                                torch.zeros(0, dtype=torch.int64), 2))
         features.append(feats)
-    monkeypatch.setattr(sweep, "secure_sum", lambda vectors, clip, variance, rng: np.sum(vectors, axis=0))
-    setting = sweep.Setting(head_shrinkage=0.1)
+    setting = sweep.Setting(head_shrinkage=0.1, clip_norm=20.0)
     weight, bias, detail = sweep.refit_head_securely(features, parts, setting, 16.0, rng)
     assert detail["contrast_error"] < 0.05 and abs(float(detail["trace_ratio"]) - 1) < 0.05  # type: ignore[arg-type]
-    exact_weight, exact_bias = lda_head(sum((moments_of(f, p.train_labels, 2) for f, p in zip(features, parts)),
-                                            FeatureMoments(np.zeros(2), np.zeros((2, 6)), np.zeros((6, 6)))), 0.1)
-    secure, exact = weight[1] - weight[0], exact_weight[1] - exact_weight[0]
-    assert np.linalg.norm(secure - exact) < 0.02 * np.linalg.norm(exact)  # direction and scale
-    assert bias[1] - bias[0] == pytest.approx(exact_bias[1] - exact_bias[0], abs=0.05 * np.abs(exact_bias).max())
+    moments = [moments_of(f, p.train_labels, 2) for f, p in zip(features, parts)]
+    scales = [20.0 / np.sqrt(np.sum(m.counts**2) + np.sum(m.sums**2) + np.sum(np.triu(m.second)**2)) for m in moments]
+    weighted = FeatureMoments(sum(w * m.counts for w, m in zip(scales, moments)),
+                              sum(w * m.sums for w, m in zip(scales, moments)),
+                              sum(w * m.second for w, m in zip(scales, moments)))
+    for got, want in zip((weight, bias), lda_head(weighted, 0.1)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    pooled_weight, pooled_bias = lda_head(sum(moments[1:], moments[0]), 0.1)
+    secure, pooled = weight[1] - weight[0], pooled_weight[1] - pooled_weight[0]
+    assert np.linalg.norm(secure - pooled) < 0.05 * np.linalg.norm(pooled)  # direction and scale
+    assert bias[1] - bias[0] == pytest.approx(pooled_bias[1] - pooled_bias[0], abs=0.05 * np.abs(pooled_bias).max())
+
+
+def test_the_sweeps_secure_statistics_sum_is_the_codecs_sum() -> None:
+    """In the statistics layout the codec's rounding and noise are about 1e-9 of the clip norm: the simulated sum
+    of vectors at the clip norm is their exact sum, where the update layout loses their small coordinates."""
+    rng = np.random.default_rng(1)
+    vectors = [sweep.scaled_to(np.concatenate([[40.0, 60.0], rng.normal(3.0, 1.0, 500)]), 5.0) for _ in range(5)]
+    exact = np.sum(vectors, axis=0)
+    wide = sweep.secure_sum(vectors, 5.0, 16.0, rng, statistics=True)
+    assert np.abs(wide - exact).max() < 1e-7
+    narrow = sweep.secure_sum(vectors, 5.0, 16.0, rng)
+    assert np.abs(narrow - exact).max() > 1e-3
 
 
 def test_the_sweeps_secure_sum_is_the_codecs_sum_with_its_noise() -> None:
@@ -233,3 +251,23 @@ def test_the_sweeps_secure_sum_is_the_codecs_sum_with_its_noise() -> None:
     assert np.linalg.norm(received - sum(vectors)) > 1.0  # the clip and clamp did act on vector 0
     noisy = sweep.secure_sum(vectors, clip, 16.0, rng)
     assert 0.7 * clip < np.linalg.norm(noisy - received) < 1.5 * clip
+
+
+def test_the_centralized_baseline_refits_its_head_like_the_consortium(tmp_path: Path) -> None:
+    settings = node_settings_for("tiny", 32, 24 * 5, 5, "label_mix", 0.5, 3)
+    training = LocalTraining(1, 0.02, 16)
+    rows = run_centralized(settings, 5, 1, training, tmp_path, head_refit=True)
+    assert [r["round"] for r in rows] == [0, 1, 2] and rows[-1]["head_refit"] is True
+    assert not rows[1].get("head_refit")
+    model = build_model("tiny", 2, 3)
+    model.load_state_dict(torch.load(tmp_path / FINAL_STATE))
+    data = pooled_data(settings, 5)
+    # The head's inputs do not depend on the head: the saved body's features refit to the saved head.
+    weight, bias = lda_head(feature_moments(model, data.train_images, data.train_labels, 2, torch.device("cpu")))
+    head = classifier_head(model)
+    np.testing.assert_allclose(head.weight.detach().numpy(), weight, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(head.bias.detach().numpy(), bias, rtol=1e-4, atol=1e-5)
+    # ... and the refit model is the one its last row evaluated.
+    scores = predict(model, data.val_images, data.val_labels, 2, torch.device("cpu"))[0]
+    assert confusion_matrix(data.val_labels.numpy(), scores.argmax(axis=1), 2).tolist() == \
+        rows[-1]["evaluation"]["confusion"]  # type: ignore[index]

@@ -47,3 +47,13 @@ def test_report_gives_each_f1_its_sampling_sd_and_the_gap_its_combined_sd(tmp_pa
     assert 0.03 < secure_sd < 0.08  # about sqrt(F1 (1 - F1) / 50) for 50 positives
     assert f"| 0.600 | {secure_sd:.3f} | 2 |" in text  # the secure row: AUC, F1 SD, epsilon
     assert f"(sampling SD {math.hypot(secure_sd, central_sd) * 100:.1f}, as if" in text
+
+
+def test_the_head_refit_row_is_marked_as_such(tmp_path: Path) -> None:
+    secure = _run(tmp_path / "secure", [0.0, 0.40, 0.61], phases=False)
+    rows = [json.loads(line) for line in (secure / "rounds.jsonl").read_text().splitlines()]
+    rows[-1]["head_refit"] = True
+    (secure / "rounds.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    text = write_report({"secure": secure}, tmp_path / "out", "t").read_text()
+    assert "| secure | 2 (head refit) |" in text  # the final model is the refit one
+    assert "| 1 | 5 |" in text and "| 2 (head refit) | 5 |" in text

@@ -1,4 +1,5 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -6,12 +7,19 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SumLayout(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SUM_LAYOUT_UPDATE: _ClassVar[SumLayout]
+    SUM_LAYOUT_STATISTICS: _ClassVar[SumLayout]
+SUM_LAYOUT_UPDATE: SumLayout
+SUM_LAYOUT_STATISTICS: SumLayout
+
 class GetPublicContextRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class PublicContext(_message.Message):
-    __slots__ = ("context", "key_id", "bits", "fields_per_slot", "max_participants", "slots_per_ciphertext", "min_participants")
+    __slots__ = ("context", "key_id", "bits", "fields_per_slot", "max_participants", "slots_per_ciphertext", "min_participants", "statistics_bits")
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     BITS_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +27,7 @@ class PublicContext(_message.Message):
     MAX_PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     SLOTS_PER_CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
     MIN_PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    STATISTICS_BITS_FIELD_NUMBER: _ClassVar[int]
     context: bytes
     key_id: str
     bits: int
@@ -26,37 +35,42 @@ class PublicContext(_message.Message):
     max_participants: int
     slots_per_ciphertext: int
     min_participants: int
-    def __init__(self, context: _Optional[bytes] = ..., key_id: _Optional[str] = ..., bits: _Optional[int] = ..., fields_per_slot: _Optional[int] = ..., max_participants: _Optional[int] = ..., slots_per_ciphertext: _Optional[int] = ..., min_participants: _Optional[int] = ...) -> None: ...
+    statistics_bits: int
+    def __init__(self, context: _Optional[bytes] = ..., key_id: _Optional[str] = ..., bits: _Optional[int] = ..., fields_per_slot: _Optional[int] = ..., max_participants: _Optional[int] = ..., slots_per_ciphertext: _Optional[int] = ..., min_participants: _Optional[int] = ..., statistics_bits: _Optional[int] = ...) -> None: ...
 
 class Attestation(_message.Message):
-    __slots__ = ("node_id", "round_id", "key_id", "chunk_count", "stream_digest", "signature")
+    __slots__ = ("node_id", "round_id", "key_id", "chunk_count", "stream_digest", "signature", "layout")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
     STREAM_DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     round_id: int
     key_id: str
     chunk_count: int
     stream_digest: bytes
     signature: bytes
-    def __init__(self, node_id: _Optional[str] = ..., round_id: _Optional[int] = ..., key_id: _Optional[str] = ..., chunk_count: _Optional[int] = ..., stream_digest: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    layout: SumLayout
+    def __init__(self, node_id: _Optional[str] = ..., round_id: _Optional[int] = ..., key_id: _Optional[str] = ..., chunk_count: _Optional[int] = ..., stream_digest: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., layout: _Optional[_Union[SumLayout, str]] = ...) -> None: ...
 
 class DecryptManifest(_message.Message):
-    __slots__ = ("round_id", "key_id", "chunk_count", "value_count", "attestations")
+    __slots__ = ("round_id", "key_id", "chunk_count", "value_count", "attestations", "layout")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
     VALUE_COUNT_FIELD_NUMBER: _ClassVar[int]
     ATTESTATIONS_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
     round_id: int
     key_id: str
     chunk_count: int
     value_count: int
     attestations: _containers.RepeatedCompositeFieldContainer[Attestation]
-    def __init__(self, round_id: _Optional[int] = ..., key_id: _Optional[str] = ..., chunk_count: _Optional[int] = ..., value_count: _Optional[int] = ..., attestations: _Optional[_Iterable[_Union[Attestation, _Mapping]]] = ...) -> None: ...
+    layout: SumLayout
+    def __init__(self, round_id: _Optional[int] = ..., key_id: _Optional[str] = ..., chunk_count: _Optional[int] = ..., value_count: _Optional[int] = ..., attestations: _Optional[_Iterable[_Union[Attestation, _Mapping]]] = ..., layout: _Optional[_Union[SumLayout, str]] = ...) -> None: ...
 
 class CiphertextChunk(_message.Message):
     __slots__ = ("index", "ciphertexts")
@@ -75,14 +89,16 @@ class DecryptRequest(_message.Message):
     def __init__(self, manifest: _Optional[_Union[DecryptManifest, _Mapping]] = ..., chunk: _Optional[_Union[CiphertextChunk, _Mapping]] = ...) -> None: ...
 
 class DecryptResponse(_message.Message):
-    __slots__ = ("index", "field_values", "value_count")
+    __slots__ = ("index", "field_values", "value_count", "value_bytes")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     FIELD_VALUES_FIELD_NUMBER: _ClassVar[int]
     VALUE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    VALUE_BYTES_FIELD_NUMBER: _ClassVar[int]
     index: int
     field_values: bytes
     value_count: int
-    def __init__(self, index: _Optional[int] = ..., field_values: _Optional[bytes] = ..., value_count: _Optional[int] = ...) -> None: ...
+    value_bytes: int
+    def __init__(self, index: _Optional[int] = ..., field_values: _Optional[bytes] = ..., value_count: _Optional[int] = ..., value_bytes: _Optional[int] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
     __slots__ = ("node_id", "parameter_count", "parameter_digest")
@@ -95,7 +111,7 @@ class JoinRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., parameter_count: _Optional[int] = ..., parameter_digest: _Optional[str] = ...) -> None: ...
 
 class RoundPlan(_message.Message):
-    __slots__ = ("round_id", "secure", "evaluate_only", "key_id", "local_epochs", "learning_rate", "batch_size", "clip_norm", "scale", "coordinate_bound", "bits", "fields_per_slot", "max_participants", "min_participants", "noise_kind", "noise_variance", "rounding_beta", "chunk_ciphertexts", "chunk_count", "parameter_count", "parameter_digest", "model_sha256", "model_chunk_count", "deadline_seconds", "plaintext_chunk_values", "local_optimizer", "proximal_mu", "drift_correction")
+    __slots__ = ("round_id", "secure", "evaluate_only", "key_id", "local_epochs", "learning_rate", "batch_size", "clip_norm", "scale", "coordinate_bound", "bits", "fields_per_slot", "max_participants", "min_participants", "noise_kind", "noise_variance", "rounding_beta", "chunk_ciphertexts", "chunk_count", "parameter_count", "parameter_digest", "model_sha256", "model_chunk_count", "deadline_seconds", "plaintext_chunk_values", "local_optimizer", "proximal_mu", "drift_correction", "head_statistics", "upload_value_count")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     SECURE_FIELD_NUMBER: _ClassVar[int]
     EVALUATE_ONLY_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +140,8 @@ class RoundPlan(_message.Message):
     LOCAL_OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     PROXIMAL_MU_FIELD_NUMBER: _ClassVar[int]
     DRIFT_CORRECTION_FIELD_NUMBER: _ClassVar[int]
+    HEAD_STATISTICS_FIELD_NUMBER: _ClassVar[int]
+    UPLOAD_VALUE_COUNT_FIELD_NUMBER: _ClassVar[int]
     round_id: int
     secure: bool
     evaluate_only: bool
@@ -152,7 +170,9 @@ class RoundPlan(_message.Message):
     local_optimizer: str
     proximal_mu: float
     drift_correction: bool
-    def __init__(self, round_id: _Optional[int] = ..., secure: _Optional[bool] = ..., evaluate_only: _Optional[bool] = ..., key_id: _Optional[str] = ..., local_epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., clip_norm: _Optional[float] = ..., scale: _Optional[float] = ..., coordinate_bound: _Optional[int] = ..., bits: _Optional[int] = ..., fields_per_slot: _Optional[int] = ..., max_participants: _Optional[int] = ..., min_participants: _Optional[int] = ..., noise_kind: _Optional[str] = ..., noise_variance: _Optional[float] = ..., rounding_beta: _Optional[float] = ..., chunk_ciphertexts: _Optional[int] = ..., chunk_count: _Optional[int] = ..., parameter_count: _Optional[int] = ..., parameter_digest: _Optional[str] = ..., model_sha256: _Optional[bytes] = ..., model_chunk_count: _Optional[int] = ..., deadline_seconds: _Optional[float] = ..., plaintext_chunk_values: _Optional[int] = ..., local_optimizer: _Optional[str] = ..., proximal_mu: _Optional[float] = ..., drift_correction: _Optional[bool] = ...) -> None: ...
+    head_statistics: bool
+    upload_value_count: int
+    def __init__(self, round_id: _Optional[int] = ..., secure: _Optional[bool] = ..., evaluate_only: _Optional[bool] = ..., key_id: _Optional[str] = ..., local_epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., clip_norm: _Optional[float] = ..., scale: _Optional[float] = ..., coordinate_bound: _Optional[int] = ..., bits: _Optional[int] = ..., fields_per_slot: _Optional[int] = ..., max_participants: _Optional[int] = ..., min_participants: _Optional[int] = ..., noise_kind: _Optional[str] = ..., noise_variance: _Optional[float] = ..., rounding_beta: _Optional[float] = ..., chunk_ciphertexts: _Optional[int] = ..., chunk_count: _Optional[int] = ..., parameter_count: _Optional[int] = ..., parameter_digest: _Optional[str] = ..., model_sha256: _Optional[bytes] = ..., model_chunk_count: _Optional[int] = ..., deadline_seconds: _Optional[float] = ..., plaintext_chunk_values: _Optional[int] = ..., local_optimizer: _Optional[str] = ..., proximal_mu: _Optional[float] = ..., drift_correction: _Optional[bool] = ..., head_statistics: _Optional[bool] = ..., upload_value_count: _Optional[int] = ...) -> None: ...
 
 class ModelChunk(_message.Message):
     __slots__ = ("round_id", "index", "values")

@@ -1,0 +1,80 @@
+"""The closing head refit through the real services: three hospitals, one secure round, then the statistics round."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scripts.consortium import Consortium, ConsortiumConfig
+from services.common.head_refit import head_positions, lda_head, moments_from_statistics, statistics_dimension
+from services.common.model_spec import parameter_spec
+from services.common.models import build_model
+from tests.e2e.consortium_checks import checkpoint_weights, field_sum, node_fields, node_update, round_plan, status
+
+NODES, ROUNDS = 3, 1
+REFIT = ROUNDS + 1
+
+
+@pytest.fixture(scope="module")
+def refit_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    run_dir = tmp_path_factory.mktemp("refit")
+    config = ConsortiumConfig(run_dir=run_dir, nodes=NODES, rounds=ROUNDS, architecture="tiny", image_size=32,
+                              images_per_node=40, seed=3, record=True, clip_norm=5.0, noise_variance=12.0,
+                              partition_scheme="label_mix", head_refit=True,
+                              extra_aggregator_env={"FEDXRAY_AGG_LINGER_SECONDS": "30"})
+    with Consortium(config) as consortium:
+        code = consortium.wait(420)
+        key_authority = status(consortium, "key_authority")
+    assert code == 0, (consortium.logs / "aggregator.log").read_text()[-3000:]
+    return run_dir, consortium, key_authority
+
+
+def test_the_refit_round_follows_training_and_its_model_is_evaluated(refit_run) -> None:  # type: ignore[no-untyped-def]
+    run_dir, consortium, key_authority = refit_run
+    rows = {int(r["round"]): r for r in consortium.rows()}
+    assert rows[REFIT]["head_refit"] is True and rows[REFIT]["participants"] == NODES
+    assert not rows[ROUNDS].get("head_refit")
+    # The refit model was scored by every hospital, like a trained round's model.
+    assert rows[REFIT]["evaluation"]["examples"] == rows[ROUNDS]["evaluation"]["examples"] > 0
+    # The key authority decrypted the statistics sum as a round of its own.
+    assert list(key_authority.decrypted_rounds) == [1, REFIT]
+    # Its release has a line in the accountant: epsilon grows past the training rounds'.
+    assert rows[REFIT]["epsilon"] > rows[ROUNDS]["epsilon"] > 0
+
+
+def test_statistics_are_summed_exactly_in_wide_fields(refit_run) -> None:  # type: ignore[no-untyped-def]
+    run_dir, consortium, _ = refit_run
+    plan = round_plan(run_dir, REFIT)
+    bits = int(plan["bits"])
+    assert bits > 32  # one field per slot, far wider than an update's
+    records = run_dir / "records"
+    encoded = [node_fields(records, node, REFIT).astype(np.int64) for node in consortium.node_ids]
+    assert np.array_equal(field_sum(run_dir, REFIT), np.mod(np.sum(encoded, axis=0), 1 << bits))
+
+
+def test_the_head_is_the_lda_fit_of_the_summed_statistics_and_the_body_is_untouched(refit_run) -> None:  # type: ignore[no-untyped-def]
+    run_dir, consortium, _ = refit_run
+    model = build_model("tiny", 2, 0)
+    head = head_positions(model, parameter_spec(model.state_dict()))
+    records = run_dir / "records"
+    vectors = [node_update(records, node, REFIT) for node in consortium.node_ids]
+    assert all(v.shape == (statistics_dimension(2, head.features),) for v in vectors)
+    # Each hospital scaled its statistics to the clip norm.
+    np.testing.assert_allclose([np.linalg.norm(v) for v in vectors], 5.0, rtol=1e-9)
+    # Both classes are present in the pooled statistics, and each hospital counts only non-negative images.
+    assert all(np.all(v[:2] >= 0) for v in vectors) and np.all(np.sum(vectors, axis=0)[:2] > 0)
+    weight, bias = lda_head(moments_from_statistics(np.sum(vectors, axis=0), 2, head.features))
+    before, after = checkpoint_weights(run_dir, ROUNDS), checkpoint_weights(run_dir, REFIT)
+    # Up to the codec's rounding and noise (about 1e-9 of the largest statistic), which the tiny model's many dead
+    # features amplify: their variance is zero, so only the shrinkage keeps the covariance invertible.
+    def relative(got: np.ndarray, want: np.ndarray) -> float:
+        return float(np.linalg.norm(got.reshape(-1) - want.reshape(-1)) / np.linalg.norm(want))
+
+    assert relative(after[head.weight], weight) < 1e-3
+    assert relative(before[head.weight], weight) > 0.5  # the averaged head was not already the fit
+    assert head.bias is not None
+    assert relative(after[head.bias], bias) < 1e-3
+    body = np.ones(after.size, dtype=bool)
+    body[head.weight] = False
+    body[head.bias] = False
+    assert np.array_equal(after[body], before[body])
