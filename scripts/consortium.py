@@ -293,7 +293,9 @@ def format_value(value: object, digits: int = 3) -> str:
         return "-"
     if isinstance(value, float) or isinstance(value, str) and value in ("inf", "Infinity"):
         number = float(value)
-        return "inf" if math.isinf(number) else f"{number:.{digits}f}"
+        if math.isinf(number):
+            return "inf"
+        return f"{number:.{digits}g}" if abs(number) >= 1e6 else f"{number:.{digits}f}"
     return str(value)
 
 

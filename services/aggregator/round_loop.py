@@ -216,25 +216,24 @@ class Coordinator:
             self._write_row(round_id - 1, pending_row)
             pending_row = row
         if settings.head_refit and self.completed_rounds and not stop.is_set():
-            row = self._refit_head(self.current_round + 1, stop)
-            if row is not None:
+            refit = self._refit_head(self.current_round + 1, stop)
+            if refit is not None:
                 self._write_row(self.current_round - 1, pending_row)
-                pending_row = row
+                pending_row = refit
         final = self.current_round + 1
         self._open_round(final, quantization, evaluate_only=True)
         self._write_row(final - 1, pending_row)
 
-    def _statistics_plan(self) -> tuple[QuantizationPlan, FieldLayout]:
-        """The plan and layout of the head refit's statistics: one wide field per slot, the clip norm at the
-        coordinate bound."""
+    def _statistics_plan(self) -> QuantizationPlan:
+        """The plan of the head refit's statistics, in the statistics layout (one wide field per slot), the clip
+        norm at the coordinate bound."""
         assert self.key is not None
         s = self._settings
         layout = FieldLayout(self.key.statistics_bits, self.key.max_participants, 1)
         dimension = statistics_dimension(self._head.num_classes, self._head.features)
         pieces = upload_chunk_count(dimension, layout, self.key.slots, s.chunk_ciphertexts)
-        plan = plan_statistics(dimension, s.clip_norm, layout.bits, layout.max_participants, s.min_participants,
+        return plan_statistics(dimension, s.clip_norm, layout.bits, layout.max_participants, s.min_participants,
                                s.noise_kind, s.noise_variance, rounding_pieces=pieces)
-        return plan, layout
 
     def _quantization_plan(self, layout: FieldLayout) -> QuantizationPlan:
         assert self.key is not None
@@ -313,40 +312,64 @@ class Coordinator:
                     return
                 self._evaluations_lock.wait(POLL_SECONDS)
 
-    def _collect(self, state: RoundState, started: float, stop: threading.Event
-                 ) -> tuple[list[VerifiedSubmission], dict[str, object]]:
-        """Wait for the round's uploads to its quorum or deadline and seal it: the contributors and the round's row,
-        marked failed when the quorum is missing or the sum was corrupted."""
+    def _run_round(self, round_id: int, quantization: QuantizationPlan, stop: threading.Event) -> dict[str, object]:
+        def apply(mean_upload: np.ndarray, participants: int) -> None:
+            self.weights = self._optimizer.step(self.weights, mean_upload[: self._spec.count])
+            if self.control is not None:
+                # SCAFFOLD's server rule: c moves by the participants' share of the mean control variate change.
+                self.control += participants / self._settings.expected_participants * mean_upload[self._spec.count :]
+
+        return self._sealed_round(round_id, quantization, stop, apply)
+
+    def _refit_head(self, round_id: int, stop: threading.Event) -> dict[str, object] | None:
+        """The closing round: the hospitals' summed feature statistics, decrypted in the statistics layout, and the
+        classifier head that linear discriminant analysis fits on them. None when the privacy budget refuses it."""
+        quantization = self._statistics_plan()
+        s = self._settings
+        if s.secure:
+            projected = self._accountant.epsilon_after(round_privacy(quantization, s.min_participants))
+            if projected > s.epsilon_budget:
+                self._metrics.record_refusal("privacy_budget")
+                log.error("refusing the head refit: epsilon would reach %.4g, above the budget %.4g", projected,
+                          s.epsilon_budget)
+                return None
+
+        def apply(mean_statistics: np.ndarray, participants: int) -> None:
+            head = self._head
+            moments = moments_from_statistics(mean_statistics * participants, head.num_classes, head.features)
+            self.weights = head.install(self.weights, *lda_head(moments, s.head_refit_shrinkage))
+            log.info("round %d: classifier head refit from %d hospitals' feature statistics", round_id, participants)
+
+        row = self._sealed_round(round_id, quantization, stop, apply, statistics=True)
+        row["head_refit"] = True
+        return row
+
+    def _sealed_round(self, round_id: int, quantization: QuantizationPlan, stop: threading.Event,
+                      apply: Callable[[np.ndarray, int], None], statistics: bool = False) -> dict[str, object]:
+        """Open the round, collect uploads to quorum or deadline, seal, decrypt, `apply` the participants' mean
+        upload, account for it and checkpoint: the round's row, marked failed when the quorum is missing or the
+        sum was corrupted (nothing applied then)."""
+        started = time.monotonic()
+        state = self._open_round(round_id, quantization, evaluate_only=False, statistics=statistics)
         deadline = started + self._settings.round_deadline_seconds
         with state.lock:
             while not state.complete() and time.monotonic() < deadline and not stop.is_set():
                 state.changed.wait(POLL_SECONDS)
         contributors = state.seal()
         participants = len(contributors)
-        row: dict[str, object] = {"round": state.round_id, "participants": participants,
+        row: dict[str, object] = {"round": round_id, "participants": participants,
                                   "contributors": [c.header.node_id for c in contributors],
                                   "learning_rate": state.plan.learning_rate}
         if participants < self._settings.min_participants or state.corrupted:
-            log.error("round %d failed: %d participants (quorum %d)%s", state.round_id, participants,
+            log.error("round %d failed: %d participants (quorum %d)%s", round_id, participants,
                       self._settings.min_participants, ", sum corrupted" if state.corrupted else "")
             row.update(failed=True, seconds=time.monotonic() - started, epsilon=self._accountant.epsilon())
-        return contributors, row
-
-    def _run_round(self, round_id: int, quantization: QuantizationPlan, stop: threading.Event) -> dict[str, object]:
-        started = time.monotonic()
-        state = self._open_round(round_id, quantization, evaluate_only=False)
-        contributors, row = self._collect(state, started, stop)
-        if row.get("failed"):
             return row
-        participants = len(contributors)
         decrypt_start = time.monotonic()
-        mean_upload = self._mean_update(state, contributors, quantization)
+        mean_upload = self._mean_update(state, contributors, quantization, statistics)
         decrypt_seconds = time.monotonic() - decrypt_start
         apply_start = time.monotonic()
-        self.weights = self._optimizer.step(self.weights, mean_upload[: self._spec.count])
-        if self.control is not None:
-            # SCAFFOLD's server rule: c moves by the participants' share of the mean control variate change.
-            self.control += participants / self._settings.expected_participants * mean_upload[self._spec.count :]
+        apply(mean_upload, participants)
         if self._settings.secure:
             self._accountant.step(round_privacy(quantization, participants))
         epsilon = self._accountant.epsilon() if self._settings.secure else math.inf
@@ -359,48 +382,6 @@ class Coordinator:
         row.update(seconds=seconds, epsilon=epsilon, phases=self._phase_row(state, contributors, decrypt_seconds,
                                                                              apply_seconds))
         log.info("round %d sealed: %d participants, %.1f s, epsilon %.4g", round_id, participants, seconds, epsilon)
-        return row
-
-    def _refit_head(self, round_id: int, stop: threading.Event) -> dict[str, object] | None:
-        """The closing round: the hospitals' summed feature statistics, decrypted in the statistics layout, and the
-        classifier head that linear discriminant analysis fits on them. None when the privacy budget refuses it."""
-        quantization, _ = self._statistics_plan()
-        s = self._settings
-        if s.secure:
-            projected = self._accountant.epsilon_after(round_privacy(quantization, s.min_participants))
-            if projected > s.epsilon_budget:
-                self._metrics.record_refusal("privacy_budget")
-                log.error("refusing the head refit: epsilon would reach %.4g, above the budget %.4g", projected,
-                          s.epsilon_budget)
-                return None
-        started = time.monotonic()
-        state = self._open_round(round_id, quantization, evaluate_only=False, statistics=True)
-        contributors, row = self._collect(state, started, stop)
-        row["head_refit"] = True
-        if row.get("failed"):
-            return row
-        participants = len(contributors)
-        decrypt_start = time.monotonic()
-        total = self._mean_update(state, contributors, quantization, statistics=True) * participants
-        decrypt_seconds = time.monotonic() - decrypt_start
-        apply_start = time.monotonic()
-        head = self._head
-        moments = moments_from_statistics(total, head.num_classes, head.features)
-        weight, bias = lda_head(moments, s.head_refit_shrinkage)
-        self.weights = head.install(self.weights, weight, bias)
-        if s.secure:
-            self._accountant.step(round_privacy(quantization, participants))
-        epsilon = self._accountant.epsilon() if s.secure else math.inf
-        save_checkpoint(self._state_dir / "checkpoints", round_id, self.weights, self._server_state(),
-                        {"epsilon": epsilon, "rdp": self._accountant.rdp, "rounds": self._accountant.rounds})
-        apply_seconds = time.monotonic() - apply_start
-        seconds = time.monotonic() - started
-        self._record_round_metrics(state, contributors, seconds, decrypt_seconds, apply_seconds, epsilon,
-                                   quantization, participants)
-        row.update(seconds=seconds, epsilon=epsilon, phases=self._phase_row(state, contributors, decrypt_seconds,
-                                                                             apply_seconds))
-        log.info("round %d: classifier head refit from %d hospitals' feature statistics in %.1f s, epsilon %.4g",
-                 round_id, participants, seconds, epsilon)
         return row
 
     def _mean_update(self, state: RoundState, contributors: list[VerifiedSubmission],
