@@ -179,11 +179,12 @@ def _means_and_covariance(moments: FeatureMoments) -> tuple[np.ndarray, np.ndarr
 def refit_head_securely(features: list[torch.Tensor], parts: list[LocalData], setting: Setting,
                         noise_variance: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
     """The head LDA fits on the statistics the services' one secure sum gives (each hospital's statistics vector
-    scaled to the clip norm, in the statistics layout), and that sum's errors against the exact pooled statistics."""
+    scaled to the clip norm, in the statistics layout), and the codec's errors: against the exact sum of the same
+    scaled vectors."""
     classes, dim = parts[0].num_classes, features[0].shape[1]
-    vectors = [statistics_vector(moments_of(f, p.train_labels, classes)) for f, p in zip(features, parts)]
-    total = secure_sum([scaled_to(v, setting.clip_norm) for v in vectors], setting.clip_norm, noise_variance, rng,
-                       statistics=True)
+    vectors = [scaled_to(statistics_vector(moments_of(f, p.train_labels, classes)), setting.clip_norm)
+               for f, p in zip(features, parts)]
+    total = secure_sum(vectors, setting.clip_norm, noise_variance, rng, statistics=True)
     moments = moments_from_statistics(total, classes, dim)
     means, covariance = _means_and_covariance(moments)
     exact_means, exact_cov = _means_and_covariance(moments_from_statistics(np.sum(vectors, axis=0), classes, dim))

@@ -50,9 +50,11 @@ class AggregatorSettings(TlsSettings):
                                    "values per round)")
     head_refit: bool = Field(False, description="after the last round, refit the classifier head by linear "
                              "discriminant analysis on the hospitals' summed feature statistics (one more secure "
-                             "sum, in the statistics layout, with its own line in the privacy accountant)")
-    head_refit_shrinkage: float = Field(0.1, ge=0, le=1, description="the refit covariance's shrinkage towards its "
-                                        "mean variance")
+                             "sum, in the statistics layout, with its own line in the privacy accountant: an "
+                             "epsilon of about 3e18, so any finite epsilon_budget refuses it)")
+    head_refit_shrinkage: float = Field(0.1, gt=0, le=1, description="the refit covariance's shrinkage towards its "
+                                        "mean variance (above 0: with more features than images the unshrunk "
+                                        "covariance is singular)")
     server_optimizer: Literal["fedavg", "fedadam"] = "fedavg"
     server_learning_rate: float = Field(1.0, gt=0)
     server_momentum: float = Field(0.0, ge=0, lt=1, description="FedAvgM momentum of the server step; 0: FedAvg")

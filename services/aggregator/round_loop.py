@@ -334,21 +334,27 @@ class Coordinator:
                           s.epsilon_budget)
                 return None
 
-        def apply(mean_statistics: np.ndarray, participants: int) -> None:
+        def apply(mean_statistics: np.ndarray, participants: int) -> str | None:
             head = self._head
             moments = moments_from_statistics(mean_statistics * participants, head.num_classes, head.features)
-            self.weights = head.install(self.weights, *lda_head(moments, s.head_refit_shrinkage))
+            try:
+                weight, bias = lda_head(moments, s.head_refit_shrinkage)
+            except (ValueError, np.linalg.LinAlgError) as error:
+                return f"no head refit: {error}"
+            self.weights = head.install(self.weights, weight, bias)
             log.info("round %d: classifier head refit from %d hospitals' feature statistics", round_id, participants)
+            return None
 
         row = self._sealed_round(round_id, quantization, stop, apply, statistics=True)
         row["head_refit"] = True
         return row
 
     def _sealed_round(self, round_id: int, quantization: QuantizationPlan, stop: threading.Event,
-                      apply: Callable[[np.ndarray, int], None], statistics: bool = False) -> dict[str, object]:
-        """Open the round, collect uploads to quorum or deadline, seal, decrypt, `apply` the participants' mean
-        upload, account for it and checkpoint: the round's row, marked failed when the quorum is missing or the
-        sum was corrupted (nothing applied then)."""
+                      apply: Callable[[np.ndarray, int], str | None], statistics: bool = False
+                      ) -> dict[str, object]:
+        """Open the round, collect uploads to quorum or deadline, seal, decrypt, account for the release, `apply`
+        the participants' mean upload and checkpoint: the round's row, marked failed when the quorum is missing, the
+        sum was corrupted (nothing decrypted then) or `apply` returned a reason for leaving the model as it was."""
         started = time.monotonic()
         state = self._open_round(round_id, quantization, evaluate_only=False, statistics=statistics)
         deadline = started + self._settings.round_deadline_seconds
@@ -368,11 +374,14 @@ class Coordinator:
         decrypt_start = time.monotonic()
         mean_upload = self._mean_update(state, contributors, quantization, statistics)
         decrypt_seconds = time.monotonic() - decrypt_start
-        apply_start = time.monotonic()
-        apply(mean_upload, participants)
-        if self._settings.secure:
+        if self._settings.secure:  # released once decrypted, whatever becomes of it
             self._accountant.step(round_privacy(quantization, participants))
         epsilon = self._accountant.epsilon() if self._settings.secure else math.inf
+        apply_start = time.monotonic()
+        refused = apply(mean_upload, participants)
+        if refused is not None:
+            log.error("round %d: %s; the model stays as it was", round_id, refused)
+            row.update(failed=True, error=refused)
         save_checkpoint(self._state_dir / "checkpoints", round_id, self.weights, self._server_state(),
                         {"epsilon": epsilon, "rdp": self._accountant.rdp, "rounds": self._accountant.rounds})
         apply_seconds = time.monotonic() - apply_start

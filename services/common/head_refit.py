@@ -48,7 +48,8 @@ class FeatureMoments:
 @torch.no_grad()
 def penultimate_features(model: nn.Module, images: torch.Tensor, device: torch.device,
                          batch_size: int = 128) -> torch.Tensor:
-    """The inputs of the model's head for these images (eval mode, no augmentation), float64 on the CPU."""
+    """The inputs of the model's head for these images (eval mode, no augmentation, float32 even on CUDA: the
+    statistics of a refit are worth more digits than bfloat16's three), as float64 on the CPU."""
     head = classifier_head(model)
     captured: list[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda _module, inputs: captured.append(inputs[0].detach().double().cpu()))
@@ -56,8 +57,7 @@ def penultimate_features(model: nn.Module, images: torch.Tensor, device: torch.d
     model.eval()
     try:
         for start in range(0, images.shape[0], batch_size):
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                model(images[start : start + batch_size].to(device))
+            model(images[start : start + batch_size].to(device))
     finally:
         hook.remove()
     return torch.cat(captured) if captured else torch.zeros((0, head.in_features), dtype=torch.float64)

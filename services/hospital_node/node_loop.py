@@ -33,6 +33,7 @@ from services.hospital_node.update_stream import (
     UploadTimings,
     plaintext_upload,
     quantization_plan,
+    require_signed_layout,
     secure_upload,
 )
 
@@ -57,6 +58,7 @@ class HospitalNode:
         # SCAFFOLD's c_i under drift correction: this hospital's loss gradient at the last global model it trained.
         self._control = np.zeros(self._spec.count)
         self._public: pb.PublicContext | None = None
+        self._statistics_round: int | None = None  # the one round this node released its feature statistics in
 
     def run(self, stop: threading.Event) -> int:
         log.info("%s: %s on %s, %d parameters, %d train / %d validation images", self._settings.node_id,
@@ -120,6 +122,11 @@ class HospitalNode:
             return
         self._metrics.current_round.set(plan.round_id)
         if plan.head_statistics:
+            if self._statistics_round is not None:
+                log.error("round %d asks for feature statistics again (sent in round %d): refused, nothing sent",
+                          plan.round_id, self._statistics_round)
+                return
+            self._statistics_round = plan.round_id
             self._upload_statistics(plan)
             return
         generator = torch.Generator().manual_seed(hash((self._entropy, plan.round_id)) & 0x7FFFFFFF)
@@ -178,6 +185,7 @@ class HospitalNode:
             if plan.key_id != public.key_id:
                 raise WrongKeyError(f"round {plan.round_id} names key {plan.key_id!r}; "
                                     f"the key authority serves {public.key_id!r}")
+            require_signed_layout(plan, public)
             assert self._pool is not None
             seed = np.random.SeedSequence(self._entropy, spawn_key=(plan.round_id,))
             chunks = secure_upload(plan, update, s.node_id, self._identity, self._pool,

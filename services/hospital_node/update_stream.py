@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.common.chunking import float32_chunks
 from services.common.encryption_pool import EncryptionPool
+from services.common.errors import MalformedChunkError
 from services.common.noise import NoiseKind
 from services.common.packing import FieldLayout
 from services.common.stream_digest import StreamDigest, attestation_message, sign_attestation
@@ -56,6 +57,18 @@ def quantization_plan(plan: pb.RoundPlan) -> QuantizationPlan:
         noise_kind=NoiseKind(plan.noise_kind), noise_variance=plan.noise_variance,
         rounding_pieces=plan.chunk_count, rounding_beta=plan.rounding_beta,
     )
+
+
+def require_signed_layout(plan: pb.RoundPlan, public: pb.PublicContext) -> None:
+    """Refuse a plan that would pack in another layout than the key authority's one for this round's kind: the
+    attestation signs the kind, and the key authority unpacks by it."""
+    statistics = plan.head_statistics
+    bits, fields = (public.statistics_bits, 1) if statistics else (public.bits, public.fields_per_slot)
+    if (plan.bits, plan.fields_per_slot, plan.max_participants) != (bits, fields, public.max_participants):
+        raise MalformedChunkError(
+            f"round {plan.round_id} packs {plan.fields_per_slot} x {plan.bits}-bit fields for {plan.max_participants} "
+            f"nodes; the key authority's {'statistics' if statistics else 'update'} layout is {fields} x {bits}-bit "
+            f"for {public.max_participants}")
 
 
 def _signed_chunks(plan: pb.RoundPlan, node_id: str, key: Ed25519PrivateKey, timings: UploadTimings,

@@ -50,6 +50,11 @@ def test_statistics_are_summed_exactly_in_wide_fields(refit_run) -> None:  # typ
     records = run_dir / "records"
     encoded = [node_fields(records, node, REFIT).astype(np.int64) for node in consortium.node_ids]
     assert np.array_equal(field_sum(run_dir, REFIT), np.mod(np.sum(encoded, axis=0), 1 << bits))
+    # Decoded, the sum is the hospitals' scaled statistics up to rounding and noise of about 1e-9 of the largest.
+    records_sum = np.sum([node_update(records, node, REFIT) for node in consortium.node_ids], axis=0)
+    signed = np.mod(field_sum(run_dir, REFIT) + (1 << (bits - 1)), 1 << bits) - (1 << (bits - 1))
+    decoded = signed / float(plan["scale"])  # Skellam noise has mean 0
+    assert np.abs(decoded - records_sum).max() < 1e-8 * np.abs(records_sum).max()
 
 
 def test_the_head_is_the_lda_fit_of_the_summed_statistics_and_the_body_is_untouched(refit_run) -> None:  # type: ignore[no-untyped-def]
