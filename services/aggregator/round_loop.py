@@ -51,6 +51,11 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
 
 
+def sum_layout(plan: pb.RoundPlan) -> int:
+    """The layout a round's uploads are packed, signed and unpacked in."""
+    return pb.SUM_LAYOUT_STATISTICS if plan.head_statistics else pb.SUM_LAYOUT_UPDATE
+
+
 @dataclass
 class Subscriber:
     node_id: str
@@ -131,7 +136,7 @@ class Coordinator:
         current.start_stream(first.node_id)
         header = StreamHeader(current.round_id, first.key_id, first.node_id, plan.secure, plan.chunk_count,
                               plan.plaintext_chunk_values, plan.upload_value_count,
-                              pb.SUM_LAYOUT_STATISTICS if plan.head_statistics else pb.SUM_LAYOUT_UPDATE)
+                              sum_layout(plan))
 
         def check(index: int, payloads: list[bytes]) -> None:
             assert current.ciphertext_sum is not None and self.key is not None
@@ -372,7 +377,7 @@ class Coordinator:
             row.update(failed=True, seconds=time.monotonic() - started, epsilon=self._accountant.epsilon())
             return row
         decrypt_start = time.monotonic()
-        mean_upload = self._mean_update(state, contributors, quantization, statistics)
+        mean_upload = self._mean_update(state, contributors, quantization)
         decrypt_seconds = time.monotonic() - decrypt_start
         if self._settings.secure:  # released once decrypted, whatever becomes of it
             self._accountant.step(round_privacy(quantization, participants))
@@ -394,7 +399,7 @@ class Coordinator:
         return row
 
     def _mean_update(self, state: RoundState, contributors: list[VerifiedSubmission],
-                     quantization: QuantizationPlan, statistics: bool = False) -> np.ndarray:
+                     quantization: QuantizationPlan) -> np.ndarray:
         participants = len(contributors)
         if not state.plan.secure:
             assert state.plaintext_sum is not None
@@ -404,7 +409,7 @@ class Coordinator:
         manifest = pb.DecryptManifest(round_id=state.round_id, key_id=state.plan.key_id,
                                       chunk_count=total.chunk_count, value_count=quantization.dimension,
                                       attestations=[c.attestation for c in contributors],
-                                      layout=pb.SUM_LAYOUT_STATISTICS if statistics else pb.SUM_LAYOUT_UPDATE)
+                                      layout=sum_layout(state.plan))
         chunks = (pb.CiphertextChunk(index=i, ciphertexts=total.serialized_chunk(i))
                   for i in range(total.chunk_count))
         field_sums = self._key_authority.decrypt(manifest, chunks)

@@ -63,7 +63,7 @@ def ciphertexts_in_chunk(index: int, dimension: int, layout: FieldLayout, slots:
 def _run(context: ts.Context, task: _Task) -> EncryptedChunk:
     fields = encode_piece(task.scaled, task.plan, np.random.default_rng(task.seed))
     ciphertexts = encrypt_rows(context, slot_matrix(pack_fields(fields, task.layout), task.slots))
-    kept = fields.astype(np.uint16 if task.plan.bits <= 16 else np.uint32 if task.plan.bits <= 32 else np.uint64) if task.keep_fields else None
+    kept = fields.astype(np.min_scalar_type((1 << task.plan.bits) - 1)) if task.keep_fields else None
     return EncryptedChunk(task.index, ciphertexts, kept)
 
 
