@@ -83,3 +83,28 @@ def test_the_head_is_the_lda_fit_of_the_summed_statistics_and_the_body_is_untouc
     body[head.weight] = False
     body[head.bias] = False
     assert np.array_equal(after[body], before[body])
+
+
+def test_the_refit_also_runs_in_plaintext_mode_beside_drift_correction(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Plaintext uploads (privacy off, the comparison runs) and SCAFFOLD's doubled broadcast: the statistics round
+    # has its own upload length either way, and the control variate is left as it was.
+    config = ConsortiumConfig(run_dir=tmp_path, nodes=NODES, rounds=ROUNDS, architecture="tiny", image_size=32,
+                              images_per_node=40, seed=4, record=True, clip_norm=5.0, secure=False,
+                              drift_correction=True, partition_scheme="label_mix", head_refit=True)
+    with Consortium(config) as consortium:
+        code = consortium.wait(420)
+    assert code == 0, (consortium.logs / "aggregator.log").read_text()[-3000:]
+    rows = {int(r["round"]): r for r in consortium.rows()}
+    assert rows[REFIT]["head_refit"] is True and not rows[REFIT].get("failed")
+    model = build_model("tiny", 2, 0)
+    head = head_positions(model, parameter_spec(model.state_dict()))
+    vectors = [node_update(tmp_path / "records", node, REFIT) for node in consortium.node_ids]
+    # Summed as float32, so the head matches to float32's precision, not the secure layout's.
+    weight, _ = lda_head(moments_from_statistics(np.sum([v.astype(np.float32) for v in vectors], axis=0), 2,
+                                                 head.features))
+    after, before = checkpoint_weights(tmp_path, REFIT), checkpoint_weights(tmp_path, ROUNDS)
+    assert np.linalg.norm(after[head.weight] - weight.reshape(-1)) < 1e-2 * np.linalg.norm(weight)
+    assert np.linalg.norm(before[head.weight] - weight.reshape(-1)) > 0.5 * np.linalg.norm(weight)
+    with np.load(tmp_path / "aggregator" / "checkpoints" / f"round_{REFIT:04d}.npz") as refit, \
+            np.load(tmp_path / "aggregator" / "checkpoints" / f"round_{ROUNDS:04d}.npz") as trained:
+        assert np.array_equal(refit["opt_control"], trained["opt_control"])
