@@ -108,3 +108,23 @@ def test_the_refit_also_runs_in_plaintext_mode_beside_drift_correction(tmp_path)
     with np.load(tmp_path / "aggregator" / "checkpoints" / f"round_{REFIT:04d}.npz") as refit, \
             np.load(tmp_path / "aggregator" / "checkpoints" / f"round_{ROUNDS:04d}.npz") as trained:
         assert np.array_equal(refit["opt_control"], trained["opt_control"])
+
+
+def test_a_three_class_model_gets_a_three_class_head(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = ConsortiumConfig(run_dir=tmp_path, nodes=NODES, rounds=ROUNDS, architecture="tiny", image_size=32,
+                              images_per_node=40, seed=6, record=True, clip_norm=5.0, num_classes=3,
+                              partition_scheme="label_mix", head_refit=True)
+    with Consortium(config) as consortium:
+        code = consortium.wait(420)
+    assert code == 0, (consortium.logs / "aggregator.log").read_text()[-3000:]
+    rows = {int(r["round"]): r for r in consortium.rows()}
+    assert rows[REFIT]["head_refit"] is True and not rows[REFIT].get("failed")
+    assert len(rows[REFIT]["evaluation"]["confusion"]) == 3
+    model = build_model("tiny", 3, 0)
+    head = head_positions(model, parameter_spec(model.state_dict()))
+    vectors = [node_update(tmp_path / "records", node, REFIT) for node in consortium.node_ids]
+    assert all(v.shape == (statistics_dimension(3, head.features),) for v in vectors)
+    weight, bias = lda_head(moments_from_statistics(np.sum(vectors, axis=0), 3, head.features))
+    assert weight.shape == (3, head.features)
+    after = checkpoint_weights(tmp_path, REFIT)
+    assert np.linalg.norm(after[head.weight] - weight.reshape(-1)) < 1e-3 * np.linalg.norm(weight)
