@@ -351,8 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         rows = consortium.rows()
     print(f"finished in {time.monotonic() - started:.0f} s with exit code {code}", flush=True)
     completed = [r for r in rows if not r.get("failed") and int(str(r.get("round", 0))) > 0]
-    refits = [r for r in completed if r.get("head_refit")]
-    return 0 if code == 0 and len(completed) - len(refits) == config.rounds and len(refits) == config.head_refit else 1
+    refits = sum(1 for r in completed if r.get("head_refit"))
+    expected = (config.rounds, 1 if config.head_refit else 0)
+    return 0 if code == 0 and (len(completed) - refits, refits) == expected else 1
 
 
 if __name__ == "__main__":

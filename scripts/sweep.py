@@ -34,7 +34,7 @@ from services.aggregator.pooled_evaluation import pool_reports
 from services.aggregator.round_schedule import round_learning_rate
 from services.common.ckks_params import ckks_parameters, field_layout, statistics_layout
 from services.common.head_refit import (
-    FeatureMoments,
+    class_estimates,
     lda_head,
     moments_from_statistics,
     moments_of,
@@ -171,11 +171,6 @@ def secure_sum(vectors: list[np.ndarray], clip_norm: float, noise_variance: floa
     return decode_mean_update(to_modular(total, bits), plan, len(vectors)) * len(vectors)
 
 
-def _means_and_covariance(moments: FeatureMoments) -> tuple[np.ndarray, np.ndarray]:
-    means = moments.sums / np.maximum(moments.counts, 1e-12)[:, None]
-    return means, (moments.second - (moments.counts[:, None] * means).T @ means) / moments.counts.sum()
-
-
 def refit_head_securely(features: list[torch.Tensor], parts: list[LocalData], setting: Setting,
                         noise_variance: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, object]]:
     """The head LDA fits on the statistics the services' one secure sum gives (each hospital's statistics vector
@@ -186,8 +181,8 @@ def refit_head_securely(features: list[torch.Tensor], parts: list[LocalData], se
                for f, p in zip(features, parts)]
     total = secure_sum(vectors, setting.clip_norm, noise_variance, rng, statistics=True)
     moments = moments_from_statistics(total, classes, dim)
-    means, covariance = _means_and_covariance(moments)
-    exact_means, exact_cov = _means_and_covariance(moments_from_statistics(np.sum(vectors, axis=0), classes, dim))
+    _, means, covariance = class_estimates(moments)
+    _, exact_means, exact_cov = class_estimates(moments_from_statistics(np.sum(vectors, axis=0), classes, dim))
     contrast = exact_means[-1] - exact_means[0]
     detail: dict[str, object] = {
         "contrast_error": round(float(np.linalg.norm(means[-1] - means[0] - contrast) / np.linalg.norm(contrast)), 6),

@@ -74,10 +74,9 @@ def feature_moments(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     return moments_of(penultimate_features(model, images, device, batch_size), labels, num_classes)
 
 
-def lda_head(moments: FeatureMoments, shrinkage: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """The head's weight (C, d) and bias (C,) of linear discriminant analysis on pooled moments: class means,
-    one within-class covariance shrunk towards its mean variance by `shrinkage`, and the pooled class
-    frequencies as the prior. A class no hospital holds gets a bias of -inf's stand-in, -1e4.
+def class_estimates(moments: FeatureMoments) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The class counts (absent classes zeroed), class means and the maximum-likelihood within-class covariance
+    of pooled moments.
 
     The moments may be any positive multiple of image counts (a secure sum of vectors each hospital scaled to the
     clip norm holds weighted counts far below 1). A class below ABSENT_SHARE of the total counts as absent: a
@@ -87,7 +86,15 @@ def lda_head(moments: FeatureMoments, shrinkage: float = 0.1) -> tuple[np.ndarra
     counts = np.where(present, moments.counts, 0.0)
     means = np.where(present[:, None], moments.sums / np.where(present, counts, 1.0)[:, None], 0.0)
     scatter = moments.second - (counts[:, None] * means).T @ means
-    covariance = scatter / counts.sum() if counts.sum() > 0 else scatter  # maximum likelihood, as the sums give it
+    covariance = scatter / counts.sum() if counts.sum() > 0 else scatter
+    return counts, means, covariance
+
+
+def lda_head(moments: FeatureMoments, shrinkage: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """The head's weight (C, d) and bias (C,) of linear discriminant analysis on pooled moments: class means,
+    one within-class covariance shrunk towards its mean variance by `shrinkage`, and the pooled class
+    frequencies as the prior (`class_estimates`). A class no hospital holds gets a bias of -inf's stand-in, -1e4."""
+    counts, means, covariance = class_estimates(moments)
     return lda_from_estimates(means, covariance, counts, shrinkage)
 
 

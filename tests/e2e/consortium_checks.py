@@ -10,7 +10,15 @@ import numpy as np
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
-from scripts.consortium import Consortium
+from scripts.consortium import Consortium, ConsortiumConfig
+
+
+def run_to_completion(config: ConsortiumConfig, timeout: float = 420) -> Consortium:
+    """Run a consortium to its end; it must exit cleanly (the aggregator's log tail says why not)."""
+    with Consortium(config) as consortium:
+        code = consortium.wait(timeout)
+    assert code == 0, (consortium.logs / "aggregator.log").read_text()[-3000:]
+    return consortium
 
 
 def scrape(port: int) -> dict[str, float]:

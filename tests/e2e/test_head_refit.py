@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -9,19 +12,31 @@ from scripts.consortium import Consortium, ConsortiumConfig
 from services.common.head_refit import head_positions, lda_head, moments_from_statistics, statistics_dimension
 from services.common.model_spec import parameter_spec
 from services.common.models import build_model
-from tests.e2e.consortium_checks import checkpoint_weights, field_sum, node_fields, node_update, round_plan, status
+from tests.e2e.consortium_checks import (
+    checkpoint_weights,
+    field_sum,
+    node_fields,
+    node_update,
+    round_plan,
+    run_to_completion,
+    status,
+)
 
 NODES, ROUNDS = 3, 1
 REFIT = ROUNDS + 1
 
 
+def _config(run_dir: Path, seed: int, **changes: object) -> ConsortiumConfig:
+    """Three hospitals of the tiny model, one training round, then the refit."""
+    return replace(ConsortiumConfig(run_dir=run_dir, nodes=NODES, rounds=ROUNDS, architecture="tiny", image_size=32,
+                                    images_per_node=40, seed=seed, record=True, clip_norm=5.0,
+                                    partition_scheme="label_mix", head_refit=True), **changes)
+
+
 @pytest.fixture(scope="module")
 def refit_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     run_dir = tmp_path_factory.mktemp("refit")
-    config = ConsortiumConfig(run_dir=run_dir, nodes=NODES, rounds=ROUNDS, architecture="tiny", image_size=32,
-                              images_per_node=40, seed=3, record=True, clip_norm=5.0, noise_variance=12.0,
-                              partition_scheme="label_mix", head_refit=True,
-                              extra_aggregator_env={"FEDXRAY_AGG_LINGER_SECONDS": "30"})
+    config = _config(run_dir, 3, noise_variance=12.0, extra_aggregator_env={"FEDXRAY_AGG_LINGER_SECONDS": "30"})
     with Consortium(config) as consortium:
         code = consortium.wait(420)
         key_authority = status(consortium, "key_authority")
@@ -88,12 +103,7 @@ def test_the_head_is_the_lda_fit_of_the_summed_statistics_and_the_body_is_untouc
 def test_the_refit_also_runs_in_plaintext_mode_beside_drift_correction(tmp_path) -> None:  # type: ignore[no-untyped-def]
     # Plaintext uploads (privacy off, the comparison runs) and SCAFFOLD's doubled broadcast: the statistics round
     # has its own upload length either way, and the control variate is left as it was.
-    config = ConsortiumConfig(run_dir=tmp_path, nodes=NODES, rounds=ROUNDS, architecture="tiny", image_size=32,
-                              images_per_node=40, seed=4, record=True, clip_norm=5.0, secure=False,
-                              drift_correction=True, partition_scheme="label_mix", head_refit=True)
-    with Consortium(config) as consortium:
-        code = consortium.wait(420)
-    assert code == 0, (consortium.logs / "aggregator.log").read_text()[-3000:]
+    consortium = run_to_completion(_config(tmp_path, 4, secure=False, drift_correction=True))
     rows = {int(r["round"]): r for r in consortium.rows()}
     assert rows[REFIT]["head_refit"] is True and not rows[REFIT].get("failed")
     model = build_model("tiny", 2, 0)
@@ -111,12 +121,7 @@ def test_the_refit_also_runs_in_plaintext_mode_beside_drift_correction(tmp_path)
 
 
 def test_a_three_class_model_gets_a_three_class_head(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    config = ConsortiumConfig(run_dir=tmp_path, nodes=NODES, rounds=ROUNDS, architecture="tiny", image_size=32,
-                              images_per_node=40, seed=6, record=True, clip_norm=5.0, num_classes=3,
-                              partition_scheme="label_mix", head_refit=True)
-    with Consortium(config) as consortium:
-        code = consortium.wait(420)
-    assert code == 0, (consortium.logs / "aggregator.log").read_text()[-3000:]
+    consortium = run_to_completion(_config(tmp_path, 6, num_classes=3))
     rows = {int(r["round"]): r for r in consortium.rows()}
     assert rows[REFIT]["head_refit"] is True and not rows[REFIT].get("failed")
     assert len(rows[REFIT]["evaluation"]["confusion"]) == 3
