@@ -19,6 +19,7 @@ from services.common.service_runtime import configure_logging, load_settings, se
 from services.common.stream_digest import generate_identity
 from services.common.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME, channel
 from services.hospital_node.config import HospitalNodeSettings
+from services.hospital_node.image_loaders import DatasetFormatError
 from services.hospital_node.local_data import load_local_data
 from services.hospital_node.node_loop import HospitalNode
 
@@ -38,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(settings.torch_threads)
     metrics = ServiceMetrics("hospital_node", holds_secret_key=False)
     serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
-    data = load_local_data(settings)
+    try:
+        data = load_local_data(settings)
+    except DatasetFormatError as error:
+        log.error("cannot load this hospital's images: %s", error)
+        return 2
     settings.warn_if_insecure(settings.node_id)
     node = HospitalNode(settings, data, metrics, channel(settings.aggregator, settings, AGGREGATOR_NAME),
                         channel(settings.key_authority, settings, KEY_AUTHORITY_NAME))

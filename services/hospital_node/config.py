@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from services.common.tls import TlsSettings
 
@@ -27,6 +27,10 @@ class HospitalNodeSettings(TlsSettings):
     model_seed: int = 0
     data_source: Literal["synthetic", "folder", "medmnist", "dicom"] = "synthetic"
     data_path: Path | None = Field(None, description="folder root, .npz file or DICOM folder")
+    class_names: Annotated[tuple[str, ...] | None, NoDecode] = Field(
+        None, description="the consortium's class names in label order, comma-separated (NORMAL,PNEUMONIA), for "
+        "folder and DICOM sources; the same at every hospital, whichever class folders it holds. Unset: this "
+        "hospital's class folders, sorted, which must then number num_classes")
     synthetic_images: int = Field(1000, ge=10, description="size of the synthetic set all nodes share out")
     synthetic_seed: int = 0
     partition_scheme: Literal["iid", "dirichlet", "label_mix", "quantity"] = "iid"
@@ -48,3 +52,25 @@ class HospitalNodeSettings(TlsSettings):
     fault_exit_after_chunks: int | None = Field(None, description="test hook: crash mid-upload after N chunks")
     fault_round: int = Field(1, description="test hook: the round in which to crash")
     log_level: str = "INFO"
+
+    @field_validator("class_names", mode="before")
+    @classmethod
+    def _split_class_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            names = tuple(name.strip() for name in value.split(","))
+            if not all(names):
+                raise ValueError(f"class_names {value!r} has an empty name")
+            return names
+        return value
+
+    @field_validator("class_names")
+    @classmethod
+    def _one_name_per_class(cls, value: tuple[str, ...] | None, info: ValidationInfo) -> tuple[str, ...] | None:
+        if value is None:
+            return value
+        if len(set(value)) != len(value):
+            raise ValueError(f"class_names {','.join(value)} repeats a name")
+        classes = info.data.get("num_classes")
+        if classes is not None and len(value) != classes:
+            raise ValueError(f"class_names {','.join(value)} names {len(value)} classes; num_classes is {classes}")
+        return value

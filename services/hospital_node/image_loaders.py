@@ -7,7 +7,8 @@ Supported sources:
 * a MedMNIST ``.npz`` archive (PneumoniaMNIST, ChestMNIST; Yang et al.,
   "MedMNIST v2", Scientific Data 2023);
 * a folder of DICOM files, read with pydicom and de-identified before the
-  header leaves this module.
+  header leaves this module; a hospital's DICOM folder holds one folder per
+  class, ``root/CLASS/...``.
 
 Every loader returns a :class:`LoadedDataset` of float32 images shaped
 ``(n, 1, S, S)`` in ``[0, 1]``. A file that cannot be used is listed in
@@ -339,6 +340,32 @@ def load_dicom_folder(
         headers.append(image.header)
     return LoadedDataset(_stack(images, image_size), np.asarray(labels, dtype=np.int64),
                          known_classes, skipped, headers)
+
+
+def load_dicom_class_folders(
+    root: str | Path, image_size: int, class_names: Sequence[str] | None = None
+) -> LoadedDataset:
+    """Load ``root/CLASS/**`` DICOM files, labelled by the class folder they lie in.
+
+    Class names default to the sorted folder names, as for image folders. A file
+    outside a class folder, or in a folder that is not a known class, is skipped.
+    """
+    base = Path(root)
+    if not base.is_dir():
+        raise DatasetFormatError(f"{base}: no such DICOM folder")
+    if class_names is None:
+        class_names = [entry.name for entry in sorted(base.iterdir()) if entry.is_dir() and not _is_hidden(entry)]
+    known_classes = tuple(class_names)
+
+    def label_for_path(path: Path) -> int:
+        parts = path.relative_to(base).parts
+        if len(parts) < 2:
+            raise DatasetFormatError("file is not inside a class folder")
+        if parts[0] not in known_classes:
+            raise DatasetFormatError(f"folder {parts[0]!r} is not a known class {known_classes}")
+        return known_classes.index(parts[0])
+
+    return load_dicom_folder(base, image_size, label_for_path, known_classes)
 
 
 def _checked_label(label: int, class_count: int) -> int:

@@ -67,16 +67,30 @@ def load_local_data(settings: HospitalNodeSettings) -> LocalData:
 
 
 def _load_real(settings: HospitalNodeSettings) -> tuple[np.ndarray, np.ndarray]:
+    """The hospital's own images and labels, with labels in the consortium's class order; a file that cannot be
+    used is logged with its reason and skipped, a source the consortium cannot train on is refused by name."""
     from services.hospital_node import image_loaders
 
     if settings.data_path is None:
         raise ValueError(f"data_source={settings.data_source} needs FEDXRAY_NODE_DATA_PATH")
     if settings.data_source == "folder":
-        loaded = image_loaders.load_image_folder(settings.data_path, "train", settings.image_size)
+        loaded = image_loaders.load_image_folder(settings.data_path, "train", settings.image_size,
+                                                 settings.class_names)
     elif settings.data_source == "medmnist":
         loaded = image_loaders.load_medmnist_npz(settings.data_path, "train", settings.image_size)
     else:
-        loaded = image_loaders.load_dicom_folder(settings.data_path, settings.image_size, None)
+        loaded = image_loaders.load_dicom_class_folders(settings.data_path, settings.image_size,
+                                                        settings.class_names)
     for skipped in loaded.skipped:
         log.warning("skipped %s: %s", skipped.path, skipped.reason)
+    if len(loaded.class_names) != settings.num_classes:
+        # Labels are class indices; a hospital that numbers its classes differently trains the wrong classes.
+        hint = ("; set FEDXRAY_NODE_CLASS_NAMES to the consortium's class names in label order"
+                if settings.data_source != "medmnist" else "")
+        raise image_loaders.DatasetFormatError(
+            f"{settings.data_path}: {len(loaded.class_names)} classes {list(loaded.class_names)}, but the "
+            f"consortium trains {settings.num_classes}{hint}")
+    if loaded.labels.size == 0:
+        raise image_loaders.DatasetFormatError(f"{settings.data_path}: no usable images "
+                                               f"({len(loaded.skipped)} files skipped)")
     return loaded.images, loaded.labels

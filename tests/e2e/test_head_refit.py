@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from scripts.consortium import Consortium, ConsortiumConfig
 from services.common.head_refit import head_positions, lda_head, moments_from_statistics, statistics_dimension
@@ -133,3 +134,25 @@ def test_a_three_class_model_gets_a_three_class_head(tmp_path) -> None:  # type:
     assert weight.shape == (3, head.features)
     after = checkpoint_weights(tmp_path, REFIT)
     assert np.linalg.norm(after[head.weight] - weight.reshape(-1)) < 1e-3 * np.linalg.norm(weight)
+
+
+def test_a_refit_that_cannot_be_fitted_leaves_the_model_as_it_was(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Every hospital holds NORMAL images only, so the summed statistics count one class and LDA has no second class
+    # to tell it from. The refit round is released and accounted, marked failed, and the model stays the trained one.
+    folder = tmp_path / "images" / "train" / "NORMAL"
+    folder.mkdir(parents=True)
+    pixels = np.random.default_rng(0).integers(0, 256, size=(40, 32, 32), dtype=np.uint8)
+    for index, image in enumerate(pixels):
+        Image.fromarray(image).save(folder / f"{index}.png")
+    own_images = {"FEDXRAY_NODE_DATA_SOURCE": "folder", "FEDXRAY_NODE_DATA_PATH": str(tmp_path / "images"),
+                  "FEDXRAY_NODE_CLASS_NAMES": "NORMAL,OPACITY"}
+    consortium = run_to_completion(_config(tmp_path, 8, extra_node_env={i: own_images for i in range(NODES)}))
+    rows = {int(r["round"]): r for r in consortium.rows()}
+    assert not rows[ROUNDS].get("failed")
+    refit = rows[REFIT]
+    assert refit["head_refit"] is True and refit["failed"] is True
+    assert "at least two classes" in str(refit["error"])
+    assert refit["epsilon"] > rows[ROUNDS]["epsilon"]  # released, so accounted
+    assert np.array_equal(checkpoint_weights(tmp_path, REFIT), checkpoint_weights(tmp_path, ROUNDS))
+    # The evaluation-only round after it scored the unchanged model.
+    assert rows[REFIT]["evaluation"]["examples"] > 0
