@@ -112,7 +112,7 @@ def load_image_folder(
         raise DatasetFormatError(f"{split_folder}: no such split folder")
     entries = sorted(split_folder.iterdir())
     if class_names is None:
-        class_names = [entry.name for entry in entries if entry.is_dir() and not _is_hidden(entry)]
+        class_names = _class_folder_names(split_folder)
     known_classes = tuple(class_names)
     skipped: list[SkippedFile] = []
     images: list[FloatArray] = []
@@ -153,6 +153,11 @@ def read_picture(path: str | Path) -> FloatArray:
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise DatasetFormatError(f"unreadable image: {error}") from error
     return np.clip(pixels, 0.0, 1.0).astype(np.float32)
+
+
+def _class_folder_names(folder: Path) -> list[str]:
+    """The class folders directly below ``folder``, sorted: the default class names."""
+    return [entry.name for entry in sorted(folder.iterdir()) if entry.is_dir() and not _is_hidden(entry)]
 
 
 def _is_hidden(path: Path) -> bool:
@@ -354,7 +359,7 @@ def load_dicom_class_folders(
     if not base.is_dir():
         raise DatasetFormatError(f"{base}: no such DICOM folder")
     if class_names is None:
-        class_names = [entry.name for entry in sorted(base.iterdir()) if entry.is_dir() and not _is_hidden(entry)]
+        class_names = _class_folder_names(base)
     known_classes = tuple(class_names)
 
     def label_for_path(path: Path) -> int:
