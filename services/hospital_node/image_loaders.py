@@ -333,10 +333,10 @@ def load_dicom_folder(
     labels: list[int] = []
     headers: list[Dataset] = []
     for path in sorted(candidate for candidate in Path(root).rglob("*") if candidate.is_file()):
-        try:
-            image = read_dicom(path)
+        try:  # the label first, so that a file no class wants is skipped without decoding its pixels
             label = UNLABELLED if label_for_path is None else _checked_label(
                 label_for_path(path), len(known_classes))
+            image = read_dicom(path)
         except (ValueError, LookupError) as error:  # DatasetFormatError is a ValueError
             skipped.append(SkippedFile(str(path), str(error)))
             continue

@@ -10,7 +10,6 @@ import pydicom
 import pytest
 import torch
 from PIL import Image
-from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
@@ -26,30 +25,12 @@ from services.hospital_node.image_loaders import (
     window_to_unit_range,
 )
 from services.hospital_node.image_preprocessing import augment_batch, equalize_histogram, median_filter_3x3, preprocess
-
-# Only files that ship inside the pydicom wheel: get_testdata_file would try
-# to download anything else.
-CT_SMALL = "CT_small.dcm"  # CT, rescale intercept -1024, 179 private elements, no window
-MR_SMALL = "MR_small.dcm"  # MR, window centre 600 / width 1600
-RT_PLAN = "rtplan.dcm"  # radiotherapy plan: a real DICOM file without pixel data
-DICOMDIR = "DICOMDIR"
-
-
-def _testdata(name: str) -> Path:
-    path = get_testdata_file(name)
-    assert path is not None, f"pydicom test file {name} is missing"
-    return Path(str(path))
-
+from tests.hospital_node.image_files import CT_SMALL, DICOMDIR, MR_SMALL, RT_PLAN, pydicom_file, write_grey_png
 
 def _all_tags(dataset: Dataset) -> list[pydicom.tag.BaseTag]:
     tags: list[pydicom.tag.BaseTag] = []
     dataset.walk(lambda _, element: tags.append(element.tag))
     return tags
-
-
-def _write_grey_png(path: Path, value: int, size: tuple[int, int] = (30, 20)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full(size[::-1], value, dtype=np.uint8)).save(path)
 
 
 # --- image folders -------------------------------------------------------------------
@@ -58,13 +39,13 @@ def _write_grey_png(path: Path, value: int, size: tuple[int, int] = (30, 20)) ->
 @pytest.fixture
 def kaggle_folder(tmp_path: Path) -> Path:
     train = tmp_path / "train"
-    _write_grey_png(train / "NORMAL" / "a.png", 51)
+    write_grey_png(train / "NORMAL" / "a.png", 51)
     Image.fromarray(np.full((12, 16, 3), 255, dtype=np.uint8)).save(train / "NORMAL" / "b.jpg")
-    _write_grey_png(train / "PNEUMONIA" / "c.png", 204)
-    _write_grey_png(train / "PNEUMONIA" / "d.png", 100, size=(64, 64))
+    write_grey_png(train / "PNEUMONIA" / "c.png", 204)
+    write_grey_png(train / "PNEUMONIA" / "d.png", 100, size=(64, 64))
     whole = (train / "PNEUMONIA" / "d.png").read_bytes()
     (train / "PNEUMONIA" / "d.png").write_bytes(whole[: len(whole) // 2])  # truncated
-    _write_grey_png(train / "COVID" / "e.png", 10)  # a label this hospital does not train on
+    write_grey_png(train / "COVID" / "e.png", 10)  # a label this hospital does not train on
     return tmp_path
 
 
@@ -98,7 +79,7 @@ def test_folder_loader_scales_16_bit_png_by_full_scale(tmp_path: Path) -> None:
 
 
 def test_folder_loader_reports_stray_files_and_refuses_a_missing_split(tmp_path: Path) -> None:
-    _write_grey_png(tmp_path / "val" / "NORMAL" / "a.png", 1)
+    write_grey_png(tmp_path / "val" / "NORMAL" / "a.png", 1)
     (tmp_path / "val" / "NORMAL" / "notes.txt").write_text("not an image")
     (tmp_path / "val" / "README").write_text("not in a class folder")
     dataset = load_image_folder(tmp_path, "val", image_size=4)
@@ -156,7 +137,7 @@ def test_medmnist_refuses_an_unknown_split_and_non_binary_labels(tmp_path: Path)
 
 
 def test_deidentify_removes_patient_identity_and_private_tags() -> None:
-    original = pydicom.dcmread(_testdata(CT_SMALL))
+    original = pydicom.dcmread(pydicom_file(CT_SMALL))
     assert "PatientName" in original and any(tag.is_private for tag in _all_tags(original))
     header = deidentify(original)
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "InstitutionName", "StudyID",
@@ -186,8 +167,8 @@ def test_deidentify_reaches_into_nested_sequences() -> None:
 
 
 def test_read_dicom_without_window_stretches_to_full_range() -> None:
-    stored = pydicom.dcmread(_testdata(CT_SMALL)).pixel_array.astype(np.float64)
-    image = read_dicom(_testdata(CT_SMALL))
+    stored = pydicom.dcmread(pydicom_file(CT_SMALL)).pixel_array.astype(np.float64)
+    image = read_dicom(pydicom_file(CT_SMALL))
     # A positive linear rescale (slope 1, intercept -1024) cancels in a min-max stretch.
     expected = (stored - stored.min()) / (stored.max() - stored.min())
     assert image.pixels.dtype == np.float32
@@ -196,8 +177,8 @@ def test_read_dicom_without_window_stretches_to_full_range() -> None:
 
 
 def test_read_dicom_applies_the_window_in_the_header() -> None:
-    stored = pydicom.dcmread(_testdata(MR_SMALL)).pixel_array.astype(np.float64)
-    pixels = read_dicom(_testdata(MR_SMALL)).pixels
+    stored = pydicom.dcmread(pydicom_file(MR_SMALL)).pixel_array.astype(np.float64)
+    pixels = read_dicom(pydicom_file(MR_SMALL)).pixels
     # Centre 600, width 1600 (LINEAR): values above 600 - 0.5 + 799.5 = 1399 are white,
     # and in between y = (x - 599.5) / 1599 + 0.5.
     assert np.all(pixels[stored > 1399] == 1.0)
@@ -206,10 +187,10 @@ def test_read_dicom_applies_the_window_in_the_header() -> None:
 
 
 def test_a_narrower_window_saturates_more_pixels(tmp_path: Path) -> None:
-    dataset = pydicom.dcmread(_testdata(MR_SMALL))
+    dataset = pydicom.dcmread(pydicom_file(MR_SMALL))
     dataset.WindowCenter, dataset.WindowWidth = 600, 200
     dataset.save_as(tmp_path / "narrow.dcm")
-    default = read_dicom(_testdata(MR_SMALL)).pixels
+    default = read_dicom(pydicom_file(MR_SMALL)).pixels
     narrow = read_dicom(tmp_path / "narrow.dcm").pixels
     assert (narrow == 1.0).sum() > (default == 1.0).sum()
 
@@ -229,25 +210,25 @@ def test_window_formulas_match_hand_computed_values() -> None:
 
 def test_monochrome1_is_inverted(tmp_path: Path) -> None:
     # pydicom bundles no MONOCHROME1 image, so a real CT file is relabelled.
-    dataset = pydicom.dcmread(_testdata(CT_SMALL))
+    dataset = pydicom.dcmread(pydicom_file(CT_SMALL))
     dataset.PhotometricInterpretation = "MONOCHROME1"
     dataset.save_as(tmp_path / "inverted.dcm")
-    normal = read_dicom(_testdata(CT_SMALL)).pixels
+    normal = read_dicom(pydicom_file(CT_SMALL)).pixels
     inverted = read_dicom(tmp_path / "inverted.dcm").pixels
     np.testing.assert_allclose(inverted, 1.0 - normal, atol=1e-6)
 
 
 def test_real_file_without_pixel_data_raises_a_named_error() -> None:
     with pytest.raises(NoPixelDataError, match="no pixel data"):
-        read_dicom(_testdata(RT_PLAN))
+        read_dicom(pydicom_file(RT_PLAN))
 
 
 def test_dicom_folder_loads_images_and_skips_files_without_pixels(tmp_path: Path) -> None:
-    shutil.copy(_testdata(CT_SMALL), tmp_path / "ct")
-    shutil.copy(_testdata(MR_SMALL), tmp_path / "mr")
-    shutil.copy(_testdata(RT_PLAN), tmp_path / "plan")
-    shutil.copy(_testdata(DICOMDIR), tmp_path / "DICOMDIR")
-    stripped = pydicom.dcmread(_testdata(MR_SMALL))
+    shutil.copy(pydicom_file(CT_SMALL), tmp_path / "ct")
+    shutil.copy(pydicom_file(MR_SMALL), tmp_path / "mr")
+    shutil.copy(pydicom_file(RT_PLAN), tmp_path / "plan")
+    shutil.copy(pydicom_file(DICOMDIR), tmp_path / "DICOMDIR")
+    stripped = pydicom.dcmread(pydicom_file(MR_SMALL))
     del stripped.PixelData
     stripped.save_as(tmp_path / "header_only")
     (tmp_path / "notes.txt").write_text("not DICOM")
@@ -265,7 +246,7 @@ def test_dicom_folder_loads_images_and_skips_files_without_pixels(tmp_path: Path
 
 
 def test_dicom_folder_without_labeller_marks_images_unlabelled_and_skips_bad_labels(tmp_path: Path) -> None:
-    shutil.copy(_testdata(CT_SMALL), tmp_path / "ct")
+    shutil.copy(pydicom_file(CT_SMALL), tmp_path / "ct")
     unlabelled = load_dicom_folder(tmp_path, image_size=8)
     np.testing.assert_array_equal(unlabelled.labels, [UNLABELLED])
     out_of_range = load_dicom_folder(tmp_path, image_size=8, label_for_path=lambda _: 7)

@@ -9,28 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 from pydantic import ValidationError
-from pydicom.data import get_testdata_file
 
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.image_loaders import DatasetFormatError, load_dicom_class_folders
 from services.hospital_node.local_data import load_local_data
+from tests.hospital_node.image_files import CT_SMALL, MR_SMALL, RT_PLAN, pydicom_file, write_grey_png
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _png(path: Path, value: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.full((20, 20), value, dtype=np.uint8)).save(path)
-
-
-def _pydicom_file(name: str) -> Path:
-    path = get_testdata_file(name)  # files inside the pydicom wheel only; nothing is downloaded
-    assert path is not None, f"pydicom test file {name} is missing"
-    return Path(str(path))
 
 
 def _settings(**values: object) -> HospitalNodeSettings:
@@ -45,19 +32,19 @@ def _all_labels(settings: HospitalNodeSettings) -> list[int]:
 def test_a_hospital_without_one_class_folder_keeps_the_consortiums_label_order(tmp_path: Path) -> None:
     # This hospital saw no NORMAL images. Its PNEUMONIA images are class 1 at every hospital, not its own class 0.
     for index in range(4):
-        _png(tmp_path / "train" / "PNEUMONIA" / f"{index}.png", 200)
+        write_grey_png(tmp_path / "train" / "PNEUMONIA" / f"{index}.png", 200)
     labels = _all_labels(_settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,PNEUMONIA"))
     assert labels == [1, 1, 1, 1]
 
 
 def test_a_hospital_whose_folders_do_not_number_the_classes_is_refused_by_name(tmp_path: Path) -> None:
     for index in range(4):
-        _png(tmp_path / "train" / "PNEUMONIA" / f"{index}.png", 200)
+        write_grey_png(tmp_path / "train" / "PNEUMONIA" / f"{index}.png", 200)
     with pytest.raises(DatasetFormatError, match=r"1 classes \['PNEUMONIA'\].*trains 2.*FEDXRAY_NODE_CLASS_NAMES"):
         load_local_data(_settings(data_source="folder", data_path=tmp_path))
     for index in range(2):
-        _png(tmp_path / "train" / "COVID" / f"{index}.png", 90)
-        _png(tmp_path / "train" / "NORMAL" / f"{index}.png", 30)
+        write_grey_png(tmp_path / "train" / "COVID" / f"{index}.png", 90)
+        write_grey_png(tmp_path / "train" / "NORMAL" / f"{index}.png", 30)
     with pytest.raises(DatasetFormatError, match="3 classes"):
         load_local_data(_settings(data_source="folder", data_path=tmp_path))
     # Named, the third folder is skipped and the other two keep their places.
@@ -76,11 +63,11 @@ def test_dicom_class_folders_label_pydicoms_real_files_by_folder(tmp_path: Path)
     (tmp_path / "NORMAL").mkdir()
     (tmp_path / "ABNORMAL" / "series-1").mkdir(parents=True)
     (tmp_path / "OTHER").mkdir()
-    shutil.copy(_pydicom_file("CT_small.dcm"), tmp_path / "NORMAL" / "ct")
-    shutil.copy(_pydicom_file("MR_small.dcm"), tmp_path / "ABNORMAL" / "series-1" / "mr")  # nested below the class
-    shutil.copy(_pydicom_file("rtplan.dcm"), tmp_path / "ABNORMAL" / "plan")  # no pixel data
-    shutil.copy(_pydicom_file("CT_small.dcm"), tmp_path / "stray")  # outside any class folder
-    shutil.copy(_pydicom_file("MR_small.dcm"), tmp_path / "OTHER" / "mr")  # not one of the named classes
+    shutil.copy(pydicom_file(CT_SMALL), tmp_path / "NORMAL" / "ct")
+    shutil.copy(pydicom_file(MR_SMALL), tmp_path / "ABNORMAL" / "series-1" / "mr")  # nested below the class
+    shutil.copy(pydicom_file(RT_PLAN), tmp_path / "ABNORMAL" / "plan")  # no pixel data
+    shutil.copy(pydicom_file(CT_SMALL), tmp_path / "stray")  # outside any class folder
+    shutil.copy(pydicom_file(MR_SMALL), tmp_path / "OTHER" / "mr")  # not one of the named classes
 
     dataset = load_dicom_class_folders(tmp_path, 16, ("NORMAL", "ABNORMAL"))
     assert dataset.labels.tolist() == [1, 0]  # sorted paths: ABNORMAL/series-1/mr, NORMAL/ct
@@ -100,8 +87,8 @@ def test_a_dicom_hospital_trains_on_labelled_images(tmp_path: Path) -> None:
     (tmp_path / "NORMAL").mkdir()
     (tmp_path / "ABNORMAL").mkdir()
     for index in range(3):
-        shutil.copy(_pydicom_file("CT_small.dcm"), tmp_path / "NORMAL" / f"ct{index}")
-        shutil.copy(_pydicom_file("MR_small.dcm"), tmp_path / "ABNORMAL" / f"mr{index}")
+        shutil.copy(pydicom_file(CT_SMALL), tmp_path / "NORMAL" / f"ct{index}")
+        shutil.copy(pydicom_file(MR_SMALL), tmp_path / "ABNORMAL" / f"mr{index}")
     labels = _all_labels(_settings(data_source="dicom", data_path=tmp_path, class_names="NORMAL,ABNORMAL"))
     assert labels == [0, 0, 0, 1, 1, 1]
 
@@ -124,7 +111,7 @@ def test_class_names_are_parsed_from_the_environment_and_checked(monkeypatch: py
 
 def test_the_node_process_refuses_unusable_images_with_a_named_error(tmp_path: Path) -> None:
     for index in range(3):
-        _png(tmp_path / "train" / "PNEUMONIA" / f"{index}.png", 200)
+        write_grey_png(tmp_path / "train" / "PNEUMONIA" / f"{index}.png", 200)
     env = {**os.environ, "PYTHONPATH": str(REPO), "FEDXRAY_NODE_DATA_SOURCE": "folder",
            "FEDXRAY_NODE_DATA_PATH": str(tmp_path), "FEDXRAY_NODE_IMAGE_SIZE": "16", "FEDXRAY_NODE_INSECURE": "true"}
     done = subprocess.run([sys.executable, "-m", "services.hospital_node"], env=env, cwd=REPO, capture_output=True,
