@@ -27,6 +27,7 @@ from services.hospital_node.image_loaders import (
 from services.hospital_node.image_preprocessing import augment_batch, equalize_histogram, median_filter_3x3, preprocess
 from tests.hospital_node.image_files import CT_SMALL, DICOMDIR, MR_SMALL, RT_PLAN, pydicom_file, write_grey_png
 
+
 def _all_tags(dataset: Dataset) -> list[pydicom.tag.BaseTag]:
     tags: list[pydicom.tag.BaseTag] = []
     dataset.walk(lambda _, element: tags.append(element.tag))
