@@ -20,6 +20,7 @@ import torch
 
 from services.aggregator.pooled_evaluation import pool_reports
 from services.aggregator.round_schedule import RoundSchedule, round_learning_rate
+from services.common.atomic_files import write_atomic
 from services.common.head_refit import feature_moments, lda_head, set_head
 from services.common.models import best_device, build_model
 from services.hospital_node.config import HospitalNodeSettings
@@ -77,9 +78,7 @@ def run_centralized(settings: HospitalNodeSettings, parties: int, rounds: int, t
         set_head(model, *lda_head(moments))
         record(rounds + 1, time.monotonic() - started, 0)
         rows[-1]["head_refit"] = True
-    with open(out_dir / "rounds.jsonl", "w") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
+    write_atomic(out_dir / "rounds.jsonl", "".join(json.dumps(row) + "\n" for row in rows).encode())
     torch.save({name: tensor.cpu() for name, tensor in model.state_dict().items()}, out_dir / FINAL_STATE)
     return rows
 

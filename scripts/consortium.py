@@ -9,7 +9,6 @@ Tests and benchmarks use `Consortium` directly.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -25,6 +24,8 @@ from typing import IO
 import grpc
 
 from scripts.make_certs import issue, make_ca
+from services.aggregator.run_outcome import RunOutcome
+from services.common.atomic_files import read_json_lines, write_json_atomic
 from services.common.stream_digest import generate_identity
 from services.common.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME, TlsSettings, channel
 
@@ -164,9 +165,7 @@ class Consortium:
         parts = partition_indices(labels, c.nodes, c.partition_scheme, c.partition_alpha, c.data_seed)
         counts = class_counts(labels, parts, c.num_classes)
         names = synthetic_class_names(c.num_classes)
-        c.run_dir.mkdir(parents=True, exist_ok=True)
-        (c.run_dir / "class_counts.json").write_text(json.dumps({"classes": list(names),
-                                                                 "counts": counts.tolist()}))
+        write_json_atomic(c.run_dir / "class_counts.json", {"classes": list(names), "counts": counts.tolist()})
         return format_class_counts(counts, names)
 
     def start(self) -> Consortium:
@@ -238,10 +237,7 @@ class Consortium:
         return self
 
     def rows(self) -> list[dict[str, object]]:
-        path = self.config.run_dir / "aggregator" / "rounds.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_json_lines(self.config.run_dir / "aggregator" / "rounds.jsonl")
 
     def wait(self, timeout: float, on_row: object = None) -> int:
         """Wait for the aggregator to finish; return its exit code (124 on timeout)."""
@@ -254,14 +250,15 @@ class Consortium:
                 if callable(on_row):
                     on_row(row)
             shown = len(rows)
-            finished = self.config.run_dir / "aggregator" / "finished.json"
-            if aggregator.poll() is not None or finished.exists():
+            outcome = RunOutcome.read(self.config.run_dir / "aggregator")
+            if aggregator.poll() is not None or outcome is not None:
                 for row in self.rows()[shown:]:
                     if callable(on_row):
                         on_row(row)
                 if aggregator.poll() is not None:
                     return int(aggregator.returncode)
-                return 1 if json.loads(finished.read_text())["failed"] else 0
+                assert outcome is not None
+                return 1 if outcome.failed else 0
             for name, service in self.services.items():
                 if name in ("key_authority",) and service.process.poll() is not None:
                     raise RuntimeError(f"{name} exited early with {service.process.returncode}; "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 from pathlib import Path
 
 from cryptography import x509
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from services.common.atomic_files import write_atomic
 from services.common.stream_digest import generate_identity
 from services.common.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME
 
@@ -26,10 +26,8 @@ VALID_DAYS = 825
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    write_atomic(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()), mode=0o600)
 
 
 def _name(common_name: str) -> x509.Name:
@@ -50,7 +48,7 @@ def make_ca(out: Path, common_name: str = "FedXray consortium CA") -> tuple[x509
                            critical=True)
             .sign(key, hashes.SHA256()))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_atomic(out / "ca.pem", cert.public_bytes(serialization.Encoding.PEM))
     _write_key(out / "ca.key", key)
     return cert, key
 
@@ -66,7 +64,7 @@ def issue(out: Path, name: str, ca: x509.Certificate, ca_key: ec.EllipticCurvePr
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)
             .sign(ca_key, hashes.SHA256()))
-    (out / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_atomic(out / f"{name}.pem", cert.public_bytes(serialization.Encoding.PEM))
     _write_key(out / f"{name}.key", key)
 
 

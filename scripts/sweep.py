@@ -32,6 +32,7 @@ from services.aggregator.fedadam import FedAdam
 from services.aggregator.fedavg import FedAvg
 from services.aggregator.pooled_evaluation import pool_reports
 from services.aggregator.round_schedule import round_learning_rate
+from services.common.atomic_files import append_line_atomic
 from services.common.ckks_params import ckks_parameters, field_layout, statistics_layout
 from services.common.head_refit import (
     class_estimates,
@@ -211,79 +212,79 @@ def simulate(name: str, setting: Setting, out: Path) -> None:
         raise SystemExit("secure_codec=1 does not simulate drift correction; use secure_clamp=1 with it")
     own = [np.zeros(spec.count) for _ in parts]  # SCAFFOLD's c_i: each hospital's gradient at its last start
     control = np.zeros(spec.count)  # its c, the consortium's
-    with open(out / f"{name}.jsonl", "w") as log:
-        for round_id in range(1, setting.rounds + 1):
-            started = time.monotonic()
-            training = setting.training(round_id)
-            norms: list[float] = []
-            kept: list[float] = []  # per hospital, the share of its control variate change's norm the sum received
-            if setting.mode == "centralized":
-                train_local(model, pooled, training, device, generator)
-            else:
-                uploads, raw = [], []
-                for index, part in enumerate(parts):
-                    model.load_state_dict(restore_state(model.state_dict(), weights.astype(np.float32), spec))
-                    drift = (restore_state(model.state_dict(), (control - own[index]).astype(np.float32), spec)
-                             if setting.drift_correction else None)
-                    control_now = (flatten_named(loss_gradient(model, part, training, device), spec)
-                                   if setting.drift_correction else own[index])
-                    train_local(model, part, training, device, generator, drift)
-                    update = flatten_state({k: v.cpu() for k, v in model.state_dict().items()}) - weights
-                    norms.append(round(float(np.linalg.norm(update)), 3))
-                    upload = update
-                    if setting.drift_correction:  # as the node: the update, then its control variate's change
-                        upload = np.concatenate([update, control_now - own[index]])
-                    uploads.append(sent(upload, setting))
-                    raw.append(upload)
-                    if setting.drift_correction:  # as the node: c_i moves by what the sum received of the change
-                        received = uploads[-1][spec.count :]
-                        own[index] = own[index] + received
-                        kept.append(round(float(np.linalg.norm(received) / max(np.linalg.norm(upload[spec.count :]),
-                                                                                  1e-30)), 3))
-                mean_upload = (secure_sum(raw, setting.clip_norm, setting.noise_variance, codec_rng) / len(raw)
-                               if setting.secure_codec else np.mean(uploads, axis=0))
-                if setting.drift_correction:  # as the aggregator, every hospital taking part
-                    control += mean_upload[spec.count :]
-                weights = server.step(weights, mean_upload[: spec.count])
+    log_path = out / f"{name}.jsonl"
+    log_path.unlink(missing_ok=True)
+    for round_id in range(1, setting.rounds + 1):
+        started = time.monotonic()
+        training = setting.training(round_id)
+        norms: list[float] = []
+        kept: list[float] = []  # per hospital, the share of its control variate change's norm the sum received
+        if setting.mode == "centralized":
+            train_local(model, pooled, training, device, generator)
+        else:
+            uploads, raw = [], []
+            for index, part in enumerate(parts):
                 model.load_state_dict(restore_state(model.state_dict(), weights.astype(np.float32), spec))
-            extra: dict[str, object] = {}
-            if setting.head_refit in ("eval", "lda"):
-                sources = [pooled] if setting.mode == "centralized" else parts
-                kept_state = {k: v.clone() for k, v in model.state_dict().items()}  # "eval" scores a copy
-                if setting.head_refit == "lda":
-                    extra["before_refit"] = pooled_evaluation(model, pooled, device)
-                # the head's inputs: the same before and after the refit, so computed once
-                features = [penultimate_features(model, p.train_images, device) for p in sources]
-                refit_head(model, sources, features, setting)
-                if setting.head_refit == "eval":
-                    extra["refit"] = pooled_evaluation(model, pooled, device)
+                drift = (restore_state(model.state_dict(), (control - own[index]).astype(np.float32), spec)
+                         if setting.drift_correction else None)
+                control_now = (flatten_named(loss_gradient(model, part, training, device), spec)
+                               if setting.drift_correction else own[index])
+                train_local(model, part, training, device, generator, drift)
+                update = flatten_state({k: v.cpu() for k, v in model.state_dict().items()}) - weights
+                norms.append(round(float(np.linalg.norm(update)), 3))
+                upload = update
+                if setting.drift_correction:  # as the node: the update, then its control variate's change
+                    upload = np.concatenate([update, control_now - own[index]])
+                uploads.append(sent(upload, setting))
+                raw.append(upload)
+                if setting.drift_correction:  # as the node: c_i moves by what the sum received of the change
+                    received = uploads[-1][spec.count :]
+                    own[index] = own[index] + received
+                    kept.append(round(float(np.linalg.norm(received) / max(np.linalg.norm(upload[spec.count :]),
+                                                                              1e-30)), 3))
+            mean_upload = (secure_sum(raw, setting.clip_norm, setting.noise_variance, codec_rng) / len(raw)
+                           if setting.secure_codec else np.mean(uploads, axis=0))
+            if setting.drift_correction:  # as the aggregator, every hospital taking part
+                control += mean_upload[spec.count :]
+            weights = server.step(weights, mean_upload[: spec.count])
+            model.load_state_dict(restore_state(model.state_dict(), weights.astype(np.float32), spec))
+        extra: dict[str, object] = {}
+        if setting.head_refit in ("eval", "lda"):
+            sources = [pooled] if setting.mode == "centralized" else parts
+            kept_state = {k: v.clone() for k, v in model.state_dict().items()}  # "eval" scores a copy
+            if setting.head_refit == "lda":
+                extra["before_refit"] = pooled_evaluation(model, pooled, device)
+            # the head's inputs: the same before and after the refit, so computed once
+            features = [penultimate_features(model, p.train_images, device) for p in sources]
+            refit_head(model, sources, features, setting)
+            if setting.head_refit == "eval":
+                extra["refit"] = pooled_evaluation(model, pooled, device)
+                model.load_state_dict(kept_state)
+                if setting.mode == "federated" and setting.refit_noise_variances:
+                    for variance in map(float, setting.refit_noise_variances.split(":")):
+                        weight, bias, detail = refit_head_securely(features, parts, setting, variance, refit_rng)
+                        set_head(model, weight, bias)
+                        extra[f"refit_secure_noise{variance:g}"] = {**pooled_evaluation(model, pooled, device),
+                                                                    **detail}
                     model.load_state_dict(kept_state)
-                    if setting.mode == "federated" and setting.refit_noise_variances:
-                        for variance in map(float, setting.refit_noise_variances.split(":")):
-                            weight, bias, detail = refit_head_securely(features, parts, setting, variance, refit_rng)
-                            set_head(model, weight, bias)
-                            extra[f"refit_secure_noise{variance:g}"] = {**pooled_evaluation(model, pooled, device),
-                                                                        **detail}
-                        model.load_state_dict(kept_state)
-                else:
-                    weights = flatten_state({k: v.cpu() for k, v in model.state_dict().items()}).astype(np.float64)
-            metrics = pooled_evaluation(model, pooled, device)
-            row = {"name": name, "round": round_id, "seconds": round(time.monotonic() - started, 1),
-                   "learning_rate": training.learning_rate, **metrics, **extra}
-            if norms:
-                row["update_norms"] = norms  # each hospital's, before clipping
-            if kept:
-                row["control_change_kept"] = kept
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-            other = ""
-            for label, values in extra.items():
-                assert isinstance(values, dict)
-                if "f1" not in values:
-                    continue
-                other += f"; {label}: F1 {values.get('f1', float('nan')):.3f} AUC {values.get('auc', float('nan')):.3f}"
-            print(f"[{name}] round {round_id}: F1 {metrics.get('f1', float('nan')):.3f} "
-                  f"AUC {metrics.get('auc', float('nan')):.3f}{other} ({row['seconds']} s)", flush=True)
+            else:
+                weights = flatten_state({k: v.cpu() for k, v in model.state_dict().items()}).astype(np.float64)
+        metrics = pooled_evaluation(model, pooled, device)
+        row = {"name": name, "round": round_id, "seconds": round(time.monotonic() - started, 1),
+               "learning_rate": training.learning_rate, **metrics, **extra}
+        if norms:
+            row["update_norms"] = norms  # each hospital's, before clipping
+        if kept:
+            row["control_change_kept"] = kept
+        append_line_atomic(log_path, json.dumps(row))
+        other = ""
+        for label, values in extra.items():
+            assert isinstance(values, dict)
+            if "f1" not in values:
+                continue
+            other += f"; {label}: F1 {values.get('f1', float('nan')):.3f} AUC {values.get('auc', float('nan')):.3f}"
+        print(f"[{name}] round {round_id}: F1 {metrics.get('f1', float('nan')):.3f} "
+              f"AUC {metrics.get('auc', float('nan')):.3f}{other} ({row['seconds']} s)", flush=True)
 
 
 def rank(out: Path, names: list[str]) -> list[dict[str, object]]:

@@ -28,7 +28,9 @@ from services.aggregator.key_authority_client import KeyAuthorityClient, PublicK
 from services.aggregator.pooled_evaluation import PooledEvaluation, pool_reports, validate_report
 from services.aggregator.round_schedule import round_learning_rate
 from services.aggregator.round_state import RoundState, new_round_state
+from services.aggregator.run_outcome import RunOutcome
 from services.aggregator.submission_staging import StagedSubmission, StreamHeader, VerifiedSubmission
+from services.common.atomic_files import append_line_atomic, atomic_writer, write_json_atomic
 from services.common.chunking import MODEL_CHUNK_VALUES, chunk_count, float32_chunks
 from services.common.ckks_params import load_public_context
 from services.common.encryption_pool import ciphertexts_in_chunk, upload_chunk_count
@@ -180,9 +182,7 @@ class Coordinator:
             raise
         finally:
             self._broadcast(pb.RoundMessage(finished=pb.TrainingFinished(rounds=self.completed_rounds)))
-            self._state_dir.mkdir(parents=True, exist_ok=True)
-            (self._state_dir / "finished.json").write_text(json.dumps(
-                {"failed": self.failed, "completed_rounds": self.completed_rounds}))
+            RunOutcome(self.failed, self.completed_rounds).write(self._state_dir)
             self.finished.set()
 
     def _run(self, stop: threading.Event) -> None:
@@ -414,12 +414,13 @@ class Coordinator:
                   for i in range(total.chunk_count))
         field_sums = self._key_authority.decrypt(manifest, chunks)
         if self._settings.record_sums:
-            np.save(self._state_dir / f"round_{state.round_id:04d}_field_sum.npy", field_sums)
-            (self._state_dir / f"round_{state.round_id:04d}_plan.json").write_text(json.dumps({
+            with atomic_writer(self._state_dir / f"round_{state.round_id:04d}_field_sum.npy") as handle:
+                np.save(handle, field_sums)
+            write_json_atomic(self._state_dir / f"round_{state.round_id:04d}_plan.json", {
                 "scale": quantization.scale, "bits": quantization.bits, "participants": participants,
                 "coordinate_bound": quantization.coordinate_bound,
                 "noise_kind": str(quantization.noise_kind), "node_noise_variance": quantization.node_noise_variance,
-                "contributors": [c.header.node_id for c in contributors]}))
+                "contributors": [c.header.node_id for c in contributors]})
         return decode_mean_update(field_sums, quantization, participants)
 
     def _server_state(self) -> dict[str, np.ndarray]:
@@ -472,9 +473,7 @@ class Coordinator:
                         self._metrics.validation.remove(name)
         entry = dict(row or {"round": 0, "participants": 0, "seconds": 0.0, "epsilon": 0.0})
         entry["evaluation"] = pooled.as_dict() if pooled else None
-        self._round_log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._round_log, "a") as handle:
-            handle.write(json.dumps(entry, default=_json_default) + "\n")
+        append_line_atomic(self._round_log, json.dumps(entry, default=_json_default))
 
 
 def _json_default(value: object) -> object:

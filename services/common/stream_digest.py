@@ -17,6 +17,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from services.common.atomic_files import write_atomic
 from services.common.errors import DigestMismatchError, UnknownNodeError
 
 ATTESTATION_DOMAIN = b"fedxray.v1/attestation"
@@ -90,13 +91,11 @@ def generate_identity(directory: Path, node_id: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     key_path = directory / f"{node_id}.key"
-    key_path.touch(mode=0o600, exist_ok=True)
-    key_path.chmod(0o600)
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    (directory / f"{node_id}.pub").write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
+    write_atomic(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()), mode=0o600)
+    write_atomic(directory / f"{node_id}.pub",
+                 key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo))
     return key_path
 
 

@@ -8,11 +8,11 @@ decryption starts, so a crash can waste a round but never decrypt one twice.
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.atomic_files import read_json, write_json_atomic
 from services.common.errors import AlreadyDecryptedError, PolicyViolationError, WrongKeyError
 from services.common.stream_digest import NodeKeyRegistry, attestation_message
 
@@ -43,7 +43,7 @@ class DecryptionLedger:
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._rounds: set[int] = set(json.loads(path.read_text())) if path.exists() else set()
+        self._rounds: set[int] = set(read_json(path) or [])
 
     @property
     def rounds(self) -> frozenset[int]:
@@ -52,11 +52,9 @@ class DecryptionLedger:
     def claim(self, round_id: int) -> None:
         if round_id in self._rounds:
             raise AlreadyDecryptedError(f"round {round_id} was already decrypted; each round is decrypted once")
+        # Durable before any decryption starts: a crash can waste a round, never decrypt it twice.
+        write_json_atomic(self._path, sorted(self._rounds | {round_id}))
         self._rounds.add(round_id)
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self._path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(sorted(self._rounds)))
-        temporary.replace(self._path)
 
 
 class DecryptionPolicy:

@@ -7,12 +7,12 @@ mode 0600 in the state directory.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import tenseal as ts
 
+from services.common.atomic_files import write_atomic
 from services.common.ckks_params import (
     CkksParameters,
     ckks_parameters,
@@ -39,13 +39,6 @@ class KeyMaterial:
     key_id: str
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-    path.chmod(0o600)
-
-
 def load_or_create_keys(max_participants: int, bits: int | None, state_dir: Path, persist: bool) -> KeyMaterial:
     params = ckks_parameters(max_participants)
     layout = field_layout(params, max_participants, bits)  # refuses impossible settings at start-up
@@ -58,8 +51,7 @@ def load_or_create_keys(max_participants: int, bits: int | None, state_dir: Path
     else:
         context = make_secret_context(params)
         if persist:
-            state_dir.mkdir(parents=True, exist_ok=True)
-            _write_private(secret_path, bytes(context.serialize(save_secret_key=True)))
+            write_atomic(secret_path, bytes(context.serialize(save_secret_key=True)), mode=0o600)
             log.info("secret key written to %s (mode 0600)", secret_path)
     public = public_context_bytes(context)
     load_public_context(public)  # asserts the public half carries no secret key

@@ -20,12 +20,13 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
 
 from scripts.make_certs import make_consortium_certs
+from services.aggregator.run_outcome import RunOutcome
 from tests.deploy.netns_lab import NetnsLab, ip
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,11 +102,11 @@ def start_services(lab: NetnsLab, run_dir: Path, node_ids: list[str]) -> dict[st
 
 
 def wait_for_finish(lab: NetnsLab, state_dir: Path) -> dict[str, object]:
-    finished = state_dir / "finished.json"
     deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
-        if finished.exists():
-            return dict(json.loads(finished.read_text()))
+        outcome = RunOutcome.read(state_dir)
+        if outcome is not None:
+            return asdict(outcome)
         for name, lab_process in lab.processes.items():
             if name in ("key-authority", "aggregator") and lab_process.process.poll() is not None:
                 raise AssertionError(f"{name} exited early ({lab_process.process.returncode}):\n"
