@@ -23,6 +23,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+## test-fast: the unit tests only (no service processes, no Docker), well under a minute
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "unit and not slow" tests
+
 ## protos: regenerate the checked-in stubs (a test fails when they are stale)
 protos: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO)

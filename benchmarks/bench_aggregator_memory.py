@@ -22,10 +22,11 @@ import numpy as np
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
 from scripts.consortium import Consortium, ConsortiumConfig
-from services.common.encryption_pool import EncryptionPool
+from services.hospital_node.encryption_pool import EncryptionPool
 from services.common.model_spec import parameter_spec
 from services.common.models import build_model
 from services.common.stream_digest import load_identity
+from services.common.wire import plan_from_wire, upload_chunk_to_wire
 from services.hospital_node.update_stream import UploadTimings, secure_upload
 from tests.e2e.consortium_checks import scrape
 
@@ -33,9 +34,10 @@ from tests.e2e.consortium_checks import scrape
 def measure(nodes: int, architecture: str, root: Path) -> tuple[float, float]:
     run_dir = root / f"n{nodes}"
     node_ids = [f"load-{i + 1}" for i in range(nodes)]
-    config = ConsortiumConfig(run_dir=run_dir, nodes=0, rounds=1, architecture=architecture,
-                              max_participants=20, min_participants=3, extra_members=node_ids,
-                              extra_aggregator_env={"FEDXRAY_AGG_EXPECTED_PARTICIPANTS": str(nodes)})
+    config = ConsortiumConfig(run_dir=run_dir, nodes=0, extra_members=node_ids,
+                              settings={"rounds": 1, "architecture": architecture, "max_participants": 20,
+                                        "min_participants": 3},
+                              aggregator={"expected_participants": nodes})
     spec = parameter_spec(build_model(architecture, 2, 0).state_dict())
     with Consortium(config) as consortium:
         stubs = {n: pb_grpc.AggregatorStub(consortium.channel_as(n, "aggregator")) for n in node_ids}
@@ -44,8 +46,8 @@ def measure(nodes: int, architecture: str, root: Path) -> tuple[float, float]:
                    for n in node_ids]
         plans = []
         for stream in streams:  # every subscriber receives the plan and the model
-            plan = next(stream).plan
-            for _ in range(plan.model_chunk_count):
+            plan = plan_from_wire(next(stream).plan)
+            for _ in range(plan.model.chunk_count):
                 next(stream)
             plans.append(plan)
         plan = plans[0]
@@ -55,9 +57,9 @@ def measure(nodes: int, architecture: str, root: Path) -> tuple[float, float]:
         with EncryptionPool(public.context, workers=2) as pool:
             for index, node_id in enumerate(node_ids):
                 update = np.random.default_rng(index).normal(0, 1e-3, spec.count)
-                uploads[node_id] = list(secure_upload(
+                uploads[node_id] = [upload_chunk_to_wire(chunk) for chunk in secure_upload(
                     plan, update, node_id, load_identity(run_dir / "identities" / f"{node_id}.key"), pool,
-                    public.slots_per_ciphertext, UploadTimings(), np.random.SeedSequence(index)))
+                    public.slots_per_ciphertext, UploadTimings(), np.random.SeedSequence(index))]
         print(f"  {nodes} nodes: encrypted {nodes} updates", flush=True)
         submission_bytes = sum(len(c) for chunk in uploads[node_ids[0]] for c in chunk.ciphertexts)
         started = time.monotonic()

@@ -28,7 +28,8 @@ from services.common.ckks_params import (
     make_secret_context,
     public_context_bytes,
 )
-from services.common.encryption_pool import EncryptedChunk, EncryptionPool, upload_chunk_count
+from services.common.chunking import upload_chunk_count
+from services.hospital_node.encryption_pool import EncryptedChunk, EncryptionPool
 from services.common.he_codec import RunningCiphertextSum, decrypt_to_slot_integers, slot_matrix
 from services.common.noise import NoiseKind
 from services.common.packing import FieldLayout, unpack_fields

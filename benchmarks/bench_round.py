@@ -24,11 +24,14 @@ PHASES = ("train", "encode", "encrypt", "upload", "aggregate", "decrypt", "apply
 def run_mode(secure: bool, args: argparse.Namespace, root: Path, drift_correction: bool = False) -> list[dict[str, object]]:
     label = ("secure" if secure else "plaintext") + ("+drift" if drift_correction else "")
     config = ConsortiumConfig(
-        run_dir=root / label, nodes=5, rounds=args.rounds, secure=secure, drift_correction=drift_correction,
-        architecture=args.architecture, image_size=args.image_size,
+        run_dir=root / label, nodes=5, seed=args.seed,
         # 200 training images per node after the 20% validation split.
-        images_per_node=args.train_images * 5 // 4, partition_scheme="iid", seed=args.seed,
-        round_deadline_seconds=3600,
+        images_per_node=args.train_images * 5 // 4,
+        settings={"rounds": args.rounds, "secure": secure, "drift_correction": drift_correction,
+                  "architecture": args.architecture, "image_size": args.image_size, "partition_scheme": "iid",
+                  "round_deadline_seconds": 3600,
+                  # Five hospitals share this machine's cores: one training thread each, encryption in-process.
+                  "torch_threads": 1, "encryption_workers": 0},
     )
     started = time.monotonic()
     print(f"[{label}] starting 5 hospitals, {args.rounds} round(s)...", flush=True)

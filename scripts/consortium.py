@@ -23,11 +23,17 @@ from typing import IO
 
 import grpc
 
+from pydantic_settings import BaseSettings
+
 from scripts.make_certs import issue, make_ca
+from services.aggregator.config import AggregatorSettings
 from services.aggregator.run_outcome import RunOutcome
 from services.common.atomic_files import read_json_lines, write_json_atomic
+from scripts.settings_env import child_environment
 from services.common.stream_digest import generate_identity
 from services.common.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME, TlsSettings, channel
+from services.hospital_node.config import HospitalNodeSettings
+from services.key_authority.config import KeyAuthoritySettings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,47 +61,80 @@ def free_port() -> int:
     raise RuntimeError(f"no free loopback port in {LISTEN_PORTS.start}..{LISTEN_PORTS.stop - 1}")
 
 
+SettingValues = dict[str, object]
+# Set by the launcher for each process; a caller who names one of these is refused.
+LAUNCHER_SETTINGS = frozenset({
+    "listen", "metrics_host", "metrics_port", "key_authority", "aggregator", "state_dir", "node_keys_dir",
+    "identity_key", "node_id", "partition_parties", "partition_index", "tls_cert",
+    "tls_key", "tls_ca", "insecure"})
+SERVICE_SETTINGS: dict[str, type[BaseSettings]] = {
+    "key_authority": KeyAuthoritySettings, "aggregator": AggregatorSettings, "hospital_node": HospitalNodeSettings}
+
+
 @dataclass
 class ConsortiumConfig:
+    """One local consortium: the services' settings, by their settings models' names.
+
+    `settings` go to every service whose settings model has that name (architecture to the aggregator and every
+    node, min_participants to the aggregator and the key authority); `aggregator`, `key_authority` and `node`
+    to that service only, `per_node[i]` to node i. A name no service knows is refused, and so is one the
+    launcher sets itself (addresses, ports, folders, certificates, identities, node ids, partition indices).
+    Anything not named keeps the settings model's default: there are no other defaults.
+    """
+
     run_dir: Path
     nodes: int = 5
-    rounds: int = 3
-    secure: bool = True
-    architecture: str = "resnet50"
-    image_size: int = 32
-    images_per_node: int = 60
-    num_classes: int = 2
-    partition_scheme: str = "dirichlet"
-    partition_alpha: float = 0.5
-    local_epochs: int = 1
-    learning_rate: float = 0.01
-    round_schedule: str = "constant"
-    round_floor: float = 0.1
-    batch_size: int = 16
-    min_participants: int = 3
-    max_participants: int = 8
-    clip_norm: float = 10.0
-    noise_kind: str = "skellam"
-    noise_variance: float = 16.0
-    server_optimizer: str = "fedavg"
-    server_learning_rate: float = 1.0
-    server_momentum: float = 0.0
-    local_optimizer: str = "sgd"
-    proximal_mu: float = 0.0
-    drift_correction: bool = False
-    head_refit: bool = False
-    imbalance: str = "class_weights"
-    calibration_fraction: float = 0.0
-    round_deadline_seconds: float = 900.0
-    encryption_workers: int = 0
-    torch_threads: int = 1
-    seed: int | None = None
-    data_seed: int = 0  # the SYNTHETIC set, its partition and splits, and the initial model
-    record: bool = False
-    insecure: bool = False
+    settings: SettingValues = field(default_factory=dict)
+    aggregator: SettingValues = field(default_factory=dict)
+    key_authority: SettingValues = field(default_factory=dict)
+    node: SettingValues = field(default_factory=dict)
+    per_node: dict[int, SettingValues] = field(default_factory=dict)
+    images_per_node: int | None = None  # SYNTHETIC images per hospital: synthetic_images is this times `nodes`
+    seed: int | None = None  # fixes node i's training and noise randomness at seed * 1000 + i (tests)
+    insecure: bool = False  # plaintext gRPC, no certificates
     extra_members: list[str] = field(default_factory=list)  # registered ids with no node process
-    extra_aggregator_env: dict[str, str] = field(default_factory=dict)
-    extra_node_env: dict[int, dict[str, str]] = field(default_factory=dict)
+    # Test-only: the module each service runs (tests/service_hooks wraps the services' entry points), and the
+    # environment of their hooks.
+    modules: dict[str, str] = field(default_factory=dict)
+    hook_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        known = frozenset().union(*(model.model_fields for model in SERVICE_SETTINGS.values()))
+        for source, values in (("settings", self.settings), ("aggregator", self.aggregator),
+                               ("key_authority", self.key_authority), ("node", self.node),
+                               *((f"per_node[{i}]", v) for i, v in self.per_node.items())):
+            model_fields = known if source == "settings" else SERVICE_SETTINGS[
+                "hospital_node" if source.startswith(("node", "per_node")) else source].model_fields
+            for name in values:
+                if name in LAUNCHER_SETTINGS:
+                    raise ValueError(f"{source}: {name!r} is set by the launcher")
+                if name not in model_fields:
+                    raise ValueError(f"{source}: no service setting is called {name!r}")
+
+    def values_for(self, service: str, own: SettingValues) -> SettingValues:
+        """The caller's values for `service`: the shared ones it knows, then its own."""
+        fields = SERVICE_SETTINGS[service].model_fields
+        return {**{k: v for k, v in self.settings.items() if k in fields}, **own}
+
+    def key_authority_settings(self, **launcher: object) -> KeyAuthoritySettings:
+        """The key authority's settings; `launcher` adds what the launcher decides (address, folders, TLS)."""
+        return KeyAuthoritySettings(**{**self.values_for("key_authority", self.key_authority),
+                                       "insecure": self.insecure, **launcher})
+
+    def aggregator_settings(self, **launcher: object) -> AggregatorSettings:
+        return AggregatorSettings(**{"expected_participants": self.nodes,
+                                     **self.values_for("aggregator", self.aggregator), "insecure": self.insecure,
+                                     **launcher})
+
+    def node_settings(self, index: int, **launcher: object) -> HospitalNodeSettings:
+        """Node `index`'s settings (hospital-<index+1>, part `index` of the SYNTHETIC set)."""
+        values = {**self.values_for("hospital_node", self.node), **self.per_node.get(index, {})}
+        if self.images_per_node is not None:
+            values.setdefault("synthetic_images", self.images_per_node * self.nodes)
+        if self.seed is not None:
+            values.setdefault("seed", self.seed * 1000 + index)
+        return HospitalNodeSettings(**{**values, "node_id": f"hospital-{index + 1}", "partition_parties": self.nodes,
+                                       "partition_index": index, "insecure": self.insecure, **launcher})
 
 
 @dataclass
@@ -118,16 +157,13 @@ class Consortium:
         self.certs = config.run_dir / "certs"
         self.logs = config.run_dir / "logs"
         self.started_at = 0.0  # wall clock (time.time()) when start() launched the processes
+        self.key_authority_settings = self._key_authority_settings(0)
+        self.aggregator_settings = self._aggregator_settings(0)
+        self.node_settings = [self._node_settings(index, 0) for index in range(config.nodes)]
 
     @property
     def members(self) -> list[str]:
         return self.node_ids + list(self.config.extra_members)
-
-    def tls_env(self, prefix: str, name: str) -> dict[str, str]:
-        if self.config.insecure:
-            return {f"{prefix}INSECURE": "true"}
-        return {f"{prefix}TLS_CERT": str(self.certs / f"{name}.pem"), f"{prefix}TLS_KEY": str(self.certs / f"{name}.key"),
-                f"{prefix}TLS_CA": str(self.certs / "ca.pem")}
 
     def tls_for(self, name: str) -> TlsSettings:
         """The TLS settings of consortium member `name`, for tests that act as that member."""
@@ -135,6 +171,9 @@ class Consortium:
             return TlsSettings(insecure=True)
         return TlsSettings(tls_cert=self.certs / f"{name}.pem", tls_key=self.certs / f"{name}.key",
                            tls_ca=self.certs / "ca.pem")
+
+    def _tls(self, name: str) -> SettingValues:
+        return dict(self.tls_for(name))
 
     def channel_as(self, name: str, service: str) -> grpc.Channel:
         """A client channel to `service` ("aggregator" or "key_authority") with `name`'s certificate."""
@@ -146,26 +185,45 @@ class Consortium:
     def node_ids(self) -> list[str]:
         return [f"hospital-{i + 1}" for i in range(self.config.nodes)]
 
-    def _start(self, name: str, module: str, env: dict[str, str], metrics_port: int) -> None:
+    def _key_authority_settings(self, metrics_port: int) -> KeyAuthoritySettings:
+        return self.config.key_authority_settings(
+            listen=self.ka_address, metrics_port=metrics_port, state_dir=self.config.run_dir / "key_authority",
+            node_keys_dir=self.identities, **self._tls(KEY_AUTHORITY_NAME))
+
+    def _aggregator_settings(self, metrics_port: int) -> AggregatorSettings:
+        return self.config.aggregator_settings(
+            listen=self.aggregator_address, metrics_port=metrics_port, key_authority=self.ka_address,
+            state_dir=self.config.run_dir / "aggregator", node_keys_dir=self.identities, **self._tls(AGGREGATOR_NAME))
+
+    def _node_settings(self, index: int, metrics_port: int) -> HospitalNodeSettings:
+        node_id = f"hospital-{index + 1}"
+        return self.config.node_settings(
+            index, aggregator=self.aggregator_address, key_authority=self.ka_address,
+            identity_key=self.identities / f"{node_id}.key", metrics_port=metrics_port, **self._tls(node_id))
+
+    def _start(self, name: str, service: str, settings: BaseSettings, metrics_port: int) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = open(self.logs / f"{name}.log", "wb")
         python_path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-        full_env = {**os.environ, "PYTHONPATH": python_path, "PYTHONUNBUFFERED": "1", **env}
-        process = subprocess.Popen([sys.executable, "-m", module], cwd=REPO, env=full_env, stdout=log,
-                                   stderr=subprocess.STDOUT)
+        base = {**os.environ, "PYTHONPATH": python_path, "PYTHONUNBUFFERED": "1", **self.config.hook_env}
+        module = self.config.modules.get(service, f"services.{service}")
+        process = subprocess.Popen([sys.executable, "-m", module], cwd=REPO, env=child_environment(base, settings),
+                                   stdout=log, stderr=subprocess.STDOUT)
         self.services[name] = Service(name, process, log, metrics_port)
 
     def write_class_counts(self) -> str:
         """Each hospital's class counts of the SYNTHETIC set, as the nodes will split it."""
-        from services.common.partition import class_counts, format_class_counts, partition_indices
-        from services.common.synthetic_xray import generate_synthetic_xrays, synthetic_class_names
+        from services.hospital_node.data.partition import class_counts, format_class_counts, partition_indices
+        from services.hospital_node.data.synthetic_xray import generate_synthetic_xrays, synthetic_class_names
 
-        c = self.config
-        _, labels = generate_synthetic_xrays(c.images_per_node * c.nodes, 16, c.num_classes, c.data_seed)
-        parts = partition_indices(labels, c.nodes, c.partition_scheme, c.partition_alpha, c.data_seed)
-        counts = class_counts(labels, parts, c.num_classes)
-        names = synthetic_class_names(c.num_classes)
-        write_json_atomic(c.run_dir / "class_counts.json", {"classes": list(names), "counts": counts.tolist()})
+        s = self.node_settings[0]
+        _, labels = generate_synthetic_xrays(s.synthetic_images, 16, s.num_classes, s.synthetic_seed)
+        parts = partition_indices(labels, s.partition_parties, s.partition_scheme, s.partition_alpha,
+                                  s.synthetic_seed)
+        counts = class_counts(labels, parts, s.num_classes)
+        names = synthetic_class_names(s.num_classes)
+        write_json_atomic(self.config.run_dir / "class_counts.json", {"classes": list(names),
+                                                                      "counts": counts.tolist()})
         return format_class_counts(counts, names)
 
     def start(self) -> Consortium:
@@ -179,61 +237,14 @@ class Consortium:
             for name in (KEY_AUTHORITY_NAME, AGGREGATOR_NAME, *self.members):
                 issue(self.certs, name, ca, ca_key)
         ka_metrics, agg_metrics = free_port(), free_port()
-        self._start("key_authority", "services.key_authority", {
-            "FEDXRAY_KA_LISTEN": self.ka_address, "FEDXRAY_KA_METRICS_PORT": str(ka_metrics),
-            "FEDXRAY_KA_STATE_DIR": str(c.run_dir / "key_authority"),
-            "FEDXRAY_KA_NODE_KEYS_DIR": str(self.identities),
-            "FEDXRAY_KA_MAX_PARTICIPANTS": str(c.max_participants),
-            "FEDXRAY_KA_MIN_PARTICIPANTS": str(c.min_participants),
-            **self.tls_env("FEDXRAY_KA_", KEY_AUTHORITY_NAME),
-        }, ka_metrics)
-        self._start("aggregator", "services.aggregator", {
-            "FEDXRAY_AGG_LISTEN": self.aggregator_address, "FEDXRAY_AGG_METRICS_PORT": str(agg_metrics),
-            "FEDXRAY_AGG_KEY_AUTHORITY": self.ka_address, "FEDXRAY_AGG_STATE_DIR": str(c.run_dir / "aggregator"),
-            "FEDXRAY_AGG_NODE_KEYS_DIR": str(self.identities), "FEDXRAY_AGG_SECURE": str(c.secure).lower(),
-            "FEDXRAY_AGG_ROUNDS": str(c.rounds), "FEDXRAY_AGG_EXPECTED_PARTICIPANTS": str(c.nodes),
-            "FEDXRAY_AGG_MIN_PARTICIPANTS": str(c.min_participants),
-            "FEDXRAY_AGG_ARCHITECTURE": c.architecture, "FEDXRAY_AGG_NUM_CLASSES": str(c.num_classes),
-            "FEDXRAY_AGG_IMAGE_SIZE": str(c.image_size), "FEDXRAY_AGG_LOCAL_EPOCHS": str(c.local_epochs),
-            "FEDXRAY_AGG_LEARNING_RATE": str(c.learning_rate), "FEDXRAY_AGG_BATCH_SIZE": str(c.batch_size),
-            "FEDXRAY_AGG_ROUND_SCHEDULE": c.round_schedule, "FEDXRAY_AGG_ROUND_FLOOR": str(c.round_floor),
-            "FEDXRAY_AGG_CLIP_NORM": str(c.clip_norm), "FEDXRAY_AGG_NOISE_KIND": c.noise_kind,
-            "FEDXRAY_AGG_NOISE_VARIANCE": str(c.noise_variance),
-            "FEDXRAY_AGG_SERVER_OPTIMIZER": c.server_optimizer,
-            "FEDXRAY_AGG_SERVER_LEARNING_RATE": str(c.server_learning_rate),
-            "FEDXRAY_AGG_SERVER_MOMENTUM": str(c.server_momentum),
-            "FEDXRAY_AGG_LOCAL_OPTIMIZER": c.local_optimizer, "FEDXRAY_AGG_PROXIMAL_MU": str(c.proximal_mu),
-            "FEDXRAY_AGG_DRIFT_CORRECTION": str(c.drift_correction).lower(),
-            "FEDXRAY_AGG_HEAD_REFIT": str(c.head_refit).lower(),
-            "FEDXRAY_AGG_ROUND_DEADLINE_SECONDS": str(c.round_deadline_seconds),
-            "FEDXRAY_AGG_RECORD_SUMS": str(c.record).lower(), "FEDXRAY_AGG_MODEL_SEED": str(c.data_seed),
-            **self.tls_env("FEDXRAY_AGG_", AGGREGATOR_NAME),
-            **c.extra_aggregator_env,
-        }, agg_metrics)
+        self.key_authority_settings = self._key_authority_settings(ka_metrics)
+        self._start("key_authority", "key_authority", self.key_authority_settings, ka_metrics)
+        self.aggregator_settings = self._aggregator_settings(agg_metrics)
+        self._start("aggregator", "aggregator", self.aggregator_settings, agg_metrics)
         for index, node_id in enumerate(self.node_ids):
             port = free_port()
-            env = {
-                "FEDXRAY_NODE_NODE_ID": node_id, "FEDXRAY_NODE_AGGREGATOR": self.aggregator_address,
-                "FEDXRAY_NODE_KEY_AUTHORITY": self.ka_address,
-                "FEDXRAY_NODE_IDENTITY_KEY": str(self.identities / f"{node_id}.key"),
-                "FEDXRAY_NODE_METRICS_PORT": str(port), "FEDXRAY_NODE_ARCHITECTURE": c.architecture,
-                "FEDXRAY_NODE_NUM_CLASSES": str(c.num_classes), "FEDXRAY_NODE_IMAGE_SIZE": str(c.image_size),
-                "FEDXRAY_NODE_SYNTHETIC_IMAGES": str(c.images_per_node * c.nodes),
-                "FEDXRAY_NODE_PARTITION_SCHEME": c.partition_scheme,
-                "FEDXRAY_NODE_PARTITION_ALPHA": str(c.partition_alpha),
-                "FEDXRAY_NODE_PARTITION_PARTIES": str(c.nodes), "FEDXRAY_NODE_PARTITION_INDEX": str(index),
-                "FEDXRAY_NODE_ENCRYPTION_WORKERS": str(c.encryption_workers),
-                "FEDXRAY_NODE_TORCH_THREADS": str(c.torch_threads), "FEDXRAY_NODE_IMBALANCE": c.imbalance,
-                "FEDXRAY_NODE_CALIBRATION_FRACTION": str(c.calibration_fraction),
-                "FEDXRAY_NODE_SYNTHETIC_SEED": str(c.data_seed), "FEDXRAY_NODE_MODEL_SEED": str(c.data_seed),
-                **self.tls_env("FEDXRAY_NODE_", node_id),
-            }
-            if c.seed is not None:
-                env["FEDXRAY_NODE_SEED"] = str(c.seed * 1000 + index)
-            if c.record:
-                env["FEDXRAY_NODE_RECORD_DIR"] = str(c.run_dir / "records")
-            env.update(c.extra_node_env.get(index, {}))
-            self._start(node_id, "services.hospital_node", env, port)
+            self.node_settings[index] = self._node_settings(index, port)
+            self._start(node_id, "hospital_node", self.node_settings[index], port)
         return self
 
     def rows(self) -> list[dict[str, object]]:
@@ -311,15 +322,24 @@ def format_row(row: dict[str, object]) -> str:
             + ("  FAILED" if row.get("failed") else ""))
 
 
+# The demo's own choices, beside the settings models' defaults: small images and few of them, so that the
+# five hospitals' ResNet-50 rounds finish in minutes on a laptop's CPU; Dirichlet label skew, as hospitals have;
+# one process per hospital with one training thread, so five share two cores without thrashing.
+DEMO_SETTINGS: SettingValues = {
+    "architecture": "resnet50", "image_size": 32, "partition_scheme": "dirichlet", "partition_alpha": 0.5,
+    "head_refit": True, "round_deadline_seconds": 900.0, "encryption_workers": 0, "torch_threads": 1}
+DEMO_IMAGES_PER_NODE = 60
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.consortium", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "demo")
     parser.add_argument("--nodes", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--architecture", default="resnet50")
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--images-per-node", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=AggregatorSettings.model_fields["rounds"].default)
+    parser.add_argument("--architecture", default=DEMO_SETTINGS["architecture"])
+    parser.add_argument("--image-size", type=int, default=DEMO_SETTINGS["image_size"])
+    parser.add_argument("--images-per-node", type=int, default=DEMO_IMAGES_PER_NODE)
     parser.add_argument("--plaintext", action="store_true", help="privacy off, for comparison")
     parser.add_argument("--no-head-refit", dest="head_refit", action="store_false",
                         help="skip the closing refit of the classifier head from the hospitals' summed feature "
@@ -330,26 +350,28 @@ def main(argv: list[str] | None = None) -> int:
         import shutil
 
         shutil.rmtree(args.run_dir)
-    config = ConsortiumConfig(run_dir=args.run_dir, nodes=args.nodes, rounds=args.rounds,
-                              secure=not args.plaintext, architecture=args.architecture,
-                              image_size=args.image_size, images_per_node=args.images_per_node,
-                              head_refit=args.head_refit)
-    print(f"FedXray consortium: {config.nodes} hospitals on SYNTHETIC radiographs ({config.image_size}px, "
-          f"{config.architecture}), {config.rounds} {'secure' if config.secure else 'PLAINTEXT'} rounds"
-          f"{', then a head refit' if config.head_refit else ''}; "
+    config = ConsortiumConfig(
+        run_dir=args.run_dir, nodes=args.nodes, images_per_node=args.images_per_node,
+        settings={**DEMO_SETTINGS, "rounds": args.rounds, "secure": not args.plaintext,
+                  "architecture": args.architecture, "image_size": args.image_size, "head_refit": args.head_refit})
+    demo = Consortium(config)
+    aggregator, node = demo.aggregator_settings, demo.node_settings[0]
+    print(f"FedXray consortium: {config.nodes} hospitals on SYNTHETIC radiographs ({node.image_size}px, "
+          f"{aggregator.architecture}), {aggregator.rounds} {'secure' if aggregator.secure else 'PLAINTEXT'} rounds"
+          f"{', then a head refit' if aggregator.head_refit else ''}; "
           f"logs in {args.run_dir / 'logs'}", flush=True)
     print("class counts per hospital (Dirichlet label skew):", flush=True)
-    print(Consortium(config).write_class_counts(), flush=True)
+    print(demo.write_class_counts(), flush=True)
     print("row 0 is the initial model; metrics are pooled over the hospitals' validation splits", flush=True)
     print(TABLE_HEADER, flush=True)
     started = time.monotonic()
-    with Consortium(config) as consortium:
+    with demo as consortium:
         code = consortium.wait(args.timeout, on_row=lambda row: print(format_row(row), flush=True))
         rows = consortium.rows()
     print(f"finished in {time.monotonic() - started:.0f} s with exit code {code}", flush=True)
     completed = [r for r in rows if not r.get("failed") and int(str(r.get("round", 0))) > 0]
     refits = sum(1 for r in completed if r.get("head_refit"))
-    expected = (config.rounds, 1 if config.head_refit else 0)
+    expected = (aggregator.rounds, 1 if aggregator.head_refit else 0)
     return 0 if code == 0 and (len(completed) - refits, refits) == expected else 1
 
 

@@ -9,19 +9,26 @@ from __future__ import annotations
 import sys
 import threading
 
-from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
 from services.aggregator.config import AggregatorSettings
+from services.aggregator.evaluation_board import EvaluationBoard
 from services.aggregator.key_authority_client import KeyAuthorityClient
-from services.aggregator.round_loop import Coordinator
+from services.aggregator.membership import Membership
+from services.aggregator.privacy_accountant import SkellamAccountant
+from services.aggregator.privacy_budget import PrivacyBudgetGuard
+from services.aggregator.round_loop import DecryptionObserver, RoundLoop, RoundParts
+from services.aggregator.run_state import RunState
 from services.aggregator.servicer import AggregatorServicer
+from services.aggregator.strategies.factory import build_strategy
+from services.aggregator.strategies.head_refit import HeadRefit
+from services.aggregator.upload_intake import UploadIntake
+from services.common.head_refit import head_positions
 from services.common.metrics import ServiceMetrics
 from services.common.model_spec import flatten_state, parameter_spec
-from services.common.head_refit import head_positions
 from services.common.models import build_model
 from services.common.service_runtime import (
-    load_settings,
     configure_logging,
     grpc_server,
+    load_settings,
     mark_serving,
     serve_metrics,
     shutdown_event,
@@ -30,21 +37,30 @@ from services.common.stream_digest import NodeKeyRegistry
 from services.common.tls import KEY_AUTHORITY_NAME, add_port, channel
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, observer: DecryptionObserver | None = None) -> int:
+    """`observer` is for tests only (tests/service_hooks); the command line never sets it."""
     settings = load_settings(AggregatorSettings, "services.aggregator", __doc__, argv)
     log = configure_logging("aggregator", settings.log_level)
     metrics = ServiceMetrics("aggregator", holds_secret_key=False)
     serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
     model = build_model(settings.architecture, settings.num_classes, settings.model_seed)
-    state = model.state_dict()
-    spec = parameter_spec(state)
+    spec = parameter_spec(model.state_dict())
     registry = NodeKeyRegistry.from_directory(settings.node_keys_dir)
-    coordinator = Coordinator(settings, metrics, KeyAuthorityClient(channel(settings.key_authority, settings, KEY_AUTHORITY_NAME)),
-                              registry, spec, flatten_state(state), head_positions(model, spec))
+    membership = Membership(registry.node_ids, spec)
+    intake = UploadIntake(settings.state_dir / "staging", registry.node_ids, metrics)
+    board = EvaluationBoard(settings.num_classes, settings.state_dir / "rounds.jsonl", metrics)
+    accountant = SkellamAccountant(delta=settings.delta)
+    run = RunState(flatten_state(model.state_dict()), build_strategy(settings, spec.count), accountant)
+    parts = RoundParts(membership, intake, board,
+                       PrivacyBudgetGuard(accountant, settings.epsilon_budget, settings.min_participants,
+                                          settings.secure),
+                       run, HeadRefit(head_positions(model, spec), settings.head_refit_shrinkage))
+    key_authority = KeyAuthorityClient(channel(settings.key_authority, settings, KEY_AUTHORITY_NAME))
+    loop = RoundLoop(settings, metrics, key_authority, parts, observer)
     server, health = grpc_server()
-    servicer = AggregatorServicer(coordinator, registry, metrics, check_peer=not settings.insecure,
+    servicer = AggregatorServicer(loop, membership, intake, board, registry, metrics, check_peer=not settings.insecure,
                                   close_grace_seconds=settings.stream_close_grace_seconds)
-    pb_grpc.add_AggregatorServicer_to_server(servicer, server)
+    servicer.register(server)
     settings.warn_if_insecure("aggregator")
     add_port(server, settings.listen, settings)
     server.start()
@@ -52,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     log.info("aggregator serving on %s (%s mode, %d rounds, %s)", settings.listen,
              "secure" if settings.secure else "PLAINTEXT", settings.rounds, settings.architecture)
     stop = shutdown_event()
-    loop = threading.Thread(target=coordinator.run, args=(stop,), name="round-loop", daemon=True)
-    loop.start()
-    while not stop.is_set() and not coordinator.finished.is_set():
+    thread = threading.Thread(target=loop.run, args=(stop,), name="round-loop", daemon=True)
+    thread.start()
+    while not stop.is_set() and not loop.finished.is_set():
         stop.wait(0.5)
     if settings.linger_seconds and not stop.is_set():
         log.info("training finished; serving status and metrics for %.0f s more", settings.linger_seconds)
@@ -62,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     # Let subscribers receive the final message before the server goes.
     server.stop(grace=5).wait()
     log.info("aggregator stopped")
-    return 1 if coordinator.failed else 0
+    return 1 if loop.failed else 0
 
 
 if __name__ == "__main__":

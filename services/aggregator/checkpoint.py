@@ -1,14 +1,30 @@
-"""Atomic per-round checkpoints: the global model, optimizer state and round state."""
+"""Atomic per-round checkpoints: the global model, the strategy's state and the run's counters.
+
+`round_<r>.npz` holds `weights` and the strategy's arrays (`opt_<name>`); `latest.json`
+points at the newest file and carries the scalars. Each file is replaced whole, and
+`latest.json` is written last, so it never names a file that is not complete.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from services.common.atomic_files import atomic_writer, write_atomic
+from services.common.atomic_files import atomic_writer, read_json, write_atomic
+
+LATEST = "latest.json"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    round_id: int
+    weights: np.ndarray
+    strategy_state: dict[str, np.ndarray]
+    scalars: dict[str, Any]
 
 
 def save_checkpoint(directory: Path, round_id: int, weights: np.ndarray, optimizer_state: dict[str, np.ndarray],
@@ -17,6 +33,18 @@ def save_checkpoint(directory: Path, round_id: int, weights: np.ndarray, optimiz
     path = directory / f"round_{round_id:04d}.npz"
     with atomic_writer(path) as handle:
         np.savez(handle, weights=weights.astype(np.float32), **{f"opt_{k}": v for k, v in optimizer_state.items()})
-    write_atomic(directory / "latest.json", json.dumps({"round": round_id, "file": path.name, **round_state},
-                                                       default=float).encode())
+    write_atomic(directory / LATEST, json.dumps({"round": round_id, "file": path.name, **round_state},
+                                                default=float).encode())
     return path
+
+
+def load_latest_checkpoint(directory: Path) -> Checkpoint | None:
+    """The newest complete checkpoint, or None when there is none."""
+    latest = read_json(directory / LATEST)
+    if latest is None:
+        return None
+    with np.load(directory / str(latest["file"])) as archive:
+        weights = archive["weights"].astype(np.float64)
+        state = {name.removeprefix("opt_"): archive[name] for name in archive.files if name.startswith("opt_")}
+    scalars = {k: v for k, v in latest.items() if k not in ("round", "file")}
+    return Checkpoint(int(latest["round"]), weights, state, scalars)

@@ -35,7 +35,6 @@ class AggregatorSettings(TlsSettings):
         "node went away (a broken stream) or closed it on purpose (a truncated one)")
     architecture: str = Field("resnet50", description="resnet50 | resnet18 (GroupNorm) | resnet50-bn | tiny")
     num_classes: int = Field(2, ge=2)
-    image_size: int = Field(64, ge=16)
     model_seed: int = 0
     local_epochs: int = Field(1, ge=1)
     learning_rate: float = Field(0.01, gt=0, description="hospitals' local learning rate (round 1's, under a schedule)")
@@ -69,5 +68,4 @@ class AggregatorSettings(TlsSettings):
     chunk_ciphertexts: int = Field(8, ge=1, description="ciphertexts per upload chunk")
     plaintext_chunk_values: int = Field(1 << 18, ge=1)
     linger_seconds: float = Field(0.0, ge=0, description="keep serving status and metrics this long after training")
-    record_sums: bool = Field(False, description="test hook: save each round's decrypted field sums")
     log_level: str = "INFO"

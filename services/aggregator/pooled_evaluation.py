@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.common.classification_metrics import (
     HISTOGRAM_SPACING,
     ClassificationMetrics,
@@ -22,6 +21,7 @@ from services.common.classification_metrics import (
     operating_point,
 )
 from services.common.errors import MalformedChunkError
+from services.common.evaluation_report import EvaluationReport
 
 
 @dataclass(frozen=True)
@@ -45,27 +45,21 @@ class PooledEvaluation:
         return row
 
 
-def validate_report(report: pb.EvaluationReport, num_classes: int) -> None:
-    """Refuse a report that cannot be pooled with the others, before it is stored."""
-    classes, bins = report.num_classes, report.histogram_bins
-    if classes != num_classes:
-        raise MalformedChunkError(f"evaluation of node {report.node_id!r} has {classes} classes, "
+def validate_report(report: EvaluationReport, num_classes: int) -> None:
+    """Refuse a report that cannot be pooled with the others, before it is stored. (The wire edge has already
+    refused counts whose lengths do not fit their class and bin counts.)"""
+    counts = report.counts
+    if counts.num_classes != num_classes:
+        raise MalformedChunkError(f"evaluation of node {report.node_id!r} has {counts.num_classes} classes, "
                                   f"the model has {num_classes}")
     if report.histogram_spacing != HISTOGRAM_SPACING:
         raise MalformedChunkError(f"evaluation of node {report.node_id!r} uses histogram spacing "
                                   f"{report.histogram_spacing!r}, expected {HISTOGRAM_SPACING!r}")
-    if (len(report.confusion) != classes * classes or len(report.positive_histograms) != classes * bins
-            or len(report.negative_histograms) != classes * bins or bins < 1):
-        raise MalformedChunkError(f"evaluation of node {report.node_id!r} has counts of the wrong length")
-    calibration = (len(report.calibration_positive_histograms), len(report.calibration_negative_histograms))
-    if calibration not in ((0, 0), (classes * bins, classes * bins)):
-        raise MalformedChunkError(f"evaluation of node {report.node_id!r} has calibration histograms of "
-                                  f"lengths {calibration}, expected none or {classes * bins} each")
 
 
-def pool_reports(reports: list[pb.EvaluationReport]) -> PooledEvaluation:
-    classes = reports[0].num_classes
-    bins = reports[0].histogram_bins
+def pool_reports(reports: list[EvaluationReport]) -> PooledEvaluation:
+    classes = reports[0].counts.num_classes
+    bins = reports[0].counts.histogram_bins
     confusion = np.zeros((classes, classes), dtype=np.int64)
     positive = np.zeros((classes, bins), dtype=np.int64)
     negative = np.zeros((classes, bins), dtype=np.int64)
@@ -74,19 +68,18 @@ def pool_reports(reports: list[pb.EvaluationReport]) -> PooledEvaluation:
     calibrated_reports = 0
     loss_sum, examples = 0.0, 0
     for report in reports:
-        if report.num_classes != classes or report.histogram_bins != bins:
+        counts = report.counts
+        if counts.num_classes != classes or counts.histogram_bins != bins:
             raise MalformedChunkError(f"evaluation of node {report.node_id!r} has another class or bin count")
-        confusion += np.asarray(report.confusion, dtype=np.int64).reshape(classes, classes)
-        positive += np.asarray(report.positive_histograms, dtype=np.int64).reshape(classes, bins)
-        negative += np.asarray(report.negative_histograms, dtype=np.int64).reshape(classes, bins)
-        if report.calibration_positive_histograms:
+        confusion += counts.confusion
+        positive += counts.positive_histograms
+        negative += counts.negative_histograms
+        if report.calibration_positive is not None and report.calibration_negative is not None:
             calibrated_reports += 1
-            calibration_positive += np.asarray(report.calibration_positive_histograms,
-                                               dtype=np.int64).reshape(classes, bins)
-            calibration_negative += np.asarray(report.calibration_negative_histograms,
-                                               dtype=np.int64).reshape(classes, bins)
-        loss_sum += report.loss_sum
-        examples += report.examples
+            calibration_positive += report.calibration_positive
+            calibration_negative += report.calibration_negative
+        loss_sum += counts.loss_sum
+        examples += counts.examples
     metrics = metrics_from_confusion(confusion)
     auc = (auc_from_histograms(positive[1], negative[1]) if classes == 2
            else auc_macro_from_histograms(positive, negative))

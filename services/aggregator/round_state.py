@@ -9,16 +9,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import tenseal as ts
 
-from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.aggregator.submission_staging import VerifiedSubmission, plaintext_values, read_staged
 from services.common.errors import DuplicateSubmissionError, WrongRoundError
 from services.common.he_codec import RunningCiphertextSum
+from services.common.round_plan import RoundPlan
 
 
 @dataclass
 class RoundState:
     round_id: int
-    plan: pb.RoundPlan
+    plan: RoundPlan
     expected: set[str]
     opened_at: float = field(default_factory=time.monotonic)
     contributors: dict[str, VerifiedSubmission] = field(default_factory=dict)
@@ -72,7 +72,7 @@ class RoundState:
         if self.plan.secure:
             assert self.ciphertext_sum is not None
             total = self.ciphertext_sum
-            for index, chunk in enumerate(read_staged(submission, self.plan.chunk_ciphertexts)):
+            for index, chunk in enumerate(read_staged(submission, self.plan.transfer.chunk_ciphertexts)):
                 total.fold(index, total.parse_chunk(index, chunk))
             total.contributions += 1
             return
@@ -98,12 +98,11 @@ class RoundState:
             return [self.contributors[node] for node in sorted(self.contributors)]
 
 
-def new_round_state(round_id: int, plan: pb.RoundPlan, expected: set[str], public_context: ts.Context | None,
-                    dimension: int) -> RoundState:
-    state = RoundState(round_id, plan, set(expected))
+def new_round_state(plan: RoundPlan, expected: set[str], public_context: ts.Context | None) -> RoundState:
+    state = RoundState(plan.round_id, plan, set(expected))
     if plan.secure:
         assert public_context is not None
-        state.ciphertext_sum = RunningCiphertextSum(public_context, plan.chunk_count)
+        state.ciphertext_sum = RunningCiphertextSum(public_context, plan.transfer.chunk_count)
     else:
-        state.plaintext_sum = np.zeros(dimension, dtype=np.float64)
+        state.plaintext_sum = np.zeros(plan.upload_value_count, dtype=np.float64)
     return state

@@ -1,4 +1,4 @@
-"""Aggregator gRPC servicer: translates messages to `Coordinator` calls, nothing more."""
+"""Aggregator gRPC servicer: translates messages to calls on the round's parts, nothing more."""
 
 from __future__ import annotations
 
@@ -10,12 +10,23 @@ import grpc
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
-from services.aggregator.round_loop import Coordinator
+from services.aggregator.evaluation_board import EvaluationBoard
+from services.aggregator.membership import Membership
+from services.aggregator.round_loop import RoundLoop
+from services.aggregator.upload_intake import UploadIntake
 from services.common.errors import BrokenStreamError, IdentityMismatchError, MalformedChunkError
 from services.common.grpc_status import translate_errors, translate_stream_errors
 from services.common.metrics import ServiceMetrics
 from services.common.stream_digest import NodeKeyRegistry
 from services.common.tls import peer_common_name
+from services.common.upload import PhaseSeconds, SubmitReceipt, UploadChunk
+from services.common.wire import (
+    evaluation_from_wire,
+    join_from_wire,
+    receipt_to_wire,
+    round_message_to_wire,
+    upload_chunk_from_wire,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +53,26 @@ def broken_stream(node_id: str | None, received_bytes: int) -> BrokenStreamError
     return BrokenStreamError(f"stream of node {node_id!r} broke off after {received_bytes} bytes")
 
 
+def _typed_chunks(request_iterator: Iterator[pb.UpdateChunk]) -> Iterator[UploadChunk]:
+    for message in request_iterator:
+        yield upload_chunk_from_wire(message)
+
+
 class AggregatorServicer(pb_grpc.AggregatorServicer):
-    def __init__(self, coordinator: Coordinator, registry: NodeKeyRegistry, metrics: ServiceMetrics,
-                 *, check_peer: bool = True, close_grace_seconds: float) -> None:
-        self._check_peer = check_peer
-        self._close_grace_seconds = close_grace_seconds
-        self._coordinator = coordinator
+    def __init__(self, loop: RoundLoop, membership: Membership, intake: UploadIntake, board: EvaluationBoard,
+                 registry: NodeKeyRegistry, metrics: ServiceMetrics, *, check_peer: bool = True,
+                 close_grace_seconds: float) -> None:
+        self._loop = loop
+        self._membership = membership
+        self._intake = intake
+        self._board = board
         self._registry = registry
         self._metrics = metrics
+        self._check_peer = check_peer
+        self._close_grace_seconds = close_grace_seconds
+
+    def register(self, server: grpc.Server) -> None:
+        pb_grpc.add_AggregatorServicer_to_server(self, server)
 
     def record_refusal(self, reason: str) -> None:
         self._metrics.record_refusal(reason)
@@ -62,15 +85,18 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
 
     @translate_stream_errors
     def Subscribe(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> Iterator[pb.RoundMessage]:
-        self._require_peer(context, request.node_id)
-        yield from self._coordinator.subscribe(request, context.is_active)
+        node_id, spec = join_from_wire(request)
+        self._require_peer(context, node_id)
+        for message in self._membership.subscribe(node_id, spec, context.is_active):
+            yield round_message_to_wire(message)
 
     @translate_errors
     def SubmitUpdate(self, request_iterator: Iterator[pb.UpdateChunk],
                      context: grpc.ServicerContext) -> pb.SubmitReceipt:
         started = time.monotonic()
+        chunks = _typed_chunks(request_iterator)
         try:
-            first = next(request_iterator, None)
+            first = next(chunks, None)
         except grpc.RpcError as error:
             raise broken_stream(None, 0) from error
         if first is None:
@@ -78,20 +104,18 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                 raise broken_stream(None, 0)
             raise MalformedChunkError("empty update stream")
         self._require_peer(context, first.node_id)
-        state, staged = self._coordinator.begin_submission(first)
+        state, staged = self._intake.begin(first)
         try:
             last = first
             staged.add(first)
-            for chunk in request_iterator:
+            for chunk in chunks:
                 staged.add(chunk)
                 last = chunk
-            if not last.HasField("attestation"):
+            if last.attestation is None:
                 if client_gone(context, self._close_grace_seconds):
                     raise broken_stream(first.node_id, staged.received_bytes)
                 raise MalformedChunkError("the last chunk must carry the stream's attestation")
-            phases = pb.NodePhaseSeconds()
-            phases.CopyFrom(last.phase_seconds)
-            verified = staged.finish(last.attestation, self._registry, phases)
+            verified = staged.finish(last.attestation, self._registry, last.phases or PhaseSeconds())
         except BaseException as error:
             # A broken, cancelled or refused stream: its staged chunks go, the sums are untouched.
             staged.discard()
@@ -99,18 +123,19 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             if isinstance(error, grpc.RpcError):
                 raise broken_stream(first.node_id, staged.received_bytes) from error
             raise
-        self._coordinator.complete_submission(state, verified)
+        self._intake.complete(state, verified)
         log.info("node %s submitted round %d in %.1f s", first.node_id, first.round_id, time.monotonic() - started)
-        return pb.SubmitReceipt(round_id=first.round_id, chunks=verified.header.chunk_count,
-                                stream_digest=verified.attestation.stream_digest)
+        return receipt_to_wire(SubmitReceipt(first.round_id, verified.header.chunk_count,
+                                             verified.attestation.stream_digest))
 
     @translate_errors
     def ReportEvaluation(self, request: pb.EvaluationReport, context: grpc.ServicerContext) -> pb.EvaluationAck:
         self._require_peer(context, request.node_id)
-        self._coordinator.report_evaluation(request)
+        self._membership.require_member(request.node_id)
+        self._board.report(evaluation_from_wire(request))
         return pb.EvaluationAck()
 
     def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.ServiceStatus:
         return pb.ServiceStatus(service="aggregator", holds_secret_key=False,
-                                key_id=self._coordinator.key.key_id if self._coordinator.key else "",
-                                current_round=self._coordinator.current_round)
+                                key_id=self._loop.key.key_id if self._loop.key else "",
+                                current_round=self._loop.current_round)

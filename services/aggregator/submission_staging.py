@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.common.errors import DigestMismatchError, MalformedChunkError
-from services.common.stream_digest import NodeKeyRegistry, StreamDigest, attestation_message
+from services.common.round_plan import SumLayout
+from services.common.stream_digest import NodeKeyRegistry, StreamDigest
+from services.common.upload import Attestation, PhaseSeconds, UploadChunk
 
 _LENGTH = struct.Struct(">Q")
 
@@ -31,15 +32,15 @@ class StreamHeader:
     chunk_count: int
     values_per_plaintext_chunk: int
     dimension: int
-    layout: int  # the SumLayout the round's uploads are encoded in
+    layout: SumLayout  # the layout the round's uploads are encoded in
 
 
 @dataclass(frozen=True)
 class VerifiedSubmission:
     header: StreamHeader
-    attestation: pb.Attestation
+    attestation: Attestation
     path: Path
-    phase_seconds: pb.NodePhaseSeconds
+    phase_seconds: PhaseSeconds
     received_bytes: int
 
 
@@ -55,7 +56,7 @@ class StagedSubmission:
         self._next_index = 0
         self.received_bytes = 0
 
-    def add(self, chunk: pb.UpdateChunk) -> None:
+    def add(self, chunk: UploadChunk) -> None:
         header = self.header
         if (chunk.round_id, chunk.key_id, chunk.node_id) != (header.round_id, header.key_id, header.node_id):
             raise MalformedChunkError(f"chunk {chunk.index} changes round, key or node mid-stream")
@@ -69,7 +70,7 @@ class StagedSubmission:
             self.received_bytes += len(payload)
         self._next_index += 1
 
-    def _payloads(self, chunk: pb.UpdateChunk) -> list[bytes]:
+    def _payloads(self, chunk: UploadChunk) -> list[bytes]:
         if self.header.secure:
             if chunk.plaintext_values or not chunk.ciphertexts:
                 raise MalformedChunkError(f"chunk {chunk.index} of a secure round must carry ciphertexts only")
@@ -82,8 +83,8 @@ class StagedSubmission:
             raise MalformedChunkError(f"plaintext chunk {chunk.index} must carry {expected} float32 values")
         return [chunk.plaintext_values]
 
-    def finish(self, attestation: pb.Attestation, registry: NodeKeyRegistry,
-               phase_seconds: pb.NodePhaseSeconds) -> VerifiedSubmission:
+    def finish(self, attestation: Attestation, registry: NodeKeyRegistry,
+               phase_seconds: PhaseSeconds) -> VerifiedSubmission:
         """Check completeness, digest and signature; the result may be folded."""
         self._file.close()
         header = self.header
@@ -95,10 +96,7 @@ class StagedSubmission:
                 attestation.layout) != (header.node_id, header.round_id, header.key_id, header.chunk_count,
                                         header.layout):
             raise DigestMismatchError("attestation names another node, round, key, chunk count or layout")
-        registry.verify(header.node_id, attestation_message(header.round_id, header.key_id, header.node_id,
-                                                            header.chunk_count, attestation.stream_digest,
-                                                            header.layout),
-                        attestation.signature)
+        registry.verify(header.node_id, attestation.signed_message(), attestation.signature)
         return VerifiedSubmission(header, attestation, self._path, phase_seconds, self.received_bytes)
 
     def discard(self) -> None:

@@ -6,6 +6,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from services.common.packing import FieldLayout
+
 MODEL_CHUNK_VALUES = 1 << 18  # 1 MiB of float32 per model chunk
 
 
@@ -33,3 +35,19 @@ def float32_from_chunks(chunks: list[bytes], expected: int) -> np.ndarray:
     if values.size != expected:
         raise ValueError(f"received {values.size} values, expected {expected}")
     return values.astype(np.float64)
+
+
+def values_per_chunk(layout: FieldLayout, slots: int, chunk_ciphertexts: int) -> int:
+    """Field values in one secure upload chunk of `chunk_ciphertexts` full ciphertexts."""
+    return chunk_ciphertexts * slots * layout.fields_per_slot
+
+
+def upload_chunk_count(dimension: int, layout: FieldLayout, slots: int, chunk_ciphertexts: int) -> int:
+    return -(-dimension // values_per_chunk(layout, slots, chunk_ciphertexts))
+
+
+def ciphertexts_in_chunk(index: int, dimension: int, layout: FieldLayout, slots: int, chunk_ciphertexts: int) -> int:
+    """How many ciphertexts upload chunk `index` carries (the last chunk may be short)."""
+    per_chunk = values_per_chunk(layout, slots, chunk_ciphertexts)
+    values = min(per_chunk, dimension - index * per_chunk)
+    return -(-values // (slots * layout.fields_per_slot))

@@ -19,12 +19,14 @@ from services.common.service_runtime import configure_logging, load_settings, se
 from services.common.stream_digest import generate_identity
 from services.common.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME, channel
 from services.hospital_node.config import HospitalNodeSettings
-from services.hospital_node.image_loaders import DatasetFormatError
-from services.hospital_node.local_data import load_local_data
-from services.hospital_node.node_loop import HospitalNode
+from services.hospital_node.consortium_client import ConsortiumClient
+from services.hospital_node.data.image_loaders import DatasetFormatError
+from services.hospital_node.data.local_data import load_local_data
+from services.hospital_node.node_loop import HospitalNode, UploadObserver
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, observer: UploadObserver | None = None) -> int:
+    """`observer` is for tests only (tests/service_hooks); the command line never sets it."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["keygen"]:
         keygen = argparse.ArgumentParser(prog="python -m services.hospital_node keygen")
@@ -45,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot load this hospital's images: %s", error)
         return 2
     settings.warn_if_insecure(settings.node_id)
-    node = HospitalNode(settings, data, metrics, channel(settings.aggregator, settings, AGGREGATOR_NAME),
-                        channel(settings.key_authority, settings, KEY_AUTHORITY_NAME))
+    client = ConsortiumClient(channel(settings.aggregator, settings, AGGREGATOR_NAME),
+                              channel(settings.key_authority, settings, KEY_AUTHORITY_NAME))
+    node = HospitalNode(settings, data, metrics, client, observer)
     stop = shutdown_event()
     result: list[int] = []
     worker = threading.Thread(target=lambda: result.append(node.run(stop)), name="node", daemon=True)

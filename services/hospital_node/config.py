@@ -45,12 +45,11 @@ class HospitalNodeSettings(TlsSettings):
         "class_weights", description="class-weighted loss, weighted sampling, or logit adjustment by the local prior")
     lr_schedule: Literal["constant", "cosine"] = "cosine"
     augment: bool = Field(True, description="small rotations, shifts, zoom, brightness/contrast (no flips)")
+    freeze_head: bool = Field(False, description="local training leaves the classifier head as it arrived and "
+                              "trains the body only (FedBABU, Oh et al., ICLR 2022)")
     encryption_workers: int = Field(1, ge=0, description="processes encrypting uploads; 0: in-process")
     torch_threads: int = Field(0, ge=0, description="CPU threads for training; 0: torch default")
     seed: int | None = Field(None, description="fixes training and noise randomness (tests); None: OS entropy")
-    record_dir: Path | None = Field(None, description="test hook: write each round's encoding and true update")
-    fault_exit_after_chunks: int | None = Field(None, description="test hook: crash mid-upload after N chunks")
-    fault_round: int = Field(1, description="test hook: the round in which to crash")
     log_level: str = "INFO"
 
     @field_validator("class_names", mode="before")

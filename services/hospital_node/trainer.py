@@ -16,11 +16,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
-from protos.fedxray.v1 import fedxray_pb2 as pb
-from services.common.classification_metrics import HISTOGRAM_BINS, HISTOGRAM_SPACING, histogram_edges
+from services.common.classification_metrics import histogram_edges
+from services.common.evaluation_report import EvaluationCounts, EvaluationReport
 from services.common.head_refit import classifier_head
-from services.hospital_node.image_preprocessing import augment_batch
-from services.hospital_node.local_data import LocalData
+from services.hospital_node.data.image_preprocessing import augment_batch
+from services.hospital_node.data.local_data import LocalData
 
 
 @dataclass(frozen=True)
@@ -28,24 +28,6 @@ class TrainStats:
     steps: int
     examples: int
     mean_loss: float
-
-
-@dataclass(frozen=True)
-class EvaluationCounts:
-    confusion: np.ndarray
-    loss_sum: float
-    examples: int
-    positive_histograms: np.ndarray
-    negative_histograms: np.ndarray
-
-    def report(self, node_id: str, model_round: int) -> pb.EvaluationReport:
-        """The counts as sent to the aggregator, which pools them over hospitals."""
-        return pb.EvaluationReport(
-            node_id=node_id, model_round=model_round, num_classes=int(self.confusion.shape[0]),
-            confusion=self.confusion.reshape(-1).tolist(), loss_sum=self.loss_sum, examples=self.examples,
-            positive_histograms=self.positive_histograms.reshape(-1).tolist(),
-            negative_histograms=self.negative_histograms.reshape(-1).tolist(), histogram_bins=HISTOGRAM_BINS,
-            histogram_spacing=HISTOGRAM_SPACING)
 
 
 Imbalance = Literal["none", "class_weights", "sampler", "logit_adjust"]
@@ -233,14 +215,13 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_c
 
 
 def evaluation_report(model: nn.Module, data: LocalData, device: torch.device, node_id: str,
-                      model_round: int) -> tuple[pb.EvaluationReport, EvaluationCounts]:
+                      model_round: int) -> EvaluationReport:
     """The report a hospital sends for one model: its validation counts, plus the score
     histograms of its calibration split when it keeps one (the aggregator chooses the
     operating point on those)."""
     counts = evaluate(model, data.val_images, data.val_labels, data.num_classes, device)
-    report = counts.report(node_id, model_round)
-    if data.cal_labels.numel():
-        calibration = evaluate(model, data.cal_images, data.cal_labels, data.num_classes, device)
-        report.calibration_positive_histograms.extend(calibration.positive_histograms.reshape(-1).tolist())
-        report.calibration_negative_histograms.extend(calibration.negative_histograms.reshape(-1).tolist())
-    return report, counts
+    if not data.cal_labels.numel():
+        return EvaluationReport(node_id, model_round, counts)
+    calibration = evaluate(model, data.cal_images, data.cal_labels, data.num_classes, device)
+    return EvaluationReport(node_id, model_round, counts, calibration.positive_histograms,
+                            calibration.negative_histograms)

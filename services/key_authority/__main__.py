@@ -7,7 +7,6 @@ lists them.
 from __future__ import annotations
 
 
-from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
 from services.common.metrics import ServiceMetrics
 from services.common.service_runtime import configure_logging, load_settings, grpc_server, mark_serving, serve_metrics, shutdown_event
 from services.common.stream_digest import NodeKeyRegistry
@@ -31,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     server, health = grpc_server()
     servicer = KeyAuthorityServicer(keys, policy, settings.min_participants, metrics, iter(sorted(ledger.rounds)),
                                     require_aggregator_certificate=not settings.insecure)
-    pb_grpc.add_KeyAuthorityServicer_to_server(servicer, server)
+    servicer.register(server)
     settings.warn_if_insecure("key authority")
     add_port(server, settings.listen, settings)
     server.start()

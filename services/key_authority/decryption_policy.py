@@ -9,33 +9,12 @@ decryption starts, so a crash can waste a round but never decrypt one twice.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.atomic_files import read_json, write_json_atomic
 from services.common.errors import AlreadyDecryptedError, PolicyViolationError, WrongKeyError
-from services.common.stream_digest import NodeKeyRegistry, attestation_message
-
-
-@dataclass(frozen=True)
-class AttestationClaim:
-    node_id: str
-    round_id: int
-    key_id: str
-    chunk_count: int
-    stream_digest: bytes
-    signature: bytes
-    layout: int
-
-
-@dataclass(frozen=True)
-class ManifestClaim:
-    round_id: int
-    key_id: str
-    chunk_count: int
-    value_count: int
-    attestations: tuple[AttestationClaim, ...]
-    layout: int  # the SumLayout to unpack in: every attestation must have signed it
+from services.common.stream_digest import NodeKeyRegistry
+from services.common.upload import DecryptManifest
 
 
 class DecryptionLedger:
@@ -66,7 +45,7 @@ class DecryptionPolicy:
         self._ledger = ledger
         self._lock = threading.Lock()
 
-    def authorize(self, manifest: ManifestClaim) -> None:
+    def authorize(self, manifest: DecryptManifest) -> None:
         """Raise the named refusal, or record the round as decrypted and return."""
         if manifest.key_id != self._key_id:
             raise WrongKeyError(f"manifest names key {manifest.key_id!r}; the current key is {self._key_id!r}")
@@ -77,9 +56,7 @@ class DecryptionPolicy:
             ):
                 raise PolicyViolationError(f"attestation of {claim.node_id!r} is for another round, key, size or "
                                            "layout")
-            message = attestation_message(claim.round_id, claim.key_id, claim.node_id, claim.chunk_count,
-                                          claim.stream_digest, claim.layout)
-            self._registry.verify(claim.node_id, message, claim.signature)
+            self._registry.verify(claim.node_id, claim.signed_message(), claim.signature)
             valid_nodes.add(claim.node_id)
         if len(valid_nodes) < self._min_participants:
             raise PolicyViolationError(

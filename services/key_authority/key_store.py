@@ -24,6 +24,8 @@ from services.common.ckks_params import (
     public_context_bytes,
 )
 from services.common.packing import FieldLayout
+from services.common.public_key import PublicKeyInfo, unpacking_layout
+from services.common.round_plan import SumLayout
 
 log = logging.getLogger(__name__)
 SECRET_FILE = "ckks_secret_context.bin"
@@ -37,6 +39,15 @@ class KeyMaterial:
     secret_context: ts.Context
     public_context: bytes
     key_id: str
+
+    def layout_for(self, sum_layout: SumLayout) -> FieldLayout:
+        """The layout a sum of this kind is unpacked in (the one its nodes packed and signed)."""
+        return unpacking_layout(sum_layout, self.layout, self.statistics_layout)
+
+    def public_info(self, min_participants: int) -> PublicKeyInfo:
+        """What the key authority publishes; its layouts are the ones `layout_for` unpacks sums in."""
+        return PublicKeyInfo(self.public_context, self.key_id, self.layout, self.statistics_layout,
+                             self.params.slots, min_participants)
 
 
 def load_or_create_keys(max_participants: int, bits: int | None, state_dir: Path, persist: bool) -> KeyMaterial:

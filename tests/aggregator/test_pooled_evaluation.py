@@ -4,9 +4,16 @@ from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.aggregator.pooled_evaluation import pool_reports, validate_report
 from services.common.classification_metrics import HISTOGRAM_BINS, HISTOGRAM_SPACING, histogram_edges
 from services.common.errors import MalformedChunkError
+from services.common.evaluation_report import EvaluationReport
+from services.common.wire import evaluation_from_wire
 
 
-def report(node: str, **changes: object) -> pb.EvaluationReport:
+def report(node: str, **changes: object) -> EvaluationReport:
+    """A report as the aggregator's wire edge turns it into a typed one (where lengths are checked first)."""
+    return evaluation_from_wire(wire_report(node, **changes))
+
+
+def wire_report(node: str, **changes: object) -> pb.EvaluationReport:
     fields: dict[str, object] = dict(
         node_id=node, model_round=1, num_classes=2, confusion=[3, 1, 2, 4], loss_sum=1.0, examples=10,
         positive_histograms=[0] * (2 * HISTOGRAM_BINS), negative_histograms=[0] * (2 * HISTOGRAM_BINS),
@@ -29,7 +36,7 @@ def test_a_well_formed_report_is_accepted_and_pooled() -> None:
 ])
 def test_a_report_that_cannot_be_pooled_is_refused_by_name(changes: dict[str, object], message: str) -> None:
     with pytest.raises(MalformedChunkError, match=message):
-        validate_report(report("a", **changes), num_classes=2)
+        validate_report(report("a", **changes), num_classes=2)  # the wire edge or the board refuses it
 
 
 def _histogram(counts: dict[int, int]) -> list[int]:

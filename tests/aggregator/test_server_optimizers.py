@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from services.aggregator.fedadam import FedAdam
-from services.aggregator.fedavg import FedAvg
+from services.aggregator.strategies.fedadam import FedAdam
+from services.aggregator.strategies.fedavg import FedAvg
 
 
 def test_fedavg_moves_weights_by_server_lr_times_mean_update() -> None:

@@ -1,6 +1,6 @@
 """How the aggregator names an upload that ends early: broken (the node went away) or malformed (truncated).
 
-The servicer runs here against stand-ins for gRPC's context and the coordinator, because the race it
+The servicer runs here against stand-ins for gRPC's context and the upload intake, because the race it
 resolves (the request iterator ends before gRPC marks the call cancelled) cannot be staged on purpose
 with real processes. The real crash is tested end to end in tests/e2e/test_upload_faults.py.
 """
@@ -15,6 +15,7 @@ import pytest
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.aggregator.servicer import AggregatorServicer
+from services.common.upload import UploadChunk
 
 GRACE = 0.2
 
@@ -45,22 +46,22 @@ class Staged:
     def __init__(self) -> None:
         self.discarded = False
 
-    def add(self, chunk: pb.UpdateChunk) -> None:
-        self.received_bytes += chunk.ByteSize()
+    def add(self, chunk: UploadChunk) -> None:
+        self.received_bytes += sum(len(payload) for payload in chunk.payloads)
 
     def discard(self) -> None:
         self.discarded = True
 
 
 class Submissions:
-    """Stand-in coordinator, round state and metrics: records what the servicer did."""
+    """Stand-in upload intake, round state and metrics: records what the servicer did."""
 
     def __init__(self) -> None:
         self.staged = Staged()
         self.abandoned: list[str] = []
         self.refusals: list[str] = []
 
-    def begin_submission(self, first: pb.UpdateChunk) -> tuple[Submissions, Staged]:
+    def begin(self, first: UploadChunk) -> tuple[Submissions, Staged]:
         return self, self.staged
 
     def abandon_stream(self, node_id: str) -> None:
@@ -72,7 +73,7 @@ class Submissions:
 
 def _submit(chunks: Iterator[pb.UpdateChunk], context: Context) -> tuple[Submissions, str]:
     fakes = Submissions()
-    servicer = AggregatorServicer(fakes, None, fakes, check_peer=False,  # type: ignore[arg-type]
+    servicer = AggregatorServicer(None, None, fakes, None, None, fakes, check_peer=False,  # type: ignore[arg-type]
                                   close_grace_seconds=GRACE)
     with pytest.raises(RuntimeError) as aborted:
         servicer.SubmitUpdate(chunks, context)  # type: ignore[arg-type]
@@ -93,7 +94,7 @@ def test_a_stream_that_ends_early_and_is_cancelled_soon_after_is_broken_not_malf
     fakes, details = _submit(iter([_chunk()]), context)
     assert fakes.refusals == ["broken_stream"]
     assert context.status == grpc.StatusCode.CANCELLED
-    assert details == f"stream of node 'hospital-2' broke off after {_chunk().ByteSize()} bytes"
+    assert details == "stream of node 'hospital-2' broke off after 100 bytes"  # the one chunk's ciphertext
     assert fakes.staged.discarded and fakes.abandoned == ["hospital-2"]
 
 

@@ -18,7 +18,7 @@ from services.common.atomic_files import (
     write_atomic,
 )
 
-WRITES = 3000
+WRITES = 1500
 
 
 def _write_markers(state_dir: str, writes: int) -> None:

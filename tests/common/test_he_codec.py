@@ -16,13 +16,14 @@ from services.common.ckks_params import (
     statistics_layout,
 )
 from services.common.errors import CkksParameterError, DecryptionIntegrityError
-from services.common.encryption_pool import EncryptionPool, upload_chunk_count
+from services.common.chunking import upload_chunk_count
+from services.hospital_node.encryption_pool import EncryptionPool
 from services.common.he_codec import RunningCiphertextSum, decrypt_to_slot_integers, encrypt_rows, slot_matrix
 from services.common.noise import NoiseKind
 from services.common.packing import pack_fields, unpack_fields
 from services.common.update_codec import plan_quantization, scale_update
 
-N_MAX_CONFIGURATIONS = (8, 20)
+N_MAX_CONFIGURATIONS = (8, pytest.param(20, marks=pytest.mark.slow))
 
 
 @pytest.fixture(scope="module", params=N_MAX_CONFIGURATIONS)

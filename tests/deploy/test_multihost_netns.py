@@ -25,9 +25,12 @@ from pathlib import Path
 
 import pytest
 
+from scripts.consortium import ConsortiumConfig
 from scripts.make_certs import make_consortium_certs
 from services.aggregator.run_outcome import RunOutcome
+from scripts.settings_env import child_environment
 from tests.deploy.netns_lab import NetnsLab, ip
+from tests.e2e.consortium_checks import TINY
 
 REPO = Path(__file__).resolve().parents[2]
 SUBNET = "10.213.0.0/24"
@@ -56,48 +59,40 @@ class MultiHostRun:
         return "\n".join(f"--- {name}\n{p.log_tail(1500)}" for name, p in self.lab.processes.items())
 
 
-def tls_env(prefix: str, certs: Path, name: str) -> dict[str, str]:
-    return {f"{prefix}TLS_CERT": str(certs / f"{name}.pem"), f"{prefix}TLS_KEY": str(certs / f"{name}.key"),
-            f"{prefix}TLS_CA": str(certs / "ca.pem")}
+def tls(certs: Path, name: str) -> dict[str, object]:
+    return {"tls_cert": certs / f"{name}.pem", "tls_key": certs / f"{name}.key", "tls_ca": certs / "ca.pem"}
 
 
 def start_services(lab: NetnsLab, run_dir: Path, node_ids: list[str]) -> dict[str, str]:
+    """Each service's environment is built from its settings model (scripts.consortium's ConsortiumConfig), as
+    the local launcher builds it; only the addresses differ: one per namespace."""
     certs, logs = run_dir / "certs", run_dir / "logs"
     make_consortium_certs(certs, node_ids)
     addresses = {"key-authority": lab.add_host("key-authority", 10), "aggregator": lab.add_host("aggregator", 11)}
     for index, node_id in enumerate(node_ids):
         addresses[node_id] = lab.add_host(node_id, 21 + index)
     ka, aggregator = f"{addresses['key-authority']}:{KA_PORT}", f"{addresses['aggregator']}:{AGGREGATOR_PORT}"
+    config = ConsortiumConfig(
+        run_dir=run_dir, nodes=NODES, images_per_node=40, seed=7,
+        settings={**TINY, "partition_scheme": "iid", "rounds": ROUNDS, "min_participants": 3, "max_participants": 8, "clip_norm": 5.0,
+                  "noise_variance": 12.0, "join_timeout_seconds": RUN_TIMEOUT_SECONDS,
+                  "round_deadline_seconds": RUN_TIMEOUT_SECONDS,
+                  # Keeps /metrics up after training, for the test to read it from the namespace.
+                  "linger_seconds": 120})
     base = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     python = [sys.executable, "-m"]
-    lab.start("key-authority", [*python, "services.key_authority"], {
-        **base, "FEDXRAY_KA_LISTEN": ka, "FEDXRAY_KA_METRICS_PORT": "9101",
-        "FEDXRAY_KA_STATE_DIR": str(run_dir / "key_authority"),
-        "FEDXRAY_KA_NODE_KEYS_DIR": str(certs / "identities"),
-        "FEDXRAY_KA_MAX_PARTICIPANTS": "8", "FEDXRAY_KA_MIN_PARTICIPANTS": "3",
-        **tls_env("FEDXRAY_KA_", certs, "key-authority")}, logs, REPO)
-    lab.start("aggregator", [*python, "services.aggregator"], {
-        **base, "FEDXRAY_AGG_LISTEN": aggregator, "FEDXRAY_AGG_KEY_AUTHORITY": ka,
-        "FEDXRAY_AGG_METRICS_PORT": str(AGGREGATOR_METRICS_PORT),
-        "FEDXRAY_AGG_STATE_DIR": str(run_dir / "aggregator"),
-        "FEDXRAY_AGG_NODE_KEYS_DIR": str(certs / "identities"),
-        "FEDXRAY_AGG_ROUNDS": str(ROUNDS), "FEDXRAY_AGG_EXPECTED_PARTICIPANTS": str(NODES),
-        "FEDXRAY_AGG_MIN_PARTICIPANTS": "3", "FEDXRAY_AGG_ARCHITECTURE": "tiny", "FEDXRAY_AGG_IMAGE_SIZE": "32",
-        "FEDXRAY_AGG_CLIP_NORM": "5.0", "FEDXRAY_AGG_NOISE_VARIANCE": "12.0",
-        "FEDXRAY_AGG_JOIN_TIMEOUT_SECONDS": str(RUN_TIMEOUT_SECONDS),
-        "FEDXRAY_AGG_ROUND_DEADLINE_SECONDS": str(RUN_TIMEOUT_SECONDS),
-        # Keeps /metrics up after training, for the test to read it from the namespace.
-        "FEDXRAY_AGG_LINGER_SECONDS": "120",
-        **tls_env("FEDXRAY_AGG_", certs, "aggregator")}, logs, REPO)
+    identities = certs / "identities"
+    authority = config.key_authority_settings(listen=ka, metrics_port=9101, state_dir=run_dir / "key_authority",
+                                              node_keys_dir=identities, **tls(certs, "key-authority"))
+    lab.start("key-authority", [*python, "services.key_authority"], child_environment(base, authority), logs, REPO)
+    central = config.aggregator_settings(listen=aggregator, key_authority=ka, metrics_port=AGGREGATOR_METRICS_PORT,
+                                         state_dir=run_dir / "aggregator", node_keys_dir=identities,
+                                         **tls(certs, "aggregator"))
+    lab.start("aggregator", [*python, "services.aggregator"], child_environment(base, central), logs, REPO)
     for index, node_id in enumerate(node_ids):
-        lab.start(node_id, [*python, "services.hospital_node"], {
-            **base, "FEDXRAY_NODE_NODE_ID": node_id, "FEDXRAY_NODE_AGGREGATOR": aggregator,
-            "FEDXRAY_NODE_KEY_AUTHORITY": ka, "FEDXRAY_NODE_IDENTITY_KEY": str(certs / "identities" / f"{node_id}.key"),
-            "FEDXRAY_NODE_ARCHITECTURE": "tiny", "FEDXRAY_NODE_IMAGE_SIZE": "32",
-            "FEDXRAY_NODE_SYNTHETIC_IMAGES": str(40 * NODES), "FEDXRAY_NODE_PARTITION_PARTIES": str(NODES),
-            "FEDXRAY_NODE_PARTITION_INDEX": str(index), "FEDXRAY_NODE_ENCRYPTION_WORKERS": "0",
-            "FEDXRAY_NODE_TORCH_THREADS": "1", "FEDXRAY_NODE_SEED": str(7000 + index),
-            **tls_env("FEDXRAY_NODE_", certs, node_id)}, logs, REPO)
+        lab.start(node_id, [*python, "services.hospital_node"], child_environment(base, config.node_settings(
+            index, aggregator=aggregator, key_authority=ka, identity_key=identities / f"{node_id}.key",
+            **tls(certs, node_id))), logs, REPO)
     return addresses
 
 

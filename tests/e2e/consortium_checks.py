@@ -5,12 +5,33 @@ from __future__ import annotations
 import json
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
-from scripts.consortium import Consortium, ConsortiumConfig
+from scripts.consortium import Consortium, ConsortiumConfig, SettingValues
+from tests.service_hooks.hooks import TestHooks, hooked
+
+# What every end-to-end consortium runs: the tiny model at 32 px, Dirichlet label skew, one training thread and
+# in-process encryption per node, so that five nodes share two cores.
+TINY: SettingValues = {"architecture": "tiny", "image_size": 32, "partition_scheme": "dirichlet",
+                       "encryption_workers": 0, "torch_threads": 1}
+
+
+def tiny_config(run_dir: Path, nodes: int, rounds: int, *, images_per_node: int = 40, seed: int | None = None,
+                hooks: TestHooks | None = None, settings: SettingValues | None = None,
+                **config: Any) -> ConsortiumConfig:
+    """A test consortium of the tiny model; `hooks` runs the hooked entry points (records, faults)."""
+    return ConsortiumConfig(run_dir=run_dir, nodes=nodes, images_per_node=images_per_node, seed=seed,
+                            settings={**TINY, "rounds": rounds, **(settings or {})},
+                            **(hooked(hooks) if hooks is not None else {}), **config)
+
+
+def recording(run_dir: Path, **faults: Any) -> TestHooks:
+    """Hooks that record every upload and decrypted sum under `run_dir/records`."""
+    return TestHooks(record_dir=run_dir / "records", **faults)
 
 
 def run_to_completion(config: ConsortiumConfig, timeout: float = 420) -> Consortium:
@@ -47,11 +68,11 @@ def node_update(records: Path, node_id: str, round_id: int) -> np.ndarray:
 
 
 def round_plan(run_dir: Path, round_id: int) -> dict[str, object]:
-    return json.loads((run_dir / "aggregator" / f"round_{round_id:04d}_plan.json").read_text())
+    return json.loads((run_dir / "records" / f"round_{round_id:04d}_plan.json").read_text())
 
 
 def field_sum(run_dir: Path, round_id: int) -> np.ndarray:
-    return np.load(run_dir / "aggregator" / f"round_{round_id:04d}_field_sum.npy")
+    return np.load(run_dir / "records" / f"round_{round_id:04d}_field_sum.npy")
 
 
 def checkpoint_weights(run_dir: Path, round_id: int) -> np.ndarray:

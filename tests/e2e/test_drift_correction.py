@@ -8,22 +8,22 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.centralized import node_settings_for
-from scripts.consortium import ConsortiumConfig
-from scripts.privacy_cost import Setting, cost
+from experiments.privacy_cost import Setting, cost
 from services.common.ckks_params import ckks_parameters, field_layout
 from services.common.model_spec import flatten_named, parameter_spec, restore_state
 from services.common.models import build_model
 from services.common.quantize import scale_and_clamp
-from services.hospital_node.local_data import load_local_data
+from services.hospital_node.data.local_data import load_local_data
 from services.hospital_node.trainer import LocalTraining, loss_gradient
 from tests.e2e.consortium_checks import (
     checkpoint_control,
     checkpoint_weights,
     field_sum,
     node_update,
+    recording,
     round_plan,
     run_to_completion,
+    tiny_config,
 )
 
 NODES, ROUNDS = 3, 2
@@ -35,20 +35,21 @@ def _centered(values: np.ndarray, bits: int) -> np.ndarray:
 
 
 def test_uploads_carry_the_control_variate_change_and_the_aggregator_applies_both_halves(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    config = ConsortiumConfig(run_dir=tmp_path, nodes=NODES, rounds=ROUNDS, architecture="tiny", image_size=32,
-                              images_per_node=40, seed=5, record=True, clip_norm=5.0, noise_variance=12.0,
-                              partition_scheme="label_mix", drift_correction=True)
+    config = tiny_config(tmp_path, NODES, ROUNDS, seed=5, hooks=recording(tmp_path),
+                         settings={"clip_norm": 5.0, "noise_variance": 12.0, "partition_scheme": "label_mix",
+                                   "drift_correction": True})
     consortium = run_to_completion(config)
+    aggregator, authority = consortium.aggregator_settings, consortium.key_authority_settings
     rows = [r for r in consortium.rows() if r["round"] >= 1]
     assert [(r["round"], r["participants"]) for r in rows] == [(1, NODES), (2, NODES)]
     count = parameter_spec(build_model("tiny", 2, 0).state_dict()).count
     # The accountant's epsilon is that of uploads twice the model's length under the one clip norm.
-    default_field = field_layout(ckks_parameters(config.max_participants), config.max_participants)
+    default_field = field_layout(ckks_parameters(authority.max_participants), authority.max_participants)
 
     def epsilon(values: int) -> float:
-        setting = Setting(values, config.clip_norm, ROUNDS, 1e-5, NODES, config.min_participants,
-                          config.max_participants)
-        return cost(setting, default_field, config.noise_variance).epsilon
+        setting = Setting(values, aggregator.clip_norm, ROUNDS, 1e-5, NODES, aggregator.min_participants,
+                          authority.max_participants)
+        return cost(setting, default_field, aggregator.noise_variance).epsilon
 
     assert rows[-1]["epsilon"] == pytest.approx(epsilon(2 * count), rel=1e-9)
     assert epsilon(2 * count) > 1.5 * epsilon(count)
@@ -65,7 +66,7 @@ def test_uploads_carry_the_control_variate_change_and_the_aggregator_applies_bot
         decoded = _centered(field_sum(tmp_path, round_id), bits) / (n * scale)
         assert decoded.shape == (2 * count,)
         # Clipped as one vector, so the clip covers both halves; then clamped per coordinate like an update.
-        clipped = [scale_and_clamp(u, config.clip_norm, scale, int(plan["coordinate_bound"])) / scale
+        clipped = [scale_and_clamp(u, aggregator.clip_norm, scale, int(plan["coordinate_bound"])) / scale
                    for u in uploads]
         for node, values in zip(consortium.node_ids, clipped):
             sent[node].append(values[count:])
@@ -83,15 +84,13 @@ def test_uploads_carry_the_control_variate_change_and_the_aggregator_applies_bot
     assert np.max(np.abs(checkpoint_control(tmp_path, ROUNDS) - np.mean(own, axis=0))) < 10 * sigma
     # Each hospital's round-2 change is its loss gradient at the round-2 global model minus its c_i, and that c_i is
     # what the sum received of its round-1 change (clipped and clamped), not the exact gradient it sent.
-    model = build_model("tiny", 2, config.data_seed)
+    model = build_model("tiny", 2, aggregator.model_seed)
     spec = parameter_spec(model.state_dict())
     start = checkpoint_weights(tmp_path, 1).astype(np.float32)
-    training = LocalTraining(1, config.learning_rate, config.batch_size,
-                             imbalance=config.imbalance)  # type: ignore[arg-type]
     for index, node in enumerate(consortium.node_ids):
-        settings = node_settings_for("tiny", config.image_size, config.images_per_node * NODES, NODES,
-                                     config.partition_scheme, config.partition_alpha, config.data_seed)
-        data = load_local_data(settings.model_copy(update={"partition_index": index}))
+        settings = consortium.node_settings[index]
+        training = LocalTraining(1, aggregator.learning_rate, aggregator.batch_size, imbalance=settings.imbalance)
+        data = load_local_data(settings)
         model.load_state_dict(restore_state(model.state_dict(), start, spec))
         gradient = flatten_named(loss_gradient(model, data, training, torch.device("cpu")), spec)
         np.testing.assert_allclose(node_update(records, node, 2)[count:], gradient - sent[node][0],

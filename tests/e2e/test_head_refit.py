@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,26 +17,29 @@ from tests.e2e.consortium_checks import (
     field_sum,
     node_fields,
     node_update,
+    recording,
     round_plan,
     run_to_completion,
     status,
+    tiny_config,
 )
 
 NODES, ROUNDS = 3, 1
 REFIT = ROUNDS + 1
 
 
-def _config(run_dir: Path, seed: int, **changes: object) -> ConsortiumConfig:
+def _config(run_dir: Path, seed: int, settings: dict[str, object] | None = None, **changes: object
+            ) -> ConsortiumConfig:
     """Three hospitals of the tiny model, one training round, then the refit."""
-    return replace(ConsortiumConfig(run_dir=run_dir, nodes=NODES, rounds=ROUNDS, architecture="tiny", image_size=32,
-                                    images_per_node=40, seed=seed, record=True, clip_norm=5.0,
-                                    partition_scheme="label_mix", head_refit=True), **changes)
+    return tiny_config(run_dir, NODES, ROUNDS, seed=seed, hooks=recording(run_dir),
+                       settings={"clip_norm": 5.0, "partition_scheme": "label_mix", "head_refit": True,
+                                 **(settings or {})}, **changes)
 
 
 @pytest.fixture(scope="module")
 def refit_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     run_dir = tmp_path_factory.mktemp("refit")
-    config = _config(run_dir, 3, noise_variance=12.0, extra_aggregator_env={"FEDXRAY_AGG_LINGER_SECONDS": "30"})
+    config = _config(run_dir, 3, {"noise_variance": 12.0}, aggregator={"linger_seconds": 30})
     with Consortium(config) as consortium:
         code = consortium.wait(420)
         key_authority = status(consortium, "key_authority")
@@ -104,7 +106,7 @@ def test_the_head_is_the_lda_fit_of_the_summed_statistics_and_the_body_is_untouc
 def test_the_refit_also_runs_in_plaintext_mode_beside_drift_correction(tmp_path) -> None:  # type: ignore[no-untyped-def]
     # Plaintext uploads (privacy off, the comparison runs) and SCAFFOLD's doubled broadcast: the statistics round
     # has its own upload length either way, and the control variate is left as it was.
-    consortium = run_to_completion(_config(tmp_path, 4, secure=False, drift_correction=True))
+    consortium = run_to_completion(_config(tmp_path, 4, {"secure": False, "drift_correction": True}))
     rows = {int(r["round"]): r for r in consortium.rows()}
     assert rows[REFIT]["head_refit"] is True and not rows[REFIT].get("failed")
     model = build_model("tiny", 2, 0)
@@ -122,7 +124,7 @@ def test_the_refit_also_runs_in_plaintext_mode_beside_drift_correction(tmp_path)
 
 
 def test_a_three_class_model_gets_a_three_class_head(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    consortium = run_to_completion(_config(tmp_path, 6, num_classes=3))
+    consortium = run_to_completion(_config(tmp_path, 6, {"num_classes": 3}))
     rows = {int(r["round"]): r for r in consortium.rows()}
     assert rows[REFIT]["head_refit"] is True and not rows[REFIT].get("failed")
     assert len(rows[REFIT]["evaluation"]["confusion"]) == 3
@@ -144,9 +146,8 @@ def test_a_refit_that_cannot_be_fitted_leaves_the_model_as_it_was(tmp_path) -> N
     pixels = np.random.default_rng(0).integers(0, 256, size=(40, 32, 32), dtype=np.uint8)
     for index, image in enumerate(pixels):
         Image.fromarray(image).save(folder / f"{index}.png")
-    own_images = {"FEDXRAY_NODE_DATA_SOURCE": "folder", "FEDXRAY_NODE_DATA_PATH": str(tmp_path / "images"),
-                  "FEDXRAY_NODE_CLASS_NAMES": "NORMAL,OPACITY"}
-    consortium = run_to_completion(_config(tmp_path, 8, extra_node_env={i: own_images for i in range(NODES)}))
+    own_images = {"data_source": "folder", "data_path": tmp_path / "images", "class_names": "NORMAL,OPACITY"}
+    consortium = run_to_completion(_config(tmp_path, 8, node=own_images))
     rows = {int(r["round"]): r for r in consortium.rows()}
     assert not rows[ROUNDS].get("failed")
     refit = rows[REFIT]

@@ -12,16 +12,18 @@ import pytest
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
-from scripts.consortium import Consortium, ConsortiumConfig
+from scripts.consortium import Consortium
 from services.common.stream_digest import attestation_message, load_identity
 from tests.e2e.consortium_checks import (
     checkpoint_weights,
     field_sum,
     node_fields,
     node_update,
+    recording,
     round_plan,
     scrape,
     status,
+    tiny_config,
 )
 
 NODES, ROUNDS = 5, 2
@@ -30,11 +32,11 @@ NODES, ROUNDS = 5, 2
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     run_dir = tmp_path_factory.mktemp("secure")
-    config = ConsortiumConfig(run_dir=run_dir, nodes=NODES, rounds=ROUNDS, architecture="tiny", image_size=32,
-                              images_per_node=40, seed=7, record=True, noise_variance=12.0, clip_norm=5.0,
-                              partition_scheme="label_mix",  # 40 images each, so 8 held out per hospital:
-                              calibration_fraction=0.5,  # 4 calibrate, 4 are evaluated
-                              extra_aggregator_env={"FEDXRAY_AGG_LINGER_SECONDS": "600"})
+    config = tiny_config(run_dir, NODES, ROUNDS, seed=7, hooks=recording(run_dir),
+                         settings={"noise_variance": 12.0, "clip_norm": 5.0,
+                                   "partition_scheme": "label_mix",  # 40 images each, so 8 held out per hospital:
+                                   "calibration_fraction": 0.5},  # 4 calibrate, 4 are evaluated
+                         aggregator={"linger_seconds": 600})
     secret_key_gauges: dict[str, float] = {}
     consortium = Consortium(config)
     done = threading.Event()
@@ -109,7 +111,7 @@ def test_global_model_moves_by_the_fedavg_mean_of_the_updates(finished_run) -> N
         # FedAvg with server learning rate 1: w_r = w_{r-1} + mean update (checkpoints are float32).
         np.testing.assert_allclose(after, before + decoded_mean, rtol=1e-6, atol=1e-6)
         # And that mean is the hospitals' true clipped mean, up to rounding and noise.
-        clip = consortium.config.clip_norm
+        clip = consortium.aggregator_settings.clip_norm
         updates = [node_update(records, node, round_id) for node in consortium.node_ids]
         clipped = [u * min(1.0, clip / np.linalg.norm(u)) for u in updates]
         true_mean = np.mean(clipped, axis=0)

@@ -13,21 +13,21 @@ import pytest
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
-from scripts.consortium import Consortium, ConsortiumConfig
-from services.common.encryption_pool import EncryptionPool
+from scripts.consortium import Consortium
 from services.common.model_spec import flatten_state, parameter_spec
 from services.common.models import build_model
+from services.common.round_plan import RoundPlan
 from services.common.stream_digest import load_identity
+from services.common.wire import plan_from_wire, upload_chunk_to_wire
+from services.hospital_node.encryption_pool import EncryptionPool
 from services.hospital_node.update_stream import UploadTimings, secure_upload
-from tests.e2e.consortium_checks import field_sum, node_fields, scrape
+from tests.e2e.consortium_checks import field_sum, node_fields, recording, scrape, tiny_config
 
 
 def test_node_killed_mid_upload_adds_nothing_and_the_round_completes(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    config = ConsortiumConfig(run_dir=tmp_path, nodes=5, rounds=1, architecture="tiny", image_size=32,
-                              images_per_node=30, seed=3, record=True,
-                              extra_aggregator_env={"FEDXRAY_AGG_CHUNK_CIPHERTEXTS": "1",
-                                                    "FEDXRAY_AGG_LINGER_SECONDS": "600"},
-                              extra_node_env={4: {"FEDXRAY_NODE_FAULT_EXIT_AFTER_CHUNKS": "1"}})
+    config = tiny_config(tmp_path, 5, 1, images_per_node=30, seed=3,
+                         hooks=recording(tmp_path, fault_exit_after_chunks=1, fault_node="hospital-5"),
+                         aggregator={"chunk_ciphertexts": 1, "linger_seconds": 600})
     with Consortium(config) as consortium:
         code = consortium.wait(300)
         crashed = consortium.services["hospital-5"].process.wait(timeout=30)
@@ -63,12 +63,12 @@ class IntruderNode:
         self.identity = load_identity(consortium.identities / f"{node_id}.key")
         self.stream: Iterator[pb.RoundMessage] | None = None
 
-    def join(self) -> pb.RoundPlan:
+    def join(self) -> RoundPlan:
         self.stream = self.aggregator.Subscribe(pb.JoinRequest(
             node_id=self.node_id, parameter_count=self.spec.count, parameter_digest=self.spec.digest),
             wait_for_ready=True)
-        plan = next(self.stream).plan
-        for _ in range(plan.model_chunk_count):
+        plan = plan_from_wire(next(self.stream).plan)
+        for _ in range(plan.model.chunk_count):
             next(self.stream)
         return plan
 
@@ -77,12 +77,13 @@ class IntruderNode:
         assert self.stream is not None
         self.stream.cancel()  # type: ignore[attr-defined]
 
-    def honest_chunks(self, plan: pb.RoundPlan, record: list[np.ndarray]) -> list[pb.UpdateChunk]:
+    def honest_chunks(self, plan: RoundPlan, record: list[np.ndarray]) -> list[pb.UpdateChunk]:
         public = self.key_authority.GetPublicContext(pb.GetPublicContextRequest(), timeout=30)
         update = np.random.default_rng(11).normal(0, 1e-3, self.spec.count)
         with EncryptionPool(public.context, workers=0) as pool:
-            return list(secure_upload(plan, update, self.node_id, self.identity, pool, public.slots_per_ciphertext,
-                                      UploadTimings(), np.random.SeedSequence(5), record))
+            return [upload_chunk_to_wire(chunk) for chunk in secure_upload(
+                plan, update, self.node_id, self.identity, pool, public.slots_per_ciphertext, UploadTimings(),
+                np.random.SeedSequence(5), record)]
 
     def break_off_before_the_first_chunk(self) -> None:
         """Open an upload, send nothing, and cancel it: the aggregator counts a broken stream."""
@@ -121,11 +122,8 @@ def _copy(chunk: pb.UpdateChunk, **changes: object) -> pb.UpdateChunk:
 
 
 def test_bad_submissions_are_refused_with_named_statuses_and_leave_the_sum_exact(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    config = ConsortiumConfig(run_dir=tmp_path, nodes=3, rounds=1, architecture="tiny", image_size=32,
-                              images_per_node=30, seed=5, record=True,
-                              extra_members=["hospital-4"],
-                              extra_aggregator_env={"FEDXRAY_AGG_CHUNK_CIPHERTEXTS": "1",
-                                                    "FEDXRAY_AGG_EXPECTED_PARTICIPANTS": "4"})
+    config = tiny_config(tmp_path, 3, 1, images_per_node=30, seed=5, hooks=recording(tmp_path),
+                         extra_members=["hospital-4"], aggregator={"chunk_ciphertexts": 1, "expected_participants": 4})
     with Consortium(config) as consortium:
         intruder = IntruderNode(consortium, "hospital-4")
         plan = intruder.join()
@@ -189,8 +187,8 @@ def test_bad_submissions_are_refused_with_named_statuses_and_leave_the_sum_exact
 def test_plaintext_mode_runs_the_same_services_and_averages_exactly(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from tests.e2e.consortium_checks import checkpoint_weights, node_update
 
-    config = ConsortiumConfig(run_dir=tmp_path, nodes=3, rounds=1, secure=False, architecture="tiny",
-                              image_size=32, images_per_node=30, seed=9, record=True)
+    config = tiny_config(tmp_path, 3, 1, images_per_node=30, seed=9, hooks=recording(tmp_path),
+                         settings={"secure": False})
     with Consortium(config) as consortium:
         code = consortium.wait(300)
     assert code == 0
@@ -199,4 +197,4 @@ def test_plaintext_mode_runs_the_same_services_and_averages_exactly(tmp_path) ->
     updates = [node_update(tmp_path / "records", node, 1) for node in consortium.node_ids]
     expected = checkpoint_weights(tmp_path, 0) + np.mean([u.astype(np.float32) for u in updates], axis=0)
     np.testing.assert_allclose(checkpoint_weights(tmp_path, 1), expected, rtol=1e-5, atol=1e-6)
-    assert not (tmp_path / "aggregator" / "round_0001_field_sum.npy").exists()  # nothing was decrypted
+    assert not (tmp_path / "records" / "round_0001_field_sum.npy").exists()  # nothing was decrypted

@@ -13,7 +13,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
-from services.hospital_node.image_loaders import (
+from services.hospital_node.data.image_loaders import (
     UNLABELLED,
     DatasetFormatError,
     NoPixelDataError,
@@ -24,7 +24,7 @@ from services.hospital_node.image_loaders import (
     read_dicom,
     window_to_unit_range,
 )
-from services.hospital_node.image_preprocessing import augment_batch, equalize_histogram, median_filter_3x3, preprocess
+from services.hospital_node.data.image_preprocessing import augment_batch, equalize_histogram, median_filter_3x3, preprocess
 from tests.hospital_node.image_files import CT_SMALL, DICOMDIR, MR_SMALL, RT_PLAN, pydicom_file, write_grey_png
 
 

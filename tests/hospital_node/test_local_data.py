@@ -13,8 +13,8 @@ import pytest
 from pydantic import ValidationError
 
 from services.hospital_node.config import HospitalNodeSettings
-from services.hospital_node.image_loaders import DatasetFormatError, load_dicom_class_folders
-from services.hospital_node.local_data import load_local_data
+from services.hospital_node.data.image_loaders import DatasetFormatError, load_dicom_class_folders
+from services.hospital_node.data.local_data import load_local_data
 from tests.hospital_node.image_files import CT_SMALL, MR_SMALL, RT_PLAN, pydicom_file, write_grey_png
 
 REPO = Path(__file__).resolve().parents[2]
@@ -109,6 +109,7 @@ def test_class_names_are_parsed_from_the_environment_and_checked(monkeypatch: py
         HospitalNodeSettings()
 
 
+@pytest.mark.e2e  # starts the node's own process
 def test_the_node_process_refuses_unusable_images_with_a_named_error(tmp_path: Path) -> None:
     for index in range(3):
         write_grey_png(tmp_path / "train" / "PNEUMONIA" / f"{index}.png", 200)

@@ -11,8 +11,8 @@ from services.common.classification_metrics import auc_from_histograms, histogra
 from services.common.head_refit import classifier_head
 from services.common.model_spec import flatten_state
 from services.common.models import build_model
-from services.common.synthetic_xray import generate_synthetic_xrays
-from services.hospital_node.local_data import LocalData
+from services.hospital_node.data.synthetic_xray import generate_synthetic_xrays
+from services.hospital_node.data.local_data import LocalData
 from services.hospital_node.trainer import LocalTraining, evaluate, log_class_prior, loss_gradient, train_local
 
 CPU = torch.device("cpu")
@@ -49,6 +49,7 @@ def test_log_class_prior_is_log_frequency_and_minus_infinity_for_an_absent_class
     assert prior[1] == -math.inf
 
 
+@pytest.mark.slow
 def test_one_class_hospital_does_not_push_predictions_with_logit_adjustment() -> None:
     for optimizer in ("sgd", "adamw"):
         plain = trained_margin_shift("none", optimizer)
@@ -89,7 +90,7 @@ def test_evaluate_counts_every_validation_image_once() -> None:
 
 
 def test_the_calibration_split_is_carved_from_the_held_out_images_disjoint_and_deterministic() -> None:
-    from services.hospital_node.local_data import _split
+    from services.hospital_node.data.local_data import _split
 
     images = np.arange(100, dtype=np.float32).reshape(100, 1)  # each image's value is its index
     labels = np.arange(100) % 2
@@ -120,14 +121,15 @@ def test_the_evaluation_report_carries_calibration_histograms_only_for_a_calibra
     x, y = torch.from_numpy(images), torch.from_numpy(labels)
     model = build_model("tiny", 2, 0)
     with_cal = LocalData(x[:10], y[:10], x[10:20], y[10:20], 2, x[20:], y[20:])
-    report, counts = evaluation_report(model, with_cal, CPU, "h1", 3)
-    assert report.model_round == 3 and sum(report.confusion) == 10 == counts.examples
+    report = evaluation_report(model, with_cal, CPU, "h1", 3)
+    assert report.model_round == 3 and report.counts.confusion.sum() == 10 == report.counts.examples
+    assert report.calibration_positive is not None and report.calibration_negative is not None
     # Each calibration image lands once in each class's positive or negative histogram.
-    assert sum(report.calibration_positive_histograms) + sum(report.calibration_negative_histograms) == 2 * 10
+    assert report.calibration_positive.sum() + report.calibration_negative.sum() == 2 * 10
     calibration = evaluate(model, x[20:], y[20:], 2, CPU)
-    assert list(report.calibration_positive_histograms) == calibration.positive_histograms.reshape(-1).tolist()
-    without, _ = evaluation_report(model, LocalData(x[:10], y[:10], x[10:20], y[10:20], 2), CPU, "h1", 3)
-    assert not without.calibration_positive_histograms and not without.calibration_negative_histograms
+    assert np.array_equal(report.calibration_positive, calibration.positive_histograms)
+    without = evaluation_report(model, LocalData(x[:10], y[:10], x[10:20], y[10:20], 2), CPU, "h1", 3)
+    assert without.calibration_positive is None and without.calibration_negative is None
 
 
 def _logistic_hospital(rng: np.random.Generator, normal: int, opacity: int, shift: list[float]) -> LocalData:
@@ -183,6 +185,7 @@ def _federate(parts: list[LocalData], correct: bool, rounds: int) -> np.ndarray:
     return flatten_state(start)
 
 
+@pytest.mark.slow
 def test_drift_correction_brings_federated_adamw_to_the_pooled_optimum_under_label_skew() -> None:
     rng = np.random.default_rng(0)
     parts = [_logistic_hospital(rng, 190, 10, [1, 0, 0, 0]), _logistic_hospital(rng, 10, 190, [0, 1, 0, 0])]

@@ -1,27 +1,46 @@
 """A node packs only in the key authority's layouts, whatever a round plan says."""
 
+from dataclasses import replace
+
 import pytest
 
-from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.common.errors import MalformedChunkError
+from services.common.noise import NoiseKind
+from services.common.packing import FieldLayout
+from services.common.public_key import PublicKeyInfo
+from services.common.round_plan import (
+    LocalTrainingPlan,
+    ModelBroadcast,
+    RoundKind,
+    RoundPlan,
+    TransferPlan,
+)
+from services.common.update_codec import QuantizationPlan
 from services.hospital_node.update_stream import require_signed_layout
 
-PUBLIC = pb.PublicContext(bits=10, fields_per_slot=3, max_participants=8, statistics_bits=37)
+UPDATE, STATISTICS = FieldLayout(10, 8, 3), FieldLayout(37, 8, 1)
+PUBLIC = PublicKeyInfo(b"", "key", UPDATE, STATISTICS, 4096, 3)
+PLAN = RoundPlan(1, RoundKind.TRAIN, True, "key", LocalTrainingPlan(1, 0.01, 16, "sgd", 0.0, False),
+                 QuantizationPlan(100, 10.0, 1.0, 50, 10, 3, NoiseKind.SKELLAM, 16.0), UPDATE,
+                 TransferPlan(1, 8, 1024, 60.0), ModelBroadcast(100, "digest", b"", 1))
+
+
+def packed_in(layout: FieldLayout, **changes: object) -> RoundPlan:
+    return replace(PLAN, layout=layout, quantization=replace(PLAN.quantization, bits=layout.bits), **changes)
 
 
 def test_plans_in_the_key_authoritys_layouts_pass() -> None:
-    require_signed_layout(pb.RoundPlan(round_id=1, bits=10, fields_per_slot=3, max_participants=8), PUBLIC)
-    require_signed_layout(pb.RoundPlan(round_id=2, head_statistics=True, bits=37, fields_per_slot=1,
-                                       max_participants=8), PUBLIC)
+    require_signed_layout(PLAN, PUBLIC)
+    require_signed_layout(packed_in(STATISTICS, round_id=2, kind=RoundKind.HEAD_STATISTICS), PUBLIC)
 
 
 @pytest.mark.parametrize("plan", [
     # A statistics round packing update fields: unpacked wide, its slots would show the carries between fields.
-    pb.RoundPlan(round_id=3, head_statistics=True, bits=10, fields_per_slot=3, max_participants=8),
+    packed_in(UPDATE, round_id=3, kind=RoundKind.HEAD_STATISTICS),
     # An update round in the statistics layout, or with less headroom than the key authority's n_max.
-    pb.RoundPlan(round_id=3, bits=37, fields_per_slot=1, max_participants=8),
-    pb.RoundPlan(round_id=3, bits=10, fields_per_slot=3, max_participants=4),
+    packed_in(STATISTICS, round_id=3),
+    packed_in(FieldLayout(10, 4, 3), round_id=3),
 ])
-def test_a_plan_in_any_other_layout_is_refused(plan: pb.RoundPlan) -> None:
+def test_a_plan_in_any_other_layout_is_refused(plan: RoundPlan) -> None:
     with pytest.raises(MalformedChunkError, match="round 3 packs"):
         require_signed_layout(plan, PUBLIC)

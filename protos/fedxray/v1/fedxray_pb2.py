@@ -24,15 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/fedxray/v1/fedxray.proto\x12\nfedxray.v1\"\x19\n\x17GetPublicContextRequest\"\xc2\x01\n\rPublicContext\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\x0c\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x0c\n\x04\x62its\x18\x03 \x01(\r\x12\x17\n\x0f\x66ields_per_slot\x18\x04 \x01(\r\x12\x18\n\x10max_participants\x18\x05 \x01(\r\x12\x1c\n\x14slots_per_ciphertext\x18\x06 \x01(\r\x12\x18\n\x10min_participants\x18\x07 \x01(\r\x12\x17\n\x0fstatistics_bits\x18\x08 \x01(\r\"\xa6\x01\n\x0b\x41ttestation\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\x04\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\r\x12\x15\n\rstream_digest\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12%\n\x06layout\x18\x07 \x01(\x0e\x32\x15.fedxray.v1.SumLayout\"\xb3\x01\n\x0f\x44\x65\x63ryptManifest\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x03 \x01(\r\x12\x13\n\x0bvalue_count\x18\x04 \x01(\x04\x12-\n\x0c\x61ttestations\x18\x05 \x03(\x0b\x32\x17.fedxray.v1.Attestation\x12%\n\x06layout\x18\x06 \x01(\x0e\x32\x15.fedxray.v1.SumLayout\"5\n\x0f\x43iphertextChunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\x13\n\x0b\x63iphertexts\x18\x02 \x03(\x0c\"w\n\x0e\x44\x65\x63ryptRequest\x12/\n\x08manifest\x18\x01 \x01(\x0b\x32\x1b.fedxray.v1.DecryptManifestH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.fedxray.v1.CiphertextChunkH\x00\x42\x06\n\x04\x62ody\"`\n\x0f\x44\x65\x63ryptResponse\x12\r\n\x05index\x18\x01 \x01(\r\x12\x14\n\x0c\x66ield_values\x18\x02 \x01(\x0c\x12\x13\n\x0bvalue_count\x18\x03 \x01(\r\x12\x13\n\x0bvalue_bytes\x18\x04 \x01(\r\"Q\n\x0bJoinRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0fparameter_count\x18\x02 \x01(\x04\x12\x18\n\x10parameter_digest\x18\x03 \x01(\t\"\xba\x05\n\tRoundPlan\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x0e\n\x06secure\x18\x02 \x01(\x08\x12\x15\n\revaluate_only\x18\x03 \x01(\x08\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12\x14\n\x0clocal_epochs\x18\x05 \x01(\r\x12\x15\n\rlearning_rate\x18\x06 \x01(\x02\x12\x12\n\nbatch_size\x18\x07 \x01(\r\x12\x11\n\tclip_norm\x18\x08 \x01(\x01\x12\r\n\x05scale\x18\t \x01(\x01\x12\x18\n\x10\x63oordinate_bound\x18\n \x01(\x04\x12\x0c\n\x04\x62its\x18\x0b \x01(\r\x12\x17\n\x0f\x66ields_per_slot\x18\x0c \x01(\r\x12\x18\n\x10max_participants\x18\r \x01(\r\x12\x18\n\x10min_participants\x18\x0e \x01(\r\x12\x12\n\nnoise_kind\x18\x0f \x01(\t\x12\x16\n\x0enoise_variance\x18\x10 \x01(\x01\x12\x15\n\rrounding_beta\x18\x11 \x01(\x01\x12\x19\n\x11\x63hunk_ciphertexts\x18\x12 \x01(\r\x12\x13\n\x0b\x63hunk_count\x18\x13 \x01(\r\x12\x17\n\x0fparameter_count\x18\x14 \x01(\x04\x12\x18\n\x10parameter_digest\x18\x15 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x16 \x01(\x0c\x12\x19\n\x11model_chunk_count\x18\x17 \x01(\r\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x18 \x01(\x01\x12\x1e\n\x16plaintext_chunk_values\x18\x19 \x01(\r\x12\x17\n\x0flocal_optimizer\x18\x1a \x01(\t\x12\x13\n\x0bproximal_mu\x18\x1b \x01(\x01\x12\x18\n\x10\x64rift_correction\x18\x1c \x01(\x08\x12\x17\n\x0fhead_statistics\x18\x1d \x01(\x08\x12\x1a\n\x12upload_value_count\x18\x1e \x01(\x04\"=\n\nModelChunk\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0e\n\x06values\x18\x03 \x01(\x0c\"\"\n\x10TrainingFinished\x12\x0e\n\x06rounds\x18\x01 \x01(\x04\"\x9e\x01\n\x0cRoundMessage\x12%\n\x04plan\x18\x01 \x01(\x0b\x32\x15.fedxray.v1.RoundPlanH\x00\x12-\n\x0bmodel_chunk\x18\x02 \x01(\x0b\x32\x16.fedxray.v1.ModelChunkH\x00\x12\x30\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x1c.fedxray.v1.TrainingFinishedH\x00\x42\x06\n\x04\x62ody\"\xe1\x01\n\x0bUpdateChunk\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\r\x12\x13\n\x0b\x63iphertexts\x18\x05 \x03(\x0c\x12\x18\n\x10plaintext_values\x18\x06 \x01(\x0c\x12,\n\x0b\x61ttestation\x18\x07 \x01(\x0b\x32\x17.fedxray.v1.Attestation\x12\x33\n\rphase_seconds\x18\x08 \x01(\x0b\x32\x1c.fedxray.v1.NodePhaseSeconds\"R\n\x10NodePhaseSeconds\x12\r\n\x05train\x18\x01 \x01(\x01\x12\x0e\n\x06\x65ncode\x18\x02 \x01(\x01\x12\x0f\n\x07\x65ncrypt\x18\x03 \x01(\x01\x12\x0e\n\x06upload\x18\x04 \x01(\x01\"H\n\rSubmitReceipt\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\r\x12\x15\n\rstream_digest\x18\x03 \x01(\x0c\"\xc3\x02\n\x10\x45valuationReport\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0bmodel_round\x18\x02 \x01(\x04\x12\x13\n\x0bnum_classes\x18\x03 \x01(\r\x12\x11\n\tconfusion\x18\x04 \x03(\x04\x12\x10\n\x08loss_sum\x18\x05 \x01(\x01\x12\x10\n\x08\x65xamples\x18\x06 \x01(\x04\x12\x1b\n\x13positive_histograms\x18\x07 \x03(\x04\x12\x1b\n\x13negative_histograms\x18\x08 \x03(\x04\x12\x16\n\x0ehistogram_bins\x18\t \x01(\r\x12\x19\n\x11histogram_spacing\x18\n \x01(\t\x12\'\n\x1f\x63\x61libration_positive_histograms\x18\x0b \x03(\x04\x12\'\n\x1f\x63\x61libration_negative_histograms\x18\x0c \x03(\x04\"\x0f\n\rEvaluationAck\"\x12\n\x10GetStatusRequest\"{\n\rServiceStatus\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x18\n\x10holds_secret_key\x18\x02 \x01(\x08\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x15\n\rcurrent_round\x18\x04 \x01(\x04\x12\x18\n\x10\x64\x65\x63rypted_rounds\x18\x05 \x03(\x04*=\n\tSumLayout\x12\x15\n\x11SUM_LAYOUT_UPDATE\x10\x00\x12\x19\n\x15SUM_LAYOUT_STATISTICS\x10\x01\x32\xf0\x01\n\x0cKeyAuthority\x12R\n\x10GetPublicContext\x12#.fedxray.v1.GetPublicContextRequest\x1a\x19.fedxray.v1.PublicContext\x12\x46\n\x07\x44\x65\x63rypt\x12\x1a.fedxray.v1.DecryptRequest\x1a\x1b.fedxray.v1.DecryptResponse(\x01\x30\x01\x12\x44\n\tGetStatus\x12\x1c.fedxray.v1.GetStatusRequest\x1a\x19.fedxray.v1.ServiceStatus2\xa7\x02\n\nAggregator\x12@\n\tSubscribe\x12\x17.fedxray.v1.JoinRequest\x1a\x18.fedxray.v1.RoundMessage0\x01\x12\x44\n\x0cSubmitUpdate\x12\x17.fedxray.v1.UpdateChunk\x1a\x19.fedxray.v1.SubmitReceipt(\x01\x12K\n\x10ReportEvaluation\x12\x1c.fedxray.v1.EvaluationReport\x1a\x19.fedxray.v1.EvaluationAck\x12\x44\n\tGetStatus\x12\x1c.fedxray.v1.GetStatusRequest\x1a\x19.fedxray.v1.ServiceStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/fedxray/v1/fedxray.proto\x12\nfedxray.v1\"\x19\n\x17GetPublicContextRequest\"\xc2\x01\n\rPublicContext\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\x0c\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x0c\n\x04\x62its\x18\x03 \x01(\r\x12\x17\n\x0f\x66ields_per_slot\x18\x04 \x01(\r\x12\x18\n\x10max_participants\x18\x05 \x01(\r\x12\x1c\n\x14slots_per_ciphertext\x18\x06 \x01(\r\x12\x18\n\x10min_participants\x18\x07 \x01(\r\x12\x17\n\x0fstatistics_bits\x18\x08 \x01(\r\"\xa6\x01\n\x0b\x41ttestation\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\x04\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\r\x12\x15\n\rstream_digest\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12%\n\x06layout\x18\x07 \x01(\x0e\x32\x15.fedxray.v1.SumLayout\"\xb3\x01\n\x0f\x44\x65\x63ryptManifest\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x03 \x01(\r\x12\x13\n\x0bvalue_count\x18\x04 \x01(\x04\x12-\n\x0c\x61ttestations\x18\x05 \x03(\x0b\x32\x17.fedxray.v1.Attestation\x12%\n\x06layout\x18\x06 \x01(\x0e\x32\x15.fedxray.v1.SumLayout\"5\n\x0f\x43iphertextChunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\x13\n\x0b\x63iphertexts\x18\x02 \x03(\x0c\"w\n\x0e\x44\x65\x63ryptRequest\x12/\n\x08manifest\x18\x01 \x01(\x0b\x32\x1b.fedxray.v1.DecryptManifestH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.fedxray.v1.CiphertextChunkH\x00\x42\x06\n\x04\x62ody\"`\n\x0f\x44\x65\x63ryptResponse\x12\r\n\x05index\x18\x01 \x01(\r\x12\x14\n\x0c\x66ield_values\x18\x02 \x01(\x0c\x12\x13\n\x0bvalue_count\x18\x03 \x01(\r\x12\x13\n\x0bvalue_bytes\x18\x04 \x01(\r\"Q\n\x0bJoinRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0fparameter_count\x18\x02 \x01(\x04\x12\x18\n\x10parameter_digest\x18\x03 \x01(\t\"\x8c\x01\n\rLocalTraining\x12\x0e\n\x06\x65pochs\x18\x01 \x01(\r\x12\x15\n\rlearning_rate\x18\x02 \x01(\x01\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x11\n\toptimizer\x18\x04 \x01(\t\x12\x13\n\x0bproximal_mu\x18\x05 \x01(\x01\x12\x18\n\x10\x64rift_correction\x18\x06 \x01(\x08\"\xa1\x02\n\x05\x43odec\x12\x11\n\tclip_norm\x18\x01 \x01(\x01\x12\r\n\x05scale\x18\x02 \x01(\x01\x12\x18\n\x10\x63oordinate_bound\x18\x03 \x01(\x04\x12\x0c\n\x04\x62its\x18\x04 \x01(\r\x12\x17\n\x0f\x66ields_per_slot\x18\x05 \x01(\r\x12\x18\n\x10max_participants\x18\x06 \x01(\r\x12\x18\n\x10min_participants\x18\x07 \x01(\r\x12\x12\n\nnoise_kind\x18\x08 \x01(\t\x12\x16\n\x0enoise_variance\x18\t \x01(\x01\x12\x15\n\rrounding_beta\x18\n \x01(\x01\x12\x17\n\x0frounding_pieces\x18\x0b \x01(\r\x12%\n\x06layout\x18\x0c \x01(\x0e\x32\x15.fedxray.v1.SumLayout\"\x90\x01\n\x08Transfer\x12\x1a\n\x12upload_value_count\x18\x01 \x01(\x04\x12\x13\n\x0b\x63hunk_count\x18\x02 \x01(\r\x12\x19\n\x11\x63hunk_ciphertexts\x18\x03 \x01(\r\x12\x1e\n\x16plaintext_chunk_values\x18\x04 \x01(\r\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x05 \x01(\x01\"h\n\x0eModelBroadcast\x12\x17\n\x0fparameter_count\x18\x01 \x01(\x04\x12\x18\n\x10parameter_digest\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\r\"\x84\x02\n\tRoundPlan\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.fedxray.v1.RoundKind\x12\x0e\n\x06secure\x18\x03 \x01(\x08\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12+\n\x08training\x18\x05 \x01(\x0b\x32\x19.fedxray.v1.LocalTraining\x12 \n\x05\x63odec\x18\x06 \x01(\x0b\x32\x11.fedxray.v1.Codec\x12&\n\x08transfer\x18\x07 \x01(\x0b\x32\x14.fedxray.v1.Transfer\x12)\n\x05model\x18\x08 \x01(\x0b\x32\x1a.fedxray.v1.ModelBroadcast\"=\n\nModelChunk\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0e\n\x06values\x18\x03 \x01(\x0c\"\"\n\x10TrainingFinished\x12\x0e\n\x06rounds\x18\x01 \x01(\x04\"\x9e\x01\n\x0cRoundMessage\x12%\n\x04plan\x18\x01 \x01(\x0b\x32\x15.fedxray.v1.RoundPlanH\x00\x12-\n\x0bmodel_chunk\x18\x02 \x01(\x0b\x32\x16.fedxray.v1.ModelChunkH\x00\x12\x30\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x1c.fedxray.v1.TrainingFinishedH\x00\x42\x06\n\x04\x62ody\"\xe1\x01\n\x0bUpdateChunk\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\r\x12\x13\n\x0b\x63iphertexts\x18\x05 \x03(\x0c\x12\x18\n\x10plaintext_values\x18\x06 \x01(\x0c\x12,\n\x0b\x61ttestation\x18\x07 \x01(\x0b\x32\x17.fedxray.v1.Attestation\x12\x33\n\rphase_seconds\x18\x08 \x01(\x0b\x32\x1c.fedxray.v1.NodePhaseSeconds\"R\n\x10NodePhaseSeconds\x12\r\n\x05train\x18\x01 \x01(\x01\x12\x0e\n\x06\x65ncode\x18\x02 \x01(\x01\x12\x0f\n\x07\x65ncrypt\x18\x03 \x01(\x01\x12\x0e\n\x06upload\x18\x04 \x01(\x01\"H\n\rSubmitReceipt\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\r\x12\x15\n\rstream_digest\x18\x03 \x01(\x0c\"\xc3\x02\n\x10\x45valuationReport\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0bmodel_round\x18\x02 \x01(\x04\x12\x13\n\x0bnum_classes\x18\x03 \x01(\r\x12\x11\n\tconfusion\x18\x04 \x03(\x04\x12\x10\n\x08loss_sum\x18\x05 \x01(\x01\x12\x10\n\x08\x65xamples\x18\x06 \x01(\x04\x12\x1b\n\x13positive_histograms\x18\x07 \x03(\x04\x12\x1b\n\x13negative_histograms\x18\x08 \x03(\x04\x12\x16\n\x0ehistogram_bins\x18\t \x01(\r\x12\x19\n\x11histogram_spacing\x18\n \x01(\t\x12\'\n\x1f\x63\x61libration_positive_histograms\x18\x0b \x03(\x04\x12\'\n\x1f\x63\x61libration_negative_histograms\x18\x0c \x03(\x04\"\x0f\n\rEvaluationAck\"\x12\n\x10GetStatusRequest\"{\n\rServiceStatus\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x18\n\x10holds_secret_key\x18\x02 \x01(\x08\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x15\n\rcurrent_round\x18\x04 \x01(\x04\x12\x18\n\x10\x64\x65\x63rypted_rounds\x18\x05 \x03(\x04*=\n\tSumLayout\x12\x15\n\x11SUM_LAYOUT_UPDATE\x10\x00\x12\x19\n\x15SUM_LAYOUT_STATISTICS\x10\x01*v\n\tRoundKind\x12\x1a\n\x16ROUND_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10ROUND_KIND_TRAIN\x10\x01\x12\x17\n\x13ROUND_KIND_EVALUATE\x10\x02\x12\x1e\n\x1aROUND_KIND_HEAD_STATISTICS\x10\x03\x32\xf0\x01\n\x0cKeyAuthority\x12R\n\x10GetPublicContext\x12#.fedxray.v1.GetPublicContextRequest\x1a\x19.fedxray.v1.PublicContext\x12\x46\n\x07\x44\x65\x63rypt\x12\x1a.fedxray.v1.DecryptRequest\x1a\x1b.fedxray.v1.DecryptResponse(\x01\x30\x01\x12\x44\n\tGetStatus\x12\x1c.fedxray.v1.GetStatusRequest\x1a\x19.fedxray.v1.ServiceStatus2\xa7\x02\n\nAggregator\x12@\n\tSubscribe\x12\x17.fedxray.v1.JoinRequest\x1a\x18.fedxray.v1.RoundMessage0\x01\x12\x44\n\x0cSubmitUpdate\x12\x17.fedxray.v1.UpdateChunk\x1a\x19.fedxray.v1.SubmitReceipt(\x01\x12K\n\x10ReportEvaluation\x12\x1c.fedxray.v1.EvaluationReport\x1a\x19.fedxray.v1.EvaluationAck\x12\x44\n\tGetStatus\x12\x1c.fedxray.v1.GetStatusRequest\x1a\x19.fedxray.v1.ServiceStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.fedxray.v1.fedxray_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUMLAYOUT']._serialized_start=2814
-  _globals['_SUMLAYOUT']._serialized_end=2875
+  _globals['_SUMLAYOUT']._serialized_start=3064
+  _globals['_SUMLAYOUT']._serialized_end=3125
+  _globals['_ROUNDKIND']._serialized_start=3127
+  _globals['_ROUNDKIND']._serialized_end=3245
   _globals['_GETPUBLICCONTEXTREQUEST']._serialized_start=47
   _globals['_GETPUBLICCONTEXTREQUEST']._serialized_end=72
   _globals['_PUBLICCONTEXT']._serialized_start=75
@@ -49,30 +51,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DECRYPTRESPONSE']._serialized_end=894
   _globals['_JOINREQUEST']._serialized_start=896
   _globals['_JOINREQUEST']._serialized_end=977
-  _globals['_ROUNDPLAN']._serialized_start=980
-  _globals['_ROUNDPLAN']._serialized_end=1678
-  _globals['_MODELCHUNK']._serialized_start=1680
-  _globals['_MODELCHUNK']._serialized_end=1741
-  _globals['_TRAININGFINISHED']._serialized_start=1743
-  _globals['_TRAININGFINISHED']._serialized_end=1777
-  _globals['_ROUNDMESSAGE']._serialized_start=1780
-  _globals['_ROUNDMESSAGE']._serialized_end=1938
-  _globals['_UPDATECHUNK']._serialized_start=1941
-  _globals['_UPDATECHUNK']._serialized_end=2166
-  _globals['_NODEPHASESECONDS']._serialized_start=2168
-  _globals['_NODEPHASESECONDS']._serialized_end=2250
-  _globals['_SUBMITRECEIPT']._serialized_start=2252
-  _globals['_SUBMITRECEIPT']._serialized_end=2324
-  _globals['_EVALUATIONREPORT']._serialized_start=2327
-  _globals['_EVALUATIONREPORT']._serialized_end=2650
-  _globals['_EVALUATIONACK']._serialized_start=2652
-  _globals['_EVALUATIONACK']._serialized_end=2667
-  _globals['_GETSTATUSREQUEST']._serialized_start=2669
-  _globals['_GETSTATUSREQUEST']._serialized_end=2687
-  _globals['_SERVICESTATUS']._serialized_start=2689
-  _globals['_SERVICESTATUS']._serialized_end=2812
-  _globals['_KEYAUTHORITY']._serialized_start=2878
-  _globals['_KEYAUTHORITY']._serialized_end=3118
-  _globals['_AGGREGATOR']._serialized_start=3121
-  _globals['_AGGREGATOR']._serialized_end=3416
+  _globals['_LOCALTRAINING']._serialized_start=980
+  _globals['_LOCALTRAINING']._serialized_end=1120
+  _globals['_CODEC']._serialized_start=1123
+  _globals['_CODEC']._serialized_end=1412
+  _globals['_TRANSFER']._serialized_start=1415
+  _globals['_TRANSFER']._serialized_end=1559
+  _globals['_MODELBROADCAST']._serialized_start=1561
+  _globals['_MODELBROADCAST']._serialized_end=1665
+  _globals['_ROUNDPLAN']._serialized_start=1668
+  _globals['_ROUNDPLAN']._serialized_end=1928
+  _globals['_MODELCHUNK']._serialized_start=1930
+  _globals['_MODELCHUNK']._serialized_end=1991
+  _globals['_TRAININGFINISHED']._serialized_start=1993
+  _globals['_TRAININGFINISHED']._serialized_end=2027
+  _globals['_ROUNDMESSAGE']._serialized_start=2030
+  _globals['_ROUNDMESSAGE']._serialized_end=2188
+  _globals['_UPDATECHUNK']._serialized_start=2191
+  _globals['_UPDATECHUNK']._serialized_end=2416
+  _globals['_NODEPHASESECONDS']._serialized_start=2418
+  _globals['_NODEPHASESECONDS']._serialized_end=2500
+  _globals['_SUBMITRECEIPT']._serialized_start=2502
+  _globals['_SUBMITRECEIPT']._serialized_end=2574
+  _globals['_EVALUATIONREPORT']._serialized_start=2577
+  _globals['_EVALUATIONREPORT']._serialized_end=2900
+  _globals['_EVALUATIONACK']._serialized_start=2902
+  _globals['_EVALUATIONACK']._serialized_end=2917
+  _globals['_GETSTATUSREQUEST']._serialized_start=2919
+  _globals['_GETSTATUSREQUEST']._serialized_end=2937
+  _globals['_SERVICESTATUS']._serialized_start=2939
+  _globals['_SERVICESTATUS']._serialized_end=3062
+  _globals['_KEYAUTHORITY']._serialized_start=3248
+  _globals['_KEYAUTHORITY']._serialized_end=3488
+  _globals['_AGGREGATOR']._serialized_start=3491
+  _globals['_AGGREGATOR']._serialized_end=3786
 # @@protoc_insertion_point(module_scope)

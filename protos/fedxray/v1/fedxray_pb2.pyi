@@ -11,8 +11,19 @@ class SumLayout(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SUM_LAYOUT_UPDATE: _ClassVar[SumLayout]
     SUM_LAYOUT_STATISTICS: _ClassVar[SumLayout]
+
+class RoundKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROUND_KIND_UNSPECIFIED: _ClassVar[RoundKind]
+    ROUND_KIND_TRAIN: _ClassVar[RoundKind]
+    ROUND_KIND_EVALUATE: _ClassVar[RoundKind]
+    ROUND_KIND_HEAD_STATISTICS: _ClassVar[RoundKind]
 SUM_LAYOUT_UPDATE: SumLayout
 SUM_LAYOUT_STATISTICS: SumLayout
+ROUND_KIND_UNSPECIFIED: RoundKind
+ROUND_KIND_TRAIN: RoundKind
+ROUND_KIND_EVALUATE: RoundKind
+ROUND_KIND_HEAD_STATISTICS: RoundKind
 
 class GetPublicContextRequest(_message.Message):
     __slots__ = ()
@@ -110,15 +121,24 @@ class JoinRequest(_message.Message):
     parameter_digest: str
     def __init__(self, node_id: _Optional[str] = ..., parameter_count: _Optional[int] = ..., parameter_digest: _Optional[str] = ...) -> None: ...
 
-class RoundPlan(_message.Message):
-    __slots__ = ("round_id", "secure", "evaluate_only", "key_id", "local_epochs", "learning_rate", "batch_size", "clip_norm", "scale", "coordinate_bound", "bits", "fields_per_slot", "max_participants", "min_participants", "noise_kind", "noise_variance", "rounding_beta", "chunk_ciphertexts", "chunk_count", "parameter_count", "parameter_digest", "model_sha256", "model_chunk_count", "deadline_seconds", "plaintext_chunk_values", "local_optimizer", "proximal_mu", "drift_correction", "head_statistics", "upload_value_count")
-    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
-    SECURE_FIELD_NUMBER: _ClassVar[int]
-    EVALUATE_ONLY_FIELD_NUMBER: _ClassVar[int]
-    KEY_ID_FIELD_NUMBER: _ClassVar[int]
-    LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+class LocalTraining(_message.Message):
+    __slots__ = ("epochs", "learning_rate", "batch_size", "optimizer", "proximal_mu", "drift_correction")
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    PROXIMAL_MU_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_CORRECTION_FIELD_NUMBER: _ClassVar[int]
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    optimizer: str
+    proximal_mu: float
+    drift_correction: bool
+    def __init__(self, epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[str] = ..., proximal_mu: _Optional[float] = ..., drift_correction: _Optional[bool] = ...) -> None: ...
+
+class Codec(_message.Message):
+    __slots__ = ("clip_norm", "scale", "coordinate_bound", "bits", "fields_per_slot", "max_participants", "min_participants", "noise_kind", "noise_variance", "rounding_beta", "rounding_pieces", "layout")
     CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
     COORDINATE_BOUND_FIELD_NUMBER: _ClassVar[int]
@@ -129,26 +149,8 @@ class RoundPlan(_message.Message):
     NOISE_KIND_FIELD_NUMBER: _ClassVar[int]
     NOISE_VARIANCE_FIELD_NUMBER: _ClassVar[int]
     ROUNDING_BETA_FIELD_NUMBER: _ClassVar[int]
-    CHUNK_CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
-    CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
-    PARAMETER_COUNT_FIELD_NUMBER: _ClassVar[int]
-    PARAMETER_DIGEST_FIELD_NUMBER: _ClassVar[int]
-    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
-    MODEL_CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
-    DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
-    PLAINTEXT_CHUNK_VALUES_FIELD_NUMBER: _ClassVar[int]
-    LOCAL_OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
-    PROXIMAL_MU_FIELD_NUMBER: _ClassVar[int]
-    DRIFT_CORRECTION_FIELD_NUMBER: _ClassVar[int]
-    HEAD_STATISTICS_FIELD_NUMBER: _ClassVar[int]
-    UPLOAD_VALUE_COUNT_FIELD_NUMBER: _ClassVar[int]
-    round_id: int
-    secure: bool
-    evaluate_only: bool
-    key_id: str
-    local_epochs: int
-    learning_rate: float
-    batch_size: int
+    ROUNDING_PIECES_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
     clip_norm: float
     scale: float
     coordinate_bound: int
@@ -159,20 +161,55 @@ class RoundPlan(_message.Message):
     noise_kind: str
     noise_variance: float
     rounding_beta: float
-    chunk_ciphertexts: int
+    rounding_pieces: int
+    layout: SumLayout
+    def __init__(self, clip_norm: _Optional[float] = ..., scale: _Optional[float] = ..., coordinate_bound: _Optional[int] = ..., bits: _Optional[int] = ..., fields_per_slot: _Optional[int] = ..., max_participants: _Optional[int] = ..., min_participants: _Optional[int] = ..., noise_kind: _Optional[str] = ..., noise_variance: _Optional[float] = ..., rounding_beta: _Optional[float] = ..., rounding_pieces: _Optional[int] = ..., layout: _Optional[_Union[SumLayout, str]] = ...) -> None: ...
+
+class Transfer(_message.Message):
+    __slots__ = ("upload_value_count", "chunk_count", "chunk_ciphertexts", "plaintext_chunk_values", "deadline_seconds")
+    UPLOAD_VALUE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    PLAINTEXT_CHUNK_VALUES_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    upload_value_count: int
     chunk_count: int
+    chunk_ciphertexts: int
+    plaintext_chunk_values: int
+    deadline_seconds: float
+    def __init__(self, upload_value_count: _Optional[int] = ..., chunk_count: _Optional[int] = ..., chunk_ciphertexts: _Optional[int] = ..., plaintext_chunk_values: _Optional[int] = ..., deadline_seconds: _Optional[float] = ...) -> None: ...
+
+class ModelBroadcast(_message.Message):
+    __slots__ = ("parameter_count", "parameter_digest", "sha256", "chunk_count")
+    PARAMETER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
     parameter_count: int
     parameter_digest: str
-    model_sha256: bytes
-    model_chunk_count: int
-    deadline_seconds: float
-    plaintext_chunk_values: int
-    local_optimizer: str
-    proximal_mu: float
-    drift_correction: bool
-    head_statistics: bool
-    upload_value_count: int
-    def __init__(self, round_id: _Optional[int] = ..., secure: _Optional[bool] = ..., evaluate_only: _Optional[bool] = ..., key_id: _Optional[str] = ..., local_epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., clip_norm: _Optional[float] = ..., scale: _Optional[float] = ..., coordinate_bound: _Optional[int] = ..., bits: _Optional[int] = ..., fields_per_slot: _Optional[int] = ..., max_participants: _Optional[int] = ..., min_participants: _Optional[int] = ..., noise_kind: _Optional[str] = ..., noise_variance: _Optional[float] = ..., rounding_beta: _Optional[float] = ..., chunk_ciphertexts: _Optional[int] = ..., chunk_count: _Optional[int] = ..., parameter_count: _Optional[int] = ..., parameter_digest: _Optional[str] = ..., model_sha256: _Optional[bytes] = ..., model_chunk_count: _Optional[int] = ..., deadline_seconds: _Optional[float] = ..., plaintext_chunk_values: _Optional[int] = ..., local_optimizer: _Optional[str] = ..., proximal_mu: _Optional[float] = ..., drift_correction: _Optional[bool] = ..., head_statistics: _Optional[bool] = ..., upload_value_count: _Optional[int] = ...) -> None: ...
+    sha256: bytes
+    chunk_count: int
+    def __init__(self, parameter_count: _Optional[int] = ..., parameter_digest: _Optional[str] = ..., sha256: _Optional[bytes] = ..., chunk_count: _Optional[int] = ...) -> None: ...
+
+class RoundPlan(_message.Message):
+    __slots__ = ("round_id", "kind", "secure", "key_id", "training", "codec", "transfer", "model")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SECURE_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    TRAINING_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    round_id: int
+    kind: RoundKind
+    secure: bool
+    key_id: str
+    training: LocalTraining
+    codec: Codec
+    transfer: Transfer
+    model: ModelBroadcast
+    def __init__(self, round_id: _Optional[int] = ..., kind: _Optional[_Union[RoundKind, str]] = ..., secure: _Optional[bool] = ..., key_id: _Optional[str] = ..., training: _Optional[_Union[LocalTraining, _Mapping]] = ..., codec: _Optional[_Union[Codec, _Mapping]] = ..., transfer: _Optional[_Union[Transfer, _Mapping]] = ..., model: _Optional[_Union[ModelBroadcast, _Mapping]] = ...) -> None: ...
 
 class ModelChunk(_message.Message):
     __slots__ = ("round_id", "index", "values")

@@ -1,0 +1,237 @@
+"""Write a Markdown report with PNG plots from finished runs: `python -m experiments.report`.
+
+    python -m experiments.report --run secure=runs/x/secure --run plaintext=runs/x/plaintext \
+        --run centralized=runs/x/centralized --out docs/results
+
+Each run directory holds a `rounds.jsonl` (at its top or under aggregator/), as
+written by the aggregator or by the centralized baseline; a `class_counts.json`
+(written by the consortium launcher) adds the class-distribution plot. Plots:
+metrics per round, each hospital's class distribution, latency per phase, epsilon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+import matplotlib
+import numpy as np
+
+from services.common.atomic_files import read_json_lines
+from services.common.classification_metrics import f1_sampling_sd
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+PHASES = ("train", "encode", "encrypt", "upload", "aggregate", "decrypt", "apply")
+METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
+
+
+def read_rows(run_dir: Path) -> list[dict[str, object]]:
+    for path in (run_dir / "rounds.jsonl", run_dir / "aggregator" / "rounds.jsonl"):
+        if path.exists():
+            return read_json_lines(path)
+    raise FileNotFoundError(f"no rounds.jsonl in {run_dir}")
+
+
+def _round_label(row: dict[str, object]) -> str:
+    """The row's round, marked when it is the closing head refit rather than a training round."""
+    return f"{row['round']} (head refit)" if row.get("head_refit") else str(row["round"])
+
+
+def _metric(row: dict[str, object], name: str) -> float:
+    evaluation = row.get("evaluation") or {}
+    assert isinstance(evaluation, dict)
+    value = evaluation.get(name)
+    return float(value) if value is not None else math.nan
+
+
+def _calibrated(row: dict[str, object], name: str) -> float:
+    """A metric at the operating point chosen on the calibration split; NaN when the run kept none."""
+    evaluation = row.get("evaluation") or {}
+    assert isinstance(evaluation, dict)
+    point = evaluation.get("calibrated") or {}
+    value = point.get(name)
+    return float(value) if value is not None else math.nan
+
+
+def _f1_sd(row: dict[str, object], calibrated: bool = False) -> float:
+    """The F1's sampling SD on the evaluated images (see f1_sampling_sd); NaN without a confusion matrix."""
+    evaluation = row.get("evaluation") or {}
+    assert isinstance(evaluation, dict)
+    source = (evaluation.get("calibrated") or {}) if calibrated else evaluation
+    confusion = source.get("confusion")
+    return f1_sampling_sd(np.array(confusion, dtype=np.int64)) if confusion else math.nan
+
+
+def _has_calibration(rows: dict[str, list[dict[str, object]]]) -> bool:
+    return any(not math.isnan(_calibrated(r, "f1")) for run_rows in rows.values() for r in run_rows)
+
+
+def _epsilon(row: dict[str, object]) -> float:
+    value = row.get("epsilon", math.nan)
+    return float(value) if value not in (None, "inf", "Infinity") else math.inf  # type: ignore[arg-type]
+
+
+def _stacked_bars(axis: plt.Axes, categories: list[str], series: dict[str, list[float]]) -> None:
+    bottom = [0.0] * len(categories)
+    positions = list(range(len(categories)))  # explicit positions: round numbers are labels, not values
+    for name, values in series.items():
+        axis.bar(positions, values, bottom=bottom, label=name)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    axis.set_xticks(positions, categories)
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_metrics(runs: dict[str, list[dict[str, object]]], out: Path) -> Path:
+    panels: list[tuple[str, Callable[[dict[str, object]], float]]] = [
+        (name, lambda row, name=name: _metric(row, name)) for name in ("accuracy", "f1", "auc")]
+    if _has_calibration(runs):
+        panels.append(("f1 at calibrated threshold", lambda row: _calibrated(row, "f1")))
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.7 * len(panels), 4))
+    for axis, (name, value) in zip(axes, panels):
+        for label, rows in runs.items():
+            axis.plot([r["round"] for r in rows], [value(r) for r in rows], marker="o", label=label)
+        axis.set_title(f"{name}\n(pooled validation, SYNTHETIC data)", fontsize=10)
+        axis.set_xlabel("round")
+        axis.set_ylim(0, 1)
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    return _save(figure, out / "metrics_per_round.png")
+
+
+def plot_class_counts(counts: dict[str, object], out: Path) -> Path:
+    classes = list(counts["classes"])  # type: ignore[call-overload]
+    table = counts["counts"]
+    assert isinstance(table, list)
+    figure, axis = plt.subplots(figsize=(7, 4))
+    _stacked_bars(axis, [f"hospital-{i + 1}" for i in range(len(table))],
+                  {name: [float(row[index]) for row in table] for index, name in enumerate(classes)})
+    axis.set_title("images per hospital and class (SYNTHETIC)")
+    axis.legend()
+    return _save(figure, out / "class_distribution.png")
+
+
+def plot_phases(runs: dict[str, list[dict[str, object]]], out: Path) -> Path | None:
+    timed = {label: [r for r in rows if r.get("phases")] for label, rows in runs.items()}
+    timed = {label: rows for label, rows in timed.items() if rows}
+    if not timed:
+        return None
+    figure, axes = plt.subplots(1, len(timed), figsize=(6 * len(timed), 4), squeeze=False)
+    for axis, (label, rows) in zip(axes[0], timed.items()):
+        _stacked_bars(axis, [str(r["round"]) for r in rows],
+                      {phase: [float(r["phases"][phase]) for r in rows] for phase in PHASES})  # type: ignore[index]
+        axis.set_title(f"{label}: seconds per phase (node phases: slowest node)")
+        axis.set_xlabel("round")
+    axes[0][0].legend(fontsize=8)
+    return _save(figure, out / "latency_per_phase.png")
+
+
+def plot_epsilon(runs: dict[str, list[dict[str, object]]], out: Path) -> Path | None:
+    series = {label: [(r["round"], _epsilon(r)) for r in rows if "epsilon" in r and math.isfinite(_epsilon(r))
+                      and _epsilon(r) > 0] for label, rows in runs.items()}
+    series = {label: points for label, points in series.items() if points}
+    if not series:
+        return None
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for label, points in series.items():
+        axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    axis.set_yscale("log")
+    axis.set_title("cumulative epsilon (Skellam RDP accountant)")
+    axis.set_xlabel("round")
+    axis.legend()
+    return _save(figure, out / "epsilon.png")
+
+
+def _f1_gaps(rows: dict[str, list[dict[str, object]]], f1: Callable[[dict[str, object]], float],
+             name: str, calibrated: bool = False) -> list[str]:
+    """One line per federated run: the centralized final F1 minus its own, in points, with its sampling SD."""
+    if "centralized" not in rows:
+        return []
+    reference = rows["centralized"][-1]
+    lines = []
+    for label, run_rows in rows.items():
+        if label != "centralized":
+            sd = math.hypot(_f1_sd(reference, calibrated), _f1_sd(run_rows[-1], calibrated))
+            spread = "" if math.isnan(sd) else (f" (sampling SD {sd * 100:.1f}, as if the two runs' errors "
+                                                "were independent)")
+            lines.append(f"\n{name}, centralized minus {label}: "
+                         f"{(f1(reference) - f1(run_rows[-1])) * 100:+.1f} points{spread}")
+    return lines
+
+
+def write_report(runs: dict[str, Path], out: Path, title: str, notes: str = "") -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = {label: read_rows(path) for label, path in runs.items()}
+    lines = [f"# {title}", "", "All figures below come from **SYNTHETIC** radiographs; they say nothing about "
+             "clinical performance on real images.", ""]
+    if notes:
+        lines += [notes, ""]
+    lines += ["## Final model", "", "F1 SD: the F1's sampling standard deviation on the evaluated images "
+              "(multinomial resampling of the confusion matrix); training randomness is not in it.", "",
+              "| run | rounds | " + " | ".join(METRICS) + " | F1 SD | epsilon |",
+              "|---|---|" + "---|" * len(METRICS) + "---|---|"]
+    for label, run_rows in rows.items():
+        last = run_rows[-1]
+        epsilon = next((_epsilon(r) for r in reversed(run_rows) if "epsilon" in r and r["round"]), math.nan)
+        cells = [f"{_metric(last, m):.3f}" for m in METRICS]
+        lines.append(f"| {label} | {_round_label(last)} | " + " | ".join(cells) + f" | {_f1_sd(last):.3f} | "
+                     f"{epsilon:.4g} |")
+    lines += _f1_gaps(rows, lambda row: _metric(row, "f1"), "F1 gap")
+    if _has_calibration(rows):
+        lines += ["", "## Final model at the calibrated operating point", "",
+                  "Each run's threshold maximises F1 on the pooled calibration splits (held-out images that "
+                  "are neither trained on nor evaluated); the metrics are those of the evaluated images at "
+                  "that threshold.", "",
+                  "| run | threshold | precision | recall | specificity | F1 | F1 SD |",
+                  "|---|---|---|---|---|---|---|"]
+        for label, run_rows in rows.items():
+            last = run_rows[-1]
+            lines.append(f"| {label} | {_calibrated(last, 'threshold'):.3g} | " + " | ".join(
+                f"{_calibrated(last, m):.3f}" for m in ("precision", "recall", "specificity", "f1"))
+                + f" | {_f1_sd(last, calibrated=True):.3f} |")
+        lines += _f1_gaps(rows, lambda row: _calibrated(row, "f1"), "Calibrated F1 gap", calibrated=True)
+    lines += ["", "## Plots", "", f"![metrics per round]({plot_metrics(rows, out).name})"]
+    counts_path = next((p / "class_counts.json" for p in runs.values() if (p / "class_counts.json").exists()), None)
+    if counts_path is not None:
+        lines.append(f"![class distribution]({plot_class_counts(json.loads(counts_path.read_text()), out).name})")
+    for plot in (plot_phases(rows, out), plot_epsilon(rows, out)):
+        if plot is not None:
+            lines.append(f"![{plot.stem}]({plot.name})")
+    lines += ["", "## Rounds", ""]
+    for label, run_rows in rows.items():
+        lines += [f"### {label}", "", "| round | participants | seconds | accuracy | F1 | calibrated F1 | AUC "
+                  "| epsilon |", "|---|---|---|---|---|---|---|---|"]
+        for row in run_rows:
+            lines.append(f"| {_round_label(row)} | {row.get('participants', '-')} | "
+                         f"{float(str(row.get('seconds', 0))):.1f} | {_metric(row, 'accuracy'):.3f} | "
+                         f"{_metric(row, 'f1'):.3f} | {_calibrated(row, 'f1'):.3f} | {_metric(row, 'auc'):.3f} | "
+                         f"{_epsilon(row):.4g} |")
+        lines.append("")
+    path = out / "REPORT.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", action="append", required=True, help="LABEL=DIR, repeatable")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--title", default="FedXray run report")
+    args = parser.parse_args(argv)
+    runs = {label: Path(path) for label, path in (item.split("=", 1) for item in args.run)}
+    print(write_report(runs, args.out, args.title))
+
+
+if __name__ == "__main__":
+    main()

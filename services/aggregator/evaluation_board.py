@@ -1,0 +1,85 @@
+"""The hospitals' evaluation reports, their pooled metrics, and the rows of `rounds.jsonl`.
+
+Each row describes one round and carries the pooled evaluation of the model that
+round produced; the evaluations of a round's model arrive with the next round's plan,
+so a row is written once the next round (or the closing evaluation) has opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from services.aggregator.pooled_evaluation import PooledEvaluation, pool_reports, validate_report
+from services.common.atomic_files import append_line_atomic
+from services.common.evaluation_report import EvaluationReport
+from services.common.metrics import ServiceMetrics
+
+POLL_SECONDS = 0.5
+Row = dict[str, object]
+
+
+class EvaluationBoard:
+    def __init__(self, num_classes: int, rows_path: Path, metrics: ServiceMetrics) -> None:
+        self._num_classes = num_classes
+        self._rows_path = rows_path
+        self._metrics = metrics
+        self._reports: dict[int, dict[str, EvaluationReport]] = {}
+        self._changed = threading.Condition()
+
+    def report(self, report: EvaluationReport) -> None:
+        """Store a node's report (its latest for that model replaces an earlier one); refuse one that cannot pool."""
+        validate_report(report, self._num_classes)
+        with self._changed:
+            self._reports.setdefault(report.model_round, {})[report.node_id] = report
+            self._changed.notify_all()
+
+    def wait_for(self, model_round: int, nodes: Callable[[], set[str]], deadline: float) -> None:
+        """Until every node of `nodes()` (re-read, as nodes leave) has reported on `model_round`, or `deadline`."""
+        with self._changed:
+            while time.monotonic() < deadline:
+                if nodes() <= set(self._reports.get(model_round, {})):
+                    return
+                self._changed.wait(POLL_SECONDS)
+
+    def pooled(self, model_round: int) -> PooledEvaluation | None:
+        with self._changed:
+            reports = list(self._reports.get(model_round, {}).values())
+        return pool_reports(reports) if reports else None
+
+    def write_row(self, model_round: int, row: Row | None) -> Row:
+        """Append the row of a finished round with the pooled evaluation of its model, and publish the metrics."""
+        pooled = self.pooled(model_round)
+        if pooled is not None:
+            self._publish(pooled)
+        entry = dict(row or {"round": 0, "participants": 0, "seconds": 0.0, "epsilon": 0.0})
+        entry["evaluation"] = pooled.as_dict() if pooled else None
+        append_line_atomic(self._rows_path, json.dumps(entry, default=_json_default))
+        return entry
+
+    def _publish(self, pooled: PooledEvaluation) -> None:
+        gauge = self._metrics.validation
+        for name, value in pooled.as_dict().items():
+            if isinstance(value, float):
+                gauge.labels(metric=name).set(value)
+        if pooled.calibrated is not None:
+            gauge.labels(metric="f1_calibrated").set(pooled.calibrated.metrics.f1)
+            gauge.labels(metric="threshold").set(pooled.calibrated.threshold)
+        else:  # no operating point this round: drop last round's, never show it as current
+            for name in ("f1_calibrated", "threshold"):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(name)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value)}")

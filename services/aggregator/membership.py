@@ -1,0 +1,96 @@
+"""Who is connected: subscriptions, the broadcast to every subscriber, and waiting for nodes to join."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from services.common.errors import UnknownNodeError
+from services.common.model_spec import ParameterSpec
+from services.common.round_plan import RoundMessage
+
+log = logging.getLogger(__name__)
+POLL_SECONDS = 0.5
+
+
+@dataclass
+class _Subscriber:
+    node_id: str
+    outbox: queue.Queue[RoundMessage | None]
+
+
+class Membership:
+    def __init__(self, members: frozenset[str], spec: ParameterSpec) -> None:
+        self._members = members
+        self._spec = spec
+        self._subscribers: dict[str, _Subscriber] = {}
+        self._changed = threading.Condition()
+        self._leave_listeners: list[Callable[[str], None]] = []
+
+    @property
+    def spec(self) -> ParameterSpec:
+        """The model layout every member must run."""
+        return self._spec
+
+    def on_leave(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(node_id)` whenever a node's subscription ends."""
+        self._leave_listeners.append(listener)
+
+    def require_member(self, node_id: str) -> None:
+        if node_id not in self._members:
+            raise UnknownNodeError(f"node {node_id!r} is not a registered consortium member")
+
+    def subscribe(self, node_id: str, spec: ParameterSpec, is_active: Callable[[], bool]) -> Iterator[RoundMessage]:
+        """Every message broadcast from now on, until the stream ends or the node goes away."""
+        self.require_member(node_id)
+        self._spec.require_equal(spec)
+        subscriber = _Subscriber(node_id, queue.Queue())
+        with self._changed:
+            self._subscribers[node_id] = subscriber
+            self._changed.notify_all()
+        log.info("node %s subscribed (%d connected)", node_id, len(self._subscribers))
+        try:
+            while is_active():
+                try:
+                    message = subscriber.outbox.get(timeout=POLL_SECONDS)
+                except queue.Empty:
+                    continue
+                if message is None:
+                    return
+                yield message
+        finally:
+            with self._changed:
+                if self._subscribers.get(node_id) is subscriber:
+                    del self._subscribers[node_id]
+                self._changed.notify_all()
+            for listener in self._leave_listeners:
+                listener(node_id)
+            log.info("node %s disconnected", node_id)
+
+    def connected(self) -> set[str]:
+        with self._changed:
+            return set(self._subscribers)
+
+    def broadcast(self, message: RoundMessage) -> int:
+        """Queue `message` for every subscriber; the number it went to."""
+        with self._changed:
+            for subscriber in self._subscribers.values():
+                subscriber.outbox.put(message)
+            return len(self._subscribers)
+
+    def wait_for(self, expected: int, minimum: int, timeout: float, stop: threading.Event) -> set[str]:
+        """Wait until `expected` nodes are connected, or after `timeout` settle for `minimum`; raise below that."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while len(self._subscribers) < expected and not stop.is_set():
+                if time.monotonic() > deadline:
+                    if len(self._subscribers) >= minimum:
+                        break
+                    raise TimeoutError(f"only {len(self._subscribers)} nodes joined within the join timeout")
+                self._changed.wait(POLL_SECONDS)
+            log.info("%d nodes connected; starting", len(self._subscribers))
+            return set(self._subscribers)

@@ -1,0 +1,35 @@
+"""A sealed round's timings: the row's phase breakdown and the Prometheus metrics."""
+
+from __future__ import annotations
+
+from services.aggregator.round_state import RoundState
+from services.aggregator.submission_staging import VerifiedSubmission
+from services.common.metrics import ServiceMetrics
+
+NODE_PHASES = ("train", "encode", "encrypt", "upload")
+
+
+def phase_row(state: RoundState, contributors: list[VerifiedSubmission], decrypt_seconds: float,
+              apply_seconds: float) -> dict[str, float]:
+    """Per phase, the slowest contributor's node-side seconds, then the aggregator's own."""
+    row = {phase: max((getattr(c.phase_seconds, phase) for c in contributors), default=0.0) for phase in NODE_PHASES}
+    return {**row, "aggregate": state.fold_seconds, "decrypt": decrypt_seconds, "apply": apply_seconds}
+
+
+def record_round(metrics: ServiceMetrics, state: RoundState, contributors: list[VerifiedSubmission],
+                 seconds: float, decrypt_seconds: float, apply_seconds: float, epsilon: float,
+                 round_epsilon: float) -> dict[str, float]:
+    """Publish a sealed round's metrics; the phase row."""
+    metrics.round_latency.observe(seconds)
+    for submission in contributors:
+        for phase in NODE_PHASES:
+            metrics.phase_seconds.labels(phase=phase).observe(getattr(submission.phase_seconds, phase))
+    phases = phase_row(state, contributors, decrypt_seconds, apply_seconds)
+    for phase, value in phases.items():
+        metrics.last_phase_seconds.labels(phase=phase).set(value)
+    for phase in ("aggregate", "decrypt", "apply"):
+        metrics.phase_seconds.labels(phase=phase).observe(phases[phase])
+    metrics.participants.set(len(contributors))
+    metrics.epsilon.set(epsilon)
+    metrics.round_epsilon.set(round_epsilon)
+    return phases

@@ -1,0 +1,75 @@
+"""The aggregator's side of collecting uploads: which round is open, and whether a stream may join it.
+
+A stream is staged chunk by chunk (`submission_staging`) and folded into the open
+round's sums only once it has completed and verified (`round_state`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from services.aggregator.round_state import RoundState
+from services.aggregator.submission_staging import StagedSubmission, StreamHeader, VerifiedSubmission
+from services.common.chunking import ciphertexts_in_chunk
+from services.common.errors import MalformedChunkError, UnknownNodeError, WrongKeyError, WrongRoundError
+from services.common.metrics import ServiceMetrics
+from services.common.public_key import PublicKeyInfo
+from services.common.upload import UploadChunk
+
+log = logging.getLogger(__name__)
+
+
+class UploadIntake:
+    def __init__(self, staging_dir: Path, members: frozenset[str], metrics: ServiceMetrics) -> None:
+        self._staging_dir = staging_dir
+        self._members = members
+        self._metrics = metrics
+        self._round: RoundState | None = None
+        self._key: PublicKeyInfo | None = None
+
+    def open(self, state: RoundState, key: PublicKeyInfo | None) -> None:
+        """From now on uploads go to `state`."""
+        self._round, self._key = state, key
+
+    @property
+    def current(self) -> RoundState | None:
+        return self._round
+
+    def node_left(self, node_id: str) -> None:
+        if self._round is not None:
+            self._round.node_left(node_id)
+
+    def begin(self, first: UploadChunk) -> tuple[RoundState, StagedSubmission]:
+        """Admit a stream by its first chunk: the open round, a member, the round's key; one stream per node."""
+        current = self._round
+        if current is None or first.round_id != current.round_id:
+            raise WrongRoundError(f"round {first.round_id} is not open for submissions")
+        if first.node_id not in self._members:
+            raise UnknownNodeError(f"node {first.node_id!r} is not a registered consortium member")
+        plan = current.plan
+        if plan.secure and first.key_id != plan.key_id:
+            raise WrongKeyError(f"chunk names key {first.key_id!r}; round {plan.round_id} uses {plan.key_id!r}")
+        current.start_stream(first.node_id)
+        header = StreamHeader(current.round_id, first.key_id, first.node_id, plan.secure, plan.transfer.chunk_count,
+                              plan.transfer.plaintext_chunk_values, plan.upload_value_count, plan.sum_layout)
+        key = self._key
+
+        def check(index: int, payloads: list[bytes]) -> None:
+            assert current.ciphertext_sum is not None and key is not None
+            expected = ciphertexts_in_chunk(index, plan.upload_value_count, plan.layout, key.slots,
+                                            plan.transfer.chunk_ciphertexts)
+            if len(payloads) != expected:
+                raise MalformedChunkError(f"chunk {index} carries {len(payloads)} ciphertexts, expected {expected}")
+            current.ciphertext_sum.parse_chunk(index, payloads)
+
+        return current, StagedSubmission(self._staging_dir, header, check)
+
+    def complete(self, state: RoundState, submission: VerifiedSubmission) -> None:
+        try:
+            state.fold(submission)
+        finally:
+            submission.path.unlink(missing_ok=True)
+        self._metrics.bytes_received.inc(submission.received_bytes)
+        log.info("round %d: folded node %s (%d/%d)", state.round_id, submission.header.node_id,
+                 len(state.contributors), len(state.expected))

@@ -1,0 +1,266 @@
+"""The wire edge: protobuf messages to typed objects and back, for every service.
+
+Nothing below this module (and the gRPC clients and servicers that call it) reads a
+protobuf field. A message that cannot become a valid typed object is refused here
+with `MalformedChunkError` (INVALID_ARGUMENT), before any domain code sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import cast
+
+import numpy as np
+
+from protos.fedxray.v1 import fedxray_pb2 as pb
+from services.common.errors import MalformedChunkError, PackingError
+from services.common.evaluation_report import EvaluationCounts, EvaluationReport
+from services.common.model_spec import ParameterSpec
+from services.common.noise import NoiseKind
+from services.common.packing import FieldLayout
+from services.common.public_key import PublicKeyInfo
+from services.common.round_plan import (
+    LocalTrainingPlan,
+    ModelBroadcast,
+    ModelChunk,
+    RoundKind,
+    RoundMessage,
+    RoundPlan,
+    SumLayout,
+    TrainingFinished,
+    TransferPlan,
+)
+from services.common.update_codec import QuantizationPlan
+from services.common.upload import Attestation, DecryptManifest, PhaseSeconds, SubmitReceipt, UploadChunk
+
+_KIND_TO_WIRE = {RoundKind.TRAIN: pb.ROUND_KIND_TRAIN, RoundKind.EVALUATE: pb.ROUND_KIND_EVALUATE,
+                 RoundKind.HEAD_STATISTICS: pb.ROUND_KIND_HEAD_STATISTICS}
+_KIND_FROM_WIRE = {wire: kind for kind, wire in _KIND_TO_WIRE.items()}
+
+
+def sum_layout_to_wire(layout: SumLayout) -> pb.SumLayout:
+    return cast(pb.SumLayout, int(layout))  # the wire's enum values are ours (SumLayout's docstring)
+
+
+def sum_layout_from_wire(value: int) -> SumLayout:
+    try:
+        return SumLayout(value)
+    except ValueError as error:
+        raise MalformedChunkError(f"unknown sum layout {value}") from error
+
+
+# ---------------------------------------------------------------- round plans and broadcasts
+def plan_to_wire(plan: RoundPlan) -> pb.RoundPlan:
+    q, t, m, training = plan.quantization, plan.transfer, plan.model, plan.training
+    return pb.RoundPlan(
+        round_id=plan.round_id, kind=_KIND_TO_WIRE[plan.kind], secure=plan.secure, key_id=plan.key_id,
+        training=pb.LocalTraining(epochs=training.epochs, learning_rate=training.learning_rate,
+                                  batch_size=training.batch_size, optimizer=training.optimizer,
+                                  proximal_mu=training.proximal_mu, drift_correction=training.drift_correction),
+        codec=pb.Codec(clip_norm=q.clip_norm, scale=q.scale, coordinate_bound=q.coordinate_bound, bits=q.bits,
+                       fields_per_slot=plan.layout.fields_per_slot, max_participants=plan.layout.max_participants,
+                       min_participants=q.min_participants, noise_kind=str(q.noise_kind),
+                       noise_variance=q.noise_variance, rounding_beta=q.rounding_beta,
+                       rounding_pieces=q.rounding_pieces, layout=sum_layout_to_wire(plan.sum_layout)),
+        transfer=pb.Transfer(upload_value_count=q.dimension, chunk_count=t.chunk_count,
+                             chunk_ciphertexts=t.chunk_ciphertexts, plaintext_chunk_values=t.plaintext_chunk_values,
+                             deadline_seconds=t.deadline_seconds),
+        model=pb.ModelBroadcast(parameter_count=m.parameter_count, parameter_digest=m.parameter_digest,
+                                sha256=m.sha256, chunk_count=m.chunk_count))
+
+
+def plan_from_wire(message: pb.RoundPlan) -> RoundPlan:
+    kind = _KIND_FROM_WIRE.get(message.kind)
+    if kind is None:
+        raise MalformedChunkError(f"round {message.round_id} has no known kind ({message.kind})")
+    codec, training = message.codec, message.training
+    if training.optimizer not in ("sgd", "adamw"):
+        raise MalformedChunkError(f"round {message.round_id} names an unknown local optimizer {training.optimizer!r}")
+    if sum_layout_from_wire(codec.layout) is not SumLayout.for_round(kind):
+        raise MalformedChunkError(f"round {message.round_id} packs in another layout than its kind's")
+    try:
+        noise = NoiseKind(codec.noise_kind)
+        layout = FieldLayout(codec.bits, codec.max_participants, codec.fields_per_slot)
+    except (ValueError, PackingError) as error:
+        raise MalformedChunkError(f"round {message.round_id} has an invalid codec: {error}") from error
+    quantization = QuantizationPlan(
+        dimension=message.transfer.upload_value_count, clip_norm=codec.clip_norm, scale=codec.scale,
+        coordinate_bound=codec.coordinate_bound, bits=codec.bits, min_participants=codec.min_participants,
+        noise_kind=noise, noise_variance=codec.noise_variance, rounding_pieces=codec.rounding_pieces,
+        rounding_beta=codec.rounding_beta)
+    t, m = message.transfer, message.model
+    return RoundPlan(
+        round_id=message.round_id, kind=kind, secure=message.secure, key_id=message.key_id,
+        training=LocalTrainingPlan(training.epochs, training.learning_rate, training.batch_size,
+                                   "adamw" if training.optimizer == "adamw" else "sgd", training.proximal_mu,
+                                   training.drift_correction),
+        quantization=quantization, layout=layout,
+        transfer=TransferPlan(t.chunk_count, t.chunk_ciphertexts, t.plaintext_chunk_values, t.deadline_seconds),
+        model=ModelBroadcast(m.parameter_count, m.parameter_digest, m.sha256, m.chunk_count))
+
+
+def round_message_to_wire(message: RoundMessage) -> pb.RoundMessage:
+    if isinstance(message, RoundPlan):
+        return pb.RoundMessage(plan=plan_to_wire(message))
+    if isinstance(message, ModelChunk):
+        return pb.RoundMessage(model_chunk=pb.ModelChunk(round_id=message.round_id, index=message.index,
+                                                         values=message.values))
+    return pb.RoundMessage(finished=pb.TrainingFinished(rounds=message.rounds))
+
+
+def round_message_from_wire(message: pb.RoundMessage) -> RoundMessage:
+    body = message.WhichOneof("body")
+    if body == "plan":
+        return plan_from_wire(message.plan)
+    if body == "model_chunk":
+        chunk = message.model_chunk
+        return ModelChunk(chunk.round_id, chunk.index, chunk.values)
+    if body == "finished":
+        return TrainingFinished(message.finished.rounds)
+    raise MalformedChunkError("a round message without a body")
+
+
+def join_to_wire(node_id: str, spec: ParameterSpec) -> pb.JoinRequest:
+    return pb.JoinRequest(node_id=node_id, parameter_count=spec.count, parameter_digest=spec.digest)
+
+
+def join_from_wire(message: pb.JoinRequest) -> tuple[str, ParameterSpec]:
+    return message.node_id, ParameterSpec(message.parameter_count, message.parameter_digest, (), ())
+
+
+# ---------------------------------------------------------------- uploads
+def attestation_to_wire(attestation: Attestation) -> pb.Attestation:
+    return pb.Attestation(node_id=attestation.node_id, round_id=attestation.round_id, key_id=attestation.key_id,
+                          chunk_count=attestation.chunk_count, stream_digest=attestation.stream_digest,
+                          signature=attestation.signature, layout=sum_layout_to_wire(attestation.layout))
+
+
+def attestation_from_wire(message: pb.Attestation) -> Attestation:
+    return Attestation(message.node_id, message.round_id, message.key_id, message.chunk_count, message.stream_digest,
+                       message.signature, sum_layout_from_wire(message.layout))
+
+
+def _phases_to_wire(phases: PhaseSeconds) -> pb.NodePhaseSeconds:
+    return pb.NodePhaseSeconds(train=phases.train, encode=phases.encode, encrypt=phases.encrypt, upload=phases.upload)
+
+
+def upload_chunk_to_wire(chunk: UploadChunk) -> pb.UpdateChunk:
+    message = pb.UpdateChunk(round_id=chunk.round_id, key_id=chunk.key_id, node_id=chunk.node_id, index=chunk.index,
+                             ciphertexts=list(chunk.ciphertexts), plaintext_values=chunk.plaintext_values)
+    if chunk.attestation is not None:
+        message.attestation.CopyFrom(attestation_to_wire(chunk.attestation))
+    if chunk.phases is not None:
+        message.phase_seconds.CopyFrom(_phases_to_wire(chunk.phases))
+    return message
+
+
+def upload_chunk_from_wire(message: pb.UpdateChunk) -> UploadChunk:
+    phases = message.phase_seconds
+    return UploadChunk(
+        message.round_id, message.key_id, message.node_id, message.index, tuple(message.ciphertexts),
+        message.plaintext_values,
+        attestation_from_wire(message.attestation) if message.HasField("attestation") else None,
+        PhaseSeconds(phases.train, phases.encode, phases.encrypt, phases.upload)
+        if message.HasField("phase_seconds") else None)
+
+
+def receipt_to_wire(receipt: SubmitReceipt) -> pb.SubmitReceipt:
+    return pb.SubmitReceipt(round_id=receipt.round_id, chunks=receipt.chunks, stream_digest=receipt.stream_digest)
+
+
+def receipt_from_wire(message: pb.SubmitReceipt) -> SubmitReceipt:
+    return SubmitReceipt(message.round_id, message.chunks, message.stream_digest)
+
+
+# ---------------------------------------------------------------- the key authority
+def public_key_to_wire(key: PublicKeyInfo) -> pb.PublicContext:
+    return pb.PublicContext(context=key.context, key_id=key.key_id, bits=key.update_layout.bits,
+                            fields_per_slot=key.update_layout.fields_per_slot,
+                            max_participants=key.update_layout.max_participants, slots_per_ciphertext=key.slots,
+                            min_participants=key.min_participants, statistics_bits=key.statistics_layout.bits)
+
+
+def public_key_from_wire(message: pb.PublicContext) -> PublicKeyInfo:
+    try:
+        update = FieldLayout(message.bits, message.max_participants, message.fields_per_slot)
+        statistics = FieldLayout(message.statistics_bits, message.max_participants, 1)
+    except PackingError as error:
+        raise MalformedChunkError(f"the key authority's layouts are invalid: {error}") from error
+    return PublicKeyInfo(message.context, message.key_id, update, statistics, message.slots_per_ciphertext,
+                         message.min_participants)
+
+
+def manifest_to_wire(manifest: DecryptManifest) -> pb.DecryptManifest:
+    return pb.DecryptManifest(round_id=manifest.round_id, key_id=manifest.key_id, chunk_count=manifest.chunk_count,
+                              value_count=manifest.value_count,
+                              attestations=[attestation_to_wire(a) for a in manifest.attestations],
+                              layout=sum_layout_to_wire(manifest.layout))
+
+
+def manifest_from_wire(message: pb.DecryptManifest) -> DecryptManifest:
+    return DecryptManifest(message.round_id, message.key_id, message.chunk_count, message.value_count,
+                           tuple(attestation_from_wire(a) for a in message.attestations),
+                           sum_layout_from_wire(message.layout))
+
+
+def decrypt_requests(manifest: DecryptManifest, chunks: Iterator[list[bytes]]) -> Iterator[pb.DecryptRequest]:
+    """The manifest, then the summed ciphertexts chunk by chunk."""
+    yield pb.DecryptRequest(manifest=manifest_to_wire(manifest))
+    for index, ciphertexts in enumerate(chunks):
+        yield pb.DecryptRequest(chunk=pb.CiphertextChunk(index=index, ciphertexts=ciphertexts))
+
+
+def field_values_to_wire(index: int, fields: np.ndarray) -> pb.DecryptResponse:
+    return pb.DecryptResponse(index=index, field_values=fields.tobytes(), value_count=fields.size,
+                              value_bytes=fields.itemsize)
+
+
+def field_values_from_wire(response: pb.DecryptResponse) -> np.ndarray:
+    """The integers of one decryption response."""
+    if response.value_bytes not in (0, 4, 8):
+        raise MalformedChunkError(f"response {response.index} has {response.value_bytes}-byte values; 4 or 8 expected")
+    values = np.frombuffer(response.field_values, dtype="<u8" if response.value_bytes == 8 else "<u4")
+    if values.size != response.value_count:
+        raise MalformedChunkError(f"response {response.index} carries {values.size} of {response.value_count} values")
+    return values.astype(np.int64)
+
+
+# ---------------------------------------------------------------- evaluation
+def _histograms(values: list[int] | object, classes: int, bins: int, what: str, node_id: str) -> np.ndarray:
+    array = np.asarray(values, dtype=np.int64)
+    if array.size != classes * bins:
+        raise MalformedChunkError(f"evaluation of node {node_id!r} ({classes} classes, {bins} bins) has {what} of "
+                                  "the wrong length")
+    return array.reshape(classes, bins)
+
+
+def evaluation_to_wire(report: EvaluationReport) -> pb.EvaluationReport:
+    counts = report.counts
+    message = pb.EvaluationReport(
+        node_id=report.node_id, model_round=report.model_round, num_classes=counts.num_classes,
+        confusion=counts.confusion.reshape(-1).tolist(), loss_sum=counts.loss_sum, examples=counts.examples,
+        positive_histograms=counts.positive_histograms.reshape(-1).tolist(),
+        negative_histograms=counts.negative_histograms.reshape(-1).tolist(), histogram_bins=counts.histogram_bins,
+        histogram_spacing=report.histogram_spacing)
+    if report.calibration_positive is not None and report.calibration_negative is not None:
+        message.calibration_positive_histograms.extend(report.calibration_positive.reshape(-1).tolist())
+        message.calibration_negative_histograms.extend(report.calibration_negative.reshape(-1).tolist())
+    return message
+
+
+def evaluation_from_wire(message: pb.EvaluationReport) -> EvaluationReport:
+    classes, bins, node = message.num_classes, message.histogram_bins, message.node_id
+    if classes < 1 or bins < 1:
+        raise MalformedChunkError(f"evaluation of node {node!r} has {classes} classes and {bins} bins")
+    counts = EvaluationCounts(
+        _histograms(message.confusion, classes, classes, "a confusion matrix", node), message.loss_sum,
+        message.examples, _histograms(message.positive_histograms, classes, bins, "positive histograms", node),
+        _histograms(message.negative_histograms, classes, bins, "negative histograms", node))
+    calibration = (len(message.calibration_positive_histograms), len(message.calibration_negative_histograms))
+    if calibration == (0, 0):
+        return EvaluationReport(node, message.model_round, counts, histogram_spacing=message.histogram_spacing)
+    return EvaluationReport(
+        node, message.model_round, counts,
+        _histograms(message.calibration_positive_histograms, classes, bins, "calibration histograms", node),
+        _histograms(message.calibration_negative_histograms, classes, bins, "calibration histograms", node),
+        message.histogram_spacing)

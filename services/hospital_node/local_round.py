@@ -1,0 +1,73 @@
+"""A hospital's part of one round, without any network: train from the global model and say what to upload.
+
+The node runs it for every training round; the simulator (`experiments.simulator`)
+runs the same code for every simulated hospital. SCAFFOLD's client rule lives here
+and nowhere else (its server rule: `services/aggregator/strategies/scaffold.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from services.common.head_refit import moments_of, penultimate_features, scaled_to, statistics_vector
+from services.common.model_spec import ParameterSpec, flatten_named, flatten_state, restore_state
+from services.common.round_plan import LocalTrainingPlan
+from services.hospital_node.config import HospitalNodeSettings
+from services.hospital_node.data.local_data import LocalData
+from services.hospital_node.trainer import LocalTraining, TrainStats, loss_gradient, train_local
+
+
+def local_training(plan: LocalTrainingPlan, settings: HospitalNodeSettings) -> LocalTraining:
+    """One round's local training: the round's part from the plan, the hospital's own part from its settings."""
+    return LocalTraining(plan.epochs, plan.learning_rate, plan.batch_size, plan.optimizer, plan.proximal_mu,
+                         settings.imbalance, settings.lr_schedule, settings.augment, settings.freeze_head)
+
+
+class ScaffoldClient:
+    """SCAFFOLD's client rule (Karimireddy et al., ICML 2020, option I): c_i is this hospital's loss gradient at
+    the last global model it trained from; every local step is corrected by c - c_i."""
+
+    def __init__(self, parameter_count: int) -> None:
+        self.control = np.zeros(parameter_count)  # c_i
+
+    def accept(self, received_change: np.ndarray) -> None:
+        """c_i moves by what the consortium's sum received of its change (clipped, and clamped in secure mode), so
+        that c stays the mean of the c_i: a clamped c against exact c_i would add their gap to every step."""
+        self.control = self.control + received_change
+
+
+@dataclass(frozen=True)
+class LocalRoundResult:
+    upload: np.ndarray  # the update, then under SCAFFOLD the control variate's change
+    stats: TrainStats
+
+    def update(self, parameter_count: int) -> np.ndarray:
+        return self.upload[:parameter_count]
+
+
+def train_round(model: nn.Module, data: LocalData, training: LocalTraining, device: torch.device,
+                generator: torch.Generator, spec: ParameterSpec, global_weights: np.ndarray,
+                scaffold: ScaffoldClient | None = None, consortium_control: np.ndarray | None = None
+                ) -> LocalRoundResult:
+    """Train `model`, which holds the global weights, for one round; the upload is `w_local - global_weights`
+    (then, under SCAFFOLD, the gradient at the global model minus c_i)."""
+    drift, change = None, None
+    if scaffold is not None:
+        assert consortium_control is not None, "SCAFFOLD needs the consortium's control variate"
+        gradient = flatten_named(loss_gradient(model, data, training, device), spec)
+        change = gradient - scaffold.control
+        drift = restore_state(model.state_dict(), (consortium_control - scaffold.control).astype(np.float32), spec)
+    stats = train_local(model, data, training, device, generator, drift)
+    update = flatten_state({k: v.cpu() for k, v in model.state_dict().items()}) - global_weights
+    return LocalRoundResult(update if change is None else np.concatenate([update, change]), stats)
+
+
+def head_statistics(model: nn.Module, data: LocalData, device: torch.device, clip_norm: float) -> np.ndarray:
+    """The head refit's upload: this model's feature statistics on the training images, scaled to the clip norm
+    (the scale weighs only this hospital's images: its counts ride in the same vector)."""
+    features = penultimate_features(model, data.train_images, device)
+    return scaled_to(statistics_vector(moments_of(features, data.train_labels, data.num_classes)), clip_norm)

@@ -1,0 +1,55 @@
+"""The evaluation board: reports it refuses, what it pools, and the rows it writes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.aggregator.evaluation_board import EvaluationBoard
+from services.common.atomic_files import read_json_lines
+from services.common.errors import MalformedChunkError
+from services.common.evaluation_report import EvaluationCounts, EvaluationReport
+from services.common.metrics import ServiceMetrics
+
+
+def _report(node: str, model_round: int, classes: int = 2, correct: int = 4) -> EvaluationReport:
+    confusion = np.eye(classes, dtype=np.int64) * correct
+    confusion[0, -1] += 1
+    zeros = np.zeros((classes, 100), dtype=np.int64)
+    return EvaluationReport(node, model_round, EvaluationCounts(confusion, 1.5, int(confusion.sum()), zeros, zeros))
+
+
+def test_a_report_for_another_class_count_is_refused_and_not_stored(tmp_path: Path) -> None:
+    board = EvaluationBoard(2, tmp_path / "rounds.jsonl", ServiceMetrics("aggregator"))
+    with pytest.raises(MalformedChunkError, match="3 classes, the model has 2"):
+        board.report(_report("hospital-1", 0, classes=3))
+    assert board.pooled(0) is None
+
+
+def test_rows_carry_the_pooled_evaluation_of_their_round_s_model(tmp_path: Path) -> None:
+    metrics = ServiceMetrics("aggregator")
+    board = EvaluationBoard(2, tmp_path / "rounds.jsonl", metrics)
+    board.report(_report("hospital-1", 0))
+    board.report(_report("hospital-2", 0, correct=2))
+    board.report(_report("hospital-2", 0))  # the latest report of a node for a model replaces its earlier one
+    board.report(_report("hospital-1", 1, correct=9))
+    board.write_row(0, None)
+    board.write_row(1, {"round": 1, "participants": 2, "seconds": 3.0, "epsilon": 0.5})
+    rows = read_json_lines(tmp_path / "rounds.jsonl")
+    assert [row["round"] for row in rows] == [0, 1]
+    assert rows[0]["evaluation"]["confusion"] == [[8, 2], [0, 8]] and rows[0]["evaluation"]["nodes"] == 2
+    assert rows[1]["evaluation"]["confusion"] == [[9, 1], [0, 9]] and rows[1]["participants"] == 2
+    assert metrics.validation.labels(metric="accuracy")._value.get() == pytest.approx(18 / 19)
+
+
+def test_waiting_for_evaluations_returns_once_every_expected_node_reported(tmp_path: Path) -> None:
+    board = EvaluationBoard(2, tmp_path / "rounds.jsonl", ServiceMetrics("aggregator"))
+    board.report(_report("hospital-1", 3))
+    started = time.monotonic()
+    board.wait_for(3, lambda: {"hospital-1"}, time.monotonic() + 30)
+    assert time.monotonic() - started < 1
+    board.wait_for(3, lambda: {"hospital-1", "hospital-2"}, time.monotonic() + 0.3)  # gives up at the deadline
+    assert time.monotonic() - started < 5

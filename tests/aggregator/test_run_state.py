@@ -1,0 +1,49 @@
+"""The run state: everything a restart needs, checkpointed and restored, and round ids that only grow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from services.aggregator.privacy_accountant import SkellamAccountant, round_privacy
+from services.aggregator.run_state import RunState
+from services.aggregator.strategies.fedavg import FedAvg
+from services.aggregator.strategies.scaffold import Scaffold
+from services.common.noise import NoiseKind
+from services.common.update_codec import plan_quantization
+
+
+def _run(weights: np.ndarray) -> RunState:
+    return RunState(weights, Scaffold(FedAvg(1.0, momentum=0.5), weights.size, 5), SkellamAccountant(1e-5))
+
+
+def test_a_checkpoint_restores_model_strategy_accountant_and_counters(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    run = _run(rng.normal(size=50).astype(np.float32).astype(np.float64))
+    plan = plan_quantization(50, 5.0, 24, 8, 3, NoiseKind.SKELLAM, 1e6)
+    for _ in range(2):
+        run.next_round()
+        run.weights = run.strategy.apply(run.weights, rng.normal(size=100), 4)
+        run.accountant.step(round_privacy(plan, 4))
+        run.completed_rounds += 1
+    run.weights = run.weights.astype(np.float32).astype(np.float64)  # checkpoints keep float32 weights
+    run.checkpoint(tmp_path)
+    restored = RunState.restore(tmp_path, Scaffold(FedAvg(1.0, momentum=0.5), 50, 5), 1e-5)
+    assert restored is not None
+    assert (restored.round_id, restored.completed_rounds) == (2, 2)
+    assert np.array_equal(restored.weights, run.weights)
+    assert restored.accountant.epsilon() == run.accountant.epsilon() > 0
+    # The restored strategy takes the next step exactly as the original would: momentum and control variate.
+    step = rng.normal(size=100)
+    assert np.array_equal(restored.strategy.apply(restored.weights, step, 4), run.strategy.apply(run.weights, step, 4))
+    assert np.array_equal(restored.strategy.state()["control"], run.strategy.state()["control"])
+
+
+def test_without_a_checkpoint_there_is_nothing_to_restore(tmp_path: Path) -> None:
+    assert RunState.restore(tmp_path, FedAvg(), 1e-5) is None
+
+
+def test_round_ids_only_grow() -> None:
+    run = _run(np.zeros(3))
+    assert [run.next_round() for _ in range(3)] == [1, 2, 3]

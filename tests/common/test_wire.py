@@ -1,0 +1,116 @@
+"""The wire edge: typed objects survive the trip through protobuf, and a message that cannot become one is refused."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from protos.fedxray.v1 import fedxray_pb2 as pb
+from services.common.errors import MalformedChunkError
+from services.common.evaluation_report import EvaluationCounts, EvaluationReport
+from services.common.noise import NoiseKind
+from services.common.packing import FieldLayout
+from services.common.public_key import PublicKeyInfo
+from services.common.round_plan import (
+    LocalTrainingPlan,
+    ModelBroadcast,
+    ModelChunk,
+    RoundKind,
+    RoundPlan,
+    SumLayout,
+    TrainingFinished,
+    TransferPlan,
+)
+from services.common.update_codec import QuantizationPlan
+from services.common.upload import Attestation, DecryptManifest, PhaseSeconds, UploadChunk
+from services.common.wire import (
+    evaluation_from_wire,
+    evaluation_to_wire,
+    field_values_from_wire,
+    field_values_to_wire,
+    manifest_from_wire,
+    manifest_to_wire,
+    plan_from_wire,
+    plan_to_wire,
+    public_key_from_wire,
+    public_key_to_wire,
+    round_message_from_wire,
+    round_message_to_wire,
+    upload_chunk_from_wire,
+    upload_chunk_to_wire,
+)
+
+PLAN = RoundPlan(
+    7, RoundKind.TRAIN, True, "0123456789abcdef", LocalTrainingPlan(2, 0.0125, 16, "adamw", 0.01, True),
+    QuantizationPlan(1000, 10.0, 123.5, 511, 10, 3, NoiseKind.SKELLAM, 16.0, rounding_pieces=2, rounding_beta=0.6),
+    FieldLayout(10, 8, 3), TransferPlan(2, 8, 1 << 18, 900.0), ModelBroadcast(500, "digest", b"\x01" * 32, 1))
+ATTESTATION = Attestation("hospital-1", 7, "0123456789abcdef", 2, b"d" * 32, b"s" * 64, SumLayout.UPDATE)
+
+
+def test_a_round_plan_survives_the_wire_exactly() -> None:
+    assert plan_from_wire(plan_to_wire(PLAN)) == PLAN
+    statistics = replace(PLAN, kind=RoundKind.HEAD_STATISTICS, layout=FieldLayout(37, 8, 1),
+                         quantization=replace(PLAN.quantization, bits=37))
+    assert plan_from_wire(plan_to_wire(statistics)) == statistics
+    assert plan_from_wire(plan_to_wire(statistics)).sum_layout is SumLayout.STATISTICS
+
+
+def test_every_round_message_survives_the_wire() -> None:
+    for message in (PLAN, ModelChunk(7, 3, b"\x00\x01"), TrainingFinished(4)):
+        assert round_message_from_wire(round_message_to_wire(message)) == message
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda p: setattr(p, "kind", pb.ROUND_KIND_UNSPECIFIED), "no known kind"),
+    (lambda p: setattr(p.training, "optimizer", "lbfgs"), "unknown local optimizer"),
+    (lambda p: setattr(p.codec, "layout", pb.SUM_LAYOUT_STATISTICS), "another layout than its kind"),
+    (lambda p: setattr(p.codec, "layout", 9), "unknown sum layout"),
+    (lambda p: setattr(p.codec, "noise_kind", "gaussian"), "invalid codec"),
+    (lambda p: setattr(p.codec, "fields_per_slot", 0), "invalid codec"),
+    (lambda p: setattr(p.codec, "bits", 0), "invalid codec"),
+])
+def test_a_plan_that_cannot_be_typed_is_refused_by_name(change: object, message: str) -> None:
+    wire = plan_to_wire(PLAN)
+    change(wire)  # type: ignore[operator]
+    with pytest.raises(MalformedChunkError, match=message):
+        plan_from_wire(wire)
+
+
+def test_an_upload_chunk_and_its_attestation_survive_the_wire() -> None:
+    last = UploadChunk(7, "k", "hospital-1", 1, (b"c1", b"c2"), attestation=ATTESTATION,
+                       phases=PhaseSeconds(1.0, 0.5, 2.0, 0.25))
+    assert upload_chunk_from_wire(upload_chunk_to_wire(last)) == last
+    plain = UploadChunk(7, "k", "hospital-1", 0, plaintext_values=b"\x00" * 8)
+    assert upload_chunk_from_wire(upload_chunk_to_wire(plain)) == plain
+
+
+def test_a_manifest_and_the_public_key_survive_the_wire() -> None:
+    manifest = DecryptManifest(7, "k", 2, 1000, (ATTESTATION,), SumLayout.UPDATE)
+    assert manifest_from_wire(manifest_to_wire(manifest)) == manifest
+    key = PublicKeyInfo(b"context", "k", FieldLayout(10, 8, 3), FieldLayout(37, 8, 1), 4096, 3)
+    assert public_key_from_wire(public_key_to_wire(key)) == key
+
+
+def test_field_values_survive_the_wire_and_a_short_answer_is_refused() -> None:
+    fields = np.array([0, 1, 1023], dtype="<u4")
+    assert field_values_from_wire(field_values_to_wire(0, fields)).tolist() == [0, 1, 1023]
+    short = field_values_to_wire(0, fields)
+    short.value_count = 4
+    with pytest.raises(MalformedChunkError, match="carries 3 of 4"):
+        field_values_from_wire(short)
+
+
+def test_an_evaluation_report_survives_the_wire_with_and_without_calibration() -> None:
+    rng = np.random.default_rng(0)
+    counts = EvaluationCounts(rng.integers(0, 9, (2, 2)), 3.5, 12, rng.integers(0, 9, (2, 100)),
+                              rng.integers(0, 9, (2, 100)))
+    for report in (EvaluationReport("hospital-2", 4, counts),
+                   EvaluationReport("hospital-2", 4, counts, rng.integers(0, 9, (2, 100)),
+                                    rng.integers(0, 9, (2, 100)))):
+        back = evaluation_from_wire(evaluation_to_wire(report))
+        assert (back.node_id, back.model_round, back.histogram_spacing) == ("hospital-2", 4, "logit")
+        assert np.array_equal(back.counts.confusion, counts.confusion)
+        assert np.array_equal(back.counts.negative_histograms, counts.negative_histograms)
+        assert (back.calibration_positive is None) == (report.calibration_positive is None)
