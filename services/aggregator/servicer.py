@@ -93,6 +93,10 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
     @translate_errors
     def SubmitUpdate(self, request_iterator: Iterator[pb.UpdateChunk],
                      context: grpc.ServicerContext) -> pb.SubmitReceipt:
+        with self._metrics.upload_streams.track_inprogress():
+            return self._submit(request_iterator, context)
+
+    def _submit(self, request_iterator: Iterator[pb.UpdateChunk], context: grpc.ServicerContext) -> pb.SubmitReceipt:
         started = time.monotonic()
         chunks = _typed_chunks(request_iterator)
         try:

@@ -15,6 +15,7 @@ import pytest
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.aggregator.servicer import AggregatorServicer
+from services.common.metrics import ServiceMetrics
 from services.common.upload import UploadChunk
 
 GRACE = 0.2
@@ -57,6 +58,7 @@ class Submissions:
     """Stand-in upload intake, round state and metrics: records what the servicer did."""
 
     def __init__(self) -> None:
+        self.upload_streams = ServiceMetrics("aggregator").upload_streams
         self.staged = Staged()
         self.abandoned: list[str] = []
         self.refusals: list[str] = []
@@ -92,6 +94,7 @@ def _then_broken(*chunks: pb.UpdateChunk) -> Iterator[pb.UpdateChunk]:
 def test_a_stream_that_ends_early_and_is_cancelled_soon_after_is_broken_not_malformed() -> None:
     context = Context(active_polls=3)
     fakes, details = _submit(iter([_chunk()]), context)
+    assert fakes.upload_streams._value.get() == 0  # counted while it was received, not after
     assert fakes.refusals == ["broken_stream"]
     assert context.status == grpc.StatusCode.CANCELLED
     assert details == "stream of node 'hospital-2' broke off after 100 bytes"  # the one chunk's ciphertext

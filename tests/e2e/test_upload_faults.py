@@ -61,6 +61,7 @@ class IntruderNode:
         self.spec = parameter_spec(state)
         self.weights = flatten_state(state)
         self.identity = load_identity(consortium.identities / f"{node_id}.key")
+        self.metrics_port = consortium.services["aggregator"].metrics_port
         self.stream: Iterator[pb.RoundMessage] | None = None
 
     def join(self) -> RoundPlan:
@@ -94,9 +95,11 @@ class IntruderNode:
             yield from ()
 
         call = self.aggregator.SubmitUpdate.future(nothing(), timeout=60)
-        # Time for the call's headers to reach the aggregator (loopback, a channel already connected), whose
-        # handler then waits for a first chunk. Were it cancelled before they left, nothing would be counted.
-        time.sleep(1.0)
+        # Cancel only once the aggregator's handler holds the call and waits for a first chunk: cancelled before
+        # its headers arrived, nothing would be counted.
+        deadline = time.monotonic() + 30
+        while scrape(self.metrics_port).get("fedxray_upload_streams_open", 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
         call.cancel()
         release.set()
         assert call.cancelled() and call.code() == grpc.StatusCode.CANCELLED

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from scripts.settings_env import child_environment
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.data.image_loaders import DatasetFormatError, load_dicom_class_folders
 from services.hospital_node.data.local_data import load_local_data
@@ -113,8 +114,8 @@ def test_class_names_are_parsed_from_the_environment_and_checked(monkeypatch: py
 def test_the_node_process_refuses_unusable_images_with_a_named_error(tmp_path: Path) -> None:
     for index in range(3):
         write_grey_png(tmp_path / "train" / "PNEUMONIA" / f"{index}.png", 200)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "FEDXRAY_NODE_DATA_SOURCE": "folder",
-           "FEDXRAY_NODE_DATA_PATH": str(tmp_path), "FEDXRAY_NODE_IMAGE_SIZE": "16", "FEDXRAY_NODE_INSECURE": "true"}
+    settings = HospitalNodeSettings(data_source="folder", data_path=tmp_path, image_size=16, insecure=True)
+    env = child_environment({**os.environ, "PYTHONPATH": str(REPO)}, settings)
     done = subprocess.run([sys.executable, "-m", "services.hospital_node"], env=env, cwd=REPO, capture_output=True,
                           text=True, timeout=180)
     assert done.returncode == 2, done.stderr[-2000:]
