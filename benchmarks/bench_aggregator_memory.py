@@ -25,7 +25,7 @@ from scripts.consortium import Consortium, ConsortiumConfig
 from services.hospital_node.encryption_pool import EncryptionPool
 from services.common.model_spec import parameter_spec
 from services.common.models import build_model
-from services.common.stream_digest import load_identity
+from services.common.node_identity import load_identity
 from services.common.wire import plan_from_wire, upload_chunk_to_wire
 from services.hospital_node.update_stream import UploadTimings, secure_upload
 from tests.e2e.consortium_checks import scrape

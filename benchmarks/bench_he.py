@@ -4,7 +4,9 @@ Run: `make bench-he` or `python -m benchmarks.bench_he [--dimension N]`. The def
 dimension, 23,512,130, is torchvision ResNet-50 with a 2-class head. Both codecs
 process the same update; the codec's 5 submissions are distinct node encodings,
 the baseline encrypts one node and sums that submission 5 times (its encryption
-alone takes minutes here).
+alone takes minutes here). Then the node path again with pairwise masks, for
+participant sets of 5, 10 and 20 (`--mask-nodes`), beside the unmasked node path in
+the same run.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import tenseal as ts
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from benchmarks.memory_probe import peak_rss_bytes, reset_peak_rss
 from services.common.ckks_params import (
@@ -33,6 +36,7 @@ from services.hospital_node.encryption_pool import EncryptedChunk, EncryptionPoo
 from services.common.he_codec import RunningCiphertextSum, decrypt_to_slot_integers, slot_matrix
 from services.common.noise import NoiseKind
 from services.common.packing import FieldLayout, unpack_fields
+from services.common.pairwise_masks import MaskScope, PeerMask, peer_masks
 from services.common.update_codec import QuantizationPlan, decode_mean_update, plan_quantization, scale_update
 
 RESNET50_2CLASS = 23_512_130
@@ -72,9 +76,9 @@ def _plan(update: np.ndarray) -> tuple[QuantizationPlan, CkksParameters, FieldLa
 
 
 def _encode_node(pool: EncryptionPool, update: np.ndarray, plan: QuantizationPlan, params: CkksParameters,
-                 layout: FieldLayout, seed: int, label: str) -> list[EncryptedChunk]:
+                 layout: FieldLayout, seed: int, label: str, masks: tuple[PeerMask, ...] = ()) -> list[EncryptedChunk]:
     chunks = pool.encode_and_encrypt(scale_update(update, plan), plan, layout, params.slots, CHUNK_CIPHERTEXTS,
-                                     np.random.SeedSequence(seed), keep_fields=True)
+                                     np.random.SeedSequence(seed), keep_fields=True, masks=masks)
     return list(_progress(label, chunks, plan.rounding_pieces))
 
 
@@ -180,22 +184,64 @@ def report(packed: CodecFigures, baseline: CodecFigures, single_process_node_sec
     return "\n".join(lines)
 
 
+def bench_masking(update: np.ndarray, workers: int, node_counts: tuple[int, ...],
+                  repeats: int = 2) -> dict[int, float]:
+    """Median node seconds of one upload without masks (key 0) and with a node's pairwise masks in a set of each
+    size (its n - 1 peers), run alternately in one pool so that the machine's noise falls on both alike."""
+    plan, params, layout = _plan(update)
+    public = public_context_bytes(make_secret_context(params))
+    masks = {0: ()}
+    for count in node_counts:
+        nodes = [f"hospital-{i}" for i in range(count)]
+        private = {node: X25519PrivateKey.generate() for node in nodes}
+        peers = {node: key.public_key() for node, key in private.items()}
+        masks[count] = tuple(peer_masks(nodes[0], private[nodes[0]], peers, MaskScope("bench", "key", 1, 1,
+                                                                                       tuple(nodes))))
+    times: dict[int, list[float]] = {count: [] for count in masks}
+    with EncryptionPool(public, workers=workers) as pool:
+        for repeat in range(repeats):
+            for count, node_masks in masks.items():
+                start = time.perf_counter()
+                _encode_node(pool, update, plan, params, layout, repeat, f"masked for {count} nodes" if count
+                             else "unmasked", node_masks)
+                times[count].append(time.perf_counter() - start)
+    return {count: statistics.median(seconds) for count, seconds in times.items()}
+
+
+def masking_report(seconds: dict[int, float], workers: int) -> str:
+    lines = [f"node s: encode+encrypt+serialize with pairwise masks ({workers} workers, medians)",
+             f"{'participants':>12} {'node s':>8} {'masked/unmasked':>16}",
+             f"{'unmasked':>12} {seconds[0]:8.3f} {1.0:16.3f}"]
+    for count in sorted(c for c in seconds if c):
+        lines.append(f"{count:>12} {seconds[count]:8.3f} {seconds[count] / seconds[0]:16.3f}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dimension", type=int, default=RESNET50_2CLASS)
     parser.add_argument("--workers", type=int, default=2, help="encryption processes per node")
     parser.add_argument("--skip-single-process", action="store_true")
+    parser.add_argument("--mask-nodes", type=int, nargs="*", default=[5, 10, 20],
+                        help="participant-set sizes to time the masked node path at (none: skip)")
+    parser.add_argument("--only-masking", action="store_true", help="time the masked node path alone")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     rng = np.random.default_rng(42)
     update = rng.normal(0.0, 1e-3, args.dimension)
+    if args.only_masking:
+        print(masking_report(bench_masking(update, args.workers, tuple(args.mask_nodes)), args.workers))
+        return
     packed = bench_packed(update, args.workers)
     single = None
     if not args.skip_single_process:
         single = bench_packed_single(update)
     baseline = bench_baseline(update)
+    masking = bench_masking(update, args.workers, tuple(args.mask_nodes)) if args.mask_nodes else None
     print(f"\nupdate of {args.dimension:,} parameters, {NODES} nodes")
     print(report(packed, baseline, single))
+    if masking is not None:
+        print(masking_report(masking, args.workers))
 
 
 def bench_packed_single(update: np.ndarray) -> float:

@@ -27,7 +27,8 @@ def run_mode(secure: bool, args: argparse.Namespace, root: Path, drift_correctio
         run_dir=root / label, nodes=5, seed=args.seed,
         # 200 training images per node after the 20% validation split.
         images_per_node=args.train_images * 5 // 4,
-        settings={"rounds": args.rounds, "secure": secure, "drift_correction": drift_correction,
+        settings={"rounds": args.rounds, "secure": secure, "allow_plaintext": not secure,
+                  "drift_correction": drift_correction,
                   "architecture": args.architecture, "image_size": args.image_size, "partition_scheme": "iid",
                   "round_deadline_seconds": 3600,
                   # Five hospitals share this machine's cores: one training thread each, encryption in-process.

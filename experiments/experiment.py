@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         shutil.rmtree(args.out / mode, ignore_errors=True)
         consortia[mode] = Consortium(replace(base, run_dir=args.out / mode,
-                                             settings={**values, "secure": mode == "secure"}))
+                                             settings={**values, "secure": mode == "secure",
+                                                       "allow_plaintext": mode == "plaintext"}))
         print(f"[{mode}] class counts:\n{consortia[mode].write_class_counts()}", flush=True)
 
     def baseline() -> None:

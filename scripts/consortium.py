@@ -30,7 +30,7 @@ from services.aggregator.config import AggregatorSettings
 from services.aggregator.run_outcome import RunOutcome
 from services.common.atomic_files import read_json_lines, write_json_atomic
 from scripts.settings_env import child_environment
-from services.common.stream_digest import generate_identity
+from services.common.node_identity import generate_identity
 from services.common.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME, TlsSettings, channel
 from services.hospital_node.config import HospitalNodeSettings
 from services.key_authority.config import KeyAuthoritySettings
@@ -93,6 +93,8 @@ class ConsortiumConfig:
     seed: int | None = None  # fixes node i's training and noise randomness at seed * 1000 + i (tests)
     insecure: bool = False  # plaintext gRPC, no certificates
     extra_members: list[str] = field(default_factory=list)  # registered ids with no node process
+    # An aggregator the launcher does not start (a test's harness playing one): the nodes dial this address.
+    external_aggregator: str | None = None
     # Test-only: the module each service runs (tests/service_hooks wraps the services' entry points), and the
     # environment of their hooks.
     modules: dict[str, str] = field(default_factory=dict)
@@ -152,7 +154,7 @@ class Consortium:
         self.config = config
         self.services: dict[str, Service] = {}
         self.ka_address = f"127.0.0.1:{free_port()}"
-        self.aggregator_address = f"127.0.0.1:{free_port()}"
+        self.aggregator_address = config.external_aggregator or f"127.0.0.1:{free_port()}"
         self.identities = config.run_dir / "identities"
         self.certs = config.run_dir / "certs"
         self.logs = config.run_dir / "logs"
@@ -240,7 +242,8 @@ class Consortium:
         self.key_authority_settings = self._key_authority_settings(ka_metrics)
         self._start("key_authority", "key_authority", self.key_authority_settings, ka_metrics)
         self.aggregator_settings = self._aggregator_settings(agg_metrics)
-        self._start("aggregator", "aggregator", self.aggregator_settings, agg_metrics)
+        if c.external_aggregator is None:
+            self._start("aggregator", "aggregator", self.aggregator_settings, agg_metrics)
         for index, node_id in enumerate(self.node_ids):
             port = free_port()
             self.node_settings[index] = self._node_settings(index, port)
@@ -353,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     config = ConsortiumConfig(
         run_dir=args.run_dir, nodes=args.nodes, images_per_node=args.images_per_node,
         settings={**DEMO_SETTINGS, "rounds": args.rounds, "secure": not args.plaintext,
+                  "allow_plaintext": args.plaintext,
                   "architecture": args.architecture, "image_size": args.image_size, "head_refit": args.head_refit})
     demo = Consortium(config)
     aggregator, node = demo.aggregator_settings, demo.node_settings[0]

@@ -2,7 +2,8 @@
 
 Writes into --out: ca.pem (and ca.key, keep it offline), key-authority.{pem,key},
 aggregator.{pem,key}, and hospital-N.{pem,key} for each node, plus each node's
-Ed25519 upload-signing identity under identities/. Private keys are mode 0600.
+Ed25519 upload-signing key and X25519 mask-agreement key under identities/, and
+their public halves alone under public-keys/. Private keys are mode 0600.
 A certificate's common name is the party's identity: the aggregator takes the node
 id from it, and the key authority decrypts only for the `aggregator` name.
 """
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from services.common.atomic_files import write_atomic
-from services.common.stream_digest import generate_identity
+from services.common.node_identity import generate_identity
 from services.common.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME
 
 VALID_DAYS = 825
@@ -75,6 +76,9 @@ def make_consortium_certs(out: Path, node_ids: list[str]) -> None:
     for node_id in node_ids:
         if not (out / "identities" / f"{node_id}.key").exists():
             generate_identity(out / "identities", node_id)
+    # The public halves alone, for every party to mount: identities/ also holds the members' secrets.
+    for public in sorted((out / "identities").glob("*.pub")):
+        write_atomic(out / "public-keys" / public.name, public.read_bytes())
 
 
 def main(argv: list[str] | None = None) -> None:

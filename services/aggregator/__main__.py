@@ -33,7 +33,7 @@ from services.common.service_runtime import (
     serve_metrics,
     shutdown_event,
 )
-from services.common.stream_digest import NodeKeyRegistry
+from services.common.node_identity import NodeKeyRegistry
 from services.common.tls import KEY_AUTHORITY_NAME, add_port, channel
 
 

@@ -29,6 +29,8 @@ class AggregatorSettings(TlsSettings):
     expected_participants: int = Field(5, ge=1, description="nodes to wait for before round 1")
     min_participants: int = Field(3, ge=1, description="quorum below which a round is not sealed")
     join_timeout_seconds: float = Field(600.0, gt=0)
+    max_attempts: int = Field(2, ge=1, description="attempts of one round: a participant that does not complete its "
+                              "upload makes the next attempt go without it (fresh masks and noise for all)")
     round_deadline_seconds: float = Field(1800.0, gt=0, description="seal with the quorum present after this")
     stream_close_grace_seconds: float = Field(
         2.0, gt=0, description="how long an upload that ends without its attestation waits to learn whether its "

@@ -11,7 +11,7 @@ import numpy as np
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
-from services.common.errors import MalformedChunkError
+from services.common.errors import DecryptionRefusedError, MalformedChunkError
 from services.common.public_key import PublicKeyInfo
 from services.common.upload import DecryptManifest
 from services.common.wire import decrypt_requests, field_values_from_wire, public_key_from_wire
@@ -36,12 +36,17 @@ class KeyAuthorityClient:
                 time.sleep(1.0)
 
     def decrypt(self, manifest: DecryptManifest, chunks: Iterator[list[bytes]]) -> np.ndarray:
-        """The sum's field integers mod 2^bits, in order."""
+        """The sum's field integers mod 2^bits, in order; a refusal becomes `DecryptionRefusedError`."""
         parts = []
-        for expected, response in enumerate(self._stub.Decrypt(decrypt_requests(manifest, chunks), timeout=1800)):
-            if response.index != expected:
-                raise MalformedChunkError(f"key authority answered chunk {response.index}, expected {expected}")
-            parts.append(field_values_from_wire(response))
+        responses = self._stub.Decrypt(decrypt_requests(manifest, chunks), timeout=1800)
+        try:
+            for expected, response in enumerate(responses):
+                if response.index != expected:
+                    raise MalformedChunkError(f"key authority answered chunk {response.index}, expected {expected}")
+                parts.append(field_values_from_wire(response))
+        except grpc.RpcError as error:
+            raise DecryptionRefusedError(f"the key authority refused round {manifest.round_id} attempt "
+                                         f"{manifest.attempt}: {error.code().name}: {error.details()}") from error
         values = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         if values.size != manifest.value_count:
             raise MalformedChunkError(f"key authority returned {values.size} of {manifest.value_count} values")

@@ -28,20 +28,17 @@ from services.aggregator.round_state import RoundState, new_round_state
 from services.aggregator.run_outcome import RunOutcome
 from services.aggregator.run_state import RunState
 from services.aggregator.strategies.head_refit import HeadRefit, HeadRefitError
-from services.aggregator.submission_staging import VerifiedSubmission
+from services.aggregator.sum_release import DecryptionObserver, release_mean
 from services.aggregator.upload_intake import UploadIntake
 from services.common.ckks_params import load_public_context
+from services.common.errors import DecryptionRefusedError, ImplausibleSumError
 from services.common.metrics import ServiceMetrics
 from services.common.public_key import PublicKeyInfo
-from services.common.round_plan import ModelChunk, RoundKind, RoundPlan, TrainingFinished
-from services.common.update_codec import decode_mean_update
-from services.common.upload import DecryptManifest
+from services.common.round_plan import ModelChunk, RoundKind, TrainingFinished
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
 Apply = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
-# Called with each decrypted sum's plan, field integers and contributors (a test's window; None in production).
-DecryptionObserver = Callable[[RoundPlan, np.ndarray, list[str]], None]
 
 
 @dataclass
@@ -125,16 +122,18 @@ class RoundLoop:
         self._parts.board.write_row(self._parts.run.round_id - 1, pending)
         return row
 
-    def _open(self, planner: RoundPlanner, kind: RoundKind) -> RoundState:
+    def _open(self, planner: RoundPlanner, kind: RoundKind, attempt: int = 1,
+              participants: frozenset[str] = frozenset()) -> RoundState:
         p = self._parts
-        round_id = p.run.next_round()
+        round_id = p.run.round_id if attempt > 1 else p.run.next_round()
         broadcast = broadcast_chunks(p.run.strategy.broadcast(p.run.weights))
-        plan = planner.plan(round_id, kind, broadcast)
+        plan = planner.plan(round_id, kind, broadcast, attempt, participants)
         expected = p.membership.connected()
         state = new_round_state(plan, expected, self._public_context)
         p.intake.open(state, self.key)
         self._metrics.current_round.set(round_id)
-        log.info("round %d opened for %s (%s)", round_id, sorted(expected), kind.value)
+        log.info("round %d attempt %d opened for %s (%s)", round_id, attempt, sorted(participants or expected),
+                 kind.value)
         p.membership.broadcast(plan)
         for index, values in enumerate(broadcast):
             p.membership.broadcast(ModelChunk(round_id, index, values))
@@ -144,29 +143,54 @@ class RoundLoop:
                              time.monotonic() + self._settings.round_deadline_seconds)
         return state
 
+    def _collect(self, planner: RoundPlanner, kind: RoundKind, stop: threading.Event) -> RoundState:
+        """Attempts of one round until one completes: each fixes its participant set S before any upload, and
+        one that loses a member (gone, declined or silent until the deadline) is followed by another without it,
+        while at least the quorum is left and attempts remain. The last attempt's state, sealed."""
+        s, p = self._settings, self._parts
+        participants = frozenset(p.membership.connected())
+        for attempt in range(1, s.max_attempts + 1):
+            state = self._open(planner, kind, attempt, participants)
+            deadline = time.monotonic() + s.round_deadline_seconds
+            with state.lock:
+                while (not state.complete() and not state.broken and time.monotonic() < deadline
+                       and not stop.is_set()):
+                    state.changed.wait(POLL_SECONDS)
+            state.seal()
+            if not s.secure or state.complete() or stop.is_set():
+                return state
+            left = frozenset(state.lost) if state.broken else participants - set(state.contributors)
+            participants = (participants - left) & p.membership.connected()
+            log.warning("round %d attempt %d lost %s%s", state.round_id, attempt, sorted(left),
+                        "" if len(participants) >= s.min_participants and attempt < s.max_attempts
+                        else "; no attempt left")
+            if len(participants) < s.min_participants:
+                return state
+        return state
+
     def _sealed_round(self, planner: RoundPlanner, kind: RoundKind, stop: threading.Event, apply: Apply) -> Row:
-        """Open, collect to quorum or deadline, seal, decrypt, charge the release, apply and checkpoint: the round's
-        row, marked failed when the quorum is missing, the sum was corrupted (nothing decrypted then) or the
-        strategy refused the sum (the model stays as it was)."""
+        """Collect (in attempts), seal, decrypt, charge the release, apply and checkpoint: the round's row, marked
+        failed when no attempt completed with the quorum, the sum was corrupted (nothing decrypted then), the key
+        authority refused it, it was out of bounds, or the strategy refused it (the model stays as it was)."""
         s, p = self._settings, self._parts
         started = time.monotonic()
-        state = self._open(planner, kind)
-        deadline = started + s.round_deadline_seconds
-        with state.lock:
-            while not state.complete() and time.monotonic() < deadline and not stop.is_set():
-                state.changed.wait(POLL_SECONDS)
-        contributors = state.seal()
-        participants = len(contributors)
-        row: Row = {"round": state.round_id, "participants": participants,
-                    "contributors": [c.header.node_id for c in contributors],
-                    "learning_rate": state.plan.training.learning_rate}
-        if participants < s.min_participants or state.corrupted:
+        state = self._collect(planner, kind, stop)
+        participants = len(state.contributors)
+        row: Row = {"round": state.round_id, "attempt": state.attempt, "participants": participants,
+                    "contributors": sorted(state.contributors), "learning_rate": state.plan.training.learning_rate}
+        if participants < s.min_participants or state.corrupted or (s.secure and not state.complete()):
             log.error("round %d failed: %d participants (quorum %d)%s", state.round_id, participants,
                       s.min_participants, ", sum corrupted" if state.corrupted else "")
             row.update(failed=True, seconds=time.monotonic() - started, epsilon=p.guard.epsilon)
             return row
         decrypt_start = time.monotonic()
-        mean_upload = self._mean_upload(state, contributors)
+        try:
+            mean_upload = release_mean(state, self._key_authority, self._observer)
+        except DecryptionRefusedError as refused:
+            return self._failed(row, started, "key_authority_refused", refused)
+        except ImplausibleSumError as implausible:
+            p.guard.spend(state.plan.quantization, participants)  # decrypted, so released
+            return self._failed(row, started, "implausible_sum", implausible)
         decrypt_seconds = time.monotonic() - decrypt_start
         p.guard.spend(state.plan.quantization, participants)  # released once decrypted, whatever becomes of it
         apply_start = time.monotonic()
@@ -178,6 +202,7 @@ class RoundLoop:
         p.run.checkpoint(self._checkpoints)
         apply_seconds = time.monotonic() - apply_start
         seconds = time.monotonic() - started
+        contributors = [state.contributors[node] for node in sorted(state.contributors)]
         phases = record_round(self._metrics, state, contributors, seconds, decrypt_seconds, apply_seconds,
                               p.guard.epsilon, p.guard.round_epsilon(state.plan.quantization, participants))
         row.update(seconds=seconds, epsilon=p.guard.epsilon, phases=phases)
@@ -185,17 +210,10 @@ class RoundLoop:
                  p.guard.epsilon)
         return row
 
-    def _mean_upload(self, state: RoundState, contributors: list[VerifiedSubmission]) -> np.ndarray:
-        plan, participants = state.plan, len(contributors)
-        if not plan.secure:
-            assert state.plaintext_sum is not None
-            return state.plaintext_sum / participants
-        assert state.ciphertext_sum is not None
-        total = state.ciphertext_sum
-        manifest = DecryptManifest(state.round_id, plan.key_id, total.chunk_count, plan.upload_value_count,
-                                   tuple(c.attestation for c in contributors), plan.sum_layout)
-        field_sums = self._key_authority.decrypt(manifest, (total.serialized_chunk(i)
-                                                            for i in range(total.chunk_count)))
-        if self._observer is not None:
-            self._observer(plan, field_sums, [c.header.node_id for c in contributors])
-        return decode_mean_update(field_sums, plan.quantization, participants)
+    def _failed(self, row: Row, started: float, reason: str, error: Exception) -> Row:
+        """A round whose sum was refused: the model stays, the run goes on."""
+        self._metrics.record_refusal(reason)
+        log.error("round %s failed: %s; the model stays as it was", row["round"], error)
+        self._parts.run.checkpoint(self._checkpoints)
+        row.update(failed=True, error=str(error), seconds=time.monotonic() - started, epsilon=self._parts.guard.epsilon)
+        return row

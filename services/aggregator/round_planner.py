@@ -58,8 +58,10 @@ class RoundPlanner:
     def quantization(self, kind: RoundKind) -> QuantizationPlan:
         return self.statistics_plan if kind is RoundKind.HEAD_STATISTICS else self.update_plan
 
-    def plan(self, round_id: int, kind: RoundKind, broadcast: list[bytes]) -> RoundPlan:
-        """The plan of round `round_id`; `broadcast` is the model chunks that follow it."""
+    def plan(self, round_id: int, kind: RoundKind, broadcast: list[bytes], attempt: int = 1,
+             participants: frozenset[str] = frozenset()) -> RoundPlan:
+        """The plan of attempt `attempt` of round `round_id` for the participant set `participants`; `broadcast` is
+        the model chunks that follow it."""
         s, quantization = self._settings, self.quantization(kind)
         training = training_plan(s, round_id)
         chunks = (quantization.rounding_pieces if s.secure
@@ -68,7 +70,8 @@ class RoundPlanner:
         model = ModelBroadcast(self._spec.count, self._spec.digest, hashlib.sha256(b"".join(broadcast)).digest(),
                                len(broadcast))
         return RoundPlan(round_id, kind, s.secure, self._key.key_id, training, quantization,
-                         self._key.layout_for(SumLayout.for_round(kind)), transfer, model)
+                         self._key.layout_for(SumLayout.for_round(kind)), transfer, model, attempt,
+                         tuple(sorted(participants)))
 
 
 def training_plan(settings: AggregatorSettings, round_id: int) -> LocalTrainingPlan:

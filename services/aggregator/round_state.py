@@ -12,11 +12,15 @@ import tenseal as ts
 from services.aggregator.submission_staging import VerifiedSubmission, plaintext_values, read_staged
 from services.common.errors import DuplicateSubmissionError, WrongRoundError
 from services.common.he_codec import RunningCiphertextSum
-from services.common.round_plan import RoundPlan
+from services.common.round_plan import RoundKind, RoundPlan
 
 
 @dataclass
 class RoundState:
+    """One attempt of one round. In secure mode its participant set is fixed before any upload: the masks cancel
+    only over all of it, so the attempt completes when every participant's upload is folded, and breaks as soon
+    as one of them leaves or declines."""
+
     round_id: int
     plan: RoundPlan
     expected: set[str]
@@ -25,6 +29,7 @@ class RoundState:
     in_flight: set[str] = field(default_factory=set)
     sealed: bool = False
     corrupted: bool = False
+    lost: set[str] = field(default_factory=set)  # participants that left or declined before their upload was folded
     fold_seconds: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
     changed: threading.Condition = field(init=False)
@@ -34,8 +39,19 @@ class RoundState:
     def __post_init__(self) -> None:
         self.changed = threading.Condition(self.lock)
 
+    @property
+    def attempt(self) -> int:
+        return self.plan.attempt
+
+    @property
+    def participants(self) -> frozenset[str]:
+        return frozenset(self.plan.participants)
+
     def start_stream(self, node_id: str) -> None:
         with self.lock:
+            if self.plan.secure and node_id not in self.participants:
+                raise WrongRoundError(f"node {node_id!r} is not in the participant set of round {self.round_id} "
+                                      f"attempt {self.attempt}")
             # Checked before the seal: a retry of a folded upload learns that it was counted, not that it is late.
             if node_id in self.contributors:
                 raise DuplicateSubmissionError(f"node {node_id!r} already submitted to round {self.round_id}")
@@ -84,12 +100,21 @@ class RoundState:
             offset += values.size
 
     def complete(self) -> bool:
-        """Every node still expected has been folded."""
+        """Secure: every participant has been folded. Plaintext: every node still expected has."""
+        if self.plan.secure:
+            return self.participants <= set(self.contributors)
         return bool(self.expected) and self.expected <= set(self.contributors)
+
+    @property
+    def broken(self) -> bool:
+        """A participant is gone before its upload was folded: the masks can no longer cancel."""
+        return self.plan.secure and bool(self.lost)
 
     def node_left(self, node_id: str) -> None:
         with self.lock:
             self.expected.discard(node_id)
+            if node_id in self.participants and node_id not in self.contributors:
+                self.lost.add(node_id)
             self.changed.notify_all()
 
     def seal(self) -> list[VerifiedSubmission]:
@@ -100,6 +125,8 @@ class RoundState:
 
 def new_round_state(plan: RoundPlan, expected: set[str], public_context: ts.Context | None) -> RoundState:
     state = RoundState(plan.round_id, plan, set(expected))
+    if plan.secure and plan.kind is not RoundKind.EVALUATE and not plan.participants:
+        raise ValueError(f"round {plan.round_id}: a secure attempt needs its participant set")
     if plan.secure:
         assert public_context is not None
         state.ciphertext_sum = RunningCiphertextSum(public_context, plan.transfer.chunk_count)

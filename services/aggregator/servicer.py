@@ -17,10 +17,11 @@ from services.aggregator.upload_intake import UploadIntake
 from services.common.errors import BrokenStreamError, IdentityMismatchError, MalformedChunkError
 from services.common.grpc_status import translate_errors, translate_stream_errors
 from services.common.metrics import ServiceMetrics
-from services.common.stream_digest import NodeKeyRegistry
+from services.common.node_identity import NodeKeyRegistry
 from services.common.tls import peer_common_name
 from services.common.upload import PhaseSeconds, SubmitReceipt, UploadChunk
 from services.common.wire import (
+    decline_from_wire,
     evaluation_from_wire,
     join_from_wire,
     receipt_to_wire,
@@ -138,6 +139,13 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         self._membership.require_member(request.node_id)
         self._board.report(evaluation_from_wire(request))
         return pb.EvaluationAck()
+
+    @translate_errors
+    def DeclineRound(self, request: pb.RoundDecline, context: grpc.ServicerContext) -> pb.DeclineAck:
+        self._require_peer(context, request.node_id)
+        self._membership.require_member(request.node_id)
+        self._intake.decline(decline_from_wire(request))
+        return pb.DeclineAck()
 
     def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.ServiceStatus:
         return pb.ServiceStatus(service="aggregator", holds_secret_key=False,

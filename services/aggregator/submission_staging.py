@@ -17,7 +17,8 @@ import numpy as np
 
 from services.common.errors import DigestMismatchError, MalformedChunkError
 from services.common.round_plan import SumLayout
-from services.common.stream_digest import NodeKeyRegistry, StreamDigest
+from services.common.node_identity import NodeKeyRegistry
+from services.common.stream_digest import StreamDigest
 from services.common.upload import Attestation, PhaseSeconds, UploadChunk
 
 _LENGTH = struct.Struct(">Q")
@@ -33,6 +34,9 @@ class StreamHeader:
     values_per_plaintext_chunk: int
     dimension: int
     layout: SumLayout  # the layout the round's uploads are encoded in
+    attempt: int = 1
+    participant_set: bytes = b""  # participant_set_hash of the attempt's set
+    chunk_ciphertexts: int = 0
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,8 @@ class StagedSubmission:
                  check_ciphertexts: Callable[[int, list[bytes]], None]) -> None:
         self.header = header
         self._check_ciphertexts = check_ciphertexts
-        self._digest = StreamDigest(header.round_id, header.key_id, header.node_id)
-        self._path = directory / f"round{header.round_id}-{header.node_id}.staged"
+        self._digest = StreamDigest(header.round_id, header.key_id, header.node_id, header.attempt)
+        self._path = directory / f"round{header.round_id}-attempt{header.attempt}-{header.node_id}.staged"
         directory.mkdir(parents=True, exist_ok=True)
         self._file = open(self._path, "wb")
         self._next_index = 0
@@ -58,8 +62,9 @@ class StagedSubmission:
 
     def add(self, chunk: UploadChunk) -> None:
         header = self.header
-        if (chunk.round_id, chunk.key_id, chunk.node_id) != (header.round_id, header.key_id, header.node_id):
-            raise MalformedChunkError(f"chunk {chunk.index} changes round, key or node mid-stream")
+        if (chunk.round_id, chunk.attempt, chunk.key_id, chunk.node_id) != (
+                header.round_id, header.attempt, header.key_id, header.node_id):
+            raise MalformedChunkError(f"chunk {chunk.index} changes round, attempt, key or node mid-stream")
         if chunk.index != self._next_index or chunk.index >= header.chunk_count:
             raise MalformedChunkError(
                 f"chunk {chunk.index} out of order: expected {self._next_index} of {header.chunk_count}")
@@ -92,10 +97,13 @@ class StagedSubmission:
             raise MalformedChunkError(f"stream ended after {self._next_index} of {header.chunk_count} chunks")
         if attestation.stream_digest != self._digest.digest():
             raise DigestMismatchError(f"stream digest of node {header.node_id!r} does not match its chunks")
-        if (attestation.node_id, attestation.round_id, attestation.key_id, attestation.chunk_count,
-                attestation.layout) != (header.node_id, header.round_id, header.key_id, header.chunk_count,
-                                        header.layout):
-            raise DigestMismatchError("attestation names another node, round, key, chunk count or layout")
+        if (attestation.node_id, attestation.round_id, attestation.attempt, attestation.key_id, attestation.chunk_count,
+                attestation.layout, attestation.participant_set, attestation.value_count,
+                attestation.chunk_ciphertexts) != (
+                header.node_id, header.round_id, header.attempt, header.key_id, header.chunk_count, header.layout,
+                header.participant_set, header.dimension, header.chunk_ciphertexts):
+            raise DigestMismatchError("attestation names another node, round, attempt, key, size, layout or "
+                                      "participant set")
         registry.verify(header.node_id, attestation.signed_message(), attestation.signature)
         return VerifiedSubmission(header, attestation, self._path, phase_seconds, self.received_bytes)
 

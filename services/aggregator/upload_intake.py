@@ -15,6 +15,8 @@ from services.common.chunking import ciphertexts_in_chunk
 from services.common.errors import MalformedChunkError, UnknownNodeError, WrongKeyError, WrongRoundError
 from services.common.metrics import ServiceMetrics
 from services.common.public_key import PublicKeyInfo
+from services.common.pairwise_masks import participant_set_hash
+from services.common.round_plan import RoundDecline
 from services.common.upload import UploadChunk
 
 log = logging.getLogger(__name__)
@@ -40,11 +42,23 @@ class UploadIntake:
         if self._round is not None:
             self._round.node_left(node_id)
 
+    def decline(self, decline: RoundDecline) -> None:
+        """A node refused the open attempt's plan: it is lost to this attempt, as if it had left."""
+        self._metrics.plan_declined.labels(reason=decline.reason).inc()
+        log.warning("node %s declined round %d attempt %d (%s): %s", decline.node_id, decline.round_id,
+                    decline.attempt, decline.reason, decline.detail)
+        current = self._round
+        if current is not None and (current.round_id, current.attempt) == (decline.round_id, decline.attempt):
+            current.node_left(decline.node_id)
+
     def begin(self, first: UploadChunk) -> tuple[RoundState, StagedSubmission]:
         """Admit a stream by its first chunk: the open round, a member, the round's key; one stream per node."""
         current = self._round
         if current is None or first.round_id != current.round_id:
             raise WrongRoundError(f"round {first.round_id} is not open for submissions")
+        if first.attempt != current.attempt:
+            raise WrongRoundError(f"attempt {first.attempt} of round {first.round_id} is closed; attempt "
+                                  f"{current.attempt} is open")
         if first.node_id not in self._members:
             raise UnknownNodeError(f"node {first.node_id!r} is not a registered consortium member")
         plan = current.plan
@@ -52,7 +66,8 @@ class UploadIntake:
             raise WrongKeyError(f"chunk names key {first.key_id!r}; round {plan.round_id} uses {plan.key_id!r}")
         current.start_stream(first.node_id)
         header = StreamHeader(current.round_id, first.key_id, first.node_id, plan.secure, plan.transfer.chunk_count,
-                              plan.transfer.plaintext_chunk_values, plan.upload_value_count, plan.sum_layout)
+                              plan.transfer.plaintext_chunk_values, plan.upload_value_count, plan.sum_layout,
+                              plan.attempt, participant_set_hash(plan.participants), plan.transfer.chunk_ciphertexts)
         key = self._key
 
         def check(index: int, payloads: list[bytes]) -> None:

@@ -70,3 +70,19 @@ class IdentityMismatchError(FedXrayError):
 
 class UnknownNodeError(FedXrayError):
     """A node the consortium does not know."""
+
+
+class PlanRefusedError(FedXrayError):
+    """A round plan below a hospital's own privacy floor; `reason` names the rule it broke."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class DecryptionRefusedError(FedXrayError):
+    """The key authority refused to decrypt a round's sum; the round fails, the run goes on."""
+
+
+class ImplausibleSumError(FedXrayError):
+    """A decrypted sum larger than clipped honest uploads plus the configured noise can make."""

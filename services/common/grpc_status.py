@@ -27,6 +27,9 @@ STATUS_OF: dict[type[errors.FedXrayError], grpc.StatusCode] = {
     errors.AlreadyDecryptedError: grpc.StatusCode.ALREADY_EXISTS,
     errors.UnknownNodeError: grpc.StatusCode.UNAUTHENTICATED,
     errors.IdentityMismatchError: grpc.StatusCode.PERMISSION_DENIED,
+    errors.PlanRefusedError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.DecryptionRefusedError: grpc.StatusCode.ABORTED,
+    errors.ImplausibleSumError: grpc.StatusCode.DATA_LOSS,
 }
 
 log = logging.getLogger(__name__)

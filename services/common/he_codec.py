@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import tenseal as ts
 
+from services.common.ckks_params import COEFF_MOD_BIT_SIZES
 from services.common.errors import DecryptionIntegrityError, MalformedChunkError
 
 # A decrypted slot further than this from an integer means the ciphertext was not
@@ -15,6 +17,8 @@ from services.common.errors import DecryptionIntegrityError, MalformedChunkError
 # (ckks_params), so 0.45 is still over 9 of them: never hit by a valid sum of
 # independent encryptions, while garbage (uniform errors) exceeds it in ~10% of slots.
 MAX_ROUNDING_DISTANCE = 0.45
+# A ciphertext at the data level holds every prime of the chain but the special one.
+DATA_LEVEL_PRIMES = len(COEFF_MOD_BIT_SIZES) - 1
 
 
 def slot_matrix(slot_values: np.ndarray, slots: int) -> np.ndarray:
@@ -36,6 +40,49 @@ def deserialize_ciphertext(context: ts.Context, payload: bytes) -> ts.CKKSVector
         raise MalformedChunkError(f"ciphertext does not deserialize: {error}") from error
 
 
+@dataclass(frozen=True)
+class CiphertextShape:
+    """What every ciphertext of an upload or a sum must be, exactly: one CKKS ciphertext of two polynomials at
+    the data level, at the key's scale, holding a full row of slots, serialized to exactly this many bytes."""
+
+    serialized_bytes: int
+    scale: float
+    slots: int
+    poly_modulus_degree: int
+
+    @classmethod
+    def of(cls, context: ts.Context) -> CiphertextShape:
+        """Measured once from an encryption of zeros under `context` (public or secret)."""
+        slots = context.seal_context().data.first_context_data().parms().poly_modulus_degree() // 2
+        sample = ts.ckks_vector(context, np.zeros(slots))
+        ciphertext = sample.ciphertext()[0]
+        return cls(len(bytes(sample.serialize())), float(ciphertext.scale), slots, ciphertext.poly_modulus_degree())
+
+
+def check_ciphertext(context: ts.Context, payload: bytes, shape: CiphertextShape) -> ts.CKKSVector:
+    """The ciphertext, or a refusal naming what is wrong with it. Checked before it touches a sum or a decryption:
+    a padded message (unknown protobuf fields: the exact length refuses it, and with it any staging or memory beyond
+    an honest upload's), another scale, extra polynomials or another level would make a round's sum fail or let
+    more through than one ciphertext's worth of values. A message of the exact length that parses to a ciphertext of
+    the exact shape is just a ciphertext, whatever its bytes: any node can send one."""
+    if len(payload) != shape.serialized_bytes:
+        raise MalformedChunkError(f"a ciphertext of {len(payload)} bytes; this key's are {shape.serialized_bytes}")
+    vector = deserialize_ciphertext(context, payload)
+    ciphertexts = vector.ciphertext()
+    if len(ciphertexts) != 1 or vector.size() != shape.slots:
+        raise MalformedChunkError(f"a ciphertext of {len(ciphertexts)} parts and {vector.size()} slots; "
+                                  f"expected 1 part of {shape.slots}")
+    ciphertext = ciphertexts[0]
+    if (ciphertext.size(), ciphertext.coeff_modulus_size(), ciphertext.poly_modulus_degree()) != (
+            2, DATA_LEVEL_PRIMES, shape.poly_modulus_degree):
+        raise MalformedChunkError(f"a ciphertext of {ciphertext.size()} polynomials, {ciphertext.coeff_modulus_size()} "
+                                  f"primes and degree {ciphertext.poly_modulus_degree()}; expected 2, "
+                                  f"{DATA_LEVEL_PRIMES} and {shape.poly_modulus_degree}")
+    if float(ciphertext.scale) != shape.scale:
+        raise MalformedChunkError(f"a ciphertext at scale {ciphertext.scale}; this key's is {shape.scale}")
+    return vector
+
+
 class RunningCiphertextSum:
     """Per-chunk running sums of ciphertexts; the aggregator's only copy of the data."""
 
@@ -43,6 +90,7 @@ class RunningCiphertextSum:
         if public_context.is_private():
             raise ValueError("the aggregator must never hold a secret-key context")
         self._context = public_context
+        self._shape = CiphertextShape.of(public_context)
         self._sums: list[list[ts.CKKSVector] | None] = [None] * chunk_count
         self.contributions = 0
 
@@ -57,7 +105,7 @@ class RunningCiphertextSum:
         expected = self._sums[index]
         if expected is not None and len(expected) != len(payloads):
             raise MalformedChunkError(f"chunk {index} has {len(payloads)} ciphertexts, expected {len(expected)}")
-        return [deserialize_ciphertext(self._context, payload) for payload in payloads]
+        return [check_ciphertext(self._context, payload, self._shape) for payload in payloads]
 
     def fold(self, index: int, ciphertexts: list[ts.CKKSVector]) -> None:
         current = self._sums[index]

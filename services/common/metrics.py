@@ -44,6 +44,8 @@ class ServiceMetrics:
         self.round_epsilon = Gauge("fedxray_round_epsilon", "Epsilon of the last round alone", registry=r)
         self.validation = Gauge("fedxray_validation_metric", "Pooled validation metric of the global model",
                                 ["metric"], registry=r)
+        self.plan_declined = Counter("fedxray_plan_declined_total", "Round attempts nodes declined, by reason",
+                                     ["reason"], registry=r)
         self.upload_streams = Gauge("fedxray_upload_streams_open", "Upload streams being received now", registry=r)
         self.refused = Counter("fedxray_refused_requests_total", "Refused requests by reason", ["reason"],
                                registry=r)

@@ -53,6 +53,13 @@ class FieldLayout:
         return -(-count // self.fields_per_slot)
 
 
+def field_offset(bits: int) -> int:
+    """Offset binary: a node encodes v as v + 2^(bits-1), so every field it sends lies in [0, 2^bits) without
+    wrapping a negative value. The key authority's slots then hold, before the reduction mod 2^bits, the sum plus
+    a known offset and no count of how many hospitals' values were negative (two's complement's carries)."""
+    return 1 << (bits - 1)
+
+
 def to_modular(values: np.ndarray, bits: int) -> np.ndarray:
     """Signed integers reduced into [0, 2^bits)."""
     return np.mod(values.astype(np.int64), np.int64(1) << bits)

@@ -73,6 +73,8 @@ class RoundPlan:
     layout: FieldLayout
     transfer: TransferPlan
     model: ModelBroadcast
+    attempt: int = 1  # attempts of a round count from 1; each has its own participant set
+    participants: tuple[str, ...] = ()  # S, sorted: every node in it masks for exactly this set
 
     def __post_init__(self) -> None:
         if self.quantization.bits != self.layout.bits:
@@ -86,6 +88,17 @@ class RoundPlan:
     @property
     def upload_value_count(self) -> int:
         return self.quantization.dimension
+
+
+@dataclass(frozen=True)
+class RoundDecline:
+    """A node's refusal of one round attempt's plan, named (a metric label) and explained."""
+
+    node_id: str
+    round_id: int
+    attempt: int
+    reason: str
+    detail: str
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """A model update's path to integers mod 2^b and back to a mean float update.
 
 encode: clip (L2) -> scale -> clamp -> conditional randomized rounding -> add this
-node's share of Poisson-family noise -> reduce mod 2^b.
-decode: modular sum -> centered signed integers -> minus the known noise mean ->
-divide by (participants * scale).
+node's share of Poisson-family noise -> offset binary, mod 2^b -> add the pairwise mask.
+decode: modular sum -> minus the participants' offsets -> centered signed integers ->
+minus the known noise mean -> divide by (participants * scale).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.common.noise import NoiseKind, node_noise_share, noise_mean, sample_noise
-from services.common.packing import to_centered, to_modular
+from services.common.packing import field_offset, to_centered, to_modular
 from services.common.quantize import round_piece, rounded_l2_bound, scale_and_clamp
 
 # The summed noise may reach this many standard deviations before it could wrap
@@ -126,11 +126,14 @@ def received_update(update: np.ndarray, plan: QuantizationPlan) -> np.ndarray:
     return scale_update(update, plan) / plan.scale
 
 
-def encode_piece(scaled_piece: np.ndarray, plan: QuantizationPlan, rng: np.random.Generator) -> np.ndarray:
-    """A piece of a scaled update as integers in [0, 2^b), this node's noise share included."""
+def encode_piece(scaled_piece: np.ndarray, plan: QuantizationPlan, rng: np.random.Generator,
+                 mask: np.ndarray | None = None) -> np.ndarray:
+    """A piece of a scaled update as integers in [0, 2^b): rounded, this node's noise share added, offset binary,
+    plus this node's pairwise `mask` for the piece (which cancels only in the sum over the whole participant set)."""
     integers = round_piece(scaled_piece, plan.rounding_beta, rng)
     integers += sample_noise(plan.noise_kind, plan.node_noise_variance, scaled_piece.size, rng)
-    return to_modular(integers, plan.bits)
+    fields = to_modular(integers + field_offset(plan.bits), plan.bits)
+    return fields if mask is None else to_modular(fields + mask, plan.bits)
 
 
 def encode_update(update: np.ndarray, plan: QuantizationPlan, rng: np.random.Generator) -> np.ndarray:
@@ -138,10 +141,26 @@ def encode_update(update: np.ndarray, plan: QuantizationPlan, rng: np.random.Gen
     return encode_piece(scale_update(update, plan), plan, rng)
 
 
+def sum_norm_bound(plan: QuantizationPlan, participants: int, tail_probability: float = 1e-6) -> float:
+    """The largest L2 norm, in integer units, that `participants` honest encodings can sum to, less the noise mean,
+    but for probability `tail_probability`.
+
+    Each node's rounded vector has norm at most `l2_sensitivity` (conditional rounding makes it a hard bound), so
+    their sum at most participants times that. The summed noise N has per-coordinate variance V; for Skellam and
+    centered Poisson noise E[X^4] = 3V^2 + V, so ||N||^2 has mean dV and variance d(2V^2 + V), and by Chebyshev
+    ||N||^2 exceeds dV + sqrt(d(2V^2 + V) / tail_probability) with probability at most tail_probability.
+    """
+    variance = plan.node_noise_variance * participants
+    d = plan.dimension
+    noise = math.sqrt(d * variance + math.sqrt(d * (2 * variance**2 + variance) / tail_probability))
+    return participants * plan.l2_sensitivity + noise
+
+
 def decode_mean_update(field_sums: np.ndarray, plan: QuantizationPlan, participants: int) -> np.ndarray:
     """The participants' mean float update from the modular sum of their encodings."""
     if participants < 1:
         raise ValueError("cannot average zero participants")
-    signed = to_centered(field_sums, plan.bits).astype(np.float64)
+    unshifted = field_sums - np.int64(participants) * np.int64(field_offset(plan.bits))
+    signed = to_centered(unshifted, plan.bits).astype(np.float64)
     signed -= noise_mean(plan.noise_kind, plan.node_noise_variance, participants)
     return signed / (participants * plan.scale)

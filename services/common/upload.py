@@ -5,15 +5,23 @@ The wire format lives in `protos/`; `services/common/wire.py` converts at the ed
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from services.common.round_plan import SumLayout
-from services.common.stream_digest import attestation_message
+
+
+ATTESTATION_DOMAIN = b"fedxray.v1/attestation/2"
+
+
+def _frame(*parts: bytes) -> bytes:
+    return b"".join(struct.pack(">Q", len(part)) + part for part in parts)
 
 
 @dataclass(frozen=True)
 class Attestation:
-    """A node's signed statement that it streamed exactly these chunks in this round, in this layout."""
+    """A node's signed statement: it streamed exactly these chunks in this round attempt, in this layout, masked
+    for exactly this participant set, with this many values in chunks of this many ciphertexts."""
 
     node_id: str
     round_id: int
@@ -22,10 +30,18 @@ class Attestation:
     stream_digest: bytes
     signature: bytes
     layout: SumLayout
+    attempt: int = 1
+    participant_set: bytes = b""  # participant_set_hash(S)
+    value_count: int = 0
+    chunk_ciphertexts: int = 0
 
     def signed_message(self) -> bytes:
-        return attestation_message(self.round_id, self.key_id, self.node_id, self.chunk_count, self.stream_digest,
-                                   int(self.layout))
+        """What the node signs: every field but the signature."""
+        return ATTESTATION_DOMAIN + _frame(
+            struct.pack(">Q", self.round_id), struct.pack(">I", self.attempt), self.key_id.encode(),
+            self.node_id.encode(), self.participant_set, struct.pack(">I", self.chunk_count),
+            struct.pack(">Q", self.value_count), struct.pack(">I", self.chunk_ciphertexts), self.stream_digest,
+            struct.pack(">I", int(self.layout)))
 
 
 @dataclass(frozen=True)
@@ -48,6 +64,7 @@ class UploadChunk:
     plaintext_values: bytes = b""  # plaintext mode: little-endian float32
     attestation: Attestation | None = None  # the last chunk only
     phases: PhaseSeconds | None = None  # the last chunk only
+    attempt: int = 1
 
     @property
     def payloads(self) -> list[bytes]:
@@ -64,7 +81,7 @@ class SubmitReceipt:
 
 @dataclass(frozen=True)
 class DecryptManifest:
-    """What the aggregator asks the key authority to decrypt: one round's sum and who is in it."""
+    """What the aggregator asks the key authority to decrypt: one round attempt's sum and who is in it."""
 
     round_id: int
     key_id: str
@@ -72,3 +89,6 @@ class DecryptManifest:
     value_count: int
     attestations: tuple[Attestation, ...]
     layout: SumLayout
+    attempt: int = 1
+    participants: tuple[str, ...] = ()
+    chunk_ciphertexts: int = 0

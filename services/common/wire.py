@@ -25,6 +25,7 @@ from services.common.round_plan import (
     ModelChunk,
     RoundKind,
     RoundMessage,
+    RoundDecline,
     RoundPlan,
     SumLayout,
     TrainingFinished,
@@ -66,7 +67,8 @@ def plan_to_wire(plan: RoundPlan) -> pb.RoundPlan:
                              chunk_ciphertexts=t.chunk_ciphertexts, plaintext_chunk_values=t.plaintext_chunk_values,
                              deadline_seconds=t.deadline_seconds),
         model=pb.ModelBroadcast(parameter_count=m.parameter_count, parameter_digest=m.parameter_digest,
-                                sha256=m.sha256, chunk_count=m.chunk_count))
+                                sha256=m.sha256, chunk_count=m.chunk_count),
+        attempt=plan.attempt, participants=list(plan.participants))
 
 
 def plan_from_wire(message: pb.RoundPlan) -> RoundPlan:
@@ -96,7 +98,8 @@ def plan_from_wire(message: pb.RoundPlan) -> RoundPlan:
                                    training.drift_correction),
         quantization=quantization, layout=layout,
         transfer=TransferPlan(t.chunk_count, t.chunk_ciphertexts, t.plaintext_chunk_values, t.deadline_seconds),
-        model=ModelBroadcast(m.parameter_count, m.parameter_digest, m.sha256, m.chunk_count))
+        model=ModelBroadcast(m.parameter_count, m.parameter_digest, m.sha256, m.chunk_count),
+        attempt=message.attempt, participants=tuple(message.participants))
 
 
 def round_message_to_wire(message: RoundMessage) -> pb.RoundMessage:
@@ -129,15 +132,17 @@ def join_from_wire(message: pb.JoinRequest) -> tuple[str, ParameterSpec]:
 
 
 # ---------------------------------------------------------------- uploads
-def attestation_to_wire(attestation: Attestation) -> pb.Attestation:
-    return pb.Attestation(node_id=attestation.node_id, round_id=attestation.round_id, key_id=attestation.key_id,
-                          chunk_count=attestation.chunk_count, stream_digest=attestation.stream_digest,
-                          signature=attestation.signature, layout=sum_layout_to_wire(attestation.layout))
+def attestation_to_wire(a: Attestation) -> pb.Attestation:
+    return pb.Attestation(node_id=a.node_id, round_id=a.round_id, key_id=a.key_id, chunk_count=a.chunk_count,
+                          stream_digest=a.stream_digest, signature=a.signature, layout=sum_layout_to_wire(a.layout),
+                          attempt=a.attempt, participant_set_sha256=a.participant_set, value_count=a.value_count,
+                          chunk_ciphertexts=a.chunk_ciphertexts)
 
 
-def attestation_from_wire(message: pb.Attestation) -> Attestation:
-    return Attestation(message.node_id, message.round_id, message.key_id, message.chunk_count, message.stream_digest,
-                       message.signature, sum_layout_from_wire(message.layout))
+def attestation_from_wire(m: pb.Attestation) -> Attestation:
+    return Attestation(m.node_id, m.round_id, m.key_id, m.chunk_count, m.stream_digest, m.signature,
+                       sum_layout_from_wire(m.layout), m.attempt, m.participant_set_sha256, m.value_count,
+                       m.chunk_ciphertexts)
 
 
 def _phases_to_wire(phases: PhaseSeconds) -> pb.NodePhaseSeconds:
@@ -146,7 +151,8 @@ def _phases_to_wire(phases: PhaseSeconds) -> pb.NodePhaseSeconds:
 
 def upload_chunk_to_wire(chunk: UploadChunk) -> pb.UpdateChunk:
     message = pb.UpdateChunk(round_id=chunk.round_id, key_id=chunk.key_id, node_id=chunk.node_id, index=chunk.index,
-                             ciphertexts=list(chunk.ciphertexts), plaintext_values=chunk.plaintext_values)
+                             ciphertexts=list(chunk.ciphertexts), plaintext_values=chunk.plaintext_values,
+                             attempt=chunk.attempt)
     if chunk.attestation is not None:
         message.attestation.CopyFrom(attestation_to_wire(chunk.attestation))
     if chunk.phases is not None:
@@ -161,7 +167,7 @@ def upload_chunk_from_wire(message: pb.UpdateChunk) -> UploadChunk:
         message.plaintext_values,
         attestation_from_wire(message.attestation) if message.HasField("attestation") else None,
         PhaseSeconds(phases.train, phases.encode, phases.encrypt, phases.upload)
-        if message.HasField("phase_seconds") else None)
+        if message.HasField("phase_seconds") else None, message.attempt)
 
 
 def receipt_to_wire(receipt: SubmitReceipt) -> pb.SubmitReceipt:
@@ -194,13 +200,25 @@ def manifest_to_wire(manifest: DecryptManifest) -> pb.DecryptManifest:
     return pb.DecryptManifest(round_id=manifest.round_id, key_id=manifest.key_id, chunk_count=manifest.chunk_count,
                               value_count=manifest.value_count,
                               attestations=[attestation_to_wire(a) for a in manifest.attestations],
-                              layout=sum_layout_to_wire(manifest.layout))
+                              layout=sum_layout_to_wire(manifest.layout), attempt=manifest.attempt,
+                              participants=list(manifest.participants),
+                              chunk_ciphertexts=manifest.chunk_ciphertexts)
 
 
 def manifest_from_wire(message: pb.DecryptManifest) -> DecryptManifest:
     return DecryptManifest(message.round_id, message.key_id, message.chunk_count, message.value_count,
                            tuple(attestation_from_wire(a) for a in message.attestations),
-                           sum_layout_from_wire(message.layout))
+                           sum_layout_from_wire(message.layout), message.attempt, tuple(message.participants),
+                           message.chunk_ciphertexts)
+
+
+def decline_to_wire(decline: RoundDecline) -> pb.RoundDecline:
+    return pb.RoundDecline(node_id=decline.node_id, round_id=decline.round_id, attempt=decline.attempt,
+                           reason=decline.reason, detail=decline.detail)
+
+
+def decline_from_wire(message: pb.RoundDecline) -> RoundDecline:
+    return RoundDecline(message.node_id, message.round_id, message.attempt, message.reason, message.detail)
 
 
 def decrypt_requests(manifest: DecryptManifest, chunks: Iterator[list[bytes]]) -> Iterator[pb.DecryptRequest]:

@@ -16,7 +16,7 @@ import torch
 
 from services.common.metrics import ServiceMetrics
 from services.common.service_runtime import configure_logging, load_settings, serve_metrics, shutdown_event
-from services.common.stream_digest import generate_identity
+from services.common.node_identity import generate_identity
 from services.common.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME, channel
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.consortium_client import ConsortiumClient

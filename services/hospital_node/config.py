@@ -18,7 +18,21 @@ class HospitalNodeSettings(TlsSettings):
     node_id: str = Field("hospital-1", description="consortium member name (matches its identity key)")
     aggregator: str = Field("127.0.0.1:50052", description="aggregator host:port")
     key_authority: str = Field("127.0.0.1:50051", description="key authority host:port (public context only)")
-    identity_key: Path = Field(Path("runs/identities/hospital-1.key"), description="Ed25519 key signing uploads")
+    identity_key: Path = Field(Path("runs/identities/hospital-1.key"), description="Ed25519 key signing uploads; "
+                               "its X25519 key for the pairwise masks lies beside it (<node>.x25519.key)")
+    peer_keys_dir: Path | None = Field(None, description="the members' public keys (<node>.pub, <node>.x25519.pub); "
+                                       "unset: the identity key's folder")
+    consortium: str = Field("fedxray", description="the consortium's name, the same at every hospital: pairwise "
+                            "masks are bound to it")
+    # This hospital's privacy floor: it declines a round whose plan falls below it, whatever the aggregator says.
+    allow_plaintext: bool = Field(False, description="take part in plaintext rounds (privacy off; comparison runs "
+                                  "only)")
+    min_noise_variance: float = Field(8.0, ge=0, description="the least noise variance per quorum a secure round "
+                                      "may carry (the aggregator's default is 16)")
+    max_clip_norm: float = Field(50.0, gt=0, description="the largest L2 clip norm a secure round may use")
+    min_participants: int = Field(3, ge=1, description="the smallest participant set this hospital masks for")
+    max_attempts: int = Field(2, ge=1, description="attempts of one round this hospital takes part in (each with "
+                              "fresh noise and masks)")
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(0, description="Prometheus /metrics port; 0 disables")
     architecture: str = Field("resnet50", description="resnet50 | resnet18 (GroupNorm) | resnet50-bn | tiny (must match the aggregator)")
@@ -49,7 +63,8 @@ class HospitalNodeSettings(TlsSettings):
                               "trains the body only (FedBABU, Oh et al., ICLR 2022)")
     encryption_workers: int = Field(1, ge=0, description="processes encrypting uploads; 0: in-process")
     torch_threads: int = Field(0, ge=0, description="CPU threads for training; 0: torch default")
-    seed: int | None = Field(None, description="fixes training and noise randomness (tests); None: OS entropy")
+    seed: int | None = Field(None, description="fixes training randomness (tests); the noise and masks of a secure "
+                             "upload always come from the OS's entropy")
     log_level: str = "INFO"
 
     @field_validator("class_names", mode="before")

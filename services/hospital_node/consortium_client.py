@@ -11,9 +11,10 @@ from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
 from services.common.evaluation_report import EvaluationReport
 from services.common.model_spec import ParameterSpec
 from services.common.public_key import PublicKeyInfo
-from services.common.round_plan import RoundMessage
+from services.common.round_plan import RoundDecline, RoundMessage
 from services.common.upload import SubmitReceipt, UploadChunk
 from services.common.wire import (
+    decline_to_wire,
     evaluation_to_wire,
     join_to_wire,
     public_key_from_wire,
@@ -55,3 +56,6 @@ class ConsortiumClient:
 
     def report(self, report: EvaluationReport, timeout: float = 60) -> None:
         self._aggregator.ReportEvaluation(evaluation_to_wire(report), timeout=timeout)
+
+    def decline(self, decline: RoundDecline, timeout: float = 60) -> None:
+        self._aggregator.DeclineRound(decline_to_wire(decline), timeout=timeout)

@@ -10,31 +10,33 @@ import time
 from collections.abc import Iterator
 from typing import Protocol
 
+import grpc
 import numpy as np
 import torch
 
 from services.common.chunking import float32_from_chunks
 from services.common.ckks_params import key_id as key_id_of
 from services.common.ckks_params import load_public_context
-from services.common.errors import MalformedChunkError, WrongKeyError
+from services.common.errors import MalformedChunkError, PlanRefusedError, WrongKeyError
 from services.common.metrics import ServiceMetrics
 from services.common.model_spec import parameter_spec, restore_state
 from services.common.models import best_device, build_model
 from services.common.public_key import PublicKeyInfo
-from services.common.round_plan import ModelChunk, RoundKind, RoundPlan, TrainingFinished
-from services.common.stream_digest import load_identity
+from services.common.round_plan import ModelChunk, RoundDecline, RoundKind, RoundPlan, TrainingFinished
+from services.common.node_identity import NodeKeyRegistry, load_agreement_key, load_identity
+from services.common.pairwise_masks import MaskScope, peer_masks
 from services.common.update_codec import received_update
 from services.common.upload import UploadChunk
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.consortium_client import ConsortiumClient
 from services.hospital_node.data.local_data import LocalData
 from services.hospital_node.encryption_pool import EncryptionPool
+from services.hospital_node.privacy_floor import check_plan
 from services.hospital_node.local_round import ScaffoldClient, head_statistics, local_training, train_round
 from services.hospital_node.trainer import evaluation_report
 from services.hospital_node.update_stream import (
     UploadTimings,
     plaintext_upload,
-    require_signed_layout,
     secure_upload,
 )
 
@@ -63,11 +65,17 @@ class HospitalNode:
         self._spec = parameter_spec(self._model.state_dict())
         self._device = best_device()
         self._identity = load_identity(settings.identity_key)
+        self._agreement = load_agreement_key(settings.identity_key)
+        self._peers = NodeKeyRegistry.from_directory(settings.peer_keys_dir or settings.identity_key.parent)
+        # Training randomness only: a secure upload's noise and masks always come from the OS's entropy.
         self._entropy = settings.seed if settings.seed is not None else secrets.randbits(128)
         self._pool: EncryptionPool | None = None
         self._scaffold = ScaffoldClient(self._spec.count)
         self._public: PublicKeyInfo | None = None
         self._statistics_round: int | None = None  # the one round this node released its feature statistics in
+        self._attempts: dict[int, int] = {}  # attempts joined, by round
+        self._trained: tuple[int, np.ndarray] | None = None  # this round's upload, re-encoded for a new attempt
+        self._accepted_round: int | None = None  # the last round SCAFFOLD's c_i moved in
 
     def run(self, stop: threading.Event) -> int:
         log.info("%s: %s on %s, %d parameters, %d train / %d validation images", self._settings.node_id,
@@ -128,27 +136,50 @@ class HospitalNode:
         if plan.kind is RoundKind.EVALUATE:
             return
         self._metrics.current_round.set(plan.round_id)
+        if plan.secure and self._settings.node_id not in plan.participants:
+            log.info("round %d attempt %d: not in the participant set; waiting", plan.round_id, plan.attempt)
+            return
+        try:
+            check_plan(plan, self._settings, self._public_key() if plan.secure else None,
+                       self._attempts.get(plan.round_id, 0))
+        except PlanRefusedError as refused:
+            log.error("declining round %d attempt %d (%s): %s", plan.round_id, plan.attempt, refused.reason, refused)
+            self._client.decline(RoundDecline(self._settings.node_id, plan.round_id, plan.attempt, refused.reason,
+                                              str(refused)))
+            return
+        self._attempts[plan.round_id] = self._attempts.get(plan.round_id, 0) + 1
         if plan.kind is RoundKind.HEAD_STATISTICS:
             self._upload_statistics(plan)
             return
+        scaffold = self._scaffold if plan.training.drift_correction else None
+        if self._trained is None or self._trained[0] != plan.round_id:
+            timings = self._train(plan, global_weights, consortium_control, scaffold)
+        else:  # a new attempt of a round already trained: the same update, with fresh noise and new masks
+            timings = UploadTimings()
+        assert self._trained is not None
+        upload = self._trained[1]
+        if self._upload(plan, upload, timings) and scaffold is not None and self._accepted_round != plan.round_id:
+            self._accepted_round = plan.round_id  # c_i moves once per round, by what the sum received
+            sent = received_update(upload, plan.quantization) if plan.secure else upload
+            scaffold.accept(sent[count:])
+        log.info("round %d attempt %d done in %.1f s", plan.round_id, plan.attempt, time.monotonic() - started)
+
+    def _train(self, plan: RoundPlan, global_weights: np.ndarray, consortium_control: np.ndarray,
+               scaffold: ScaffoldClient | None) -> UploadTimings:
         generator = torch.Generator().manual_seed(hash((self._entropy, plan.round_id)) & 0x7FFFFFFF)
         config = local_training(plan.training, self._settings)
-        scaffold = self._scaffold if plan.training.drift_correction else None
         train_start = time.monotonic()
         result = train_round(self._model, self._data, config, self._device, generator, self._spec, global_weights,
                              scaffold, consortium_control)
         timings = UploadTimings(train=time.monotonic() - train_start)
         self._metrics.observe_phase("train", timings.train)
         log.info("round %d: trained %d steps, loss %.4f, update norm %.4g", plan.round_id, result.stats.steps,
-                 result.stats.mean_loss, float(np.linalg.norm(result.update(count))))
-        self._upload(plan, result.upload, timings)
-        if scaffold is not None:
-            sent = received_update(result.upload, plan.quantization) if plan.secure else result.upload
-            scaffold.accept(sent[count:])
-        log.info("round %d done in %.1f s", plan.round_id, time.monotonic() - started)
+                 result.stats.mean_loss, float(np.linalg.norm(result.update(self._spec.count))))
+        self._trained = (plan.round_id, result.upload)
+        return timings
 
     def _upload_statistics(self, plan: RoundPlan) -> None:
-        if self._statistics_round is not None:
+        if self._statistics_round not in (None, plan.round_id):
             log.error("round %d asks for feature statistics again (sent in round %d): refused, nothing sent",
                       plan.round_id, self._statistics_round)
             return
@@ -164,24 +195,29 @@ class HospitalNode:
                  self._data.train_labels.numel(), vector.size)
         self._upload(plan, vector, timings)
 
-    def _upload(self, plan: RoundPlan, update: np.ndarray, timings: UploadTimings) -> None:
+    def _upload(self, plan: RoundPlan, update: np.ndarray, timings: UploadTimings) -> bool:
+        """Encode and stream one upload; whether the aggregator accepted it (a refused one is logged, and the node
+        waits for the next plan)."""
         s, observer = self._settings, self._observer
         chunk_sent = ((lambda sent: observer.chunk_sent(s.node_id, plan.round_id, sent)) if observer is not None
                       else None)
         record: list[np.ndarray] | None = [] if observer is not None and observer.keeps_fields else None
         if plan.secure:
             public = self._public_key()
-            if plan.key_id != public.key_id:
-                raise WrongKeyError(f"round {plan.round_id} names key {plan.key_id!r}; "
-                                    f"the key authority serves {public.key_id!r}")
-            require_signed_layout(plan, public)
-            assert self._pool is not None
-            seed = np.random.SeedSequence(self._entropy, spawn_key=(plan.round_id,))
-            chunks = secure_upload(plan, update, s.node_id, self._identity, self._pool, public.slots, timings, seed,
-                                   record, chunk_sent)
+            assert self._pool is not None and plan.key_id == public.key_id  # the privacy floor checked both
+            scope = MaskScope(s.consortium, plan.key_id, plan.round_id, plan.attempt, plan.participants)
+            masks = tuple(peer_masks(s.node_id, self._agreement, self._peers.agreement_keys, scope))
+            # Fresh OS entropy for every upload: never the same noised vector under two participant sets.
+            chunks = secure_upload(plan, update, s.node_id, self._identity, self._pool, public.slots, timings,
+                                   np.random.SeedSequence(), record, chunk_sent, masks)
         else:
             chunks = plaintext_upload(plan, update, s.node_id, self._identity, timings, chunk_sent)
-        receipt = self._client.submit(self._count_bytes(chunks), timeout=plan.transfer.deadline_seconds)
+        try:
+            receipt = self._client.submit(self._count_bytes(chunks), timeout=plan.transfer.deadline_seconds)
+        except grpc.RpcError as error:
+            log.warning("round %d attempt %d: upload refused (%s: %s)", plan.round_id, plan.attempt, error.code(),
+                        error.details())
+            return False
         phases = timings.phases()
         for phase in ("encode", "encrypt", "upload"):
             self._metrics.observe_phase(phase, getattr(phases, phase))
@@ -189,6 +225,7 @@ class HospitalNode:
         if observer is not None:
             fields = np.concatenate(record).astype(np.int64) if record else None
             observer.uploaded(s.node_id, plan.round_id, update, fields)
+        return True
 
     def _count_bytes(self, chunks: Iterator[UploadChunk]) -> Iterator[UploadChunk]:
         for chunk in chunks:

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.common.chunking import float32_chunks
 from services.common.errors import MalformedChunkError
+from services.common.pairwise_masks import PeerMask, participant_set_hash
 from services.common.public_key import PublicKeyInfo
 from services.common.round_plan import RoundPlan
 from services.common.stream_digest import StreamDigest, sign_attestation
@@ -48,11 +49,11 @@ def require_signed_layout(plan: RoundPlan, public: PublicKeyInfo) -> None:
 
 def _signed_chunks(plan: RoundPlan, node_id: str, key: Ed25519PrivateKey, timings: UploadTimings,
                    bodies: Iterator[UploadChunk], chunk_sent: ChunkSent | None) -> Iterator[UploadChunk]:
-    digest = StreamDigest(plan.round_id, plan.key_id, node_id)
+    digest = StreamDigest(plan.round_id, plan.key_id, node_id, plan.attempt)
     sent = 0
     previous: UploadChunk | None = None
     for body in bodies:
-        body = replace(body, round_id=plan.round_id, key_id=plan.key_id, node_id=node_id)
+        body = replace(body, round_id=plan.round_id, key_id=plan.key_id, node_id=node_id, attempt=plan.attempt)
         digest.add_chunk(body.index, body.payloads)
         if previous is not None:
             yield previous
@@ -62,23 +63,26 @@ def _signed_chunks(plan: RoundPlan, node_id: str, key: Ed25519PrivateKey, timing
         previous = body
     assert previous is not None, "an upload has at least one chunk"
     unsigned = Attestation(node_id, plan.round_id, plan.key_id, plan.transfer.chunk_count, digest.digest(), b"",
-                           plan.sum_layout)
+                           plan.sum_layout, plan.attempt, participant_set_hash(plan.participants),
+                           plan.upload_value_count, plan.transfer.chunk_ciphertexts)
     attestation = replace(unsigned, signature=sign_attestation(key, unsigned.signed_message()))
     yield replace(previous, attestation=attestation, phases=timings.phases())
 
 
 def secure_upload(plan: RoundPlan, update: np.ndarray, node_id: str, key: Ed25519PrivateKey,
                   pool: EncryptionPool, slots: int, timings: UploadTimings, seed: np.random.SeedSequence,
-                  record: list[np.ndarray] | None = None,
-                  chunk_sent: ChunkSent | None = None) -> Iterator[UploadChunk]:
-    """Chunks of ciphertexts: clip, scale and round, add noise, pack and encrypt, streamed in order."""
+                  record: list[np.ndarray] | None = None, chunk_sent: ChunkSent | None = None,
+                  masks: tuple[PeerMask, ...] = ()) -> Iterator[UploadChunk]:
+    """Chunks of ciphertexts: clip, scale and round, add noise, add this node's pairwise `masks` for the plan's
+    participant set, pack and encrypt, streamed in order."""
     start = time.monotonic()
     scaled = scale_update(update, plan.quantization)
     timings.encode = time.monotonic() - start
 
     def bodies() -> Iterator[UploadChunk]:
         chunks = pool.encode_and_encrypt(scaled, plan.quantization, plan.layout, slots,
-                                         plan.transfer.chunk_ciphertexts, seed, keep_fields=record is not None)
+                                         plan.transfer.chunk_ciphertexts, seed, keep_fields=record is not None,
+                                         masks=masks)
         while True:
             waited = time.monotonic()
             chunk = next(chunks, None)
@@ -87,7 +91,8 @@ def secure_upload(plan: RoundPlan, update: np.ndarray, node_id: str, key: Ed2551
                 return
             if record is not None and chunk.fields is not None:
                 record.append(chunk.fields)
-            yield UploadChunk(plan.round_id, plan.key_id, node_id, chunk.index, tuple(chunk.ciphertexts))
+            yield UploadChunk(plan.round_id, plan.key_id, node_id, chunk.index, tuple(chunk.ciphertexts),
+                              attempt=plan.attempt)
 
     return _signed_chunks(plan, node_id, key, timings, bodies(), chunk_sent)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from services.common.metrics import ServiceMetrics
 from services.common.service_runtime import configure_logging, load_settings, grpc_server, mark_serving, serve_metrics, shutdown_event
-from services.common.stream_digest import NodeKeyRegistry
+from services.common.node_identity import NodeKeyRegistry
 from services.common.tls import add_port
 from services.key_authority.config import KeyAuthoritySettings
 from services.key_authority.decryption_policy import DecryptionLedger, DecryptionPolicy
@@ -24,11 +24,11 @@ def main(argv: list[str] | None = None) -> None:
                                settings.persist_secret_key)
     ledger = DecryptionLedger(settings.state_dir / "decrypted_rounds.json")
     registry = NodeKeyRegistry.from_directory(settings.node_keys_dir)
-    policy = DecryptionPolicy(keys.key_id, settings.min_participants, registry, ledger)
+    policy = DecryptionPolicy(keys, settings.min_participants, registry, ledger)
     metrics = ServiceMetrics("key_authority", holds_secret_key=keys.secret_context.is_private())
     serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
     server, health = grpc_server()
-    servicer = KeyAuthorityServicer(keys, policy, settings.min_participants, metrics, iter(sorted(ledger.rounds)),
+    servicer = KeyAuthorityServicer(keys, policy, settings.min_participants, metrics,
                                     require_aggregator_certificate=not settings.insecure)
     servicer.register(server)
     settings.warn_if_insecure("key authority")

@@ -1,9 +1,14 @@
 """When the key authority decrypts: the policy and its persistent ledger.
 
-A sum is decrypted only if its manifest names the current key, carries valid
-signed attestations from at least `min_participants` distinct registered nodes,
-and its round was never decrypted before. The ledger is written before any
-decryption starts, so a crash can waste a round but never decrypt one twice.
+A sum is decrypted only if its manifest names the current key; its participant set S
+has at least `min_participants` and at most n_max distinct registered members; every
+member of S, and no one else, attested this round attempt, this set, this key, this
+layout and this exact size (value count, chunk count, ciphertexts per chunk), with a
+signature that verifies; the size is the one the key's layout requires; and no attempt
+of its round was ever decrypted under this key. Pairwise masks cancel only over the
+whole of S, so the sum of any other selection of uploads decrypts to uniform noise.
+The ledger entry is written and fsynced before decryption starts, so a crash can waste
+a round but never decrypt one twice.
 """
 
 from __future__ import annotations
@@ -12,56 +17,89 @@ import threading
 from pathlib import Path
 
 from services.common.atomic_files import read_json, write_json_atomic
-from services.common.errors import AlreadyDecryptedError, PolicyViolationError, WrongKeyError
-from services.common.stream_digest import NodeKeyRegistry
+from services.common.chunking import upload_chunk_count
+from services.common.errors import AlreadyDecryptedError, MalformedChunkError, PolicyViolationError, WrongKeyError
+from services.common.node_identity import NodeKeyRegistry
+from services.common.pairwise_masks import participant_set_hash
 from services.common.upload import DecryptManifest
+from services.key_authority.key_store import KeyMaterial
+
+
+def _entry(key_id: str, round_id: int) -> str:
+    return f"{key_id}:{round_id}"
 
 
 class DecryptionLedger:
-    """The set of rounds already decrypted, persisted as JSON."""
+    """The rounds already decrypted, by key id and round (any attempt), persisted as JSON."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._rounds: set[int] = set(read_json(path) or [])
+        self._entries: set[str] = set(read_json(path) or [])
 
-    @property
-    def rounds(self) -> frozenset[int]:
-        return frozenset(self._rounds)
+    def rounds(self, key_id: str) -> frozenset[int]:
+        prefix = f"{key_id}:"
+        return frozenset(int(e[len(prefix):]) for e in self._entries if e.startswith(prefix))
 
-    def claim(self, round_id: int) -> None:
-        if round_id in self._rounds:
-            raise AlreadyDecryptedError(f"round {round_id} was already decrypted; each round is decrypted once")
+    def require_unspent(self, key_id: str, round_id: int) -> None:
+        if _entry(key_id, round_id) in self._entries:
+            raise AlreadyDecryptedError(f"round {round_id} was already decrypted under key {key_id}; each round is "
+                                        "decrypted once, whatever its attempt")
+
+    def claim(self, key_id: str, round_id: int) -> None:
+        self.require_unspent(key_id, round_id)
         # Durable before any decryption starts: a crash can waste a round, never decrypt it twice.
-        write_json_atomic(self._path, sorted(self._rounds | {round_id}))
-        self._rounds.add(round_id)
+        write_json_atomic(self._path, sorted(self._entries | {_entry(key_id, round_id)}))
+        self._entries.add(_entry(key_id, round_id))
 
 
 class DecryptionPolicy:
-    def __init__(self, key_id: str, min_participants: int, registry: NodeKeyRegistry,
+    def __init__(self, keys: KeyMaterial, min_participants: int, registry: NodeKeyRegistry,
                  ledger: DecryptionLedger) -> None:
-        self._key_id = key_id
+        self._keys = keys
         self._min_participants = min_participants
         self._registry = registry
         self._ledger = ledger
         self._lock = threading.Lock()
 
-    def authorize(self, manifest: DecryptManifest) -> None:
-        """Raise the named refusal, or record the round as decrypted and return."""
-        if manifest.key_id != self._key_id:
-            raise WrongKeyError(f"manifest names key {manifest.key_id!r}; the current key is {self._key_id!r}")
-        valid_nodes: set[str] = set()
-        for claim in manifest.attestations:
-            if (claim.round_id, claim.key_id, claim.chunk_count, claim.layout) != (
-                manifest.round_id, manifest.key_id, manifest.chunk_count, manifest.layout
-            ):
-                raise PolicyViolationError(f"attestation of {claim.node_id!r} is for another round, key, size or "
-                                           "layout")
-            self._registry.verify(claim.node_id, claim.signed_message(), claim.signature)
-            valid_nodes.add(claim.node_id)
-        if len(valid_nodes) < self._min_participants:
+    @property
+    def decrypted_rounds(self) -> frozenset[int]:
+        return self._ledger.rounds(self._keys.key_id)
+
+    def check(self, manifest: DecryptManifest) -> None:
+        """Raise the named refusal, or return: the manifest may be decrypted once its chunks pass."""
+        keys = self._keys
+        if manifest.key_id != keys.key_id:
+            raise WrongKeyError(f"manifest names key {manifest.key_id!r}; the current key is {keys.key_id!r}")
+        members = set(manifest.participants)
+        if len(members) != len(manifest.participants):
+            raise PolicyViolationError("the manifest's participant set names a node twice")
+        if not self._min_participants <= len(members) <= keys.layout.max_participants:
             raise PolicyViolationError(
-                f"round {manifest.round_id} has {len(valid_nodes)} distinct attested participants; "
-                f"the policy requires at least {self._min_participants}"
-            )
+                f"round {manifest.round_id} has {len(members)} participants; the policy requires between "
+                f"{self._min_participants} and n_max = {keys.layout.max_participants}")
+        attested = [claim.node_id for claim in manifest.attestations]
+        if sorted(attested) != sorted(members):
+            raise PolicyViolationError(
+                f"round {manifest.round_id} attempt {manifest.attempt}: attestations from {sorted(attested)}, but "
+                f"the participant set is {sorted(members)}; every member, and no one else, must attest")
+        layout = keys.layout_for(manifest.layout)
+        if manifest.value_count < 1 or manifest.chunk_ciphertexts < 1 or manifest.chunk_count != upload_chunk_count(
+                manifest.value_count, layout, keys.params.slots, manifest.chunk_ciphertexts):
+            raise MalformedChunkError(
+                f"{manifest.value_count} values in chunks of {manifest.chunk_ciphertexts} ciphertexts are not "
+                f"{manifest.chunk_count} chunks in this key's {manifest.layout.name.lower()} layout")
+        set_hash = participant_set_hash(manifest.participants)
+        expected = (manifest.round_id, manifest.attempt, manifest.key_id, manifest.chunk_count, manifest.value_count,
+                    manifest.chunk_ciphertexts, manifest.layout, set_hash)
+        for claim in manifest.attestations:
+            if (claim.round_id, claim.attempt, claim.key_id, claim.chunk_count, claim.value_count,
+                    claim.chunk_ciphertexts, claim.layout, claim.participant_set) != expected:
+                raise PolicyViolationError(f"attestation of {claim.node_id!r} is for another round, attempt, key, "
+                                           "size, layout or participant set")
+            self._registry.verify(claim.node_id, claim.signed_message(), claim.signature)
+        self._ledger.require_unspent(manifest.key_id, manifest.round_id)
+
+    def claim(self, manifest: DecryptManifest) -> None:
+        """Record the round as decrypted; refuses a second claim of any attempt of it."""
         with self._lock:
-            self._ledger.claim(manifest.round_id)
+            self._ledger.claim(manifest.key_id, manifest.round_id)

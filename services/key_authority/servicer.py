@@ -17,21 +17,19 @@ from services.common.tls import AGGREGATOR_NAME, peer_common_name
 from services.common.wire import field_values_to_wire, manifest_from_wire, public_key_to_wire
 from services.key_authority.decryption_policy import DecryptionPolicy
 from services.key_authority.key_store import KeyMaterial
-from services.key_authority.sum_decryption import decrypt_sum
+from services.key_authority.sum_decryption import checked_chunks, decrypt_checked
 
 log = logging.getLogger(__name__)
 
 
 class KeyAuthorityServicer(pb_grpc.KeyAuthorityServicer):
     def __init__(self, keys: KeyMaterial, policy: DecryptionPolicy, min_participants: int,
-                 metrics: ServiceMetrics, decrypted_rounds: Iterator[int] | None = None,
-                 require_aggregator_certificate: bool = True) -> None:
+                 metrics: ServiceMetrics, require_aggregator_certificate: bool = True) -> None:
         self._require_aggregator = require_aggregator_certificate
         self._keys = keys
         self._public = keys.public_info(min_participants)
         self._policy = policy
         self._metrics = metrics
-        self.decrypted: list[int] = list(decrypted_rounds or [])
 
     def register(self, server: grpc.Server) -> None:
         pb_grpc.add_KeyAuthorityServicer_to_server(self, server)
@@ -53,14 +51,16 @@ class KeyAuthorityServicer(pb_grpc.KeyAuthorityServicer):
         if first is None or not first.HasField("manifest"):
             raise MalformedChunkError("a decryption stream must open with its manifest")
         manifest = manifest_from_wire(first.manifest)
-        self._policy.authorize(manifest)  # refuses before a single ciphertext is decrypted
-        self.decrypted.append(manifest.round_id)
-        log.info("decrypting round %d: %d chunks, %d participants", manifest.round_id, manifest.chunk_count,
-                 len(manifest.attestations))
+        self._policy.check(manifest)  # refuses before a single ciphertext is read
+        chunks = checked_chunks(self._keys, manifest, self._chunks(request_iterator))  # ... or decrypted
+        self._policy.claim(manifest)
+        log.info("decrypting round %d attempt %d: %d chunks, %d participants", manifest.round_id, manifest.attempt,
+                 manifest.chunk_count, len(manifest.participants))
         start = time.perf_counter()
-        for index, fields in enumerate(decrypt_sum(self._keys, manifest, self._chunks(request_iterator))):
-            yield field_values_to_wire(index, fields)
+        fields = decrypt_checked(self._keys, manifest, chunks)  # every slot, before any value leaves
         self._metrics.observe_phase("decrypt", time.perf_counter() - start)
+        for index, values in enumerate(fields):
+            yield field_values_to_wire(index, values)
 
     def _chunks(self, request_iterator: Iterator[pb.DecryptRequest]) -> Iterator[tuple[int, list[bytes]]]:
         for expected_index, message in enumerate(request_iterator):
@@ -71,4 +71,4 @@ class KeyAuthorityServicer(pb_grpc.KeyAuthorityServicer):
 
     def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.ServiceStatus:
         return pb.ServiceStatus(service="key_authority", holds_secret_key=self._keys.secret_context.is_private(),
-                                key_id=self._keys.key_id, decrypted_rounds=sorted(self.decrypted))
+                                key_id=self._keys.key_id, decrypted_rounds=sorted(self._policy.decrypted_rounds))

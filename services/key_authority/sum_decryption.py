@@ -1,33 +1,52 @@
-"""Decrypt an authorized sum chunk by chunk: rounded, unpacked field integers only ever leave here."""
+"""Decrypt an authorized sum, all or nothing: every chunk is checked before any is decrypted, every slot is
+decrypted and rounded before any value is returned, and only field integers mod 2^bits ever leave here."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import numpy as np
 
+from services.common.chunking import ciphertexts_in_chunk
 from services.common.errors import MalformedChunkError
-from services.common.he_codec import decrypt_to_slot_integers
+from services.common.he_codec import CiphertextShape, check_ciphertext, decrypt_to_slot_integers
 from services.common.packing import unpack_fields
 from services.common.round_plan import SumLayout
 from services.common.upload import DecryptManifest
 from services.key_authority.key_store import KeyMaterial
 
 
-def decrypt_sum(keys: KeyMaterial, manifest: DecryptManifest, chunks: Iterable[tuple[int, list[bytes]]]
-                ) -> Iterator[np.ndarray]:
-    """Each chunk's field values mod 2^bits (little-endian, 4 bytes in the update layout, 8 in the statistics
-    one), in order; the manifest must already be authorized. Refuses chunks out of order, beyond the manifest's
-    count, or a stream that ends before the manifest's values are delivered."""
-    layout = keys.layout_for(manifest.layout)
-    dtype = "<u8" if manifest.layout is SumLayout.STATISTICS else "<u4"
-    remaining = manifest.value_count
+def checked_chunks(keys: KeyMaterial, manifest: DecryptManifest, chunks: Iterable[tuple[int, list[bytes]]]
+                   ) -> list[list[bytes]]:
+    """Every chunk of the sum, in order, each with exactly the ciphertexts the attested upload length requires and
+    each ciphertext of this key's exact shape; a refusal naming the first that is not."""
+    layout, shape = keys.layout_for(manifest.layout), CiphertextShape.of(keys.secret_context)
+    received: list[list[bytes]] = []
     for expected_index, (index, ciphertexts) in enumerate(chunks):
         if index != expected_index or expected_index >= manifest.chunk_count:
-            raise MalformedChunkError(f"expected chunk {expected_index} of {manifest.chunk_count}")
+            raise MalformedChunkError(f"expected chunk {expected_index} of {manifest.chunk_count}, got {index}")
+        wanted = ciphertexts_in_chunk(index, manifest.value_count, layout, keys.params.slots,
+                                      manifest.chunk_ciphertexts)
+        if len(ciphertexts) != wanted:
+            raise MalformedChunkError(f"chunk {index} carries {len(ciphertexts)} ciphertexts; {manifest.value_count} "
+                                      f"values in chunks of {manifest.chunk_ciphertexts} need {wanted}")
+        for ciphertext in ciphertexts:
+            check_ciphertext(keys.secret_context, ciphertext, shape)
+        received.append(ciphertexts)
+    if len(received) != manifest.chunk_count:
+        raise MalformedChunkError(f"the sum ended after {len(received)} of {manifest.chunk_count} chunks")
+    return received
+
+
+def decrypt_checked(keys: KeyMaterial, manifest: DecryptManifest, chunks: list[list[bytes]]) -> list[np.ndarray]:
+    """Each chunk's field values mod 2^bits (little-endian, 4 bytes in the update layout, 8 in the statistics
+    one). Rounded here: CKKS IND-CPA-D (Li and Micciancio, 2021); a slot far from an integer refuses the whole sum."""
+    layout = keys.layout_for(manifest.layout)
+    dtype = "<u8" if manifest.layout is SumLayout.STATISTICS else "<u4"
+    remaining, fields = manifest.value_count, []
+    for ciphertexts in chunks:
         slot_integers = decrypt_to_slot_integers(keys.secret_context, ciphertexts, keys.params.slots)
         count = min(remaining, slot_integers.size * layout.fields_per_slot)
         remaining -= count
-        yield unpack_fields(slot_integers, layout, count).astype(dtype)
-    if remaining:
-        raise MalformedChunkError(f"stream ended with {remaining} values of the manifest undelivered")
+        fields.append(unpack_fields(slot_integers, layout, count).astype(dtype))
+    return fields

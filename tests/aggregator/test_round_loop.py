@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from services.aggregator.strategies.factory import build_strategy
 from services.aggregator.strategies.head_refit import HeadRefit
 from services.aggregator.upload_intake import UploadIntake
 from services.common.atomic_files import read_json_lines
+from services.common.errors import DecryptionRefusedError
 from services.common.evaluation_report import EvaluationCounts, EvaluationReport
 from services.common.head_refit import head_positions
 from services.common.metrics import ServiceMetrics
@@ -33,30 +35,37 @@ from services.common.model_spec import flatten_state, parameter_spec
 from services.common.models import build_model
 from services.common.public_key import PublicKeyInfo
 from services.common.round_plan import ModelChunk, RoundKind, RoundPlan, TrainingFinished
-from services.common.stream_digest import NodeKeyRegistry, generate_identity, load_identity
+from services.common.node_identity import NodeKeyRegistry, generate_identity, load_agreement_key, load_identity
+from services.common.pairwise_masks import MaskScope, peer_masks
 from services.common.upload import DecryptManifest, PhaseSeconds
 from services.hospital_node.encryption_pool import EncryptionPool
 from services.hospital_node.update_stream import UploadTimings, secure_upload
 from services.key_authority.decryption_policy import DecryptionLedger, DecryptionPolicy
 from services.key_authority.key_store import KeyMaterial, load_or_create_keys
-from services.key_authority.sum_decryption import decrypt_sum
+from services.key_authority.sum_decryption import checked_chunks, decrypt_checked
 
 NODES = ("hospital-1", "hospital-2", "hospital-3")
 
 
 class InProcessKeyAuthority:
-    """The key authority's policy and decryption behind the aggregator client's two calls."""
+    """The key authority's policy and decryption behind the aggregator client's two calls; it refuses the rounds
+    in `refuse` as a key authority that found something wrong would."""
 
-    def __init__(self, keys: KeyMaterial, policy: DecryptionPolicy) -> None:
-        self.keys, self.policy, self.decrypted = keys, policy, []  # type: ignore[var-annotated]
+    def __init__(self, keys: KeyMaterial, policy: DecryptionPolicy, refuse: frozenset[int] = frozenset()) -> None:
+        self.keys, self.policy, self.refuse = keys, policy, refuse
+        self.decrypted: list[int] = []
 
     def public_key(self) -> PublicKeyInfo:
         return self.keys.public_info(3)
 
     def decrypt(self, manifest: DecryptManifest, chunks: Iterator[list[bytes]]) -> np.ndarray:
-        self.policy.authorize(manifest)
+        if manifest.round_id in self.refuse:
+            raise DecryptionRefusedError(f"the key authority refused round {manifest.round_id}: PERMISSION_DENIED")
+        self.policy.check(manifest)
+        checked = checked_chunks(self.keys, manifest, enumerate(chunks))
+        self.policy.claim(manifest)
         self.decrypted.append(manifest.round_id)
-        return np.concatenate(list(decrypt_sum(self.keys, manifest, enumerate(chunks)))).astype(np.int64)
+        return np.concatenate(decrypt_checked(self.keys, manifest, checked)).astype(np.int64)
 
 
 def _counts() -> EvaluationCounts:
@@ -66,9 +75,10 @@ def _counts() -> EvaluationCounts:
 
 def _node(node_id: str, folder: Path, membership: Membership, intake: UploadIntake, board: EvaluationBoard,
           registry: NodeKeyRegistry, pool: EncryptionPool, updates: dict[str, np.ndarray],
-          stop: threading.Event) -> None:
+          stop: threading.Event, wrong_masks: bool = False) -> None:
     """A hospital that evaluates every model and uploads a fixed update in every training round."""
     identity = load_identity(folder / f"{node_id}.key")
+    agreement = load_agreement_key(folder / f"{node_id}.key")
     plan: RoundPlan | None = None
     chunks = 0
     for message in membership.subscribe(node_id, membership.spec, lambda: not stop.is_set()):
@@ -84,8 +94,11 @@ def _node(node_id: str, folder: Path, membership: Membership, intake: UploadInta
         board.report(EvaluationReport(node_id, plan.round_id - 1, _counts()))
         if plan.kind is not RoundKind.TRAIN:
             continue
+        scope = MaskScope("fedxray", plan.key_id, plan.round_id, plan.attempt + (9 if wrong_masks else 0),
+                          plan.participants)
+        masks = tuple(peer_masks(node_id, agreement, registry.agreement_keys, scope))
         upload = list(secure_upload(plan, updates[node_id], node_id, identity, pool, 4096, UploadTimings(),
-                                    np.random.SeedSequence(len(node_id))))
+                                    np.random.SeedSequence(), masks=masks))
         state, staged = intake.begin(upload[0])
         for chunk in upload:
             staged.add(chunk)
@@ -93,13 +106,27 @@ def _node(node_id: str, folder: Path, membership: Membership, intake: UploadInta
         intake.complete(state, staged.finish(upload[-1].attestation, registry, upload[-1].phases or PhaseSeconds()))
 
 
-def test_the_loop_runs_secure_rounds_and_records_them(tmp_path: Path) -> None:
+@dataclass
+class Run:
+    loop: RoundLoop
+    run: RunState
+    authority: InProcessKeyAuthority
+    rows: list[dict[str, object]]
+    initial: np.ndarray
+    mean: np.ndarray  # of the honest updates
+    step: float  # one step of the codec's scale
+
+
+def _run_loop(tmp_path: Path, refuse: frozenset[int] = frozenset(), wrong_masks: str | None = None) -> Run:
+    """Three in-process nodes and two secure rounds through a real RoundLoop; the key authority refuses the rounds
+    in `refuse`, and node `wrong_masks` masks for another attempt than the one it was asked for."""
     for node in NODES:
         generate_identity(tmp_path / "identities", node)
     registry = NodeKeyRegistry.from_directory(tmp_path / "identities")
     keys = load_or_create_keys(8, None, tmp_path / "ka", persist=False)
-    authority = InProcessKeyAuthority(keys, DecryptionPolicy(keys.key_id, 3, registry,
-                                                             DecryptionLedger(tmp_path / "ka" / "ledger.json")))
+    authority = InProcessKeyAuthority(keys, DecryptionPolicy(keys, 3, registry,
+                                                             DecryptionLedger(tmp_path / "ka" / "ledger.json")),
+                                      refuse)
     settings = AggregatorSettings(insecure=True, rounds=2, expected_participants=3, min_participants=3,
                                   architecture="tiny", state_dir=tmp_path / "aggregator", clip_norm=5.0,
                                   noise_kind="none", noise_variance=0.0, server_momentum=0.5,
@@ -122,22 +149,44 @@ def test_the_loop_runs_secure_rounds_and_records_them(tmp_path: Path) -> None:
     stop = threading.Event()
     with EncryptionPool(keys.public_context, workers=0) as pool:
         nodes = [threading.Thread(target=_node, args=(node, tmp_path / "identities", membership, intake, board,
-                                                     registry, pool, updates, stop)) for node in NODES]
+                                                     registry, pool, updates, stop, node == wrong_masks))
+                 for node in NODES]
         for thread in nodes:
             thread.start()
         loop.run(stop)
         stop.set()
         for thread in nodes:
             thread.join(30)
-    assert RunOutcome.read(settings.state_dir) == RunOutcome(failed=False, completed_rounds=2)
-    assert authority.decrypted == [1, 2]
-    rows = read_json_lines(settings.state_dir / "rounds.jsonl")
-    assert [(row["round"], row["participants"]) for row in rows] == [(0, 0), (1, 3), (2, 3)]
-    assert all(row["evaluation"]["nodes"] == 3 for row in rows)
+    assert not list((settings.state_dir / "staging").glob("*"))
+    return Run(loop, run, authority, read_json_lines(settings.state_dir / "rounds.jsonl"), initial,
+               np.mean(list(updates.values()), axis=0),
+               1 / plan_quantization(spec.count, 5.0, keys.layout.bits, 8, 3, NoiseKind.NONE, 0.0).scale)
+
+
+def test_the_loop_runs_secure_rounds_and_records_them(tmp_path: Path) -> None:
+    result = _run_loop(tmp_path)
+    assert RunOutcome.read(tmp_path / "aggregator") == RunOutcome(failed=False, completed_rounds=2)
+    assert result.authority.decrypted == [1, 2]
+    assert [(row["round"], row["participants"]) for row in result.rows] == [(0, 0), (1, 3), (2, 3)]
+    assert all(row["evaluation"]["nodes"] == 3 for row in result.rows)  # type: ignore[index]
     # FedAvgM 0.5 moved the model by the mean twice (m, then 0.5 m + m), each mean exact to within its rounding:
     # less than one step of the codec's scale per coordinate, so 2.5 steps in all.
-    mean = np.mean(list(updates.values()), axis=0)
-    step = 1 / plan_quantization(spec.count, 5.0, keys.layout.bits, 8, 3, NoiseKind.NONE, 0.0).scale
-    assert np.max(np.abs(run.weights - (initial + 2.5 * mean))) < 2.5 * step
-    assert np.max(np.abs(run.weights - initial)) > 10 * step  # and it did move
-    assert not list((settings.state_dir / "staging").glob("*"))
+    assert np.max(np.abs(result.run.weights - (result.initial + 2.5 * result.mean))) < 2.5 * result.step
+    assert np.max(np.abs(result.run.weights - result.initial)) > 10 * result.step  # and it did move
+
+
+def test_a_round_the_key_authority_refuses_fails_alone_and_the_run_goes_on(tmp_path: Path) -> None:
+    result = _run_loop(tmp_path, refuse=frozenset({1}))
+    assert RunOutcome.read(tmp_path / "aggregator") == RunOutcome(failed=False, completed_rounds=1)
+    first, second = result.rows[1], result.rows[2]
+    assert first["failed"] is True and "refused round 1" in str(first["error"]) and not second.get("failed")
+    # Round 1 left the model; round 2 moved it by one mean (FedAvgM's first step).
+    assert np.max(np.abs(result.run.weights - (result.initial + result.mean))) < result.step
+
+
+def test_a_node_with_wrong_masks_makes_its_round_fail_as_out_of_bounds_not_the_model(tmp_path: Path) -> None:
+    result = _run_loop(tmp_path, wrong_masks="hospital-2")
+    rows = result.rows[1:]
+    assert all(row["failed"] is True and "norm" in str(row["error"]) for row in rows), rows
+    assert np.array_equal(result.run.weights, result.initial)  # no out-of-bounds sum reached the model
+    assert result.authority.decrypted == [1, 2] and result.run.accountant.rounds == 2  # released, so accounted

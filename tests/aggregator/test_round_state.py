@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import cast
 
 import pytest
 
 from services.aggregator.round_state import RoundState
 from services.aggregator.submission_staging import VerifiedSubmission
-from services.common.round_plan import RoundPlan
+from tests.plans import PLAN
 from services.common.errors import DuplicateSubmissionError, WrongRoundError
 
 
 def _state(*expected: str) -> RoundState:
-    return RoundState(3, cast(RoundPlan, None), set(expected))  # only who may stream matters here
+    return RoundState(3, replace(PLAN, round_id=3, participants=tuple(sorted(expected))), set(expected))
 
 
 def test_a_replay_of_a_folded_upload_is_a_duplicate_even_after_the_seal() -> None:
@@ -45,3 +46,15 @@ def test_an_abandoned_stream_may_be_started_again_while_the_round_is_open() -> N
     state.abandon_stream("a")
     state.start_stream("a")
     assert state.in_flight == {"a"}
+
+
+def test_only_a_participant_of_the_attempt_may_stream_and_losing_one_breaks_it() -> None:
+    state = _state("a", "b")
+    with pytest.raises(WrongRoundError, match="'c' is not in the participant set of round 3 attempt 2"):
+        state.start_stream("c")
+    assert not state.broken
+    state.contributors["a"] = cast(VerifiedSubmission, None)
+    state.node_left("a")  # already folded: its masks are in the sum
+    assert not state.broken
+    state.node_left("b")  # not folded: the masks can no longer cancel
+    assert state.broken and state.lost == {"b"} and not state.complete()

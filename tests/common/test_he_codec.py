@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tenseal as ts
 from hypothesis import given, settings
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from hypothesis import strategies as st
 
 from services.common.ckks_params import (
@@ -17,11 +18,13 @@ from services.common.ckks_params import (
 )
 from services.common.errors import CkksParameterError, DecryptionIntegrityError
 from services.common.chunking import upload_chunk_count
-from services.hospital_node.encryption_pool import EncryptionPool
+from services.common.pairwise_masks import MaskScope, PeerMask, peer_masks
+from services.hospital_node.encryption_pool import EncryptedChunk, EncryptionPool
 from services.common.he_codec import RunningCiphertextSum, decrypt_to_slot_integers, encrypt_rows, slot_matrix
 from services.common.noise import NoiseKind
 from services.common.packing import pack_fields, unpack_fields
 from services.common.update_codec import plan_quantization, scale_update
+from tests.statistics import chi_square_critical, chi_square_uniform
 
 N_MAX_CONFIGURATIONS = (8, pytest.param(20, marks=pytest.mark.slow))
 
@@ -144,3 +147,62 @@ def test_worker_pool_chunks_decrypt_to_the_fields_it_encoded(keyed) -> None:  # 
                                               c.fields.size) for c in out if c.fields is not None])
     assert fields.size == dimension
     assert np.array_equal(decrypted, fields)
+
+
+def _mask_keys(nodes: list[str]) -> tuple[dict[str, X25519PrivateKey], dict[str, X25519PublicKey]]:
+    private = {node: X25519PrivateKey.generate() for node in nodes}
+    return private, {node: key.public_key() for node, key in private.items()}
+
+
+def _upload(pool: EncryptionPool, plan, layout, slots: int, update: np.ndarray, seed: int,  # type: ignore[no-untyped-def]
+            masks: tuple[PeerMask, ...] = ()) -> list[EncryptedChunk]:
+    return list(pool.encode_and_encrypt(scale_update(update, plan), plan, layout, slots, 1,
+                                        np.random.SeedSequence(seed), keep_fields=True, masks=masks))
+
+
+def test_masked_uploads_sum_to_the_unmasked_fields_for_every_n(keyed) -> None:  # type: ignore[no-untyped-def]
+    """Honest rounds stay exact with pairwise masks, at every participant count up to n_max."""
+    n_max, params, layout, secret, public = keyed
+    dimension = params.slots * layout.fields_per_slot + 5  # two ciphertexts, one chunk each
+    plan = plan_quantization(dimension, 1.0, layout.bits, n_max, 1, NoiseKind.SKELLAM, 4.0, rounding_pieces=2)
+    rng = np.random.default_rng(3)
+    context = load_public_context(public)
+    with EncryptionPool(public, workers=0) as pool:
+        for n in range(1, n_max + 1):
+            nodes = [f"hospital-{i}" for i in range(n)]
+            private, peers = _mask_keys(nodes)
+            scope = MaskScope("c", "k", 1, 1, tuple(nodes))
+            total = RunningCiphertextSum(context, 2)
+            plain = np.zeros(dimension, dtype=np.int64)
+            for index, node in enumerate(nodes):
+                update = rng.normal(0, 0.01, dimension)
+                masks = tuple(peer_masks(node, private[node], peers, scope))
+                for chunk in _upload(pool, plan, layout, params.slots, update, index, masks):
+                    total.fold(chunk.index, total.parse_chunk(chunk.index, chunk.ciphertexts))
+                plain += np.concatenate([c.fields for c in _upload(pool, plan, layout, params.slots, update, index)
+                                         if c.fields is not None]).astype(np.int64)
+            slots = np.concatenate([decrypt_to_slot_integers(secret, total.serialized_chunk(i), params.slots)
+                                    for i in range(2)])
+            assert np.array_equal(unpack_fields(slots, layout, dimension), plain % layout.modulus), f"n={n}"
+
+
+def test_with_the_secret_key_and_every_ciphertext_one_hospitals_upload_is_uniform(keyed) -> None:  # type: ignore[no-untyped-def]
+    """Collusion of both servers: they hold the secret key and each node's ciphertexts, and decrypt one hospital's
+    upload alone. What they get is uniform over the field (chi-square, 98,304 values over 2^b bins, p = 1e-4) and
+    uncorrelated with what that hospital encoded (|r| below 0.02, over six standard errors)."""
+    n_max, params, layout, secret, public = keyed
+    dimension = params.slots * layout.fields_per_slot * 8
+    plan = plan_quantization(dimension, 1.0, layout.bits, n_max, 3, NoiseKind.SKELLAM, 16.0, rounding_pieces=8)
+    nodes = [f"hospital-{i}" for i in range(5)]
+    private, peers = _mask_keys(nodes)
+    masks = tuple(peer_masks(nodes[0], private[nodes[0]], peers, MaskScope("c", "k", 1, 1, tuple(nodes))))
+    update = np.random.default_rng(8).normal(0, 1.0 / np.sqrt(dimension), dimension)  # a full-size update
+    with EncryptionPool(public, workers=0) as pool:
+        uploaded = _upload(pool, plan, layout, params.slots, update, 1, masks)
+        encoded = np.concatenate([c.fields for c in _upload(pool, plan, layout, params.slots, update, 1)
+                                  if c.fields is not None]).astype(np.int64)
+    decrypted = np.concatenate([unpack_fields(decrypt_to_slot_integers(secret, c.ciphertexts, params.slots), layout,
+                                              params.slots * layout.fields_per_slot) for c in uploaded])
+    assert chi_square_uniform(decrypted, layout.modulus) < chi_square_critical(layout.modulus, z=3.72)
+    assert chi_square_uniform(encoded, layout.modulus) > chi_square_critical(layout.modulus, z=3.72)  # the control
+    assert abs(np.corrcoef(decrypted, encoded)[0, 1]) < 0.02

@@ -10,21 +10,17 @@ import pytest
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.common.errors import MalformedChunkError
 from services.common.evaluation_report import EvaluationCounts, EvaluationReport
-from services.common.noise import NoiseKind
 from services.common.packing import FieldLayout
 from services.common.public_key import PublicKeyInfo
 from services.common.round_plan import (
-    LocalTrainingPlan,
-    ModelBroadcast,
     ModelChunk,
     RoundKind,
     RoundPlan,
     SumLayout,
     TrainingFinished,
-    TransferPlan,
 )
-from services.common.update_codec import QuantizationPlan
 from services.common.upload import Attestation, DecryptManifest, PhaseSeconds, UploadChunk
+from tests.plans import PLAN
 from services.common.wire import (
     evaluation_from_wire,
     evaluation_to_wire,
@@ -42,11 +38,8 @@ from services.common.wire import (
     upload_chunk_to_wire,
 )
 
-PLAN = RoundPlan(
-    7, RoundKind.TRAIN, True, "0123456789abcdef", LocalTrainingPlan(2, 0.0125, 16, "adamw", 0.01, True),
-    QuantizationPlan(1000, 10.0, 123.5, 511, 10, 3, NoiseKind.SKELLAM, 16.0, rounding_pieces=2, rounding_beta=0.6),
-    FieldLayout(10, 8, 3), TransferPlan(2, 8, 1 << 18, 900.0), ModelBroadcast(500, "digest", b"\x01" * 32, 1))
-ATTESTATION = Attestation("hospital-1", 7, "0123456789abcdef", 2, b"d" * 32, b"s" * 64, SumLayout.UPDATE)
+ATTESTATION = Attestation("hospital-1", 7, "0123456789abcdef", 2, b"d" * 32, b"s" * 64, SumLayout.UPDATE, 2,
+                          b"p" * 32, 1000, 8)
 
 
 def test_a_round_plan_survives_the_wire_exactly() -> None:
@@ -80,14 +73,14 @@ def test_a_plan_that_cannot_be_typed_is_refused_by_name(change: object, message:
 
 def test_an_upload_chunk_and_its_attestation_survive_the_wire() -> None:
     last = UploadChunk(7, "k", "hospital-1", 1, (b"c1", b"c2"), attestation=ATTESTATION,
-                       phases=PhaseSeconds(1.0, 0.5, 2.0, 0.25))
+                       phases=PhaseSeconds(1.0, 0.5, 2.0, 0.25), attempt=2)
     assert upload_chunk_from_wire(upload_chunk_to_wire(last)) == last
     plain = UploadChunk(7, "k", "hospital-1", 0, plaintext_values=b"\x00" * 8)
     assert upload_chunk_from_wire(upload_chunk_to_wire(plain)) == plain
 
 
 def test_a_manifest_and_the_public_key_survive_the_wire() -> None:
-    manifest = DecryptManifest(7, "k", 2, 1000, (ATTESTATION,), SumLayout.UPDATE)
+    manifest = DecryptManifest(7, "k", 2, 1000, (ATTESTATION,), SumLayout.UPDATE, 2, ("hospital-1", "hospital-2"), 8)
     assert manifest_from_wire(manifest_to_wire(manifest)) == manifest
     key = PublicKeyInfo(b"context", "k", FieldLayout(10, 8, 3), FieldLayout(37, 8, 1), 4096, 3)
     assert public_key_from_wire(public_key_to_wire(key)) == key

@@ -12,6 +12,7 @@ from experiments.privacy_cost import Setting, cost
 from services.common.ckks_params import ckks_parameters, field_layout
 from services.common.model_spec import flatten_named, parameter_spec, restore_state
 from services.common.models import build_model
+from services.common.packing import field_offset
 from services.common.quantize import scale_and_clamp
 from services.hospital_node.data.local_data import load_local_data
 from services.hospital_node.trainer import LocalTraining, loss_gradient
@@ -63,7 +64,7 @@ def test_uploads_carry_the_control_variate_change_and_the_aggregator_applies_bot
         assert all(np.linalg.norm(u[count:]) > 0 for u in uploads)
         plan = round_plan(tmp_path, round_id)
         n, scale, bits = int(plan["participants"]), float(plan["scale"]), int(plan["bits"])
-        decoded = _centered(field_sum(tmp_path, round_id), bits) / (n * scale)
+        decoded = _centered(field_sum(tmp_path, round_id) - n * field_offset(bits), bits) / (n * scale)
         assert decoded.shape == (2 * count,)
         # Clipped as one vector, so the clip covers both halves; then clamped per coordinate like an update.
         clipped = [scale_and_clamp(u, aggregator.clip_norm, scale, int(plan["coordinate_bound"])) / scale

@@ -70,7 +70,8 @@ def test_statistics_are_summed_exactly_in_wide_fields(refit_run) -> None:  # typ
     assert np.array_equal(field_sum(run_dir, REFIT), np.mod(np.sum(encoded, axis=0), 1 << bits))
     # Decoded, the sum is the hospitals' scaled statistics up to rounding and noise of about 1e-9 of the largest.
     records_sum = np.sum([node_update(records, node, REFIT) for node in consortium.node_ids], axis=0)
-    signed = np.mod(field_sum(run_dir, REFIT) + (1 << (bits - 1)), 1 << bits) - (1 << (bits - 1))
+    offsets = int(plan["participants"]) * (1 << (bits - 1))  # each node's offset binary
+    signed = np.mod(field_sum(run_dir, REFIT) - offsets + (1 << (bits - 1)), 1 << bits) - (1 << (bits - 1))
     decoded = signed / float(plan["scale"])  # Skellam noise has mean 0
     assert np.abs(decoded - records_sum).max() < 1e-8 * np.abs(records_sum).max()
 
@@ -106,7 +107,7 @@ def test_the_head_is_the_lda_fit_of_the_summed_statistics_and_the_body_is_untouc
 def test_the_refit_also_runs_in_plaintext_mode_beside_drift_correction(tmp_path) -> None:  # type: ignore[no-untyped-def]
     # Plaintext uploads (privacy off, the comparison runs) and SCAFFOLD's doubled broadcast: the statistics round
     # has its own upload length either way, and the control variate is left as it was.
-    consortium = run_to_completion(_config(tmp_path, 4, {"secure": False, "drift_correction": True}))
+    consortium = run_to_completion(_config(tmp_path, 4, {"secure": False, "allow_plaintext": True, "drift_correction": True}))
     rows = {int(r["round"]): r for r in consortium.rows()}
     assert rows[REFIT]["head_refit"] is True and not rows[REFIT].get("failed")
     model = build_model("tiny", 2, 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -13,7 +14,12 @@ import pytest
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
 from scripts.consortium import Consortium
-from services.common.stream_digest import attestation_message, load_identity
+from services.common.node_identity import load_identity
+from services.common.packing import field_offset
+from services.common.pairwise_masks import participant_set_hash
+from services.common.round_plan import SumLayout
+from services.common.upload import Attestation, DecryptManifest
+from services.common.wire import manifest_to_wire
 from tests.e2e.consortium_checks import (
     checkpoint_weights,
     field_sum,
@@ -107,7 +113,7 @@ def test_global_model_moves_by_the_fedavg_mean_of_the_updates(finished_run) -> N
         plan = round_plan(run_dir, round_id)
         n, scale, bits = int(plan["participants"]), float(plan["scale"]), int(plan["bits"])
         before, after = checkpoint_weights(run_dir, round_id - 1), checkpoint_weights(run_dir, round_id)
-        decoded_mean = _centered(field_sum(run_dir, round_id), bits) / (n * scale)
+        decoded_mean = _centered(field_sum(run_dir, round_id) - n * field_offset(bits), bits) / (n * scale)
         # FedAvg with server learning rate 1: w_r = w_{r-1} + mean update (checkpoints are float32).
         np.testing.assert_allclose(after, before + decoded_mean, rtol=1e-6, atol=1e-6)
         # And that mean is the hospitals' true clipped mean, up to rounding and noise.
@@ -128,12 +134,11 @@ def test_only_the_key_authority_holds_a_secret_key(finished_run) -> None:  # typ
     assert all(gauges[name] == 0.0 for name in gauges if name != "key_authority")
 
 
-def _attestation(identities: Path, node_id: str, round_id: int, key_id: str) -> pb.Attestation:
-    digest = bytes(32)
-    signature = load_identity(identities / f"{node_id}.key").sign(
-        attestation_message(round_id, key_id, node_id, 1, digest, pb.SUM_LAYOUT_UPDATE))
-    return pb.Attestation(node_id=node_id, round_id=round_id, key_id=key_id, chunk_count=1, stream_digest=digest,
-                          signature=signature)
+def _attestation(identities: Path, node_id: str, round_id: int, key_id: str, nodes: list[str]) -> Attestation:
+    """`node_id`'s signed attestation of a one-value upload masked for `nodes`, as that node would make it."""
+    unsigned = Attestation(node_id, round_id, key_id, 1, bytes(32), b"", SumLayout.UPDATE, 1,
+                           participant_set_hash(nodes), 1, 1)
+    return replace(unsigned, signature=load_identity(identities / f"{node_id}.key").sign(unsigned.signed_message()))
 
 
 def _decrypt(consortium: Consortium, manifest: pb.DecryptManifest) -> grpc.RpcError:
@@ -149,12 +154,13 @@ def test_key_authority_refuses_too_few_participants_and_a_second_decryption(fini
     ids = consortium.identities
 
     def manifest(round_id: int, nodes: list[str], key: str = key_id) -> pb.DecryptManifest:
-        return pb.DecryptManifest(round_id=round_id, key_id=key, chunk_count=1, value_count=1,
-                                  attestations=[_attestation(ids, node, round_id, key) for node in nodes])
+        return manifest_to_wire(DecryptManifest(
+            round_id, key, 1, 1, tuple(_attestation(ids, node, round_id, key, nodes) for node in nodes),
+            SumLayout.UPDATE, 1, tuple(nodes), 1))
 
     too_few = _decrypt(consortium, manifest(99, ["hospital-1", "hospital-2"]))
     assert too_few.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "at least 3" in (too_few.details() or "")
+    assert "between 3 and" in (too_few.details() or "")
     same_node_thrice = _decrypt(consortium, manifest(98, ["hospital-1"] * 3))
     assert same_node_thrice.code() == grpc.StatusCode.PERMISSION_DENIED
     again = _decrypt(consortium, manifest(1, ["hospital-1", "hospital-2", "hospital-3"]))

@@ -17,7 +17,7 @@ from scripts.consortium import Consortium
 from services.common.model_spec import flatten_state, parameter_spec
 from services.common.models import build_model
 from services.common.round_plan import RoundPlan
-from services.common.stream_digest import load_identity
+from services.common.node_identity import load_identity
 from services.common.wire import plan_from_wire, upload_chunk_to_wire
 from services.hospital_node.encryption_pool import EncryptionPool
 from services.hospital_node.update_stream import UploadTimings, secure_upload
@@ -191,7 +191,7 @@ def test_plaintext_mode_runs_the_same_services_and_averages_exactly(tmp_path) ->
     from tests.e2e.consortium_checks import checkpoint_weights, node_update
 
     config = tiny_config(tmp_path, 3, 1, images_per_node=30, seed=9, hooks=recording(tmp_path),
-                         settings={"secure": False})
+                         settings={"secure": False, "allow_plaintext": True})
     with Consortium(config) as consortium:
         code = consortium.wait(300)
     assert code == 0

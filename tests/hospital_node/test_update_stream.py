@@ -1,32 +1,16 @@
 """A node packs only in the key authority's layouts, whatever a round plan says."""
 
-from dataclasses import replace
-
 import pytest
 
 from services.common.errors import MalformedChunkError
-from services.common.noise import NoiseKind
 from services.common.packing import FieldLayout
 from services.common.public_key import PublicKeyInfo
-from services.common.round_plan import (
-    LocalTrainingPlan,
-    ModelBroadcast,
-    RoundKind,
-    RoundPlan,
-    TransferPlan,
-)
-from services.common.update_codec import QuantizationPlan
+from services.common.round_plan import RoundKind, RoundPlan
 from services.hospital_node.update_stream import require_signed_layout
+from tests.plans import PLAN, STATISTICS_LAYOUT, UPDATE_LAYOUT, packed_in
 
-UPDATE, STATISTICS = FieldLayout(10, 8, 3), FieldLayout(37, 8, 1)
+UPDATE, STATISTICS = UPDATE_LAYOUT, STATISTICS_LAYOUT
 PUBLIC = PublicKeyInfo(b"", "key", UPDATE, STATISTICS, 4096, 3)
-PLAN = RoundPlan(1, RoundKind.TRAIN, True, "key", LocalTrainingPlan(1, 0.01, 16, "sgd", 0.0, False),
-                 QuantizationPlan(100, 10.0, 1.0, 50, 10, 3, NoiseKind.SKELLAM, 16.0), UPDATE,
-                 TransferPlan(1, 8, 1024, 60.0), ModelBroadcast(100, "digest", b"", 1))
-
-
-def packed_in(layout: FieldLayout, **changes: object) -> RoundPlan:
-    return replace(PLAN, layout=layout, quantization=replace(PLAN.quantization, bits=layout.bits), **changes)
 
 
 def test_plans_in_the_key_authoritys_layouts_pass() -> None:

@@ -10,74 +10,116 @@ import pytest
 from services.common.errors import (
     AlreadyDecryptedError,
     DigestMismatchError,
+    MalformedChunkError,
     PolicyViolationError,
     UnknownNodeError,
     WrongKeyError,
 )
+from services.common.node_identity import NodeKeyRegistry, generate_identity, load_identity
+from services.common.pairwise_masks import participant_set_hash
 from services.common.round_plan import SumLayout
-from services.common.stream_digest import NodeKeyRegistry, generate_identity, load_identity, sign_attestation
+from services.common.stream_digest import sign_attestation
 from services.common.upload import Attestation, DecryptManifest
 from services.key_authority.decryption_policy import DecryptionLedger, DecryptionPolicy
+from services.key_authority.key_store import KeyMaterial, load_or_create_keys
 
-KEY = "0123456789abcdef"
-NODES = ("hospital-1", "hospital-2", "hospital-3", "hospital-4")
+NODES = tuple(f"hospital-{i}" for i in range(1, 11))  # ten registered members; n_max is 8
+SET = NODES[:3]
+VALUES = 30_000  # three ciphertexts of 4096 slots x 3 fields: one chunk of 4
 
 
-@pytest.fixture
-def consortium(tmp_path: Path) -> tuple[Path, NodeKeyRegistry]:
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> KeyMaterial:
+    return load_or_create_keys(8, None, tmp_path_factory.mktemp("ka"), persist=False)
+
+
+@pytest.fixture(scope="module")
+def identities(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, NodeKeyRegistry]:
+    folder = tmp_path_factory.mktemp("identities")
     for node in NODES:
-        generate_identity(tmp_path / "identities", node)
-    return tmp_path, NodeKeyRegistry.from_directory(tmp_path / "identities")
+        generate_identity(folder, node)
+    return folder, NodeKeyRegistry.from_directory(folder)
 
 
-def _attestation(folder: Path, node: str, round_id: int = 5, layout: SumLayout = SumLayout.UPDATE,
-                 chunk_count: int = 2) -> Attestation:
-    unsigned = Attestation(node, round_id, KEY, chunk_count, bytes([NODES.index(node)]) * 32, b"", layout)
-    return replace(unsigned, signature=sign_attestation(load_identity(folder / "identities" / f"{node}.key"),
+def _attestation(folder: Path, key_id: str, node: str, members: tuple[str, ...], signer: str | None = None,
+                 **changes: object) -> Attestation:
+    unsigned = replace(Attestation(node, 5, key_id, 1, node.encode().ljust(32, b"."), b"", SumLayout.UPDATE, 1,
+                                   participant_set_hash(members), VALUES, 4), **changes)
+    return replace(unsigned, signature=sign_attestation(load_identity(folder / f"{signer or node}.key"),
                                                         unsigned.signed_message()))
 
 
-def _manifest(folder: Path, nodes: tuple[str, ...] = NODES[:3], **changes: object) -> DecryptManifest:
-    manifest = DecryptManifest(5, KEY, 2, 1000, tuple(_attestation(folder, n) for n in nodes), SumLayout.UPDATE)
-    return replace(manifest, **changes)
+def _manifest(folder: Path, key_id: str, members: tuple[str, ...] = SET, **changes: object) -> DecryptManifest:
+    attestations = tuple(_attestation(folder, key_id, node, members, signer=None if node in NODES else NODES[0])
+                         for node in members)
+    return replace(DecryptManifest(5, key_id, 1, VALUES, attestations, SumLayout.UPDATE, 1, members, 4), **changes)
 
 
-def _policy(folder: Path, registry: NodeKeyRegistry) -> DecryptionPolicy:
-    return DecryptionPolicy(KEY, 3, registry, DecryptionLedger(folder / "ledger.json"))
-
-
-def test_an_honest_manifest_is_decrypted_once_and_the_ledger_survives_a_restart(consortium) -> None:  # type: ignore[no-untyped-def]
-    folder, registry = consortium
-    _policy(folder, registry).authorize(_manifest(folder))
+def test_an_honest_manifest_is_decrypted_once_whatever_the_attempt_and_the_ledger_survives(  # type: ignore[no-untyped-def]
+        keys, identities, tmp_path: Path) -> None:
+    folder, registry = identities
+    policy = DecryptionPolicy(keys, 3, registry, DecryptionLedger(tmp_path / "ledger.json"))
+    policy.check(_manifest(folder, keys.key_id))
+    policy.claim(_manifest(folder, keys.key_id))
+    assert policy.decrypted_rounds == {5}
+    restarted = DecryptionPolicy(keys, 3, registry, DecryptionLedger(tmp_path / "ledger.json"))
+    second_attempt = _manifest(folder, keys.key_id, NODES[:4])
+    second_attempt = replace(second_attempt, attempt=2, attestations=tuple(
+        _attestation(folder, keys.key_id, node, NODES[:4], attempt=2) for node in NODES[:4]))
     with pytest.raises(AlreadyDecryptedError, match="round 5 was already decrypted"):
-        _policy(folder, registry).authorize(_manifest(folder))  # a new process, the same ledger
+        restarted.check(second_attempt)  # a new process, the same ledger; another attempt of the same round
+
+
+def _dishonest(folder: Path, key_id: str, change: str) -> DecryptManifest:
+    honest = _manifest(folder, key_id)
+    first, *rest = honest.attestations
+    nine = NODES[:9]
+    return {
+        "too few": _manifest(folder, key_id, NODES[:2]),
+        "more than n_max": _manifest(folder, key_id, nine),
+        "one node three times": replace(honest, participants=(SET[0],) * 3, attestations=(first,) * 3),
+        "a member missing its attestation": replace(honest, attestations=tuple(rest)),
+        "an outsider's attestation": replace(honest, attestations=(*honest.attestations,
+                                                                  _attestation(folder, key_id, NODES[5], SET))),
+        "another key": replace(honest, key_id="f" * 16),
+        "an attestation of another round": replace(honest, attestations=(
+            _attestation(folder, key_id, SET[0], SET, round_id=4), *rest)),
+        "an attestation of another attempt": replace(honest, attestations=(
+            _attestation(folder, key_id, SET[0], SET, attempt=2), *rest)),
+        "an attestation for another set": replace(honest, attestations=(
+            _attestation(folder, key_id, SET[0], NODES[:4]), *rest)),
+        "an inflated value count": replace(honest, value_count=VALUES + 1),
+        "more ciphertexts per chunk": replace(honest, chunk_ciphertexts=8),
+        "a chunk count the size does not need": replace(honest, chunk_count=2),
+        # Wider fields would show the carries between fields; two chunks, as 30,000 one-field slots need.
+        "relabelled layout": replace(honest, layout=SumLayout.STATISTICS, chunk_count=2),
+        "a forged signature": replace(honest, attestations=(replace(first, stream_digest=b"x" * 32), *rest)),
+        "an unknown node": _manifest(folder, key_id, ("mallory", *SET[1:])),
+    }[change]
 
 
 @pytest.mark.parametrize(("change", "refusal", "message"), [
-    ("too few", PolicyViolationError, "2 distinct attested participants"),
-    ("one node three times", PolicyViolationError, "1 distinct attested participants"),
+    ("too few", PolicyViolationError, "2 participants; the policy requires between 3 and n_max = 8"),
+    ("more than n_max", PolicyViolationError, "9 participants"),
+    ("one node three times", PolicyViolationError, "names a node twice"),
+    ("a member missing its attestation", PolicyViolationError, "every member, and no one else, must attest"),
+    ("an outsider's attestation", PolicyViolationError, "every member, and no one else, must attest"),
     ("another key", WrongKeyError, "current key"),
     ("an attestation of another round", PolicyViolationError, "another round"),
+    ("an attestation of another attempt", PolicyViolationError, "another round, attempt"),
+    ("an attestation for another set", PolicyViolationError, "participant set"),
+    ("an inflated value count", PolicyViolationError, "size"),
+    ("more ciphertexts per chunk", PolicyViolationError, "size"),
+    ("a chunk count the size does not need", MalformedChunkError, "chunks of 4 ciphertexts are not 2 chunks"),
     ("relabelled layout", PolicyViolationError, "layout"),
     ("a forged signature", DigestMismatchError, "does not verify"),
     ("an unknown node", UnknownNodeError, "not a registered consortium member"),
 ])
-def test_a_dishonest_manifest_is_refused_and_spends_no_round(consortium, change: str, refusal: type,  # type: ignore[no-untyped-def]
-                                                            message: str) -> None:
-    folder, registry = consortium
-    honest = _manifest(folder)
-    first, *rest = honest.attestations
-    dishonest = {
-        "too few": replace(honest, attestations=honest.attestations[:2]),
-        "one node three times": replace(honest, attestations=(first, first, first)),
-        "another key": replace(honest, key_id="f" * 16),
-        "an attestation of another round": replace(honest, attestations=(_attestation(folder, NODES[0], 4), *rest)),
-        # The nodes signed the update layout; asked to unpack wider, the sum would show its carries.
-        "relabelled layout": replace(honest, layout=SumLayout.STATISTICS),
-        "a forged signature": replace(honest, attestations=(replace(first, stream_digest=b"x" * 32), *rest)),
-        "an unknown node": replace(honest, attestations=(replace(first, node_id="mallory"), *rest)),
-    }[change]
-    policy = _policy(folder, registry)
+def test_a_dishonest_manifest_is_refused_and_spends_no_round(keys, identities, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                            change: str, refusal: type, message: str) -> None:
+    folder, registry = identities
+    policy = DecryptionPolicy(keys, 3, registry, DecryptionLedger(tmp_path / "ledger.json"))
     with pytest.raises(refusal, match=message):
-        policy.authorize(dishonest)
-    policy.authorize(honest)  # the refusal spent nothing: the round can still be decrypted honestly
+        policy.check(_dishonest(folder, keys.key_id, change))
+    policy.check(_manifest(folder, keys.key_id))  # the refusal spent nothing: the round can still be decrypted
+    assert policy.decrypted_rounds == frozenset()

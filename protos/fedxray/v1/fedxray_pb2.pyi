@@ -50,7 +50,7 @@ class PublicContext(_message.Message):
     def __init__(self, context: _Optional[bytes] = ..., key_id: _Optional[str] = ..., bits: _Optional[int] = ..., fields_per_slot: _Optional[int] = ..., max_participants: _Optional[int] = ..., slots_per_ciphertext: _Optional[int] = ..., min_participants: _Optional[int] = ..., statistics_bits: _Optional[int] = ...) -> None: ...
 
 class Attestation(_message.Message):
-    __slots__ = ("node_id", "round_id", "key_id", "chunk_count", "stream_digest", "signature", "layout")
+    __slots__ = ("node_id", "round_id", "key_id", "chunk_count", "stream_digest", "signature", "layout", "attempt", "participant_set_sha256", "value_count", "chunk_ciphertexts")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,10 @@ class Attestation(_message.Message):
     STREAM_DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANT_SET_SHA256_FIELD_NUMBER: _ClassVar[int]
+    VALUE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     round_id: int
     key_id: str
@@ -65,23 +69,33 @@ class Attestation(_message.Message):
     stream_digest: bytes
     signature: bytes
     layout: SumLayout
-    def __init__(self, node_id: _Optional[str] = ..., round_id: _Optional[int] = ..., key_id: _Optional[str] = ..., chunk_count: _Optional[int] = ..., stream_digest: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., layout: _Optional[_Union[SumLayout, str]] = ...) -> None: ...
+    attempt: int
+    participant_set_sha256: bytes
+    value_count: int
+    chunk_ciphertexts: int
+    def __init__(self, node_id: _Optional[str] = ..., round_id: _Optional[int] = ..., key_id: _Optional[str] = ..., chunk_count: _Optional[int] = ..., stream_digest: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., layout: _Optional[_Union[SumLayout, str]] = ..., attempt: _Optional[int] = ..., participant_set_sha256: _Optional[bytes] = ..., value_count: _Optional[int] = ..., chunk_ciphertexts: _Optional[int] = ...) -> None: ...
 
 class DecryptManifest(_message.Message):
-    __slots__ = ("round_id", "key_id", "chunk_count", "value_count", "attestations", "layout")
+    __slots__ = ("round_id", "key_id", "chunk_count", "value_count", "attestations", "layout", "attempt", "participants", "chunk_ciphertexts")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
     VALUE_COUNT_FIELD_NUMBER: _ClassVar[int]
     ATTESTATIONS_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
     round_id: int
     key_id: str
     chunk_count: int
     value_count: int
     attestations: _containers.RepeatedCompositeFieldContainer[Attestation]
     layout: SumLayout
-    def __init__(self, round_id: _Optional[int] = ..., key_id: _Optional[str] = ..., chunk_count: _Optional[int] = ..., value_count: _Optional[int] = ..., attestations: _Optional[_Iterable[_Union[Attestation, _Mapping]]] = ..., layout: _Optional[_Union[SumLayout, str]] = ...) -> None: ...
+    attempt: int
+    participants: _containers.RepeatedScalarFieldContainer[str]
+    chunk_ciphertexts: int
+    def __init__(self, round_id: _Optional[int] = ..., key_id: _Optional[str] = ..., chunk_count: _Optional[int] = ..., value_count: _Optional[int] = ..., attestations: _Optional[_Iterable[_Union[Attestation, _Mapping]]] = ..., layout: _Optional[_Union[SumLayout, str]] = ..., attempt: _Optional[int] = ..., participants: _Optional[_Iterable[str]] = ..., chunk_ciphertexts: _Optional[int] = ...) -> None: ...
 
 class CiphertextChunk(_message.Message):
     __slots__ = ("index", "ciphertexts")
@@ -192,7 +206,7 @@ class ModelBroadcast(_message.Message):
     def __init__(self, parameter_count: _Optional[int] = ..., parameter_digest: _Optional[str] = ..., sha256: _Optional[bytes] = ..., chunk_count: _Optional[int] = ...) -> None: ...
 
 class RoundPlan(_message.Message):
-    __slots__ = ("round_id", "kind", "secure", "key_id", "training", "codec", "transfer", "model")
+    __slots__ = ("round_id", "kind", "secure", "key_id", "training", "codec", "transfer", "model", "attempt", "participants")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SECURE_FIELD_NUMBER: _ClassVar[int]
@@ -201,6 +215,8 @@ class RoundPlan(_message.Message):
     CODEC_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     round_id: int
     kind: RoundKind
     secure: bool
@@ -209,7 +225,9 @@ class RoundPlan(_message.Message):
     codec: Codec
     transfer: Transfer
     model: ModelBroadcast
-    def __init__(self, round_id: _Optional[int] = ..., kind: _Optional[_Union[RoundKind, str]] = ..., secure: _Optional[bool] = ..., key_id: _Optional[str] = ..., training: _Optional[_Union[LocalTraining, _Mapping]] = ..., codec: _Optional[_Union[Codec, _Mapping]] = ..., transfer: _Optional[_Union[Transfer, _Mapping]] = ..., model: _Optional[_Union[ModelBroadcast, _Mapping]] = ...) -> None: ...
+    attempt: int
+    participants: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, round_id: _Optional[int] = ..., kind: _Optional[_Union[RoundKind, str]] = ..., secure: _Optional[bool] = ..., key_id: _Optional[str] = ..., training: _Optional[_Union[LocalTraining, _Mapping]] = ..., codec: _Optional[_Union[Codec, _Mapping]] = ..., transfer: _Optional[_Union[Transfer, _Mapping]] = ..., model: _Optional[_Union[ModelBroadcast, _Mapping]] = ..., attempt: _Optional[int] = ..., participants: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelChunk(_message.Message):
     __slots__ = ("round_id", "index", "values")
@@ -237,8 +255,26 @@ class RoundMessage(_message.Message):
     finished: TrainingFinished
     def __init__(self, plan: _Optional[_Union[RoundPlan, _Mapping]] = ..., model_chunk: _Optional[_Union[ModelChunk, _Mapping]] = ..., finished: _Optional[_Union[TrainingFinished, _Mapping]] = ...) -> None: ...
 
+class RoundDecline(_message.Message):
+    __slots__ = ("node_id", "round_id", "attempt", "reason", "detail")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    round_id: int
+    attempt: int
+    reason: str
+    detail: str
+    def __init__(self, node_id: _Optional[str] = ..., round_id: _Optional[int] = ..., attempt: _Optional[int] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class DeclineAck(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class UpdateChunk(_message.Message):
-    __slots__ = ("round_id", "key_id", "node_id", "index", "ciphertexts", "plaintext_values", "attestation", "phase_seconds")
+    __slots__ = ("round_id", "key_id", "node_id", "index", "ciphertexts", "plaintext_values", "attestation", "phase_seconds", "attempt")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -247,6 +283,7 @@ class UpdateChunk(_message.Message):
     PLAINTEXT_VALUES_FIELD_NUMBER: _ClassVar[int]
     ATTESTATION_FIELD_NUMBER: _ClassVar[int]
     PHASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     round_id: int
     key_id: str
     node_id: str
@@ -255,7 +292,8 @@ class UpdateChunk(_message.Message):
     plaintext_values: bytes
     attestation: Attestation
     phase_seconds: NodePhaseSeconds
-    def __init__(self, round_id: _Optional[int] = ..., key_id: _Optional[str] = ..., node_id: _Optional[str] = ..., index: _Optional[int] = ..., ciphertexts: _Optional[_Iterable[bytes]] = ..., plaintext_values: _Optional[bytes] = ..., attestation: _Optional[_Union[Attestation, _Mapping]] = ..., phase_seconds: _Optional[_Union[NodePhaseSeconds, _Mapping]] = ...) -> None: ...
+    attempt: int
+    def __init__(self, round_id: _Optional[int] = ..., key_id: _Optional[str] = ..., node_id: _Optional[str] = ..., index: _Optional[int] = ..., ciphertexts: _Optional[_Iterable[bytes]] = ..., plaintext_values: _Optional[bytes] = ..., attestation: _Optional[_Union[Attestation, _Mapping]] = ..., phase_seconds: _Optional[_Union[NodePhaseSeconds, _Mapping]] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class NodePhaseSeconds(_message.Message):
     __slots__ = ("train", "encode", "encrypt", "upload")

@@ -228,6 +228,11 @@ class AggregatorStub:
                 request_serializer=protos_dot_fedxray_dot_v1_dot_fedxray__pb2.EvaluationReport.SerializeToString,
                 response_deserializer=protos_dot_fedxray_dot_v1_dot_fedxray__pb2.EvaluationAck.FromString,
                 _registered_method=True)
+        self.DeclineRound = channel.unary_unary(
+                '/fedxray.v1.Aggregator/DeclineRound',
+                request_serializer=protos_dot_fedxray_dot_v1_dot_fedxray__pb2.RoundDecline.SerializeToString,
+                response_deserializer=protos_dot_fedxray_dot_v1_dot_fedxray__pb2.DeclineAck.FromString,
+                _registered_method=True)
         self.GetStatus = channel.unary_unary(
                 '/fedxray.v1.Aggregator/GetStatus',
                 request_serializer=protos_dot_fedxray_dot_v1_dot_fedxray__pb2.GetStatusRequest.SerializeToString,
@@ -265,6 +270,14 @@ class AggregatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeclineRound(self, request, context):
+        """A node refuses a round attempt's plan (below its own privacy floor, say),
+        naming the refusal; it takes no part in that attempt.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStatus(self, request, context):
         """Facts an auditor may ask of the process (it never holds a secret key).
         """
@@ -289,6 +302,11 @@ def add_AggregatorServicer_to_server(servicer, server):
                     servicer.ReportEvaluation,
                     request_deserializer=protos_dot_fedxray_dot_v1_dot_fedxray__pb2.EvaluationReport.FromString,
                     response_serializer=protos_dot_fedxray_dot_v1_dot_fedxray__pb2.EvaluationAck.SerializeToString,
+            ),
+            'DeclineRound': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclineRound,
+                    request_deserializer=protos_dot_fedxray_dot_v1_dot_fedxray__pb2.RoundDecline.FromString,
+                    response_serializer=protos_dot_fedxray_dot_v1_dot_fedxray__pb2.DeclineAck.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
@@ -381,6 +399,33 @@ class Aggregator:
             '/fedxray.v1.Aggregator/ReportEvaluation',
             protos_dot_fedxray_dot_v1_dot_fedxray__pb2.EvaluationReport.SerializeToString,
             protos_dot_fedxray_dot_v1_dot_fedxray__pb2.EvaluationAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeclineRound(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedxray.v1.Aggregator/DeclineRound',
+            protos_dot_fedxray_dot_v1_dot_fedxray__pb2.RoundDecline.SerializeToString,
+            protos_dot_fedxray_dot_v1_dot_fedxray__pb2.DeclineAck.FromString,
             options,
             channel_credentials,
             insecure,

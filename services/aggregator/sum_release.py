@@ -1,0 +1,49 @@
+"""A sealed attempt's sum, released: decrypted by the key authority (secure mode) and decoded to the mean upload,
+refused if it is larger than the participants' clipped uploads and the configured noise can make it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from services.aggregator.key_authority_client import KeyAuthorityClient
+from services.aggregator.round_state import RoundState
+from services.common.errors import ImplausibleSumError
+from services.common.noise import noise_mean
+from services.common.packing import field_offset, to_centered
+from services.common.quantize import l2_norm
+from services.common.round_plan import RoundPlan
+from services.common.update_codec import decode_mean_update, sum_norm_bound
+from services.common.upload import DecryptManifest
+
+# Called with each decrypted sum's plan, field integers and contributors (a test's window; None in production).
+DecryptionObserver = Callable[[RoundPlan, np.ndarray, list[str]], None]
+
+
+def release_mean(state: RoundState, key_authority: KeyAuthorityClient,
+                 observer: DecryptionObserver | None = None) -> np.ndarray:
+    """The participants' mean upload. Raises `DecryptionRefusedError` when the key authority refuses the sum and
+    `ImplausibleSumError` when a decrypted sum is out of bounds (wrong masks, or a crafted upload)."""
+    plan, contributors = state.plan, [state.contributors[node] for node in sorted(state.contributors)]
+    participants = len(contributors)
+    if not plan.secure:
+        assert state.plaintext_sum is not None
+        return state.plaintext_sum / participants
+    assert state.ciphertext_sum is not None
+    total = state.ciphertext_sum
+    manifest = DecryptManifest(state.round_id, plan.key_id, total.chunk_count, plan.upload_value_count,
+                               tuple(c.attestation for c in contributors), plan.sum_layout, plan.attempt,
+                               plan.participants, plan.transfer.chunk_ciphertexts)
+    field_sums = key_authority.decrypt(manifest, (total.serialized_chunk(i) for i in range(total.chunk_count)))
+    if observer is not None:
+        observer(plan, field_sums, [c.header.node_id for c in contributors])
+    q = plan.quantization
+    signed = to_centered(field_sums - np.int64(participants) * np.int64(field_offset(q.bits)), q.bits)
+    centred = signed.astype(np.float64) - noise_mean(q.noise_kind, q.node_noise_variance, participants)
+    norm, bound = l2_norm(centred), sum_norm_bound(q, participants)
+    if norm > bound:
+        raise ImplausibleSumError(f"round {state.round_id} attempt {plan.attempt}: the decrypted sum has norm "
+                                  f"{norm:.4g}, above the {bound:.4g} that {participants} clipped uploads and the "
+                                  "noise reach but with probability 1e-6")
+    return decode_mean_update(field_sums, q, participants)

@@ -1,0 +1,116 @@
+"""Pairwise masks of secure aggregation: Bonawitz et al., "Practical Secure Aggregation for
+Privacy-Preserving Machine Learning", CCS 2017, Section 4 (without its dropout recovery:
+a round that loses a node is retried as a new attempt with a smaller set instead).
+
+Nodes i and j in a round attempt's participant set S agree on a key from X25519(i, j),
+bound by HKDF to the consortium, the key id, the round, the attempt and S itself. Node
+i adds, for every other j in S, +PRG(key_ij) if i < j and -PRG(key_ij) if i > j, mod
+2^b, to its field integers before packing. Over the whole of S every mask meets its
+negative and the sum is exact; over any proper subset, at least one mask stays, and a
+ChaCha20 keystream mod 2^b makes that sum uniform, whatever the updates. The PRG is
+ChaCha20 (RFC 8439) from `cryptography`, never numpy's generators, whose output can be
+predicted from a few values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher
+from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+MASK_DOMAIN = b"fedxray.v1/pairwise-mask"
+SET_DOMAIN = b"fedxray.v1/participant-set"
+CHACHA_BLOCK = 64
+
+
+def _frame(*parts: bytes) -> bytes:
+    return b"".join(struct.pack(">Q", len(part)) + part for part in parts)
+
+
+def participant_set_hash(participants: Sequence[str]) -> bytes:
+    """SHA-256 naming a participant set, whatever the order it is listed in."""
+    return hashlib.sha256(SET_DOMAIN + _frame(*(node.encode() for node in sorted(participants)))).digest()
+
+
+@dataclass(frozen=True)
+class MaskScope:
+    """What one attempt's masks are bound to: they never repeat across rounds, attempts, sets or keys."""
+
+    consortium: str
+    key_id: str
+    round_id: int
+    attempt: int
+    participants: tuple[str, ...]
+
+    def info(self, low: str, high: str) -> bytes:
+        return MASK_DOMAIN + _frame(self.consortium.encode(), self.key_id.encode(), struct.pack(">Q", self.round_id),
+                                    struct.pack(">I", self.attempt), participant_set_hash(self.participants),
+                                    low.encode(), high.encode())
+
+
+@dataclass(frozen=True)
+class PeerMask:
+    key: bytes  # a ChaCha20 key, 32 bytes
+    sign: int  # +1: this node adds the stream; -1: it subtracts it
+
+
+def peer_masks(node_id: str, private: X25519PrivateKey, peers: Mapping[str, X25519PublicKey],
+               scope: MaskScope) -> list[PeerMask]:
+    """This node's mask with every other member of the scope's participant set."""
+    if node_id not in scope.participants:
+        raise ValueError(f"{node_id!r} is not in the participant set {list(scope.participants)}")
+    masks = []
+    for peer in sorted(set(scope.participants) - {node_id}):
+        if peer not in peers:
+            raise KeyError(f"no key-agreement key of participant {peer!r}")
+        low, high = sorted((node_id, peer))
+        key = HKDF(hashes.SHA256(), 32, salt=None, info=scope.info(low, high)).derive(
+            private.exchange(peers[peer]))
+        masks.append(PeerMask(key, 1 if node_id == low else -1))
+    return masks
+
+
+def _word(bits: int) -> np.dtype[np.unsignedinteger]:
+    """The smallest unsigned word holding `bits`: its values mod 2^bits stay uniform, as 2^bits divides 2^word."""
+    for dtype in (np.uint16, np.uint32, np.uint64):
+        if bits <= np.dtype(dtype).itemsize * 8:
+            return np.dtype(dtype)
+    raise ValueError(f"no mask word holds {bits} bits")
+
+
+def keystream(key: bytes, offset: int, length: int) -> bytes:
+    """Bytes [offset, offset + length) of ChaCha20's keystream under `key` (block counter seeked, nonce zero: every
+    key is used for one stream only)."""
+    block, skip = divmod(offset, CHACHA_BLOCK)
+    # cryptography's 16-byte ChaCha20 nonce: the little-endian 32-bit block counter, then the 96-bit nonce.
+    encryptor = Cipher(ChaCha20(key, struct.pack("<I", block) + bytes(12)), mode=None).encryptor()
+    return encryptor.update(bytes(skip + length))[skip:]
+
+
+def mask_values(masks: Sequence[PeerMask], start: int, count: int, bits: int) -> np.ndarray:
+    """This node's total mask for field values [start, start + count), in [0, 2^bits); any slice of it equals the
+    same slice of the whole, so chunks are masked independently."""
+    word = _word(bits)
+    # Signed sums of at most n_max (<= 1024) words stay exact in int32 for 16-bit fields, in int64 for wider ones;
+    # one reduction at the end.
+    accumulator = np.dtype(np.int32) if bits <= 16 else np.dtype(np.int64)
+    total: np.ndarray = np.zeros(count, dtype=accumulator)
+    low_bits = word.type((1 << bits) - 1)
+    for mask in masks:
+        stream = np.frombuffer(keystream(mask.key, start * word.itemsize, count * word.itemsize), dtype=word)
+        # Below 2^bits, so exact in the accumulator (and a 64-bit word never meets a signed one as a float).
+        values = (stream & low_bits).astype(accumulator, copy=False)
+        if mask.sign > 0:
+            np.add(total, values, out=total)
+        else:
+            np.subtract(total, values, out=total)
+    reduced: np.ndarray = np.mod(total, 1 << bits).astype(np.int64)
+    return reduced

@@ -1,0 +1,299 @@
+"""A malicious aggregator against the real key authority and five real hospital nodes, with real TenSEAL.
+
+The test plays the aggregator: a gRPC server of its own, holding the aggregator's certificate, to which the five
+node processes subscribe. It sends the plans it likes, keeps every upload, and asks the key authority to decrypt
+what it likes. Every attack is refused with a named status, or its output is uniform over the field (chi-square
+against the uniform distribution over 2^b values, p = 1e-4), which is statistically independent of every single
+update. An honest round through the same harness decodes exactly, the control that the harness is a fair one.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import replace
+
+import grpc
+import numpy as np
+import pytest
+import tenseal as ts
+
+from protos.fedxray.v1 import fedxray_pb2 as pb
+from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
+from scripts.consortium import Consortium, free_port
+from services.aggregator.config import AggregatorSettings
+from services.aggregator.round_planner import RoundPlanner, broadcast_chunks
+from services.common.ckks_params import load_public_context
+from services.common.he_codec import RunningCiphertextSum
+from services.common.model_spec import flatten_state, parameter_spec
+from services.common.models import build_model
+from services.common.noise import NoiseKind
+from services.common.node_identity import load_identity
+from services.common.packing import field_offset, to_centered
+from services.common.pairwise_masks import participant_set_hash
+from services.common.round_plan import ModelChunk, RoundKind, RoundPlan
+from services.common.tls import add_port
+from services.common.update_codec import sum_norm_bound
+from services.common.upload import Attestation
+from services.common.wire import (
+    attestation_from_wire,
+    attestation_to_wire,
+    field_values_from_wire,
+    public_key_from_wire,
+    round_message_to_wire,
+)
+from tests.e2e.consortium_checks import tiny_config
+from tests.statistics import chi_square_critical, chi_square_uniform
+
+NODES = [f"hospital-{i}" for i in range(1, 6)]
+EXTRA = [f"hospital-{i}" for i in range(6, 10)]  # registered members with no process: for a set above n_max
+UNIFORM = 3.72  # the normal quantile of p = 1e-4
+
+
+class HarnessAggregator(pb_grpc.AggregatorServicer):
+    """The test's aggregator: it sends what it is told, keeps every upload and decline, and decides nothing."""
+
+    def __init__(self) -> None:
+        self.outboxes: dict[str, queue.Queue[pb.RoundMessage | None]] = {}
+        self.uploads: dict[tuple[str, int, int], list[pb.UpdateChunk]] = {}
+        self.declines: dict[tuple[str, int, int], str] = {}
+        self.changed = threading.Condition()
+
+    def Subscribe(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> Iterator[pb.RoundMessage]:
+        outbox: queue.Queue[pb.RoundMessage | None] = queue.Queue()
+        with self.changed:
+            self.outboxes[request.node_id] = outbox
+            self.changed.notify_all()
+        while context.is_active():
+            try:
+                message = outbox.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if message is None:
+                return
+            yield message
+
+    def SubmitUpdate(self, request_iterator: Iterator[pb.UpdateChunk],
+                     context: grpc.ServicerContext) -> pb.SubmitReceipt:
+        chunks = list(request_iterator)
+        first, last = chunks[0], chunks[-1]
+        with self.changed:
+            self.uploads[(first.node_id, first.round_id, first.attempt)] = chunks
+            self.changed.notify_all()
+        return pb.SubmitReceipt(round_id=first.round_id, chunks=len(chunks),
+                                stream_digest=last.attestation.stream_digest)
+
+    def ReportEvaluation(self, request: pb.EvaluationReport, context: grpc.ServicerContext) -> pb.EvaluationAck:
+        return pb.EvaluationAck()
+
+    def DeclineRound(self, request: pb.RoundDecline, context: grpc.ServicerContext) -> pb.DeclineAck:
+        with self.changed:
+            self.declines[(request.node_id, request.round_id, request.attempt)] = request.reason
+            self.changed.notify_all()
+        return pb.DeclineAck()
+
+    def send(self, plan: RoundPlan, model: list[bytes]) -> None:
+        for outbox in list(self.outboxes.values()):
+            outbox.put(round_message_to_wire(plan))
+            for index, values in enumerate(model):
+                outbox.put(round_message_to_wire(ModelChunk(plan.round_id, index, values)))
+
+    def wait(self, done: Callable[[], bool], timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while not done():
+                assert time.monotonic() < deadline, "the nodes did not answer in time"
+                self.changed.wait(0.5)
+
+
+class Attack:
+    """What the harness holds: the nodes' uploads, the public key, an honest planner, and a line to the key
+    authority with the aggregator's certificate."""
+
+    def __init__(self, consortium: Consortium, harness: HarnessAggregator) -> None:
+        self.consortium, self.harness = consortium, harness
+        self.stub = pb_grpc.KeyAuthorityStub(consortium.channel_as("aggregator", "key_authority"))
+        self.key = public_key_from_wire(self.stub.GetPublicContext(pb.GetPublicContextRequest(), timeout=60))
+        self.context = load_public_context(self.key.context)
+        model = build_model("tiny", 2, 0)
+        self.spec = parameter_spec(model.state_dict())
+        self.model = broadcast_chunks(flatten_state(model.state_dict()))
+        settings = AggregatorSettings(insecure=True, architecture="tiny", clip_norm=5.0, noise_variance=16.0,
+                                      chunk_ciphertexts=8)
+        self.planner = RoundPlanner(settings, self.key, self.spec, self.spec.count, 1)
+
+    def plan(self, round_id: int, participants: list[str], attempt: int = 1, **changes: object) -> RoundPlan:
+        plan = self.planner.plan(round_id, RoundKind.TRAIN, self.model, attempt, frozenset(participants))
+        return replace(plan, **changes)
+
+    def uploads_of(self, plan: RoundPlan, nodes: list[str]) -> dict[str, list[pb.UpdateChunk]]:
+        """Send `plan` and wait for the uploads of `nodes` (every one of them in it)."""
+        self.harness.send(plan, self.model)
+        keys = [(node, plan.round_id, plan.attempt) for node in nodes]
+        self.harness.wait(lambda: all(k in self.harness.uploads for k in keys))
+        return {node: self.harness.uploads[(node, plan.round_id, plan.attempt)] for node in nodes}
+
+    def summed(self, uploads: list[list[pb.UpdateChunk]]) -> list[list[bytes]]:
+        total = RunningCiphertextSum(self.context, len(uploads[0]))
+        for chunks in uploads:
+            for chunk in chunks:
+                total.fold(chunk.index, total.parse_chunk(chunk.index, list(chunk.ciphertexts)))
+        return [total.serialized_chunk(i) for i in range(total.chunk_count)]
+
+    def manifest(self, plan: RoundPlan, attestations: list[pb.Attestation], participants: list[str],
+                 **changes: object) -> pb.DecryptManifest:
+        manifest = pb.DecryptManifest(round_id=plan.round_id, key_id=plan.key_id,
+                                      chunk_count=plan.transfer.chunk_count, value_count=plan.upload_value_count,
+                                      attestations=attestations, layout=pb.SUM_LAYOUT_UPDATE, attempt=plan.attempt,
+                                      participants=participants, chunk_ciphertexts=plan.transfer.chunk_ciphertexts)
+        for name, value in changes.items():
+            setattr(manifest, name, value)
+        return manifest
+
+    def decrypt(self, manifest: pb.DecryptManifest, chunks: list[list[bytes]]) -> np.ndarray:
+        requests = [pb.DecryptRequest(manifest=manifest)] + [
+            pb.DecryptRequest(chunk=pb.CiphertextChunk(index=i, ciphertexts=c)) for i, c in enumerate(chunks)]
+        return np.concatenate([field_values_from_wire(r) for r in self.stub.Decrypt(iter(requests), timeout=120)])
+
+    def refusal(self, manifest: pb.DecryptManifest, chunks: list[list[bytes]]) -> tuple[grpc.StatusCode, str]:
+        with pytest.raises(grpc.RpcError) as refused:
+            self.decrypt(manifest, chunks)
+        return refused.value.code(), refused.value.details() or ""
+
+
+def _attestations(uploads: dict[str, list[pb.UpdateChunk]]) -> list[pb.Attestation]:
+    return [chunks[-1].attestation for chunks in uploads.values()]
+
+
+@pytest.fixture(scope="module")
+def attack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Attack]:
+    run_dir = tmp_path_factory.mktemp("malicious")
+    harness = HarnessAggregator()
+    address = f"127.0.0.1:{free_port()}"
+    config = tiny_config(run_dir, len(NODES), 1, seed=11, images_per_node=30, external_aggregator=address,
+                         extra_members=EXTRA, node={"max_attempts": 2})
+    consortium = Consortium(config)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    pb_grpc.add_AggregatorServicer_to_server(harness, server)
+    with consortium:
+        add_port(server, address, consortium.tls_for("aggregator"))
+        server.start()
+        try:
+            harness.wait(lambda: set(NODES) <= set(harness.outboxes))
+            yield Attack(consortium, harness)
+        finally:
+            for outbox in harness.outboxes.values():
+                outbox.put(None)
+            server.stop(grace=1)
+
+
+def _uniform(fields: np.ndarray, bits: int) -> bool:
+    return chi_square_uniform(fields, 1 << bits) < chi_square_critical(1 << bits, z=UNIFORM)
+
+
+def test_one_nodes_ciphertexts_presented_as_the_sum_decrypt_to_uniform_noise(attack: Attack) -> None:
+    plan = attack.plan(1, NODES)
+    uploads = attack.uploads_of(plan, NODES)
+    only_one = attack.summed([uploads["hospital-1"]])
+    fields = attack.decrypt(attack.manifest(plan, _attestations(uploads), NODES), only_one)
+    assert fields.size == plan.upload_value_count and _uniform(fields, plan.layout.bits)
+
+
+def test_a_proper_subsets_sum_decrypts_to_uniform_noise(attack: Attack) -> None:
+    plan = attack.plan(2, NODES)
+    uploads = attack.uploads_of(plan, NODES)
+    four = attack.summed([uploads[node] for node in NODES[:4]])
+    fields = attack.decrypt(attack.manifest(plan, _attestations(uploads), NODES), four)
+    assert _uniform(fields, plan.layout.bits)
+
+
+def test_refused_requests_and_then_the_honest_sum_which_decodes_within_bounds(attack: Attack) -> None:
+    plan = attack.plan(3, NODES)
+    uploads = attack.uploads_of(plan, NODES)
+    attested = _attestations(uploads)
+    honest = attack.summed(list(uploads.values()))
+    manifest = attack.manifest(plan, attested, NODES)
+    padded = [list(chunk) for chunk in honest]
+    padded[0][0] = padded[0][0] + b"\xfa\x07\x01\x00"  # an unknown protobuf field appended
+    odd_scale = [list(chunk) for chunk in honest]
+    odd_scale[0][0] = bytes(ts.ckks_vector(attack.context, np.zeros(attack.key.slots), scale=2.0**30).serialize())
+    short = [list(chunk) for chunk in honest]
+    short[0][0] = bytes(ts.ckks_vector(attack.context, [0.0] * 10).serialize())
+    extra = [list(chunk) for chunk in honest]
+    extra[0].append(extra[0][0])  # one more ciphertext than the attested size needs
+    identities = attack.consortium.identities
+    outsiders = []
+    for node in EXTRA:  # registered members' attestations for a set of nine: above n_max = 8
+        unsigned = replace(attestation_from_wire(attested[0]), node_id=node,
+                           participant_set=participant_set_hash(NODES + EXTRA))
+        outsiders.append(attestation_to_wire(replace(unsigned, signature=load_identity(
+            identities / f"{node}.key").sign(unsigned.signed_message()))))
+    refusals = {
+        "inflated value count": attack.refusal(replace_field(manifest, value_count=plan.upload_value_count + 1),
+                                               honest),
+        "extra ciphertexts per chunk": attack.refusal(manifest, extra),
+        "padded ciphertext": attack.refusal(manifest, padded),
+        "odd-scale ciphertext": attack.refusal(manifest, odd_scale),
+        "wrong-size ciphertext": attack.refusal(manifest, short),
+        "attestations made for another set": attack.refusal(
+            attack.manifest(plan, attested[:4], NODES[:4]), attack.summed([uploads[n] for n in NODES[:4]])),
+        "attestations made for another attempt": attack.refusal(replace_field(manifest, attempt=2), honest),
+        "more than n_max participants": attack.refusal(attack.manifest(plan, attested + outsiders, NODES + EXTRA),
+                                                       honest),
+    }
+    assert {name: code for name, (code, _) in refusals.items()} == {
+        "inflated value count": grpc.StatusCode.PERMISSION_DENIED,
+        "extra ciphertexts per chunk": grpc.StatusCode.INVALID_ARGUMENT,
+        "padded ciphertext": grpc.StatusCode.INVALID_ARGUMENT,
+        "odd-scale ciphertext": grpc.StatusCode.INVALID_ARGUMENT,
+        "wrong-size ciphertext": grpc.StatusCode.INVALID_ARGUMENT,
+        "attestations made for another set": grpc.StatusCode.PERMISSION_DENIED,
+        "attestations made for another attempt": grpc.StatusCode.PERMISSION_DENIED,
+        "more than n_max participants": grpc.StatusCode.PERMISSION_DENIED,
+    }, refusals
+    assert "scale" in refusals["odd-scale ciphertext"][1] and "bytes" in refusals["padded ciphertext"][1]
+    # None of those spent the round: the honest sum still decrypts, once, and decodes within the bound.
+    fields = attack.decrypt(manifest, honest)
+    q = plan.quantization
+    signed = to_centered(fields - len(NODES) * field_offset(q.bits), q.bits)
+    assert 0 < np.linalg.norm(signed) <= sum_norm_bound(q, len(NODES))
+    assert not _uniform(fields, plan.layout.bits)  # the control: a real sum is not uniform
+    assert attack.refusal(manifest, honest)[0] == grpc.StatusCode.ALREADY_EXISTS  # the same round twice
+    # A second attempt of the decrypted round, with valid attestations of its own, is refused too.
+    second = attack.plan(3, NODES[:4], attempt=2)
+    again = attack.uploads_of(second, NODES[:4])
+    code, details = attack.refusal(attack.manifest(second, _attestations(again), NODES[:4]),
+                                   attack.summed(list(again.values())))
+    assert code == grpc.StatusCode.ALREADY_EXISTS and "whatever its attempt" in details
+
+
+def replace_field(manifest: pb.DecryptManifest, **changes: object) -> pb.DecryptManifest:
+    changed = pb.DecryptManifest()
+    changed.CopyFrom(manifest)
+    for name, value in changes.items():
+        setattr(changed, name, value)
+    return changed
+
+
+@pytest.mark.parametrize(("round_id", "downgrade", "reason"), [
+    (10, {"secure": False}, "plaintext_refused"),
+    (11, {"noise_kind": NoiseKind.NONE}, "noise_below_floor"),
+    (12, {"noise_variance": 0.5}, "noise_below_floor"),
+    (13, {"clip_norm": 1e4}, "clip_above_ceiling"),
+    (14, {"participants": ("hospital-1", "hospital-2")}, "participant_set_below_floor"),
+])
+def test_every_node_declines_a_downgraded_plan_by_name_and_uploads_nothing(attack: Attack, round_id: int,
+                                                                          downgrade: dict[str, object],
+                                                                          reason: str) -> None:
+    plan = attack.plan(round_id, NODES)
+    codec = {k: v for k, v in downgrade.items() if k in ("noise_kind", "noise_variance", "clip_norm")}
+    plan = replace(plan, quantization=replace(plan.quantization, **codec),
+                   **{k: v for k, v in downgrade.items() if k not in codec})
+    asked = plan.participants
+    attack.harness.send(plan, attack.model)
+    attack.harness.wait(lambda: all((node, round_id, 1) in attack.harness.declines for node in asked))
+    assert {attack.harness.declines[(node, round_id, 1)] for node in asked} == {reason}
+    assert not [key for key in attack.harness.uploads if key[1] == round_id]
