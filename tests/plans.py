@@ -7,13 +7,15 @@ from dataclasses import replace
 from services.common.noise import NoiseKind
 from services.common.packing import FieldLayout
 from services.common.round_plan import LocalTrainingPlan, ModelBroadcast, RoundKind, RoundPlan, TransferPlan
-from services.common.update_codec import QuantizationPlan
+from services.common.update_codec import plan_quantization
 
 UPDATE_LAYOUT, STATISTICS_LAYOUT = FieldLayout(10, 8, 3), FieldLayout(37, 8, 1)
+# A codec the node's privacy floor accepts: the one plan_quantization derives for 1,000 values, clip norm 10,
+# 10-bit fields for n_max 8, a quorum of 3 and Skellam noise 16, in one chunk.
 PLAN = RoundPlan(
     7, RoundKind.TRAIN, True, "0123456789abcdef", LocalTrainingPlan(2, 0.0125, 16, "adamw", 0.01, True),
-    QuantizationPlan(1000, 10.0, 123.5, 50, 10, 3, NoiseKind.SKELLAM, 16.0, rounding_pieces=2, rounding_beta=0.6),
-    UPDATE_LAYOUT, TransferPlan(2, 8, 1 << 18, 900.0), ModelBroadcast(500, "digest", b"\x01" * 32, 1), 2,
+    plan_quantization(1000, 10.0, 10, 8, 3, NoiseKind.SKELLAM, 16.0, rounding_pieces=1),
+    UPDATE_LAYOUT, TransferPlan(1, 8, 1 << 18, 900.0), ModelBroadcast(500, "digest", b"\x01" * 32, 1), 2,
     ("hospital-1", "hospital-2", "hospital-3"))
 
 

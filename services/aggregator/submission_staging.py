@@ -37,6 +37,7 @@ class StreamHeader:
     attempt: int = 1
     participant_set: bytes = b""  # participant_set_hash of the attempt's set
     chunk_ciphertexts: int = 0
+    plan_digest: bytes = b""  # of the plan every upload of the attempt must have followed
 
 
 @dataclass(frozen=True)
@@ -99,11 +100,11 @@ class StagedSubmission:
             raise DigestMismatchError(f"stream digest of node {header.node_id!r} does not match its chunks")
         if (attestation.node_id, attestation.round_id, attestation.attempt, attestation.key_id, attestation.chunk_count,
                 attestation.layout, attestation.participant_set, attestation.value_count,
-                attestation.chunk_ciphertexts) != (
+                attestation.chunk_ciphertexts, attestation.plan_digest) != (
                 header.node_id, header.round_id, header.attempt, header.key_id, header.chunk_count, header.layout,
-                header.participant_set, header.dimension, header.chunk_ciphertexts):
-            raise DigestMismatchError("attestation names another node, round, attempt, key, size, layout or "
-                                      "participant set")
+                header.participant_set, header.dimension, header.chunk_ciphertexts, header.plan_digest):
+            raise DigestMismatchError("attestation names another node, round, attempt, key, size, layout, "
+                                      "participant set or plan")
         registry.verify(header.node_id, attestation.signed_message(), attestation.signature)
         return VerifiedSubmission(header, attestation, self._path, phase_seconds, self.received_bytes)
 

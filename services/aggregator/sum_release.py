@@ -16,6 +16,7 @@ from services.common.quantize import l2_norm
 from services.common.round_plan import RoundPlan
 from services.common.update_codec import decode_mean_update, sum_norm_bound
 from services.common.upload import DecryptManifest
+from services.common.wire import plan_digest
 
 # Called with each decrypted sum's plan, field integers and contributors (a test's window; None in production).
 DecryptionObserver = Callable[[RoundPlan, np.ndarray, list[str]], None]
@@ -34,7 +35,7 @@ def release_mean(state: RoundState, key_authority: KeyAuthorityClient,
     total = state.ciphertext_sum
     manifest = DecryptManifest(state.round_id, plan.key_id, total.chunk_count, plan.upload_value_count,
                                tuple(c.attestation for c in contributors), plan.sum_layout, plan.attempt,
-                               plan.participants, plan.transfer.chunk_ciphertexts)
+                               plan.participants, plan.transfer.chunk_ciphertexts, plan_digest(plan))
     field_sums = key_authority.decrypt(manifest, (total.serialized_chunk(i) for i in range(total.chunk_count)))
     if observer is not None:
         observer(plan, field_sums, [c.header.node_id for c in contributors])

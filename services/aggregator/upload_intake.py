@@ -18,6 +18,7 @@ from services.common.public_key import PublicKeyInfo
 from services.common.pairwise_masks import participant_set_hash
 from services.common.round_plan import RoundDecline
 from services.common.upload import UploadChunk
+from services.common.wire import plan_digest
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ class UploadIntake:
         current.start_stream(first.node_id)
         header = StreamHeader(current.round_id, first.key_id, first.node_id, plan.secure, plan.transfer.chunk_count,
                               plan.transfer.plaintext_chunk_values, plan.upload_value_count, plan.sum_layout,
-                              plan.attempt, participant_set_hash(plan.participants), plan.transfer.chunk_ciphertexts)
+                              plan.attempt, participant_set_hash(plan.participants), plan.transfer.chunk_ciphertexts,
+                              plan_digest(plan))
         key = self._key
 
         def check(index: int, payloads: list[bytes]) -> None:

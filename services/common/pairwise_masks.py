@@ -1,6 +1,8 @@
 """Pairwise masks of secure aggregation: Bonawitz et al., "Practical Secure Aggregation for
 Privacy-Preserving Machine Learning", CCS 2017, Section 4 (without its dropout recovery:
-a round that loses a node is retried as a new attempt with a smaller set instead).
+a round that loses a node is retried as a new attempt with a smaller set instead), and
+one more mask per node shared with the key authority, which it removes only for the
+manifest's own scope (`authority_mask`).
 
 Nodes i and j in a round attempt's participant set S agree on a key from X25519(i, j),
 bound by HKDF to the consortium, the key id, the round, the attempt and S itself. Node
@@ -42,18 +44,21 @@ def participant_set_hash(participants: Sequence[str]) -> bytes:
 
 @dataclass(frozen=True)
 class MaskScope:
-    """What one attempt's masks are bound to: they never repeat across rounds, attempts, sets or keys."""
+    """What one attempt's masks are bound to: the consortium, the key, the round, the attempt, the participant set
+    and the digest of the whole plan (model, training and codec). Two nodes given different plans make masks that
+    never cancel, and a node uploads at most once per round attempt, so a mask never covers two encodings."""
 
     consortium: str
     key_id: str
     round_id: int
     attempt: int
     participants: tuple[str, ...]
+    plan_digest: bytes = b""
 
-    def info(self, low: str, high: str) -> bytes:
-        return MASK_DOMAIN + _frame(self.consortium.encode(), self.key_id.encode(), struct.pack(">Q", self.round_id),
-                                    struct.pack(">I", self.attempt), participant_set_hash(self.participants),
-                                    low.encode(), high.encode())
+    def info(self, low: str, high: str, domain: bytes = MASK_DOMAIN) -> bytes:
+        return domain + _frame(self.consortium.encode(), self.key_id.encode(), struct.pack(">Q", self.round_id),
+                               struct.pack(">I", self.attempt), participant_set_hash(self.participants),
+                               self.plan_digest, low.encode(), high.encode())
 
 
 @dataclass(frozen=True)
@@ -72,10 +77,34 @@ def peer_masks(node_id: str, private: X25519PrivateKey, peers: Mapping[str, X255
         if peer not in peers:
             raise KeyError(f"no key-agreement key of participant {peer!r}")
         low, high = sorted((node_id, peer))
-        key = HKDF(hashes.SHA256(), 32, salt=None, info=scope.info(low, high)).derive(
-            private.exchange(peers[peer]))
-        masks.append(PeerMask(key, 1 if node_id == low else -1))
+        masks.append(PeerMask(_derive(private, peers[peer], scope.info(low, high)), 1 if node_id == low else -1))
     return masks
+
+
+AUTHORITY_DOMAIN = b"fedxray.v1/authority-mask"
+AUTHORITY = "key-authority"
+
+
+def _derive(private: X25519PrivateKey, public: X25519PublicKey, info: bytes) -> bytes:
+    return HKDF(hashes.SHA256(), 32, salt=None, info=info).derive(private.exchange(public))
+
+
+def authority_mask(node_id: str, private: X25519PrivateKey, authority: X25519PublicKey,
+                   scope: MaskScope) -> PeerMask:
+    """The node's mask with the key authority, added like a pairwise mask. Only the key authority can remove it,
+    and only for the round, attempt, set and plan it was made for: a sum of other uploads (another round's, say)
+    presented under this manifest keeps the masks of its own scope and decrypts to uniform noise."""
+    return PeerMask(_derive(private, authority, scope.info(node_id, AUTHORITY, AUTHORITY_DOMAIN)), 1)
+
+
+def authority_unmasks(private: X25519PrivateKey, nodes: Mapping[str, X25519PublicKey],
+                      scope: MaskScope) -> list[PeerMask]:
+    """The key authority's side: minus every participant's authority mask, for the scope's participant set."""
+    missing = sorted(set(scope.participants) - set(nodes))
+    if missing:
+        raise KeyError(f"no key-agreement key of participants {missing}")
+    return [PeerMask(_derive(private, nodes[node], scope.info(node, AUTHORITY, AUTHORITY_DOMAIN)), -1)
+            for node in sorted(set(scope.participants))]
 
 
 def _word(bits: int) -> np.dtype[np.unsignedinteger]:

@@ -21,6 +21,7 @@ class PublicKeyInfo:
     statistics_layout: FieldLayout
     slots: int  # per ciphertext
     min_participants: int  # fewest distinct attested nodes in a decryptable sum
+    mask_agreement_key: bytes = b""  # the key authority's X25519 public key, raw
 
     @property
     def max_participants(self) -> int:

@@ -34,6 +34,7 @@ class Attestation:
     participant_set: bytes = b""  # participant_set_hash(S)
     value_count: int = 0
     chunk_ciphertexts: int = 0
+    plan_digest: bytes = b""  # plan_digest() of the plan the node followed
 
     def signed_message(self) -> bytes:
         """What the node signs: every field but the signature."""
@@ -41,7 +42,7 @@ class Attestation:
             struct.pack(">Q", self.round_id), struct.pack(">I", self.attempt), self.key_id.encode(),
             self.node_id.encode(), self.participant_set, struct.pack(">I", self.chunk_count),
             struct.pack(">Q", self.value_count), struct.pack(">I", self.chunk_ciphertexts), self.stream_digest,
-            struct.pack(">I", int(self.layout)))
+            struct.pack(">I", int(self.layout)), self.plan_digest)
 
 
 @dataclass(frozen=True)
@@ -92,3 +93,4 @@ class DecryptManifest:
     attempt: int = 1
     participants: tuple[str, ...] = ()
     chunk_ciphertexts: int = 0
+    plan_digest: bytes = b""

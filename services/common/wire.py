@@ -7,6 +7,7 @@ with `MalformedChunkError` (INVALID_ARGUMENT), before any domain code sees it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import cast
 
@@ -102,6 +103,15 @@ def plan_from_wire(message: pb.RoundPlan) -> RoundPlan:
         attempt=message.attempt, participants=tuple(message.participants))
 
 
+PLAN_DOMAIN = b"fedxray.v1/plan"
+
+
+def plan_digest(plan: RoundPlan) -> bytes:
+    """SHA-256 naming a whole plan (round, attempt, set, kind, model, training, codec, transfer): nodes mask for it
+    and sign it, so nodes sent different plans make masks that never cancel."""
+    return hashlib.sha256(PLAN_DOMAIN + plan_to_wire(plan).SerializeToString(deterministic=True)).digest()
+
+
 def round_message_to_wire(message: RoundMessage) -> pb.RoundMessage:
     if isinstance(message, RoundPlan):
         return pb.RoundMessage(plan=plan_to_wire(message))
@@ -136,13 +146,13 @@ def attestation_to_wire(a: Attestation) -> pb.Attestation:
     return pb.Attestation(node_id=a.node_id, round_id=a.round_id, key_id=a.key_id, chunk_count=a.chunk_count,
                           stream_digest=a.stream_digest, signature=a.signature, layout=sum_layout_to_wire(a.layout),
                           attempt=a.attempt, participant_set_sha256=a.participant_set, value_count=a.value_count,
-                          chunk_ciphertexts=a.chunk_ciphertexts)
+                          chunk_ciphertexts=a.chunk_ciphertexts, plan_sha256=a.plan_digest)
 
 
 def attestation_from_wire(m: pb.Attestation) -> Attestation:
     return Attestation(m.node_id, m.round_id, m.key_id, m.chunk_count, m.stream_digest, m.signature,
                        sum_layout_from_wire(m.layout), m.attempt, m.participant_set_sha256, m.value_count,
-                       m.chunk_ciphertexts)
+                       m.chunk_ciphertexts, m.plan_sha256)
 
 
 def _phases_to_wire(phases: PhaseSeconds) -> pb.NodePhaseSeconds:
@@ -183,7 +193,8 @@ def public_key_to_wire(key: PublicKeyInfo) -> pb.PublicContext:
     return pb.PublicContext(context=key.context, key_id=key.key_id, bits=key.update_layout.bits,
                             fields_per_slot=key.update_layout.fields_per_slot,
                             max_participants=key.update_layout.max_participants, slots_per_ciphertext=key.slots,
-                            min_participants=key.min_participants, statistics_bits=key.statistics_layout.bits)
+                            min_participants=key.min_participants, statistics_bits=key.statistics_layout.bits,
+                            mask_agreement_key=key.mask_agreement_key)
 
 
 def public_key_from_wire(message: pb.PublicContext) -> PublicKeyInfo:
@@ -193,7 +204,7 @@ def public_key_from_wire(message: pb.PublicContext) -> PublicKeyInfo:
     except PackingError as error:
         raise MalformedChunkError(f"the key authority's layouts are invalid: {error}") from error
     return PublicKeyInfo(message.context, message.key_id, update, statistics, message.slots_per_ciphertext,
-                         message.min_participants)
+                         message.min_participants, message.mask_agreement_key)
 
 
 def manifest_to_wire(manifest: DecryptManifest) -> pb.DecryptManifest:
@@ -202,14 +213,14 @@ def manifest_to_wire(manifest: DecryptManifest) -> pb.DecryptManifest:
                               attestations=[attestation_to_wire(a) for a in manifest.attestations],
                               layout=sum_layout_to_wire(manifest.layout), attempt=manifest.attempt,
                               participants=list(manifest.participants),
-                              chunk_ciphertexts=manifest.chunk_ciphertexts)
+                              chunk_ciphertexts=manifest.chunk_ciphertexts, plan_sha256=manifest.plan_digest)
 
 
 def manifest_from_wire(message: pb.DecryptManifest) -> DecryptManifest:
     return DecryptManifest(message.round_id, message.key_id, message.chunk_count, message.value_count,
                            tuple(attestation_from_wire(a) for a in message.attestations),
                            sum_layout_from_wire(message.layout), message.attempt, tuple(message.participants),
-                           message.chunk_ciphertexts)
+                           message.chunk_ciphertexts, message.plan_sha256)
 
 
 def decline_to_wire(decline: RoundDecline) -> pb.RoundDecline:

@@ -21,7 +21,7 @@ import tenseal as ts
 from services.common.chunking import chunk_bounds, values_per_chunk
 from services.common.ckks_params import load_public_context
 from services.common.he_codec import encrypt_rows, slot_matrix
-from services.common.packing import FieldLayout, pack_fields
+from services.common.packing import FieldLayout, pack_fields, to_modular
 from services.common.pairwise_masks import PeerMask, mask_values
 from services.common.update_codec import QuantizationPlan, encode_piece
 
@@ -45,13 +45,17 @@ class _Task:
     seed: np.random.SeedSequence
     keep_fields: bool
     start: int  # the chunk's first value in the upload: where its slice of the masks begins
-    masks: tuple[PeerMask, ...]
+    masks: tuple[PeerMask, ...]  # the pairwise masks: in the kept fields too
+    authority: tuple[PeerMask, ...]  # the mask shared with the key authority: encrypted, not kept
 
 
 def _run(context: ts.Context, task: _Task) -> EncryptedChunk:
-    mask = mask_values(task.masks, task.start, task.scaled.size, task.plan.bits) if task.masks else None
+    size, bits = task.scaled.size, task.plan.bits
+    mask = mask_values(task.masks, task.start, size, bits) if task.masks else None
     fields = encode_piece(task.scaled, task.plan, np.random.default_rng(task.seed), mask)
-    ciphertexts = encrypt_rows(context, slot_matrix(pack_fields(fields, task.layout), task.slots))
+    sent = (to_modular(fields + mask_values(task.authority, task.start, size, bits), bits) if task.authority
+            else fields)
+    ciphertexts = encrypt_rows(context, slot_matrix(pack_fields(sent, task.layout), task.slots))
     kept = fields.astype(np.min_scalar_type((1 << task.plan.bits) - 1)) if task.keep_fields else None
     return EncryptedChunk(task.index, ciphertexts, kept)
 
@@ -92,14 +96,17 @@ class EncryptionPool:
         seed: np.random.SeedSequence,
         keep_fields: bool = False,
         masks: tuple[PeerMask, ...] = (),
+        authority: tuple[PeerMask, ...] = (),
     ) -> Iterator[EncryptedChunk]:
         """The scaled update's upload chunks, in order; `seed` spawns one stream per chunk; `masks` are this node's
-        pairwise masks for the round attempt's participant set (none in a test of the codec alone)."""
+        pairwise masks for the round attempt's participant set (none in a test of the codec alone), `authority` its
+        mask with the key authority. Kept fields hold the pairwise masks only: they cancel in the sum, so the kept
+        fields of all participants sum to what the key authority returns."""
         bounds = list(chunk_bounds(scaled.size, values_per_chunk(layout, slots, chunk_ciphertexts)))
         if plan.rounding_pieces != len(bounds):
             raise ValueError(f"plan accounts for {plan.rounding_pieces} rounding pieces, upload has {len(bounds)}")
         seeds = seed.spawn(len(bounds))
-        tasks = (_Task(i, scaled[a:b], plan, layout, slots, seeds[i], keep_fields, a, masks)
+        tasks = (_Task(i, scaled[a:b], plan, layout, slots, seeds[i], keep_fields, a, masks, authority)
                  for i, (a, b) in enumerate(bounds))
         if self._executor is None:
             for task in tasks:

@@ -13,20 +13,23 @@ from typing import Protocol
 import grpc
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from services.common.chunking import float32_from_chunks
 from services.common.ckks_params import key_id as key_id_of
 from services.common.ckks_params import load_public_context
-from services.common.errors import MalformedChunkError, PlanRefusedError, WrongKeyError
+from services.common.errors import FedXrayError, MalformedChunkError, PlanRefusedError, WrongKeyError
+from services.common.head_refit import classifier_head, statistics_dimension
 from services.common.metrics import ServiceMetrics
 from services.common.model_spec import parameter_spec, restore_state
 from services.common.models import best_device, build_model
 from services.common.public_key import PublicKeyInfo
 from services.common.round_plan import ModelChunk, RoundDecline, RoundKind, RoundPlan, TrainingFinished
 from services.common.node_identity import NodeKeyRegistry, load_agreement_key, load_identity
-from services.common.pairwise_masks import MaskScope, peer_masks
+from services.common.pairwise_masks import MaskScope, authority_mask, peer_masks
 from services.common.update_codec import received_update
 from services.common.upload import UploadChunk
+from services.common.wire import plan_digest
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.consortium_client import ConsortiumClient
 from services.hospital_node.data.local_data import LocalData
@@ -73,7 +76,10 @@ class HospitalNode:
         self._scaffold = ScaffoldClient(self._spec.count)
         self._public: PublicKeyInfo | None = None
         self._statistics_round: int | None = None  # the one round this node released its feature statistics in
-        self._attempts: dict[int, int] = {}  # attempts joined, by round
+        self._attempts: dict[int, list[int]] = {}  # attempts joined, by round
+        self._reported: set[int] = set()  # model rounds this node has reported its evaluation of
+        self._statistics_dimension = statistics_dimension(settings.num_classes,
+                                                          classifier_head(self._model).in_features)
         self._trained: tuple[int, np.ndarray] | None = None  # this round's upload, re-encoded for a new attempt
         self._accepted_round: int | None = None  # the last round SCAFFOLD's c_i moved in
 
@@ -118,36 +124,54 @@ class HospitalNode:
                 raise MalformedChunkError("model chunk without a matching plan")
             model_chunks.append(message.values)
             if len(model_chunks) == plan.model.chunk_count:
-                self._handle_round(plan, model_chunks)
+                self._take_part(plan, model_chunks)
         return 0
+
+    def _take_part(self, plan: RoundPlan, model_chunks: list[bytes]) -> None:
+        """One round attempt; whatever goes wrong in it (a malformed plan, a failed upload) ends this attempt's part
+        only, declined by name where the aggregator should know, and the node waits for the next plan."""
+        try:
+            self._handle_round(plan, model_chunks)
+        except PlanRefusedError as refused:
+            self._decline(plan, refused.reason, str(refused))
+        except (FedXrayError, ValueError, KeyError) as error:
+            log.exception("round %d attempt %d: cannot take part", plan.round_id, plan.attempt)
+            self._decline(plan, "malformed_plan", f"round {plan.round_id} attempt {plan.attempt}: {error}")
+
+    def _decline(self, plan: RoundPlan, reason: str, detail: str) -> None:
+        log.error("declining round %d attempt %d (%s): %s", plan.round_id, plan.attempt, reason, detail)
+        try:
+            self._client.decline(RoundDecline(self._settings.node_id, plan.round_id, plan.attempt, reason, detail))
+        except grpc.RpcError as error:
+            log.warning("the aggregator did not take the decline (%s)", error.code())
 
     def _handle_round(self, plan: RoundPlan, model_chunks: list[bytes]) -> None:
         started = time.monotonic()
         if hashlib.sha256(b"".join(model_chunks)).digest() != plan.model.sha256:
-            raise MalformedChunkError(f"global model of round {plan.round_id} does not match its digest")
+            raise PlanRefusedError("malformed_plan", f"global model of round {plan.round_id} does not match its "
+                                   "digest")
         if plan.model.parameter_count != self._spec.count or plan.model.parameter_digest != self._spec.digest:
-            raise MalformedChunkError("round plan is for another model layout")
+            raise PlanRefusedError("malformed_plan", f"round {plan.round_id}'s plan is for another model layout")
         count = self._spec.count
         received = float32_from_chunks(model_chunks, count * (2 if plan.training.drift_correction else 1))
         global_weights, consortium_control = received[:count], received[count:]
         # The node's own BatchNorm statistics stay; only the aggregated weights are replaced.
         self._model.load_state_dict(restore_state(self._model.state_dict(), global_weights, self._spec))
-        self._report_evaluation(plan.round_id - 1)
         if plan.kind is RoundKind.EVALUATE:
+            self._report_once(plan.round_id - 1)
             return
         self._metrics.current_round.set(plan.round_id)
         if plan.secure and self._settings.node_id not in plan.participants:
             log.info("round %d attempt %d: not in the participant set; waiting", plan.round_id, plan.attempt)
             return
-        try:
-            check_plan(plan, self._settings, self._public_key() if plan.secure else None,
-                       self._attempts.get(plan.round_id, 0))
-        except PlanRefusedError as refused:
-            log.error("declining round %d attempt %d (%s): %s", plan.round_id, plan.attempt, refused.reason, refused)
-            self._client.decline(RoundDecline(self._settings.node_id, plan.round_id, plan.attempt, refused.reason,
-                                              str(refused)))
-            return
-        self._attempts[plan.round_id] = self._attempts.get(plan.round_id, 0) + 1
+        joined = self._attempts.setdefault(plan.round_id, [])
+        expected = (self._statistics_dimension if plan.kind is RoundKind.HEAD_STATISTICS
+                    else count * (2 if plan.training.drift_correction else 1))
+        check_plan(plan, self._settings, self._public_key() if plan.secure else None, max(joined, default=0),
+                   len(joined), self._peers.agreement_keys, expected)
+        joined.append(plan.attempt)
+        # Counts of the model only for a plan this hospital takes part in, once per model: never an open oracle.
+        self._report_once(plan.round_id - 1)
         if plan.kind is RoundKind.HEAD_STATISTICS:
             self._upload_statistics(plan)
             return
@@ -205,11 +229,14 @@ class HospitalNode:
         if plan.secure:
             public = self._public_key()
             assert self._pool is not None and plan.key_id == public.key_id  # the privacy floor checked both
-            scope = MaskScope(s.consortium, plan.key_id, plan.round_id, plan.attempt, plan.participants)
+            scope = MaskScope(s.consortium, plan.key_id, plan.round_id, plan.attempt, plan.participants,
+                              plan_digest(plan))
+            authority = X25519PublicKey.from_public_bytes(public.mask_agreement_key)
             masks = tuple(peer_masks(s.node_id, self._agreement, self._peers.agreement_keys, scope))
             # Fresh OS entropy for every upload: never the same noised vector under two participant sets.
             chunks = secure_upload(plan, update, s.node_id, self._identity, self._pool, public.slots, timings,
-                                   np.random.SeedSequence(), record, chunk_sent, masks)
+                                   np.random.SeedSequence(), record, chunk_sent, masks,
+                                   (authority_mask(s.node_id, self._agreement, authority, scope),))
         else:
             chunks = plaintext_upload(plan, update, s.node_id, self._identity, timings, chunk_sent)
         try:
@@ -231,6 +258,11 @@ class HospitalNode:
         for chunk in chunks:
             self._metrics.bytes_sent.inc(sum(len(c) for c in chunk.ciphertexts) + len(chunk.plaintext_values))
             yield chunk
+
+    def _report_once(self, model_round: int) -> None:
+        if model_round not in self._reported:
+            self._reported.add(model_round)
+            self._report_evaluation(model_round)
 
     def _report_evaluation(self, model_round: int) -> None:
         report = evaluation_report(self._model, self._data, self._device, self._settings.node_id, model_round)

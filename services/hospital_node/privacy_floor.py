@@ -2,46 +2,112 @@
 
 Checked on every plan that asks for an upload, against the hospital's settings, not
 the aggregator's: a server that deviates from the protocol could otherwise switch secure
-mode off, or drop the noise, and the nodes would obey. A refusal is a named reason with
-its numbers; the node declines that round attempt and waits for the next.
+mode off, drop the noise, shrink each node's noise share, scale the signal past it, mask
+for a set of one, or ask twice under one mask. A refusal is a named reason with its
+numbers; the node declines that round attempt and waits for the next.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Collection
+
+from services.common.chunking import upload_chunk_count
 from services.common.errors import MalformedChunkError, PlanRefusedError
 from services.common.noise import NoiseKind
 from services.common.public_key import PublicKeyInfo
-from services.common.round_plan import RoundPlan
+from services.common.round_plan import RoundKind, RoundPlan
+from services.common.update_codec import plan_quantization, plan_statistics
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.update_stream import require_signed_layout
 
 
 def check_plan(plan: RoundPlan, settings: HospitalNodeSettings, public: PublicKeyInfo | None,
-               attempts_joined: int) -> None:
-    """Return if this hospital may take part in `plan`; raise `PlanRefusedError` naming why not."""
-    round_name = f"round {plan.round_id} attempt {plan.attempt}"
+               last_attempt: int, attempts_joined: int, known_peers: Collection[str] = (),
+               expected_values: int | None = None) -> None:
+    """Return if this hospital may take part in `plan`; raise `PlanRefusedError` naming why not.
+
+    `last_attempt`: the latest attempt of this round the node uploaded in (0: none); `known_peers`: the members
+    whose mask keys the node holds; `expected_values`: the upload length this node's model makes for the plan."""
+    name = f"round {plan.round_id} attempt {plan.attempt}"
+    if plan.attempt <= last_attempt:
+        raise PlanRefusedError("attempt_reused", f"{name}: this hospital already uploaded in attempt {last_attempt} "
+                               "of this round; one upload per attempt, attempts only grow")
     if attempts_joined >= settings.max_attempts:
-        raise PlanRefusedError("too_many_attempts", f"{round_name}: this hospital joins at most "
-                               f"{settings.max_attempts} attempts of a round, with fresh noise each")
+        raise PlanRefusedError("too_many_attempts", f"{name}: this hospital joins at most {settings.max_attempts} "
+                               "attempts of a round, with fresh noise each")
+    if expected_values is not None and plan.upload_value_count != expected_values:
+        raise PlanRefusedError("malformed_plan", f"{name} asks for {plan.upload_value_count} values; this "
+                               f"hospital's model gives {expected_values}")
     if not plan.secure:
         if settings.allow_plaintext:
             return
-        raise PlanRefusedError("plaintext_refused", f"{round_name} asks for a plaintext upload; this hospital's "
+        raise PlanRefusedError("plaintext_refused", f"{name} asks for a plaintext upload; this hospital's "
                                "allow_plaintext is off")
-    q = plan.quantization
-    if q.noise_kind is NoiseKind.NONE or q.noise_variance < settings.min_noise_variance:
-        raise PlanRefusedError("noise_below_floor", f"{round_name} asks for {q.noise_kind} noise of variance "
-                               f"{q.noise_variance:g}; this hospital's floor is {settings.min_noise_variance:g}")
-    if q.clip_norm > settings.max_clip_norm:
-        raise PlanRefusedError("clip_above_ceiling", f"{round_name} clips at {q.clip_norm:g}; this hospital allows "
-                               f"at most {settings.max_clip_norm:g}")
-    if len(plan.participants) < settings.min_participants:
-        raise PlanRefusedError("participant_set_below_floor", f"{round_name} masks for {len(plan.participants)} "
-                               f"participants; this hospital's floor is {settings.min_participants}")
-    if public is None or plan.key_id != public.key_id:
-        raise PlanRefusedError("unknown_key", f"{round_name} names key {plan.key_id!r}; the key authority serves "
-                               f"{public.key_id if public else None!r}")
+    _check_participants(plan, settings, public, known_peers, name)
+    _check_noise(plan, settings, name)
+    assert public is not None
     try:
         require_signed_layout(plan, public)
     except MalformedChunkError as error:
-        raise PlanRefusedError("layout_mismatch", f"{round_name}: {error}") from error
+        raise PlanRefusedError("layout_mismatch", f"{name}: {error}") from error
+    _check_codec(plan, public, name)
+
+
+def _check_participants(plan: RoundPlan, settings: HospitalNodeSettings, public: PublicKeyInfo | None,
+                        known_peers: Collection[str], name: str) -> None:
+    members = plan.participants
+    if len(set(members)) != len(members):
+        raise PlanRefusedError("duplicate_participant", f"{name} names a participant twice: {list(members)}")
+    if public is None or plan.key_id != public.key_id:
+        raise PlanRefusedError("unknown_key", f"{name} names key {plan.key_id!r}; the key authority serves "
+                               f"{public.key_id if public else None!r}")
+    unknown = sorted(set(members) - set(known_peers) - {settings.node_id})
+    if unknown:
+        raise PlanRefusedError("unknown_participant", f"{name} names {unknown}, whose mask keys this hospital "
+                               "does not hold")
+    if not settings.min_participants <= len(members) <= public.max_participants:
+        raise PlanRefusedError("participant_set_below_floor", f"{name} masks for {len(members)} participants; this "
+                               f"hospital needs between {settings.min_participants} and n_max = "
+                               f"{public.max_participants}")
+
+
+def _check_noise(plan: RoundPlan, settings: HospitalNodeSettings, name: str) -> None:
+    q = plan.quantization
+    numbers = (q.clip_norm, q.scale, q.noise_variance, q.rounding_beta)
+    if not all(math.isfinite(v) and v > 0 for v in numbers):
+        raise PlanRefusedError("malformed_plan", f"{name} has a clip norm, scale, noise or rounding parameter that "
+                               f"is not a positive number: {numbers}")
+    if q.noise_kind is not NoiseKind.SKELLAM:
+        raise PlanRefusedError("noise_below_floor", f"{name} asks for {q.noise_kind} noise; this hospital adds "
+                               "Skellam noise only, the one with a privacy bound")
+    if not 1 <= q.min_participants <= len(plan.participants):
+        raise PlanRefusedError("noise_below_floor", f"{name} splits the noise over a quorum of {q.min_participants}"
+                               f" in a set of {len(plan.participants)}")
+    floor = settings.min_noise_variance / settings.min_participants
+    if q.noise_variance < settings.min_noise_variance or q.node_noise_variance < floor:
+        raise PlanRefusedError("noise_below_floor", f"{name} asks for noise variance {q.noise_variance:g} per "
+                               f"quorum, {q.node_noise_variance:g} per node; this hospital's floor is "
+                               f"{settings.min_noise_variance:g} and {floor:g}")
+    if q.clip_norm > settings.max_clip_norm:
+        raise PlanRefusedError("clip_above_ceiling", f"{name} clips at {q.clip_norm:g}; this hospital allows "
+                               f"at most {settings.max_clip_norm:g}")
+
+
+def _check_codec(plan: RoundPlan, public: PublicKeyInfo, name: str) -> None:
+    """The scale, coordinate bound, rounding and pieces must be the ones the codec derives from the plan's own
+    clip norm, field and noise: a larger scale would shrink the noise against the signal."""
+    q, layout = plan.quantization, plan.layout
+    pieces = upload_chunk_count(q.dimension, layout, public.slots, plan.transfer.chunk_ciphertexts)
+    derive = plan_statistics if plan.kind is RoundKind.HEAD_STATISTICS else plan_quantization
+    try:
+        expected = derive(q.dimension, q.clip_norm, layout.bits, layout.max_participants, q.min_participants,
+                          q.noise_kind, q.noise_variance, rounding_pieces=pieces)
+    except ValueError as error:
+        raise PlanRefusedError("malformed_plan", f"{name}: {error}") from error
+    if (q.scale, q.coordinate_bound, q.rounding_beta, q.rounding_pieces) != (
+            expected.scale, expected.coordinate_bound, expected.rounding_beta, expected.rounding_pieces):
+        raise PlanRefusedError("codec_mismatch", f"{name} encodes at scale {q.scale:g}, bound {q.coordinate_bound}, "
+                               f"beta {q.rounding_beta:g}, {q.rounding_pieces} pieces; its own clip norm, field and "
+                               f"noise give {expected.scale:g}, {expected.coordinate_bound}, "
+                               f"{expected.rounding_beta:g}, {expected.rounding_pieces}")

@@ -17,6 +17,7 @@ from services.common.round_plan import RoundPlan
 from services.common.stream_digest import StreamDigest, sign_attestation
 from services.common.update_codec import scale_update
 from services.common.upload import Attestation, PhaseSeconds, UploadChunk
+from services.common.wire import plan_digest
 from services.hospital_node.encryption_pool import EncryptionPool
 
 # Called with the number of chunks handed to gRPC so far (a test's window: tests/service_hooks; None otherwise).
@@ -64,7 +65,7 @@ def _signed_chunks(plan: RoundPlan, node_id: str, key: Ed25519PrivateKey, timing
     assert previous is not None, "an upload has at least one chunk"
     unsigned = Attestation(node_id, plan.round_id, plan.key_id, plan.transfer.chunk_count, digest.digest(), b"",
                            plan.sum_layout, plan.attempt, participant_set_hash(plan.participants),
-                           plan.upload_value_count, plan.transfer.chunk_ciphertexts)
+                           plan.upload_value_count, plan.transfer.chunk_ciphertexts, plan_digest(plan))
     attestation = replace(unsigned, signature=sign_attestation(key, unsigned.signed_message()))
     yield replace(previous, attestation=attestation, phases=timings.phases())
 
@@ -72,7 +73,7 @@ def _signed_chunks(plan: RoundPlan, node_id: str, key: Ed25519PrivateKey, timing
 def secure_upload(plan: RoundPlan, update: np.ndarray, node_id: str, key: Ed25519PrivateKey,
                   pool: EncryptionPool, slots: int, timings: UploadTimings, seed: np.random.SeedSequence,
                   record: list[np.ndarray] | None = None, chunk_sent: ChunkSent | None = None,
-                  masks: tuple[PeerMask, ...] = ()) -> Iterator[UploadChunk]:
+                  masks: tuple[PeerMask, ...] = (), authority: tuple[PeerMask, ...] = ()) -> Iterator[UploadChunk]:
     """Chunks of ciphertexts: clip, scale and round, add noise, add this node's pairwise `masks` for the plan's
     participant set, pack and encrypt, streamed in order."""
     start = time.monotonic()
@@ -82,7 +83,7 @@ def secure_upload(plan: RoundPlan, update: np.ndarray, node_id: str, key: Ed2551
     def bodies() -> Iterator[UploadChunk]:
         chunks = pool.encode_and_encrypt(scaled, plan.quantization, plan.layout, slots,
                                          plan.transfer.chunk_ciphertexts, seed, keep_fields=record is not None,
-                                         masks=masks)
+                                         masks=masks, authority=authority)
         while True:
             waited = time.monotonic()
             chunk = next(chunks, None)

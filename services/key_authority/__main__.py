@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     metrics = ServiceMetrics("key_authority", holds_secret_key=keys.secret_context.is_private())
     serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
     server, health = grpc_server()
-    servicer = KeyAuthorityServicer(keys, policy, settings.min_participants, metrics,
-                                    require_aggregator_certificate=not settings.insecure)
+    servicer = KeyAuthorityServicer(keys, policy, settings.min_participants, metrics, registry.agreement_keys,
+                                    settings.consortium, require_aggregator_certificate=not settings.insecure)
     servicer.register(server)
     settings.warn_if_insecure("key authority")
     add_port(server, settings.listen, settings)

@@ -23,4 +23,5 @@ class KeyAuthoritySettings(TlsSettings):
     max_participants: int = Field(8, ge=1, le=1024, description="largest node count a sum may hold (n_max)")
     min_participants: int = Field(3, ge=1, description="fewest distinct attested nodes in a decryptable sum")
     bits: int | None = Field(None, description="field bits; None: the largest CKKS can carry exactly")
+    consortium: str = Field("fedxray", description="the consortium's name, as the hospitals' (masks are bound to it)")
     log_level: str = "INFO"

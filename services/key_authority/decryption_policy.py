@@ -90,12 +90,12 @@ class DecryptionPolicy:
                 f"{manifest.chunk_count} chunks in this key's {manifest.layout.name.lower()} layout")
         set_hash = participant_set_hash(manifest.participants)
         expected = (manifest.round_id, manifest.attempt, manifest.key_id, manifest.chunk_count, manifest.value_count,
-                    manifest.chunk_ciphertexts, manifest.layout, set_hash)
+                    manifest.chunk_ciphertexts, manifest.layout, set_hash, manifest.plan_digest)
         for claim in manifest.attestations:
             if (claim.round_id, claim.attempt, claim.key_id, claim.chunk_count, claim.value_count,
-                    claim.chunk_ciphertexts, claim.layout, claim.participant_set) != expected:
+                    claim.chunk_ciphertexts, claim.layout, claim.participant_set, claim.plan_digest) != expected:
                 raise PolicyViolationError(f"attestation of {claim.node_id!r} is for another round, attempt, key, "
-                                           "size, layout or participant set")
+                                           "size, layout, participant set or plan")
             self._registry.verify(claim.node_id, claim.signed_message(), claim.signature)
         self._ledger.require_unspent(manifest.key_id, manifest.round_id)
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import tenseal as ts
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from services.common.atomic_files import write_atomic
 from services.common.ckks_params import (
@@ -29,6 +31,7 @@ from services.common.round_plan import SumLayout
 
 log = logging.getLogger(__name__)
 SECRET_FILE = "ckks_secret_context.bin"
+AGREEMENT_FILE = "mask_agreement.key"
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class KeyMaterial:
     secret_context: ts.Context
     public_context: bytes
     key_id: str
+    agreement: X25519PrivateKey  # removes each node's authority mask, for a manifest's own scope only
 
     def layout_for(self, sum_layout: SumLayout) -> FieldLayout:
         """The layout a sum of this kind is unpacked in (the one its nodes packed and signed)."""
@@ -46,24 +50,33 @@ class KeyMaterial:
 
     def public_info(self, min_participants: int) -> PublicKeyInfo:
         """What the key authority publishes; its layouts are the ones `layout_for` unpacks sums in."""
+        agreement = self.agreement.public_key().public_bytes(serialization.Encoding.Raw,
+                                                             serialization.PublicFormat.Raw)
         return PublicKeyInfo(self.public_context, self.key_id, self.layout, self.statistics_layout,
-                             self.params.slots, min_participants)
+                             self.params.slots, min_participants, agreement)
 
 
 def load_or_create_keys(max_participants: int, bits: int | None, state_dir: Path, persist: bool) -> KeyMaterial:
     params = ckks_parameters(max_participants)
     layout = field_layout(params, max_participants, bits)  # refuses impossible settings at start-up
-    secret_path = state_dir / SECRET_FILE
+    secret_path, agreement_path = state_dir / SECRET_FILE, state_dir / AGREEMENT_FILE
     if persist and secret_path.exists():
-        if secret_path.stat().st_mode & 0o077:
-            raise PermissionError(f"{secret_path} must not be readable by group or others (chmod 600)")
+        for path in (secret_path, agreement_path):
+            if path.stat().st_mode & 0o077:
+                raise PermissionError(f"{path} must not be readable by group or others (chmod 600)")
         context = ts.context_from(secret_path.read_bytes())
+        agreement = X25519PrivateKey.from_private_bytes(agreement_path.read_bytes())
         log.info("loaded secret key from %s", secret_path)
     else:
         context = make_secret_context(params)
+        agreement = X25519PrivateKey.generate()
         if persist:
+            write_atomic(agreement_path, agreement.private_bytes(serialization.Encoding.Raw,
+                                                                 serialization.PrivateFormat.Raw,
+                                                                 serialization.NoEncryption()), mode=0o600)
             write_atomic(secret_path, bytes(context.serialize(save_secret_key=True)), mode=0o600)
             log.info("secret key written to %s (mode 0600)", secret_path)
     public = public_context_bytes(context)
     load_public_context(public)  # asserts the public half carries no secret key
-    return KeyMaterial(params, layout, statistics_layout(params, max_participants), context, public, key_id(public))
+    return KeyMaterial(params, layout, statistics_layout(params, max_participants), context, public, key_id(public),
+                       agreement)

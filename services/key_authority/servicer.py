@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
 from services.common.errors import MalformedChunkError, PolicyViolationError
 from services.common.grpc_status import translate_stream_errors
 from services.common.metrics import ServiceMetrics
+from services.common.pairwise_masks import MaskScope, authority_unmasks
 from services.common.tls import AGGREGATOR_NAME, peer_common_name
 from services.common.wire import field_values_to_wire, manifest_from_wire, public_key_to_wire
 from services.key_authority.decryption_policy import DecryptionPolicy
@@ -24,9 +26,12 @@ log = logging.getLogger(__name__)
 
 class KeyAuthorityServicer(pb_grpc.KeyAuthorityServicer):
     def __init__(self, keys: KeyMaterial, policy: DecryptionPolicy, min_participants: int,
-                 metrics: ServiceMetrics, require_aggregator_certificate: bool = True) -> None:
+                 metrics: ServiceMetrics, node_agreement_keys: Mapping[str, X25519PublicKey], consortium: str,
+                 require_aggregator_certificate: bool = True) -> None:
         self._require_aggregator = require_aggregator_certificate
         self._keys = keys
+        self._node_agreement_keys = dict(node_agreement_keys)
+        self._consortium = consortium
         self._public = keys.public_info(min_participants)
         self._policy = policy
         self._metrics = metrics
@@ -52,12 +57,18 @@ class KeyAuthorityServicer(pb_grpc.KeyAuthorityServicer):
             raise MalformedChunkError("a decryption stream must open with its manifest")
         manifest = manifest_from_wire(first.manifest)
         self._policy.check(manifest)  # refuses before a single ciphertext is read
+        scope = MaskScope(self._consortium, manifest.key_id, manifest.round_id, manifest.attempt,
+                          manifest.participants, manifest.plan_digest)
+        try:
+            unmasks = authority_unmasks(self._keys.agreement, self._node_agreement_keys, scope)
+        except KeyError as missing:
+            raise PolicyViolationError(f"round {manifest.round_id}: {missing.args[0]}") from missing
         chunks = checked_chunks(self._keys, manifest, self._chunks(request_iterator))  # ... or decrypted
         self._policy.claim(manifest)
         log.info("decrypting round %d attempt %d: %d chunks, %d participants", manifest.round_id, manifest.attempt,
                  manifest.chunk_count, len(manifest.participants))
         start = time.perf_counter()
-        fields = decrypt_checked(self._keys, manifest, chunks)  # every slot, before any value leaves
+        fields = decrypt_checked(self._keys, manifest, chunks, unmasks)  # every slot, before any value leaves
         self._metrics.observe_phase("decrypt", time.perf_counter() - start)
         for index, values in enumerate(fields):
             yield field_values_to_wire(index, values)

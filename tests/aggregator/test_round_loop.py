@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from services.aggregator.config import AggregatorSettings
 from services.aggregator.evaluation_board import EvaluationBoard
@@ -36,7 +37,8 @@ from services.common.models import build_model
 from services.common.public_key import PublicKeyInfo
 from services.common.round_plan import ModelChunk, RoundKind, RoundPlan, TrainingFinished
 from services.common.node_identity import NodeKeyRegistry, generate_identity, load_agreement_key, load_identity
-from services.common.pairwise_masks import MaskScope, peer_masks
+from services.common.pairwise_masks import MaskScope, authority_mask, authority_unmasks, peer_masks
+from services.common.wire import plan_digest
 from services.common.upload import DecryptManifest, PhaseSeconds
 from services.hospital_node.encryption_pool import EncryptionPool
 from services.hospital_node.update_stream import UploadTimings, secure_upload
@@ -51,8 +53,9 @@ class InProcessKeyAuthority:
     """The key authority's policy and decryption behind the aggregator client's two calls; it refuses the rounds
     in `refuse` as a key authority that found something wrong would."""
 
-    def __init__(self, keys: KeyMaterial, policy: DecryptionPolicy, refuse: frozenset[int] = frozenset()) -> None:
-        self.keys, self.policy, self.refuse = keys, policy, refuse
+    def __init__(self, keys: KeyMaterial, policy: DecryptionPolicy, node_keys: dict[str, X25519PublicKey],
+                 refuse: frozenset[int] = frozenset()) -> None:
+        self.keys, self.policy, self.policy_keys, self.refuse = keys, policy, node_keys, refuse
         self.decrypted: list[int] = []
 
     def public_key(self) -> PublicKeyInfo:
@@ -62,10 +65,13 @@ class InProcessKeyAuthority:
         if manifest.round_id in self.refuse:
             raise DecryptionRefusedError(f"the key authority refused round {manifest.round_id}: PERMISSION_DENIED")
         self.policy.check(manifest)
+        scope = MaskScope("fedxray", manifest.key_id, manifest.round_id, manifest.attempt, manifest.participants,
+                          manifest.plan_digest)
+        unmasks = authority_unmasks(self.keys.agreement, self.policy_keys, scope)
         checked = checked_chunks(self.keys, manifest, enumerate(chunks))
         self.policy.claim(manifest)
         self.decrypted.append(manifest.round_id)
-        return np.concatenate(decrypt_checked(self.keys, manifest, checked)).astype(np.int64)
+        return np.concatenate(decrypt_checked(self.keys, manifest, checked, unmasks)).astype(np.int64)
 
 
 def _counts() -> EvaluationCounts:
@@ -75,7 +81,7 @@ def _counts() -> EvaluationCounts:
 
 def _node(node_id: str, folder: Path, membership: Membership, intake: UploadIntake, board: EvaluationBoard,
           registry: NodeKeyRegistry, pool: EncryptionPool, updates: dict[str, np.ndarray],
-          stop: threading.Event, wrong_masks: bool = False) -> None:
+          stop: threading.Event, authority_key: bytes, wrong_masks: bool = False) -> None:
     """A hospital that evaluates every model and uploads a fixed update in every training round."""
     identity = load_identity(folder / f"{node_id}.key")
     agreement = load_agreement_key(folder / f"{node_id}.key")
@@ -95,10 +101,12 @@ def _node(node_id: str, folder: Path, membership: Membership, intake: UploadInta
         if plan.kind is not RoundKind.TRAIN:
             continue
         scope = MaskScope("fedxray", plan.key_id, plan.round_id, plan.attempt + (9 if wrong_masks else 0),
-                          plan.participants)
+                          plan.participants, plan_digest(plan))
+        authority = X25519PublicKey.from_public_bytes(authority_key)
         masks = tuple(peer_masks(node_id, agreement, registry.agreement_keys, scope))
         upload = list(secure_upload(plan, updates[node_id], node_id, identity, pool, 4096, UploadTimings(),
-                                    np.random.SeedSequence(), masks=masks))
+                                    np.random.SeedSequence(), masks=masks,
+                                    authority=(authority_mask(node_id, agreement, authority, scope),)))
         state, staged = intake.begin(upload[0])
         for chunk in upload:
             staged.add(chunk)
@@ -126,7 +134,7 @@ def _run_loop(tmp_path: Path, refuse: frozenset[int] = frozenset(), wrong_masks:
     keys = load_or_create_keys(8, None, tmp_path / "ka", persist=False)
     authority = InProcessKeyAuthority(keys, DecryptionPolicy(keys, 3, registry,
                                                              DecryptionLedger(tmp_path / "ka" / "ledger.json")),
-                                      refuse)
+                                      registry.agreement_keys, refuse)
     settings = AggregatorSettings(insecure=True, rounds=2, expected_participants=3, min_participants=3,
                                   architecture="tiny", state_dir=tmp_path / "aggregator", clip_norm=5.0,
                                   noise_kind="none", noise_variance=0.0, server_momentum=0.5,
@@ -149,7 +157,8 @@ def _run_loop(tmp_path: Path, refuse: frozenset[int] = frozenset(), wrong_masks:
     stop = threading.Event()
     with EncryptionPool(keys.public_context, workers=0) as pool:
         nodes = [threading.Thread(target=_node, args=(node, tmp_path / "identities", membership, intake, board,
-                                                     registry, pool, updates, stop, node == wrong_masks))
+                                                     registry, pool, updates, stop,
+                                                     keys.public_info(3).mask_agreement_key, node == wrong_masks))
                  for node in NODES]
         for thread in nodes:
             thread.start()

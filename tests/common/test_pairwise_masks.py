@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from services.common.pairwise_masks import MaskScope, mask_values, participant_set_hash, peer_masks
+from services.common.pairwise_masks import (
+    MaskScope,
+    authority_mask,
+    authority_unmasks,
+    mask_values,
+    participant_set_hash,
+    peer_masks,
+)
 from tests.statistics import chi_square_critical, chi_square_uniform
 
 NODES = ("hospital-1", "hospital-2", "hospital-3", "hospital-4", "hospital-5")
@@ -61,3 +68,20 @@ def test_a_node_outside_the_set_or_a_missing_peer_key_is_refused() -> None:
     with pytest.raises(KeyError, match="hospital-2"):
         peer_masks(NODES[0], PRIVATE[NODES[0]], {}, MaskScope("c", "k", 1, 1, NODES[:2]))
     assert participant_set_hash(NODES) == participant_set_hash(tuple(reversed(NODES)))
+
+
+def test_the_key_authority_removes_its_masks_only_for_the_manifests_own_scope() -> None:
+    authority = X25519PrivateKey.generate()
+    scope = MaskScope("c", "k", 3, 1, NODES, b"plan")
+
+    def node_total(s: MaskScope) -> np.ndarray:
+        return sum((mask_values([*peer_masks(n, PRIVATE[n], PUBLIC, s),
+                                 authority_mask(n, PRIVATE[n], authority.public_key(), s)], 0, 4096, 10)
+                    for n in NODES), np.zeros(4096, dtype=np.int64)) % 1024
+    removed = mask_values(authority_unmasks(authority, PUBLIC, scope), 0, 4096, 10)
+    assert not np.any((node_total(scope) + removed) % 1024)  # pairwise and authority masks all gone
+    for other in (MaskScope("c", "k", 2, 1, NODES, b"plan"), MaskScope("c", "k", 3, 1, NODES, b"other plan")):
+        leftover = (node_total(other) + removed) % 1024  # another round's or plan's sum under this manifest
+        assert chi_square_uniform(leftover, 1024) < chi_square_critical(1024, z=3.72)
+    with pytest.raises(KeyError, match="hospital-5"):
+        authority_unmasks(authority, {n: PUBLIC[n] for n in NODES[:4]}, scope)

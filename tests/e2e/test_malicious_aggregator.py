@@ -43,6 +43,7 @@ from services.common.wire import (
     attestation_to_wire,
     field_values_from_wire,
     public_key_from_wire,
+    plan_digest,
     round_message_to_wire,
 )
 from tests.e2e.consortium_checks import tiny_config
@@ -95,8 +96,10 @@ class HarnessAggregator(pb_grpc.AggregatorServicer):
             self.changed.notify_all()
         return pb.DeclineAck()
 
-    def send(self, plan: RoundPlan, model: list[bytes]) -> None:
-        for outbox in list(self.outboxes.values()):
+    def send(self, plan: RoundPlan, model: list[bytes], to: list[str] | None = None) -> None:
+        for node, outbox in list(self.outboxes.items()):
+            if to is not None and node not in to:
+                continue
             outbox.put(round_message_to_wire(plan))
             for index, values in enumerate(model):
                 outbox.put(round_message_to_wire(ModelChunk(plan.round_id, index, values)))
@@ -129,9 +132,10 @@ class Attack:
         plan = self.planner.plan(round_id, RoundKind.TRAIN, self.model, attempt, frozenset(participants))
         return replace(plan, **changes)
 
-    def uploads_of(self, plan: RoundPlan, nodes: list[str]) -> dict[str, list[pb.UpdateChunk]]:
-        """Send `plan` and wait for the uploads of `nodes` (every one of them in it)."""
-        self.harness.send(plan, self.model)
+    def uploads_of(self, plan: RoundPlan, nodes: list[str], to: list[str] | None = None
+                   ) -> dict[str, list[pb.UpdateChunk]]:
+        """Send `plan` (to the nodes `to`, or every node) and wait for the uploads of `nodes`."""
+        self.harness.send(plan, self.model, to)
         keys = [(node, plan.round_id, plan.attempt) for node in nodes]
         self.harness.wait(lambda: all(k in self.harness.uploads for k in keys))
         return {node: self.harness.uploads[(node, plan.round_id, plan.attempt)] for node in nodes}
@@ -148,7 +152,8 @@ class Attack:
         manifest = pb.DecryptManifest(round_id=plan.round_id, key_id=plan.key_id,
                                       chunk_count=plan.transfer.chunk_count, value_count=plan.upload_value_count,
                                       attestations=attestations, layout=pb.SUM_LAYOUT_UPDATE, attempt=plan.attempt,
-                                      participants=participants, chunk_ciphertexts=plan.transfer.chunk_ciphertexts)
+                                      participants=participants, chunk_ciphertexts=plan.transfer.chunk_ciphertexts,
+                                      plan_sha256=plan_digest(plan))
         for name, value in changes.items():
             setattr(manifest, name, value)
         return manifest
@@ -278,18 +283,55 @@ def replace_field(manifest: pb.DecryptManifest, **changes: object) -> pb.Decrypt
     return changed
 
 
+def test_another_rounds_sum_under_this_rounds_manifest_decrypts_to_uniform_noise(attack: Attack) -> None:
+    """The aggregator alone: it declares hospital-5 lost in round 4 and decrypts attempt 2 honestly, then presents
+    round 4's unused attempt-1 sum, whose pairwise masks cancel, under round 5's manifest. Were that decrypted, the
+    difference of the two sums would be hospital-5's update. The key authority removes only round 5's authority
+    masks, so round 4's stay, and what comes back is uniform."""
+    first = attack.plan(4, NODES)
+    attempt_1 = attack.uploads_of(first, NODES)
+    second = attack.plan(4, NODES[:4], attempt=2)
+    attempt_2 = attack.uploads_of(second, NODES[:4])
+    honest = attack.decrypt(attack.manifest(second, _attestations(attempt_2), NODES[:4]),
+                            attack.summed(list(attempt_2.values())))
+    assert not _uniform(honest, second.layout.bits)  # the control: a real sum
+    replay_plan = attack.plan(5, NODES)
+    round_5 = attack.uploads_of(replay_plan, NODES)
+    replayed = attack.decrypt(attack.manifest(replay_plan, _attestations(round_5), NODES),
+                              attack.summed(list(attempt_1.values())))
+    assert _uniform(replayed, replay_plan.layout.bits)
+
+
+def test_nodes_sent_different_plans_cannot_be_summed(attack: Attack) -> None:
+    """The aggregator sends hospital-5 the real plan and the others a plan that makes them contribute nearly
+    nothing (learning rate near 0), hoping to read hospital-5's update from the one decryption. Their attestations
+    name different plans: the key authority refuses, and even the masks, bound to each plan, would not cancel."""
+    real = attack.plan(6, NODES)
+    lazy = replace(real, training=replace(real.training, learning_rate=1e-12))
+    uploads = {**attack.uploads_of(lazy, NODES[:4], to=NODES[:4]), **attack.uploads_of(real, NODES[4:], to=NODES[4:])}
+    chunks = attack.summed(list(uploads.values()))
+    for named in (real, lazy):
+        code, details = attack.refusal(attack.manifest(named, _attestations(uploads), NODES), chunks)
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "plan" in details
+
+
 @pytest.mark.parametrize(("round_id", "downgrade", "reason"), [
     (10, {"secure": False}, "plaintext_refused"),
     (11, {"noise_kind": NoiseKind.NONE}, "noise_below_floor"),
     (12, {"noise_variance": 0.5}, "noise_below_floor"),
     (13, {"clip_norm": 1e4}, "clip_above_ceiling"),
     (14, {"participants": ("hospital-1", "hospital-2")}, "participant_set_below_floor"),
+    (15, {"min_participants": 1_000_000}, "noise_below_floor"),
+    (16, {"noise_kind": NoiseKind.POISSON}, "noise_below_floor"),
+    (17, {"scale": 1e6}, "codec_mismatch"),
+    (18, {"participants": tuple(NODES[:4]) + ("hospital-4",)}, "duplicate_participant"),
 ])
 def test_every_node_declines_a_downgraded_plan_by_name_and_uploads_nothing(attack: Attack, round_id: int,
                                                                           downgrade: dict[str, object],
                                                                           reason: str) -> None:
     plan = attack.plan(round_id, NODES)
-    codec = {k: v for k, v in downgrade.items() if k in ("noise_kind", "noise_variance", "clip_norm")}
+    codec = {k: v for k, v in downgrade.items()
+             if k in ("noise_kind", "noise_variance", "clip_norm", "min_participants", "scale")}
     plan = replace(plan, quantization=replace(plan.quantization, **codec),
                    **{k: v for k, v in downgrade.items() if k not in codec})
     asked = plan.participants
@@ -297,3 +339,13 @@ def test_every_node_declines_a_downgraded_plan_by_name_and_uploads_nothing(attac
     attack.harness.wait(lambda: all((node, round_id, 1) in attack.harness.declines for node in asked))
     assert {attack.harness.declines[(node, round_id, 1)] for node in asked} == {reason}
     assert not [key for key in attack.harness.uploads if key[1] == round_id]
+
+
+def test_a_second_plan_under_an_attempt_already_used_is_declined(attack: Attack) -> None:
+    """Two encodings under one mask would let their difference cancel it: round 1 attempt 1 was uploaded above, so
+    the same attempt asked again, at another scale, is declined by every node."""
+    plan = attack.plan(1, NODES)
+    plan = replace(plan, quantization=replace(plan.quantization, clip_norm=4.0))
+    attack.harness.send(plan, attack.model)
+    attack.harness.wait(lambda: all((node, 1, 1) in attack.harness.declines for node in NODES))
+    assert {attack.harness.declines[(node, 1, 1)] for node in NODES} == {"attempt_reused"}

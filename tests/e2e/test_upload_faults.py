@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
@@ -17,8 +18,9 @@ from scripts.consortium import Consortium
 from services.common.model_spec import flatten_state, parameter_spec
 from services.common.models import build_model
 from services.common.round_plan import RoundPlan
-from services.common.node_identity import load_identity
-from services.common.wire import plan_from_wire, upload_chunk_to_wire
+from services.common.node_identity import NodeKeyRegistry, load_agreement_key, load_identity
+from services.common.pairwise_masks import MaskScope, authority_mask, peer_masks
+from services.common.wire import plan_digest, plan_from_wire, public_key_from_wire, upload_chunk_to_wire
 from services.hospital_node.encryption_pool import EncryptionPool
 from services.hospital_node.update_stream import UploadTimings, secure_upload
 from tests.e2e.consortium_checks import field_sum, node_fields, recording, scrape, tiny_config
@@ -60,7 +62,9 @@ class IntruderNode:
         state = build_model("tiny", 2, 0).state_dict()
         self.spec = parameter_spec(state)
         self.weights = flatten_state(state)
+        self.identities = consortium.identities
         self.identity = load_identity(consortium.identities / f"{node_id}.key")
+        self.agreement = load_agreement_key(consortium.identities / f"{node_id}.key")
         self.metrics_port = consortium.services["aggregator"].metrics_port
         self.stream: Iterator[pb.RoundMessage] | None = None
 
@@ -79,12 +83,18 @@ class IntruderNode:
         self.stream.cancel()  # type: ignore[attr-defined]
 
     def honest_chunks(self, plan: RoundPlan, record: list[np.ndarray]) -> list[pb.UpdateChunk]:
-        public = self.key_authority.GetPublicContext(pb.GetPublicContextRequest(), timeout=30)
+        """An upload made as a real node makes it: masked for the plan's set, and with the key authority."""
+        public = public_key_from_wire(self.key_authority.GetPublicContext(pb.GetPublicContextRequest(), timeout=30))
         update = np.random.default_rng(11).normal(0, 1e-3, self.spec.count)
+        scope = MaskScope("fedxray", plan.key_id, plan.round_id, plan.attempt, plan.participants, plan_digest(plan))
+        peers = NodeKeyRegistry.from_directory(self.identities).agreement_keys
+        masks = tuple(peer_masks(self.node_id, self.agreement, peers, scope))
+        authority = authority_mask(self.node_id, self.agreement,
+                                   X25519PublicKey.from_public_bytes(public.mask_agreement_key), scope)
         with EncryptionPool(public.context, workers=0) as pool:
             return [upload_chunk_to_wire(chunk) for chunk in secure_upload(
-                plan, update, self.node_id, self.identity, pool, public.slots_per_ciphertext, UploadTimings(),
-                np.random.SeedSequence(5), record)]
+                plan, update, self.node_id, self.identity, pool, public.slots, UploadTimings(),
+                np.random.SeedSequence(5), record, masks=masks, authority=(authority,))]
 
     def break_off_before_the_first_chunk(self) -> None:
         """Open an upload, send nothing, and cancel it: the aggregator counts a broken stream."""

@@ -13,36 +13,65 @@ from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.privacy_floor import check_plan
 from tests.plans import PLAN, STATISTICS_LAYOUT, UPDATE_LAYOUT
 
-SETTINGS = HospitalNodeSettings(insecure=True, min_noise_variance=8.0, max_clip_norm=50.0, min_participants=3,
-                                max_attempts=2)
+SETTINGS = HospitalNodeSettings(insecure=True, node_id="hospital-1", min_noise_variance=8.0, max_clip_norm=50.0,
+                                min_participants=3, max_attempts=2)
 PUBLIC = PublicKeyInfo(b"", PLAN.key_id, UPDATE_LAYOUT, STATISTICS_LAYOUT, 4096, 3)
+PEERS = ("hospital-2", "hospital-3", "hospital-4")
+Q = PLAN.quantization
+
+
+def _check(plan: object, last_attempt: int = 0, joined: int = 0) -> None:
+    check_plan(plan, SETTINGS, PUBLIC, last_attempt, joined, PEERS, PLAN.upload_value_count)  # type: ignore[arg-type]
 
 
 def test_a_plan_above_the_floor_passes() -> None:
-    check_plan(PLAN, SETTINGS, PUBLIC, attempts_joined=1)
+    _check(PLAN, last_attempt=1, joined=1)
 
 
 @pytest.mark.parametrize(("downgrade", "reason"), [
     (replace(PLAN, secure=False), "plaintext_refused"),
-    (replace(PLAN, quantization=replace(PLAN.quantization, noise_kind=NoiseKind.NONE)), "noise_below_floor"),
-    (replace(PLAN, quantization=replace(PLAN.quantization, noise_variance=1.0)), "noise_below_floor"),
-    (replace(PLAN, quantization=replace(PLAN.quantization, clip_norm=1e6)), "clip_above_ceiling"),
+    (replace(PLAN, quantization=replace(Q, noise_kind=NoiseKind.NONE)), "noise_below_floor"),
+    (replace(PLAN, quantization=replace(Q, noise_kind=NoiseKind.POISSON)), "noise_below_floor"),
+    (replace(PLAN, quantization=replace(Q, noise_variance=1.0)), "noise_below_floor"),
+    # The share each node adds is noise_variance / min_participants: a huge quorum would make it vanish.
+    (replace(PLAN, quantization=replace(Q, min_participants=1_000_000)), "noise_below_floor"),
+    (replace(PLAN, quantization=replace(Q, clip_norm=1e6)), "clip_above_ceiling"),
+    (replace(PLAN, quantization=replace(Q, clip_norm=float("nan"))), "malformed_plan"),
+    # A larger scale would shrink the noise against the signal.
+    (replace(PLAN, quantization=replace(Q, scale=Q.scale * 100)), "codec_mismatch"),
     (replace(PLAN, participants=("hospital-1", "hospital-2")), "participant_set_below_floor"),
+    (replace(PLAN, participants=("hospital-1", "hospital-2", "hospital-2")), "duplicate_participant"),
+    (replace(PLAN, participants=("hospital-1", "hospital-1", "hospital-1")), "duplicate_participant"),
+    (replace(PLAN, participants=tuple(f"hospital-{i}" for i in range(1, 10))), "unknown_participant"),
     (replace(PLAN, key_id="f" * 16), "unknown_key"),
     (replace(PLAN, layout=replace(UPDATE_LAYOUT, max_participants=4)), "layout_mismatch"),
 ])
 def test_a_downgraded_plan_is_refused_by_name(downgrade: object, reason: str) -> None:
     with pytest.raises(PlanRefusedError) as refused:
-        check_plan(downgrade, SETTINGS, PUBLIC, attempts_joined=0)  # type: ignore[arg-type]
+        _check(downgrade)
     assert refused.value.reason == reason
     assert f"round {PLAN.round_id} attempt {PLAN.attempt}" in str(refused.value)
 
 
-def test_a_third_attempt_of_one_round_is_refused() -> None:
+def test_a_set_above_n_max_is_refused_even_of_known_members() -> None:
+    members = tuple(f"hospital-{i}" for i in range(1, 10))
     with pytest.raises(PlanRefusedError) as refused:
-        check_plan(PLAN, SETTINGS, PUBLIC, attempts_joined=2)
-    assert refused.value.reason == "too_many_attempts"
+        check_plan(replace(PLAN, participants=members), SETTINGS, PUBLIC, 0, 0, members, PLAN.upload_value_count)
+    assert refused.value.reason == "participant_set_below_floor" and "n_max = 8" in str(refused.value)
+
+
+def test_an_attempt_is_used_once_attempts_only_grow_and_a_third_is_refused() -> None:
+    for last, joined, reason in ((2, 1, "attempt_reused"), (3, 1, "attempt_reused"), (1, 2, "too_many_attempts")):
+        with pytest.raises(PlanRefusedError) as refused:
+            _check(PLAN, last_attempt=last, joined=joined)
+        assert refused.value.reason == reason
+
+
+def test_an_upload_length_other_than_the_models_is_refused() -> None:
+    with pytest.raises(PlanRefusedError) as refused:
+        check_plan(PLAN, SETTINGS, PUBLIC, 0, 0, PEERS, PLAN.upload_value_count + 1)
+    assert refused.value.reason == "malformed_plan"
 
 
 def test_plaintext_only_where_the_hospital_allows_it() -> None:
-    check_plan(replace(PLAN, secure=False), SETTINGS.model_copy(update={"allow_plaintext": True}), None, 0)
+    check_plan(replace(PLAN, secure=False), SETTINGS.model_copy(update={"allow_plaintext": True}), None, 0, 0)

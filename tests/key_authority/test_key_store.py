@@ -4,7 +4,7 @@ import pytest
 
 from services.common.ckks_params import load_public_context
 from services.common.errors import CkksParameterError
-from services.key_authority.key_store import SECRET_FILE, load_or_create_keys
+from services.key_authority.key_store import AGREEMENT_FILE, SECRET_FILE, load_or_create_keys
 
 
 def test_secret_key_is_persisted_only_on_request_with_mode_0600_and_reloads(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -16,12 +16,17 @@ def test_secret_key_is_persisted_only_on_request_with_mode_0600_and_reloads(tmp_
     again = load_or_create_keys(8, None, tmp_path / "b", persist=True)
     assert again.key_id == first.key_id != ephemeral.key_id
     assert again.secret_context.is_private()
+    # Its mask-agreement key is kept beside it, as private, and published with the public context.
+    assert stat.S_IMODE((tmp_path / "b" / AGREEMENT_FILE).stat().st_mode) == 0o600
+    assert again.public_info(3).mask_agreement_key == first.public_info(3).mask_agreement_key != \
+        ephemeral.public_info(3).mask_agreement_key
     assert not load_public_context(first.public_context).is_private()
 
 
-def test_a_group_readable_secret_key_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("name", [SECRET_FILE, AGREEMENT_FILE])
+def test_a_group_readable_secret_key_is_refused(tmp_path, name: str) -> None:  # type: ignore[no-untyped-def]
     load_or_create_keys(8, None, tmp_path, persist=True)
-    (tmp_path / SECRET_FILE).chmod(0o640)
+    (tmp_path / name).chmod(0o640)
     with pytest.raises(PermissionError, match="chmod 600"):
         load_or_create_keys(8, None, tmp_path, persist=True)
 

@@ -30,7 +30,7 @@ class GetPublicContextRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class PublicContext(_message.Message):
-    __slots__ = ("context", "key_id", "bits", "fields_per_slot", "max_participants", "slots_per_ciphertext", "min_participants", "statistics_bits")
+    __slots__ = ("context", "key_id", "bits", "fields_per_slot", "max_participants", "slots_per_ciphertext", "min_participants", "statistics_bits", "mask_agreement_key")
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     BITS_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,7 @@ class PublicContext(_message.Message):
     SLOTS_PER_CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
     MIN_PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     STATISTICS_BITS_FIELD_NUMBER: _ClassVar[int]
+    MASK_AGREEMENT_KEY_FIELD_NUMBER: _ClassVar[int]
     context: bytes
     key_id: str
     bits: int
@@ -47,10 +48,11 @@ class PublicContext(_message.Message):
     slots_per_ciphertext: int
     min_participants: int
     statistics_bits: int
-    def __init__(self, context: _Optional[bytes] = ..., key_id: _Optional[str] = ..., bits: _Optional[int] = ..., fields_per_slot: _Optional[int] = ..., max_participants: _Optional[int] = ..., slots_per_ciphertext: _Optional[int] = ..., min_participants: _Optional[int] = ..., statistics_bits: _Optional[int] = ...) -> None: ...
+    mask_agreement_key: bytes
+    def __init__(self, context: _Optional[bytes] = ..., key_id: _Optional[str] = ..., bits: _Optional[int] = ..., fields_per_slot: _Optional[int] = ..., max_participants: _Optional[int] = ..., slots_per_ciphertext: _Optional[int] = ..., min_participants: _Optional[int] = ..., statistics_bits: _Optional[int] = ..., mask_agreement_key: _Optional[bytes] = ...) -> None: ...
 
 class Attestation(_message.Message):
-    __slots__ = ("node_id", "round_id", "key_id", "chunk_count", "stream_digest", "signature", "layout", "attempt", "participant_set_sha256", "value_count", "chunk_ciphertexts")
+    __slots__ = ("node_id", "round_id", "key_id", "chunk_count", "stream_digest", "signature", "layout", "attempt", "participant_set_sha256", "value_count", "chunk_ciphertexts", "plan_sha256")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +64,7 @@ class Attestation(_message.Message):
     PARTICIPANT_SET_SHA256_FIELD_NUMBER: _ClassVar[int]
     VALUE_COUNT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    PLAN_SHA256_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     round_id: int
     key_id: str
@@ -73,10 +76,11 @@ class Attestation(_message.Message):
     participant_set_sha256: bytes
     value_count: int
     chunk_ciphertexts: int
-    def __init__(self, node_id: _Optional[str] = ..., round_id: _Optional[int] = ..., key_id: _Optional[str] = ..., chunk_count: _Optional[int] = ..., stream_digest: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., layout: _Optional[_Union[SumLayout, str]] = ..., attempt: _Optional[int] = ..., participant_set_sha256: _Optional[bytes] = ..., value_count: _Optional[int] = ..., chunk_ciphertexts: _Optional[int] = ...) -> None: ...
+    plan_sha256: bytes
+    def __init__(self, node_id: _Optional[str] = ..., round_id: _Optional[int] = ..., key_id: _Optional[str] = ..., chunk_count: _Optional[int] = ..., stream_digest: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., layout: _Optional[_Union[SumLayout, str]] = ..., attempt: _Optional[int] = ..., participant_set_sha256: _Optional[bytes] = ..., value_count: _Optional[int] = ..., chunk_ciphertexts: _Optional[int] = ..., plan_sha256: _Optional[bytes] = ...) -> None: ...
 
 class DecryptManifest(_message.Message):
-    __slots__ = ("round_id", "key_id", "chunk_count", "value_count", "attestations", "layout", "attempt", "participants", "chunk_ciphertexts")
+    __slots__ = ("round_id", "key_id", "chunk_count", "value_count", "attestations", "layout", "attempt", "participants", "chunk_ciphertexts", "plan_sha256")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +90,7 @@ class DecryptManifest(_message.Message):
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     CHUNK_CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    PLAN_SHA256_FIELD_NUMBER: _ClassVar[int]
     round_id: int
     key_id: str
     chunk_count: int
@@ -95,7 +100,8 @@ class DecryptManifest(_message.Message):
     attempt: int
     participants: _containers.RepeatedScalarFieldContainer[str]
     chunk_ciphertexts: int
-    def __init__(self, round_id: _Optional[int] = ..., key_id: _Optional[str] = ..., chunk_count: _Optional[int] = ..., value_count: _Optional[int] = ..., attestations: _Optional[_Iterable[_Union[Attestation, _Mapping]]] = ..., layout: _Optional[_Union[SumLayout, str]] = ..., attempt: _Optional[int] = ..., participants: _Optional[_Iterable[str]] = ..., chunk_ciphertexts: _Optional[int] = ...) -> None: ...
+    plan_sha256: bytes
+    def __init__(self, round_id: _Optional[int] = ..., key_id: _Optional[str] = ..., chunk_count: _Optional[int] = ..., value_count: _Optional[int] = ..., attestations: _Optional[_Iterable[_Union[Attestation, _Mapping]]] = ..., layout: _Optional[_Union[SumLayout, str]] = ..., attempt: _Optional[int] = ..., participants: _Optional[_Iterable[str]] = ..., chunk_ciphertexts: _Optional[int] = ..., plan_sha256: _Optional[bytes] = ...) -> None: ...
 
 class CiphertextChunk(_message.Message):
     __slots__ = ("index", "ciphertexts")
