@@ -1,7 +1,9 @@
 """Run a key authority, an aggregator and N hospital nodes as separate local processes.
 
 `make demo` runs `python -m scripts.consortium` with its defaults: five hospitals on
-a SYNTHETIC chest-X-ray-like data set, ResNet-50, three secure rounds. Each service
+a SYNTHETIC chest-X-ray-like data set, ResNet-50, three secure rounds, each hospital
+training under record-level DP-SGD at the epsilon the aggregator proposes (8; every
+hospital's own budget, its ledger in RUN_DIR/hospitals/<node>). Each service
 is a separate OS process talking gRPC over 127.0.0.1; logs go to RUN_DIR/logs.
 Tests and benchmarks use `Consortium` directly.
 """
@@ -201,7 +203,8 @@ class Consortium:
         node_id = f"hospital-{index + 1}"
         return self.config.node_settings(
             index, aggregator=self.aggregator_address, key_authority=self.ka_address,
-            identity_key=self.identities / f"{node_id}.key", metrics_port=metrics_port, **self._tls(node_id))
+            identity_key=self.identities / f"{node_id}.key", metrics_port=metrics_port,
+            state_dir=self.config.run_dir / "hospitals" / node_id, **self._tls(node_id))
 
     def _start(self, name: str, service: str, settings: BaseSettings, metrics_port: int) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -310,8 +313,11 @@ def format_value(value: object, digits: int = 3) -> str:
     return str(value)
 
 
+# Two privacy figures: the hospital-level epsilon of the secure sums' Skellam noise (one hospital's whole update
+# is the unit), and the record-level epsilon of DP-SGD (one patient's image is the unit), the largest any hospital
+# has reported ("-" when none trains under DP-SGD).
 TABLE_HEADER = (f"{'round':>5} {'nodes':>5} {'seconds':>8} {'accuracy':>8} {'precision':>9} {'recall':>7} "
-                f"{'F1':>6} {'AUC':>6} {'epsilon':>10}")
+                f"{'F1':>6} {'AUC':>6} {'eps hospital':>12} {'eps record':>10}")
 
 
 def format_row(row: dict[str, object]) -> str:
@@ -321,7 +327,8 @@ def format_row(row: dict[str, object]) -> str:
             f"{format_value(row.get('seconds'), 1):>8} {format_value(evaluation.get('accuracy')):>8} "
             f"{format_value(evaluation.get('precision')):>9} {format_value(evaluation.get('recall')):>7} "
             f"{format_value(evaluation.get('f1')):>6} {format_value(evaluation.get('auc')):>6} "
-            f"{format_value(row.get('epsilon'), 4):>10}" + ("  head refit" if row.get("head_refit") else "")
+            f"{format_value(row.get('epsilon'), 4):>12} {format_value(row.get('record_epsilon_max'), 2):>10}"
+            + ("  head refit" if row.get("head_refit") else "")
             + ("  FAILED" if row.get("failed") else ""))
 
 
@@ -330,8 +337,10 @@ def format_row(row: dict[str, object]) -> str:
 # one process per hospital with one training thread, so five share two cores without thrashing.
 DEMO_SETTINGS: SettingValues = {
     "architecture": "resnet50", "image_size": 32, "partition_scheme": "dirichlet", "partition_alpha": 0.5,
-    "head_refit": True, "round_deadline_seconds": 900.0, "encryption_workers": 0, "torch_threads": 1}
+    "round_deadline_seconds": 900.0, "encryption_workers": 0, "torch_threads": 1}
 DEMO_IMAGES_PER_NODE = 60
+# The demo's record-level (per-patient) target, which the aggregator proposes and every hospital adopts.
+DEMO_RECORD_EPSILON = 8.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,25 +353,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=DEMO_SETTINGS["image_size"])
     parser.add_argument("--images-per-node", type=int, default=DEMO_IMAGES_PER_NODE)
     parser.add_argument("--plaintext", action="store_true", help="privacy off, for comparison")
+    parser.add_argument("--record-epsilon", type=float, default=DEMO_RECORD_EPSILON,
+                        help="record-level DP-SGD target the aggregator proposes to every hospital; 0: no "
+                             "record-level DP (then the closing head refit runs)")
+    parser.add_argument("--init-weights", type=Path, default=None,
+                        help="start from this state dict (public pretraining, e.g. from experiments.pretrain)")
+    parser.add_argument("--dp-trainable", choices=("all", "last_block"), default="all",
+                        help="under record-level DP: train every layer, or only the last stage and the head")
     parser.add_argument("--no-head-refit", dest="head_refit", action="store_false",
-                        help="skip the closing refit of the classifier head from the hospitals' summed feature "
-                             "statistics")
+                        help="without record-level DP: skip the closing refit of the classifier head from the "
+                             "hospitals' summed feature statistics (DP-SGD does not cover them, so it is always "
+                             "off under record-level DP)")
     parser.add_argument("--timeout", type=float, default=1200.0)
     args = parser.parse_args(argv)
     if args.run_dir.exists():
         import shutil
 
         shutil.rmtree(args.run_dir)
+    record_dp = args.record_epsilon > 0
     config = ConsortiumConfig(
         run_dir=args.run_dir, nodes=args.nodes, images_per_node=args.images_per_node,
         settings={**DEMO_SETTINGS, "rounds": args.rounds, "secure": not args.plaintext,
-                  "allow_plaintext": args.plaintext,
-                  "architecture": args.architecture, "image_size": args.image_size, "head_refit": args.head_refit})
+                  "allow_plaintext": args.plaintext, "architecture": args.architecture,
+                  "image_size": args.image_size, "head_refit": args.head_refit and not record_dp},
+        aggregator={**({"record_epsilon": args.record_epsilon} if record_dp else {}),
+                    **({"init_weights": args.init_weights.resolve()} if args.init_weights else {})},
+        node={"record_rounds": args.rounds, "dp_trainable": args.dp_trainable})
     demo = Consortium(config)
     aggregator, node = demo.aggregator_settings, demo.node_settings[0]
     print(f"FedXray consortium: {config.nodes} hospitals on SYNTHETIC radiographs ({node.image_size}px, "
           f"{aggregator.architecture}), {aggregator.rounds} {'secure' if aggregator.secure else 'PLAINTEXT'} rounds"
-          f"{', then a head refit' if aggregator.head_refit else ''}; "
+          f"{', then a head refit' if aggregator.head_refit else ''}"
+          f"{f', record-level DP-SGD at epsilon {aggregator.record_epsilon:g}' if aggregator.record_epsilon else ''}; "
           f"logs in {args.run_dir / 'logs'}", flush=True)
     print("class counts per hospital (Dirichlet label skew):", flush=True)
     print(demo.write_class_counts(), flush=True)

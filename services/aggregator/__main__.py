@@ -22,6 +22,7 @@ from services.aggregator.strategies.factory import build_strategy
 from services.aggregator.strategies.head_refit import HeadRefit
 from services.aggregator.upload_intake import UploadIntake
 from services.common.head_refit import head_positions
+from services.common.initial_weights import load_initial_weights
 from services.common.metrics import ServiceMetrics
 from services.common.model_spec import flatten_state, parameter_spec
 from services.common.models import build_model
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None, observer: DecryptionObserver | None = No
     metrics = ServiceMetrics("aggregator", holds_secret_key=False)
     serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
     model = build_model(settings.architecture, settings.num_classes, settings.model_seed)
+    if settings.init_weights is not None:
+        load_initial_weights(model, settings.init_weights)
+        log.info("starting from the weights in %s", settings.init_weights)
     spec = parameter_spec(model.state_dict())
     registry = NodeKeyRegistry.from_directory(settings.node_keys_dir)
     membership = Membership(registry.node_ids, spec)

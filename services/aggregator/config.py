@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from pydantic_settings import SettingsConfigDict
 
@@ -35,7 +35,7 @@ class AggregatorSettings(TlsSettings):
     stream_close_grace_seconds: float = Field(
         2.0, gt=0, description="how long an upload that ends without its attestation waits to learn whether its "
         "node went away (a broken stream) or closed it on purpose (a truncated one)")
-    architecture: str = Field("resnet50", description="resnet50 | resnet18 (GroupNorm) | resnet50-bn | tiny")
+    architecture: str = Field("resnet50", description="resnet50 | resnet18 | efficientnet-b0 (GroupNorm) | resnet50-bn | tiny | tiny-gn")
     num_classes: int = Field(2, ge=2)
     model_seed: int = 0
     local_epochs: int = Field(1, ge=1)
@@ -56,6 +56,12 @@ class AggregatorSettings(TlsSettings):
     head_refit_shrinkage: float = Field(0.1, gt=0, le=1, description="the refit covariance's shrinkage towards its "
                                         "mean variance (above 0: with more features than images the unshrunk "
                                         "covariance is singular)")
+    record_epsilon: float | None = Field(None, gt=0, description="propose record-level (per-patient) DP-SGD at this "
+                                         "target epsilon to the hospitals (a hospital's own target wins); unset: "
+                                         "no proposal")
+    init_weights: Path | None = Field(None, description="start from this state dict (a torchvision-compatible .pt "
+                                      "file, such as public pretraining), checked against the model; unset: the "
+                                      "seeded initialisation")
     server_optimizer: Literal["fedavg", "fedadam"] = "fedavg"
     server_learning_rate: float = Field(1.0, gt=0)
     server_momentum: float = Field(0.0, ge=0, lt=1, description="FedAvgM momentum of the server step; 0: FedAvg")
@@ -71,3 +77,11 @@ class AggregatorSettings(TlsSettings):
     plaintext_chunk_values: int = Field(1 << 18, ge=1)
     linger_seconds: float = Field(0.0, ge=0, description="keep serving status and metrics this long after training")
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _record_privacy_covers_every_release(self) -> AggregatorSettings:
+        if self.record_epsilon is not None and (self.head_refit or self.drift_correction or self.proximal_mu > 0):
+            raise ValueError("record_epsilon proposes DP-SGD, which does not cover the head refit's feature "
+                             "statistics, SCAFFOLD's control variates or FedProx: turn those off (hospitals under "
+                             "DP-SGD decline such rounds)")
+        return self

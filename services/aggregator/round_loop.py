@@ -28,6 +28,7 @@ from services.aggregator.round_state import RoundState, new_round_state
 from services.aggregator.run_outcome import RunOutcome
 from services.aggregator.run_state import RunState
 from services.aggregator.strategies.head_refit import HeadRefit, HeadRefitError
+from services.aggregator.submission_staging import VerifiedSubmission
 from services.aggregator.sum_release import DecryptionObserver, release_mean
 from services.aggregator.upload_intake import UploadIntake
 from services.common.ckks_params import load_public_context
@@ -128,7 +129,7 @@ class RoundLoop:
         round_id = p.run.round_id if attempt > 1 else p.run.next_round()
         broadcast = broadcast_chunks(p.run.strategy.broadcast(p.run.weights))
         plan = planner.plan(round_id, kind, broadcast, attempt, participants)
-        expected = p.membership.connected()
+        expected = p.membership.connected() - (set() if kind is RoundKind.EVALUATE else p.intake.retired)
         state = new_round_state(plan, expected, self._public_context)
         p.intake.open(state, self.key)
         self._metrics.current_round.set(round_id)
@@ -148,7 +149,7 @@ class RoundLoop:
         one that loses a member (gone, declined or silent until the deadline) is followed by another without it,
         while at least the quorum is left and attempts remain. The last attempt's state, sealed."""
         s, p = self._settings, self._parts
-        participants = frozenset(p.membership.connected())
+        participants = frozenset(p.membership.connected() - p.intake.retired)
         for attempt in range(1, s.max_attempts + 1):
             state = self._open(planner, kind, attempt, participants)
             deadline = time.monotonic() + s.round_deadline_seconds
@@ -205,10 +206,24 @@ class RoundLoop:
         contributors = [state.contributors[node] for node in sorted(state.contributors)]
         phases = record_round(self._metrics, state, contributors, seconds, decrypt_seconds, apply_seconds,
                               p.guard.epsilon, p.guard.round_epsilon(state.plan.quantization, participants))
-        row.update(seconds=seconds, epsilon=p.guard.epsilon, phases=phases)
+        row.update(seconds=seconds, epsilon=p.guard.epsilon, phases=phases, **self._record_privacy(contributors))
         log.info("round %d sealed: %d participants, %.1f s, epsilon %.4g", state.round_id, participants, seconds,
                  p.guard.epsilon)
         return row
+
+    def _record_privacy(self, contributors: list[VerifiedSubmission]) -> Row:
+        """The record-level epsilon each hospital reports having spent, and the largest any has reported so far
+        (a hospital that stops contributing keeps its last figure). Nothing when no hospital trains under DP-SGD."""
+        run = self._parts.run
+        for submission in contributors:
+            if submission.record_privacy is not None:
+                node = submission.header.node_id
+                run.record_epsilon[node] = submission.record_privacy.epsilon
+                self._metrics.record_epsilon.labels(node=node).set(submission.record_privacy.epsilon)
+        if not run.record_epsilon:
+            return {}
+        reported = {c.header.node_id: c.record_privacy.epsilon for c in contributors if c.record_privacy is not None}
+        return {"record_epsilon": reported, "record_epsilon_max": max(run.record_epsilon.values())}
 
     def _failed(self, row: Row, started: float, reason: str, error: Exception) -> Row:
         """A round whose sum was refused: the model stays, the run goes on."""

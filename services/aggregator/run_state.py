@@ -8,7 +8,7 @@ round id twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ class RunState:
     accountant: SkellamAccountant
     round_id: int = 0  # the last round opened
     completed_rounds: int = 0
+    record_epsilon: dict[str, float] = field(default_factory=dict)  # by hospital, the last it reported
 
     def next_round(self) -> int:
         self.round_id += 1
@@ -35,7 +36,8 @@ class RunState:
         a = self.accountant
         return save_checkpoint(directory, self.round_id, self.weights, self.strategy.state(), {
             "completed_rounds": self.completed_rounds, "epsilon": a.epsilon(), "rdp": a.rdp,
-            "accountant_rounds": a.rounds, "unaccounted_rounds": a.unaccounted_rounds})
+            "accountant_rounds": a.rounds, "unaccounted_rounds": a.unaccounted_rounds,
+            "record_epsilon": self.record_epsilon})
 
     @classmethod
     def restore(cls, directory: Path, strategy: TrainingStrategy, delta: float) -> RunState | None:
@@ -47,4 +49,5 @@ class RunState:
         s = saved.scalars
         accountant = SkellamAccountant(delta, [float(r) for r in s["rdp"]], int(s["accountant_rounds"]),
                                        int(s["unaccounted_rounds"]))
-        return cls(saved.weights, strategy, accountant, saved.round_id, int(s["completed_rounds"]))
+        return cls(saved.weights, strategy, accountant, saved.round_id, int(s["completed_rounds"]),
+                   {str(k): float(v) for k, v in s.get("record_epsilon", {}).items()})

@@ -120,7 +120,8 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                 if client_gone(context, self._close_grace_seconds):
                     raise broken_stream(first.node_id, staged.received_bytes)
                 raise MalformedChunkError("the last chunk must carry the stream's attestation")
-            verified = staged.finish(last.attestation, self._registry, last.phases or PhaseSeconds())
+            verified = staged.finish(last.attestation, self._registry, last.phases or PhaseSeconds(),
+                                     last.record_privacy)
         except BaseException as error:
             # A broken, cancelled or refused stream: its staged chunks go, the sums are untouched.
             staged.discard()

@@ -8,6 +8,7 @@ sums; anything else is deleted and adds nothing.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from services.common.errors import DigestMismatchError, MalformedChunkError
 from services.common.round_plan import SumLayout
 from services.common.node_identity import NodeKeyRegistry
 from services.common.stream_digest import StreamDigest
-from services.common.upload import Attestation, PhaseSeconds, UploadChunk
+from services.common.upload import Attestation, PhaseSeconds, RecordPrivacySpent, UploadChunk
 
 _LENGTH = struct.Struct(">Q")
 
@@ -47,6 +48,7 @@ class VerifiedSubmission:
     path: Path
     phase_seconds: PhaseSeconds
     received_bytes: int
+    record_privacy: RecordPrivacySpent | None = None  # what the node says it has spent (informational)
 
 
 class StagedSubmission:
@@ -89,8 +91,8 @@ class StagedSubmission:
             raise MalformedChunkError(f"plaintext chunk {chunk.index} must carry {expected} float32 values")
         return [chunk.plaintext_values]
 
-    def finish(self, attestation: Attestation, registry: NodeKeyRegistry,
-               phase_seconds: PhaseSeconds) -> VerifiedSubmission:
+    def finish(self, attestation: Attestation, registry: NodeKeyRegistry, phase_seconds: PhaseSeconds,
+               record_privacy: RecordPrivacySpent | None = None) -> VerifiedSubmission:
         """Check completeness, digest and signature; the result may be folded."""
         self._file.close()
         header = self.header
@@ -106,7 +108,12 @@ class StagedSubmission:
             raise DigestMismatchError("attestation names another node, round, attempt, key, size, layout, "
                                       "participant set or plan")
         registry.verify(header.node_id, attestation.signed_message(), attestation.signature)
-        return VerifiedSubmission(header, attestation, self._path, phase_seconds, self.received_bytes)
+        if record_privacy is not None and not (math.isfinite(record_privacy.epsilon) and record_privacy.epsilon >= 0
+                                               and 0 < record_privacy.delta < 1):
+            raise MalformedChunkError(f"node {header.node_id!r} reports record-level privacy ({record_privacy.epsilon}, "
+                                      f"{record_privacy.delta}), which is no (epsilon, delta)")
+        return VerifiedSubmission(header, attestation, self._path, phase_seconds, self.received_bytes,
+                                  record_privacy)
 
     def discard(self) -> None:
         self._file.close()

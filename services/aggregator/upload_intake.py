@@ -21,6 +21,7 @@ from services.common.upload import UploadChunk
 from services.common.wire import plan_digest
 
 log = logging.getLogger(__name__)
+RECORD_BUDGET_EXHAUSTED = "record_budget_exhausted"
 
 
 class UploadIntake:
@@ -30,6 +31,9 @@ class UploadIntake:
         self._metrics = metrics
         self._round: RoundState | None = None
         self._key: PublicKeyInfo | None = None
+        # Nodes that declined because their record-level budget is spent: left out of later training rounds (they
+        # still receive every model, and evaluate it).
+        self.retired: set[str] = set()
 
     def open(self, state: RoundState, key: PublicKeyInfo | None) -> None:
         """From now on uploads go to `state`."""
@@ -48,6 +52,8 @@ class UploadIntake:
         self._metrics.plan_declined.labels(reason=decline.reason).inc()
         log.warning("node %s declined round %d attempt %d (%s): %s", decline.node_id, decline.round_id,
                     decline.attempt, decline.reason, decline.detail)
+        if decline.reason == RECORD_BUDGET_EXHAUSTED and decline.node_id in self._members:
+            self.retired.add(decline.node_id)
         current = self._round
         if current is not None and (current.round_id, current.attempt) == (decline.round_id, decline.attempt):
             current.node_left(decline.node_id)

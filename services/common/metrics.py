@@ -42,6 +42,9 @@ class ServiceMetrics:
         self.current_round = Gauge("fedxray_current_round", "Round in progress or last finished", registry=r)
         self.epsilon = Gauge("fedxray_epsilon", "Cumulative epsilon spent (inf: unaccounted)", registry=r)
         self.round_epsilon = Gauge("fedxray_round_epsilon", "Epsilon of the last round alone", registry=r)
+        self.record_epsilon = Gauge("fedxray_record_epsilon", "Record-level (per-patient) DP-SGD epsilon spent, by "
+                                    "hospital (a node reports its own; the aggregator, what each node reported)",
+                                    ["node"], registry=r)
         self.validation = Gauge("fedxray_validation_metric", "Pooled validation metric of the global model",
                                 ["metric"], registry=r)
         self.plan_declined = Counter("fedxray_plan_declined_total", "Round attempts nodes declined, by reason",

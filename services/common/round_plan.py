@@ -44,6 +44,7 @@ class LocalTrainingPlan:
     optimizer: LocalOptimizer
     proximal_mu: float
     drift_correction: bool  # SCAFFOLD: the broadcast carries c after the model, an upload c_i's change
+    record_epsilon: float = 0.0  # the aggregator's proposed DP-SGD target; 0: none (a hospital's own one wins)
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,15 @@ class PhaseSeconds:
 
 
 @dataclass(frozen=True)
+class RecordPrivacySpent:
+    """A hospital's record-level (per-patient) DP-SGD budget spent so far: (epsilon, delta)-DP."""
+
+    epsilon: float
+    delta: float
+    noise_multiplier: float
+
+
+@dataclass(frozen=True)
 class UploadChunk:
     round_id: int
     key_id: str
@@ -66,6 +75,7 @@ class UploadChunk:
     attestation: Attestation | None = None  # the last chunk only
     phases: PhaseSeconds | None = None  # the last chunk only
     attempt: int = 1
+    record_privacy: RecordPrivacySpent | None = None  # the last chunk only, from a hospital training with DP-SGD
 
     @property
     def payloads(self) -> list[bytes]:

@@ -33,7 +33,14 @@ from services.common.round_plan import (
     TransferPlan,
 )
 from services.common.update_codec import QuantizationPlan
-from services.common.upload import Attestation, DecryptManifest, PhaseSeconds, SubmitReceipt, UploadChunk
+from services.common.upload import (
+    Attestation,
+    DecryptManifest,
+    PhaseSeconds,
+    RecordPrivacySpent,
+    SubmitReceipt,
+    UploadChunk,
+)
 
 _KIND_TO_WIRE = {RoundKind.TRAIN: pb.ROUND_KIND_TRAIN, RoundKind.EVALUATE: pb.ROUND_KIND_EVALUATE,
                  RoundKind.HEAD_STATISTICS: pb.ROUND_KIND_HEAD_STATISTICS}
@@ -58,7 +65,8 @@ def plan_to_wire(plan: RoundPlan) -> pb.RoundPlan:
         round_id=plan.round_id, kind=_KIND_TO_WIRE[plan.kind], secure=plan.secure, key_id=plan.key_id,
         training=pb.LocalTraining(epochs=training.epochs, learning_rate=training.learning_rate,
                                   batch_size=training.batch_size, optimizer=training.optimizer,
-                                  proximal_mu=training.proximal_mu, drift_correction=training.drift_correction),
+                                  proximal_mu=training.proximal_mu, drift_correction=training.drift_correction,
+                                  record_epsilon=training.record_epsilon),
         codec=pb.Codec(clip_norm=q.clip_norm, scale=q.scale, coordinate_bound=q.coordinate_bound, bits=q.bits,
                        fields_per_slot=plan.layout.fields_per_slot, max_participants=plan.layout.max_participants,
                        min_participants=q.min_participants, noise_kind=str(q.noise_kind),
@@ -96,7 +104,7 @@ def plan_from_wire(message: pb.RoundPlan) -> RoundPlan:
         round_id=message.round_id, kind=kind, secure=message.secure, key_id=message.key_id,
         training=LocalTrainingPlan(training.epochs, training.learning_rate, training.batch_size,
                                    "adamw" if training.optimizer == "adamw" else "sgd", training.proximal_mu,
-                                   training.drift_correction),
+                                   training.drift_correction, training.record_epsilon),
         quantization=quantization, layout=layout,
         transfer=TransferPlan(t.chunk_count, t.chunk_ciphertexts, t.plaintext_chunk_values, t.deadline_seconds),
         model=ModelBroadcast(m.parameter_count, m.parameter_digest, m.sha256, m.chunk_count),
@@ -167,6 +175,10 @@ def upload_chunk_to_wire(chunk: UploadChunk) -> pb.UpdateChunk:
         message.attestation.CopyFrom(attestation_to_wire(chunk.attestation))
     if chunk.phases is not None:
         message.phase_seconds.CopyFrom(_phases_to_wire(chunk.phases))
+    if chunk.record_privacy is not None:
+        spent = chunk.record_privacy
+        message.record_privacy.CopyFrom(pb.RecordPrivacySpent(epsilon=spent.epsilon, delta=spent.delta,
+                                                              noise_multiplier=spent.noise_multiplier))
     return message
 
 
@@ -177,7 +189,9 @@ def upload_chunk_from_wire(message: pb.UpdateChunk) -> UploadChunk:
         message.plaintext_values,
         attestation_from_wire(message.attestation) if message.HasField("attestation") else None,
         PhaseSeconds(phases.train, phases.encode, phases.encrypt, phases.upload)
-        if message.HasField("phase_seconds") else None, message.attempt)
+        if message.HasField("phase_seconds") else None, message.attempt,
+        RecordPrivacySpent(message.record_privacy.epsilon, message.record_privacy.delta,
+                           message.record_privacy.noise_multiplier) if message.HasField("record_privacy") else None)
 
 
 def receipt_to_wire(receipt: SubmitReceipt) -> pb.SubmitReceipt:

@@ -23,6 +23,7 @@ from services.hospital_node.consortium_client import ConsortiumClient
 from services.hospital_node.data.image_loaders import DatasetFormatError
 from services.hospital_node.data.local_data import load_local_data
 from services.hospital_node.node_loop import HospitalNode, UploadObserver
+from services.hospital_node.private_training import PrivateTrainingError
 
 
 def main(argv: list[str] | None = None, observer: UploadObserver | None = None) -> int:
@@ -49,7 +50,11 @@ def main(argv: list[str] | None = None, observer: UploadObserver | None = None) 
     settings.warn_if_insecure(settings.node_id)
     client = ConsortiumClient(channel(settings.aggregator, settings, AGGREGATOR_NAME),
                               channel(settings.key_authority, settings, KEY_AUTHORITY_NAME))
-    node = HospitalNode(settings, data, metrics, client, observer)
+    try:
+        node = HospitalNode(settings, data, metrics, client, observer)
+    except PrivateTrainingError as error:
+        log.error("cannot train under record-level DP-SGD: %s", error)
+        return 2
     stop = shutdown_event()
     result: list[int] = []
     worker = threading.Thread(target=lambda: result.append(node.run(stop)), name="node", daemon=True)

@@ -33,9 +33,27 @@ class HospitalNodeSettings(TlsSettings):
     min_participants: int = Field(3, ge=1, description="the smallest participant set this hospital masks for")
     max_attempts: int = Field(2, ge=1, description="attempts of one round this hospital takes part in (each with "
                               "fresh noise and masks)")
+    # Record-level (per-patient) DP-SGD: this hospital's own budget, which wins over any target the aggregator proposes.
+    record_epsilon: float | None = Field(None, gt=0, description="target epsilon of record-level DP-SGD over the "
+                                         "whole run; unset: off, unless the aggregator proposes a target")
+    record_delta: float | None = Field(None, gt=0, lt=1, description="its delta; unset: min(1e-5, 0.1 / training "
+                                       "images), below 1 / the number of training images")
+    record_rounds: int = Field(3, ge=1, description="training rounds this hospital plans to join: the noise is "
+                               "planned for all of them, and a round past the budget is refused")
+    dp_clip_norm: float = Field(1.0, gt=0, description="DP-SGD's per-example gradient L2 clip norm C")
+    dp_grad_sample_mode: Literal["hooks", "ghost"] = Field(
+        "ghost", description="Opacus's per-example gradient mode: ghost clipping (fastest measured on ResNet-50) "
+        "or hooks")
+    dp_physical_batch: int = Field(32, ge=1, description="largest physical batch; a larger logical (Poisson) batch "
+                                   "runs as several (virtual steps)")
+    dp_trainable: Literal["all", "last_block"] = Field(
+        "all", description="last_block: DP fine-tuning of the last residual stage and the head only, the rest "
+        "frozen as it arrived (start the consortium from pretrained weights)")
+    state_dir: Path = Field(Path("runs/hospital"), description="this hospital's own state: its record-level "
+                            "privacy ledger (record_privacy.json), which must survive restarts")
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(0, description="Prometheus /metrics port; 0 disables")
-    architecture: str = Field("resnet50", description="resnet50 | resnet18 (GroupNorm) | resnet50-bn | tiny (must match the aggregator)")
+    architecture: str = Field("resnet50", description="resnet50 | resnet18 | efficientnet-b0 (GroupNorm) | resnet50-bn | tiny | tiny-gn (must match the aggregator)")
     num_classes: int = Field(2, ge=2)
     image_size: int = Field(64, ge=16)
     model_seed: int = 0

@@ -17,7 +17,9 @@ from services.common.head_refit import moments_of, penultimate_features, scaled_
 from services.common.model_spec import ParameterSpec, flatten_named, flatten_state, restore_state
 from services.common.round_plan import LocalTrainingPlan
 from services.hospital_node.config import HospitalNodeSettings
+from services.hospital_node.record_privacy import RecordBudgetTarget
 from services.hospital_node.data.local_data import LocalData
+from services.hospital_node.private_training import PrivateTraining, PrivateTrainingError, train_private
 from services.hospital_node.trainer import LocalTraining, TrainStats, loss_gradient, train_local
 
 
@@ -25,6 +27,15 @@ def local_training(plan: LocalTrainingPlan, settings: HospitalNodeSettings) -> L
     """One round's local training: the round's part from the plan, the hospital's own part from its settings."""
     return LocalTraining(plan.epochs, plan.learning_rate, plan.batch_size, plan.optimizer, plan.proximal_mu,
                          settings.imbalance, settings.lr_schedule, settings.augment, settings.freeze_head)
+
+
+def record_target(plan: LocalTrainingPlan, settings: HospitalNodeSettings, train_images: int) -> RecordBudgetTarget | None:
+    """This hospital's record-level DP target: its own settings', else the aggregator's proposal; None: off."""
+    epsilon = settings.record_epsilon or (plan.record_epsilon if plan.record_epsilon > 0 else None)
+    if epsilon is None:
+        return None
+    delta = settings.record_delta if settings.record_delta is not None else min(1e-5, 0.1 / max(train_images, 1))
+    return RecordBudgetTarget(epsilon, delta, settings.record_rounds)
 
 
 class ScaffoldClient:
@@ -51,10 +62,17 @@ class LocalRoundResult:
 
 def train_round(model: nn.Module, data: LocalData, training: LocalTraining, device: torch.device,
                 generator: torch.Generator, spec: ParameterSpec, global_weights: np.ndarray,
-                scaffold: ScaffoldClient | None = None, consortium_control: np.ndarray | None = None
-                ) -> LocalRoundResult:
+                scaffold: ScaffoldClient | None = None, consortium_control: np.ndarray | None = None,
+                private: PrivateTraining | None = None) -> LocalRoundResult:
     """Train `model`, which holds the global weights, for one round; the upload is `w_local - global_weights`
-    (then, under SCAFFOLD, the gradient at the global model minus c_i)."""
+    (then, under SCAFFOLD, the gradient at the global model minus c_i). `private`: DP-SGD (never with SCAFFOLD,
+    whose control variate is a gradient of its own)."""
+    if private is not None:
+        if scaffold is not None:
+            raise PrivateTrainingError("SCAFFOLD's control variate is not supported under DP-SGD")
+        stats = train_private(model, data, training, private, device, generator)
+        update = flatten_state({k: v.cpu() for k, v in model.state_dict().items()}) - global_weights
+        return LocalRoundResult(update, stats)
     drift, change = None, None
     if scaffold is not None:
         assert consortium_control is not None, "SCAFFOLD needs the consortium's control variate"

@@ -8,6 +8,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Protocol
 
 import grpc
@@ -24,7 +25,14 @@ from services.common.metrics import ServiceMetrics
 from services.common.model_spec import parameter_spec, restore_state
 from services.common.models import best_device, build_model
 from services.common.public_key import PublicKeyInfo
-from services.common.round_plan import ModelChunk, RoundDecline, RoundKind, RoundPlan, TrainingFinished
+from services.common.round_plan import (
+    LocalTrainingPlan,
+    ModelChunk,
+    RoundDecline,
+    RoundKind,
+    RoundPlan,
+    TrainingFinished,
+)
 from services.common.node_identity import NodeKeyRegistry, load_agreement_key, load_identity
 from services.common.pairwise_masks import MaskScope, authority_mask, peer_masks
 from services.common.update_codec import received_update
@@ -35,7 +43,15 @@ from services.hospital_node.consortium_client import ConsortiumClient
 from services.hospital_node.data.local_data import LocalData
 from services.hospital_node.encryption_pool import EncryptionPool
 from services.hospital_node.privacy_floor import check_plan
-from services.hospital_node.local_round import ScaffoldClient, head_statistics, local_training, train_round
+from services.hospital_node.local_round import (
+    ScaffoldClient,
+    head_statistics,
+    local_training,
+    record_target,
+    train_round,
+)
+from services.hospital_node.private_training import PrivateTraining, PrivateTrainingError, require_private_model
+from services.hospital_node.record_privacy import RecordBudget, poisson_schedule
 from services.hospital_node.trainer import evaluation_report
 from services.hospital_node.update_stream import (
     UploadTimings,
@@ -44,6 +60,7 @@ from services.hospital_node.update_stream import (
 )
 
 log = logging.getLogger(__name__)
+_NO_PROPOSAL = LocalTrainingPlan(1, 0.0, 1, "sgd", 0.0, False, 0.0)
 
 
 class UploadObserver(Protocol):
@@ -66,6 +83,12 @@ class HospitalNode:
         self._observer = observer
         self._model = build_model(settings.architecture, settings.num_classes, settings.model_seed)
         self._spec = parameter_spec(self._model.state_dict())
+        self._ledger_path = settings.state_dir / "record_privacy.json"
+        self._budget = RecordBudget.open(self._ledger_path, record_target(_NO_PROPOSAL, settings,
+                                                                          data.train_labels.numel()))
+        if self._budget is not None:
+            require_private_model(self._model, settings.architecture)  # refused at start: BatchNorm and the like
+            self._publish_record_epsilon()
         self._device = best_device()
         self._identity = load_identity(settings.identity_key)
         self._agreement = load_agreement_key(settings.identity_key)
@@ -169,6 +192,7 @@ class HospitalNode:
                     else count * (2 if plan.training.drift_correction else 1))
         check_plan(plan, self._settings, self._public_key() if plan.secure else None, max(joined, default=0),
                    len(joined), self._peers.agreement_keys, expected)
+        self._require_record_privacy(plan)
         joined.append(plan.attempt)
         # Counts of the model only for a plan this hospital takes part in, once per model: never an open oracle.
         self._report_once(plan.round_id - 1)
@@ -188,13 +212,49 @@ class HospitalNode:
             scaffold.accept(sent[count:])
         log.info("round %d attempt %d done in %.1f s", plan.round_id, plan.attempt, time.monotonic() - started)
 
+    def _require_record_privacy(self, plan: RoundPlan) -> None:
+        """Under record-level DP (this hospital's own target, a ledger it already keeps, or the aggregator's
+        proposal): refuse the rounds that would release something DP-SGD does not cover."""
+        if self._budget is None:
+            self._budget = RecordBudget.open(self._ledger_path, record_target(
+                plan.training, self._settings, self._data.train_labels.numel()))
+        if self._budget is None:
+            return
+        try:
+            require_private_model(self._model, self._settings.architecture)
+        except PrivateTrainingError as error:
+            raise PlanRefusedError("record_privacy_unsupported", str(error)) from error
+        unsupported = ("feature statistics for a head refit" if plan.kind is RoundKind.HEAD_STATISTICS
+                       else "SCAFFOLD drift correction" if plan.training.drift_correction
+                       else "a FedProx proximal term" if plan.training.proximal_mu > 0 else None)
+        if unsupported is not None:
+            raise PlanRefusedError("record_privacy_unsupported", f"round {plan.round_id} asks for {unsupported}, "
+                                   "which this hospital's record-level DP-SGD does not cover")
+
+    def _publish_record_epsilon(self) -> None:
+        if self._budget is not None:
+            self._metrics.record_epsilon.labels(node=self._settings.node_id).set(self._budget.epsilon())
+
     def _train(self, plan: RoundPlan, global_weights: np.ndarray, consortium_control: np.ndarray,
                scaffold: ScaffoldClient | None) -> UploadTimings:
         generator = torch.Generator().manual_seed(hash((self._entropy, plan.round_id)) & 0x7FFFFFFF)
         config = local_training(plan.training, self._settings)
+        private, charge = None, None
+        if self._budget is not None:
+            s = self._settings
+            sample_rate, per_epoch = poisson_schedule(self._data.train_labels.numel(), config.batch_size)
+            charge = (sample_rate, per_epoch * config.epochs)
+            sigma = self._budget.admit(plan.round_id, *charge)  # a refusal trains nothing and spends nothing
+            private = PrivateTraining(sigma, s.dp_clip_norm, s.dp_grad_sample_mode, s.dp_physical_batch,
+                                      s.dp_trainable)
         train_start = time.monotonic()
         result = train_round(self._model, self._data, config, self._device, generator, self._spec, global_weights,
-                             scaffold, consortium_control)
+                             scaffold, consortium_control, private)
+        if self._budget is not None and charge is not None:
+            spent = self._budget.spend(plan.round_id, *charge)  # on disk before the update can leave
+            self._publish_record_epsilon()
+            log.info("round %d: record-level epsilon spent %.4g of %g (delta %g, noise multiplier %.4f)",
+                     plan.round_id, spent.epsilon, self._budget.target.epsilon, spent.delta, spent.noise_multiplier)
         timings = UploadTimings(train=time.monotonic() - train_start)
         self._metrics.observe_phase("train", timings.train)
         log.info("round %d: trained %d steps, loss %.4f, update norm %.4g", plan.round_id, result.stats.steps,
@@ -239,6 +299,10 @@ class HospitalNode:
                                    (authority_mask(s.node_id, self._agreement, authority, scope),))
         else:
             chunks = plaintext_upload(plan, update, s.node_id, self._identity, timings, chunk_sent)
+        spent = self._budget.spent() if self._budget is not None else None
+        if spent is not None:
+            chunks = (replace(chunk, record_privacy=spent) if chunk.attestation is not None else chunk
+                      for chunk in chunks)
         try:
             receipt = self._client.submit(self._count_bytes(chunks), timeout=plan.transfer.deadline_seconds)
         except grpc.RpcError as error:

@@ -142,20 +142,22 @@ class JoinRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., parameter_count: _Optional[int] = ..., parameter_digest: _Optional[str] = ...) -> None: ...
 
 class LocalTraining(_message.Message):
-    __slots__ = ("epochs", "learning_rate", "batch_size", "optimizer", "proximal_mu", "drift_correction")
+    __slots__ = ("epochs", "learning_rate", "batch_size", "optimizer", "proximal_mu", "drift_correction", "record_epsilon")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
     PROXIMAL_MU_FIELD_NUMBER: _ClassVar[int]
     DRIFT_CORRECTION_FIELD_NUMBER: _ClassVar[int]
+    RECORD_EPSILON_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     learning_rate: float
     batch_size: int
     optimizer: str
     proximal_mu: float
     drift_correction: bool
-    def __init__(self, epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[str] = ..., proximal_mu: _Optional[float] = ..., drift_correction: _Optional[bool] = ...) -> None: ...
+    record_epsilon: float
+    def __init__(self, epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[str] = ..., proximal_mu: _Optional[float] = ..., drift_correction: _Optional[bool] = ..., record_epsilon: _Optional[float] = ...) -> None: ...
 
 class Codec(_message.Message):
     __slots__ = ("clip_norm", "scale", "coordinate_bound", "bits", "fields_per_slot", "max_participants", "min_participants", "noise_kind", "noise_variance", "rounding_beta", "rounding_pieces", "layout")
@@ -280,7 +282,7 @@ class DeclineAck(_message.Message):
     def __init__(self) -> None: ...
 
 class UpdateChunk(_message.Message):
-    __slots__ = ("round_id", "key_id", "node_id", "index", "ciphertexts", "plaintext_values", "attestation", "phase_seconds", "attempt")
+    __slots__ = ("round_id", "key_id", "node_id", "index", "ciphertexts", "plaintext_values", "attestation", "phase_seconds", "attempt", "record_privacy")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -290,6 +292,7 @@ class UpdateChunk(_message.Message):
     ATTESTATION_FIELD_NUMBER: _ClassVar[int]
     PHASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    RECORD_PRIVACY_FIELD_NUMBER: _ClassVar[int]
     round_id: int
     key_id: str
     node_id: str
@@ -299,7 +302,18 @@ class UpdateChunk(_message.Message):
     attestation: Attestation
     phase_seconds: NodePhaseSeconds
     attempt: int
-    def __init__(self, round_id: _Optional[int] = ..., key_id: _Optional[str] = ..., node_id: _Optional[str] = ..., index: _Optional[int] = ..., ciphertexts: _Optional[_Iterable[bytes]] = ..., plaintext_values: _Optional[bytes] = ..., attestation: _Optional[_Union[Attestation, _Mapping]] = ..., phase_seconds: _Optional[_Union[NodePhaseSeconds, _Mapping]] = ..., attempt: _Optional[int] = ...) -> None: ...
+    record_privacy: RecordPrivacySpent
+    def __init__(self, round_id: _Optional[int] = ..., key_id: _Optional[str] = ..., node_id: _Optional[str] = ..., index: _Optional[int] = ..., ciphertexts: _Optional[_Iterable[bytes]] = ..., plaintext_values: _Optional[bytes] = ..., attestation: _Optional[_Union[Attestation, _Mapping]] = ..., phase_seconds: _Optional[_Union[NodePhaseSeconds, _Mapping]] = ..., attempt: _Optional[int] = ..., record_privacy: _Optional[_Union[RecordPrivacySpent, _Mapping]] = ...) -> None: ...
+
+class RecordPrivacySpent(_message.Message):
+    __slots__ = ("epsilon", "delta", "noise_multiplier")
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    epsilon: float
+    delta: float
+    noise_multiplier: float
+    def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., noise_multiplier: _Optional[float] = ...) -> None: ...
 
 class NodePhaseSeconds(_message.Message):
     __slots__ = ("train", "encode", "encrypt", "upload")

@@ -1,0 +1,203 @@
+"""DP-SGD (Abadi et al., CCS 2016) in a hospital's local training, with Opacus.
+
+Every logical step draws a Poisson batch (each training image independently, with
+probability q), computes each example's gradient, clips it to L2 norm C, sums, adds
+Gaussian noise N(0, sigma^2 C^2) and divides by the expected batch size. Large logical
+batches run as several physical ones (Opacus's BatchMemoryManager), which changes the
+memory used, never the mechanism. The sampling and the noise draw from generators
+seeded from the OS's entropy, never from the training seed; the noise uses Opacus's
+secure_mode sampling (the sum of several draws, against floating-point attacks).
+Opacus's own secure_mode also wants torchcsprng, which has no build for the pinned
+torch: the generators here are torch's, freshly seeded each round from os.urandom.
+
+What DP-SGD changes in local training: the loss is plain cross-entropy (class weights
+and the logit adjustment read this hospital's label counts, a release of their own),
+augmentation stays (it is per example), the learning-rate schedule and the optimizer
+are post-processing. FedProx and SCAFFOLD are refused under DP by the node.
+
+The model must have no BatchNorm (a batch statistic mixes examples; Opacus's validator
+refuses it). `trainable="last_block"` trains the classifier head and the last residual
+stage only, the rest frozen as it arrived (from public pretraining): far fewer noised
+coordinates, and per-example gradients only where they are needed.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from opacus.data_loader import DPDataLoader
+from opacus.grad_sample.utils import prepare_module
+from opacus.optimizers import DPOptimizer, get_optimizer_class
+from opacus.utils.batch_memory_manager import BatchMemoryManager
+from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+from opacus.validators import ModuleValidator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from torchvision.models import EfficientNet
+
+from services.common.errors import FedXrayError
+from services.common.head_refit import classifier_head
+from services.hospital_node.data.image_preprocessing import augment_batch
+from services.hospital_node.data.local_data import LocalData
+from services.hospital_node.record_privacy import poisson_schedule
+from services.hospital_node.trainer import LocalTraining, TrainStats
+
+# Opacus's per-example gradient modes that train through the empty batches Poisson sampling draws (functorch and
+# expanded weights raise on a batch of zero; docs/BENCHMARKS.md measures all four).
+GradSampleMode = Literal["hooks", "ghost"]
+GRAD_SAMPLE_MODES: tuple[GradSampleMode, ...] = ("hooks", "ghost")
+PrivateTrainable = Literal["all", "last_block"]
+
+
+class PrivateTrainingError(FedXrayError):
+    """A model or configuration DP-SGD cannot train."""
+
+
+@dataclass(frozen=True)
+class PrivateTraining:
+    noise_multiplier: float
+    max_grad_norm: float  # C, the per-example L2 clip norm
+    grad_sample_mode: GradSampleMode = "ghost"
+    max_physical_batch: int = 32
+    trainable: PrivateTrainable = "all"
+
+
+def require_private_model(model: nn.Module, architecture: str) -> None:
+    """Refuse a model DP-SGD cannot train (BatchNorm above all), naming the first problem."""
+    problems = ModuleValidator.validate(model, strict=False)
+    if problems:
+        raise PrivateTrainingError(f"architecture {architecture!r} cannot be trained with record-level DP-SGD: "
+                                   f"{problems[0]}; use a GroupNorm one (resnet50, resnet18, efficientnet-b0, tiny-gn)")
+
+
+def last_block_parameters(model: nn.Module) -> set[str]:
+    """Names of the parameters `last_block` trains: the classifier head and the last stage (a ResNet's `layer4`;
+    EfficientNet's last MBConv stage and its 1x1 head convolution, `features.7` and `features.8`); for a model with
+    neither, the head and the last layer with parameters before it."""
+    names = [name for name, _ in model.named_parameters()]
+    efficientnet = any(isinstance(module, EfficientNet) for module in model.modules())
+    stages = (".features.7.", ".features.8.") if efficientnet else (".layer4.",)
+    stage = [name for name in names if any(part in f".{name}" for part in stages)]
+    head = classifier_head(model)
+    head_names = {name for name, p in model.named_parameters() if any(p is q for q in head.parameters())}
+    if stage:
+        return set(stage) | head_names
+    with_parameters = [module for module in model.modules()
+                       if any(True for _ in module.parameters(recurse=False)) and module is not head]
+    before = {id(p) for p in with_parameters[-1].parameters(recurse=False)} if with_parameters else set()
+    return head_names | {name for name, p in model.named_parameters() if id(p) in before}
+
+
+def _entropy_generator(device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(secrets.randbits(63))
+
+
+def train_private(model: nn.Module, data: LocalData, config: LocalTraining, private: PrivateTraining,
+                  device: torch.device, augment_generator: torch.Generator) -> TrainStats:
+    """Train in place with DP-SGD: `config.epochs` epochs of ceil(n / B) Poisson steps (record_privacy's schedule,
+    which the budget charged)."""
+    if config.proximal_mu > 0:
+        raise PrivateTrainingError("FedProx's proximal term is not supported under DP-SGD")
+    model.to(device)
+    model.train()
+    trained = _trained_names(model, config, private)
+    switched = [p for name, p in model.named_parameters() if p.requires_grad and name not in trained]
+    for parameter in switched:
+        parameter.requires_grad_(False)
+    module = per_example_module(model, private)
+    try:
+        return _private_steps(module, model, data, config, private, device, augment_generator)
+    finally:
+        release_module(module, model)
+        for parameter in switched:
+            parameter.requires_grad_(True)
+
+
+def per_example_module(model: nn.Module, private: PrivateTraining) -> nn.Module:
+    """`model` with Opacus's per-example gradient machinery attached (the same parameters, trained in place)."""
+    module: nn.Module = prepare_module(
+        model, private.grad_sample_mode, True, batch_first=True, loss_reduction="mean",
+        **({"max_grad_norm": private.max_grad_norm, "use_ghost_clipping": True}
+           if private.grad_sample_mode == "ghost" else {}))
+    return module
+
+
+def release_module(module: nn.Module, model: nn.Module) -> None:
+    """Take the machinery off again: no hooks, no per-example gradients left on `model`."""
+    module._close()  # type: ignore[operator]
+    for parameter in model.parameters():
+        for attribute in ("grad_sample", "_forward_counter", "summed_grad"):
+            if hasattr(parameter, attribute):
+                delattr(parameter, attribute)
+
+
+def private_optimizer(module: nn.Module, base: torch.optim.Optimizer, private: PrivateTraining,
+                      expected_batch: int, device: torch.device) -> tuple[DPOptimizer, nn.Module]:
+    """DP-SGD around `base`: per-example clipping to C, Gaussian noise of sigma x C from an OS-seeded generator,
+    division by the expected batch size; and the loss that drives it (ghost clipping's takes two passes)."""
+    optimizer: DPOptimizer = get_optimizer_class("flat", False, private.grad_sample_mode)(
+        base, noise_multiplier=private.noise_multiplier, max_grad_norm=private.max_grad_norm,
+        expected_batch_size=expected_batch, loss_reduction="mean", generator=_entropy_generator(device),
+        secure_mode=True)
+    criterion: nn.Module = nn.CrossEntropyLoss()
+    if private.grad_sample_mode == "ghost":
+        criterion = DPLossFastGradientClipping(module, optimizer, criterion, "mean")
+    return optimizer, criterion
+
+
+def _trained_names(model: nn.Module, config: LocalTraining, private: PrivateTraining) -> set[str]:
+    names = {name for name, p in model.named_parameters() if p.requires_grad}
+    head = classifier_head(model)
+    if config.freeze_head:
+        names -= {name for name, p in model.named_parameters() if any(p is q for q in head.parameters())}
+    if private.trainable == "last_block":
+        names &= last_block_parameters(model)
+    if not names:
+        raise PrivateTrainingError("nothing left to train under DP-SGD (frozen head and last_block)")
+    return names
+
+
+def _private_steps(module: nn.Module, model: nn.Module, data: LocalData, config: LocalTraining,
+                   private: PrivateTraining, device: torch.device, augment_generator: torch.Generator) -> TrainStats:
+    examples = data.train_labels.numel()
+    sample_rate, steps_per_epoch = poisson_schedule(examples, config.batch_size)
+    dataset = TensorDataset(data.train_images, data.train_labels)
+    sampling = _entropy_generator(torch.device("cpu"))
+    loader = DPDataLoader(dataset, sample_rate=sample_rate, generator=sampling)
+    loader.batch_sampler.steps = steps_per_epoch  # not int(1 / q), which float rounding can make one less
+    trained = [p for p in model.parameters() if p.requires_grad]
+    base: torch.optim.Optimizer = (
+        torch.optim.AdamW(trained, lr=config.learning_rate, weight_decay=1e-4) if config.optimizer == "adamw"
+        else torch.optim.SGD(trained, lr=config.learning_rate, momentum=0.9, weight_decay=1e-4))
+    optimizer, criterion = private_optimizer(module, base, private, max(1, round(examples * sample_rate)), device)
+    total_steps = max(1, config.epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        base, (lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps))) if config.schedule == "cosine"
+        else (lambda step: 1.0))
+    steps, seen, loss_total = 0, 0, 0.0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]ecure.*")  # our generators are seeded from os.urandom
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")  # frozen layers below
+        for _ in range(config.epochs):
+            with BatchMemoryManager(data_loader=loader, max_physical_batch_size=private.max_physical_batch,
+                                    optimizer=optimizer) as batches:
+                for images, labels in batches:
+                    if config.augment and labels.numel():
+                        images = augment_batch(images, augment_generator)
+                    images, labels = images.to(device), labels.to(device)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = criterion(module(images), labels)
+                    loss.backward()
+                    optimizer.step()
+                    if not optimizer._is_last_step_skipped:
+                        scheduler.step()
+                        steps += 1
+                    if labels.numel():  # an empty Poisson batch still takes its (noise-only) step
+                        seen += labels.numel()
+                        loss_total += float(loss.detach()) * labels.numel()
+    return TrainStats(steps, seen, loss_total / max(seen, 1))

@@ -1,0 +1,82 @@
+"""The aggregator's initial weights file: checked against the model, never half-loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from services.common.errors import SpecMismatchError
+from services.common.initial_weights import load_initial_weights
+from services.common.models import build_model
+
+
+def _save(state: object, path: Path) -> Path:
+    torch.save(state, path)
+    return path
+
+
+def test_torchvision_resnet_state_dict_loads_with_an_imagenet_sized_head_left_seeded(tmp_path: Path) -> None:
+    # A torchvision ResNet-18 as a user would download it: BatchNorm (its running statistics), 1,000 classes.
+    torch.manual_seed(7)
+    imagenet = torchvision.models.resnet18(num_classes=1000)
+    path = _save(imagenet.state_dict(), tmp_path / "resnet18.pt")
+    model = build_model("resnet18", num_classes=2, seed=3)
+    seeded_head = model[1].fc.weight.detach().clone()
+    kept = load_initial_weights(model, path)
+    assert kept == ["1.fc.bias", "1.fc.weight"]
+    assert torch.equal(model[1].conv1.weight, imagenet.conv1.weight)
+    # BatchNorm's affine parameters become GroupNorm's; its running statistics have no place here.
+    assert torch.equal(model[1].layer4[1].bn2.weight, imagenet.layer4[1].bn2.weight)
+    assert torch.equal(model[1].fc.weight, seeded_head)
+
+
+def test_own_state_dict_round_trips_including_the_head(tmp_path: Path) -> None:
+    source = build_model("tiny-gn", num_classes=2, seed=11)
+    path = _save(source.state_dict(), tmp_path / "tiny.pt")
+    model = build_model("tiny-gn", num_classes=2, seed=12)
+    assert load_initial_weights(model, path) == []
+    for (name, ours), (_, theirs) in zip(model.state_dict().items(), source.state_dict().items(), strict=True):
+        assert torch.equal(ours, theirs), name
+
+
+def test_weights_of_another_architecture_are_refused_naming_keys_and_nothing_loads(tmp_path: Path) -> None:
+    path = _save(build_model("resnet18", num_classes=2).state_dict(), tmp_path / "resnet18.pt")
+    model = build_model("resnet50", num_classes=2, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(SpecMismatchError, match="does not fit this model") as refused:
+        load_initial_weights(model, path)
+    assert "wrong shapes" in str(refused.value) or "missing keys" in str(refused.value)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_one_wrong_shape_is_named(tmp_path: Path) -> None:
+    state = build_model("tiny-gn", num_classes=2).state_dict()
+    state["1.features.0.weight"] = torch.zeros(16, 3, 5, 5)
+    path = _save(state, tmp_path / "bad.pt")
+    with pytest.raises(SpecMismatchError, match=r"wrong shapes: 1\.features\.0\.weight \(16, 3, 5, 5\)"):
+        load_initial_weights(build_model("tiny-gn", num_classes=2), path)
+
+
+def test_non_finite_values_and_non_state_dicts_are_refused(tmp_path: Path) -> None:
+    state = build_model("tiny-gn", num_classes=2).state_dict()
+    state["1.features.4.weight"] = torch.full_like(state["1.features.4.weight"], float("nan"))
+    with pytest.raises(SpecMismatchError, match="not finite"):
+        load_initial_weights(build_model("tiny-gn", num_classes=2), _save(state, tmp_path / "nan.pt"))
+    with pytest.raises(SpecMismatchError, match="not a state dict"):
+        load_initial_weights(build_model("tiny-gn", num_classes=2), _save([1, 2, 3], tmp_path / "list.pt"))
+    (tmp_path / "junk.pt").write_bytes(b"not a pickle")
+    with pytest.raises(SpecMismatchError, match="not a readable PyTorch weights file"):
+        load_initial_weights(build_model("tiny-gn", num_classes=2), tmp_path / "junk.pt")
+
+
+def test_a_file_that_runs_code_on_load_is_refused(tmp_path: Path) -> None:
+    class Payload:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (print, ("owned",))
+
+    path = _save({"1.head.weight": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(SpecMismatchError, match="not a readable PyTorch weights file"):
+        load_initial_weights(build_model("tiny-gn", num_classes=2), path)

@@ -1,0 +1,186 @@
+"""DP-SGD in the hospital's trainer: per-example clipping checked against torch.func, noise of the planned size,
+the model refused when it cannot be trained per example, and the machinery taken off after training."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from services.common.models import build_model
+from services.hospital_node.data.local_data import LocalData
+from services.hospital_node.private_training import (
+    GRAD_SAMPLE_MODES,
+    PrivateTraining,
+    PrivateTrainingError,
+    last_block_parameters,
+    per_example_module,
+    private_optimizer,
+    release_module,
+    require_private_model,
+    train_private,
+)
+from services.hospital_node.trainer import LocalTraining
+
+pytestmark = pytest.mark.unit
+CPU = torch.device("cpu")
+
+
+def _batch(count: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.rand(count, 1, 16, 16, generator=generator)
+    images[: count // 2] *= 6.0  # some examples with much larger gradients, so that the clip bites on some only
+    return images, torch.randint(0, 2, (count,), generator=generator)
+
+
+def _reference_gradients(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-example gradients by torch.func, independent of Opacus."""
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def loss(parameters: dict[str, torch.Tensor], image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        logits = functional_call(model, parameters, (image.unsqueeze(0),))
+        return nn.functional.cross_entropy(logits, label.unsqueeze(0))
+
+    result: dict[str, torch.Tensor] = vmap(grad(loss), in_dims=(None, 0, 0))(params, images, labels)
+    return result
+
+
+def _per_example_norms(gradients: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in gradients.values()))  # type: ignore[arg-type]
+
+
+def _dp_gradient(mode: str, clip: float, sigma: float, images: torch.Tensor, labels: torch.Tensor,
+                 expected_batch: int) -> dict[str, torch.Tensor]:
+    """The gradient Opacus hands the optimizer after one DP-SGD step's clipping and noise (model: tiny-gn)."""
+    model = build_model("tiny-gn", 2, seed=1)
+    private = PrivateTraining(sigma, clip, mode)  # type: ignore[arg-type]
+    module = per_example_module(model, private)
+    base = torch.optim.SGD(model.parameters(), lr=0.0)
+    optimizer, criterion = private_optimizer(module, base, private, expected_batch, CPU)
+    optimizer.zero_grad()
+    criterion(module(images), labels).backward()
+    optimizer.pre_step()  # clip, sum, noise, scale: what step() applies
+    gradients = {name: p.grad.detach().clone() for name, p in model.named_parameters()}
+    release_module(module, model)
+    return gradients
+
+
+@pytest.mark.parametrize("mode", GRAD_SAMPLE_MODES)
+def test_each_examples_gradient_is_clipped_to_c_as_torch_func_computes_it(mode: str) -> None:
+    images, labels = _batch(8)
+    reference = _reference_gradients(build_model("tiny-gn", 2, seed=1), images, labels)
+    norms = _per_example_norms(reference)
+    clip = float(norms.median())
+    assert (norms > clip).any() and (norms < clip).any(), "the test needs clipped and unclipped examples"
+    factors = torch.clamp(clip / (norms + 1e-6), max=1.0)
+    clipped = {name: g * factors.view(-1, *([1] * (g.dim() - 1))) for name, g in reference.items()}
+    assert bool((_per_example_norms(clipped) <= clip * (1 + 1e-5)).all())
+    expected = {name: g.sum(0) / 8 for name, g in clipped.items()}
+    got = _dp_gradient(mode, clip, 0.0, images, labels, expected_batch=8)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6)
+    unclipped = {name: g.mean(0) for name, g in reference.items()}
+    assert any(not torch.allclose(got[n], unclipped[n], rtol=1e-3, atol=1e-6) for n in unclipped), \
+        "clipping changed nothing: the test would not notice a missing clip"
+
+
+@pytest.mark.parametrize("mode", GRAD_SAMPLE_MODES)
+def test_the_noise_has_standard_deviation_sigma_c_over_the_expected_batch(mode: str) -> None:
+    images, labels = _batch(8)
+    clip, sigma, expected_batch = 0.5, 2.0, 8
+    noiseless = _dp_gradient(mode, clip, 0.0, images, labels, expected_batch)
+    noisy = _dp_gradient(mode, clip, sigma, images, labels, expected_batch)
+    noise = torch.cat([(noisy[n] - noiseless[n]).flatten() for n in noiseless]).double().numpy()
+    target = sigma * clip / expected_batch
+    # About 25k coordinates: the sample standard deviation is within 3% of the truth far beyond 5 sigma.
+    assert noise.size > 10_000
+    assert abs(noise.std() / target - 1) < 0.03
+    assert abs(noise.mean()) < 5 * target / math.sqrt(noise.size)
+
+
+def _data(count: int, seed: int = 0) -> LocalData:
+    images, labels = _batch(count, seed)
+    return LocalData(images, labels, images[:4], labels[:4], 2)
+
+
+@pytest.mark.parametrize("mode", GRAD_SAMPLE_MODES)
+def test_training_runs_through_empty_poisson_batches_and_leaves_no_machinery(mode: str) -> None:
+    model = build_model("tiny-gn", 2, seed=0)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    # 6 images at an expected batch of 1: about a third of the 30 steps draw an empty batch.
+    stats = train_private(model, _data(6), LocalTraining(5, 0.05, 1), PrivateTraining(1.0, 1.0, mode),
+                          CPU, torch.Generator().manual_seed(0))
+    assert stats.steps == 30
+    assert math.isfinite(stats.mean_loss)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(not torch.equal(before[name], p) for name, p in model.named_parameters())
+    assert all(p.requires_grad and not hasattr(p, "grad_sample") for p in model.parameters())
+    assert not any(module._forward_hooks or module._backward_hooks for module in model.modules())
+
+
+def test_last_block_training_moves_only_the_last_stage_and_the_head() -> None:
+    model = build_model("resnet18", 2, seed=0)
+    names = last_block_parameters(model)
+    assert names and all(".layer4." in f".{n}" or n.startswith("1.fc.") for n in names)
+    assert {"1.fc.weight", "1.fc.bias"} <= names
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    train_private(model, _data(8), LocalTraining(1, 0.05, 4), PrivateTraining(1.0, 1.0, "ghost", 8, "last_block"),
+                  CPU, torch.Generator().manual_seed(0))
+    moved = {name for name, p in model.named_parameters() if not torch.equal(before[name], p)}
+    assert moved == names
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_efficientnet_per_example_gradients_average_to_the_batch_gradient_and_last_block_is_its_last_stage() -> None:
+    # torchvision's MBConv adds its residual in place; the hooks must still see every layer's own input.
+    model = build_model("efficientnet-b0", 2, seed=0)
+    module = per_example_module(model, PrivateTraining(1.0, 1.0, "hooks"))
+    try:
+        images, labels = torch.rand(3, 1, 32, 32), torch.tensor([0, 1, 1])
+        torch.nn.functional.cross_entropy(module(images), labels, reduction="mean").backward()
+        for name, p in model.named_parameters():
+            assert p.grad_sample is not None, name
+            torch.testing.assert_close(p.grad_sample.mean(0), p.grad, rtol=1e-4,
+                                       atol=1e-5 * float(p.grad.abs().max()), msg=name)
+    finally:
+        release_module(module, model)
+    names = last_block_parameters(model)
+    assert {"1.classifier.1.weight", "1.features.8.0.weight"} <= names
+    assert all(n.startswith(("1.features.7.", "1.features.8.", "1.classifier.")) for n in names)
+
+
+def test_a_frozen_head_stays_frozen_under_dp() -> None:
+    model = build_model("tiny-gn", 2, seed=0)
+    head = model[1].head.weight.detach().clone()
+    train_private(model, _data(8), LocalTraining(1, 0.05, 4, freeze_head=True), PrivateTraining(1.0, 1.0),
+                  CPU, torch.Generator().manual_seed(0))
+    assert torch.equal(model[1].head.weight, head)
+
+
+@pytest.mark.parametrize("architecture", ["resnet50-bn", "tiny"])
+def test_a_batchnorm_model_is_refused_by_name(architecture: str) -> None:
+    with pytest.raises(PrivateTrainingError, match="BatchNorm"):
+        require_private_model(build_model(architecture, 2, 0), architecture)
+
+
+@pytest.mark.parametrize("architecture", ["resnet50", "resnet18", "efficientnet-b0", "tiny-gn"])
+def test_the_groupnorm_models_pass_opacus_validator(architecture: str) -> None:
+    require_private_model(build_model(architecture, 2, 0), architecture)
+
+
+def test_fedprox_is_refused_under_dp() -> None:
+    with pytest.raises(PrivateTrainingError, match="FedProx"):
+        train_private(build_model("tiny-gn", 2, 0), _data(8), LocalTraining(1, 0.05, 4, proximal_mu=0.1),
+                      PrivateTraining(1.0, 1.0), CPU, torch.Generator().manual_seed(0))
+
+
+def test_noise_draws_differ_between_runs_whatever_the_training_seed() -> None:
+    """The noise comes from OS entropy: two runs with the same training seed must not share it."""
+    images, labels = _batch(8)
+    first = _dp_gradient("hooks", 1.0, 1.0, images, labels, 8)
+    second = _dp_gradient("hooks", 1.0, 1.0, images, labels, 8)
+    assert not np.allclose(first["1.head.weight"].numpy(), second["1.head.weight"].numpy())
