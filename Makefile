@@ -23,7 +23,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-## test-fast: the unit tests only (no service processes, no Docker), well under a minute
+## test-fast: the unit tests only (no service processes, no Docker), about a minute and a half on 2 cores
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "unit and not slow" tests
 

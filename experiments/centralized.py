@@ -20,6 +20,7 @@ from scripts.consortium import ConsortiumConfig
 from services.aggregator.pooled_evaluation import pool_reports
 from services.aggregator.round_schedule import round_learning_rate
 from services.common.atomic_files import write_atomic
+from services.common.initial_weights import load_initial_weights
 from services.common.head_refit import feature_moments, lda_head, set_head
 from services.common.models import best_device, build_model
 from services.hospital_node.data.local_data import LocalData, load_local_data
@@ -53,6 +54,8 @@ def run_centralized(config: ConsortiumConfig, training: LocalTraining, out_dir: 
     aggregator = config.aggregator_settings()
     device = best_device()
     model = build_model(aggregator.architecture, aggregator.num_classes, aggregator.model_seed)
+    if aggregator.init_weights is not None:
+        load_initial_weights(model, aggregator.init_weights)  # the same start as the consortium's
     generator = torch.Generator().manual_seed(seed)
     rows: list[dict[str, object]] = []
 

@@ -37,7 +37,8 @@ SETTINGS = ("rounds", "architecture", "image_size", "partition_scheme", "partiti
             "learning_rate", "round_schedule", "round_floor", "batch_size", "clip_norm", "noise_variance",
             "server_optimizer", "server_learning_rate", "server_momentum", "local_optimizer", "proximal_mu",
             "drift_correction", "head_refit", "imbalance", "calibration_fraction", "encryption_workers",
-            "torch_threads")
+            "torch_threads", "record_epsilon", "dp_clip_norm", "dp_trainable", "dp_grad_sample_mode",
+            "init_weights")
 
 
 def centralized(config: ConsortiumConfig, epochs: int, out: Path, seed: int) -> Path:
@@ -107,7 +108,12 @@ def describe_setting(config: ConsortiumConfig, centralized_epochs: int, seed: in
             f"drift correction {'on' if a.drift_correction else 'off'}, "
             + ("then a refit of the classifier head by LDA on the training images' feature statistics (summed "
                "securely in the federated runs; the last round's row), " if a.head_refit else "")
-            + f"server {a.server_optimizer} (lr {a.server_learning_rate}, momentum {a.server_momentum}), seed {seed}.")
+            + f"server {a.server_optimizer} (lr {a.server_learning_rate}, momentum {a.server_momentum}), seed {seed}"
+            + (f", initial weights {a.init_weights.name}" if a.init_weights else "")
+            + (f", record-level DP-SGD at epsilon {n.record_epsilon or a.record_epsilon:g} (delta {n.record_delta or 'min(1e-5, 0.1/n)'}"
+               f", clip norm {n.dp_clip_norm}, {n.dp_trainable} trained, {n.dp_grad_sample_mode} per-example "
+               f"gradients) in the federated run" if (n.record_epsilon or a.record_epsilon) else "")
+            + ".")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     values = {**chosen_settings(args, SETTINGS), "synthetic_seed": args.seed, "model_seed": args.seed,
               "round_deadline_seconds": 3600}
+    if "init_weights" in values:
+        values["init_weights"] = Path(str(values["init_weights"])).resolve()
+    if float(str(values.get("record_epsilon", 0))) > 0:
+        # Each hospital plans its record-level noise for the whole run.
+        values["record_rounds"] = int(str(values.get("rounds", ConsortiumConfig(run_dir=args.out).aggregator_settings(
+            insecure=True).rounds)))
     base = ConsortiumConfig(run_dir=args.out, nodes=NODES, settings=values, images_per_node=args.images_per_node,
                             seed=args.seed + 1)
     local = replace(base, insecure=True)  # the same settings, read in this process (no certificates needed)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -37,6 +38,10 @@ def _figure(row: dict[str, object], key: str) -> float:
     evaluation = row.get("evaluation", row)
     value = evaluation.get(key) if isinstance(evaluation, dict) else None
     return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def _epsilon_text(value: object) -> str:
+    return "-" if value is None else f"{float(str(value)):.3g}"
 
 
 def _run(out: Path, passthrough: list[str], extra: list[str]) -> None:
@@ -62,13 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         _run(out, passthrough, ["--skip", "plaintext", "--skip", "centralized", "--record-epsilon", str(epsilon)])
         runs[f"secure federated, DP-SGD epsilon {epsilon:g}"] = out / "secure"
     finals = {label: final_row(path) for label, path in runs.items()}
-    lines = [f"# {args.title}", "", f"Command: `python -m experiments.privacy_utility {' '.join(argv or [])}`", "",
+    lines = [f"# {args.title}", "", f"Command: `python -m experiments.privacy_utility {' '.join(sys.argv[1:] if argv is None else argv)}`", "",
              "| run | round | F1 | AUC | record-level epsilon (largest) | hospital-level epsilon |",
              "|---|---|---|---|---|---|"]
     for label, row in finals.items():
         record = row.get("record_epsilon_max")
         lines.append(f"| {label} | {row.get('round')} | {_figure(row, 'f1'):.3f} | {_figure(row, 'auc'):.3f} | "
-                     f"{'-' if record is None else f'{float(record):.2f}'} | {row.get('epsilon', '-')} |")
+                     f"{'-' if record is None else f'{float(str(record)):.2f}'} | {_epsilon_text(row.get('epsilon'))} |")
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for axis, key in zip(axes, ("f1", "auc"), strict=True):
         points = sorted((float(str(finals[k].get("record_epsilon_max"))), _figure(finals[k], key))

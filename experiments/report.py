@@ -136,6 +136,12 @@ def plot_phases(runs: dict[str, list[dict[str, object]]], out: Path) -> Path | N
     return _save(figure, out / "latency_per_phase.png")
 
 
+def _record_epsilon(row: dict[str, object]) -> str:
+    """The largest record-level epsilon any hospital had spent, or '-' without DP-SGD."""
+    value = row.get("record_epsilon_max")
+    return "-" if value is None else f"{float(str(value)):.3g}"
+
+
 def plot_epsilon(runs: dict[str, list[dict[str, object]]], out: Path) -> Path | None:
     series = {label: [(r["round"], _epsilon(r)) for r in rows if "epsilon" in r and math.isfinite(_epsilon(r))
                       and _epsilon(r) > 0] for label, rows in runs.items()}
@@ -150,6 +156,26 @@ def plot_epsilon(runs: dict[str, list[dict[str, object]]], out: Path) -> Path | 
     axis.set_xlabel("round")
     axis.legend()
     return _save(figure, out / "epsilon.png")
+
+
+def plot_record_epsilon(runs: dict[str, list[dict[str, object]]], out: Path) -> Path | None:
+    """Each hospital's record-level (per-patient) epsilon spent, per round, for every run under DP-SGD."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for label, rows in runs.items():
+        for row in rows:
+            reported = row.get("record_epsilon")
+            if isinstance(reported, dict):
+                for node, value in reported.items():
+                    series.setdefault(f"{label}: {node}", []).append((int(str(row["round"])), float(value)))
+    if not series:
+        return None
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for label, points in sorted(series.items()):
+        axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    axis.set_title("record-level epsilon spent per hospital (DP-SGD, RDP accountant)")
+    axis.set_xlabel("round")
+    axis.legend(fontsize=7)
+    return _save(figure, out / "record_epsilon.png")
 
 
 def _f1_gaps(rows: dict[str, list[dict[str, object]]], f1: Callable[[dict[str, object]], float],
@@ -204,18 +230,18 @@ def write_report(runs: dict[str, Path], out: Path, title: str, notes: str = "") 
     counts_path = next((p / "class_counts.json" for p in runs.values() if (p / "class_counts.json").exists()), None)
     if counts_path is not None:
         lines.append(f"![class distribution]({plot_class_counts(json.loads(counts_path.read_text()), out).name})")
-    for plot in (plot_phases(rows, out), plot_epsilon(rows, out)):
+    for plot in (plot_phases(rows, out), plot_epsilon(rows, out), plot_record_epsilon(rows, out)):
         if plot is not None:
             lines.append(f"![{plot.stem}]({plot.name})")
     lines += ["", "## Rounds", ""]
     for label, run_rows in rows.items():
         lines += [f"### {label}", "", "| round | participants | seconds | accuracy | F1 | calibrated F1 | AUC "
-                  "| epsilon |", "|---|---|---|---|---|---|---|---|"]
+                  "| epsilon | record epsilon |", "|---|---|---|---|---|---|---|---|---|"]
         for row in run_rows:
             lines.append(f"| {_round_label(row)} | {row.get('participants', '-')} | "
                          f"{float(str(row.get('seconds', 0))):.1f} | {_metric(row, 'accuracy'):.3f} | "
                          f"{_metric(row, 'f1'):.3f} | {_calibrated(row, 'f1'):.3f} | {_metric(row, 'auc'):.3f} | "
-                         f"{_epsilon(row):.4g} |")
+                         f"{_epsilon(row):.4g} | {_record_epsilon(row)} |")
         lines.append("")
     path = out / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")
