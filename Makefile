@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 PROTO := protos/fedxray/v1/fedxray.proto
 
-.PHONY: venv demo test test-fast protos bench-he bench-round bench-dp clean
+.PHONY: venv demo test test-fast protos bench-he bench-round bench-dp soak clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ bench-he: $(STAMP)
 ## bench-round: secure versus plaintext round, ResNet-50 at 64 px, 5 nodes x 200 images
 bench-round: $(STAMP)
 	$(PY) -m benchmarks.bench_round
+
+## soak: 20 rounds through the real services (tiny model); memory, open files and staging per process and round
+soak: $(STAMP)
+	$(PY) -m benchmarks.soak
 
 ## bench-dp: one DP-SGD step (each Opacus mode, and last-block fine-tuning) against a non-private one, ResNet-50 at 64 px, batch 16
 bench-dp: $(STAMP)

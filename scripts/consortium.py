@@ -208,7 +208,7 @@ class Consortium:
 
     def _start(self, name: str, service: str, settings: BaseSettings, metrics_port: int) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
-        log = open(self.logs / f"{name}.log", "wb")
+        log = open(self.logs / f"{name}.log", "ab")  # a restarted service goes on in the same log
         python_path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
         base = {**os.environ, "PYTHONPATH": python_path, "PYTHONUNBUFFERED": "1", **self.config.hook_env}
         module = self.config.modules.get(service, f"services.{service}")
@@ -253,15 +253,31 @@ class Consortium:
             self._start(node_id, "hospital_node", self.node_settings[index], port)
         return self
 
+    def kill(self, name: str) -> None:
+        """SIGKILL one service (chaos tests): no handler runs, nothing is flushed or cleaned up."""
+        service = self.services[name]
+        service.process.kill()
+        service.process.wait()
+        service.log.close()
+
+    def restart(self, name: str) -> None:
+        """Start a killed key authority or aggregator again, with the same settings, state and ports."""
+        service = self.services[name]
+        if service.process.poll() is None:
+            raise RuntimeError(f"{name} is still running; kill it first")
+        settings: BaseSettings = (self.aggregator_settings if name == "aggregator"
+                                  else self.key_authority_settings)
+        self._start(name, name, settings, service.metrics_port)
+
     def rows(self) -> list[dict[str, object]]:
         return read_json_lines(self.config.run_dir / "aggregator" / "rounds.jsonl")
 
     def wait(self, timeout: float, on_row: object = None) -> int:
         """Wait for the aggregator to finish; return its exit code (124 on timeout)."""
         deadline = time.monotonic() + timeout
-        aggregator = self.services["aggregator"].process
         shown = 0
         while time.monotonic() < deadline:
+            aggregator = self.services["aggregator"].process  # re-read: a chaos test may have restarted it
             rows = self.rows()
             for row in rows[shown:]:
                 if callable(on_row):

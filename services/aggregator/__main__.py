@@ -53,17 +53,26 @@ def main(argv: list[str] | None = None, observer: DecryptionObserver | None = No
     membership = Membership(registry.node_ids, spec)
     intake = UploadIntake(settings.state_dir / "staging", registry.node_ids, metrics)
     board = EvaluationBoard(settings.num_classes, settings.state_dir / "rounds.jsonl", metrics)
-    accountant = SkellamAccountant(delta=settings.delta)
-    run = RunState(flatten_state(model.state_dict()), build_strategy(settings, spec.count), accountant)
+    strategy = build_strategy(settings, spec.count)
+    # A restart goes on from the last checkpoint: the model, the strategy's state, the privacy spent, the counters.
+    run = (RunState.restore(settings.state_dir / "checkpoints", strategy, settings.delta)
+           or RunState(flatten_state(model.state_dict()), strategy, SkellamAccountant(delta=settings.delta)))
+    if run.weights.size != spec.count:
+        raise SystemExit(f"the checkpoint in {settings.state_dir / 'checkpoints'} holds {run.weights.size} weights; "
+                         f"{settings.architecture} has {spec.count}: another run's state directory?")
+    accountant = run.accountant
     parts = RoundParts(membership, intake, board,
                        PrivacyBudgetGuard(accountant, settings.epsilon_budget, settings.min_participants,
                                           settings.secure),
                        run, HeadRefit(head_positions(model, spec), settings.head_refit_shrinkage))
     key_authority = KeyAuthorityClient(channel(settings.key_authority, settings, KEY_AUTHORITY_NAME))
     loop = RoundLoop(settings, metrics, key_authority, parts, observer)
-    server, health = grpc_server()
+    server, health = grpc_server(settings.server_threads)
     servicer = AggregatorServicer(loop, membership, intake, board, registry, metrics, check_peer=not settings.insecure,
-                                  close_grace_seconds=settings.stream_close_grace_seconds)
+                                  close_grace_seconds=settings.stream_close_grace_seconds,
+                                  first_chunk_seconds=settings.first_chunk_seconds,
+                                  stream_seconds=settings.upload_stream_seconds,
+                                  max_streams=settings.max_upload_streams or 2 * len(registry.node_ids))
     servicer.register(server)
     settings.warn_if_insecure("aggregator")
     add_port(server, settings.listen, settings)

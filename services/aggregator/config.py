@@ -32,6 +32,16 @@ class AggregatorSettings(TlsSettings):
     max_attempts: int = Field(2, ge=1, description="attempts of one round: a participant that does not complete its "
                               "upload makes the next attempt go without it (fresh masks and noise for all)")
     round_deadline_seconds: float = Field(1800.0, gt=0, description="seal with the quorum present after this")
+    decrypt_retry_seconds: float = Field(300.0, ge=0, description="how long to retry a decryption while the key "
+                                         "authority is unreachable (restarting), with backoff up to 15 s; past it, "
+                                         "that round fails")
+    server_threads: int = Field(64, ge=8, description="gRPC worker threads; calls beyond server_threads - 4 at once "
+                                "are refused with RESOURCE_EXHAUSTED (each subscription and upload holds one)")
+    max_upload_streams: int | None = Field(None, ge=1, description="upload streams open at once; more are refused "
+                                           "with RESOURCE_EXHAUSTED (None: twice the registered members)")
+    first_chunk_seconds: float = Field(30.0, gt=0, description="an upload stream must send its first chunk within "
+                                       "this, or it is ended (DEADLINE_EXCEEDED, counted stream_deadline)")
+    upload_stream_seconds: float = Field(1800.0, gt=0, description="an upload stream must finish within this")
     stream_close_grace_seconds: float = Field(
         2.0, gt=0, description="how long an upload that ends without its attestation waits to learn whether its "
         "node went away (a broken stream) or closed it on purpose (a truncated one)")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from services.aggregator.pooled_evaluation import PooledEvaluation, pool_reports, validate_report
-from services.common.atomic_files import append_line_atomic
+from services.common.atomic_files import append_line_atomic, read_json_lines
 from services.common.evaluation_report import EvaluationReport
 from services.common.metrics import ServiceMetrics
 
@@ -32,6 +32,9 @@ class EvaluationBoard:
         self._metrics = metrics
         self._reports: dict[int, dict[str, EvaluationReport]] = {}
         self._changed = threading.Condition()
+        # Rows already on disk (a restarted aggregator appends to the same file): each round's row is written once.
+        self._written = {int(row["round"]) for row in read_json_lines(rows_path)
+                         if isinstance(row, dict) and "round" in row}
 
     def report(self, report: EvaluationReport) -> None:
         """Store a node's report (its latest for that model replaces an earlier one); refuse one that cannot pool."""
@@ -53,14 +56,18 @@ class EvaluationBoard:
             reports = list(self._reports.get(model_round, {}).values())
         return pool_reports(reports) if reports else None
 
-    def write_row(self, model_round: int, row: Row | None) -> Row:
-        """Append the row of a finished round with the pooled evaluation of its model, and publish the metrics."""
-        pooled = self.pooled(model_round)
+    def write_row(self, model_round: int, row: Row | None, evaluated: bool = True) -> Row | None:
+        """Append the row of a finished round with the pooled evaluation of its model (`model_round`), and publish
+        the metrics; nothing when that round's row is already written (a restart may finish a row twice)."""
+        entry = dict(row or {"round": 0, "participants": 0, "seconds": 0.0, "epsilon": 0.0})
+        if int(str(entry["round"])) in self._written:
+            return None
+        pooled = self.pooled(model_round) if evaluated else None
         if pooled is not None:
             self._publish(pooled)
-        entry = dict(row or {"round": 0, "participants": 0, "seconds": 0.0, "epsilon": 0.0})
         entry["evaluation"] = pooled.as_dict() if pooled else None
         append_line_atomic(self._rows_path, json.dumps(entry, default=_json_default))
+        self._written.add(int(str(entry["round"])))
         return entry
 
     def _publish(self, pooled: PooledEvaluation) -> None:

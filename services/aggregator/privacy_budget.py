@@ -3,8 +3,9 @@
 Hospital-level differential privacy of the distributed Skellam mechanism (the
 accountant is `privacy_accountant.SkellamAccountant`). A round is allowed only when
 its worst case, a sum of just `min_participants` noise shares, keeps the cumulative
-epsilon within the budget. A sum is charged once it is decrypted, whatever becomes
-of it afterwards, at the number of participants it actually holds.
+epsilon within the budget. A sum is charged when it is sent for decryption (and the
+charge written to disk first), whatever becomes of it afterwards, even a refusal, at
+the number of participants it actually holds.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class PrivacyBudgetGuard:
         return not self._secure or self.projected_epsilon(plan) <= self._budget
 
     def spend(self, plan: QuantizationPlan, participants: int) -> None:
-        """Charge a decrypted sum of `participants` noise shares."""
+        """Charge a sum of `participants` noise shares, sent for decryption."""
         if self._secure:
             self.accountant.step(round_privacy(plan, participants))
 

@@ -91,23 +91,45 @@ class RoundLoop:
         self._metrics.secret_key.set(int(self._public_context.is_private()))
         planner = RoundPlanner(s, key, p.membership.spec, p.run.strategy.upload_dimension(p.membership.spec.count),
                                p.head_refit.upload_dimension)
-        p.run.checkpoint(self._checkpoints)
+        run = p.run
+        if run.interrupted_round is not None:
+            log.warning("resuming after round %d (%d of %d training rounds run, epsilon %.4g); round %d was "
+                        "interrupted and is abandoned", run.round_id - 1 if run.pending_row is None else
+                        int(str(run.pending_row["round"])), run.train_rounds, s.rounds, p.guard.epsilon,
+                        run.interrupted_round)
+        elif run.round_id:
+            log.warning("resuming after round %d (%d of %d training rounds run, epsilon %.4g)", run.round_id,
+                        run.train_rounds, s.rounds, p.guard.epsilon)
+        run.checkpoint(self._checkpoints)
         p.membership.wait_for(s.expected_participants, s.min_participants, s.join_timeout_seconds, stop)
-        pending: Row | None = None
-        for _ in range(s.rounds):
+        pending: Row | None = run.pending_row
+        while run.train_rounds < s.rounds:
             if stop.is_set():
                 return
             if not self._allowed(planner, RoundKind.TRAIN, "round"):
                 break
-            row = self._sealed_round(planner, RoundKind.TRAIN, stop, p.run.strategy.apply)
-            p.run.completed_rounds += 0 if row.get("failed") else 1
-            pending = self._record(pending, row)
-        if (s.head_refit and p.run.completed_rounds and not stop.is_set()
+            row = self._sealed_round(planner, RoundKind.TRAIN, stop, run.strategy.apply)
+            if stop.is_set() and row.get("failed"):
+                return  # stopped mid-round: abandoned, as a crash would leave it
+            run.train_rounds += 1
+            run.completed_rounds += 0 if row.get("failed") else 1
+            pending = self._finish(pending, row)
+        if (s.head_refit and run.completed_rounds and not run.head_refit_done and not stop.is_set()
                 and self._allowed(planner, RoundKind.HEAD_STATISTICS, "head refit")):
-            pending = self._record(pending, {**self._sealed_round(planner, RoundKind.HEAD_STATISTICS, stop,
-                                                                  p.head_refit.apply), "head_refit": True})
+            row = {**self._sealed_round(planner, RoundKind.HEAD_STATISTICS, stop, p.head_refit.apply),
+                   "head_refit": True}
+            run.head_refit_done = True
+            pending = self._finish(pending, row)
         self._open(planner, RoundKind.EVALUATE)
         self._record(pending, None)
+
+    def _finish(self, pending: Row | None, row: Row) -> Row:
+        """Write the previous round's row, then checkpoint with this one pending: a restart from here on goes on
+        after this round, and writes its row once (rows are written once per round id)."""
+        run = self._parts.run
+        run.pending_row = self._record(pending, row)
+        run.checkpoint(self._checkpoints)
+        return row
 
     def _allowed(self, planner: RoundPlanner, kind: RoundKind, what: str) -> bool:
         guard = self._parts.guard
@@ -120,13 +142,19 @@ class RoundLoop:
 
     def _record(self, pending: Row | None, row: Row | None) -> Row | None:
         """Write the previous round's row, now that its model's evaluations came with the round just opened."""
-        self._parts.board.write_row(self._parts.run.round_id - 1, pending)
+        run = self._parts.run
+        self._parts.board.write_row(run.round_id - 1, pending)
+        if run.interrupted_round is not None:  # after the row of the round before it
+            self._parts.board.write_row(run.interrupted_round, {
+                "round": run.interrupted_round, "failed": True, "interrupted": True,
+                "error": "abandoned: the aggregator restarted during this round"}, evaluated=False)
+            run.interrupted_round = None
         return row
 
     def _open(self, planner: RoundPlanner, kind: RoundKind, attempt: int = 1,
               participants: frozenset[str] = frozenset()) -> RoundState:
         p = self._parts
-        round_id = p.run.round_id if attempt > 1 else p.run.next_round()
+        round_id = p.run.round_id if attempt > 1 else p.run.next_round(self._checkpoints)
         broadcast = broadcast_chunks(p.run.strategy.broadcast(p.run.weights))
         plan = planner.plan(round_id, kind, broadcast, attempt, participants)
         expected = p.membership.connected() - (set() if kind is RoundKind.EVALUATE else p.intake.retired)
@@ -185,22 +213,24 @@ class RoundLoop:
             row.update(failed=True, seconds=time.monotonic() - started, epsilon=p.guard.epsilon)
             return row
         decrypt_start = time.monotonic()
+        # Charged, on disk, before the sum goes to the key authority: a crash after the decryption can never
+        # forget the release (a refused decryption stays charged: the conservative side).
+        p.guard.spend(state.plan.quantization, participants)
+        p.run.save_accountant(self._checkpoints)
         try:
-            mean_upload = release_mean(state, self._key_authority, self._observer)
+            mean_upload = release_mean(state, self._key_authority, self._observer,
+                                       s.decrypt_retry_seconds, stop)
         except DecryptionRefusedError as refused:
             return self._failed(row, started, "key_authority_refused", refused)
         except ImplausibleSumError as implausible:
-            p.guard.spend(state.plan.quantization, participants)  # decrypted, so released
             return self._failed(row, started, "implausible_sum", implausible)
         decrypt_seconds = time.monotonic() - decrypt_start
-        p.guard.spend(state.plan.quantization, participants)  # released once decrypted, whatever becomes of it
         apply_start = time.monotonic()
         try:
             p.run.weights = apply(p.run.weights, mean_upload, participants)
         except HeadRefitError as refused:
             log.error("round %d: %s; the model stays as it was", state.round_id, refused)
             row.update(failed=True, error=str(refused))
-        p.run.checkpoint(self._checkpoints)
         apply_seconds = time.monotonic() - apply_start
         seconds = time.monotonic() - started
         contributors = [state.contributors[node] for node in sorted(state.contributors)]
@@ -229,6 +259,5 @@ class RoundLoop:
         """A round whose sum was refused: the model stays, the run goes on."""
         self._metrics.record_refusal(reason)
         log.error("round %s failed: %s; the model stays as it was", row["round"], error)
-        self._parts.run.checkpoint(self._checkpoints)
         row.update(failed=True, error=str(error), seconds=time.monotonic() - started, epsilon=self._parts.guard.epsilon)
         return row

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 
@@ -14,7 +15,13 @@ from services.aggregator.evaluation_board import EvaluationBoard
 from services.aggregator.membership import Membership
 from services.aggregator.round_loop import RoundLoop
 from services.aggregator.upload_intake import UploadIntake
-from services.common.errors import BrokenStreamError, IdentityMismatchError, MalformedChunkError
+from services.common.errors import (
+    BrokenStreamError,
+    IdentityMismatchError,
+    MalformedChunkError,
+    ServerLimitError,
+    StreamDeadlineError,
+)
 from services.common.grpc_status import translate_errors, translate_stream_errors
 from services.common.metrics import ServiceMetrics
 from services.common.node_identity import NodeKeyRegistry
@@ -62,7 +69,8 @@ def _typed_chunks(request_iterator: Iterator[pb.UpdateChunk]) -> Iterator[Upload
 class AggregatorServicer(pb_grpc.AggregatorServicer):
     def __init__(self, loop: RoundLoop, membership: Membership, intake: UploadIntake, board: EvaluationBoard,
                  registry: NodeKeyRegistry, metrics: ServiceMetrics, *, check_peer: bool = True,
-                 close_grace_seconds: float) -> None:
+                 close_grace_seconds: float, first_chunk_seconds: float = 30.0,
+                 stream_seconds: float = 1800.0, max_streams: int = 64) -> None:
         self._loop = loop
         self._membership = membership
         self._intake = intake
@@ -71,6 +79,12 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         self._metrics = metrics
         self._check_peer = check_peer
         self._close_grace_seconds = close_grace_seconds
+        self._first_chunk_seconds = first_chunk_seconds
+        self._stream_seconds = stream_seconds
+        self._uploading: set[str] = set()  # nodes with an upload stream open: at most one each
+        self._max_streams = max_streams
+        self._streams = 0  # upload streams open, first chunk or not
+        self._uploading_lock = threading.Lock()
 
     def register(self, server: grpc.Server) -> None:
         pb_grpc.add_AggregatorServicer_to_server(self, server)
@@ -94,21 +108,77 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
     @translate_errors
     def SubmitUpdate(self, request_iterator: Iterator[pb.UpdateChunk],
                      context: grpc.ServicerContext) -> pb.SubmitReceipt:
-        with self._metrics.upload_streams.track_inprogress():
-            return self._submit(request_iterator, context)
+        with self._uploading_lock:
+            if self._streams >= self._max_streams:
+                raise ServerLimitError(f"{self._streams} upload streams are open, the most this server takes")
+            self._streams += 1
+        try:
+            with self._metrics.upload_streams.track_inprogress():
+                return self._submit(request_iterator, context)
+        finally:
+            with self._uploading_lock:
+                self._streams -= 1
 
     def _submit(self, request_iterator: Iterator[pb.UpdateChunk], context: grpc.ServicerContext) -> pb.SubmitReceipt:
         started = time.monotonic()
         chunks = _typed_chunks(request_iterator)
+        # A stream that sends nothing would hold a server thread for ever: past the deadline the call is cancelled,
+        # which ends the wait for its next chunk.
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            context.cancel()
+
+        timer = threading.Timer(self._first_chunk_seconds, expire)
+        timer.daemon = True
+        timer.start()
         try:
             first = next(chunks, None)
         except grpc.RpcError as error:
-            raise broken_stream(None, 0) from error
+            raise self._deadline_or_broken(expired, None, 0, "sent no first chunk") from error
+        finally:
+            timer.cancel()
         if first is None:
-            if client_gone(context, self._close_grace_seconds):
-                raise broken_stream(None, 0)
+            if expired.is_set() or client_gone(context, self._close_grace_seconds):
+                raise self._deadline_or_broken(expired, None, 0, "sent no first chunk")
             raise MalformedChunkError("empty update stream")
         self._require_peer(context, first.node_id)
+        with self._uploading_lock:
+            if first.node_id in self._uploading:
+                raise ServerLimitError(f"node {first.node_id!r} already has an upload stream open")
+            self._uploading.add(first.node_id)
+        try:
+            return self._stage(first, chunks, context, started)
+        finally:
+            with self._uploading_lock:
+                self._uploading.discard(first.node_id)
+
+    def _deadline_or_broken(self, expired: threading.Event, node_id: str | None, received: int,
+                            what: str) -> Exception:
+        if expired.is_set():
+            limit = self._first_chunk_seconds if node_id is None else self._stream_seconds
+            return StreamDeadlineError(f"an upload stream {what} within {limit:g} s")
+        return broken_stream(node_id, received)
+
+    def _stage(self, first: UploadChunk, chunks: Iterator[UploadChunk], context: grpc.ServicerContext,
+               started: float) -> pb.SubmitReceipt:
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            context.cancel()
+
+        timer = threading.Timer(max(0.0, self._stream_seconds - (time.monotonic() - started)), expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            return self._stage_until_done(first, chunks, context, started, expired)
+        finally:
+            timer.cancel()
+
+    def _stage_until_done(self, first: UploadChunk, chunks: Iterator[UploadChunk], context: grpc.ServicerContext,
+                          started: float, expired: threading.Event) -> pb.SubmitReceipt:
         state, staged = self._intake.begin(first)
         try:
             last = first
@@ -117,8 +187,8 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                 staged.add(chunk)
                 last = chunk
             if last.attestation is None:
-                if client_gone(context, self._close_grace_seconds):
-                    raise broken_stream(first.node_id, staged.received_bytes)
+                if expired.is_set() or client_gone(context, self._close_grace_seconds):
+                    raise self._deadline_or_broken(expired, first.node_id, staged.received_bytes, "did not finish")
                 raise MalformedChunkError("the last chunk must carry the stream's attestation")
             verified = staged.finish(last.attestation, self._registry, last.phases or PhaseSeconds(),
                                      last.record_privacy)
@@ -127,7 +197,8 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             staged.discard()
             state.abandon_stream(first.node_id)
             if isinstance(error, grpc.RpcError):
-                raise broken_stream(first.node_id, staged.received_bytes) from error
+                raise self._deadline_or_broken(expired, first.node_id, staged.received_bytes,
+                                               "did not finish") from error
             raise
         self._intake.complete(state, verified)
         log.info("node %s submitted round %d in %.1f s", first.node_id, first.round_id, time.monotonic() - started)

@@ -3,6 +3,7 @@ refused if it is larger than the participants' clipped uploads and the configure
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -23,7 +24,8 @@ DecryptionObserver = Callable[[RoundPlan, np.ndarray, list[str]], None]
 
 
 def release_mean(state: RoundState, key_authority: KeyAuthorityClient,
-                 observer: DecryptionObserver | None = None) -> np.ndarray:
+                 observer: DecryptionObserver | None = None, retry_seconds: float = 0.0,
+                 stop: threading.Event | None = None) -> np.ndarray:
     """The participants' mean upload. Raises `DecryptionRefusedError` when the key authority refuses the sum and
     `ImplausibleSumError` when a decrypted sum is out of bounds (wrong masks, or a crafted upload)."""
     plan, contributors = state.plan, [state.contributors[node] for node in sorted(state.contributors)]
@@ -36,7 +38,8 @@ def release_mean(state: RoundState, key_authority: KeyAuthorityClient,
     manifest = DecryptManifest(state.round_id, plan.key_id, total.chunk_count, plan.upload_value_count,
                                tuple(c.attestation for c in contributors), plan.sum_layout, plan.attempt,
                                plan.participants, plan.transfer.chunk_ciphertexts, plan_digest(plan))
-    field_sums = key_authority.decrypt(manifest, (total.serialized_chunk(i) for i in range(total.chunk_count)))
+    field_sums = key_authority.decrypt(manifest, lambda: (total.serialized_chunk(i) for i in range(total.chunk_count)),
+                                       retry_seconds, stop)
     if observer is not None:
         observer(plan, field_sums, [c.header.node_id for c in contributors])
     q = plan.quantization

@@ -7,6 +7,7 @@ round's sums only once it has completed and verified (`round_state`).
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from services.aggregator.round_state import RoundState
@@ -27,6 +28,10 @@ RECORD_BUDGET_EXHAUSTED = "record_budget_exhausted"
 class UploadIntake:
     def __init__(self, staging_dir: Path, members: frozenset[str], metrics: ServiceMetrics) -> None:
         self._staging_dir = staging_dir
+        # Streams staged before a restart belong to rounds that are abandoned: none of them can ever be folded.
+        if staging_dir.exists():
+            shutil.rmtree(staging_dir)
+        staging_dir.mkdir(parents=True, exist_ok=True)
         self._members = members
         self._metrics = metrics
         self._round: RoundState | None = None

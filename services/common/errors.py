@@ -40,6 +40,14 @@ class BrokenStreamError(FedXrayError):
     """An upload stream whose node went away (died, or lost its connection) before finishing it."""
 
 
+class StreamDeadlineError(FedXrayError):
+    """An upload stream that sent no first chunk, or did not finish, within the server's deadline."""
+
+
+class ServerLimitError(FedXrayError):
+    """A request beyond a server limit: a second open upload of one node, or the staging quota."""
+
+
 class DigestMismatchError(FedXrayError):
     """A stream whose digest or signature does not verify."""
 

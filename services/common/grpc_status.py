@@ -19,6 +19,8 @@ STATUS_OF: dict[type[errors.FedXrayError], grpc.StatusCode] = {
     errors.PrivacyBudgetError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.MalformedChunkError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.BrokenStreamError: grpc.StatusCode.CANCELLED,
+    errors.StreamDeadlineError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.ServerLimitError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.DigestMismatchError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.WrongKeyError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.WrongRoundError: grpc.StatusCode.FAILED_PRECONDITION,

@@ -84,8 +84,20 @@ def shutdown_event() -> threading.Event:
     return stop
 
 
-def grpc_server(max_workers: int = 32) -> tuple[grpc.Server, health.HealthServicer]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=GRPC_OPTIONS)
+# The server pings an idle connection every 60 s and drops it when no answer comes within 20 s: a peer that vanished
+# without closing (a cut network, a killed host) frees its streams and threads.
+KEEPALIVE_OPTIONS = [("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeout_ms", 20_000),
+                     ("grpc.keepalive_permit_without_calls", 1)]
+
+
+def grpc_server(max_workers: int = 32, max_concurrent_rpcs: int | None = None) -> tuple[grpc.Server,
+                                                                                        health.HealthServicer]:
+    """A gRPC server of `max_workers` threads. Beyond `max_concurrent_rpcs` calls at once (default: the workers less
+    4), a call is refused at once with RESOURCE_EXHAUSTED instead of queueing for a thread. The aggregator also caps
+    its upload streams well below this, so that subscriptions and short calls (GetStatus, health) find a slot."""
+    limit = max_concurrent_rpcs if max_concurrent_rpcs is not None else max(1, max_workers - 4)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=GRPC_OPTIONS + KEEPALIVE_OPTIONS,
+                         maximum_concurrent_rpcs=limit)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     return server, health_servicer

@@ -18,6 +18,9 @@ class HospitalNodeSettings(TlsSettings):
     node_id: str = Field("hospital-1", description="consortium member name (matches its identity key)")
     aggregator: str = Field("127.0.0.1:50052", description="aggregator host:port")
     key_authority: str = Field("127.0.0.1:50051", description="key authority host:port (public context only)")
+    reconnect_seconds: float = Field(900.0, ge=0, description="how long to keep reconnecting (backoff 1 s doubling "
+                                     "to 30 s) after the aggregator's stream breaks, e.g. while it restarts; past "
+                                     "it, the node exits 1")
     identity_key: Path = Field(Path("runs/identities/hospital-1.key"), description="Ed25519 key signing uploads; "
                                "its X25519 key for the pairwise masks lies beside it (<node>.x25519.key)")
     peer_keys_dir: Path | None = Field(None, description="the members' public keys (<node>.pub, <node>.x25519.pub); "

@@ -60,6 +60,10 @@ from services.hospital_node.update_stream import (
 )
 
 log = logging.getLogger(__name__)
+RECONNECT_FIRST_PAUSE, RECONNECT_MAX_PAUSE = 1.0, 30.0
+# Statuses of a broken connection, not of a refusal: the node subscribes again. Any other status ends the node.
+RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
+                             grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED})
 _NO_PROPOSAL = LocalTrainingPlan(1, 0.0, 1, "sgd", 0.0, False, 0.0)
 
 
@@ -129,16 +133,45 @@ class HospitalNode:
         return self._public
 
     def _follow_rounds(self, stop: threading.Event) -> int:
+        """Follow the aggregator's rounds until training finishes. A broken stream (the aggregator restarting, a
+        network fault) is followed by a new subscription, after 1, 2, 4 ... (at most 30) seconds, for
+        `reconnect_seconds` since the last message; the node then rejoins at the next round."""
+        pause, last_message = RECONNECT_FIRST_PAUSE, time.monotonic()
+        while not stop.is_set():
+            received = [False]
+            try:
+                if self._follow_subscription(stop, received):
+                    return 0
+                reason = "the aggregator ended the stream before training finished"
+            except grpc.RpcError as error:
+                if error.code() not in RECONNECT_CODES:
+                    raise
+                reason = f"{error.code().name}: {error.details()}"
+            now = time.monotonic()
+            if received[0]:
+                pause, last_message = RECONNECT_FIRST_PAUSE, now
+            if now - last_message > self._settings.reconnect_seconds:
+                log.error("lost the aggregator (%s) and could not reconnect for %.0f s; giving up", reason,
+                          now - last_message)
+                return 1
+            log.warning("lost the aggregator (%s); reconnecting in %.0f s", reason, pause)
+            stop.wait(pause)
+            pause = min(pause * 2, RECONNECT_MAX_PAUSE)
+        return 0
+
+    def _follow_subscription(self, stop: threading.Event, received: list[bool]) -> bool:
+        """One subscription's messages; True when training finished or the node was stopped."""
         subscription = self._client.subscribe(self._settings.node_id, self._spec)
         plan: RoundPlan | None = None
         model_chunks: list[bytes] = []
         for message in subscription:
+            received[0] = True
             if stop.is_set():
                 subscription.cancel()
-                return 0
+                return True
             if isinstance(message, TrainingFinished):
                 log.info("training finished after %d rounds", message.rounds)
-                return 0
+                return True
             if isinstance(message, RoundPlan):
                 plan, model_chunks = message, []
                 continue
@@ -148,7 +181,7 @@ class HospitalNode:
             model_chunks.append(message.values)
             if len(model_chunks) == plan.model.chunk_count:
                 self._take_part(plan, model_chunks)
-        return 0
+        return stop.is_set()
 
     def _take_part(self, plan: RoundPlan, model_chunks: list[bytes]) -> None:
         """One round attempt; whatever goes wrong in it (a malformed plan, a failed upload) ends this attempt's part
@@ -160,6 +193,9 @@ class HospitalNode:
         except (FedXrayError, ValueError, KeyError) as error:
             log.exception("round %d attempt %d: cannot take part", plan.round_id, plan.attempt)
             self._decline(plan, "malformed_plan", f"round {plan.round_id} attempt {plan.attempt}: {error}")
+        except grpc.RpcError as error:  # a report or a call the aggregator did not take: this attempt only
+            log.warning("round %d attempt %d: the aggregator did not answer (%s: %s); waiting for the next plan",
+                        plan.round_id, plan.attempt, error.code().name, error.details())
 
     def _decline(self, plan: RoundPlan, reason: str, detail: str) -> None:
         log.error("declining round %d attempt %d (%s): %s", plan.round_id, plan.attempt, reason, detail)

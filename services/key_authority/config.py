@@ -18,7 +18,10 @@ class KeyAuthoritySettings(TlsSettings):
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9101, description="Prometheus /metrics port; 0 disables")
     state_dir: Path = Field(Path("runs/key_authority"), description="decryption ledger (and key, if persisted)")
-    persist_secret_key: bool = Field(False, description="write the secret key to state_dir with mode 0600")
+    persist_secret_key: bool = Field(True, description="keep the secret key in state_dir (mode 0600, refused at load "
+                                                       "if group or others can read it), so that a restarted key "
+                                                       "authority decrypts the rounds in flight; false: a new key "
+                                                       "every start")
     node_keys_dir: Path = Field(Path("runs/identities"), description="<node_id>.pub Ed25519 keys of the nodes")
     max_participants: int = Field(8, ge=1, le=1024, description="largest node count a sum may hold (n_max)")
     min_participants: int = Field(3, ge=1, description="fewest distinct attested nodes in a decryptable sum")

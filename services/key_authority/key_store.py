@@ -1,7 +1,8 @@
 """Makes and keeps the CKKS key pair; the secret key stays in this process.
 
-The secret key is on disk only when `persist_secret_key` is set, and then with
-mode 0600 in the state directory.
+The secret key is kept on disk by default (`persist_secret_key`), with mode 0600 in
+the state directory, so that a restart keeps the key of the rounds in flight. A key
+file that group or others can read is refused at load.
 """
 
 from __future__ import annotations

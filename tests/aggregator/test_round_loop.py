@@ -7,7 +7,7 @@ node's own `secure_upload`, and the key authority is its own policy and decrypti
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,14 +61,15 @@ class InProcessKeyAuthority:
     def public_key(self) -> PublicKeyInfo:
         return self.keys.public_info(3)
 
-    def decrypt(self, manifest: DecryptManifest, chunks: Iterator[list[bytes]]) -> np.ndarray:
+    def decrypt(self, manifest: DecryptManifest, chunks: Callable[[], Iterator[list[bytes]]],
+                retry_seconds: float = 0.0, stop: threading.Event | None = None) -> np.ndarray:
         if manifest.round_id in self.refuse:
             raise DecryptionRefusedError(f"the key authority refused round {manifest.round_id}: PERMISSION_DENIED")
         self.policy.check(manifest)
         scope = MaskScope("fedxray", manifest.key_id, manifest.round_id, manifest.attempt, manifest.participants,
                           manifest.plan_digest)
         unmasks = authority_unmasks(self.keys.agreement, self.policy_keys, scope)
-        checked = checked_chunks(self.keys, manifest, enumerate(chunks))
+        checked = checked_chunks(self.keys, manifest, enumerate(chunks()))
         self.policy.claim(manifest)
         self.decrypted.append(manifest.round_id)
         return np.concatenate(decrypt_checked(self.keys, manifest, checked, unmasks)).astype(np.int64)

@@ -23,7 +23,7 @@ def test_a_checkpoint_restores_model_strategy_accountant_and_counters(tmp_path: 
     run = _run(rng.normal(size=50).astype(np.float32).astype(np.float64))
     plan = plan_quantization(50, 5.0, 24, 8, 3, NoiseKind.SKELLAM, 1e6)
     for _ in range(2):
-        run.next_round()
+        run.next_round(tmp_path)
         run.weights = run.strategy.apply(run.weights, rng.normal(size=100), 4)
         run.accountant.step(round_privacy(plan, 4))
         run.completed_rounds += 1
@@ -44,6 +44,32 @@ def test_without_a_checkpoint_there_is_nothing_to_restore(tmp_path: Path) -> Non
     assert RunState.restore(tmp_path, FedAvg(), 1e-5) is None
 
 
-def test_round_ids_only_grow() -> None:
+def test_round_ids_only_grow(tmp_path: Path) -> None:
     run = _run(np.zeros(3))
-    assert [run.next_round() for _ in range(3)] == [1, 2, 3]
+    assert [run.next_round(tmp_path) for _ in range(3)] == [1, 2, 3]
+
+
+def test_a_round_opened_after_the_checkpoint_is_abandoned_and_its_id_never_reused(tmp_path: Path) -> None:
+    run = _run(np.zeros(3))
+    run.next_round(tmp_path)
+    run.train_rounds, run.completed_rounds, run.pending_row = 1, 1, {"round": 1, "participants": 3}
+    run.checkpoint(tmp_path)
+    run.next_round(tmp_path)  # round 2 opens, then the aggregator dies (kill -9: nothing else is written)
+    restored = RunState.restore(tmp_path, Scaffold(FedAvg(1.0, momentum=0.5), 3, 5), 1e-5)
+    assert restored is not None
+    assert (restored.round_id, restored.interrupted_round, restored.train_rounds) == (2, 2, 1)
+    assert restored.pending_row == {"round": 1, "participants": 3}
+    assert restored.next_round(tmp_path) == 3
+
+
+def test_a_sum_charged_after_the_checkpoint_stays_charged_after_a_restart(tmp_path: Path) -> None:
+    run = _run(np.zeros(50))
+    run.checkpoint(tmp_path)
+    run.next_round(tmp_path)
+    plan = plan_quantization(50, 5.0, 24, 8, 3, NoiseKind.SKELLAM, 1e6)
+    run.accountant.step(round_privacy(plan, 3))
+    run.save_accountant(tmp_path)  # charged before decryption; the aggregator dies before its checkpoint
+    restored = RunState.restore(tmp_path, Scaffold(FedAvg(1.0, momentum=0.5), 50, 5), 1e-5)
+    assert restored is not None
+    assert restored.accountant.rounds == 1
+    assert restored.accountant.epsilon() == run.accountant.epsilon() > 0

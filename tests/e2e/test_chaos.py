@@ -1,0 +1,101 @@
+"""Chaos: the aggregator and the key authority killed with SIGKILL mid-round and started again; the run finishes.
+
+Real processes over mTLS and real CKKS; the hooked aggregator records every decrypted sum and the hooked nodes
+every upload's fields, so each sum is checked exactly against what its contributors sent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scripts.consortium import Consortium
+from tests.e2e.consortium_checks import field_sum, node_fields, recording, tiny_config
+
+pytestmark = pytest.mark.e2e
+
+BITS = 10  # the field width of the default n_max (8)
+
+
+def _wait_for_log(consortium: Consortium, name: str, text: str, timeout: float, after: int = 0) -> int:
+    """Poll `name`'s log until `text` appears past byte `after`; the byte offset just after it."""
+    path = consortium.logs / f"{name}.log"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = path.read_bytes()
+        found = content.find(text.encode(), after)
+        if found >= 0:
+            return found + len(text)
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never appeared in {path}:\n{path.read_text()[-3000:]}")
+
+
+def _assert_exact_sums(run_dir: Path, rows: list[dict[str, object]]) -> None:
+    """Every applied round's decrypted sum is exactly the sum of its contributors' fields, mod 2^b."""
+    records = run_dir / "records"
+    for row in rows:
+        round_id = int(str(row["round"]))
+        if round_id == 0 or row.get("failed"):
+            continue
+        contributors = [str(c) for c in row["contributors"]]  # type: ignore[attr-defined]
+        expected = np.sum([node_fields(records, node, round_id) for node in contributors], axis=0) % (1 << BITS)
+        assert np.array_equal(field_sum(run_dir, round_id), expected), f"round {round_id}"
+
+
+def test_aggregator_killed_mid_round_resumes_and_finishes_every_round_with_exact_sums(tmp_path: Path) -> None:
+    rounds = 4
+    config = tiny_config(tmp_path, 4, rounds, images_per_node=30, seed=5, hooks=recording(tmp_path),
+                         aggregator={"min_participants": 3, "round_deadline_seconds": 120},
+                         node={"reconnect_seconds": 120})
+    with Consortium(config) as consortium:
+        _wait_for_log(consortium, "aggregator", "round 2 attempt 1 opened", 300)
+        consortium.kill("aggregator")  # SIGKILL: mid-round 2, nothing flushed
+        killed_at_epsilon = json.loads((tmp_path / "aggregator" / "checkpoints" / "latest.json").read_text())["epsilon"]
+        consortium.restart("aggregator")
+        code = consortium.wait(420)
+        log = (consortium.logs / "aggregator.log").read_text()
+    assert code == 0, log[-3000:]
+    rows = consortium.rows()
+    by_round = {int(str(r["round"])): r for r in rows}
+    assert len(by_round) == len(rows)  # every round's row once, across the restart
+    assert "round 2 was interrupted and is abandoned" in log
+    assert by_round[2].get("interrupted") and by_round[2].get("failed")
+    trained = [r for r in rows if int(str(r["round"])) > 0 and not r.get("failed")]
+    assert [int(str(r["round"])) for r in trained] == [1, 3, 4, 5]  # round 2's id is never used again
+    assert all(r["participants"] == 4 for r in trained)  # every node reconnected to the restarted aggregator
+    _assert_exact_sums(tmp_path, rows)
+    # The restart did not reset the privacy spent: epsilon grows from where the killed aggregator left it.
+    epsilons = [float(str(r["epsilon"])) for r in trained]
+    assert killed_at_epsilon > 0 and epsilons[0] == pytest.approx(killed_at_epsilon)
+    assert all(later > earlier for earlier, later in zip(epsilons, epsilons[1:]))
+    assert not list((tmp_path / "aggregator" / "staging").glob("*"))
+    # Each decrypted round id reached the key authority once: round 2 was never decrypted.
+    assert not (tmp_path / "records" / "round_0002_field_sum.npy").exists()
+
+
+def test_key_authority_killed_before_decryption_restarts_with_its_key_and_the_round_is_decrypted(
+        tmp_path: Path) -> None:
+    config = tiny_config(tmp_path, 3, 3, images_per_node=30, seed=6, hooks=recording(tmp_path),
+                         aggregator={"min_participants": 3, "round_deadline_seconds": 120})
+    with Consortium(config) as consortium:
+        _wait_for_log(consortium, "aggregator", "round 2 attempt 1 opened", 300)
+        consortium.kill("key_authority")
+        # The round's uploads arrive and its decryption finds no key authority: it retries with backoff.
+        _wait_for_log(consortium, "aggregator", "key authority unreachable", 300)
+        consortium.restart("key_authority")
+        code = consortium.wait(420)
+        log = (consortium.logs / "aggregator.log").read_text()
+    assert code == 0, log[-3000:]
+    rows = consortium.rows()
+    trained = [r for r in rows if int(str(r["round"])) > 0]
+    assert [(int(str(r["round"])), bool(r.get("failed"))) for r in trained] == [(1, False), (2, False), (3, False)]
+    _assert_exact_sums(tmp_path, rows)
+    # The restarted key authority loaded the same key from its 0600 file.
+    secret = tmp_path / "key_authority" / "ckks_secret_context.bin"
+    assert secret.stat().st_mode & 0o077 == 0
+    ka_log = (consortium.logs / "key_authority.log").read_text()
+    assert "loaded secret key from" in ka_log
