@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -59,6 +60,24 @@ def broken_stream(node_id: str | None, received_bytes: int) -> BrokenStreamError
     if node_id is None:
         return BrokenStreamError("an upload stream broke off before its first chunk")
     return BrokenStreamError(f"stream of node {node_id!r} broke off after {received_bytes} bytes")
+
+
+@contextlib.contextmanager
+def call_deadline(context: grpc.ServicerContext, seconds: float) -> Iterator[threading.Event]:
+    """Cancel the call if the block has not ended within `seconds`; the event tells whether that happened."""
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        context.cancel()
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield expired
+    finally:
+        timer.cancel()
 
 
 def _typed_chunks(request_iterator: Iterator[pb.UpdateChunk]) -> Iterator[UploadChunk]:
@@ -124,21 +143,11 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
         chunks = _typed_chunks(request_iterator)
         # A stream that sends nothing would hold a server thread for ever: past the deadline the call is cancelled,
         # which ends the wait for its next chunk.
-        expired = threading.Event()
-
-        def expire() -> None:
-            expired.set()
-            context.cancel()
-
-        timer = threading.Timer(self._first_chunk_seconds, expire)
-        timer.daemon = True
-        timer.start()
-        try:
-            first = next(chunks, None)
-        except grpc.RpcError as error:
-            raise self._deadline_or_broken(expired, None, 0, "sent no first chunk") from error
-        finally:
-            timer.cancel()
+        with call_deadline(context, self._first_chunk_seconds) as expired:
+            try:
+                first = next(chunks, None)
+            except grpc.RpcError as error:
+                raise self._deadline_or_broken(expired, None, 0, "sent no first chunk") from error
         if first is None:
             if expired.is_set() or client_gone(context, self._close_grace_seconds):
                 raise self._deadline_or_broken(expired, None, 0, "sent no first chunk")
@@ -163,19 +172,8 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
 
     def _stage(self, first: UploadChunk, chunks: Iterator[UploadChunk], context: grpc.ServicerContext,
                started: float) -> pb.SubmitReceipt:
-        expired = threading.Event()
-
-        def expire() -> None:
-            expired.set()
-            context.cancel()
-
-        timer = threading.Timer(max(0.0, self._stream_seconds - (time.monotonic() - started)), expire)
-        timer.daemon = True
-        timer.start()
-        try:
+        with call_deadline(context, max(0.0, self._stream_seconds - (time.monotonic() - started))) as expired:
             return self._stage_until_done(first, chunks, context, started, expired)
-        finally:
-            timer.cancel()
 
     def _stage_until_done(self, first: UploadChunk, chunks: Iterator[UploadChunk], context: grpc.ServicerContext,
                           started: float, expired: threading.Event) -> pb.SubmitReceipt:
