@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # `make compose-test`: a real `docker compose up` of the five-hospital stack on this
-# machine, with no image registry: 2 secure rounds, tiny model, small synthetic set;
-# asserts over Prometheus's HTTP API that the round latency histogram covers both
-# rounds; always tears the stack down (`docker compose down -v`).
+# machine, with no image registry: 3 secure rounds, tiny model, small synthetic set
+# (40 local epochs, so a round lasts long enough to be interrupted).
+# Chaos: once round 1 is done, `docker compose kill aggregator` (SIGKILL) and `start`; the
+# aggregator resumes from its checkpoint and the run finishes. Asserts over Prometheus's
+# HTTP API that every round completed and the restart shows; checks every Grafana
+# dashboard query and the alert rules against that Prometheus, and the alert rules with
+# Debian's promtool (`check config`, `test rules`); reads the aggregator's rows (one per
+# round id). Always tears the stack down (`docker compose down -v`).
 #
 # Steps (each prints its time):
 #   1. apt-get install docker.io and debootstrap when missing (root needed);
@@ -13,7 +18,8 @@
 #   4. fill deploy/wheelhouse with the pinned wheels (deploy/make_wheelhouse.sh);
 #   5. make a fresh CA and certificates in build/compose-test/certs;
 #   6. build the FedXray and Prometheus images through compose (build.network: host);
-#   7. up, poll Prometheus, assert, down;
+#   7. up, wait for round 1, kill and start the aggregator, poll Prometheus, assert the
+#      rounds, the dashboard queries and the alert rules, promtool, the rows, down;
 #   8. remove the FedXray images a rebuild left untagged, and trim the build cache to
 #      FEDXRAY_BUILD_CACHE (default 12GB): without this, every run leaves ~5 GB behind.
 #
@@ -24,7 +30,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
-ROUNDS=2
+ROUNDS=3
 PROJECT=fedxray-compose-test
 BASE_IMAGE=local/fedxray-base
 MIRROR=http://deb.debian.org/debian
@@ -145,7 +151,8 @@ chown -R 10001:10001 "$work/certs"
 prometheus_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 export FEDXRAY_CERTS_DIR="$work/certs" FEDXRAY_BASE_IMAGE="$BASE_IMAGE" FEDXRAY_PROMETHEUS_BASE_IMAGE="$BASE_IMAGE" \
     FEDXRAY_PIP_OFFLINE=1 FEDXRAY_ROUNDS="$ROUNDS" FEDXRAY_ARCHITECTURE=tiny FEDXRAY_IMAGE_SIZE=32 \
-    FEDXRAY_SYNTHETIC_IMAGES=200 FEDXRAY_PROMETHEUS_PORT="$prometheus_port"
+    FEDXRAY_SYNTHETIC_IMAGES=200 FEDXRAY_PROMETHEUS_PORT="$prometheus_port" \
+    FEDXRAY_LOCAL_EPOCHS=40  # rounds of several seconds, so the kill below lands mid-run
 compose() { deploy/compose.sh --project-name "$PROJECT" -f deploy/docker-compose.yml "$@"; }
 export DOCKER_HOST="${DOCKER_HOST:-unix:///var/run/docker.sock}"
 log "building images (FedXray on $BASE_IMAGE, offline from deploy/wheelhouse; Prometheus from Debian's package); log: $work/build.log"
@@ -168,7 +175,44 @@ if forward_drops; then
 fi
 log "docker compose up: key authority, aggregator, 5 hospitals, Prometheus; $ROUNDS rounds (tiny model)"
 compose up -d --no-build 2>&1 | sed -u 's/^/    /'
-log "polling Prometheus at 127.0.0.1:$prometheus_port for fedxray_round_latency_seconds_count"
-python3 deploy/wait_for_rounds.py --prometheus "http://127.0.0.1:$prometheus_port" --rounds "$ROUNDS" \
-    --timeout "${COMPOSE_TEST_TIMEOUT:-900}"
-log "the round latency histogram covers $ROUNDS rounds"
+prometheus="http://127.0.0.1:$prometheus_port"
+log "polling Prometheus at $prometheus until round 1 is done"
+python3 deploy/wait_for_rounds.py --prometheus "$prometheus" --rounds 1 --no-check \
+    --timeout "${COMPOSE_TEST_TIMEOUT:-900}" || fail "round 1 did not complete"
+log "chaos: docker compose kill aggregator (SIGKILL), mid-run"
+compose kill aggregator 2>&1 | sed -u 's/^/    /'
+sleep 3
+log "docker compose start aggregator: it resumes from its checkpoint; nodes reconnect"
+compose start aggregator 2>&1 | sed -u 's/^/    /'
+python3 deploy/wait_for_rounds.py --prometheus "$prometheus" --rounds "$ROUNDS" --expect-restart \
+    --aggregator-down-seconds 300 --timeout "${COMPOSE_TEST_TIMEOUT:-900}" \
+    || fail "the run did not finish all $ROUNDS rounds after the aggregator's restart"
+log "all $ROUNDS rounds completed across the restart"
+
+log "monitoring: every Grafana dashboard query returns series; every alert rule loaded and evaluated"
+python3 deploy/check_monitoring.py --prometheus "$prometheus" --timeout 180 || fail "monitoring check failed"
+log "promtool (Debian's, in the Prometheus image): check config, test rules"
+"$DOCKER" run --rm --network none --entrypoint /usr/bin/promtool \
+    -v "$repo/deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro" \
+    -v "$repo/deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" \
+    "${FEDXRAY_PROMETHEUS_IMAGE:-fedxray-prometheus:local}" check config /etc/prometheus/prometheus.yml \
+    || fail "promtool check config failed"
+"$DOCKER" run --rm --network none --entrypoint /usr/bin/promtool -w /etc/prometheus/rules \
+    -v "$repo/deploy/prometheus:/etc/prometheus/rules:ro" \
+    "${FEDXRAY_PROMETHEUS_IMAGE:-fedxray-prometheus:local}" test rules alerts_test.yml \
+    || fail "promtool test rules failed"
+
+log "the aggregator's rows (rounds.jsonl): one per round id, $ROUNDS training rounds applied"
+compose exec -T aggregator cat /var/lib/fedxray/aggregator/rounds.jsonl > "$work/rounds.jsonl" \
+    || fail "could not read the aggregator's rounds.jsonl"
+python3 - "$work/rounds.jsonl" "$ROUNDS" <<'PY' || fail "the rows are not one per round with $ROUNDS applied"
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+ids = [row["round"] for row in rows]
+applied = [row for row in rows if row["round"] > 0 and not row.get("failed") and not row.get("head_refit")]
+for row in rows:
+    print(f"    round {row['round']}: participants {row.get('participants')}, "
+          f"{'failed: ' + str(row.get('error', '')) if row.get('failed') else 'applied'}")
+assert len(ids) == len(set(ids)), f"a round id has two rows: {ids}"
+assert len(applied) == int(sys.argv[2]), f"{len(applied)} applied training rounds, expected {sys.argv[2]}"
+PY

@@ -1,11 +1,14 @@
-"""Poll a Prometheus server until the aggregator's round latency histogram covers N rounds.
+"""Poll a Prometheus server until the aggregator has completed N rounds.
 
     python3 deploy/wait_for_rounds.py --prometheus http://127.0.0.1:9090 --rounds 2 [--timeout 900]
+        [--no-check] [--expect-restart] [--aggregator-down-seconds 15]
 
 Asks Prometheus's HTTP API (/api/v1/query), never the services: the first scrape comes
 5 to 10 s after Prometheus starts, so this polls. Exit 0 when
-fedxray_round_latency_seconds_count{job="aggregator"} reaches the round count and every
-check below holds; 1 otherwise, naming each target that is down with Prometheus's last
+fedxray_rounds_completed{job="aggregator"} (restored from the checkpoint when the aggregator
+resumes) reaches the round count and every check below holds (none with --no-check);
+with --expect-restart, the round latency histogram must show the aggregator's restart (a
+counter reset) and the restarted process's own rounds. 1 otherwise, naming each target that is down with Prometheus's last
 scrape error. Fails early when no FedXray target is up after --startup-grace seconds
 (the containers cannot reach each other: see docs/DEPLOYMENT.md). Standard library only: runs with any Python 3.
 """
@@ -20,7 +23,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-COUNT = 'fedxray_round_latency_seconds_count{job="aggregator"}'
+COUNT = 'fedxray_rounds_completed{job="aggregator"}'
+LATENCY_COUNT = 'fedxray_round_latency_seconds_count{job="aggregator"}'
+POLL_SECONDS = 3
 
 
 def query(prometheus: str, expression: str) -> list[dict[str, object]]:
@@ -51,7 +56,8 @@ def target_errors(prometheus: str) -> str:
                      if t["labels"].get("job") != "prometheus" and t.get("health") != "up")
 
 
-def wait(prometheus: str, rounds: int, timeout: float, startup_grace: float) -> int:
+def wait(prometheus: str, rounds: int, timeout: float, startup_grace: float, down_seconds: float,
+         final_check: bool, expect_restart: bool) -> int:
     started = time.monotonic()
     last_report = ""
     aggregator_seen, aggregator_down_polls = False, 0
@@ -71,9 +77,10 @@ def wait(prometheus: str, rounds: int, timeout: float, startup_grace: float) -> 
             print(f"[wait_for_rounds {time.monotonic() - started:5.0f}s] {report}", flush=True)
             last_report = report
         if count is not None and count >= rounds:
-            return check(prometheus, rounds)
-        if aggregator_down_polls >= 5:
-            print("FAIL: the aggregator's /metrics went away before the rounds completed", flush=True)
+            return check(prometheus, rounds, expect_restart) if final_check else 0
+        if aggregator_down_polls * POLL_SECONDS >= down_seconds:
+            print(f"FAIL: the aggregator's /metrics went away for {down_seconds:.0f} s before the rounds "
+                  "completed", flush=True)
             return 1
         if not service_seen and time.monotonic() - started > startup_grace:
             if count is None and report.startswith("Prometheus not answering"):
@@ -82,7 +89,7 @@ def wait(prometheus: str, rounds: int, timeout: float, startup_grace: float) -> 
                 print(f"FAIL: Prometheus has scraped no FedXray service within {startup_grace:.0f} s: the "
                       f"containers may not reach each other. Targets: {describe_targets(prometheus)}", flush=True)
             return 1
-        time.sleep(3)
+        time.sleep(POLL_SECONDS)
     print(f"FAIL: {COUNT} did not reach {rounds} within {timeout:.0f} s. "
           f"Targets down: {describe_targets(prometheus)}", flush=True)
     return 1
@@ -95,19 +102,25 @@ def describe_targets(prometheus: str) -> str:
         return f"unknown ({error})"
 
 
-def check(prometheus: str, rounds: int) -> int:
-    checks = {
-        COUNT: float(rounds),
-        'fedxray_round_latency_seconds_bucket{job="aggregator", le="+Inf"}': float(rounds),
-        'fedxray_holds_secret_key{job="aggregator"}': 0.0,
-        'fedxray_holds_secret_key{job="key-authority"}': 1.0,
+def check(prometheus: str, rounds: int, expect_restart: bool) -> int:
+    checks: dict[str, tuple[str, float]] = {
+        COUNT: ("==", float(rounds)),
+        'fedxray_holds_secret_key{job="aggregator"}': ("==", 0.0),
+        'fedxray_holds_secret_key{job="key-authority"}': ("==", 1.0),
     }
+    if expect_restart:
+        # The restarted process resumed and sealed rounds of its own; Prometheus saw the counters restart.
+        checks[LATENCY_COUNT] = (">=", 1.0)
+        checks[f"resets({LATENCY_COUNT}[1h])"] = (">=", 1.0)
+    else:
+        checks[LATENCY_COUNT] = ("==", float(rounds))
+        checks['fedxray_round_latency_seconds_bucket{job="aggregator", le="+Inf"}'] = ("==", float(rounds))
     failed = 0
-    for expression, expected in checks.items():
+    for expression, (relation, expected) in checks.items():
         value = scalar(prometheus, expression)
-        ok = value == expected
+        ok = value is not None and (value == expected if relation == "==" else value >= expected)
         failed += not ok
-        print(f"{'ok  ' if ok else 'FAIL'} {expression} = {value} (expected {expected})", flush=True)
+        print(f"{'ok  ' if ok else 'FAIL'} {expression} = {value} (expected {relation} {expected})", flush=True)
     latency = scalar(prometheus, 'fedxray_round_latency_seconds_sum{job="aggregator"}')
     participants = scalar(prometheus, 'fedxray_round_participants{job="aggregator"}')
     accuracy = scalar(prometheus, 'fedxray_validation_metric{job="aggregator", metric="accuracy"}')
@@ -127,8 +140,14 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--startup-grace", type=float, default=180.0,
                         help="fail when no FedXray scrape target has been up after this many seconds")
+    parser.add_argument("--aggregator-down-seconds", type=float, default=15.0,
+                        help="fail when the aggregator, once up, stays unscraped this long")
+    parser.add_argument("--no-check", action="store_true", help="return once the rounds are reached, no checks")
+    parser.add_argument("--expect-restart", action="store_true",
+                        help="the aggregator was restarted during the run: check the resume, not one process's count")
     args = parser.parse_args()
-    return wait(args.prometheus.rstrip("/"), args.rounds, args.timeout, args.startup_grace)
+    return wait(args.prometheus.rstrip("/"), args.rounds, args.timeout, args.startup_grace,
+                args.aggregator_down_seconds, not args.no_check, args.expect_restart)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from services.common.service_runtime import (
 )
 from services.common.node_identity import NodeKeyRegistry
 from services.common.tls import KEY_AUTHORITY_NAME, add_port, channel
+from services.common.upload import upload_message_limit
 
 
 def main(argv: list[str] | None = None, observer: DecryptionObserver | None = None) -> int:
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None, observer: DecryptionObserver | None = No
                        run, HeadRefit(head_positions(model, spec), settings.head_refit_shrinkage))
     key_authority = KeyAuthorityClient(channel(settings.key_authority, settings, KEY_AUTHORITY_NAME))
     loop = RoundLoop(settings, metrics, key_authority, parts, observer)
-    server, health = grpc_server(settings.server_threads)
+    message_limit = upload_message_limit(settings.chunk_ciphertexts, settings.plaintext_chunk_values)
+    server, health = grpc_server(settings.server_threads, max_receive_bytes=message_limit)
     servicer = AggregatorServicer(loop, membership, intake, board, registry, metrics, check_peer=not settings.insecure,
                                   close_grace_seconds=settings.stream_close_grace_seconds,
                                   first_chunk_seconds=settings.first_chunk_seconds,
@@ -78,8 +80,8 @@ def main(argv: list[str] | None = None, observer: DecryptionObserver | None = No
     add_port(server, settings.listen, settings)
     server.start()
     mark_serving(health, "fedxray.v1.Aggregator")
-    log.info("aggregator serving on %s (%s mode, %d rounds, %s)", settings.listen,
-             "secure" if settings.secure else "PLAINTEXT", settings.rounds, settings.architecture)
+    log.info("aggregator serving on %s (%s mode, %d rounds, %s; messages up to %d bytes)", settings.listen,
+             "secure" if settings.secure else "PLAINTEXT", settings.rounds, settings.architecture, message_limit)
     stop = shutdown_event()
     thread = threading.Thread(target=loop.run, args=(stop,), name="round-loop", daemon=True)
     thread.start()

@@ -36,6 +36,11 @@ class Membership:
         """The model layout every member must run."""
         return self._spec
 
+    @property
+    def members(self) -> frozenset[str]:
+        """Every registered consortium member, connected or not."""
+        return self._members
+
     def on_leave(self, listener: Callable[[str], None]) -> None:
         """Call `listener(node_id)` whenever a node's subscription ends."""
         self._leave_listeners.append(listener)

@@ -22,7 +22,7 @@ from services.aggregator.evaluation_board import EvaluationBoard, Row
 from services.aggregator.key_authority_client import KeyAuthorityClient
 from services.aggregator.membership import Membership
 from services.aggregator.privacy_budget import PrivacyBudgetGuard
-from services.aggregator.round_metrics import record_round
+from services.aggregator.round_metrics import record_presence, record_round
 from services.aggregator.round_planner import RoundPlanner, broadcast_chunks
 from services.aggregator.round_state import RoundState, new_round_state
 from services.aggregator.run_outcome import RunOutcome
@@ -64,7 +64,9 @@ class RoundLoop:
         self.finished = threading.Event()
         self.failed = False
         self._checkpoints = settings.state_dir / "checkpoints"
+        self._missed: dict[str, int] = {}  # consecutive sealed rounds each member was absent from
         parts.membership.on_leave(parts.intake.node_left)
+        record_presence(metrics, self._missed, parts.membership.members, list(parts.membership.members))
 
     @property
     def current_round(self) -> int:
@@ -80,6 +82,7 @@ class RoundLoop:
             log.exception("round loop failed")
             raise
         finally:
+            self._metrics.round_open.set(0)
             self._parts.membership.broadcast(TrainingFinished(run.completed_rounds))
             RunOutcome(self.failed, run.completed_rounds).write(self._settings.state_dir)
             self.finished.set()
@@ -101,6 +104,7 @@ class RoundLoop:
             log.warning("resuming after round %d (%d of %d training rounds run, epsilon %.4g)", run.round_id,
                         run.train_rounds, s.rounds, p.guard.epsilon)
         run.checkpoint(self._checkpoints)
+        self._metrics.rounds_completed.set(run.completed_rounds)
         p.membership.wait_for(s.expected_participants, s.min_participants, s.join_timeout_seconds, stop)
         pending: Row | None = run.pending_row
         while run.train_rounds < s.rounds:
@@ -113,6 +117,7 @@ class RoundLoop:
                 return  # stopped mid-round: abandoned, as a crash would leave it
             run.train_rounds += 1
             run.completed_rounds += 0 if row.get("failed") else 1
+            self._metrics.rounds_completed.set(run.completed_rounds)
             pending = self._finish(pending, row)
         if (s.head_refit and run.completed_rounds and not run.head_refit_done and not stop.is_set()
                 and self._allowed(planner, RoundKind.HEAD_STATISTICS, "head refit")):
@@ -121,6 +126,7 @@ class RoundLoop:
             run.head_refit_done = True
             pending = self._finish(pending, row)
         self._open(planner, RoundKind.EVALUATE)
+        self._metrics.round_open.set(0)
         self._record(pending, None)
 
     def _finish(self, pending: Row | None, row: Row) -> Row:
@@ -161,6 +167,8 @@ class RoundLoop:
         state = new_round_state(plan, expected, self._public_context)
         p.intake.open(state, self.key)
         self._metrics.current_round.set(round_id)
+        self._metrics.round_open.set(1)
+        self._metrics.round_opened.set(time.time())
         log.info("round %d attempt %d opened for %s (%s)", round_id, attempt, sorted(participants or expected),
                  kind.value)
         p.membership.broadcast(plan)
@@ -198,12 +206,19 @@ class RoundLoop:
         return state
 
     def _sealed_round(self, planner: RoundPlanner, kind: RoundKind, stop: threading.Event, apply: Apply) -> Row:
+        try:
+            return self._round(planner, kind, stop, apply)
+        finally:
+            self._metrics.round_open.set(0)
+
+    def _round(self, planner: RoundPlanner, kind: RoundKind, stop: threading.Event, apply: Apply) -> Row:
         """Collect (in attempts), seal, decrypt, charge the release, apply and checkpoint: the round's row, marked
         failed when no attempt completed with the quorum, the sum was corrupted (nothing decrypted then), the key
         authority refused it, it was out of bounds, or the strategy refused it (the model stays as it was)."""
         s, p = self._settings, self._parts
         started = time.monotonic()
         state = self._collect(planner, kind, stop)
+        record_presence(self._metrics, self._missed, p.membership.members, list(state.contributors))
         participants = len(state.contributors)
         row: Row = {"round": state.round_id, "attempt": state.attempt, "participants": participants,
                     "contributors": sorted(state.contributors), "learning_rate": state.plan.training.learning_rate}

@@ -33,3 +33,11 @@ def record_round(metrics: ServiceMetrics, state: RoundState, contributors: list[
     metrics.epsilon.set(epsilon)
     metrics.round_epsilon.set(round_epsilon)
     return phases
+
+
+def record_presence(metrics: ServiceMetrics, missed: dict[str, int], members: frozenset[str],
+                    contributors: list[str]) -> None:
+    """After a sealed round: each member's run of consecutive rounds without it (kept in `missed`), published."""
+    for node in sorted(members):
+        missed[node] = 0 if node in contributors else missed.get(node, 0) + 1
+        metrics.rounds_missed.labels(node=node).set(missed[node])

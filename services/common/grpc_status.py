@@ -45,10 +45,15 @@ def status_code_for(error: errors.FedXrayError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def refusal_reason(error: errors.FedXrayError) -> str:
+def refusal_reason(error: errors.FedXrayError | type[errors.FedXrayError]) -> str:
     """A metric label: the error's name without the Error suffix, in snake case."""
-    name = type(error).__name__.removesuffix("Error")
+    cls = error if isinstance(error, type) else type(error)
+    name = cls.__name__.removesuffix("Error")
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+
+
+# Every `reason` label a service can count: each named refusal, and the aggregator's own verdicts on a round.
+REFUSAL_REASONS: tuple[str, ...] = (*sorted({refusal_reason(cls) for cls in STATUS_OF}), "key_authority_refused")
 
 
 def _refuse(servicer: Any, context: grpc.ServicerContext, name: str, error: errors.FedXrayError) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.common.grpc_status import REFUSAL_REASONS
+
 ROUND_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 90, 120, 180, 300, 600, 1200)
 PHASE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 20, 60, 120, 300, 600)
 PHASES = ("train", "encode", "encrypt", "upload", "aggregate", "decrypt", "apply")
@@ -52,6 +54,18 @@ class ServiceMetrics:
         self.upload_streams = Gauge("fedxray_upload_streams_open", "Upload streams being received now", registry=r)
         self.refused = Counter("fedxray_refused_requests_total", "Refused requests by reason", ["reason"],
                                registry=r)
+        # Every reason is exported from the start at 0: a series that first appears at 1 has no increase() in
+        # Prometheus, so an alert on the first refusal would never fire.
+        for reason in REFUSAL_REASONS:
+            self.refused.labels(reason=reason)
+        self.rounds_completed = Gauge("fedxray_rounds_completed", "Rounds of this run applied to the model (restored "
+                                      "from the checkpoint when the aggregator resumes)", registry=r)
+        self.round_open = Gauge("fedxray_round_open", "1 while a round is in progress: planned, not yet "
+                                "applied or failed", registry=r)
+        self.round_opened = Gauge("fedxray_round_opened_timestamp_seconds", "Unix time the open round (its latest "
+                                  "attempt) was planned", registry=r)
+        self.rounds_missed = Gauge("fedxray_node_rounds_missed", "Consecutive sealed rounds a member hospital did "
+                                   "not contribute to (0 when it contributed to the last)", ["node"], registry=r)
         self.secret_key = Gauge("fedxray_holds_secret_key", "1 if this process holds a CKKS secret key",
                                 registry=r)
         self.peak_rss = Gauge("fedxray_peak_rss_bytes", "Peak resident memory of this process", registry=r)

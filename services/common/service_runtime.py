@@ -20,7 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
 from services.common.metrics import ServiceMetrics
-from services.common.tls import GRPC_OPTIONS
+from services.common.tls import GRPC_MESSAGE_LIMIT, GRPC_OPTIONS
 
 
 
@@ -90,13 +90,16 @@ KEEPALIVE_OPTIONS = [("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeou
                      ("grpc.keepalive_permit_without_calls", 1)]
 
 
-def grpc_server(max_workers: int = 32, max_concurrent_rpcs: int | None = None) -> tuple[grpc.Server,
-                                                                                        health.HealthServicer]:
+def grpc_server(max_workers: int = 32, max_concurrent_rpcs: int | None = None,
+                max_receive_bytes: int = GRPC_MESSAGE_LIMIT) -> tuple[grpc.Server, health.HealthServicer]:
     """A gRPC server of `max_workers` threads. Beyond `max_concurrent_rpcs` calls at once (default: the workers less
     4), a call is refused at once with RESOURCE_EXHAUSTED instead of queueing for a thread. The aggregator also caps
-    its upload streams well below this, so that subscriptions and short calls (GetStatus, health) find a slot."""
+    its upload streams well below this, so that subscriptions and short calls (GetStatus, health) find a slot. A
+    message over `max_receive_bytes` is refused with RESOURCE_EXHAUSTED."""
     limit = max_concurrent_rpcs if max_concurrent_rpcs is not None else max(1, max_workers - 4)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=GRPC_OPTIONS + KEEPALIVE_OPTIONS,
+    options = [(name, value) for name, value in GRPC_OPTIONS if name != "grpc.max_receive_message_length"]
+    options.append(("grpc.max_receive_message_length", max_receive_bytes))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options + KEEPALIVE_OPTIONS,
                          maximum_concurrent_rpcs=limit)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -8,7 +8,22 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from services.common.ckks_params import COEFF_MOD_BIT_SIZES, POLY_MODULUS_DEGREE
 from services.common.round_plan import SumLayout
+
+# A serialized fresh ciphertext at the data level: 2 polynomials of N coefficients per data prime, 8 bytes each, and
+# TenSEAL's header (145 bytes measured; 1 KiB allowed). The aggregator refuses any other length.
+CIPHERTEXT_BYTES_BOUND = 2 * POLY_MODULUS_DEGREE * (len(COEFF_MOD_BIT_SIZES) - 1) * 8 + 1024
+# Everything in a message besides its payload: a chunk's header, attestation and phases, or a join's parameter spec.
+MESSAGE_OVERHEAD_BYTES = 256 * 1024
+
+
+def upload_message_limit(chunk_ciphertexts: int, plaintext_chunk_values: int) -> int:
+    """The largest message an honest node sends the aggregator: one upload chunk at its largest (ciphertexts in a
+    secure round, float32 values in plaintext mode), with room for its other fields. The aggregator's gRPC server
+    refuses anything larger with RESOURCE_EXHAUSTED before it reaches memory."""
+    payload = max(chunk_ciphertexts * (CIPHERTEXT_BYTES_BOUND + 8), 4 * plaintext_chunk_values)
+    return payload + MESSAGE_OVERHEAD_BYTES
 
 
 ATTESTATION_DOMAIN = b"fedxray.v1/attestation/2"

@@ -20,8 +20,11 @@ from services.key_authority.servicer import KeyAuthorityServicer
 def main(argv: list[str] | None = None) -> None:
     settings = load_settings(KeyAuthoritySettings, "services.key_authority", __doc__, argv)
     log = configure_logging("key_authority", settings.log_level)
-    keys = load_or_create_keys(settings.max_participants, settings.bits, settings.state_dir,
-                               settings.persist_secret_key)
+    try:
+        keys = load_or_create_keys(settings.max_participants, settings.bits, settings.state_dir,
+                                   settings.persist_secret_key)
+    except (PermissionError, ValueError) as refused:  # a key readable by others, or made for other settings
+        raise SystemExit(f"key authority: {refused}") from None
     ledger = DecryptionLedger(settings.state_dir / "decrypted_rounds.json")
     registry = NodeKeyRegistry.from_directory(settings.node_keys_dir)
     policy = DecryptionPolicy(keys, settings.min_participants, registry, ledger)

@@ -66,6 +66,12 @@ def load_or_create_keys(max_participants: int, bits: int | None, state_dir: Path
             if path.stat().st_mode & 0o077:
                 raise PermissionError(f"{path} must not be readable by group or others (chmod 600)")
         context = ts.context_from(secret_path.read_bytes())
+        if not context.is_private() or context.global_scale != params.scale:
+            raise ValueError(
+                f"the key in {secret_path} does not fit these settings: scale {context.global_scale:g} "
+                f"(secret key {'present' if context.is_private() else 'MISSING'}), but {max_participants} "
+                f"participants at most need scale {params.scale:g}. Start with the consortium size the key was made "
+                "for, or move the key away to start a new run with a new key")
         agreement = X25519PrivateKey.from_private_bytes(agreement_path.read_bytes())
         log.info("loaded secret key from %s", secret_path)
     else:

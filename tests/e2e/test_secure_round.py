@@ -95,6 +95,20 @@ def test_rounds_complete_with_all_five_hospitals(finished_run) -> None:  # type:
     assert all(r["evaluation"] and r["evaluation"]["examples"] > 0 for r in consortium.rows())
 
 
+
+def test_the_run_progress_gauges_the_alerts_read_end_settled(finished_run) -> None:  # type: ignore[no-untyped-def]
+    consortium, code, _, _ = finished_run
+    assert code == 0
+    samples = scrape(consortium.services["aggregator"].metrics_port)
+    assert samples["fedxray_rounds_completed"] == ROUNDS
+    assert samples["fedxray_round_open"] == 0  # no round left open: the stalled-round alert stays silent
+    assert samples["fedxray_round_opened_timestamp_seconds"] > 0
+    missed = {name: value for name, value in samples.items() if name.startswith("fedxray_node_rounds_missed")}
+    assert len(missed) == NODES and set(missed.values()) == {0.0}  # every member contributed to the last round
+    # Refusal reasons are exported at 0 before any refusal, so increase() sees the first one.
+    assert samples['fedxray_refused_requests_total{reason="digest_mismatch"}'] == 0
+
+
 def test_key_authority_returns_exactly_the_integer_sum_of_what_nodes_encoded(finished_run) -> None:  # type: ignore[no-untyped-def]
     consortium, *_ = finished_run
     records = consortium.config.run_dir / "records"

@@ -34,3 +34,11 @@ def test_a_group_readable_secret_key_is_refused(tmp_path, name: str) -> None:  #
 def test_impossible_bits_are_refused_at_start_up(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(CkksParameterError, match="at most 10 bits per field"):
         load_or_create_keys(8, 12, tmp_path, persist=False)
+
+
+def test_a_persisted_key_made_for_another_consortium_size_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A key authority restarted with a larger consortium would decode sums at the wrong scale: it says so."""
+    load_or_create_keys(8, None, tmp_path, persist=True)
+    with pytest.raises(ValueError, match="does not fit these settings.*1000 participants"):
+        load_or_create_keys(1000, None, tmp_path, persist=True)
+    assert load_or_create_keys(8, None, tmp_path, persist=True).params.scale == 262144.0
