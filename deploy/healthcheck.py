@@ -72,7 +72,7 @@ def healthy() -> bool:
         return False
     name, arguments = found
     # The service's own loader: the same environment and --config file it started with.
-    from services.common.service_runtime import load_settings
+    from services.common.settings_loader import load_settings
     from services.common.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME
 
     if name == "key_authority":

@@ -6,14 +6,24 @@ training under record-level DP-SGD at the epsilon the aggregator proposes (8; ev
 hospital's own budget, its ledger in RUN_DIR/hospitals/<node>). Each service
 is a separate OS process talking gRPC over 127.0.0.1; logs go to RUN_DIR/logs.
 Tests and benchmarks use `Consortium` directly.
+
+Your own images: one `--hospital NAME=SOURCE:PATH` per hospital, where SOURCE is
+`folder` (PATH/train/<CLASS>/*.png|jpg, the Kaggle layout; val/ or test/ validate when
+present), `medmnist` (a MedMNIST .npz file) or `dicom` (PATH/<CLASS>/**/*.dcm), e.g.
+
+    python -m scripts.consortium --class-names NORMAL,PNEUMONIA \
+        --hospital st-anna=folder:/data/st-anna --hospital city=folder:/data/city \
+        --hospital north=folder:/data/north
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -95,6 +105,7 @@ class ConsortiumConfig:
     seed: int | None = None  # fixes node i's training and noise randomness at seed * 1000 + i (tests)
     insecure: bool = False  # plaintext gRPC, no certificates
     extra_members: list[str] = field(default_factory=list)  # registered ids with no node process
+    node_names: list[str] | None = None  # the nodes' ids; unset: hospital-1 .. hospital-N
     # An aggregator the launcher does not start (a test's harness playing one): the nodes dial this address.
     external_aggregator: str | None = None
     # Test-only: the module each service runs (tests/service_hooks wraps the services' entry points), and the
@@ -102,7 +113,17 @@ class ConsortiumConfig:
     modules: dict[str, str] = field(default_factory=dict)
     hook_env: dict[str, str] = field(default_factory=dict)
 
+    def node_id(self, index: int) -> str:
+        return self.node_names[index] if self.node_names else f"hospital-{index + 1}"
+
     def __post_init__(self) -> None:
+        if self.node_names is not None:
+            if len(self.node_names) != self.nodes or len(set(self.node_names)) != self.nodes:
+                raise ValueError(f"node_names {self.node_names} must name each of the {self.nodes} nodes once")
+            for name in self.node_names:
+                if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", name):
+                    raise ValueError(f"hospital name {name!r}: use lowercase letters, digits and '-' (it names a "
+                                     "certificate and files)")
         known = frozenset().union(*(model.model_fields for model in SERVICE_SETTINGS.values()))
         for source, values in (("settings", self.settings), ("aggregator", self.aggregator),
                                ("key_authority", self.key_authority), ("node", self.node),
@@ -131,13 +152,13 @@ class ConsortiumConfig:
                                      **launcher})
 
     def node_settings(self, index: int, **launcher: object) -> HospitalNodeSettings:
-        """Node `index`'s settings (hospital-<index+1>, part `index` of the SYNTHETIC set)."""
+        """Node `index`'s settings (its id, part `index` of the SYNTHETIC set)."""
         values = {**self.values_for("hospital_node", self.node), **self.per_node.get(index, {})}
         if self.images_per_node is not None:
             values.setdefault("synthetic_images", self.images_per_node * self.nodes)
         if self.seed is not None:
             values.setdefault("seed", self.seed * 1000 + index)
-        return HospitalNodeSettings(**{**values, "node_id": f"hospital-{index + 1}", "partition_parties": self.nodes,
+        return HospitalNodeSettings(**{**values, "node_id": self.node_id(index), "partition_parties": self.nodes,
                                        "partition_index": index, "insecure": self.insecure, **launcher})
 
 
@@ -187,7 +208,7 @@ class Consortium:
 
     @property
     def node_ids(self) -> list[str]:
-        return [f"hospital-{i + 1}" for i in range(self.config.nodes)]
+        return [self.config.node_id(i) for i in range(self.config.nodes)]
 
     def _key_authority_settings(self, metrics_port: int) -> KeyAuthoritySettings:
         return self.config.key_authority_settings(
@@ -200,7 +221,7 @@ class Consortium:
             state_dir=self.config.run_dir / "aggregator", node_keys_dir=self.identities, **self._tls(AGGREGATOR_NAME))
 
     def _node_settings(self, index: int, metrics_port: int) -> HospitalNodeSettings:
-        node_id = f"hospital-{index + 1}"
+        node_id = self.config.node_id(index)
         return self.config.node_settings(
             index, aggregator=self.aggregator_address, key_authority=self.ka_address,
             identity_key=self.identities / f"{node_id}.key", metrics_port=metrics_port,
@@ -355,6 +376,43 @@ DEMO_SETTINGS: SettingValues = {
     "architecture": "resnet50", "image_size": 32, "partition_scheme": "dirichlet", "partition_alpha": 0.5,
     "round_deadline_seconds": 900.0, "encryption_workers": 0, "torch_threads": 1}
 DEMO_IMAGES_PER_NODE = 60
+# Own images: the recipe docs/RESULTS.md found to learn on five hospitals' skewed data (AdamW at 3e-4, 10 local
+# epochs a round, logit adjustment for each hospital's class imbalance, clip norm 20, server momentum 0.5), so that
+# a first run on a hospital's own images learns; the closing head refit runs when record-level DP is off.
+OWN_IMAGES_SETTINGS: SettingValues = {
+    "local_optimizer": "adamw", "learning_rate": 3e-4, "local_epochs": 10, "imbalance": "logit_adjust",
+    "clip_norm": 20.0, "server_momentum": 0.5}
+SOURCES = ("folder", "medmnist", "dicom")
+
+
+def parse_hospital(text: str) -> tuple[str, str, Path]:
+    """`NAME=SOURCE:PATH` as (name, source, absolute path); a ValueError saying what is wrong."""
+    name, _, rest = text.partition("=")
+    source, _, path = rest.partition(":")
+    if not name or not source or not path:
+        raise ValueError(f"--hospital {text!r}: expected NAME=SOURCE:PATH, e.g. st-anna=folder:/data/st-anna")
+    if source not in SOURCES:
+        raise ValueError(f"--hospital {text!r}: SOURCE must be one of {', '.join(SOURCES)}, not {source!r}")
+    location = Path(path).expanduser().resolve()
+    if not location.exists():
+        raise ValueError(f"--hospital {text!r}: {location} does not exist")
+    return name, source, location
+
+
+def joined_class_counts(path: Path) -> str:
+    """The class table from the counts the hospitals sent when they joined (the aggregator's class_counts.json)."""
+    from services.hospital_node.data.partition import format_class_counts
+
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return f"(no class counts in {path})"
+    lines = ["class counts the hospitals sent when they joined:"]
+    if document["hospitals"]:
+        lines.append(format_class_counts(document["counts"], document["classes"], document["hospitals"]))
+    if document["not_shared"]:
+        lines.append(f"not shared by: {', '.join(document['not_shared'])}")
+    return "\n".join(lines)
 # The demo's record-level (per-patient) target, which the aggregator proposes and every hospital adopts.
 DEMO_RECORD_EPSILON = 8.0
 
@@ -369,9 +427,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=DEMO_SETTINGS["image_size"])
     parser.add_argument("--images-per-node", type=int, default=DEMO_IMAGES_PER_NODE)
     parser.add_argument("--plaintext", action="store_true", help="privacy off, for comparison")
-    parser.add_argument("--record-epsilon", type=float, default=DEMO_RECORD_EPSILON,
+    parser.add_argument("--record-epsilon", type=float, default=None,
                         help="record-level DP-SGD target the aggregator proposes to every hospital; 0: no "
-                             "record-level DP (then the closing head refit runs)")
+                             f"record-level DP (then the closing head refit runs). Default: {DEMO_RECORD_EPSILON:g} "
+                             "for the SYNTHETIC demo; 0 with --hospital (a trial run on one machine, where all the "
+                             "images are in one place anyway: DP-SGD on small folders mostly adds noise)")
     parser.add_argument("--init-weights", type=Path, default=None,
                         help="start from this state dict (public pretraining, e.g. from experiments.pretrain)")
     parser.add_argument("--dp-trainable", choices=("all", "last_block"), default="all",
@@ -380,35 +440,69 @@ def main(argv: list[str] | None = None) -> int:
                         help="without record-level DP: skip the closing refit of the classifier head from the "
                              "hospitals' summed feature statistics (DP-SGD does not cover them, so it is always "
                              "off under record-level DP)")
+    parser.add_argument("--hospital", action="append", default=[], metavar="NAME=SOURCE:PATH",
+                        help="a hospital on its own images (repeat, one per hospital; at least 3): SOURCE is folder, "
+                             "medmnist or dicom. Without it: the SYNTHETIC demo")
+    parser.add_argument("--class-names", default=None, metavar="A,B",
+                        help="the consortium's class names in label order (NORMAL,PNEUMONIA): every hospital's "
+                             "folders must use them; unset: the first hospital's sorted class folders")
     parser.add_argument("--timeout", type=float, default=1200.0)
     args = parser.parse_args(argv)
+    try:
+        own = [parse_hospital(text) for text in args.hospital]
+    except ValueError as bad:
+        parser.error(str(bad))
+    if own and len(own) < 3:
+        parser.error(f"{len(own)} --hospital given; a consortium needs at least 3 (the secure sum's quorum)")
     if args.run_dir.exists():
         import shutil
 
         shutil.rmtree(args.run_dir)
+    if args.record_epsilon is None:
+        args.record_epsilon = 0.0 if own else DEMO_RECORD_EPSILON
     record_dp = args.record_epsilon > 0
+    classes = {"class_names": args.class_names} if args.class_names else {}
     config = ConsortiumConfig(
-        run_dir=args.run_dir, nodes=args.nodes, images_per_node=args.images_per_node,
-        settings={**DEMO_SETTINGS, "rounds": args.rounds, "secure": not args.plaintext,
-                  "allow_plaintext": args.plaintext, "architecture": args.architecture,
+        run_dir=args.run_dir, nodes=len(own) or args.nodes, images_per_node=None if own else args.images_per_node,
+        node_names=[name for name, _, _ in own] or None,
+        settings={**DEMO_SETTINGS, **(OWN_IMAGES_SETTINGS if own else {}), **classes, "rounds": args.rounds,
+                  "secure": not args.plaintext, "allow_plaintext": args.plaintext, "architecture": args.architecture,
                   "image_size": args.image_size, "head_refit": args.head_refit and not record_dp},
         aggregator={**({"record_epsilon": args.record_epsilon} if record_dp else {}),
                     **({"init_weights": args.init_weights.resolve()} if args.init_weights else {})},
-        node={"record_rounds": args.rounds, "dp_trainable": args.dp_trainable})
+        node={"record_rounds": args.rounds, "dp_trainable": args.dp_trainable},
+        per_node={i: {"data_source": source, "data_path": path} for i, (_, source, path) in enumerate(own)})
     demo = Consortium(config)
     aggregator, node = demo.aggregator_settings, demo.node_settings[0]
-    print(f"FedXray consortium: {config.nodes} hospitals on SYNTHETIC radiographs ({node.image_size}px, "
+    data = (f"their own images ({', '.join(sorted({source for _, source, _ in own}))})" if own
+            else "SYNTHETIC radiographs")
+    print(f"FedXray consortium: {config.nodes} hospitals on {data} ({node.image_size}px, "
           f"{aggregator.architecture}), {aggregator.rounds} {'secure' if aggregator.secure else 'PLAINTEXT'} rounds"
           f"{', then a head refit' if aggregator.head_refit else ''}"
           f"{f', record-level DP-SGD at epsilon {aggregator.record_epsilon:g}' if aggregator.record_epsilon else ''}; "
-          f"logs in {args.run_dir / 'logs'}", flush=True)
-    print("class counts per hospital (Dirichlet label skew):", flush=True)
-    print(demo.write_class_counts(), flush=True)
-    print("row 0 is the initial model; metrics are pooled over the hospitals' validation splits", flush=True)
-    print(TABLE_HEADER, flush=True)
+          f"logs in {args.run_dir / 'logs'}, one row per round in {args.run_dir / 'aggregator' / 'rounds.jsonl'}",
+          flush=True)
+    if own and not record_dp:
+        print("record-level DP-SGD is off in this trial run: --record-epsilon 8 turns it on", flush=True)
+    if not own:
+        print("class counts per hospital (Dirichlet label skew):", flush=True)
+        print(demo.write_class_counts(), flush=True)
+    heading = ("row 0 is the initial model; metrics are pooled over the hospitals' validation splits\n"
+               + TABLE_HEADER)
+    if not own:
+        print(heading, flush=True)
     started = time.monotonic()
+    shown = [not own]  # own images: the class table the hospitals sent when they joined, before the first row
+
+    def show(row: dict[str, object]) -> None:
+        if not shown[0]:
+            shown[0] = True
+            print(joined_class_counts(args.run_dir / "aggregator" / "class_counts.json"), flush=True)
+            print(heading, flush=True)
+        print(format_row(row), flush=True)
+
     with demo as consortium:
-        code = consortium.wait(args.timeout, on_row=lambda row: print(format_row(row), flush=True))
+        code = consortium.wait(args.timeout, on_row=show)
         rows = consortium.rows()
     print(f"finished in {time.monotonic() - started:.0f} s with exit code {code}", flush=True)
     completed = [r for r in rows if not r.get("failed") and int(str(r.get("round", 0))) > 0]

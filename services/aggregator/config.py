@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from services.aggregator.round_schedule import RoundSchedule
 from services.common.tls import TlsSettings
@@ -19,7 +19,7 @@ class AggregatorSettings(TlsSettings):
     model_config = SettingsConfigDict(env_prefix="FEDXRAY_AGG_", extra="forbid")
 
     listen: str = Field("127.0.0.1:50052", description="gRPC host:port to serve nodes on")
-    metrics_host: str = "127.0.0.1"
+    metrics_host: str = Field("127.0.0.1", description="address /metrics listens on")
     metrics_port: int = Field(9102, description="Prometheus /metrics port; 0 disables")
     key_authority: str = Field("127.0.0.1:50051", description="key authority host:port")
     state_dir: Path = Field(Path("runs/aggregator"), description="checkpoints, staging, round log")
@@ -46,7 +46,10 @@ class AggregatorSettings(TlsSettings):
         2.0, gt=0, description="how long an upload that ends without its attestation waits to learn whether its "
         "node went away (a broken stream) or closed it on purpose (a truncated one)")
     architecture: str = Field("resnet50", description="resnet50 | resnet18 | efficientnet-b0 (GroupNorm) | resnet50-bn | tiny | tiny-gn")
-    num_classes: int = Field(2, ge=2)
+    num_classes: int = Field(2, ge=2, description="classes the model predicts")
+    class_names: Annotated[tuple[str, ...] | None, NoDecode] = Field(
+        None, description="the consortium's class names in label order, comma-separated (NORMAL,PNEUMONIA): a "
+        "hospital joining with other names or another order is refused. Unset: those of the first hospital to join")
     model_seed: int = 0
     local_epochs: int = Field(1, ge=1)
     learning_rate: float = Field(0.01, gt=0, description="hospitals' local learning rate (round 1's, under a schedule)")
@@ -87,6 +90,23 @@ class AggregatorSettings(TlsSettings):
     plaintext_chunk_values: int = Field(1 << 18, ge=1)
     linger_seconds: float = Field(0.0, ge=0, description="keep serving status and metrics this long after training")
     log_level: str = "INFO"
+
+    @field_validator("class_names", mode="before")
+    @classmethod
+    def _split_class_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            names = tuple(name.strip() for name in value.split(","))
+            if not all(names) or len(set(names)) != len(names):
+                raise ValueError(f"class_names {value!r} has an empty or repeated name")
+            return names
+        return value
+
+    @model_validator(mode="after")
+    def _one_name_per_class(self) -> AggregatorSettings:
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names {','.join(self.class_names)} names {len(self.class_names)} classes; "
+                             f"num_classes is {self.num_classes}")
+        return self
 
     @model_validator(mode="after")
     def _record_privacy_covers_every_release(self) -> AggregatorSettings:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from services.common.class_roster import ClassRoster, require_same_classes
 from services.common.errors import UnknownNodeError
 from services.common.model_spec import ParameterSpec
 from services.common.round_plan import RoundMessage
@@ -24,9 +25,14 @@ class _Subscriber:
 
 
 class Membership:
-    def __init__(self, members: frozenset[str], spec: ParameterSpec) -> None:
+    def __init__(self, members: frozenset[str], spec: ParameterSpec, class_names: tuple[str, ...] | None = None,
+                 on_join: Callable[[dict[str, ClassRoster]], None] | None = None) -> None:
         self._members = members
         self._spec = spec
+        # The consortium's class names in label order: configured, or else those of the first hospital to join.
+        self._class_names = class_names
+        self._rosters: dict[str, ClassRoster] = {}
+        self._on_join = on_join  # called with every hospital's roster after each accepted join
         self._subscribers: dict[str, _Subscriber] = {}
         self._changed = threading.Condition()
         self._leave_listeners: list[Callable[[str], None]] = []
@@ -49,15 +55,37 @@ class Membership:
         if node_id not in self._members:
             raise UnknownNodeError(f"node {node_id!r} is not a registered consortium member")
 
-    def subscribe(self, node_id: str, spec: ParameterSpec, is_active: Callable[[], bool]) -> Iterator[RoundMessage]:
-        """Every message broadcast from now on, until the stream ends or the node goes away."""
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        return self._class_names
+
+    def rosters(self) -> dict[str, ClassRoster]:
+        """Each hospital's class names and counts, as it last sent them when it joined."""
+        with self._changed:
+            return dict(self._rosters)
+
+    def subscribe(self, node_id: str, spec: ParameterSpec, classes: ClassRoster,
+                  is_active: Callable[[], bool]) -> Iterator[RoundMessage]:
+        """Every message broadcast from now on, until the stream ends or the node goes away. A node whose model or
+        class names differ from the consortium's is refused before it is subscribed."""
         self.require_member(node_id)
         self._spec.require_equal(spec)
         subscriber = _Subscriber(node_id, queue.Queue())
         with self._changed:
+            if self._class_names is None and classes.names:
+                self._class_names = classes.names
+                log.info("the consortium's classes, in label order, are %s (from %s, the first to join)",
+                         list(classes.names), node_id)
+            require_same_classes(self._class_names or (), node_id, classes.names)
+            self._rosters[node_id] = classes
             self._subscribers[node_id] = subscriber
             self._changed.notify_all()
-        log.info("node %s subscribed (%d connected)", node_id, len(self._subscribers))
+        log.info("node %s subscribed (%d connected): classes %s", node_id, len(self._subscribers), classes.table())
+        if self._on_join is not None:
+            self._on_join(self.rosters())
+        if classes.empty_classes():
+            log.warning("!!! %s has no images of %s: its validation metrics cannot cover that class !!!", node_id,
+                        ", ".join(classes.empty_classes()))
         try:
             while is_active():
                 try:

@@ -119,9 +119,9 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
 
     @translate_stream_errors
     def Subscribe(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> Iterator[pb.RoundMessage]:
-        node_id, spec = join_from_wire(request)
+        node_id, spec, classes = join_from_wire(request)
         self._require_peer(context, node_id)
-        for message in self._membership.subscribe(node_id, spec, context.is_active):
+        for message in self._membership.subscribe(node_id, spec, classes, context.is_active):
             yield round_message_to_wire(message)
 
     @translate_errors

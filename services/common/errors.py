@@ -16,6 +16,10 @@ class SpecMismatchError(FedXrayError):
     """Two parties disagree on the model's parameter layout."""
 
 
+class ClassMismatchError(FedXrayError):
+    """A hospital's class names, or their order, differ from the consortium's."""
+
+
 class CkksParameterError(FedXrayError):
     """CKKS parameters that cannot carry the configured integers exactly."""
 

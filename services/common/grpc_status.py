@@ -13,6 +13,7 @@ from services.common import errors
 
 STATUS_OF: dict[type[errors.FedXrayError], grpc.StatusCode] = {
     errors.SpecMismatchError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ClassMismatchError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.CkksParameterError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.PackingError: grpc.StatusCode.INVALID_ARGUMENT,
     errors.DecryptionIntegrityError: grpc.StatusCode.FAILED_PRECONDITION,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import signal
@@ -10,10 +9,7 @@ import sys
 import threading
 import time
 from concurrent import futures
-from pathlib import Path
-from typing import Any, TypeVar
-
-from pydantic_settings import BaseSettings
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,22 +18,6 @@ from prometheus_client import start_http_server
 from services.common.metrics import ServiceMetrics
 from services.common.tls import GRPC_MESSAGE_LIMIT, GRPC_OPTIONS
 
-
-
-SettingsT = TypeVar("SettingsT", bound=BaseSettings)
-
-
-def load_settings(settings_class: type[SettingsT], module: str, doc: str | None,
-                  argv: list[str] | None = None) -> SettingsT:
-    """`--help` listing every setting, and settings from the environment or `--config FILE`."""
-    prefix = str(settings_class.model_config.get("env_prefix", ""))
-    listing = "\n".join(f"  {prefix}{name.upper():24} {field.description or ''} (default: {field.default})"
-                        for name, field in settings_class.model_fields.items())
-    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc, epilog="settings:\n" + listing,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, help=f"env file with {prefix}* settings")
-    args = parser.parse_args(argv)
-    return settings_class(_env_file=args.config) if args.config else settings_class()
 
 
 class JsonLogFormatter(logging.Formatter):

@@ -16,6 +16,7 @@ import numpy as np
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.common.errors import MalformedChunkError, PackingError
 from services.common.evaluation_report import EvaluationCounts, EvaluationReport
+from services.common.class_roster import ClassRoster
 from services.common.model_spec import ParameterSpec
 from services.common.noise import NoiseKind
 from services.common.packing import FieldLayout
@@ -141,12 +142,17 @@ def round_message_from_wire(message: pb.RoundMessage) -> RoundMessage:
     raise MalformedChunkError("a round message without a body")
 
 
-def join_to_wire(node_id: str, spec: ParameterSpec) -> pb.JoinRequest:
-    return pb.JoinRequest(node_id=node_id, parameter_count=spec.count, parameter_digest=spec.digest)
+def join_to_wire(node_id: str, spec: ParameterSpec, classes: ClassRoster) -> pb.JoinRequest:
+    return pb.JoinRequest(node_id=node_id, parameter_count=spec.count, parameter_digest=spec.digest,
+                          class_names=list(classes.names), class_counts=list(classes.counts))
 
 
-def join_from_wire(message: pb.JoinRequest) -> tuple[str, ParameterSpec]:
-    return message.node_id, ParameterSpec(message.parameter_count, message.parameter_digest, (), ())
+def join_from_wire(message: pb.JoinRequest) -> tuple[str, ParameterSpec, ClassRoster]:
+    counts = tuple(int(count) for count in message.class_counts)
+    if counts and len(counts) != len(message.class_names):
+        raise MalformedChunkError(f"a join with {len(message.class_names)} class names and {len(counts)} counts")
+    return (message.node_id, ParameterSpec(message.parameter_count, message.parameter_digest, (), ()),
+            ClassRoster(tuple(message.class_names), counts))
 
 
 # ---------------------------------------------------------------- uploads

@@ -18,6 +18,9 @@ class HospitalNodeSettings(TlsSettings):
     node_id: str = Field("hospital-1", description="consortium member name (matches its identity key)")
     aggregator: str = Field("127.0.0.1:50052", description="aggregator host:port")
     key_authority: str = Field("127.0.0.1:50051", description="key authority host:port (public context only)")
+    connect_seconds: float = Field(300.0, gt=0, description="at start, how long to keep trying to reach the "
+                                   "aggregator and the key authority (retries logged, backoff 1 s doubling to 30 s); "
+                                   "past it, the node exits 1 saying which address it could not reach")
     reconnect_seconds: float = Field(900.0, ge=0, description="how long to keep reconnecting (backoff 1 s doubling "
                                      "to 30 s) after the aggregator's stream breaks, e.g. while it restarts; past "
                                      "it, the node exits 1")
@@ -54,31 +57,41 @@ class HospitalNodeSettings(TlsSettings):
         "frozen as it arrived (start the consortium from pretrained weights)")
     state_dir: Path = Field(Path("runs/hospital"), description="this hospital's own state: its record-level "
                             "privacy ledger (record_privacy.json), which must survive restarts")
-    metrics_host: str = "127.0.0.1"
+    metrics_host: str = Field("127.0.0.1", description="address /metrics listens on")
     metrics_port: int = Field(0, description="Prometheus /metrics port; 0 disables")
     architecture: str = Field("resnet50", description="resnet50 | resnet18 | efficientnet-b0 (GroupNorm) | resnet50-bn | tiny | tiny-gn (must match the aggregator)")
-    num_classes: int = Field(2, ge=2)
-    image_size: int = Field(64, ge=16)
-    model_seed: int = 0
-    data_source: Literal["synthetic", "folder", "medmnist", "dicom"] = "synthetic"
-    data_path: Path | None = Field(None, description="folder root, .npz file or DICOM folder")
+    num_classes: int = Field(2, ge=2, description="classes the model predicts (must match the aggregator)")
+    image_size: int = Field(64, ge=16, description="images are resized to image_size x image_size pixels, grey")
+    model_seed: int = Field(0, description="seed of the initial weights (the aggregator's own wins: it sends them)")
+    data_source: Literal["synthetic", "folder", "medmnist", "dicom"] = Field(
+        "synthetic", description="where this hospital's images come from: synthetic (built-in SYNTHETIC radiographs, "
+        "for demos and tests), folder (DATA_PATH/train/<CLASS>/*.png|jpg, Kaggle layout; val/ and test/ used when "
+        "present), medmnist (a MedMNIST .npz file), dicom (DATA_PATH/<CLASS>/*.dcm)")
+    data_path: Path | None = Field(None, description="folder root, .npz file or DICOM folder (not for synthetic)")
     class_names: Annotated[tuple[str, ...] | None, NoDecode] = Field(
         None, description="the consortium's class names in label order, comma-separated (NORMAL,PNEUMONIA), for "
         "folder and DICOM sources; the same at every hospital, whichever class folders it holds. Unset: this "
         "hospital's class folders, sorted, which must then number num_classes")
     synthetic_images: int = Field(1000, ge=10, description="size of the synthetic set all nodes share out")
-    synthetic_seed: int = 0
-    partition_scheme: Literal["iid", "dirichlet", "label_mix", "quantity"] = "iid"
-    partition_alpha: float = Field(0.5, gt=0)
-    partition_parties: int = Field(5, ge=1)
+    allow_extra_folders: bool = Field(False, description="with class_names set, skip (with a warning) a folder that "
+                                      "is not one of them; unset: such a folder is an error naming the closest class")
+    share_class_counts: bool = Field(True, description="send this hospital's per-class image counts when it joins "
+                                     "(the aggregator logs them and the report plots them); false: names only")
+    synthetic_seed: int = Field(0, description="seed of the SYNTHETIC set every node regenerates (synthetic only)")
+    partition_scheme: Literal["iid", "dirichlet", "label_mix", "quantity"] = Field(
+        "iid", description="how the synthetic set is shared out among the hospitals (synthetic only)")
+    partition_alpha: float = Field(0.5, gt=0, description="Dirichlet concentration of the dirichlet and quantity "
+                                   "schemes: smaller is more skewed (synthetic only)")
+    partition_parties: int = Field(5, ge=1, description="hospitals the synthetic set is shared out among")
     partition_index: int = Field(0, ge=0, description="this hospital's part of the synthetic set")
-    validation_fraction: float = Field(0.2, gt=0, lt=1)
+    validation_fraction: float = Field(0.2, gt=0, lt=1, description="share of the training images held out for "
+                                       "validation when the source has no val/ split")
     calibration_fraction: float = Field(
         0.0, ge=0, lt=1, description="share of the validation split kept apart for choosing the operating "
         "point (threshold); 0: none, metrics at argmax only")
     imbalance: Literal["none", "class_weights", "sampler", "logit_adjust"] = Field(
         "class_weights", description="class-weighted loss, weighted sampling, or logit adjustment by the local prior")
-    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    lr_schedule: Literal["constant", "cosine"] = Field("cosine", description="learning rate within a round")
     augment: bool = Field(True, description="small rotations, shifts, zoom, brightness/contrast (no flips)")
     freeze_head: bool = Field(False, description="local training leaves the classifier head as it arrived and "
                               "trains the body only (FedBABU, Oh et al., ICLR 2022)")
@@ -86,7 +99,7 @@ class HospitalNodeSettings(TlsSettings):
     torch_threads: int = Field(0, ge=0, description="CPU threads for training; 0: torch default")
     seed: int | None = Field(None, description="fixes training randomness (tests); the noise and masks of a secure "
                              "upload always come from the OS's entropy")
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     @field_validator("class_names", mode="before")
     @classmethod

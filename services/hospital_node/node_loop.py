@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from services.common.chunking import float32_from_chunks
 from services.common.ckks_params import key_id as key_id_of
 from services.common.ckks_params import load_public_context
+from services.common.class_roster import ClassRoster, default_class_names
 from services.common.errors import FedXrayError, MalformedChunkError, PlanRefusedError, WrongKeyError
 from services.common.head_refit import classifier_head, statistics_dimension
 from services.common.metrics import ServiceMetrics
@@ -39,7 +40,7 @@ from services.common.update_codec import received_update
 from services.common.upload import UploadChunk
 from services.common.wire import plan_digest
 from services.hospital_node.config import HospitalNodeSettings
-from services.hospital_node.consortium_client import ConsortiumClient
+from services.hospital_node.consortium_client import ConsortiumClient, UnreachableError, wait_until_reachable
 from services.hospital_node.data.local_data import LocalData
 from services.hospital_node.encryption_pool import EncryptionPool
 from services.hospital_node.privacy_floor import check_plan
@@ -64,6 +65,10 @@ RECONNECT_FIRST_PAUSE, RECONNECT_MAX_PAUSE = 1.0, 30.0
 # Statuses of a broken connection, not of a refusal: the node subscribes again. Any other status ends the node.
 RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
                              grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED})
+# A join the aggregator refuses for what it says (other class names, another model, not a member): rejoining cannot
+# cure it, so the node exits 2 with the aggregator's message.
+JOIN_REFUSALS = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED,
+                           grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT})
 _NO_PROPOSAL = LocalTrainingPlan(1, 0.0, 1, "sgd", 0.0, False, 0.0)
 
 
@@ -82,6 +87,9 @@ class HospitalNode:
                  client: ConsortiumClient, observer: UploadObserver | None = None) -> None:
         self._settings = settings
         self._data = data
+        names = data.classes.names if data.classes else default_class_names(settings.num_classes)
+        counts = data.classes.counts if data.classes and settings.share_class_counts else ()
+        self._classes = ClassRoster(names, counts)  # sent when joining: the aggregator checks the names
         self._metrics = metrics
         self._client = client
         self._observer = observer
@@ -115,8 +123,15 @@ class HospitalNode:
                  self._settings.architecture, self._device, self._spec.count, self._data.train_labels.numel(),
                  self._data.val_labels.numel())
         try:
-            self._public_key()  # fail fast if the key authority is unreachable or serves a secret key
+            settings = self._settings
+            for peer, address, probe in (("key authority", settings.key_authority, self._client.probe_key_authority),
+                                         ("aggregator", settings.aggregator, self._client.probe_aggregator)):
+                wait_until_reachable(peer, address, probe, settings, settings.connect_seconds, log)
+            self._public_key()  # fail fast if the key authority serves a secret key
             return self._follow_rounds(stop)
+        except UnreachableError as unreachable:
+            log.error("%s", unreachable)
+            return 1
         finally:
             if self._pool is not None:
                 self._pool.close()
@@ -144,6 +159,10 @@ class HospitalNode:
                     return 0
                 reason = "the aggregator ended the stream before training finished"
             except grpc.RpcError as error:
+                if not received[0] and error.code() in JOIN_REFUSALS:
+                    log.error("the aggregator refused this hospital's join (%s): %s", error.code().name,
+                              error.details())
+                    return 2
                 if error.code() not in RECONNECT_CODES:
                     raise
                 reason = f"{error.code().name}: {error.details()}"
@@ -161,7 +180,7 @@ class HospitalNode:
 
     def _follow_subscription(self, stop: threading.Event, received: list[bool]) -> bool:
         """One subscription's messages; True when training finished or the node was stopped."""
-        subscription = self._client.subscribe(self._settings.node_id, self._spec)
+        subscription = self._client.subscribe(self._settings.node_id, self._spec, self._classes)
         plan: RoundPlan | None = None
         model_chunks: list[bytes] = []
         for message in subscription:

@@ -6,43 +6,15 @@ lists them.
 
 from __future__ import annotations
 
-
-from services.common.metrics import ServiceMetrics
-from services.common.service_runtime import configure_logging, load_settings, grpc_server, mark_serving, serve_metrics, shutdown_event
-from services.common.node_identity import NodeKeyRegistry
-from services.common.tls import add_port
+from services.common.settings_loader import load_settings
 from services.key_authority.config import KeyAuthoritySettings
-from services.key_authority.decryption_policy import DecryptionLedger, DecryptionPolicy
-from services.key_authority.key_store import load_or_create_keys
-from services.key_authority.servicer import KeyAuthorityServicer
 
 
 def main(argv: list[str] | None = None) -> None:
     settings = load_settings(KeyAuthoritySettings, "services.key_authority", __doc__, argv)
-    log = configure_logging("key_authority", settings.log_level)
-    try:
-        keys = load_or_create_keys(settings.max_participants, settings.bits, settings.state_dir,
-                                   settings.persist_secret_key)
-    except (PermissionError, ValueError) as refused:  # a key readable by others, or made for other settings
-        raise SystemExit(f"key authority: {refused}") from None
-    ledger = DecryptionLedger(settings.state_dir / "decrypted_rounds.json")
-    registry = NodeKeyRegistry.from_directory(settings.node_keys_dir)
-    policy = DecryptionPolicy(keys, settings.min_participants, registry, ledger)
-    metrics = ServiceMetrics("key_authority", holds_secret_key=keys.secret_context.is_private())
-    serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
-    server, health = grpc_server()
-    servicer = KeyAuthorityServicer(keys, policy, settings.min_participants, metrics, registry.agreement_keys,
-                                    settings.consortium, require_aggregator_certificate=not settings.insecure)
-    servicer.register(server)
-    settings.warn_if_insecure("key authority")
-    add_port(server, settings.listen, settings)
-    server.start()
-    mark_serving(health, "fedxray.v1.KeyAuthority")
-    log.info("key authority serving on %s, key id %s, %d registered nodes, %d-bit fields x%d per slot",
-             settings.listen, keys.key_id, len(registry.node_ids), keys.layout.bits, keys.layout.fields_per_slot)
-    shutdown_event().wait()
-    server.stop(grace=5).wait()
-    log.info("key authority stopped")
+    from services.key_authority.service import serve  # TenSEAL loads here, after the settings are checked
+
+    serve(settings)
 
 
 if __name__ == "__main__":

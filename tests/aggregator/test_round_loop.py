@@ -28,6 +28,7 @@ from services.aggregator.upload_intake import UploadIntake
 from services.common.atomic_files import read_json_lines
 from services.common.errors import DecryptionRefusedError
 from services.common.evaluation_report import EvaluationCounts, EvaluationReport
+from services.common.class_roster import ClassRoster
 from services.common.head_refit import head_positions
 from services.common.metrics import ServiceMetrics
 from services.common.noise import NoiseKind
@@ -47,6 +48,7 @@ from services.key_authority.key_store import KeyMaterial, load_or_create_keys
 from services.key_authority.sum_decryption import checked_chunks, decrypt_checked
 
 NODES = ("hospital-1", "hospital-2", "hospital-3")
+CLASSES = ClassRoster(("NORMAL", "PNEUMONIA"), (10, 10))
 
 
 class InProcessKeyAuthority:
@@ -88,7 +90,7 @@ def _node(node_id: str, folder: Path, membership: Membership, intake: UploadInta
     agreement = load_agreement_key(folder / f"{node_id}.key")
     plan: RoundPlan | None = None
     chunks = 0
-    for message in membership.subscribe(node_id, membership.spec, lambda: not stop.is_set()):
+    for message in membership.subscribe(node_id, membership.spec, CLASSES, lambda: not stop.is_set()):
         if isinstance(message, TrainingFinished):
             return
         if isinstance(message, RoundPlan):

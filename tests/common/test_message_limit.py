@@ -8,6 +8,7 @@ import tenseal as ts
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.common.ckks_params import COEFF_MOD_BIT_SIZES, POLY_MODULUS_DEGREE
+from services.common.class_roster import ClassRoster
 from services.common.model_spec import parameter_spec
 from services.common.models import build_model
 from services.common.upload import CIPHERTEXT_BYTES_BOUND, upload_message_limit
@@ -44,5 +45,6 @@ def test_the_largest_honest_upload_chunk_fits_and_little_more_does() -> None:
 @pytest.mark.parametrize("architecture", ["resnet50", "efficientnet-b0"])
 def test_a_join_with_the_largest_models_parameter_spec_fits(architecture: str) -> None:
     spec = parameter_spec(build_model(architecture, 2).state_dict())
-    join = join_to_wire("hospital-1", spec).SerializeToString()
+    classes = ClassRoster(tuple(f"A_LONG_CLASS_NAME_{i}" for i in range(20)), tuple(range(20)))
+    join = join_to_wire("hospital-1", spec, classes).SerializeToString()
     assert len(join) <= upload_message_limit(1, 1)

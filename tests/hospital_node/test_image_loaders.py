@@ -51,7 +51,11 @@ def kaggle_folder(tmp_path: Path) -> Path:
 
 
 def test_folder_loader_loads_good_images_and_reports_bad_file_and_unknown_folder(kaggle_folder: Path) -> None:
-    dataset = load_image_folder(kaggle_folder, "train", image_size=16, class_names=("NORMAL", "PNEUMONIA"))
+    # A folder that is not a named class is an error, unless extra folders are allowed: then it is skipped.
+    with pytest.raises(DatasetFormatError, match=r"folder 'COVID' is not one of the class names.*ALLOW_EXTRA"):
+        load_image_folder(kaggle_folder, "train", image_size=16, class_names=("NORMAL", "PNEUMONIA"))
+    dataset = load_image_folder(kaggle_folder, "train", image_size=16, class_names=("NORMAL", "PNEUMONIA"),
+                                allow_extra_folders=True)
     assert dataset.images.shape == (3, 1, 16, 16)
     assert dataset.images.dtype == np.float32
     np.testing.assert_array_equal(dataset.labels, [0, 0, 1])

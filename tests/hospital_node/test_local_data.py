@@ -48,8 +48,11 @@ def test_a_hospital_whose_folders_do_not_number_the_classes_is_refused_by_name(t
         write_grey_png(tmp_path / "train" / "NORMAL" / f"{index}.png", 30)
     with pytest.raises(DatasetFormatError, match="3 classes"):
         load_local_data(_settings(data_source="folder", data_path=tmp_path))
-    # Named, the third folder is skipped and the other two keep their places.
-    labels = _all_labels(_settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,PNEUMONIA"))
+    # Named, the third folder is an error naming it; allowed, it is skipped and the other two keep their places.
+    with pytest.raises(DatasetFormatError, match="folder 'COVID' is not one of the class names"):
+        load_local_data(_settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,PNEUMONIA"))
+    labels = _all_labels(_settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,PNEUMONIA",
+                                   allow_extra_folders=True))
     assert labels == [0, 0, 1, 1, 1, 1]
 
 
@@ -70,7 +73,9 @@ def test_dicom_class_folders_label_pydicoms_real_files_by_folder(tmp_path: Path)
     shutil.copy(pydicom_file(CT_SMALL), tmp_path / "stray")  # outside any class folder
     shutil.copy(pydicom_file(MR_SMALL), tmp_path / "OTHER" / "mr")  # not one of the named classes
 
-    dataset = load_dicom_class_folders(tmp_path, 16, ("NORMAL", "ABNORMAL"))
+    with pytest.raises(DatasetFormatError, match="folder 'OTHER' is not one of the class names"):
+        load_dicom_class_folders(tmp_path, 16, ("NORMAL", "ABNORMAL"))
+    dataset = load_dicom_class_folders(tmp_path, 16, ("NORMAL", "ABNORMAL"), allow_extra_folders=True)
     assert dataset.labels.tolist() == [1, 0]  # sorted paths: ABNORMAL/series-1/mr, NORMAL/ct
     assert all("PatientName" not in header and "PatientID" not in header for header in dataset.headers)
     reasons = {str(Path(s.path).relative_to(tmp_path)): s.reason for s in dataset.skipped}
@@ -122,3 +127,64 @@ def test_the_node_process_refuses_unusable_images_with_a_named_error(tmp_path: P
     logged = done.stdout + done.stderr
     assert "cannot load this hospital's images" in logged and "FEDXRAY_NODE_CLASS_NAMES" in logged
     assert "Traceback" not in logged
+
+
+def test_a_misspelled_class_folder_is_an_error_naming_it_and_the_closest_class(tmp_path: Path) -> None:
+    """The mistake a new user made: `PNUEMONIA` was skipped with one warning, and the hospital joined with one
+    class (counts [60, 0]) and a validation accuracy of 1.000."""
+    write_grey_png(tmp_path / "train" / "NORMAL" / "a.png", 30)
+    write_grey_png(tmp_path / "train" / "PNUEMONIA" / "b.png", 200)
+    with pytest.raises(DatasetFormatError) as misspelled:
+        load_local_data(_settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,PNEUMONIA"))
+    assert "folder 'PNUEMONIA' is not one of the class names ['NORMAL', 'PNEUMONIA']; did you mean " \
+           "'PNEUMONIA'? Rename the folder" in str(misspelled.value)
+
+
+def test_a_lowercase_folder_gives_the_sorted_order_which_the_join_then_refuses(tmp_path: Path) -> None:
+    """Without CLASS_NAMES the sorted folders are the classes: `normal` sorts after `PNEUMONIA`, so this
+    hospital's labels are swapped against everyone else's. It sends these names when it joins, and the aggregator
+    refuses them (tests/aggregator/test_membership.py, tests/e2e/test_own_images.py)."""
+    for index in range(2):
+        write_grey_png(tmp_path / "train" / "normal" / f"{index}.png", 30)
+        write_grey_png(tmp_path / "train" / "PNEUMONIA" / f"{index}.png", 200)
+    data = load_local_data(_settings(data_source="folder", data_path=tmp_path))
+    assert data.classes is not None and data.classes.names == ("PNEUMONIA", "normal")
+
+
+def test_a_class_without_images_is_a_loud_warning_and_shows_in_the_roster(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    for index in range(4):
+        write_grey_png(tmp_path / "train" / "NORMAL" / f"{index}.png", 30)
+    (tmp_path / "train" / "PNEUMONIA").mkdir()
+    with caplog.at_level("WARNING"):
+        data = load_local_data(_settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,PNEUMONIA"))
+    assert data.classes is not None and data.classes.counts == (4, 0)
+    assert "NORMAL 4, PNEUMONIA 0 (NONE)" == data.classes.table()
+    assert any("!!! hospital-1 has NO images of PNEUMONIA" in r.getMessage() for r in caplog.records)
+
+
+def test_val_then_test_folders_are_the_validation_split_and_the_log_says_which(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for index in range(4):
+        write_grey_png(tmp_path / "train" / "NORMAL" / f"{index}.png", 30)
+        write_grey_png(tmp_path / "train" / "PNEUMONIA" / f"{index}.png", 200)
+    for index in range(3):
+        write_grey_png(tmp_path / "test" / "NORMAL" / f"{index}.png", 30)
+    write_grey_png(tmp_path / "test" / "PNEUMONIA" / "0.png", 200)
+    settings = _settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,PNEUMONIA")
+    with caplog.at_level("INFO"):
+        data = load_local_data(settings)
+    assert data.train_labels.numel() == 8 and sorted(data.val_labels.tolist()) == [0, 0, 0, 1]
+    assert any("validation: " in r.getMessage() and "/test (4 images); no val/ folder" in r.getMessage()
+               for r in caplog.records)
+    write_grey_png(tmp_path / "val" / "NORMAL" / "0.png", 30)
+    write_grey_png(tmp_path / "val" / "PNEUMONIA" / "0.png", 200)
+    assert sorted(load_local_data(settings).val_labels.tolist()) == [0, 1]  # val/ wins over test/
+    (tmp_path / "val").rename(tmp_path / "elsewhere")
+    (tmp_path / "test").rename(tmp_path / "elsewhere2")
+    with caplog.at_level("INFO"):
+        caplog.clear()
+        data = load_local_data(settings)
+    assert data.train_labels.numel() + data.val_labels.numel() == 8  # a random 25% of train/
+    assert any("a random 25% of the images" in r.getMessage() and "no val/ or test/ folder" in r.getMessage()
+               for r in caplog.records)

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/fedxray/v1/fedxray.proto\x12\nfedxray.v1\"\x19\n\x17GetPublicContextRequest\"\xde\x01\n\rPublicContext\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\x0c\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x0c\n\x04\x62its\x18\x03 \x01(\r\x12\x17\n\x0f\x66ields_per_slot\x18\x04 \x01(\r\x12\x18\n\x10max_participants\x18\x05 \x01(\r\x12\x1c\n\x14slots_per_ciphertext\x18\x06 \x01(\r\x12\x18\n\x10min_participants\x18\x07 \x01(\r\x12\x17\n\x0fstatistics_bits\x18\x08 \x01(\r\x12\x1a\n\x12mask_agreement_key\x18\t \x01(\x0c\"\x9c\x02\n\x0b\x41ttestation\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\x04\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\r\x12\x15\n\rstream_digest\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12%\n\x06layout\x18\x07 \x01(\x0e\x32\x15.fedxray.v1.SumLayout\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\r\x12\x1e\n\x16participant_set_sha256\x18\t \x01(\x0c\x12\x13\n\x0bvalue_count\x18\n \x01(\x04\x12\x19\n\x11\x63hunk_ciphertexts\x18\x0b \x01(\r\x12\x13\n\x0bplan_sha256\x18\x0c \x01(\x0c\"\x8a\x02\n\x0f\x44\x65\x63ryptManifest\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x03 \x01(\r\x12\x13\n\x0bvalue_count\x18\x04 \x01(\x04\x12-\n\x0c\x61ttestations\x18\x05 \x03(\x0b\x32\x17.fedxray.v1.Attestation\x12%\n\x06layout\x18\x06 \x01(\x0e\x32\x15.fedxray.v1.SumLayout\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\r\x12\x14\n\x0cparticipants\x18\x08 \x03(\t\x12\x19\n\x11\x63hunk_ciphertexts\x18\t \x01(\r\x12\x13\n\x0bplan_sha256\x18\n \x01(\x0c\"5\n\x0f\x43iphertextChunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\x13\n\x0b\x63iphertexts\x18\x02 \x03(\x0c\"w\n\x0e\x44\x65\x63ryptRequest\x12/\n\x08manifest\x18\x01 \x01(\x0b\x32\x1b.fedxray.v1.DecryptManifestH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.fedxray.v1.CiphertextChunkH\x00\x42\x06\n\x04\x62ody\"`\n\x0f\x44\x65\x63ryptResponse\x12\r\n\x05index\x18\x01 \x01(\r\x12\x14\n\x0c\x66ield_values\x18\x02 \x01(\x0c\x12\x13\n\x0bvalue_count\x18\x03 \x01(\r\x12\x13\n\x0bvalue_bytes\x18\x04 \x01(\r\"Q\n\x0bJoinRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0fparameter_count\x18\x02 \x01(\x04\x12\x18\n\x10parameter_digest\x18\x03 \x01(\t\"\xa4\x01\n\rLocalTraining\x12\x0e\n\x06\x65pochs\x18\x01 \x01(\r\x12\x15\n\rlearning_rate\x18\x02 \x01(\x01\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x11\n\toptimizer\x18\x04 \x01(\t\x12\x13\n\x0bproximal_mu\x18\x05 \x01(\x01\x12\x18\n\x10\x64rift_correction\x18\x06 \x01(\x08\x12\x16\n\x0erecord_epsilon\x18\x07 \x01(\x01\"\xa1\x02\n\x05\x43odec\x12\x11\n\tclip_norm\x18\x01 \x01(\x01\x12\r\n\x05scale\x18\x02 \x01(\x01\x12\x18\n\x10\x63oordinate_bound\x18\x03 \x01(\x04\x12\x0c\n\x04\x62its\x18\x04 \x01(\r\x12\x17\n\x0f\x66ields_per_slot\x18\x05 \x01(\r\x12\x18\n\x10max_participants\x18\x06 \x01(\r\x12\x18\n\x10min_participants\x18\x07 \x01(\r\x12\x12\n\nnoise_kind\x18\x08 \x01(\t\x12\x16\n\x0enoise_variance\x18\t \x01(\x01\x12\x15\n\rrounding_beta\x18\n \x01(\x01\x12\x17\n\x0frounding_pieces\x18\x0b \x01(\r\x12%\n\x06layout\x18\x0c \x01(\x0e\x32\x15.fedxray.v1.SumLayout\"\x90\x01\n\x08Transfer\x12\x1a\n\x12upload_value_count\x18\x01 \x01(\x04\x12\x13\n\x0b\x63hunk_count\x18\x02 \x01(\r\x12\x19\n\x11\x63hunk_ciphertexts\x18\x03 \x01(\r\x12\x1e\n\x16plaintext_chunk_values\x18\x04 \x01(\r\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x05 \x01(\x01\"h\n\x0eModelBroadcast\x12\x17\n\x0fparameter_count\x18\x01 \x01(\x04\x12\x18\n\x10parameter_digest\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\r\"\xab\x02\n\tRoundPlan\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.fedxray.v1.RoundKind\x12\x0e\n\x06secure\x18\x03 \x01(\x08\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12+\n\x08training\x18\x05 \x01(\x0b\x32\x19.fedxray.v1.LocalTraining\x12 \n\x05\x63odec\x18\x06 \x01(\x0b\x32\x11.fedxray.v1.Codec\x12&\n\x08transfer\x18\x07 \x01(\x0b\x32\x14.fedxray.v1.Transfer\x12)\n\x05model\x18\x08 \x01(\x0b\x32\x1a.fedxray.v1.ModelBroadcast\x12\x0f\n\x07\x61ttempt\x18\t \x01(\r\x12\x14\n\x0cparticipants\x18\n \x03(\t\"=\n\nModelChunk\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0e\n\x06values\x18\x03 \x01(\x0c\"\"\n\x10TrainingFinished\x12\x0e\n\x06rounds\x18\x01 \x01(\x04\"\x9e\x01\n\x0cRoundMessage\x12%\n\x04plan\x18\x01 \x01(\x0b\x32\x15.fedxray.v1.RoundPlanH\x00\x12-\n\x0bmodel_chunk\x18\x02 \x01(\x0b\x32\x16.fedxray.v1.ModelChunkH\x00\x12\x30\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x1c.fedxray.v1.TrainingFinishedH\x00\x42\x06\n\x04\x62ody\"b\n\x0cRoundDecline\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"\x0c\n\nDeclineAck\"\xaa\x02\n\x0bUpdateChunk\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\r\x12\x13\n\x0b\x63iphertexts\x18\x05 \x03(\x0c\x12\x18\n\x10plaintext_values\x18\x06 \x01(\x0c\x12,\n\x0b\x61ttestation\x18\x07 \x01(\x0b\x32\x17.fedxray.v1.Attestation\x12\x33\n\rphase_seconds\x18\x08 \x01(\x0b\x32\x1c.fedxray.v1.NodePhaseSeconds\x12\x0f\n\x07\x61ttempt\x18\t \x01(\r\x12\x36\n\x0erecord_privacy\x18\n \x01(\x0b\x32\x1e.fedxray.v1.RecordPrivacySpent\"N\n\x12RecordPrivacySpent\x12\x0f\n\x07\x65psilon\x18\x01 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x03 \x01(\x01\"R\n\x10NodePhaseSeconds\x12\r\n\x05train\x18\x01 \x01(\x01\x12\x0e\n\x06\x65ncode\x18\x02 \x01(\x01\x12\x0f\n\x07\x65ncrypt\x18\x03 \x01(\x01\x12\x0e\n\x06upload\x18\x04 \x01(\x01\"H\n\rSubmitReceipt\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\r\x12\x15\n\rstream_digest\x18\x03 \x01(\x0c\"\xc3\x02\n\x10\x45valuationReport\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0bmodel_round\x18\x02 \x01(\x04\x12\x13\n\x0bnum_classes\x18\x03 \x01(\r\x12\x11\n\tconfusion\x18\x04 \x03(\x04\x12\x10\n\x08loss_sum\x18\x05 \x01(\x01\x12\x10\n\x08\x65xamples\x18\x06 \x01(\x04\x12\x1b\n\x13positive_histograms\x18\x07 \x03(\x04\x12\x1b\n\x13negative_histograms\x18\x08 \x03(\x04\x12\x16\n\x0ehistogram_bins\x18\t \x01(\r\x12\x19\n\x11histogram_spacing\x18\n \x01(\t\x12\'\n\x1f\x63\x61libration_positive_histograms\x18\x0b \x03(\x04\x12\'\n\x1f\x63\x61libration_negative_histograms\x18\x0c \x03(\x04\"\x0f\n\rEvaluationAck\"\x12\n\x10GetStatusRequest\"{\n\rServiceStatus\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x18\n\x10holds_secret_key\x18\x02 \x01(\x08\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x15\n\rcurrent_round\x18\x04 \x01(\x04\x12\x18\n\x10\x64\x65\x63rypted_rounds\x18\x05 \x03(\x04*=\n\tSumLayout\x12\x15\n\x11SUM_LAYOUT_UPDATE\x10\x00\x12\x19\n\x15SUM_LAYOUT_STATISTICS\x10\x01*v\n\tRoundKind\x12\x1a\n\x16ROUND_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10ROUND_KIND_TRAIN\x10\x01\x12\x17\n\x13ROUND_KIND_EVALUATE\x10\x02\x12\x1e\n\x1aROUND_KIND_HEAD_STATISTICS\x10\x03\x32\xf0\x01\n\x0cKeyAuthority\x12R\n\x10GetPublicContext\x12#.fedxray.v1.GetPublicContextRequest\x1a\x19.fedxray.v1.PublicContext\x12\x46\n\x07\x44\x65\x63rypt\x12\x1a.fedxray.v1.DecryptRequest\x1a\x1b.fedxray.v1.DecryptResponse(\x01\x30\x01\x12\x44\n\tGetStatus\x12\x1c.fedxray.v1.GetStatusRequest\x1a\x19.fedxray.v1.ServiceStatus2\xe9\x02\n\nAggregator\x12@\n\tSubscribe\x12\x17.fedxray.v1.JoinRequest\x1a\x18.fedxray.v1.RoundMessage0\x01\x12\x44\n\x0cSubmitUpdate\x12\x17.fedxray.v1.UpdateChunk\x1a\x19.fedxray.v1.SubmitReceipt(\x01\x12K\n\x10ReportEvaluation\x12\x1c.fedxray.v1.EvaluationReport\x1a\x19.fedxray.v1.EvaluationAck\x12@\n\x0c\x44\x65\x63lineRound\x12\x18.fedxray.v1.RoundDecline\x1a\x16.fedxray.v1.DeclineAck\x12\x44\n\tGetStatus\x12\x1c.fedxray.v1.GetStatusRequest\x1a\x19.fedxray.v1.ServiceStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/fedxray/v1/fedxray.proto\x12\nfedxray.v1\"\x19\n\x17GetPublicContextRequest\"\xde\x01\n\rPublicContext\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\x0c\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x0c\n\x04\x62its\x18\x03 \x01(\r\x12\x17\n\x0f\x66ields_per_slot\x18\x04 \x01(\r\x12\x18\n\x10max_participants\x18\x05 \x01(\r\x12\x1c\n\x14slots_per_ciphertext\x18\x06 \x01(\r\x12\x18\n\x10min_participants\x18\x07 \x01(\r\x12\x17\n\x0fstatistics_bits\x18\x08 \x01(\r\x12\x1a\n\x12mask_agreement_key\x18\t \x01(\x0c\"\x9c\x02\n\x0b\x41ttestation\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\x04\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\r\x12\x15\n\rstream_digest\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12%\n\x06layout\x18\x07 \x01(\x0e\x32\x15.fedxray.v1.SumLayout\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\r\x12\x1e\n\x16participant_set_sha256\x18\t \x01(\x0c\x12\x13\n\x0bvalue_count\x18\n \x01(\x04\x12\x19\n\x11\x63hunk_ciphertexts\x18\x0b \x01(\r\x12\x13\n\x0bplan_sha256\x18\x0c \x01(\x0c\"\x8a\x02\n\x0f\x44\x65\x63ryptManifest\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63hunk_count\x18\x03 \x01(\r\x12\x13\n\x0bvalue_count\x18\x04 \x01(\x04\x12-\n\x0c\x61ttestations\x18\x05 \x03(\x0b\x32\x17.fedxray.v1.Attestation\x12%\n\x06layout\x18\x06 \x01(\x0e\x32\x15.fedxray.v1.SumLayout\x12\x0f\n\x07\x61ttempt\x18\x07 \x01(\r\x12\x14\n\x0cparticipants\x18\x08 \x03(\t\x12\x19\n\x11\x63hunk_ciphertexts\x18\t \x01(\r\x12\x13\n\x0bplan_sha256\x18\n \x01(\x0c\"5\n\x0f\x43iphertextChunk\x12\r\n\x05index\x18\x01 \x01(\r\x12\x13\n\x0b\x63iphertexts\x18\x02 \x03(\x0c\"w\n\x0e\x44\x65\x63ryptRequest\x12/\n\x08manifest\x18\x01 \x01(\x0b\x32\x1b.fedxray.v1.DecryptManifestH\x00\x12,\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1b.fedxray.v1.CiphertextChunkH\x00\x42\x06\n\x04\x62ody\"`\n\x0f\x44\x65\x63ryptResponse\x12\r\n\x05index\x18\x01 \x01(\r\x12\x14\n\x0c\x66ield_values\x18\x02 \x01(\x0c\x12\x13\n\x0bvalue_count\x18\x03 \x01(\r\x12\x13\n\x0bvalue_bytes\x18\x04 \x01(\r\"|\n\x0bJoinRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0fparameter_count\x18\x02 \x01(\x04\x12\x18\n\x10parameter_digest\x18\x03 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x04 \x03(\t\x12\x14\n\x0c\x63lass_counts\x18\x05 \x03(\x04\"\xa4\x01\n\rLocalTraining\x12\x0e\n\x06\x65pochs\x18\x01 \x01(\r\x12\x15\n\rlearning_rate\x18\x02 \x01(\x01\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x11\n\toptimizer\x18\x04 \x01(\t\x12\x13\n\x0bproximal_mu\x18\x05 \x01(\x01\x12\x18\n\x10\x64rift_correction\x18\x06 \x01(\x08\x12\x16\n\x0erecord_epsilon\x18\x07 \x01(\x01\"\xa1\x02\n\x05\x43odec\x12\x11\n\tclip_norm\x18\x01 \x01(\x01\x12\r\n\x05scale\x18\x02 \x01(\x01\x12\x18\n\x10\x63oordinate_bound\x18\x03 \x01(\x04\x12\x0c\n\x04\x62its\x18\x04 \x01(\r\x12\x17\n\x0f\x66ields_per_slot\x18\x05 \x01(\r\x12\x18\n\x10max_participants\x18\x06 \x01(\r\x12\x18\n\x10min_participants\x18\x07 \x01(\r\x12\x12\n\nnoise_kind\x18\x08 \x01(\t\x12\x16\n\x0enoise_variance\x18\t \x01(\x01\x12\x15\n\rrounding_beta\x18\n \x01(\x01\x12\x17\n\x0frounding_pieces\x18\x0b \x01(\r\x12%\n\x06layout\x18\x0c \x01(\x0e\x32\x15.fedxray.v1.SumLayout\"\x90\x01\n\x08Transfer\x12\x1a\n\x12upload_value_count\x18\x01 \x01(\x04\x12\x13\n\x0b\x63hunk_count\x18\x02 \x01(\r\x12\x19\n\x11\x63hunk_ciphertexts\x18\x03 \x01(\r\x12\x1e\n\x16plaintext_chunk_values\x18\x04 \x01(\r\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x05 \x01(\x01\"h\n\x0eModelBroadcast\x12\x17\n\x0fparameter_count\x18\x01 \x01(\x04\x12\x18\n\x10parameter_digest\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\x12\x13\n\x0b\x63hunk_count\x18\x04 \x01(\r\"\xab\x02\n\tRoundPlan\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.fedxray.v1.RoundKind\x12\x0e\n\x06secure\x18\x03 \x01(\x08\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12+\n\x08training\x18\x05 \x01(\x0b\x32\x19.fedxray.v1.LocalTraining\x12 \n\x05\x63odec\x18\x06 \x01(\x0b\x32\x11.fedxray.v1.Codec\x12&\n\x08transfer\x18\x07 \x01(\x0b\x32\x14.fedxray.v1.Transfer\x12)\n\x05model\x18\x08 \x01(\x0b\x32\x1a.fedxray.v1.ModelBroadcast\x12\x0f\n\x07\x61ttempt\x18\t \x01(\r\x12\x14\n\x0cparticipants\x18\n \x03(\t\"=\n\nModelChunk\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0e\n\x06values\x18\x03 \x01(\x0c\"\"\n\x10TrainingFinished\x12\x0e\n\x06rounds\x18\x01 \x01(\x04\"\x9e\x01\n\x0cRoundMessage\x12%\n\x04plan\x18\x01 \x01(\x0b\x32\x15.fedxray.v1.RoundPlanH\x00\x12-\n\x0bmodel_chunk\x18\x02 \x01(\x0b\x32\x16.fedxray.v1.ModelChunkH\x00\x12\x30\n\x08\x66inished\x18\x03 \x01(\x0b\x32\x1c.fedxray.v1.TrainingFinishedH\x00\x42\x06\n\x04\x62ody\"b\n\x0cRoundDecline\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"\x0c\n\nDeclineAck\"\xaa\x02\n\x0bUpdateChunk\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x0e\n\x06key_id\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\r\x12\x13\n\x0b\x63iphertexts\x18\x05 \x03(\x0c\x12\x18\n\x10plaintext_values\x18\x06 \x01(\x0c\x12,\n\x0b\x61ttestation\x18\x07 \x01(\x0b\x32\x17.fedxray.v1.Attestation\x12\x33\n\rphase_seconds\x18\x08 \x01(\x0b\x32\x1c.fedxray.v1.NodePhaseSeconds\x12\x0f\n\x07\x61ttempt\x18\t \x01(\r\x12\x36\n\x0erecord_privacy\x18\n \x01(\x0b\x32\x1e.fedxray.v1.RecordPrivacySpent\"N\n\x12RecordPrivacySpent\x12\x0f\n\x07\x65psilon\x18\x01 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x03 \x01(\x01\"R\n\x10NodePhaseSeconds\x12\r\n\x05train\x18\x01 \x01(\x01\x12\x0e\n\x06\x65ncode\x18\x02 \x01(\x01\x12\x0f\n\x07\x65ncrypt\x18\x03 \x01(\x01\x12\x0e\n\x06upload\x18\x04 \x01(\x01\"H\n\rSubmitReceipt\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\r\x12\x15\n\rstream_digest\x18\x03 \x01(\x0c\"\xc3\x02\n\x10\x45valuationReport\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0bmodel_round\x18\x02 \x01(\x04\x12\x13\n\x0bnum_classes\x18\x03 \x01(\r\x12\x11\n\tconfusion\x18\x04 \x03(\x04\x12\x10\n\x08loss_sum\x18\x05 \x01(\x01\x12\x10\n\x08\x65xamples\x18\x06 \x01(\x04\x12\x1b\n\x13positive_histograms\x18\x07 \x03(\x04\x12\x1b\n\x13negative_histograms\x18\x08 \x03(\x04\x12\x16\n\x0ehistogram_bins\x18\t \x01(\r\x12\x19\n\x11histogram_spacing\x18\n \x01(\t\x12\'\n\x1f\x63\x61libration_positive_histograms\x18\x0b \x03(\x04\x12\'\n\x1f\x63\x61libration_negative_histograms\x18\x0c \x03(\x04\"\x0f\n\rEvaluationAck\"\x12\n\x10GetStatusRequest\"{\n\rServiceStatus\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x18\n\x10holds_secret_key\x18\x02 \x01(\x08\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x15\n\rcurrent_round\x18\x04 \x01(\x04\x12\x18\n\x10\x64\x65\x63rypted_rounds\x18\x05 \x03(\x04*=\n\tSumLayout\x12\x15\n\x11SUM_LAYOUT_UPDATE\x10\x00\x12\x19\n\x15SUM_LAYOUT_STATISTICS\x10\x01*v\n\tRoundKind\x12\x1a\n\x16ROUND_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10ROUND_KIND_TRAIN\x10\x01\x12\x17\n\x13ROUND_KIND_EVALUATE\x10\x02\x12\x1e\n\x1aROUND_KIND_HEAD_STATISTICS\x10\x03\x32\xf0\x01\n\x0cKeyAuthority\x12R\n\x10GetPublicContext\x12#.fedxray.v1.GetPublicContextRequest\x1a\x19.fedxray.v1.PublicContext\x12\x46\n\x07\x44\x65\x63rypt\x12\x1a.fedxray.v1.DecryptRequest\x1a\x1b.fedxray.v1.DecryptResponse(\x01\x30\x01\x12\x44\n\tGetStatus\x12\x1c.fedxray.v1.GetStatusRequest\x1a\x19.fedxray.v1.ServiceStatus2\xe9\x02\n\nAggregator\x12@\n\tSubscribe\x12\x17.fedxray.v1.JoinRequest\x1a\x18.fedxray.v1.RoundMessage0\x01\x12\x44\n\x0cSubmitUpdate\x12\x17.fedxray.v1.UpdateChunk\x1a\x19.fedxray.v1.SubmitReceipt(\x01\x12K\n\x10ReportEvaluation\x12\x1c.fedxray.v1.EvaluationReport\x1a\x19.fedxray.v1.EvaluationAck\x12@\n\x0c\x44\x65\x63lineRound\x12\x18.fedxray.v1.RoundDecline\x1a\x16.fedxray.v1.DeclineAck\x12\x44\n\tGetStatus\x12\x1c.fedxray.v1.GetStatusRequest\x1a\x19.fedxray.v1.ServiceStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.fedxray.v1.fedxray_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUMLAYOUT']._serialized_start=3627
-  _globals['_SUMLAYOUT']._serialized_end=3688
-  _globals['_ROUNDKIND']._serialized_start=3690
-  _globals['_ROUNDKIND']._serialized_end=3808
+  _globals['_SUMLAYOUT']._serialized_start=3670
+  _globals['_SUMLAYOUT']._serialized_end=3731
+  _globals['_ROUNDKIND']._serialized_start=3733
+  _globals['_ROUNDKIND']._serialized_end=3851
   _globals['_GETPUBLICCONTEXTREQUEST']._serialized_start=47
   _globals['_GETPUBLICCONTEXTREQUEST']._serialized_end=72
   _globals['_PUBLICCONTEXT']._serialized_start=75
@@ -50,45 +50,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DECRYPTRESPONSE']._serialized_start=1031
   _globals['_DECRYPTRESPONSE']._serialized_end=1127
   _globals['_JOINREQUEST']._serialized_start=1129
-  _globals['_JOINREQUEST']._serialized_end=1210
-  _globals['_LOCALTRAINING']._serialized_start=1213
-  _globals['_LOCALTRAINING']._serialized_end=1377
-  _globals['_CODEC']._serialized_start=1380
-  _globals['_CODEC']._serialized_end=1669
-  _globals['_TRANSFER']._serialized_start=1672
-  _globals['_TRANSFER']._serialized_end=1816
-  _globals['_MODELBROADCAST']._serialized_start=1818
-  _globals['_MODELBROADCAST']._serialized_end=1922
-  _globals['_ROUNDPLAN']._serialized_start=1925
-  _globals['_ROUNDPLAN']._serialized_end=2224
-  _globals['_MODELCHUNK']._serialized_start=2226
-  _globals['_MODELCHUNK']._serialized_end=2287
-  _globals['_TRAININGFINISHED']._serialized_start=2289
-  _globals['_TRAININGFINISHED']._serialized_end=2323
-  _globals['_ROUNDMESSAGE']._serialized_start=2326
-  _globals['_ROUNDMESSAGE']._serialized_end=2484
-  _globals['_ROUNDDECLINE']._serialized_start=2486
-  _globals['_ROUNDDECLINE']._serialized_end=2584
-  _globals['_DECLINEACK']._serialized_start=2586
-  _globals['_DECLINEACK']._serialized_end=2598
-  _globals['_UPDATECHUNK']._serialized_start=2601
-  _globals['_UPDATECHUNK']._serialized_end=2899
-  _globals['_RECORDPRIVACYSPENT']._serialized_start=2901
-  _globals['_RECORDPRIVACYSPENT']._serialized_end=2979
-  _globals['_NODEPHASESECONDS']._serialized_start=2981
-  _globals['_NODEPHASESECONDS']._serialized_end=3063
-  _globals['_SUBMITRECEIPT']._serialized_start=3065
-  _globals['_SUBMITRECEIPT']._serialized_end=3137
-  _globals['_EVALUATIONREPORT']._serialized_start=3140
-  _globals['_EVALUATIONREPORT']._serialized_end=3463
-  _globals['_EVALUATIONACK']._serialized_start=3465
-  _globals['_EVALUATIONACK']._serialized_end=3480
-  _globals['_GETSTATUSREQUEST']._serialized_start=3482
-  _globals['_GETSTATUSREQUEST']._serialized_end=3500
-  _globals['_SERVICESTATUS']._serialized_start=3502
-  _globals['_SERVICESTATUS']._serialized_end=3625
-  _globals['_KEYAUTHORITY']._serialized_start=3811
-  _globals['_KEYAUTHORITY']._serialized_end=4051
-  _globals['_AGGREGATOR']._serialized_start=4054
-  _globals['_AGGREGATOR']._serialized_end=4415
+  _globals['_JOINREQUEST']._serialized_end=1253
+  _globals['_LOCALTRAINING']._serialized_start=1256
+  _globals['_LOCALTRAINING']._serialized_end=1420
+  _globals['_CODEC']._serialized_start=1423
+  _globals['_CODEC']._serialized_end=1712
+  _globals['_TRANSFER']._serialized_start=1715
+  _globals['_TRANSFER']._serialized_end=1859
+  _globals['_MODELBROADCAST']._serialized_start=1861
+  _globals['_MODELBROADCAST']._serialized_end=1965
+  _globals['_ROUNDPLAN']._serialized_start=1968
+  _globals['_ROUNDPLAN']._serialized_end=2267
+  _globals['_MODELCHUNK']._serialized_start=2269
+  _globals['_MODELCHUNK']._serialized_end=2330
+  _globals['_TRAININGFINISHED']._serialized_start=2332
+  _globals['_TRAININGFINISHED']._serialized_end=2366
+  _globals['_ROUNDMESSAGE']._serialized_start=2369
+  _globals['_ROUNDMESSAGE']._serialized_end=2527
+  _globals['_ROUNDDECLINE']._serialized_start=2529
+  _globals['_ROUNDDECLINE']._serialized_end=2627
+  _globals['_DECLINEACK']._serialized_start=2629
+  _globals['_DECLINEACK']._serialized_end=2641
+  _globals['_UPDATECHUNK']._serialized_start=2644
+  _globals['_UPDATECHUNK']._serialized_end=2942
+  _globals['_RECORDPRIVACYSPENT']._serialized_start=2944
+  _globals['_RECORDPRIVACYSPENT']._serialized_end=3022
+  _globals['_NODEPHASESECONDS']._serialized_start=3024
+  _globals['_NODEPHASESECONDS']._serialized_end=3106
+  _globals['_SUBMITRECEIPT']._serialized_start=3108
+  _globals['_SUBMITRECEIPT']._serialized_end=3180
+  _globals['_EVALUATIONREPORT']._serialized_start=3183
+  _globals['_EVALUATIONREPORT']._serialized_end=3506
+  _globals['_EVALUATIONACK']._serialized_start=3508
+  _globals['_EVALUATIONACK']._serialized_end=3523
+  _globals['_GETSTATUSREQUEST']._serialized_start=3525
+  _globals['_GETSTATUSREQUEST']._serialized_end=3543
+  _globals['_SERVICESTATUS']._serialized_start=3545
+  _globals['_SERVICESTATUS']._serialized_end=3668
+  _globals['_KEYAUTHORITY']._serialized_start=3854
+  _globals['_KEYAUTHORITY']._serialized_end=4094
+  _globals['_AGGREGATOR']._serialized_start=4097
+  _globals['_AGGREGATOR']._serialized_end=4458
 # @@protoc_insertion_point(module_scope)

@@ -132,14 +132,18 @@ class DecryptResponse(_message.Message):
     def __init__(self, index: _Optional[int] = ..., field_values: _Optional[bytes] = ..., value_count: _Optional[int] = ..., value_bytes: _Optional[int] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("node_id", "parameter_count", "parameter_digest")
+    __slots__ = ("node_id", "parameter_count", "parameter_digest", "class_names", "class_counts")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PARAMETER_COUNT_FIELD_NUMBER: _ClassVar[int]
     PARAMETER_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    CLASS_COUNTS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     parameter_count: int
     parameter_digest: str
-    def __init__(self, node_id: _Optional[str] = ..., parameter_count: _Optional[int] = ..., parameter_digest: _Optional[str] = ...) -> None: ...
+    class_names: _containers.RepeatedScalarFieldContainer[str]
+    class_counts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, node_id: _Optional[str] = ..., parameter_count: _Optional[int] = ..., parameter_digest: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., class_counts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class LocalTraining(_message.Message):
     __slots__ = ("epochs", "learning_rate", "batch_size", "optimizer", "proximal_mu", "drift_correction", "record_epsilon")

@@ -20,6 +20,7 @@ for these public datasets.
 from __future__ import annotations
 
 import copy
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Final, Sequence
@@ -104,9 +105,11 @@ class DicomImage:
 
 
 def load_image_folder(
-    root: str | Path, split: str, image_size: int, class_names: Sequence[str] | None = None
+    root: str | Path, split: str, image_size: int, class_names: Sequence[str] | None = None,
+    allow_extra_folders: bool = False,
 ) -> LoadedDataset:
-    """Load ``root/split/CLASS/*`` images; class names default to the sorted folder names."""
+    """Load ``root/split/CLASS/*`` images; class names default to the sorted folder names. With class names given,
+    a folder that is not one of them is an error naming the closest (unless `allow_extra_folders`: then skipped)."""
     split_folder = Path(root) / split
     if not split_folder.is_dir():
         raise DatasetFormatError(f"{split_folder}: no such split folder")
@@ -114,6 +117,8 @@ def load_image_folder(
     if class_names is None:
         class_names = _class_folder_names(split_folder)
     known_classes = tuple(class_names)
+    if not allow_extra_folders:
+        require_known_class_folders(split_folder, known_classes)
     skipped: list[SkippedFile] = []
     images: list[FloatArray] = []
     labels: list[int] = []
@@ -153,6 +158,20 @@ def read_picture(path: str | Path) -> FloatArray:
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise DatasetFormatError(f"unreadable image: {error}") from error
     return np.clip(pixels, 0.0, 1.0).astype(np.float32)
+
+
+def require_known_class_folders(folder: Path, known_classes: Sequence[str]) -> None:
+    """Refuse a class folder that is not a known class, naming it and the closest known name: a misspelled folder
+    would otherwise be skipped (a hospital with one class) or taken as a class of its own."""
+    for name in _class_folder_names(folder):
+        if name in known_classes:
+            continue
+        close = difflib.get_close_matches(name.upper(), [c.upper() for c in known_classes], n=1, cutoff=0.5)
+        closest = next((c for c in known_classes if close and c.upper() == close[0]), None)
+        hint = f"; did you mean {closest!r}? Rename the folder" if closest else ""
+        raise DatasetFormatError(
+            f"{folder / name}: folder {name!r} is not one of the class names {list(known_classes)}{hint} "
+            "(or set FEDXRAY_NODE_ALLOW_EXTRA_FOLDERS=true to skip folders that are not classes)")
 
 
 def _class_folder_names(folder: Path) -> list[str]:
@@ -348,7 +367,7 @@ def load_dicom_folder(
 
 
 def load_dicom_class_folders(
-    root: str | Path, image_size: int, class_names: Sequence[str] | None = None
+    root: str | Path, image_size: int, class_names: Sequence[str] | None = None, allow_extra_folders: bool = False
 ) -> LoadedDataset:
     """Load ``root/CLASS/**`` DICOM files, labelled by the class folder they lie in.
 
@@ -361,6 +380,8 @@ def load_dicom_class_folders(
     if class_names is None:
         class_names = _class_folder_names(base)
     known_classes = tuple(class_names)
+    if not allow_extra_folders:
+        require_known_class_folders(base, known_classes)
 
     def label_for_path(path: Path) -> int:
         parts = path.relative_to(base).parts

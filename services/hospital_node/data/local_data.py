@@ -1,15 +1,26 @@
-"""This hospital's training and validation images, from the configured source."""
+"""This hospital's training and validation images, from the configured source.
+
+Splits, logged at start:
+- folder: `train/` trains; `val/` is the validation split (the per-round metrics the
+  hospital reports) when present, else `test/`, else a random `validation_fraction` of
+  `train/`. With `calibration_fraction`, that share of the validation split is kept apart
+  for choosing the operating point.
+- medmnist: the archive's train split trains and its val split validates.
+- dicom and synthetic: a random `validation_fraction` of the images validates.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from services.common.class_roster import ClassRoster
 from services.hospital_node.data.partition import partition_indices
-from services.hospital_node.data.synthetic_xray import generate_synthetic_xrays
+from services.hospital_node.data.synthetic_xray import generate_synthetic_xrays, synthetic_class_names
 from services.hospital_node.config import HospitalNodeSettings
 
 log = logging.getLogger(__name__)
@@ -25,6 +36,8 @@ class LocalData:
     # Images kept apart from both, for choosing the operating point; empty when none.
     cal_images: torch.Tensor = torch.empty(0)
     cal_labels: torch.Tensor = torch.empty(0, dtype=torch.int64)
+    # The class names in label order and the images of each class (all splits), sent when the node joins.
+    classes: ClassRoster | None = None
 
 
 def _split(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int, classes: int,
@@ -48,6 +61,7 @@ def _split(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int, c
 
 
 def load_local_data(settings: HospitalNodeSettings) -> LocalData:
+    seed = settings.synthetic_seed + settings.partition_index
     if settings.data_source == "synthetic":
         # Every node regenerates the same SYNTHETIC set from the shared seed and keeps its own part.
         images, labels = generate_synthetic_xrays(settings.synthetic_images, settings.image_size,
@@ -56,32 +70,72 @@ def load_local_data(settings: HospitalNodeSettings) -> LocalData:
                                   settings.partition_alpha, settings.synthetic_seed)
         mine = parts[settings.partition_index]
         images, labels = images[mine], labels[mine]
+        names, held = synthetic_class_names(settings.num_classes), None
     else:
-        images, labels = _load_real(settings)
-    counts = np.bincount(labels, minlength=settings.num_classes)
-    log.info("%s: %d images (%s), class counts %s", settings.node_id, labels.size, settings.data_source,
-             counts.tolist())
-    return _split(images.astype(np.float32), labels.astype(np.int64), settings.validation_fraction,
-                  settings.synthetic_seed + settings.partition_index, settings.num_classes,
-                  settings.calibration_fraction)
+        images, labels, names, held = _load_real(settings)
+    all_labels = labels if held is None else np.concatenate([labels, held[1]])
+    counts = tuple(int(c) for c in np.bincount(all_labels, minlength=settings.num_classes))
+    classes = ClassRoster(names, counts)
+    log.info("%s: %d images (%s%s), classes in label order: %s", settings.node_id, all_labels.size,
+             settings.data_source, f" from {settings.data_path}" if settings.data_path else "", classes.table())
+    if classes.empty_classes():
+        log.warning("!!! %s has NO images of %s: it trains and validates without that class; check the class "
+                    "folders and FEDXRAY_NODE_CLASS_NAMES !!!", settings.node_id, ", ".join(classes.empty_classes()))
+    if held is None:
+        log.info("validation: a random %.0f%% of the images (seed %d)%s", 100 * settings.validation_fraction, seed,
+                 "; no val/ or test/ folder" if settings.data_source == "folder" else "")
+        data = _split(images.astype(np.float32), labels.astype(np.int64), settings.validation_fraction, seed,
+                      settings.num_classes, settings.calibration_fraction)
+    else:
+        data = _held_out(images, labels, held[0], held[1], settings.num_classes, settings.calibration_fraction, seed)
+    return dataclasses.replace(data, classes=classes)
 
 
-def _load_real(settings: HospitalNodeSettings) -> tuple[np.ndarray, np.ndarray]:
-    """The hospital's own images and labels, with labels in the consortium's class order; a file that cannot be
-    used is logged with its reason and skipped, a source the consortium cannot train on is refused by name."""
+def _held_out(images: np.ndarray, labels: np.ndarray, held_images: np.ndarray, held_labels: np.ndarray,
+              classes: int, calibration_fraction: float, seed: int) -> LocalData:
+    """Train on one split and validate on another; `calibration_fraction` of the latter calibrates."""
+    kept = 0
+    if calibration_fraction > 0 and held_labels.size >= 2:
+        kept = min(max(int(round(held_labels.size * calibration_fraction)), 1), held_labels.size - 1)
+    order = np.random.default_rng(seed).permutation(held_labels.size)
+    cal, val = order[:kept], order[kept:]
+    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    return LocalData(as_tensor(images.astype(np.float32)), as_tensor(labels.astype(np.int64)),
+                     as_tensor(held_images[val].astype(np.float32)), as_tensor(held_labels[val].astype(np.int64)),
+                     classes, as_tensor(held_images[cal].astype(np.float32)),
+                     as_tensor(held_labels[cal].astype(np.int64)))
+
+
+def _load_real(settings: HospitalNodeSettings) -> tuple[np.ndarray, np.ndarray, tuple[str, ...],
+                                                         tuple[np.ndarray, np.ndarray] | None]:
+    """The hospital's own training images and labels (labels in the consortium's class order), its class names,
+    and its validation split when the source has one. A file that cannot be used is logged with its reason and
+    skipped; a source the consortium cannot train on is refused by name."""
     from services.hospital_node.data import image_loaders
 
     if settings.data_path is None:
-        raise ValueError(f"data_source={settings.data_source} needs FEDXRAY_NODE_DATA_PATH")
+        raise image_loaders.DatasetFormatError(f"data_source={settings.data_source} needs FEDXRAY_NODE_DATA_PATH")
+    held: image_loaders.LoadedDataset | None = None
     if settings.data_source == "folder":
         loaded = image_loaders.load_image_folder(settings.data_path, "train", settings.image_size,
-                                                 settings.class_names)
+                                                 settings.class_names, settings.allow_extra_folders)
+        for split in ("val", "test"):
+            if (settings.data_path / split).is_dir():
+                held = image_loaders.load_image_folder(settings.data_path, split, settings.image_size,
+                                                       loaded.class_names, settings.allow_extra_folders)
+                log.info("training: %s/train (%d images); validation: %s/%s (%d images)%s", settings.data_path,
+                         loaded.labels.size, settings.data_path, split, held.labels.size,
+                         "; no val/ folder, so the per-round metrics are on test/" if split == "test" else "")
+                break
     elif settings.data_source == "medmnist":
         loaded = image_loaders.load_medmnist_npz(settings.data_path, "train", settings.image_size)
+        held = image_loaders.load_medmnist_npz(settings.data_path, "val", settings.image_size)
+        log.info("training: the archive's train split (%d images); validation: its val split (%d images)",
+                 loaded.labels.size, held.labels.size)
     else:
         loaded = image_loaders.load_dicom_class_folders(settings.data_path, settings.image_size,
-                                                        settings.class_names)
-    for skipped in loaded.skipped:
+                                                        settings.class_names, settings.allow_extra_folders)
+    for skipped in [*loaded.skipped, *(held.skipped if held else [])]:
         log.warning("skipped %s: %s", skipped.path, skipped.reason)
     if len(loaded.class_names) != settings.num_classes:
         # Labels are class indices; a hospital that numbers its classes differently trains the wrong classes.
@@ -93,4 +147,8 @@ def _load_real(settings: HospitalNodeSettings) -> tuple[np.ndarray, np.ndarray]:
     if loaded.labels.size == 0:
         raise image_loaders.DatasetFormatError(f"{settings.data_path}: no usable images "
                                                f"({len(loaded.skipped)} files skipped)")
-    return loaded.images, loaded.labels
+    if held is not None and held.labels.size == 0:
+        raise image_loaders.DatasetFormatError(f"{settings.data_path}: the validation split has no usable images "
+                                               f"({len(held.skipped)} files skipped)")
+    split = None if held is None else (held.images, held.labels)
+    return loaded.images, loaded.labels, tuple(loaded.class_names), split

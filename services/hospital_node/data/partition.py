@@ -96,16 +96,19 @@ def class_counts(
     return counts
 
 
-def format_class_counts(counts: npt.ArrayLike, class_names: Sequence[str]) -> str:
-    """A fixed-width table: a header, one row per hospital, then a total row."""
+def format_class_counts(counts: npt.ArrayLike, class_names: Sequence[str],
+                        hospitals: Sequence[str] | None = None) -> str:
+    """A fixed-width table: a header, one row per hospital, then a total row. A hospital with no image of a class
+    shows `0 !`, and a line below says which."""
     count_array = np.asarray(counts, dtype=np.int64)
     if count_array.ndim != 2 or count_array.shape[1] != len(class_names):
         raise ValueError(
             f"counts of shape {count_array.shape} do not match {len(class_names)} class names"
         )
     header = ["hospital", *class_names, "total"]
+    names = list(hospitals) if hospitals is not None else [f"hospital-{p + 1}" for p in range(len(count_array))]
     rows = [
-        [f"hospital-{party + 1}", *(str(value) for value in row), str(row.sum())]
+        [names[party], *(f"{value} !" if value == 0 else str(value) for value in row), str(row.sum())]
         for party, row in enumerate(count_array)
     ]
     rows.append(["total", *(str(value) for value in count_array.sum(axis=0)), str(count_array.sum())])
@@ -116,7 +119,10 @@ def format_class_counts(counts: npt.ArrayLike, class_names: Sequence[str]) -> st
         rest = (cell.rjust(width) for cell, width in zip(cells[1:], widths[1:]))
         return "  ".join([first, *rest])
 
-    return "\n".join(render(line) for line in [header, *rows])
+    missing = [f"{names[party]} has no {class_names[c]}" for party, row in enumerate(count_array)
+               for c, value in enumerate(row) if value == 0]
+    return "\n".join([*(render(line) for line in [header, *rows]),
+                      *([f"! no images of a class: {'; '.join(missing)}"] if missing else [])])
 
 
 def _validated_labels(labels: npt.ArrayLike) -> IndexArray:
