@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 PROTO := protos/fedxray/v1/fedxray.proto
 
-.PHONY: venv demo test test-fast protos bench-he bench-round bench-dp soak clean
+.PHONY: venv demo test test-fast protos bench-he bench-round bench-dp bench-help soak clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ soak: $(STAMP)
 ## bench-dp: one DP-SGD step (each Opacus mode, and last-block fine-tuning) against a non-private one, ResNet-50 at 64 px, batch 16
 bench-dp: $(STAMP)
 	$(PY) -m benchmarks.bench_dp
+
+## bench-help: how fast each service's --help answers, beside a fresh import of torch and TenSEAL
+bench-help: $(STAMP)
+	$(PY) -m benchmarks.bench_help
 
 clean:
 	rm -rf runs .pytest_cache

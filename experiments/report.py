@@ -4,9 +4,12 @@
         --run centralized=runs/x/centralized --out docs/results
 
 Each run directory holds a `rounds.jsonl` (at its top or under aggregator/), as
-written by the aggregator or by the centralized baseline; a `class_counts.json`
-(written by the consortium launcher) adds the class-distribution plot. Plots:
-metrics per round, each hospital's class distribution, latency per phase, epsilon.
+written by the aggregator or by the centralized baseline; the aggregator's
+`class_counts.json` (the counts the hospitals sent when they joined) adds the
+class-distribution plot, and the launcher's `run.json` names the data (a centralized
+baseline's directory has none: it trained on the same data as the runs beside it).
+Plots: metrics per round, each hospital's class distribution, latency per phase,
+epsilon.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Callable
 
 import matplotlib
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from services.common.atomic_files import read_json_lines
 from services.common.classification_metrics import f1_sampling_sd
@@ -85,14 +89,36 @@ def _stacked_bars(axis: plt.Axes, categories: list[str], series: dict[str, list[
     axis.set_xticks(positions, categories)
 
 
+def data_description(runs: dict[str, Path]) -> str:
+    """What the runs trained on, from the launcher's run.json; never "synthetic" unless recorded as such."""
+    found = set()
+    for path in runs.values():
+        for candidate in (path / "run.json", path.parent / "run.json"):
+            if candidate.exists():
+                found.add(str(json.loads(candidate.read_text()).get("data", "")))
+                break
+    found.discard("")
+    return " and ".join(sorted(found)) if found else "data not recorded"
+
+
+def _per_round_axis(axis: plt.Axes) -> None:
+    axis.set_xlabel("round")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _legend_outside(axis: plt.Axes, **options: object) -> None:
+    """The legend beside the plot, never over the data."""
+    axis.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **options)  # type: ignore[arg-type]
+
+
 def _save(figure: plt.Figure, path: Path) -> Path:
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(figure)
     return path
 
 
-def plot_metrics(runs: dict[str, list[dict[str, object]]], out: Path) -> Path:
+def plot_metrics(runs: dict[str, list[dict[str, object]]], out: Path, data: str) -> Path:
     panels: list[tuple[str, Callable[[dict[str, object]], float]]] = [
         (name, lambda row, name=name: _metric(row, name)) for name in ("accuracy", "f1", "auc")]
     if _has_calibration(runs):
@@ -101,23 +127,26 @@ def plot_metrics(runs: dict[str, list[dict[str, object]]], out: Path) -> Path:
     for axis, (name, value) in zip(axes, panels):
         for label, rows in runs.items():
             axis.plot([r["round"] for r in rows], [value(r) for r in rows], marker="o", label=label)
-        axis.set_title(f"{name}\n(pooled validation, SYNTHETIC data)", fontsize=10)
-        axis.set_xlabel("round")
+        axis.set_title(f"{name}\n(pooled validation, {data})", fontsize=10)
+        _per_round_axis(axis)
         axis.set_ylim(0, 1)
         axis.grid(alpha=0.3)
-    axes[0].legend()
+    _legend_outside(axes[-1])
     return _save(figure, out / "metrics_per_round.png")
 
 
-def plot_class_counts(counts: dict[str, object], out: Path) -> Path:
+def plot_class_counts(counts: dict[str, object], out: Path, data: str) -> Path:
+    """Images per hospital and class, as each hospital sent them when it joined."""
     classes = list(counts["classes"])  # type: ignore[call-overload]
     table = counts["counts"]
     assert isinstance(table, list)
+    hospitals = list(counts.get("hospitals") or [f"hospital-{i + 1}" for i in range(len(table))])  # type: ignore[call-overload]
     figure, axis = plt.subplots(figsize=(7, 4))
-    _stacked_bars(axis, [f"hospital-{i + 1}" for i in range(len(table))],
-                  {name: [float(row[index]) for row in table] for index, name in enumerate(classes)})
-    axis.set_title("images per hospital and class (SYNTHETIC)")
-    axis.legend()
+    _stacked_bars(axis, hospitals, {name: [float(row[index]) for row in table] for index, name in enumerate(classes)})
+    hidden = list(counts.get("not_shared") or [])  # type: ignore[call-overload]
+    axis.set_title(f"images per hospital and class ({data})"
+                   + (f"\nnot shared by {', '.join(hidden)}" if hidden else ""), fontsize=10)
+    _legend_outside(axis)
     return _save(figure, out / "class_distribution.png")
 
 
@@ -132,7 +161,7 @@ def plot_phases(runs: dict[str, list[dict[str, object]]], out: Path) -> Path | N
                       {phase: [float(r["phases"][phase]) for r in rows] for phase in PHASES})  # type: ignore[index]
         axis.set_title(f"{label}: seconds per phase (node phases: slowest node)")
         axis.set_xlabel("round")
-    axes[0][0].legend(fontsize=8)
+    _legend_outside(axes[0][-1], fontsize=8)
     return _save(figure, out / "latency_per_phase.png")
 
 
@@ -153,8 +182,8 @@ def plot_epsilon(runs: dict[str, list[dict[str, object]]], out: Path) -> Path | 
         axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
     axis.set_yscale("log")
     axis.set_title("cumulative epsilon (Skellam RDP accountant)")
-    axis.set_xlabel("round")
-    axis.legend()
+    _per_round_axis(axis)
+    _legend_outside(axis)
     return _save(figure, out / "epsilon.png")
 
 
@@ -173,8 +202,8 @@ def plot_record_epsilon(runs: dict[str, list[dict[str, object]]], out: Path) -> 
     for label, points in sorted(series.items()):
         axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
     axis.set_title("record-level epsilon spent per hospital (DP-SGD, RDP accountant)")
-    axis.set_xlabel("round")
-    axis.legend(fontsize=7)
+    _per_round_axis(axis)
+    _legend_outside(axis, fontsize=7)
     return _save(figure, out / "record_epsilon.png")
 
 
@@ -198,8 +227,11 @@ def _f1_gaps(rows: dict[str, list[dict[str, object]]], f1: Callable[[dict[str, o
 def write_report(runs: dict[str, Path], out: Path, title: str, notes: str = "") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     rows = {label: read_rows(path) for label, path in runs.items()}
-    lines = [f"# {title}", "", "All figures below come from **SYNTHETIC** radiographs; they say nothing about "
-             "clinical performance on real images.", ""]
+    data = data_description(runs)
+    caveat = ("All figures below come from **SYNTHETIC** radiographs; they say nothing about clinical performance "
+              "on real images." if data == "SYNTHETIC radiographs" else
+              f"Data: {data}. Metrics are pooled over the hospitals' own validation splits.")
+    lines = [f"# {title}", "", caveat, ""]
     if notes:
         lines += [notes, ""]
     lines += ["## Final model", "", "F1 SD: the F1's sampling standard deviation on the evaluated images "
@@ -226,10 +258,14 @@ def write_report(runs: dict[str, Path], out: Path, title: str, notes: str = "") 
                 f"{_calibrated(last, m):.3f}" for m in ("precision", "recall", "specificity", "f1"))
                 + f" | {_f1_sd(last, calibrated=True):.3f} |")
         lines += _f1_gaps(rows, lambda row: _calibrated(row, "f1"), "Calibrated F1 gap", calibrated=True)
-    lines += ["", "## Plots", "", f"![metrics per round]({plot_metrics(rows, out).name})"]
-    counts_path = next((p / "class_counts.json" for p in runs.values() if (p / "class_counts.json").exists()), None)
+    lines += ["", "## Plots", "", f"![metrics per round]({plot_metrics(rows, out, data).name})"]
+    counts_path = next((c for p in runs.values() for c in (p / "aggregator" / "class_counts.json",
+                                                           p / "class_counts.json") if c.exists()), None)
     if counts_path is not None:
-        lines.append(f"![class distribution]({plot_class_counts(json.loads(counts_path.read_text()), out).name})")
+        plot = plot_class_counts(json.loads(counts_path.read_text()), out, data)
+        lines.append(f"![class distribution]({plot.name})")
+    else:
+        lines.append("(No class-distribution plot: no run recorded the class counts the hospitals sent.)")
     for plot in (plot_phases(rows, out), plot_epsilon(rows, out), plot_record_epsilon(rows, out)):
         if plot is not None:
             lines.append(f"![{plot.stem}]({plot.name})")

@@ -237,8 +237,14 @@ class Consortium:
                                    stdout=log, stderr=subprocess.STDOUT)
         self.services[name] = Service(name, process, log, metrics_port)
 
+    def data_description(self) -> str:
+        """What the hospitals train on, as the report names it: SYNTHETIC only when it is."""
+        sources = sorted({settings.data_source for settings in self.node_settings})
+        return "SYNTHETIC radiographs" if sources == ["synthetic"] else f"own images ({', '.join(sources)})"
+
     def write_class_counts(self) -> str:
-        """Each hospital's class counts of the SYNTHETIC set, as the nodes will split it."""
+        """Each hospital's class counts of the SYNTHETIC set, as the nodes will split it (printed before the run;
+        the report plots what the nodes themselves send when they join, in aggregator/class_counts.json)."""
         from services.hospital_node.data.partition import class_counts, format_class_counts, partition_indices
         from services.hospital_node.data.synthetic_xray import generate_synthetic_xrays, synthetic_class_names
 
@@ -247,10 +253,7 @@ class Consortium:
         parts = partition_indices(labels, s.partition_parties, s.partition_scheme, s.partition_alpha,
                                   s.synthetic_seed)
         counts = class_counts(labels, parts, s.num_classes)
-        names = synthetic_class_names(s.num_classes)
-        write_json_atomic(self.config.run_dir / "class_counts.json", {"classes": list(names),
-                                                                      "counts": counts.tolist()})
-        return format_class_counts(counts, names)
+        return format_class_counts(counts, synthetic_class_names(s.num_classes), self.node_ids)
 
     def start(self) -> Consortium:
         c = self.config
@@ -262,6 +265,8 @@ class Consortium:
             ca, ca_key = make_ca(self.certs)
             for name in (KEY_AUTHORITY_NAME, AGGREGATOR_NAME, *self.members):
                 issue(self.certs, name, ca, ca_key)
+        c.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(c.run_dir / "run.json", {"data": self.data_description()})
         ka_metrics, agg_metrics = free_port(), free_port()
         self.key_authority_settings = self._key_authority_settings(ka_metrics)
         self._start("key_authority", "key_authority", self.key_authority_settings, ka_metrics)

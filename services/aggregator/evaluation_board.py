@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from services.aggregator.pooled_evaluation import PooledEvaluation, pool_reports
 from services.common.atomic_files import append_line_atomic, read_json_lines
 from services.common.evaluation_report import EvaluationReport
 from services.common.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
 Row = dict[str, object]
@@ -68,6 +71,7 @@ class EvaluationBoard:
         entry["evaluation"] = pooled.as_dict() if pooled else None
         append_line_atomic(self._rows_path, json.dumps(entry, default=_json_default))
         self._written.add(int(str(entry["round"])))
+        log.info("%s", row_summary(entry, self._rows_path))
         return entry
 
     def _publish(self, pooled: PooledEvaluation) -> None:
@@ -82,6 +86,17 @@ class EvaluationBoard:
             for name in ("f1_calibrated", "threshold"):
                 with contextlib.suppress(KeyError):
                     gauge.remove(name)
+
+
+def row_summary(entry: Row, rows_path: Path) -> str:
+    """One line a person reads: the round's metrics, and where the full row went."""
+    evaluation = entry.get("evaluation") or {}
+    assert isinstance(evaluation, dict)
+    metrics = ", ".join(f"{name} {float(evaluation[name]):.3f}" for name in ("accuracy", "f1", "auc")
+                        if isinstance(evaluation.get(name), (int, float)))
+    state = "FAILED" if entry.get("failed") else f"{entry.get('participants')} hospitals"
+    return (f"round {entry['round']}: {state}, {metrics or 'not evaluated'}, epsilon {entry.get('epsilon')}; "
+            f"row in {rows_path}")
 
 
 def _json_default(value: object) -> object:

@@ -53,3 +53,17 @@ def test_waiting_for_evaluations_returns_once_every_expected_node_reported(tmp_p
     assert time.monotonic() - started < 1
     board.wait_for(3, lambda: {"hospital-1", "hospital-2"}, time.monotonic() + 0.3)  # gives up at the deadline
     assert time.monotonic() - started < 5
+
+
+def test_each_row_is_also_one_log_line_saying_where_the_rows_are() -> None:
+    from pathlib import Path
+
+    from services.aggregator.evaluation_board import row_summary
+
+    entry = {"round": 2, "participants": 3, "epsilon": 4.5,
+             "evaluation": {"accuracy": 0.75, "f1": 0.5, "auc": 0.875, "confusion": [[1, 0], [1, 2]]}}
+    assert row_summary(entry, Path("runs/demo/aggregator/rounds.jsonl")) == (
+        "round 2: 3 hospitals, accuracy 0.750, f1 0.500, auc 0.875, epsilon 4.5; "
+        "row in runs/demo/aggregator/rounds.jsonl")
+    assert row_summary({"round": 3, "failed": True, "evaluation": None}, Path("r")).startswith(
+        "round 3: FAILED, not evaluated")

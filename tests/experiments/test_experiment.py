@@ -62,11 +62,12 @@ def test_side_by_side_experiment_reports_secure_plaintext_and_centralized(tmp_pa
     for mode in ("secure", "plaintext"):
         np.testing.assert_array_equal(checkpoint_weights(tmp_path / mode, 0), initial, err_msg=mode)
     assert config.node_settings(0).model_seed == 2
-    # The class counts the launcher prints and plots are those of the hospitals' own seed-2 data.
+    # The class counts the report plots are those the hospitals sent when they joined: their own seed-2 data.
     held = [load_local_data(config.node_settings(i)) for i in range(5)]
     counts = [torch.bincount(torch.cat([d.train_labels, d.val_labels, d.cal_labels]), minlength=2).tolist()
               for d in held]
-    assert json.loads((tmp_path / "secure" / "class_counts.json").read_text())["counts"] == counts
+    joined = json.loads((tmp_path / "secure" / "aggregator" / "class_counts.json").read_text())
+    assert joined["hospitals"] == [f"hospital-{i + 1}" for i in range(5)] and joined["counts"] == counts
     central = read_json_lines(tmp_path / "centralized" / "rounds.jsonl")[-1]
     assert central["epochs"] == 2 and central["steps"] == 2 * (pooled.train_labels.numel() // 16)
     # Every run chose an operating point on the hospitals' calibration images and evaluated the others at it:

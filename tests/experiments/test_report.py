@@ -24,11 +24,14 @@ def _run(directory: Path, f1s: list[float], phases: bool) -> Path:
 def test_report_writes_plots_and_the_f1_gap_to_the_centralized_baseline(tmp_path: Path) -> None:
     secure = _run(tmp_path / "secure", [0.0, 0.40, 0.61], phases=True)
     centralized = _run(tmp_path / "centralized", [0.0, 0.5, 0.75], phases=False)
-    (secure / "class_counts.json").write_text(json.dumps({"classes": ["A", "B"], "counts": [[3, 1], [0, 4]]}))
+    (secure / "aggregator").mkdir()
+    (secure / "aggregator" / "class_counts.json").write_text(json.dumps(
+        {"classes": ["A", "B"], "hospitals": ["st-anna", "city"], "counts": [[3, 1], [0, 4]], "not_shared": []}))
+    (secure / "run.json").write_text(json.dumps({"data": "SYNTHETIC radiographs"}))
     report = write_report({"secure": secure, "centralized": centralized}, tmp_path / "out", "t")
     text = report.read_text()
     assert "F1 gap, centralized minus secure: +14.0 points" in text  # 0.75 - 0.61
-    assert "SYNTHETIC" in text
+    assert "All figures below come from **SYNTHETIC** radiographs" in text
     for plot in ("metrics_per_round.png", "class_distribution.png", "latency_per_phase.png", "epsilon.png"):
         assert (tmp_path / "out" / plot).stat().st_size > 1000
         assert f"({plot})" in text
@@ -57,3 +60,14 @@ def test_the_head_refit_row_is_marked_as_such(tmp_path: Path) -> None:
     text = write_report({"secure": secure}, tmp_path / "out", "t").read_text()
     assert "| secure | 2 (head refit) |" in text  # the final model is the refit one
     assert "| 1 | 5 |" in text and "| 2 (head refit) | 5 |" in text
+
+
+def test_the_report_names_the_data_and_says_synthetic_only_when_it_is(tmp_path: Path) -> None:
+    secure = _run(tmp_path / "secure", [0.0, 0.40, 0.61], phases=False)
+    (secure / "run.json").write_text(json.dumps({"data": "own images (folder)"}))
+    text = write_report({"secure": secure}, tmp_path / "out", "t").read_text()
+    assert "Data: own images (folder)." in text and "SYNTHETIC" not in text
+    assert "No class-distribution plot" in text  # said, not silently left out
+    (secure / "run.json").unlink()
+    text = write_report({"secure": secure}, tmp_path / "out2", "t").read_text()
+    assert "Data: data not recorded." in text and "SYNTHETIC" not in text
