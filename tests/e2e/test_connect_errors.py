@@ -90,29 +90,21 @@ def test_an_unreachable_address_is_retried_with_log_lines_and_given_up_after_con
     assert seconds < 60  # bounded: 3 s of retries after start-up, never the old wait for ever
 
 
-def test_a_server_certificate_from_another_ca_is_one_line_naming_the_files(
-        tmp_path: Path, key_authority: tuple[str, Path]) -> None:
-    address, _ = key_authority
-    foreign = _certificates(tmp_path / "foreign")  # this hospital's CA did not sign the key authority's certificate
-    code, log, seconds = _run_node(tmp_path, foreign, foreign / "ca.pem", address, address)
-    assert code == 1
-    lines = [line for line in log.splitlines() if "TLS handshake with the key authority" in line]
-    assert len(lines) == 1, log[-2000:]
-    assert f"TLS handshake with the key authority at {address} failed (" in lines[0]
-    assert f"FEDXRAY_NODE_TLS_CA={foreign / 'ca.pem'}" in lines[0]
-    assert "Traceback" not in log and "DEADLINE_EXCEEDED" not in log
-    assert seconds < 60
-
-
-def test_a_client_certificate_from_another_ca_is_one_line_naming_the_files(
-        tmp_path: Path, key_authority: tuple[str, Path]) -> None:
+@pytest.mark.parametrize("untrusted", ["server", "client"])
+def test_a_certificate_from_another_ca_is_one_line_naming_the_files(
+        tmp_path: Path, key_authority: tuple[str, Path], untrusted: str) -> None:
+    """server: this hospital's CA did not sign the key authority's certificate. client: the key authority refuses
+    this hospital's certificate, signed by another CA."""
     address, consortium = key_authority
-    foreign = _certificates(tmp_path / "foreign")  # the key authority refuses this hospital's certificate
-    code, log, seconds = _run_node(tmp_path, foreign, consortium / "ca.pem", address, address)
-    assert code == 1
-    lines = [line for line in log.splitlines() if "closed the connection during the TLS handshake" in line]
-    assert len(lines) == 1, log[-2000:]
-    assert f"the key authority at {address} closed the connection" in lines[0]
-    assert f"FEDXRAY_NODE_TLS_CERT={foreign / 'hospital-1.pem'}" in lines[0]
+    foreign = _certificates(tmp_path / "foreign")
+    ca = foreign / "ca.pem" if untrusted == "server" else consortium / "ca.pem"
+    code, log, seconds = _run_node(tmp_path, foreign, ca, address, address)
+    expected, named = ((f"TLS handshake with the key authority at {address} failed (", f"FEDXRAY_NODE_TLS_CA={ca}")
+                       if untrusted == "server" else
+                       (f"the key authority at {address} closed the connection during the TLS handshake",
+                        f"FEDXRAY_NODE_TLS_CERT={foreign / 'hospital-1.pem'}"))
+    lines = [line for line in log.splitlines() if expected in line]
+    assert code == 1 and len(lines) == 1, log[-2000:]
+    assert named in lines[0]
     assert "Traceback" not in log and "DEADLINE_EXCEEDED" not in log
     assert seconds < 60
