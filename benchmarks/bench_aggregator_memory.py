@@ -42,7 +42,8 @@ def measure(nodes: int, architecture: str, root: Path) -> tuple[float, float]:
     with Consortium(config) as consortium:
         stubs = {n: pb_grpc.AggregatorStub(consortium.channel_as(n, "aggregator")) for n in node_ids}
         streams = [stubs[n].Subscribe(pb.JoinRequest(node_id=n, parameter_count=spec.count,
-                                                       parameter_digest=spec.digest), wait_for_ready=True)
+                                                       parameter_digest=spec.digest,
+                                                       class_names=["NORMAL", "OPACITY"]), wait_for_ready=True)
                    for n in node_ids]
         plans = []
         for stream in streams:  # every subscriber receives the plan and the model

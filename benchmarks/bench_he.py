@@ -32,12 +32,13 @@ from services.common.ckks_params import (
     public_context_bytes,
 )
 from services.common.chunking import upload_chunk_count
-from services.hospital_node.encryption_pool import EncryptedChunk, EncryptionPool
 from services.common.he_codec import RunningCiphertextSum, decrypt_to_slot_integers, slot_matrix
 from services.common.noise import NoiseKind
 from services.common.packing import FieldLayout, unpack_fields
 from services.common.pairwise_masks import MaskScope, PeerMask, peer_masks
 from services.common.update_codec import QuantizationPlan, decode_mean_update, plan_quantization, scale_update
+from services.hospital_node.encryption_pool import EncryptedChunk, EncryptionPool, upload_ciphertexts
+from services.key_authority.decryption_pool import DecryptionPool
 
 RESNET50_2CLASS = 23_512_130
 NODES = 5
@@ -76,9 +77,10 @@ def _plan(update: np.ndarray) -> tuple[QuantizationPlan, CkksParameters, FieldLa
 
 
 def _encode_node(pool: EncryptionPool, update: np.ndarray, plan: QuantizationPlan, params: CkksParameters,
-                 layout: FieldLayout, seed: int, label: str, masks: tuple[PeerMask, ...] = ()) -> list[EncryptedChunk]:
+                 layout: FieldLayout, seed: int, label: str, masks: tuple[PeerMask, ...] = (),
+                 tag: str | None = None) -> list[EncryptedChunk]:
     chunks = pool.encode_and_encrypt(scale_update(update, plan), plan, layout, params.slots, CHUNK_CIPHERTEXTS,
-                                     np.random.SeedSequence(seed), keep_fields=True, masks=masks)
+                                     np.random.SeedSequence(seed), keep_fields=True, masks=masks, tag=tag)
     return list(_progress(label, chunks, plan.rounding_pieces))
 
 
@@ -217,6 +219,54 @@ def masking_report(seconds: dict[int, float], workers: int) -> str:
     return "\n".join(lines)
 
 
+def bench_online(update: np.ndarray, workers: int, repeats: int = 3) -> dict[str, float]:
+    """Median seconds, run alternately in one pool so that the machine's noise falls on both alike, of:
+    - a node's full path after training (encode, encrypt, serialize) and its online path (the same from
+      encryptions of zero precomputed on the workers, as while it trains), and the precompute itself;
+    - the key authority's decryption of that upload's chunks in one process and on `workers` processes."""
+    plan, params, layout = _plan(update)
+    secret = make_secret_context(params)
+    public = public_context_bytes(secret)
+    count = upload_ciphertexts(update.size, layout, params.slots, CHUNK_CIPHERTEXTS)
+    times: dict[str, list[float]] = {name: [] for name in ("full", "online", "precompute", "decrypt serial",
+                                                           "decrypt parallel")}
+    with EncryptionPool(public, workers=workers) as pool, DecryptionPool(secret, workers) as decryption:
+        serial = DecryptionPool(secret, 0)
+        for repeat in range(repeats):
+            start = time.perf_counter()
+            upload = _encode_node(pool, update, plan, params, layout, repeat, "full node path")
+            times["full"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            pool.precompute(f"bench:{repeat}", count)
+            pool.precompute_seconds()  # waits for every share
+            times["precompute"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            _encode_node(pool, update, plan, params, layout, repeat, "online node path", tag=f"bench:{repeat}")
+            times["online"].append(time.perf_counter() - start)
+            chunks = [chunk.ciphertexts for chunk in upload]
+            for name, decryptor in (("decrypt serial", serial), ("decrypt parallel", decryption)):
+                start = time.perf_counter()
+                decryptor.slot_integers(chunks, params.slots)
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def online_report(seconds: dict[str, float], workers: int, dimension: int) -> str:
+    def line(label: str, name: str, reference: str) -> str:
+        return f"{label:50} {seconds[name]:8.2f} {seconds[name] / seconds[reference]:12.2f}"
+
+    return "\n".join([
+        f"CKKS on the critical path, {dimension:,} parameters, {workers} worker processes (medians)",
+        f"{'path':50} {'seconds':>8} {'vs baseline':>12}",
+        line("node, full (baseline): encode + encrypt + serialize", "full", "full"),
+        line("node, online: encode + add precomputed + serialize", "online", "full"),
+        line("node, precompute during training: encrypt zeros", "precompute", "full"),
+        line("key authority, 1 process (baseline): decrypt", "decrypt serial", "decrypt serial"),
+        line(f"key authority, {workers} processes: decrypt", "decrypt parallel", "decrypt serial"),
+        f"node critical path {seconds['full'] / seconds['online']:.2f}x shorter; decryption "
+        f"{seconds['decrypt serial'] / seconds['decrypt parallel']:.2f}x faster"])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dimension", type=int, default=RESNET50_2CLASS)
@@ -225,6 +275,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mask-nodes", type=int, nargs="*", default=[5, 10, 20],
                         help="participant-set sizes to time the masked node path at (none: skip)")
     parser.add_argument("--only-masking", action="store_true", help="time the masked node path alone")
+    parser.add_argument("--only-online", action="store_true",
+                        help="time the full and the online (precomputed) node paths alone")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     rng = np.random.default_rng(42)
@@ -232,16 +284,21 @@ def main(argv: list[str] | None = None) -> None:
     if args.only_masking:
         print(masking_report(bench_masking(update, args.workers, tuple(args.mask_nodes)), args.workers))
         return
+    if args.only_online:
+        print(online_report(bench_online(update, args.workers), args.workers, args.dimension))
+        return
     packed = bench_packed(update, args.workers)
     single = None
     if not args.skip_single_process:
         single = bench_packed_single(update)
     baseline = bench_baseline(update)
     masking = bench_masking(update, args.workers, tuple(args.mask_nodes)) if args.mask_nodes else None
+    online = bench_online(update, args.workers)
     print(f"\nupdate of {args.dimension:,} parameters, {NODES} nodes")
     print(report(packed, baseline, single))
     if masking is not None:
         print(masking_report(masking, args.workers))
+    print(online_report(online, args.workers, args.dimension))
 
 
 def bench_packed_single(update: np.ndarray) -> float:

@@ -140,7 +140,8 @@ def plot_class_counts(counts: dict[str, object], out: Path, data: str) -> Path:
     classes = list(counts["classes"])  # type: ignore[call-overload]
     table = counts["counts"]
     assert isinstance(table, list)
-    hospitals = list(counts.get("hospitals") or [f"hospital-{i + 1}" for i in range(len(table))])  # type: ignore[call-overload]
+    named = counts.get("hospitals")
+    hospitals = list(named) if isinstance(named, list) and named else [f"hospital-{i + 1}" for i in range(len(table))]
     figure, axis = plt.subplots(figsize=(7, 4))
     _stacked_bars(axis, hospitals, {name: [float(row[index]) for row in table] for index, name in enumerate(classes)})
     hidden = list(counts.get("not_shared") or [])  # type: ignore[call-overload]

@@ -1,10 +1,18 @@
-"""The state of one open round: who may submit, what was folded, and the sealed manifest."""
+"""The state of one open round: who may submit, what was folded, and the sealed manifest.
+
+Secure rounds fold each chunk into the running sums as it arrives (`fold_chunk`), once it is
+checked and staged; the upload counts only once its stream's attestation verifies (`fold`).
+A stream that fails before then, or is still in flight when the round is sealed, has its
+folded chunks subtracted again from their staged copies: ciphertext addition is exact
+modular arithmetic, so the sums come back bit for bit as if it had never been folded.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import tenseal as ts
@@ -31,6 +39,8 @@ class RoundState:
     corrupted: bool = False
     lost: set[str] = field(default_factory=set)  # participants that left or declined before their upload was folded
     fold_seconds: float = 0.0
+    # Secure: each in-flight stream's staged file and the chunks of it already folded into the sums.
+    partial: dict[str, tuple[Path, list[int]]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     changed: threading.Condition = field(init=False)
     ciphertext_sum: RunningCiphertextSum | None = None
@@ -63,12 +73,44 @@ class RoundState:
             self.in_flight.add(node_id)
 
     def abandon_stream(self, node_id: str) -> None:
+        """A stream that failed: whatever of it was folded is subtracted (from its staged copy, still on disk)."""
         with self.lock:
             self.in_flight.discard(node_id)
+            self._unfold_locked(node_id)
             self.changed.notify_all()
 
+    def fold_chunk(self, node_id: str, index: int, parsed: object, staged: Path) -> None:
+        """Fold one checked, staged chunk of a stream in flight into the running sums (secure rounds)."""
+        start = time.perf_counter()
+        with self.lock:
+            if self.sealed:
+                raise WrongRoundError(f"round {self.round_id} was sealed while {node_id!r} uploaded")
+            if node_id not in self.in_flight:
+                raise WrongRoundError(f"node {node_id!r} has no upload to round {self.round_id} in flight")
+            assert self.ciphertext_sum is not None and isinstance(parsed, list)
+            self.ciphertext_sum.fold(index, parsed)
+            self.partial.setdefault(node_id, (staged, []))[1].append(index)
+            self.fold_seconds += time.perf_counter() - start
+
+    def _unfold_locked(self, node_id: str) -> None:
+        staged, indices = self.partial.pop(node_id, (None, []))
+        if staged is None or not indices:
+            return
+        assert self.ciphertext_sum is not None
+        total = self.ciphertext_sum
+        start = time.perf_counter()
+        try:
+            for index, chunk in zip(indices, read_staged(staged, self.plan.transfer.chunk_ciphertexts)):
+                total.unfold(index, total.parse_chunk(index, chunk))
+        except Exception:
+            self.corrupted = True  # the sum can no longer be trusted: the round fails, nothing is decrypted
+            raise
+        finally:
+            self.fold_seconds += time.perf_counter() - start
+
     def fold(self, submission: VerifiedSubmission) -> None:
-        """Add a verified submission to the running sums; a failure here poisons the round."""
+        """Count a verified submission: in secure rounds its chunks are in the sums already, in plaintext rounds
+        they are added now. A failure here poisons the round."""
         node_id = submission.header.node_id
         start = time.perf_counter()
         with self.lock:
@@ -87,14 +129,14 @@ class RoundState:
     def _fold_locked(self, submission: VerifiedSubmission) -> None:
         if self.plan.secure:
             assert self.ciphertext_sum is not None
-            total = self.ciphertext_sum
-            for index, chunk in enumerate(read_staged(submission, self.plan.transfer.chunk_ciphertexts)):
-                total.fold(index, total.parse_chunk(index, chunk))
-            total.contributions += 1
+            _, indices = self.partial.pop(submission.header.node_id, (None, []))
+            if indices != list(range(submission.header.chunk_count)):
+                raise WrongRoundError(f"node {submission.header.node_id!r}'s chunks {indices} are not all folded")
+            self.ciphertext_sum.contributions += 1
             return
         assert self.plaintext_sum is not None
         offset = 0
-        for (payload,) in read_staged(submission, 1):
+        for (payload,) in read_staged(submission.path, 1):
             values = plaintext_values(payload)
             self.plaintext_sum[offset : offset + values.size] += values
             offset += values.size
@@ -118,8 +160,12 @@ class RoundState:
             self.changed.notify_all()
 
     def seal(self) -> list[VerifiedSubmission]:
+        """Close the attempt; streams still in flight have what they folded subtracted before anything uses the
+        sums."""
         with self.lock:
             self.sealed = True
+            for node_id in list(self.partial):
+                self._unfold_locked(node_id)
             return [self.contributors[node] for node in sorted(self.contributors)]
 
 

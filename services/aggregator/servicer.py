@@ -191,9 +191,12 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
             verified = staged.finish(last.attestation, self._registry, last.phases or PhaseSeconds(),
                                      last.record_privacy)
         except BaseException as error:
-            # A broken, cancelled or refused stream: its staged chunks go, the sums are untouched.
-            staged.discard()
-            state.abandon_stream(first.node_id)
+            # A broken, cancelled or refused stream: what it folded is subtracted again (from its staged chunks,
+            # so before they go), and the sums are as if it had never come.
+            try:
+                state.abandon_stream(first.node_id)
+            finally:
+                staged.discard()
             if isinstance(error, grpc.RpcError):
                 raise self._deadline_or_broken(expired, first.node_id, staged.received_bytes,
                                                "did not finish") from error

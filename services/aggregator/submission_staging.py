@@ -53,9 +53,15 @@ class VerifiedSubmission:
 
 class StagedSubmission:
     def __init__(self, directory: Path, header: StreamHeader,
-                 check_ciphertexts: Callable[[int, list[bytes]], None]) -> None:
+                 check_ciphertexts: Callable[[int, list[bytes]], object],
+                 on_staged: Callable[[int, object], None] | None = None) -> None:
+        """`check_ciphertexts(index, payloads)` refuses a bad chunk before anything of it is kept and returns what it
+        parsed; `on_staged(index, parsed)` runs once the chunk is on disk (flushed), where a later subtraction can
+        read it back."""
         self.header = header
         self._check_ciphertexts = check_ciphertexts
+        self._on_staged = on_staged
+        self._parsed: object = None
         self._digest = StreamDigest(header.round_id, header.key_id, header.node_id, header.attempt)
         self._path = directory / f"round{header.round_id}-attempt{header.attempt}-{header.node_id}.staged"
         directory.mkdir(parents=True, exist_ok=True)
@@ -77,13 +83,21 @@ class StagedSubmission:
             self._file.write(_LENGTH.pack(len(payload)) + payload)
             self.received_bytes += len(payload)
         self._next_index += 1
+        if self._on_staged is not None and self.header.secure:
+            self._file.flush()
+            parsed, self._parsed = self._parsed, None
+            self._on_staged(chunk.index, parsed)
+
+    @property
+    def path(self) -> Path:
+        return self._path
 
     def _payloads(self, chunk: UploadChunk) -> list[bytes]:
         if self.header.secure:
             if chunk.plaintext_values or not chunk.ciphertexts:
                 raise MalformedChunkError(f"chunk {chunk.index} of a secure round must carry ciphertexts only")
             payloads = list(chunk.ciphertexts)
-            self._check_ciphertexts(chunk.index, payloads)
+            self._parsed = self._check_ciphertexts(chunk.index, payloads)
             return payloads
         expected = min(self.header.values_per_plaintext_chunk,
                        self.header.dimension - chunk.index * self.header.values_per_plaintext_chunk)
@@ -120,9 +134,9 @@ class StagedSubmission:
         self._path.unlink(missing_ok=True)
 
 
-def read_staged(submission: VerifiedSubmission, per_chunk: int) -> Iterator[list[bytes]]:
+def read_staged(path: Path, per_chunk: int) -> Iterator[list[bytes]]:
     """The staged payloads again, `per_chunk` at a time (the last chunk may be shorter)."""
-    with open(submission.path, "rb") as handle:
+    with open(path, "rb") as handle:
         chunk: list[bytes] = []
         while header := handle.read(_LENGTH.size):
             (length,) = _LENGTH.unpack(header)

@@ -83,15 +83,17 @@ class UploadIntake:
                               plan_digest(plan))
         key = self._key
 
-        def check(index: int, payloads: list[bytes]) -> None:
+        def check(index: int, payloads: list[bytes]) -> object:
             assert current.ciphertext_sum is not None and key is not None
             expected = ciphertexts_in_chunk(index, plan.upload_value_count, plan.layout, key.slots,
                                             plan.transfer.chunk_ciphertexts)
             if len(payloads) != expected:
                 raise MalformedChunkError(f"chunk {index} carries {len(payloads)} ciphertexts, expected {expected}")
-            current.ciphertext_sum.parse_chunk(index, payloads)
+            return current.ciphertext_sum.parse_chunk(index, payloads)  # deserialized once, here
 
-        return current, StagedSubmission(self._staging_dir, header, check)
+        staged = StagedSubmission(self._staging_dir, header, check,
+                                  lambda index, parsed: current.fold_chunk(first.node_id, index, parsed, staged.path))
+        return current, staged
 
     def complete(self, state: RoundState, submission: VerifiedSubmission) -> None:
         try:

@@ -37,10 +37,10 @@ def default_class_names(num_classes: int) -> tuple[str, ...]:
 
 def require_same_classes(consortium: Sequence[str], node_id: str, names: Sequence[str]) -> None:
     """Refuse, naming each difference, a hospital whose class names or order differ from the consortium's."""
-    if tuple(consortium) == tuple(names):
-        return
     if not names:
         raise ClassMismatchError(f"node {node_id!r} sent no class names; the consortium's are {list(consortium)}")
+    if tuple(consortium) == tuple(names):
+        return
     differences = [f"label {i}: {theirs!r} at {node_id}, {ours!r} in the consortium"
                    for i, (theirs, ours) in enumerate(zip(names, consortium)) if theirs != ours]
     if len(names) != len(consortium):

@@ -92,6 +92,7 @@ class RunningCiphertextSum:
         self._context = public_context
         self._shape = CiphertextShape.of(public_context)
         self._sums: list[list[ts.CKKSVector] | None] = [None] * chunk_count
+        self._folded = [0] * chunk_count  # uploads folded into each chunk's sum
         self.contributions = 0
 
     @property
@@ -109,11 +110,25 @@ class RunningCiphertextSum:
 
     def fold(self, index: int, ciphertexts: list[ts.CKKSVector]) -> None:
         current = self._sums[index]
+        self._folded[index] += 1
         if current is None:
             self._sums[index] = ciphertexts
             return
         for total, addend in zip(current, ciphertexts, strict=True):
             total += addend
+
+    def unfold(self, index: int, ciphertexts: list[ts.CKKSVector]) -> None:
+        """Subtract what `fold` added. Ciphertext addition is exact modular arithmetic on the polynomials' coefficients,
+        so the sum comes back bit for bit as it was before the fold."""
+        current = self._sums[index]
+        if current is None:
+            raise MalformedChunkError(f"chunk {index} has nothing folded to subtract")
+        self._folded[index] -= 1
+        if self._folded[index] == 0:
+            self._sums[index] = None  # the last one out: as never folded (SEAL refuses an all-zero ciphertext)
+            return
+        for total, addend in zip(current, ciphertexts, strict=True):
+            total -= addend
 
     def serialized_chunk(self, index: int) -> list[bytes]:
         current = self._sums[index]

@@ -96,6 +96,11 @@ class HospitalNodeSettings(TlsSettings):
     freeze_head: bool = Field(False, description="local training leaves the classifier head as it arrived and "
                               "trains the body only (FedBABU, Oh et al., ICLR 2022)")
     encryption_workers: int = Field(1, ge=0, description="processes encrypting uploads; 0: in-process")
+    precompute_encryption: Literal["off", "on", "auto"] = Field(
+        "auto", description="while training, the encryption workers make the round's fresh encryptions of zero "
+        "ahead, so that after training each ciphertext is only encode, add and serialize (needs "
+        "encryption_workers >= 1). auto: on when training runs on CUDA, where the CPU cores are otherwise idle; on "
+        "a CPU-only node they compete with training")
     torch_threads: int = Field(0, ge=0, description="CPU threads for training; 0: torch default")
     seed: int | None = Field(None, description="fixes training randomness (tests); the noise and masks of a secure "
                              "upload always come from the OS's entropy")

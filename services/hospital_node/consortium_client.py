@@ -80,7 +80,8 @@ def _connection_problem(peer: str, address: str, error: grpc.RpcError, tls: TlsS
     """One line about a failed first call, and whether it is certain to fail again (a TLS refusal)."""
     details = error.details() or ""
     last = details.rsplit("last error:", 1)[-1].strip()
-    files = f"FEDXRAY_NODE_TLS_CERT={tls.tls_cert}, FEDXRAY_NODE_TLS_KEY={tls.tls_key}, FEDXRAY_NODE_TLS_CA={tls.tls_ca}"
+    files = (f"FEDXRAY_NODE_TLS_CERT={tls.tls_cert}, FEDXRAY_NODE_TLS_KEY={tls.tls_key}, "
+             f"FEDXRAY_NODE_TLS_CA={tls.tls_ca}")
     if "handshake" in details.lower() or "ssl" in details.lower():
         reason = last.split("OPENSSL_internal:", 1)[-1] if "OPENSSL_internal:" in last else last
         return (f"TLS handshake with the {peer} at {address} failed ({reason.strip()}): its certificate is not "

@@ -73,9 +73,11 @@ def _signed_chunks(plan: RoundPlan, node_id: str, key: Ed25519PrivateKey, timing
 def secure_upload(plan: RoundPlan, update: np.ndarray, node_id: str, key: Ed25519PrivateKey,
                   pool: EncryptionPool, slots: int, timings: UploadTimings, seed: np.random.SeedSequence,
                   record: list[np.ndarray] | None = None, chunk_sent: ChunkSent | None = None,
-                  masks: tuple[PeerMask, ...] = (), authority: tuple[PeerMask, ...] = ()) -> Iterator[UploadChunk]:
+                  masks: tuple[PeerMask, ...] = (), authority: tuple[PeerMask, ...] = (),
+                  tag: str | None = None) -> Iterator[UploadChunk]:
     """Chunks of ciphertexts: clip, scale and round, add noise, add this node's pairwise `masks` for the plan's
-    participant set, pack and encrypt, streamed in order."""
+    participant set, pack and encrypt (from the encryptions of zero precomputed for `tag`, when given), streamed in
+    order."""
     start = time.monotonic()
     scaled = scale_update(update, plan.quantization)
     timings.encode = time.monotonic() - start
@@ -83,7 +85,7 @@ def secure_upload(plan: RoundPlan, update: np.ndarray, node_id: str, key: Ed2551
     def bodies() -> Iterator[UploadChunk]:
         chunks = pool.encode_and_encrypt(scaled, plan.quantization, plan.layout, slots,
                                          plan.transfer.chunk_ciphertexts, seed, keep_fields=record is not None,
-                                         masks=masks, authority=authority)
+                                         masks=masks, authority=authority, tag=tag)
         while True:
             waited = time.monotonic()
             chunk = next(chunks, None)

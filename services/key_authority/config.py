@@ -27,4 +27,7 @@ class KeyAuthoritySettings(TlsSettings):
     min_participants: int = Field(3, ge=1, description="fewest distinct attested nodes in a decryptable sum")
     bits: int | None = Field(None, description="field bits; None: the largest CKKS can carry exactly")
     consortium: str = Field("fedxray", description="the consortium's name, as the hospitals' (masks are bound to it)")
+    decrypt_workers: int = Field(0, ge=0, description="the key authority's own processes that decrypt a sum's chunks "
+                                 "in parallel (each holds the secret key; none leaves the key authority's host); 0: "
+                                 "in this process, one chunk after another")
     log_level: str = "INFO"

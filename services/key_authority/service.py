@@ -8,6 +8,7 @@ from services.common.node_identity import NodeKeyRegistry
 from services.common.tls import add_port
 from services.key_authority.config import KeyAuthoritySettings
 from services.key_authority.decryption_policy import DecryptionLedger, DecryptionPolicy
+from services.key_authority.decryption_pool import DecryptionPool
 from services.key_authority.key_store import load_or_create_keys
 from services.key_authority.servicer import KeyAuthorityServicer
 
@@ -25,8 +26,10 @@ def serve(settings: KeyAuthoritySettings) -> None:
     metrics = ServiceMetrics("key_authority", holds_secret_key=keys.secret_context.is_private())
     serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
     server, health = grpc_server()
+    decryption = DecryptionPool(keys.secret_context, settings.decrypt_workers)
     servicer = KeyAuthorityServicer(keys, policy, settings.min_participants, metrics, registry.agreement_keys,
-                                    settings.consortium, require_aggregator_certificate=not settings.insecure)
+                                    settings.consortium, require_aggregator_certificate=not settings.insecure,
+                                    decryption=decryption)
     servicer.register(server)
     settings.warn_if_insecure("key authority")
     add_port(server, settings.listen, settings)
@@ -36,5 +39,6 @@ def serve(settings: KeyAuthoritySettings) -> None:
              settings.listen, keys.key_id, len(registry.node_ids), keys.layout.bits, keys.layout.fields_per_slot)
     shutdown_event().wait()
     server.stop(grace=5).wait()
+    decryption.close()
     log.info("key authority stopped")
 

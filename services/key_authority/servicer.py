@@ -18,6 +18,7 @@ from services.common.pairwise_masks import MaskScope, authority_unmasks
 from services.common.tls import AGGREGATOR_NAME, peer_common_name
 from services.common.wire import field_values_to_wire, manifest_from_wire, public_key_to_wire
 from services.key_authority.decryption_policy import DecryptionPolicy
+from services.key_authority.decryption_pool import DecryptionPool
 from services.key_authority.key_store import KeyMaterial
 from services.key_authority.sum_decryption import checked_chunks, decrypt_checked
 
@@ -27,8 +28,9 @@ log = logging.getLogger(__name__)
 class KeyAuthorityServicer(pb_grpc.KeyAuthorityServicer):
     def __init__(self, keys: KeyMaterial, policy: DecryptionPolicy, min_participants: int,
                  metrics: ServiceMetrics, node_agreement_keys: Mapping[str, X25519PublicKey], consortium: str,
-                 require_aggregator_certificate: bool = True) -> None:
+                 require_aggregator_certificate: bool = True, decryption: DecryptionPool | None = None) -> None:
         self._require_aggregator = require_aggregator_certificate
+        self._decryption = decryption
         self._keys = keys
         self._node_agreement_keys = dict(node_agreement_keys)
         self._consortium = consortium
@@ -68,7 +70,8 @@ class KeyAuthorityServicer(pb_grpc.KeyAuthorityServicer):
         log.info("decrypting round %d attempt %d: %d chunks, %d participants", manifest.round_id, manifest.attempt,
                  manifest.chunk_count, len(manifest.participants))
         start = time.perf_counter()
-        fields = decrypt_checked(self._keys, manifest, chunks, unmasks)  # every slot, before any value leaves
+        fields = decrypt_checked(self._keys, manifest, chunks, unmasks,  # every slot, before any value leaves
+                                 self._decryption)
         self._metrics.observe_phase("decrypt", time.perf_counter() - start)
         for index, values in enumerate(fields):
             yield field_values_to_wire(index, values)

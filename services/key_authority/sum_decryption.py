@@ -9,11 +9,12 @@ import numpy as np
 
 from services.common.chunking import ciphertexts_in_chunk
 from services.common.errors import MalformedChunkError
-from services.common.he_codec import CiphertextShape, check_ciphertext, decrypt_to_slot_integers
+from services.common.he_codec import CiphertextShape, check_ciphertext
 from services.common.packing import unpack_fields
 from services.common.pairwise_masks import PeerMask, mask_values
 from services.common.round_plan import SumLayout
 from services.common.upload import DecryptManifest
+from services.key_authority.decryption_pool import DecryptionPool
 from services.key_authority.key_store import KeyMaterial
 
 
@@ -40,16 +41,17 @@ def checked_chunks(keys: KeyMaterial, manifest: DecryptManifest, chunks: Iterabl
 
 
 def decrypt_checked(keys: KeyMaterial, manifest: DecryptManifest, chunks: list[list[bytes]],
-                    unmasks: list[PeerMask]) -> list[np.ndarray]:
+                    unmasks: list[PeerMask], pool: DecryptionPool | None = None) -> list[np.ndarray]:
     """Each chunk's field values mod 2^bits (little-endian, 4 bytes in the update layout, 8 in the statistics
     one), less the participants' authority masks for the manifest's own scope (`unmasks`): a sum of any other
     uploads keeps masks of its own and comes out uniform. Rounded here: CKKS IND-CPA-D (Li and Micciancio, 2021);
-    a slot far from an integer refuses the whole sum."""
+    a slot far from an integer refuses the whole sum. `pool` decrypts the chunks in parallel on the key authority's
+    own worker processes; without it, one after another here."""
     layout = keys.layout_for(manifest.layout)
     dtype = "<u8" if manifest.layout is SumLayout.STATISTICS else "<u4"
     remaining, start, fields = manifest.value_count, 0, []
-    for ciphertexts in chunks:
-        slot_integers = decrypt_to_slot_integers(keys.secret_context, ciphertexts, keys.params.slots)
+    decrypted = (pool or DecryptionPool(keys.secret_context, 0)).slot_integers(chunks, keys.params.slots)
+    for slot_integers in decrypted:
         count = min(remaining, slot_integers.size * layout.fields_per_slot)
         unmasked = unpack_fields(slot_integers, layout, count) + mask_values(unmasks, start, count, layout.bits)
         fields.append(np.mod(unmasked, layout.modulus).astype(dtype))

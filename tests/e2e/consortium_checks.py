@@ -84,3 +84,16 @@ def checkpoint_control(run_dir: Path, round_id: int) -> np.ndarray:
     """The consortium's control variate after `round_id`, under drift correction."""
     with np.load(run_dir / "aggregator" / "checkpoints" / f"round_{round_id:04d}.npz") as archive:
         return archive["opt_control"].astype(np.float64)
+
+
+def assert_exact_sums(run_dir: Path, rows: list[dict[str, object]], bits: int = 10) -> None:
+    """Every applied round's decrypted sum is exactly the sum of its contributors' recorded fields, mod 2^bits (10:
+    the field width of the default n_max, 8)."""
+    records = run_dir / "records"
+    for row in rows:
+        round_id = int(str(row["round"]))
+        if round_id == 0 or row.get("failed"):
+            continue
+        contributors = [str(c) for c in row["contributors"]]  # type: ignore[attr-defined]
+        expected = np.sum([node_fields(records, node, round_id) for node in contributors], axis=0) % (1 << bits)
+        assert np.array_equal(field_sum(run_dir, round_id), expected), f"round {round_id}"

@@ -10,16 +10,12 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from scripts.consortium import Consortium
-from tests.e2e.consortium_checks import field_sum, node_fields, recording, tiny_config
+from tests.e2e.consortium_checks import assert_exact_sums, recording, tiny_config
 
 pytestmark = pytest.mark.e2e
-
-BITS = 10  # the field width of the default n_max (8)
-
 
 def _wait_for_log(consortium: Consortium, name: str, text: str, timeout: float, after: int = 0) -> int:
     """Poll `name`'s log until `text` appears past byte `after`; the byte offset just after it."""
@@ -32,18 +28,6 @@ def _wait_for_log(consortium: Consortium, name: str, text: str, timeout: float, 
             return found + len(text)
         time.sleep(0.05)
     raise AssertionError(f"{text!r} never appeared in {path}:\n{path.read_text()[-3000:]}")
-
-
-def _assert_exact_sums(run_dir: Path, rows: list[dict[str, object]]) -> None:
-    """Every applied round's decrypted sum is exactly the sum of its contributors' fields, mod 2^b."""
-    records = run_dir / "records"
-    for row in rows:
-        round_id = int(str(row["round"]))
-        if round_id == 0 or row.get("failed"):
-            continue
-        contributors = [str(c) for c in row["contributors"]]  # type: ignore[attr-defined]
-        expected = np.sum([node_fields(records, node, round_id) for node in contributors], axis=0) % (1 << BITS)
-        assert np.array_equal(field_sum(run_dir, round_id), expected), f"round {round_id}"
 
 
 def test_aggregator_killed_mid_round_resumes_and_finishes_every_round_with_exact_sums(tmp_path: Path) -> None:
@@ -67,7 +51,7 @@ def test_aggregator_killed_mid_round_resumes_and_finishes_every_round_with_exact
     trained = [r for r in rows if int(str(r["round"])) > 0 and not r.get("failed")]
     assert [int(str(r["round"])) for r in trained] == [1, 3, 4, 5]  # round 2's id is never used again
     assert all(r["participants"] == 4 for r in trained)  # every node reconnected to the restarted aggregator
-    _assert_exact_sums(tmp_path, rows)
+    assert_exact_sums(tmp_path, rows)
     # The restart did not reset the privacy spent: epsilon grows from where the killed aggregator left it.
     epsilons = [float(str(r["epsilon"])) for r in trained]
     assert killed_at_epsilon > 0 and epsilons[0] == pytest.approx(killed_at_epsilon)
@@ -93,7 +77,7 @@ def test_key_authority_killed_before_decryption_restarts_with_its_key_and_the_ro
     rows = consortium.rows()
     trained = [r for r in rows if int(str(r["round"])) > 0]
     assert [(int(str(r["round"])), bool(r.get("failed"))) for r in trained] == [(1, False), (2, False), (3, False)]
-    _assert_exact_sums(tmp_path, rows)
+    assert_exact_sums(tmp_path, rows)
     # The restarted key authority loaded the same key from its 0600 file.
     secret = tmp_path / "key_authority" / "ckks_secret_context.bin"
     assert secret.stat().st_mode & 0o077 == 0

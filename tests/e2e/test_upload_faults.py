@@ -21,6 +21,7 @@ from services.common.round_plan import RoundPlan
 from services.common.node_identity import NodeKeyRegistry, load_agreement_key, load_identity
 from services.common.pairwise_masks import MaskScope, authority_mask, peer_masks
 from services.common.wire import plan_digest, plan_from_wire, public_key_from_wire, upload_chunk_to_wire
+from services.hospital_node.data.synthetic_xray import synthetic_class_names
 from services.hospital_node.encryption_pool import EncryptionPool
 from services.hospital_node.update_stream import UploadTimings, secure_upload
 from tests.e2e.consortium_checks import field_sum, node_fields, recording, scrape, tiny_config
@@ -70,8 +71,8 @@ class IntruderNode:
 
     def join(self) -> RoundPlan:
         self.stream = self.aggregator.Subscribe(pb.JoinRequest(
-            node_id=self.node_id, parameter_count=self.spec.count, parameter_digest=self.spec.digest),
-            wait_for_ready=True)
+            node_id=self.node_id, parameter_count=self.spec.count, parameter_digest=self.spec.digest,
+            class_names=list(synthetic_class_names(2))), wait_for_ready=True)
         plan = plan_from_wire(next(self.stream).plan)
         for _ in range(plan.model.chunk_count):
             next(self.stream)
