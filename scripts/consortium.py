@@ -383,10 +383,11 @@ DEMO_SETTINGS: SettingValues = {
 DEMO_IMAGES_PER_NODE = 60
 # Own images: the recipe docs/RESULTS.md found to learn on five hospitals' skewed data (AdamW at 3e-4, 10 local
 # epochs a round, logit adjustment for each hospital's class imbalance, clip norm 20, server momentum 0.5), so that
-# a first run on a hospital's own images learns; the closing head refit runs when record-level DP is off.
+# a first run on a hospital's own images learns; the closing head refit runs when record-level DP is off. Logs in
+# RUN_DIR/logs are plain text, for a person.
 OWN_IMAGES_SETTINGS: SettingValues = {
     "local_optimizer": "adamw", "learning_rate": 3e-4, "local_epochs": 10, "imbalance": "logit_adjust",
-    "clip_norm": 20.0, "server_momentum": 0.5}
+    "clip_norm": 20.0, "server_momentum": 0.5, "log_format": "text"}
 SOURCES = ("folder", "medmnist", "dicom")
 
 

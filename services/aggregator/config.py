@@ -89,7 +89,9 @@ class AggregatorSettings(TlsSettings):
     chunk_ciphertexts: int = Field(8, ge=1, description="ciphertexts per upload chunk")
     plaintext_chunk_values: int = Field(1 << 18, ge=1)
     linger_seconds: float = Field(0.0, ge=0, description="keep serving status and metrics this long after training")
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line (for log "
+                                                "collectors); text: time, service, level and message, for a person")
 
     @field_validator("class_names", mode="before")
     @classmethod

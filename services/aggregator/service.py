@@ -37,7 +37,7 @@ from services.common.upload import upload_message_limit
 
 def serve(settings: AggregatorSettings, observer: DecryptionObserver | None = None) -> int:
     """`observer` is for tests only (tests/service_hooks); the command line never sets it."""
-    log = configure_logging("aggregator", settings.log_level)
+    log = configure_logging("aggregator", settings.log_level, settings.log_format == "json")
     metrics = ServiceMetrics("aggregator", holds_secret_key=False)
     serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
     model = build_model(settings.architecture, settings.num_classes, settings.model_seed)

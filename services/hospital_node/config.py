@@ -105,6 +105,8 @@ class HospitalNodeSettings(TlsSettings):
     seed: int | None = Field(None, description="fixes training randomness (tests); the noise and masks of a secure "
                              "upload always come from the OS's entropy")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line (for log "
+                                                "collectors); text: time, service, level and message, for a person")
 
     @field_validator("class_names", mode="before")
     @classmethod

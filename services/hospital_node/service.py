@@ -19,7 +19,7 @@ from services.hospital_node.private_training import PrivateTrainingError
 
 def serve(settings: HospitalNodeSettings, observer: UploadObserver | None = None) -> int:
     """`observer` is for tests only (tests/service_hooks); the command line never sets it."""
-    log = configure_logging(settings.node_id, settings.log_level)
+    log = configure_logging(settings.node_id, settings.log_level, settings.log_format == "json")
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     metrics = ServiceMetrics("hospital_node", holds_secret_key=False)

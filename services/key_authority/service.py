@@ -14,7 +14,7 @@ from services.key_authority.servicer import KeyAuthorityServicer
 
 
 def serve(settings: KeyAuthoritySettings) -> None:
-    log = configure_logging("key_authority", settings.log_level)
+    log = configure_logging("key_authority", settings.log_level, settings.log_format == "json")
     try:
         keys = load_or_create_keys(settings.max_participants, settings.bits, settings.state_dir,
                                    settings.persist_secret_key)

@@ -76,3 +76,18 @@ def test_the_service_process_exits_with_the_message_and_no_traceback() -> None:
     assert result.returncode == 1
     assert "did you mean FEDXRAY_AGG_EXPECTED_PARTICIPANTS?" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_text_log_format_is_one_plain_line_per_message(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from services.common.service_runtime import configure_logging
+
+    configure_logging("aggregator", "INFO", json_logs=False)
+    logging.getLogger("services.aggregator.evaluation_board").info("round 2: 5 hospitals, accuracy 0.750")
+    line = capsys.readouterr().err.strip()
+    assert line.endswith(" aggregator INFO round 2: 5 hospitals, accuracy 0.750") and not line.startswith("{")
+    configure_logging("aggregator", "INFO", json_logs=True)
+    logging.getLogger("x").info("round 3")
+    assert '"msg": "round 3"' in capsys.readouterr().err
+    logging.getLogger().handlers.clear()
