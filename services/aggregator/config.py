@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from pydantic_settings import NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from services.aggregator.round_schedule import RoundSchedule
-from services.common.tls import TlsSettings
+from services.common.service_settings import ClassNames, ServiceSettings, require_one_name_per_class
 
 from services.common.noise import NoiseKind
 
 
-class AggregatorSettings(TlsSettings):
+class AggregatorSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FEDXRAY_AGG_", extra="forbid")
 
     listen: str = Field("127.0.0.1:50052", description="gRPC host:port to serve nodes on")
@@ -47,7 +47,7 @@ class AggregatorSettings(TlsSettings):
         "node went away (a broken stream) or closed it on purpose (a truncated one)")
     architecture: str = Field("resnet50", description="resnet50 | resnet18 | efficientnet-b0 (GroupNorm) | resnet50-bn | tiny | tiny-gn")
     num_classes: int = Field(2, ge=2, description="classes the model predicts")
-    class_names: Annotated[tuple[str, ...] | None, NoDecode] = Field(
+    class_names: ClassNames = Field(
         None, description="the consortium's class names in label order, comma-separated (NORMAL,PNEUMONIA): a "
         "hospital joining with other names or another order is refused. Unset: those of the first hospital to join")
     model_seed: int = 0
@@ -89,25 +89,10 @@ class AggregatorSettings(TlsSettings):
     chunk_ciphertexts: int = Field(8, ge=1, description="ciphertexts per upload chunk")
     plaintext_chunk_values: int = Field(1 << 18, ge=1)
     linger_seconds: float = Field(0.0, ge=0, description="keep serving status and metrics this long after training")
-    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
-    log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line (for log "
-                                                "collectors); text: time, service, level and message, for a person")
-
-    @field_validator("class_names", mode="before")
-    @classmethod
-    def _split_class_names(cls, value: object) -> object:
-        if isinstance(value, str):
-            names = tuple(name.strip() for name in value.split(","))
-            if not all(names) or len(set(names)) != len(names):
-                raise ValueError(f"class_names {value!r} has an empty or repeated name")
-            return names
-        return value
 
     @model_validator(mode="after")
     def _one_name_per_class(self) -> AggregatorSettings:
-        if self.class_names is not None and len(self.class_names) != self.num_classes:
-            raise ValueError(f"class_names {','.join(self.class_names)} names {len(self.class_names)} classes; "
-                             f"num_classes is {self.num_classes}")
+        require_one_name_per_class(self.class_names, self.num_classes)
         return self
 
     @model_validator(mode="after")

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from pydantic_settings import NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from services.common.tls import TlsSettings
+from services.common.service_settings import ClassNames, ServiceSettings, require_one_name_per_class
 
 
-class HospitalNodeSettings(TlsSettings):
+class HospitalNodeSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FEDXRAY_NODE_", extra="forbid")
 
     node_id: str = Field("hospital-1", description="consortium member name (matches its identity key)")
@@ -68,7 +68,7 @@ class HospitalNodeSettings(TlsSettings):
         "for demos and tests), folder (DATA_PATH/train/<CLASS>/*.png|jpg, Kaggle layout; val/ and test/ used when "
         "present), medmnist (a MedMNIST .npz file), dicom (DATA_PATH/<CLASS>/*.dcm)")
     data_path: Path | None = Field(None, description="folder root, .npz file or DICOM folder (not for synthetic)")
-    class_names: Annotated[tuple[str, ...] | None, NoDecode] = Field(
+    class_names: ClassNames = Field(
         None, description="the consortium's class names in label order, comma-separated (NORMAL,PNEUMONIA), for "
         "folder and DICOM sources; the same at every hospital, whichever class folders it holds. Unset: this "
         "hospital's class folders, sorted, which must then number num_classes")
@@ -104,28 +104,9 @@ class HospitalNodeSettings(TlsSettings):
     torch_threads: int = Field(0, ge=0, description="CPU threads for training; 0: torch default")
     seed: int | None = Field(None, description="fixes training randomness (tests); the noise and masks of a secure "
                              "upload always come from the OS's entropy")
-    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
-    log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line (for log "
-                                                "collectors); text: time, service, level and message, for a person")
-
-    @field_validator("class_names", mode="before")
-    @classmethod
-    def _split_class_names(cls, value: object) -> object:
-        if isinstance(value, str):
-            names = tuple(name.strip() for name in value.split(","))
-            if not all(names):
-                raise ValueError(f"class_names {value!r} has an empty name")
-            return names
-        return value
 
     @field_validator("class_names")
     @classmethod
     def _one_name_per_class(cls, value: tuple[str, ...] | None, info: ValidationInfo) -> tuple[str, ...] | None:
-        if value is None:
-            return value
-        if len(set(value)) != len(value):
-            raise ValueError(f"class_names {','.join(value)} repeats a name")
-        classes = info.data.get("num_classes")
-        if classes is not None and len(value) != classes:
-            raise ValueError(f"class_names {','.join(value)} names {len(value)} classes; num_classes is {classes}")
+        require_one_name_per_class(value, info.data.get("num_classes"))
         return value

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 
 from pydantic_settings import SettingsConfigDict
 
-from services.common.tls import TlsSettings
+from services.common.service_settings import ServiceSettings
 
 
-class KeyAuthoritySettings(TlsSettings):
+class KeyAuthoritySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FEDXRAY_KA_", extra="forbid")
 
     listen: str = Field("127.0.0.1:50051", description="gRPC host:port to serve on")
@@ -31,6 +30,3 @@ class KeyAuthoritySettings(TlsSettings):
     decrypt_workers: int = Field(0, ge=0, description="the key authority's own processes that decrypt a sum's chunks "
                                  "in parallel (each holds the secret key; none leaves the key authority's host); 0: "
                                  "in this process, one chunk after another")
-    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
-    log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line (for log "
-                                                "collectors); text: time, service, level and message, for a person")
