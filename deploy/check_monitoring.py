@@ -79,6 +79,16 @@ def check_dashboard(prometheus: str, timeout: float) -> int:
     return 1 if pending else 0
 
 
+def describe_alerts(series: list[dict[str, object]]) -> str:
+    """The ALERTS series (instant query result: each with its `metric` labels) as `Name (state) on instance`."""
+    described = []
+    for item in series:
+        labels = item.get("metric")
+        assert isinstance(labels, dict)
+        described.append(f"{labels.get('alertname')} ({labels.get('alertstate')}) on {labels.get('instance', '-')}")
+    return "; ".join(described)
+
+
 def check_rules(prometheus: str) -> int:
     with urllib.request.urlopen(f"{prometheus}/api/v1/rules?type=alert", timeout=10) as reply:
         body = json.loads(reply.read().decode())
@@ -91,8 +101,7 @@ def check_rules(prometheus: str) -> int:
         state = "not loaded" if rule is None else f"health {rule.get('health')}, {rule.get('state')}" + (
             f", error {rule['lastError']}" if rule.get("lastError") else "")
         print(f"{'ok  ' if ok else 'FAIL'} alert rule {name}: {state}", flush=True)
-    firing = [f"{a['labels'].get('alertname')} {a['labels']}" for a in query(prometheus, "ALERTS")]
-    print(f"     alerts pending or firing now: {firing or 'none'}", flush=True)
+    print(f"     alerts pending or firing now: {describe_alerts(query(prometheus, 'ALERTS')) or 'none'}", flush=True)
     return 1 if failed else 0
 
 

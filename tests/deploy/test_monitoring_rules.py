@@ -98,3 +98,12 @@ def test_missed_rounds_count_consecutive_absences_and_reset_on_return() -> None:
     assert missed == {"a": 0, "b": 0, "c": 4}
     assert metrics.rounds_missed.labels(node="c")._value.get() == 4
     assert metrics.rounds_missed.labels(node="b")._value.get() == 0
+
+
+def test_pending_and_firing_alerts_are_described_from_prometheus_s_own_result_shape() -> None:
+    """The shape of an instant query of ALERTS, as Prometheus 2.42 answers it (labels under `metric`)."""
+    result = [{"metric": {"__name__": "ALERTS", "alertname": "FedXrayServiceDown", "alertstate": "pending",
+                          "instance": "aggregator:9102", "job": "aggregator", "severity": "warning"},
+               "value": [1796023896.6, "1"]}]
+    assert check_monitoring.describe_alerts(result) == "FedXrayServiceDown (pending) on aggregator:9102"
+    assert check_monitoring.describe_alerts([]) == ""

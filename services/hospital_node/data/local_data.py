@@ -76,8 +76,9 @@ def load_local_data(settings: HospitalNodeSettings) -> LocalData:
     all_labels = labels if held is None else np.concatenate([labels, held[1]])
     counts = tuple(int(c) for c in np.bincount(all_labels, minlength=settings.num_classes))
     classes = ClassRoster(names, counts)
+    place = "" if settings.data_source == "synthetic" or settings.data_path is None else f" from {settings.data_path}"
     log.info("%s: %d images (%s%s), classes in label order: %s", settings.node_id, all_labels.size,
-             settings.data_source, f" from {settings.data_path}" if settings.data_path else "", classes.table())
+             settings.data_source, place, classes.table())
     if classes.empty_classes():
         log.warning("!!! %s has NO images of %s: it trains and validates without that class; check the class "
                     "folders and FEDXRAY_NODE_CLASS_NAMES !!!", settings.node_id, ", ".join(classes.empty_classes()))
