@@ -35,7 +35,7 @@ protos: $(STAMP)
 bench-he: $(STAMP)
 	$(PY) -m benchmarks.bench_he
 
-## bench-round: secure versus plaintext round, ResNet-50 at 64 px, 5 nodes x 200 images
+## bench-round: plaintext, secure and secure-with-precompute rounds and their critical paths, ResNet-50 at 64 px, 5 nodes x 200 images
 bench-round: $(STAMP)
 	$(PY) -m benchmarks.bench_round
 

@@ -27,7 +27,7 @@ from services.common.model_spec import parameter_spec
 from services.common.models import build_model
 from services.common.node_identity import load_identity
 from services.common.wire import plan_from_wire, upload_chunk_to_wire
-from services.hospital_node.update_stream import UploadTimings, secure_upload
+from services.hospital_node.update_stream import UploadTimings, secure_upload, upload_recipe
 from tests.e2e.consortium_checks import scrape
 
 
@@ -60,7 +60,8 @@ def measure(nodes: int, architecture: str, root: Path) -> tuple[float, float]:
                 update = np.random.default_rng(index).normal(0, 1e-3, spec.count)
                 uploads[node_id] = [upload_chunk_to_wire(chunk) for chunk in secure_upload(
                     plan, update, node_id, load_identity(run_dir / "identities" / f"{node_id}.key"), pool,
-                    public.slots_per_ciphertext, UploadTimings(), np.random.SeedSequence(index))]
+                    upload_recipe(plan, public.slots_per_ciphertext, np.random.SeedSequence(index)),
+                    UploadTimings())]
         print(f"  {nodes} nodes: encrypted {nodes} updates", flush=True)
         submission_bytes = sum(len(c) for chunk in uploads[node_ids[0]] for c in chunk.ciphertexts)
         started = time.monotonic()

@@ -2,9 +2,13 @@
 
 Run: `make bench-round` or `python -m benchmarks.bench_round [--rounds R]`. The
 workload: ResNet-50 at 64 px, 5 hospital processes on this machine, 200 training
-images each (SYNTHETIC radiographs), one local epoch. Prints per-round latency of
-both modes, their ratio, and the seconds of each phase (node phases: slowest node).
-`--drift-correction` adds a third run, secure with SCAFFOLD drift correction (uploads
+images each (SYNTHETIC radiographs), one local epoch. Three runs: plaintext, secure,
+and secure with the encryption precomputed while training (encryptions of zero,
+noise and masks; `precompute_encryption=on`). Both secure runs give each node one
+encryption worker process. Prints per-round latency, each phase's seconds (node
+phases: slowest node) and the critical path (the slowest node's seconds from its
+trained update to its last chunk sent, plus decryption and applying the new model)
+side by side, with the ratios. `--drift-correction` adds a third run, secure with SCAFFOLD drift correction (uploads
 twice as long, one extra gradient pass per hospital), and its ratio to plain secure.
 """
 
@@ -16,23 +20,27 @@ import tempfile
 import time
 from pathlib import Path
 
-from scripts.consortium import Consortium, ConsortiumConfig
+from scripts.consortium import QUICK_TRAINING, Consortium, ConsortiumConfig
 
-PHASES = ("train", "encode", "encrypt", "upload", "aggregate", "decrypt", "apply")
+from services.common.metrics import PHASES
 
 
-def run_mode(secure: bool, args: argparse.Namespace, root: Path, drift_correction: bool = False) -> list[dict[str, object]]:
-    label = ("secure" if secure else "plaintext") + ("+drift" if drift_correction else "")
+def run_mode(secure: bool, args: argparse.Namespace, root: Path, drift_correction: bool = False,
+             precompute: bool = False) -> list[dict[str, object]]:
+    label = ("secure" if secure else "plaintext") + ("+drift" if drift_correction else "") + (
+        "+pre" if precompute else "")
     config = ConsortiumConfig(
         run_dir=root / label, nodes=5, seed=args.seed,
         # 200 training images per node after the 20% validation split.
         images_per_node=args.train_images * 5 // 4,
-        settings={"rounds": args.rounds, "secure": secure, "allow_plaintext": not secure,
+        settings={**QUICK_TRAINING, "rounds": args.rounds, "secure": secure, "allow_plaintext": not secure,
                   "drift_correction": drift_correction,
                   "architecture": args.architecture, "image_size": args.image_size, "partition_scheme": "iid",
                   "round_deadline_seconds": 3600,
-                  # Five hospitals share this machine's cores: one training thread each, encryption in-process.
-                  "torch_threads": 1, "encryption_workers": 0},
+                  # Five hospitals share this machine's cores: one training thread and one encryption worker
+                  # each (a precompute needs a worker to run beside training).
+                  "torch_threads": 1, "encryption_workers": 1,
+                  "precompute_encryption": "on" if precompute else "off"},
     )
     started = time.monotonic()
     print(f"[{label}] starting 5 hospitals, {args.rounds} round(s)...", flush=True)
@@ -49,21 +57,21 @@ def run_mode(secure: bool, args: argparse.Namespace, root: Path, drift_correctio
 def median_of(rows: list[dict[str, object]], key: str, phase: str | None = None) -> float:
     values = []
     for row in rows:
-        value = row["phases"][phase] if phase else row[key]  # type: ignore[index]
+        value = row["phases"].get(phase, 0.0) if phase else row[key]  # type: ignore[attr-defined,index]
         values.append(float(value))  # type: ignore[arg-type]
     return statistics.median(values)
 
 
-def print_side_by_side(base_label: str, base: list[dict[str, object]], other_label: str,
-                       other: list[dict[str, object]], ratio_label: str) -> None:
-    """Median round and phase seconds of two runs, with the other's ratio to the base."""
-    print(f"{'':16} {base_label:>10} {other_label:>10} {ratio_label:>13}")
-    b_round, o_round = median_of(base, "seconds"), median_of(other, "seconds")
-    print(f"{'round seconds':16} {b_round:10.1f} {o_round:10.1f} {o_round / b_round:13.2f}")
-    for phase in PHASES:
-        b, o = median_of(base, "", phase), median_of(other, "", phase)
-        ratio = f"{o / b:13.2f}" if b > 0 else f"{'-':>13}"
-        print(f"{phase + ' s':16} {b:10.2f} {o:10.2f} {ratio}")
+def print_side_by_side(runs: dict[str, list[dict[str, object]]], base_label: str) -> None:
+    """Median round, phase and critical-path seconds of each run, and each run's ratio to the base's."""
+    others = [label for label in runs if label != base_label]
+    print(f"{'':18}" + "".join(f"{label:>12}" for label in runs)
+          + "".join(f"{label + '/' + base_label[:5]:>18}" for label in others))
+    for name, key, phase in [("round", "seconds", None), *((p, "", p) for p in (*PHASES, "critical_path"))]:
+        medians = {label: median_of(rows, key, phase) for label, rows in runs.items()}
+        base = medians[base_label]
+        ratios = "".join(f"{medians[label] / base:18.2f}" if base > 0 else f"{'-':>18}" for label in others)
+        print(f"{name + ' s':18}" + "".join(f"{value:12.2f}" for value in medians.values()) + ratios)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,15 +85,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--drift-correction", action="store_true", help="also time secure rounds with it on")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-round-") as tmp:
-        plaintext = run_mode(False, args, Path(tmp))
-        secure = run_mode(True, args, Path(tmp))
+        runs = {"plaintext": run_mode(False, args, Path(tmp)), "secure": run_mode(True, args, Path(tmp)),
+                "secure+pre": run_mode(True, args, Path(tmp), precompute=True)}
         drift = run_mode(True, args, Path(tmp), drift_correction=True) if args.drift_correction else []
     print(f"\n{args.architecture} at {args.image_size}px, 5 nodes x {args.train_images} SYNTHETIC training images, "
           f"1 local epoch; medians over {args.rounds} round(s)")
-    print_side_by_side("plaintext", plaintext, "secure", secure, "secure/plain")
+    print_side_by_side(runs, "plaintext")
     if drift:
         print(f"\nsecure with drift correction, same workload; medians over {args.rounds} round(s)")
-        print_side_by_side("secure", secure, "+drift", drift, "drift/secure")
+        print_side_by_side({"secure": runs["secure"], "+drift": drift}, "secure")
 
 if __name__ == "__main__":
     main()

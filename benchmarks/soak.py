@@ -16,7 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from scripts.consortium import Consortium, ConsortiumConfig
+from scripts.consortium import QUICK_TRAINING, Consortium, ConsortiumConfig
 
 SETTLED_ROUND = 3  # growth is measured from here: the first rounds fill caches and pools
 LIMIT = 0.10
@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         config = ConsortiumConfig(
             run_dir=Path(tmp), nodes=5, images_per_node=args.images_per_node, seed=1,
-            settings={"rounds": args.rounds, "architecture": args.architecture, "image_size": args.image_size,
+            settings={**QUICK_TRAINING, "rounds": args.rounds, "architecture": args.architecture,
+                      "image_size": args.image_size,
                       "partition_scheme": "iid", "encryption_workers": 0, "torch_threads": 1,
                       "round_deadline_seconds": 600},
             aggregator={"linger_seconds": 60})

@@ -152,7 +152,8 @@ prometheus_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.
 export FEDXRAY_CERTS_DIR="$work/certs" FEDXRAY_BASE_IMAGE="$BASE_IMAGE" FEDXRAY_PROMETHEUS_BASE_IMAGE="$BASE_IMAGE" \
     FEDXRAY_PIP_OFFLINE=1 FEDXRAY_ROUNDS="$ROUNDS" FEDXRAY_ARCHITECTURE=tiny FEDXRAY_IMAGE_SIZE=32 \
     FEDXRAY_SYNTHETIC_IMAGES=200 FEDXRAY_PROMETHEUS_PORT="$prometheus_port" \
-    FEDXRAY_LOCAL_EPOCHS=40  # rounds of several seconds, so the kill below lands mid-run
+    FEDXRAY_LOCAL_EPOCHS=40 `# rounds of several seconds, so the kill below lands mid-run` \
+    FEDXRAY_HEAD_REFIT=false  # the chaos run counts training rounds only
 compose() { deploy/compose.sh --project-name "$PROJECT" -f deploy/docker-compose.yml "$@"; }
 export DOCKER_HOST="${DOCKER_HOST:-unix:///var/run/docker.sock}"
 log "building images (FedXray on $BASE_IMAGE, offline from deploy/wheelhouse; Prometheus from Debian's package); log: $work/build.log"

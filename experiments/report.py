@@ -26,11 +26,11 @@ from matplotlib.ticker import MaxNLocator
 
 from services.common.atomic_files import read_json_lines
 from services.common.classification_metrics import f1_sampling_sd
+from services.common.metrics import SEQUENTIAL_PHASES
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-PHASES = ("train", "encode", "encrypt", "upload", "aggregate", "decrypt", "apply")
 METRICS = ("accuracy", "precision", "recall", "specificity", "f1", "auc")
 
 
@@ -158,8 +158,13 @@ def plot_phases(runs: dict[str, list[dict[str, object]]], out: Path) -> Path | N
         return None
     figure, axes = plt.subplots(1, len(timed), figsize=(6 * len(timed), 4), squeeze=False)
     for axis, (label, rows) in zip(axes[0], timed.items()):
+        phases: list[dict[str, float]] = [r["phases"] for r in rows]  # type: ignore[misc]
         _stacked_bars(axis, [str(r["round"]) for r in rows],
-                      {phase: [float(r["phases"][phase]) for r in rows] for phase in PHASES})  # type: ignore[index]
+                      {phase: [float(p.get(phase, 0.0)) for p in phases] for phase in SEQUENTIAL_PHASES})
+        critical = [(i, float(p["critical_path"])) for i, p in enumerate(phases) if "critical_path" in p]
+        if critical:  # rows written before it was recorded have none
+            axis.plot([i for i, _ in critical], [c for _, c in critical], "k_", markersize=24, markeredgewidth=2,
+                      linestyle="none", label="critical path\n(trained update to new model)")
         axis.set_title(f"{label}: seconds per phase (node phases: slowest node)")
         axis.set_xlabel("round")
     _legend_outside(axes[0][-1], fontsize=8)

@@ -17,21 +17,23 @@ from scripts.consortium import SERVICE_SETTINGS, SettingValues
 ALIASES = {"partition_scheme": ("--partition",), "partition_alpha": ("--alpha",)}
 
 
-def _field(name: str) -> tuple[str, object, str]:
+def _field(name: str) -> tuple[str, object, str, bool]:
+    """(model, default, description, whether it is a switch: a bool, or a bool whose unset default is decided)."""
     for model in SERVICE_SETTINGS.values():
         if name in model.model_fields:
             field = model.model_fields[name]
-            return model.__name__, field.default, field.description or ""
+            switch = isinstance(field.default, bool) or field.annotation == (bool | None)
+            return model.__name__, field.default, field.description or "", switch
     raise KeyError(f"no service setting is called {name!r}")
 
 
 def add_setting_options(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
     group = parser.add_argument_group("service settings (defaults from the settings models)")
     for name in names:
-        model, default, description = _field(name)
+        model, default, description, switch = _field(name)
         flags = (f"--{name.replace('_', '-')}", *ALIASES.get(name, ()))
         help_text = f"{description} (default {default}; {model})".strip()
-        if isinstance(default, bool):
+        if switch:
             group.add_argument(*flags, dest=name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
         else:
             group.add_argument(*flags, dest=name, default=None, help=help_text)

@@ -51,21 +51,25 @@ class AggregatorSettings(ServiceSettings):
         None, description="the consortium's class names in label order, comma-separated (NORMAL,PNEUMONIA): a "
         "hospital joining with other names or another order is refused. Unset: those of the first hospital to join")
     model_seed: int = 0
-    local_epochs: int = Field(1, ge=1)
-    learning_rate: float = Field(0.01, gt=0, description="hospitals' local learning rate (round 1's, under a schedule)")
+    # The defaults of local training, the server step and the clip norm are the recipe docs/RESULTS.md found to
+    # learn on five hospitals' skewed data, so that a first run on a hospital's own images learns.
+    local_epochs: int = Field(10, ge=1, description="hospitals' local epochs per round")
+    learning_rate: float = Field(3e-4, gt=0, description="hospitals' local learning rate (round 1's, under a "
+                                 "schedule)")
     round_schedule: RoundSchedule = Field("constant", description="cosine: lower the local learning rate from round "
                                           "to round, to round_floor x learning_rate in the last round")
     round_floor: float = Field(0.1, gt=0, le=1, description="the last round's share of learning_rate under cosine")
     batch_size: int = Field(16, ge=1)
-    local_optimizer: Literal["sgd", "adamw"] = Field("sgd", description="hospitals' optimizer (sgd: momentum 0.9)")
+    local_optimizer: Literal["sgd", "adamw"] = Field("adamw", description="hospitals' optimizer (sgd: momentum 0.9)")
     proximal_mu: float = Field(0.0, ge=0, description="FedProx proximal weight; 0: plain local steps")
     drift_correction: bool = Field(False, description="SCAFFOLD drift correction: each upload also carries the "
                                    "node's control variate change, clipped and encrypted with its update (twice the "
                                    "values per round)")
-    head_refit: bool = Field(False, description="after the last round, refit the classifier head by linear "
-                             "discriminant analysis on the hospitals' summed feature statistics (one more secure "
-                             "sum, in the statistics layout, with its own line in the privacy accountant: an "
-                             "epsilon of about 3e18, so any finite epsilon_budget refuses it)")
+    head_refit: bool | None = Field(None, description="after the last round, refit the classifier head by linear "
+                                    "discriminant analysis on the hospitals' summed feature statistics (one more "
+                                    "secure sum, in the statistics layout, with its own line in the privacy "
+                                    "accountant: an epsilon of about 3e18, so any finite epsilon_budget refuses "
+                                    "it). Unset: on, unless record_epsilon proposes DP-SGD, which does not cover it")
     head_refit_shrinkage: float = Field(0.1, gt=0, le=1, description="the refit covariance's shrinkage towards its "
                                         "mean variance (above 0: with more features than images the unshrunk "
                                         "covariance is singular)")
@@ -77,11 +81,11 @@ class AggregatorSettings(ServiceSettings):
                                       "seeded initialisation")
     server_optimizer: Literal["fedavg", "fedadam"] = "fedavg"
     server_learning_rate: float = Field(1.0, gt=0)
-    server_momentum: float = Field(0.0, ge=0, lt=1, description="FedAvgM momentum of the server step; 0: FedAvg")
+    server_momentum: float = Field(0.5, ge=0, lt=1, description="FedAvgM momentum of the server step; 0: FedAvg")
     fedadam_beta1: float = 0.9
     fedadam_beta2: float = 0.99
     fedadam_tau: float = 1e-3
-    clip_norm: float = Field(10.0, gt=0, description="L2 clip norm of one node's update")
+    clip_norm: float = Field(20.0, gt=0, description="L2 clip norm of one node's update")
     noise_kind: NoiseKind = NoiseKind.SKELLAM
     noise_variance: float = Field(16.0, ge=0, description="per-coordinate variance of any quorum's summed noise")
     delta: float = Field(1e-5, gt=0, lt=1)
@@ -97,6 +101,8 @@ class AggregatorSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _record_privacy_covers_every_release(self) -> AggregatorSettings:
+        if self.head_refit is None:
+            self.head_refit = self.record_epsilon is None
         if self.record_epsilon is not None and (self.head_refit or self.drift_correction or self.proximal_mu > 0):
             raise ValueError("record_epsilon proposes DP-SGD, which does not cover the head refit's feature "
                              "statistics, SCAFFOLD's control variates or FedProx: turn those off (hospitals under "

@@ -6,14 +6,18 @@ from services.aggregator.round_state import RoundState
 from services.aggregator.submission_staging import VerifiedSubmission
 from services.common.metrics import ServiceMetrics
 
-NODE_PHASES = ("train", "encode", "encrypt", "upload")
+NODE_PHASES = ("train", "precompute", "encode", "encrypt", "upload")
 
 
 def phase_row(state: RoundState, contributors: list[VerifiedSubmission], decrypt_seconds: float,
               apply_seconds: float) -> dict[str, float]:
-    """Per phase, the slowest contributor's node-side seconds, then the aggregator's own."""
+    """Per phase, the slowest contributor's node-side seconds, then the aggregator's own, then the critical path:
+    the slowest contributor's seconds from its trained update to its last chunk sent (its chunks are folded as they
+    arrive), plus the decryption and the new model's application after the seal."""
     row = {phase: max((getattr(c.phase_seconds, phase) for c in contributors), default=0.0) for phase in NODE_PHASES}
-    return {**row, "aggregate": state.fold_seconds, "decrypt": decrypt_seconds, "apply": apply_seconds}
+    after_training = max((c.phase_seconds.after_training for c in contributors), default=0.0)
+    return {**row, "aggregate": state.fold_seconds, "decrypt": decrypt_seconds, "apply": apply_seconds,
+            "critical_path": after_training + decrypt_seconds + apply_seconds}
 
 
 def record_round(metrics: ServiceMetrics, state: RoundState, contributors: list[VerifiedSubmission],
@@ -25,7 +29,7 @@ def record_round(metrics: ServiceMetrics, state: RoundState, contributors: list[
         for phase in NODE_PHASES:
             metrics.phase_seconds.labels(phase=phase).observe(getattr(submission.phase_seconds, phase))
     phases = phase_row(state, contributors, decrypt_seconds, apply_seconds)
-    for phase, value in phases.items():
+    for phase, value in phases.items():  # critical_path too: a sum of phases, not one
         metrics.last_phase_seconds.labels(phase=phase).set(value)
     for phase in ("aggregate", "decrypt", "apply"):
         metrics.phase_seconds.labels(phase=phase).observe(phases[phase])

@@ -14,7 +14,10 @@ from services.common.grpc_status import REFUSAL_REASONS
 
 ROUND_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 90, 120, 180, 300, 600, 1200)
 PHASE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 20, 60, 120, 300, 600)
-PHASES = ("train", "encode", "encrypt", "upload", "aggregate", "decrypt", "apply")
+# A round's phases. `precompute` (encryptions of zero, noise and masks) runs on the encryption workers during
+# `train`; the others follow each other. A row's `critical_path` is its own sum: see round_metrics.phase_row.
+PHASES = ("train", "precompute", "encode", "encrypt", "upload", "aggregate", "decrypt", "apply")
+SEQUENTIAL_PHASES = tuple(phase for phase in PHASES if phase != "precompute")
 
 
 def peak_rss_bytes() -> float:

@@ -22,14 +22,21 @@ def l2_norm(values: np.ndarray) -> float:
     return float(np.sqrt(np.add.reduce(np.square(values, dtype=np.float64))))
 
 
-def clip_l2(update: np.ndarray, clip_norm: float) -> np.ndarray:
-    """`update` scaled down, if needed, so its L2 norm is at most `clip_norm`."""
+def clip_factor(update: np.ndarray, clip_norm: float) -> float:
+    """What `update` is multiplied by so that its L2 norm is at most `clip_norm`: 1 when it already is."""
     if clip_norm <= 0:
         raise ValueError(f"clip norm must be positive, got {clip_norm}")
     norm = l2_norm(update)
-    if norm <= clip_norm or norm == 0.0:
-        return update.astype(np.float64, copy=True)
-    return update * (clip_norm / norm)
+    return 1.0 if norm <= clip_norm or norm == 0.0 else clip_norm / norm
+
+
+def clip_l2(update: np.ndarray, clip_norm: float) -> np.ndarray:
+    """`update` scaled down, if needed, so its L2 norm is at most `clip_norm` (a new float64 array)."""
+    clipped = update.astype(np.float64, copy=True)
+    factor = clip_factor(update, clip_norm)
+    if factor != 1.0:
+        clipped *= factor
+    return clipped
 
 
 def rounded_l2_bound(scaled_norm: float, dimension: int, beta: float, pieces: int = 1) -> float:
@@ -50,7 +57,8 @@ def randomized_round(values: np.ndarray, rng: np.random.Generator) -> np.ndarray
     """Unbiased rounding: floor(x) + Bernoulli(frac(x)), so E[round(x)] = x."""
     floor = np.floor(values)
     up = rng.random(values.shape) < (values - floor)
-    rounded: np.ndarray = floor.astype(np.int64) + up.astype(np.int64)
+    rounded: np.ndarray = floor.astype(np.int64)
+    rounded += up
     return rounded
 
 
@@ -60,7 +68,7 @@ def conditional_randomized_round(
     """Randomized rounding re-drawn until the result's L2 norm is within `norm_bound`."""
     for _ in range(MAX_ROUNDING_DRAWS):
         rounded = randomized_round(values, rng)
-        if l2_norm(rounded.astype(np.float64)) <= norm_bound:
+        if l2_norm(rounded) <= norm_bound:  # squared in float64 by the ufunc, without a float64 copy
             return rounded
     raise ValueError(
         f"randomized rounding exceeded the norm bound {norm_bound:.1f} in {MAX_ROUNDING_DRAWS} draws; "
@@ -74,7 +82,16 @@ def scale_and_clamp(update: np.ndarray, clip_norm: float, scale: float, coordina
     The clamp keeps the sum of all nodes inside the modular field; clamping only
     shrinks coordinates, so the L2 sensitivity is unchanged.
     """
-    scaled = clip_l2(update, clip_norm) * scale
+    return scale_and_clamp_piece(update, clip_factor(update, clip_norm), scale, coordinate_bound)
+
+
+def scale_and_clamp_piece(piece: np.ndarray, factor: float, scale: float, coordinate_bound: int) -> np.ndarray:
+    """A piece of an update clipped by the whole update's `clip_factor`, scaled and clamped: element by element
+    what `scale_and_clamp` gives the whole, so the pieces can be scaled apart (in the encryption workers)."""
+    scaled = piece.astype(np.float64, copy=True)
+    if factor != 1.0:
+        scaled *= factor
+    scaled *= scale
     return np.clip(scaled, -coordinate_bound, coordinate_bound, out=scaled)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from services.common.noise import NoiseKind, node_noise_share, noise_mean, sample_noise
 from services.common.packing import field_offset, to_centered, to_modular
-from services.common.quantize import round_piece, rounded_l2_bound, scale_and_clamp
+from services.common.quantize import clip_factor, round_piece, rounded_l2_bound, scale_and_clamp_piece
 
 # The summed noise may reach this many standard deviations before it could wrap
 # around the modular field (probability < 1e-9 per coordinate).
@@ -116,9 +116,19 @@ def plan_statistics(dimension: int, clip_norm: float, bits: int, max_participant
 
 def scale_update(update: np.ndarray, plan: QuantizationPlan) -> np.ndarray:
     """Clip, scale and clamp the whole update (needs its global norm), before rounding."""
+    return scale_piece(update, update_clip_factor(update, plan), plan)
+
+
+def update_clip_factor(update: np.ndarray, plan: QuantizationPlan) -> float:
+    """The factor that clips the whole `update` to the plan's norm (1 when it is within)."""
     if update.shape != (plan.dimension,):
         raise ValueError(f"update has shape {update.shape}, plan expects ({plan.dimension},)")
-    return scale_and_clamp(update, plan.clip_norm, plan.scale, plan.coordinate_bound)
+    return clip_factor(update, plan.clip_norm)
+
+
+def scale_piece(piece: np.ndarray, factor: float, plan: QuantizationPlan) -> np.ndarray:
+    """A piece of an update clipped by the whole update's factor, scaled and clamped, before rounding."""
+    return scale_and_clamp_piece(piece, factor, plan.scale, plan.coordinate_bound)
 
 
 def received_update(update: np.ndarray, plan: QuantizationPlan) -> np.ndarray:
@@ -126,14 +136,20 @@ def received_update(update: np.ndarray, plan: QuantizationPlan) -> np.ndarray:
     return scale_update(update, plan) / plan.scale
 
 
+def noise_addend(plan: QuantizationPlan, size: int, rng: np.random.Generator) -> np.ndarray:
+    """This node's noise share for `size` values plus the offset, mod 2^b: what its rounded values get added, and
+    drawable before the update exists."""
+    noise = sample_noise(plan.noise_kind, plan.node_noise_variance, size, rng)
+    return to_modular(noise + field_offset(plan.bits), plan.bits)
+
+
 def encode_piece(scaled_piece: np.ndarray, plan: QuantizationPlan, rng: np.random.Generator,
                  mask: np.ndarray | None = None) -> np.ndarray:
     """A piece of a scaled update as integers in [0, 2^b): rounded, this node's noise share added, offset binary,
     plus this node's pairwise `mask` for the piece (which cancels only in the sum over the whole participant set)."""
     integers = round_piece(scaled_piece, plan.rounding_beta, rng)
-    integers += sample_noise(plan.noise_kind, plan.node_noise_variance, scaled_piece.size, rng)
-    fields = to_modular(integers + field_offset(plan.bits), plan.bits)
-    return fields if mask is None else to_modular(fields + mask, plan.bits)
+    addend = noise_addend(plan, scaled_piece.size, rng)
+    return to_modular(integers + (addend if mask is None else addend + mask), plan.bits)
 
 
 def encode_update(update: np.ndarray, plan: QuantizationPlan, rng: np.random.Generator) -> np.ndarray:

@@ -68,6 +68,12 @@ class PhaseSeconds:
     encode: float = 0.0
     encrypt: float = 0.0
     upload: float = 0.0
+    precompute: float = 0.0  # made while training, so it overlaps `train`
+
+    @property
+    def after_training(self) -> float:
+        """The node's part of the critical path: from its update to its last chunk sent."""
+        return self.encode + self.encrypt + self.upload
 
 
 @dataclass(frozen=True)

@@ -170,7 +170,8 @@ def attestation_from_wire(m: pb.Attestation) -> Attestation:
 
 
 def _phases_to_wire(phases: PhaseSeconds) -> pb.NodePhaseSeconds:
-    return pb.NodePhaseSeconds(train=phases.train, encode=phases.encode, encrypt=phases.encrypt, upload=phases.upload)
+    return pb.NodePhaseSeconds(train=phases.train, encode=phases.encode, encrypt=phases.encrypt, upload=phases.upload,
+                               precompute=phases.precompute)
 
 
 def upload_chunk_to_wire(chunk: UploadChunk) -> pb.UpdateChunk:
@@ -194,7 +195,7 @@ def upload_chunk_from_wire(message: pb.UpdateChunk) -> UploadChunk:
         message.round_id, message.key_id, message.node_id, message.index, tuple(message.ciphertexts),
         message.plaintext_values,
         attestation_from_wire(message.attestation) if message.HasField("attestation") else None,
-        PhaseSeconds(phases.train, phases.encode, phases.encrypt, phases.upload)
+        PhaseSeconds(phases.train, phases.encode, phases.encrypt, phases.upload, phases.precompute)
         if message.HasField("phase_seconds") else None, message.attempt,
         RecordPrivacySpent(message.record_privacy.epsilon, message.record_privacy.delta,
                            message.record_privacy.noise_multiplier) if message.HasField("record_privacy") else None)

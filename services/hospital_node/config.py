@@ -90,15 +90,17 @@ class HospitalNodeSettings(ServiceSettings):
         0.0, ge=0, lt=1, description="share of the validation split kept apart for choosing the operating "
         "point (threshold); 0: none, metrics at argmax only")
     imbalance: Literal["none", "class_weights", "sampler", "logit_adjust"] = Field(
-        "class_weights", description="class-weighted loss, weighted sampling, or logit adjustment by the local prior")
+        "logit_adjust", description="class-weighted loss, weighted sampling, or logit adjustment by the local prior "
+        "(the default: the recipe docs/RESULTS.md found to learn)")
     lr_schedule: Literal["constant", "cosine"] = Field("cosine", description="learning rate within a round")
     augment: bool = Field(True, description="small rotations, shifts, zoom, brightness/contrast (no flips)")
     freeze_head: bool = Field(False, description="local training leaves the classifier head as it arrived and "
                               "trains the body only (FedBABU, Oh et al., ICLR 2022)")
     encryption_workers: int = Field(1, ge=0, description="processes encrypting uploads; 0: in-process")
     precompute_encryption: Literal["off", "on", "auto"] = Field(
-        "auto", description="while training, the encryption workers make the round's fresh encryptions of zero "
-        "ahead, so that after training each ciphertext is only encode, add and serialize (needs "
+        "auto", description="while training, the encryption workers draw the round's noise and masks and make its "
+        "fresh encryptions of zero ahead, so that after training each chunk is only round, add, pack, encode, add "
+        "and serialize (needs "
         "encryption_workers >= 1). auto: on when training runs on CUDA, where the CPU cores are otherwise idle; on "
         "a CPU-only node they compete with training")
     torch_threads: int = Field(0, ge=0, description="CPU threads for training; 0: torch default")

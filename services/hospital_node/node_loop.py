@@ -42,7 +42,7 @@ from services.common.wire import plan_digest
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.consortium_client import ConsortiumClient, UnreachableError, wait_until_reachable
 from services.hospital_node.data.local_data import LocalData
-from services.hospital_node.encryption_pool import EncryptionPool, upload_ciphertexts
+from services.hospital_node.encryption_pool import EncryptionPool, UploadRecipe
 from services.hospital_node.privacy_floor import check_plan
 from services.hospital_node.local_round import (
     ScaffoldClient,
@@ -58,6 +58,7 @@ from services.hospital_node.update_stream import (
     UploadTimings,
     plaintext_upload,
     secure_upload,
+    upload_recipe,
 )
 
 log = logging.getLogger(__name__)
@@ -255,38 +256,48 @@ class HospitalNode:
             self._upload_statistics(plan)
             return
         scaffold = self._scaffold if plan.training.drift_correction else None
-        tag = None
+        recipe = None
         if self._trained is None or self._trained[0] != plan.round_id:
-            tag = self._precompute(plan, expected)
+            recipe = self._precompute(plan, expected)
             timings = self._train(plan, global_weights, consortium_control, scaffold)
         else:  # a new attempt of a round already trained: the same update, with fresh noise and new masks
             timings = UploadTimings()
         assert self._trained is not None
         upload = self._trained[1]
-        if tag is not None and self._pool is not None:
-            self._metrics.observe_phase("precompute", self._pool.precompute_seconds())
-        if self._upload(plan, upload, timings, tag) and scaffold is not None and self._accepted_round != plan.round_id:
+        if recipe is not None and self._pool is not None:
+            timings.precompute = self._pool.precompute_seconds()
+            self._metrics.observe_phase("precompute", timings.precompute)
+        if self._upload(plan, upload, timings, recipe) and scaffold is not None and self._accepted_round != plan.round_id:
             self._accepted_round = plan.round_id  # c_i moves once per round, by what the sum received
             sent = received_update(upload, plan.quantization) if plan.secure else upload
             scaffold.accept(sent[count:])
         log.info("round %d attempt %d done in %.1f s", plan.round_id, plan.attempt, time.monotonic() - started)
 
-    def _precompute(self, plan: RoundPlan, dimension: int) -> str | None:
-        """Start the round attempt's encryptions of zero on the encryption workers, to run while this node trains
-        (`precompute_encryption`); the tag the upload then uses, or None."""
+    def _precompute(self, plan: RoundPlan, dimension: int) -> UploadRecipe | None:
+        """Start drawing the round attempt's noise and masks and making its encryptions of zero on the encryption
+        workers, to run while this node trains (`precompute_encryption`); the recipe the upload then uses, or None."""
         setting = self._settings.precompute_encryption
         if not plan.secure or setting == "off" or (setting == "auto" and self._device.type != "cuda"):
             return None
-        public = self._public_key()
         assert self._pool is not None
-        tag = f"{plan.round_id}:{plan.attempt}"
-        count = upload_ciphertexts(dimension, plan.layout, public.slots, plan.transfer.chunk_ciphertexts)
-        if not self._pool.precompute(tag, count):
+        recipe = self._recipe(plan, f"{plan.round_id}:{plan.attempt}")
+        if not self._pool.precompute(dimension, recipe):
             log.warning("precompute_encryption=%s needs encryption_workers >= 1; encrypting after training", setting)
             return None
-        log.info("round %d attempt %d: precomputing %d encryptions of zero while training", plan.round_id,
-                 plan.attempt, count)
-        return tag
+        log.info("round %d attempt %d: drawing noise and masks and encrypting zeros while training", plan.round_id,
+                 plan.attempt)
+        return recipe
+
+    def _recipe(self, plan: RoundPlan, tag: str | None = None) -> UploadRecipe:
+        """A secure upload's recipe for this attempt: this node's masks for its participant set and with the key
+        authority, and fresh OS entropy, so that no noised vector is ever sent under two participant sets."""
+        s, public = self._settings, self._public_key()
+        scope = MaskScope(s.consortium, plan.key_id, plan.round_id, plan.attempt, plan.participants,
+                          plan_digest(plan))
+        authority = X25519PublicKey.from_public_bytes(public.mask_agreement_key)
+        masks = tuple(peer_masks(s.node_id, self._agreement, self._peers.agreement_keys, scope))
+        return upload_recipe(plan, public.slots, np.random.SeedSequence(), masks,
+                             (authority_mask(s.node_id, self._agreement, authority, scope),), tag)
 
     def _require_record_privacy(self, plan: RoundPlan) -> None:
         """Under record-level DP (this hospital's own target, a ledger it already keeps, or the aggregator's
@@ -355,7 +366,8 @@ class HospitalNode:
                  self._data.train_labels.numel(), vector.size)
         self._upload(plan, vector, timings)
 
-    def _upload(self, plan: RoundPlan, update: np.ndarray, timings: UploadTimings, tag: str | None = None) -> bool:
+    def _upload(self, plan: RoundPlan, update: np.ndarray, timings: UploadTimings,
+                recipe: UploadRecipe | None = None) -> bool:
         """Encode and stream one upload; whether the aggregator accepted it (a refused one is logged, and the node
         waits for the next plan)."""
         s, observer = self._settings, self._observer
@@ -365,14 +377,8 @@ class HospitalNode:
         if plan.secure:
             public = self._public_key()
             assert self._pool is not None and plan.key_id == public.key_id  # the privacy floor checked both
-            scope = MaskScope(s.consortium, plan.key_id, plan.round_id, plan.attempt, plan.participants,
-                              plan_digest(plan))
-            authority = X25519PublicKey.from_public_bytes(public.mask_agreement_key)
-            masks = tuple(peer_masks(s.node_id, self._agreement, self._peers.agreement_keys, scope))
-            # Fresh OS entropy for every upload: never the same noised vector under two participant sets.
-            chunks = secure_upload(plan, update, s.node_id, self._identity, self._pool, public.slots, timings,
-                                   np.random.SeedSequence(), record, chunk_sent, masks,
-                                   (authority_mask(s.node_id, self._agreement, authority, scope),), tag)
+            chunks = secure_upload(plan, update, s.node_id, self._identity, self._pool,
+                                   recipe if recipe is not None else self._recipe(plan), timings, record, chunk_sent)
         else:
             chunks = plaintext_upload(plan, update, s.node_id, self._identity, timings, chunk_sent)
         spent = self._budget.spent() if self._budget is not None else None

@@ -15,10 +15,10 @@ from services.common.pairwise_masks import PeerMask, participant_set_hash
 from services.common.public_key import PublicKeyInfo
 from services.common.round_plan import RoundPlan
 from services.common.stream_digest import StreamDigest, sign_attestation
-from services.common.update_codec import scale_update
+from services.common.update_codec import update_clip_factor
 from services.common.upload import Attestation, PhaseSeconds, UploadChunk
 from services.common.wire import plan_digest
-from services.hospital_node.encryption_pool import EncryptionPool
+from services.hospital_node.encryption_pool import EncryptionPool, UploadRecipe
 
 # Called with the number of chunks handed to gRPC so far (a test's window: tests/service_hooks; None otherwise).
 ChunkSent = Callable[[int], None]
@@ -29,12 +29,13 @@ class UploadTimings:
     train: float = 0.0
     encode: float = 0.0
     encrypt: float = 0.0
-    started: float = field(default_factory=time.monotonic)
+    precompute: float = 0.0
+    started: float = field(default_factory=time.monotonic)  # the end of training
 
     def phases(self) -> PhaseSeconds:
         total = time.monotonic() - self.started
         return PhaseSeconds(train=self.train, encode=self.encode, encrypt=self.encrypt,
-                            upload=max(0.0, total - self.encode - self.encrypt))
+                            upload=max(0.0, total - self.encode - self.encrypt), precompute=self.precompute)
 
 
 def require_signed_layout(plan: RoundPlan, public: PublicKeyInfo) -> None:
@@ -70,22 +71,24 @@ def _signed_chunks(plan: RoundPlan, node_id: str, key: Ed25519PrivateKey, timing
     yield replace(previous, attestation=attestation, phases=timings.phases())
 
 
+def upload_recipe(plan: RoundPlan, slots: int, seed: np.random.SeedSequence, masks: tuple[PeerMask, ...] = (),
+                  authority: tuple[PeerMask, ...] = (), tag: str | None = None) -> UploadRecipe:
+    """Everything of a secure upload for `plan` but the update: what a precompute draws ahead from (`tag`)."""
+    return UploadRecipe(plan.quantization, plan.layout, slots, plan.transfer.chunk_ciphertexts, seed, masks,
+                        authority, tag)
+
+
 def secure_upload(plan: RoundPlan, update: np.ndarray, node_id: str, key: Ed25519PrivateKey,
-                  pool: EncryptionPool, slots: int, timings: UploadTimings, seed: np.random.SeedSequence,
-                  record: list[np.ndarray] | None = None, chunk_sent: ChunkSent | None = None,
-                  masks: tuple[PeerMask, ...] = (), authority: tuple[PeerMask, ...] = (),
-                  tag: str | None = None) -> Iterator[UploadChunk]:
-    """Chunks of ciphertexts: clip, scale and round, add noise, add this node's pairwise `masks` for the plan's
-    participant set, pack and encrypt (from the encryptions of zero precomputed for `tag`, when given), streamed in
+                  pool: EncryptionPool, recipe: UploadRecipe, timings: UploadTimings,
+                  record: list[np.ndarray] | None = None, chunk_sent: ChunkSent | None = None) -> Iterator[UploadChunk]:
+    """Chunks of ciphertexts: clip, scale and round, add noise, add this node's pairwise masks for the plan's
+    participant set, pack and encrypt (from what was precomputed for the recipe's tag, when given), streamed in
     order."""
     start = time.monotonic()
-    scaled = scale_update(update, plan.quantization)
+    factor = update_clip_factor(update, plan.quantization)  # the global norm: the one step over the whole update
     timings.encode = time.monotonic() - start
-
     def bodies() -> Iterator[UploadChunk]:
-        chunks = pool.encode_and_encrypt(scaled, plan.quantization, plan.layout, slots,
-                                         plan.transfer.chunk_ciphertexts, seed, keep_fields=record is not None,
-                                         masks=masks, authority=authority, tag=tag)
+        chunks = pool.encode_and_encrypt(update, recipe, keep_fields=record is not None, factor=factor)
         while True:
             waited = time.monotonic()
             chunk = next(chunks, None)

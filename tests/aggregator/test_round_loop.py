@@ -42,7 +42,7 @@ from services.common.pairwise_masks import MaskScope, authority_mask, authority_
 from services.common.wire import plan_digest
 from services.common.upload import DecryptManifest, PhaseSeconds
 from services.hospital_node.encryption_pool import EncryptionPool
-from services.hospital_node.update_stream import UploadTimings, secure_upload
+from services.hospital_node.update_stream import UploadTimings, secure_upload, upload_recipe
 from services.key_authority.decryption_policy import DecryptionLedger, DecryptionPolicy
 from services.key_authority.key_store import KeyMaterial, load_or_create_keys
 from services.key_authority.sum_decryption import checked_chunks, decrypt_checked
@@ -107,9 +107,9 @@ def _node(node_id: str, folder: Path, membership: Membership, intake: UploadInta
                           plan.participants, plan_digest(plan))
         authority = X25519PublicKey.from_public_bytes(authority_key)
         masks = tuple(peer_masks(node_id, agreement, registry.agreement_keys, scope))
-        upload = list(secure_upload(plan, updates[node_id], node_id, identity, pool, 4096, UploadTimings(),
-                                    np.random.SeedSequence(), masks=masks,
-                                    authority=(authority_mask(node_id, agreement, authority, scope),)))
+        recipe = upload_recipe(plan, 4096, np.random.SeedSequence(), masks,
+                               (authority_mask(node_id, agreement, authority, scope),))
+        upload = list(secure_upload(plan, updates[node_id], node_id, identity, pool, recipe, UploadTimings()))
         state, staged = intake.begin(upload[0])
         for chunk in upload:
             staged.add(chunk)
@@ -141,7 +141,7 @@ def _run_loop(tmp_path: Path, refuse: frozenset[int] = frozenset(), wrong_masks:
     settings = AggregatorSettings(insecure=True, rounds=2, expected_participants=3, min_participants=3,
                                   architecture="tiny", state_dir=tmp_path / "aggregator", clip_norm=5.0,
                                   noise_kind="none", noise_variance=0.0, server_momentum=0.5,
-                                  join_timeout_seconds=30, round_deadline_seconds=120)
+                                  join_timeout_seconds=30, round_deadline_seconds=120, head_refit=False)
     model = build_model("tiny", 2, 0)
     spec = parameter_spec(model.state_dict())
     metrics = ServiceMetrics("aggregator")

@@ -19,7 +19,7 @@ from services.common.ckks_params import (
 from services.common.errors import CkksParameterError, DecryptionIntegrityError
 from services.common.chunking import upload_chunk_count
 from services.common.pairwise_masks import MaskScope, PeerMask, peer_masks
-from services.hospital_node.encryption_pool import EncryptedChunk, EncryptionPool
+from services.hospital_node.encryption_pool import EncryptedChunk, EncryptionPool, UploadRecipe
 from services.common.he_codec import RunningCiphertextSum, decrypt_to_slot_integers, encrypt_rows, slot_matrix
 from services.common.noise import NoiseKind
 from services.common.packing import pack_fields, unpack_fields
@@ -139,8 +139,9 @@ def test_worker_pool_chunks_decrypt_to_the_fields_it_encoded(keyed) -> None:  # 
     plan = plan_quantization(dimension, 1.0, layout.bits, n_max, 2, NoiseKind.SKELLAM, 4.0, rounding_pieces=chunks)
     update = np.random.default_rng(5).normal(0, 0.01, dimension)
     with EncryptionPool(public, workers=2) as pool:
-        out = list(pool.encode_and_encrypt(scale_update(update, plan), plan, layout, params.slots, 1,
-                                           np.random.SeedSequence(9), keep_fields=True))
+        out = list(pool.encode_and_encrypt(update,
+                                           UploadRecipe(plan, layout, params.slots, 1, np.random.SeedSequence(9)),
+                                           keep_fields=True))
     assert [c.index for c in out] == list(range(chunks))
     fields = np.concatenate([c.fields for c in out if c.fields is not None])
     decrypted = np.concatenate([unpack_fields(decrypt_to_slot_integers(secret, c.ciphertexts, params.slots), layout,
@@ -156,8 +157,9 @@ def _mask_keys(nodes: list[str]) -> tuple[dict[str, X25519PrivateKey], dict[str,
 
 def _upload(pool: EncryptionPool, plan, layout, slots: int, update: np.ndarray, seed: int,  # type: ignore[no-untyped-def]
             masks: tuple[PeerMask, ...] = ()) -> list[EncryptedChunk]:
-    return list(pool.encode_and_encrypt(scale_update(update, plan), plan, layout, slots, 1,
-                                        np.random.SeedSequence(seed), keep_fields=True, masks=masks))
+    return list(pool.encode_and_encrypt(update,
+                                        UploadRecipe(plan, layout, slots, 1, np.random.SeedSequence(seed), masks),
+                                        keep_fields=True))
 
 
 def test_masked_uploads_sum_to_the_unmasked_fields_for_every_n(keyed) -> None:  # type: ignore[no-untyped-def]

@@ -11,13 +11,14 @@ import numpy as np
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
-from scripts.consortium import Consortium, ConsortiumConfig, SettingValues
+from scripts.consortium import QUICK_TRAINING, Consortium, ConsortiumConfig, SettingValues
 from tests.service_hooks.hooks import TestHooks, hooked
 
 # What every end-to-end consortium runs: the tiny model at 32 px, Dirichlet label skew, one training thread and
-# in-process encryption per node, so that five nodes share two cores.
+# in-process encryption per node, so that five nodes share two cores; one SGD epoch a round, no head refit
+# (QUICK_TRAINING: these tests are of the protocol, not of learning).
 TINY: SettingValues = {"architecture": "tiny", "image_size": 32, "partition_scheme": "dirichlet",
-                       "encryption_workers": 0, "torch_threads": 1}
+                       "encryption_workers": 0, "torch_threads": 1, **QUICK_TRAINING}
 
 
 def tiny_config(run_dir: Path, nodes: int, rounds: int, *, images_per_node: int = 40, seed: int | None = None,

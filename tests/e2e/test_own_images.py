@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.consortium import TABLE_HEADER, Consortium, ConsortiumConfig
+from scripts.consortium import QUICK_TRAINING, TABLE_HEADER, Consortium, ConsortiumConfig
 from tests.scripts.png_hospitals import write_hospital
 
 pytestmark = pytest.mark.e2e
@@ -60,7 +60,7 @@ def test_a_hospital_whose_lowercase_folder_would_swap_the_labels_is_refused_at_j
     config = ConsortiumConfig(
         run_dir=tmp_path / "run", nodes=4, node_names=names,
         settings={"architecture": "tiny-gn", "image_size": 32, "rounds": 1, "encryption_workers": 0,
-                  "torch_threads": 1},
+                  "torch_threads": 1, **QUICK_TRAINING},
         aggregator={"class_names": ("NORMAL", "PNEUMONIA"), "join_timeout_seconds": 30},
         per_node={i: {"data_source": "folder", "data_path": tmp_path / "data" / name} for i, name in enumerate(names)})
     with Consortium(config) as consortium:

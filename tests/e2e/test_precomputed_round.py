@@ -1,4 +1,5 @@
-"""Secure rounds whose uploads use encryptions of zero precomputed while the nodes trained: the sums stay exact."""
+"""Secure rounds whose uploads use noise, masks and encryptions of zero precomputed while the nodes trained: the
+sums stay exact, and the rows show the precompute and the critical path."""
 
 from __future__ import annotations
 
@@ -23,4 +24,14 @@ def test_precomputed_uploads_sum_exactly(tmp_path: Path) -> None:
     assert_exact_sums(tmp_path, rows)
     for node in consortium.node_ids:
         log = (consortium.logs / f"{node}.log").read_text()
-        assert "round 1 attempt 1: precomputing" in log and "round 2 attempt 1: precomputing" in log
+        for round_id in (1, 2):
+            assert f"round {round_id} attempt 1: drawing noise and masks and encrypting zeros while training" in log
+    for row in rows:
+        if int(str(row["round"])) >= 1:
+            phases = row["phases"]
+            assert isinstance(phases, dict) and phases["precompute"] > 0
+            # Node phases are each the slowest node's: the slowest node's sum lies between their max and their sum.
+            node = [phases["encode"], phases["encrypt"], phases["upload"]]
+            server = phases["decrypt"] + phases["apply"]
+            assert max(node) + server - 1e-9 <= phases["critical_path"] <= sum(node) + server + 1e-9
+            assert phases["critical_path"] < float(str(row["seconds"]))

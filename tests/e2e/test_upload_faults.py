@@ -23,7 +23,7 @@ from services.common.pairwise_masks import MaskScope, authority_mask, peer_masks
 from services.common.wire import plan_digest, plan_from_wire, public_key_from_wire, upload_chunk_to_wire
 from services.hospital_node.data.synthetic_xray import synthetic_class_names
 from services.hospital_node.encryption_pool import EncryptionPool
-from services.hospital_node.update_stream import UploadTimings, secure_upload
+from services.hospital_node.update_stream import UploadTimings, secure_upload, upload_recipe
 from tests.e2e.consortium_checks import field_sum, node_fields, recording, scrape, tiny_config
 
 
@@ -94,8 +94,9 @@ class IntruderNode:
                                    X25519PublicKey.from_public_bytes(public.mask_agreement_key), scope)
         with EncryptionPool(public.context, workers=0) as pool:
             return [upload_chunk_to_wire(chunk) for chunk in secure_upload(
-                plan, update, self.node_id, self.identity, pool, public.slots, UploadTimings(),
-                np.random.SeedSequence(5), record, masks=masks, authority=(authority,))]
+                plan, update, self.node_id, self.identity, pool,
+                upload_recipe(plan, public.slots, np.random.SeedSequence(5), masks, (authority,)), UploadTimings(),
+                record)]
 
     def break_off_before_the_first_chunk(self) -> None:
         """Open an upload, send nothing, and cancel it: the aggregator counts a broken stream."""

@@ -3,7 +3,9 @@ recorded (`characterization/`, made by `python -m scripts.sweep` at commit 10761
 
 The old sweep named its settings its own way; the mapping below is the only translation, and every value not
 named there was the old sweep's default, which is also the settings models' default (learning_rate was not:
-the old sweep's 0.02 is given explicitly).
+the old sweep's 0.02 is given explicitly; nor, since the models' defaults became the learning recipe on
+2026-11-30, are the local optimizer, local epochs, imbalance, server momentum and head refit: their old defaults
+are given explicitly too).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from services.common.atomic_files import read_json_lines
 
 RECORDED = Path(__file__).parent / "characterization"
 COMMON = {"architecture": "tiny", "image_size": "32", "rounds": "3", "partition_scheme": "label_mix",
-          "batch_size": "16", "clip_norm": "20", "learning_rate": "0.02", "torch_threads": "1"}
+          "batch_size": "16", "clip_norm": "20", "learning_rate": "0.02", "torch_threads": "1",
+          "local_optimizer": "sgd", "local_epochs": "1", "imbalance": "class_weights", "server_momentum": "0",
+          "head_refit": "false"}
 RUNS = {
     # FedAvgM 0.5 through the secure codec, each round's head refit scored (exact and through the secure sum)
     "fedavgm": ({**COMMON, "server_momentum": "0.5"},

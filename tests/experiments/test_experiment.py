@@ -34,7 +34,8 @@ def test_side_by_side_experiment_reports_secure_plaintext_and_centralized(tmp_pa
                             "--batch-size", "16", "--imbalance", "logit_adjust", "--partition", "label_mix",
                             "--calibration-fraction", "0.5", "--seed", "2", "--learning-rate", "0.02",
                             "--round-schedule", "cosine", "--round-floor", "0.25", "--torch-threads", "1",
-                            "--encryption-workers", "0", "--server-momentum", "0.5", "--concurrent",
+                            "--encryption-workers", "0", "--server-momentum", "0.5", "--local-optimizer", "sgd",
+                            "--no-head-refit", "--concurrent",
                             "--timeout", "600"])
     assert code == 0
     report = (tmp_path / "REPORT.md").read_text()

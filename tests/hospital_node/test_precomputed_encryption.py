@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import tenseal as ts
@@ -12,9 +14,9 @@ from services.common.packing import pack_fields
 from services.hospital_node import encryption_pool
 from services.hospital_node.encryption_pool import (
     EncryptionPool,
+    UploadRecipe,
     encrypt_rows_from_stock,
     fill_stock,
-    upload_ciphertexts,
 )
 from services.key_authority.key_store import make_secret_context
 
@@ -30,6 +32,7 @@ def secret() -> ts.Context:
 @pytest.fixture(autouse=True)
 def empty_stock() -> None:
     encryption_pool._stock.clear()
+    encryption_pool._drawn.clear()
 
 
 def _rows(seed: int, count: int) -> np.ndarray:
@@ -66,30 +69,116 @@ def test_an_abandoned_round_attempt_leaves_no_stock_behind(secret: ts.Context) -
     assert set(encryption_pool._stock) == {"6:2"} and encryption_pool._stock["6:2"] == []
 
 
-def test_worker_processes_precompute_and_the_upload_uses_them(secret: ts.Context) -> None:
-    """Through the pool's worker processes: a precomputed upload decrypts to exactly the fields it encoded, the
-    same fields a direct upload with the same seed encodes, in other ciphertexts."""
-    from services.common.ckks_params import public_context_bytes
-    from services.common.noise import NoiseKind
-    from services.common.packing import unpack_fields
-    from services.common.update_codec import plan_quantization, scale_update
+def _keyed_recipe(tag: str | None, seed: int = 9) -> tuple[UploadRecipe, int]:
+    """A recipe for a node of three, masked with its peers and the key authority, over four ciphertexts."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-    public = public_context_bytes(secret)
+    from services.common.noise import NoiseKind
+    from services.common.pairwise_masks import MaskScope, authority_mask, peer_masks
+    from services.common.update_codec import plan_quantization
+
     layout = field_layout(PARAMS, 8, None)
     dimension = PARAMS.slots * layout.fields_per_slot * 3 + 11
-    count = upload_ciphertexts(dimension, layout, PARAMS.slots, 1)
-    assert count == 4  # three full ciphertexts and one for the last 11 values
-    plan = plan_quantization(dimension, 1.0, layout.bits, 8, 2, NoiseKind.SKELLAM, 4.0, rounding_pieces=count)
-    update = scale_update(np.random.default_rng(5).normal(0, 0.01, dimension), plan)
-    with EncryptionPool(public, workers=2) as pool:
-        assert pool.precompute("7:1", count)
+    nodes = ("a", "b", "c")
+    keys = {node: X25519PrivateKey.from_private_bytes(bytes([i + 1]) * 32) for i, node in enumerate(nodes)}
+    scope = MaskScope("c", "k", 7, 1, nodes)
+    masks = tuple(peer_masks("a", keys["a"], {n: k.public_key() for n, k in keys.items()}, scope))
+    authority = (authority_mask("a", keys["a"], X25519PrivateKey.from_private_bytes(bytes([9]) * 32).public_key(),
+                                scope),)
+    plan = plan_quantization(dimension, 1.0, layout.bits, 8, 2, NoiseKind.SKELLAM, 4.0, rounding_pieces=4)
+    return UploadRecipe(plan, layout, PARAMS.slots, 1, np.random.SeedSequence(seed), masks, authority, tag), dimension
+
+
+def _update(dimension: int) -> np.ndarray:
+    return np.random.default_rng(5).normal(0, 0.01, dimension)
+
+
+def test_worker_processes_precompute_and_the_upload_uses_them(secret: ts.Context) -> None:
+    """Through the pool's worker processes, with pairwise and authority masks: a precomputed upload (noise, masks
+    and encryptions of zero drawn while 'training') encodes exactly the fields a direct upload from the same seeds
+    encodes, in other ciphertexts, and decrypts to them plus the authority mask."""
+    from services.common.ckks_params import public_context_bytes
+    from services.common.packing import to_modular, unpack_fields
+    from services.common.pairwise_masks import mask_values
+
+    recipe, dimension = _keyed_recipe("7:1")
+    bounds = recipe.bounds(dimension)
+    assert sum(recipe.ciphertexts(a, b) for a, b in bounds) == 4  # three full ciphertexts, one for 11 values
+    update = _update(dimension)
+    with EncryptionPool(public_context_bytes(secret), workers=2) as pool:
+        assert pool.precompute(dimension, recipe)
         assert pool.precompute_seconds() > 0
-        precomputed = list(pool.encode_and_encrypt(update, plan, layout, PARAMS.slots, 1, np.random.SeedSequence(9),
-                                                   keep_fields=True, tag="7:1"))
-        direct = list(pool.encode_and_encrypt(update, plan, layout, PARAMS.slots, 1, np.random.SeedSequence(9),
-                                              keep_fields=True))
-    for a, b in zip(precomputed, direct, strict=True):
+        precomputed = list(pool.encode_and_encrypt(update, recipe, keep_fields=True))
+        direct = list(pool.encode_and_encrypt(update, replace(recipe, tag=None), keep_fields=True))
+    for a, b, (start, stop) in zip(precomputed, direct, bounds, strict=True):
         assert a.fields is not None and np.array_equal(a.fields, b.fields)
         assert not set(a.ciphertexts) & set(b.ciphertexts)
-        decrypted = decrypt_to_slot_integers(secret, a.ciphertexts, PARAMS.slots)
-        assert np.array_equal(unpack_fields(decrypted, layout, a.fields.size), a.fields)
+        decrypted = unpack_fields(decrypt_to_slot_integers(secret, a.ciphertexts, PARAMS.slots), recipe.layout,
+                                  a.fields.size)
+        sent = to_modular(a.fields.astype(np.int64)
+                          + mask_values(recipe.authority, start, stop - start, recipe.plan.bits), recipe.plan.bits)
+        assert np.array_equal(decrypted, sent)
+
+
+def test_each_draw_is_used_once_and_only_by_its_round_attempt(secret: ts.Context) -> None:
+    """In one worker's state: a chunk's drawn noise and masks are popped when the chunk is encrypted, a second
+    upload of the same attempt draws afresh (other noise), and another attempt's draw drops them all."""
+    recipe, dimension = _keyed_recipe("7:1")
+    update = _update(dimension)
+    chunks = [(i, a, b - a) for i, (a, b) in enumerate(recipe.bounds(dimension))]
+    assert encryption_pool.draw_ahead(recipe, chunks) == 4
+    drawn = dict(encryption_pool._drawn["7:1"])
+    pool = EncryptionPool(bytes(secret.serialize(save_secret_key=False)), workers=0)
+    first = list(pool.encode_and_encrypt(update, recipe, keep_fields=True))
+    assert encryption_pool._drawn["7:1"] == {}  # all four were taken
+    assert all(np.array_equal(drawn[c.index].kept, encryption_pool.draw_chunk(recipe, *chunks[c.index]).kept)
+               for c in first)  # what was drawn ahead is what a draw on the spot gives from the same seeds
+    fresh = replace(recipe, seed=np.random.SeedSequence(10))
+    encryption_pool.draw_ahead(fresh, chunks[:1])
+    second = next(pool.encode_and_encrypt(update, fresh, keep_fields=True))
+    assert second.fields is not None and first[0].fields is not None
+    assert not np.array_equal(second.fields, first[0].fields)  # other noise, never the same noised vector twice
+    encryption_pool.draw_ahead(recipe, chunks)
+    encryption_pool.draw_ahead(replace(recipe, tag="7:2"), chunks[:1])  # a new attempt: 7:1's draws go
+    assert set(encryption_pool._drawn) == {"7:2"} and list(encryption_pool._drawn["7:2"]) == [0]
+    fill_stock(secret, "8:1", 1)  # the next round's encryptions of zero: every draw of round 7 goes
+    assert encryption_pool._drawn == {} and set(encryption_pool._stock) == {"8:1"}
+
+
+def test_an_upload_under_a_precomputed_tag_with_another_recipe_is_refused(secret: ts.Context) -> None:
+    """A precompute's draws belong to its recipe: an upload that names its tag with other seeds or masks would
+    mix two recipes' noise, so it is refused before anything is encrypted."""
+    from services.common.ckks_params import public_context_bytes
+
+    recipe, dimension = _keyed_recipe("7:1")
+    with EncryptionPool(public_context_bytes(secret), workers=1) as pool:
+        assert pool.precompute(dimension, recipe)
+        pool.precompute_seconds()
+        with pytest.raises(ValueError, match="precomputed for another recipe"):
+            next(pool.encode_and_encrypt(_update(dimension), replace(recipe, masks=())))
+
+
+def test_an_upload_left_half_way_cannot_read_a_newer_uploads_ciphertexts(secret: ts.Context) -> None:
+    """Workers hand ciphertexts back through a ring of shared memory that uploads reuse. An upload left suspended
+    half-way (its stream failed) gives the ring up to the next one: resumed, it fails instead of returning the
+    newer upload's ciphertexts, and the newer upload decrypts to exactly its own fields."""
+    from services.common.ckks_params import public_context_bytes
+    from services.common.packing import to_modular, unpack_fields
+    from services.common.pairwise_masks import mask_values
+
+    recipe, dimension = _keyed_recipe(None)
+    update = _update(dimension)
+    with EncryptionPool(public_context_bytes(secret), workers=1) as pool:
+        old = pool.encode_and_encrypt(update, recipe, keep_fields=True)
+        next(old)
+        newer = list(pool.encode_and_encrypt(update, replace(recipe, seed=np.random.SeedSequence(3)),
+                                             keep_fields=True))
+        with pytest.raises(RuntimeError, match="superseded"):
+            next(old)
+    for chunk, (start, stop) in zip(newer, recipe.bounds(dimension), strict=True):
+        assert chunk.fields is not None
+        sent = to_modular(chunk.fields.astype(np.int64)
+                          + mask_values(recipe.authority, start, stop - start, recipe.plan.bits), recipe.plan.bits)
+        decrypted = unpack_fields(decrypt_to_slot_integers(secret, chunk.ciphertexts, PARAMS.slots), recipe.layout,
+                                  chunk.fields.size)
+        assert np.array_equal(decrypted, sent)

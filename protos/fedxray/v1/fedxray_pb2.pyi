@@ -320,16 +320,18 @@ class RecordPrivacySpent(_message.Message):
     def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., noise_multiplier: _Optional[float] = ...) -> None: ...
 
 class NodePhaseSeconds(_message.Message):
-    __slots__ = ("train", "encode", "encrypt", "upload")
+    __slots__ = ("train", "encode", "encrypt", "upload", "precompute")
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     ENCODE_FIELD_NUMBER: _ClassVar[int]
     ENCRYPT_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_FIELD_NUMBER: _ClassVar[int]
+    PRECOMPUTE_FIELD_NUMBER: _ClassVar[int]
     train: float
     encode: float
     encrypt: float
     upload: float
-    def __init__(self, train: _Optional[float] = ..., encode: _Optional[float] = ..., encrypt: _Optional[float] = ..., upload: _Optional[float] = ...) -> None: ...
+    precompute: float
+    def __init__(self, train: _Optional[float] = ..., encode: _Optional[float] = ..., encrypt: _Optional[float] = ..., upload: _Optional[float] = ..., precompute: _Optional[float] = ...) -> None: ...
 
 class SubmitReceipt(_message.Message):
     __slots__ = ("round_id", "chunks", "stream_digest")
