@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -262,9 +263,13 @@ class EncryptionPool:
         self._precomputed: UploadRecipe | None = None
         self._ring: shared_memory.SharedMemory | None = None
         self._ring_slot_bytes = 0
-        # The upload that owns the ring (one at a time) and its tasks in flight.
+        # The upload that owns the ring (one at a time) and its tasks in flight; an upload's generator may be resumed
+        # or finalized on another thread (gRPC's) than the one starting the next upload.
         self._uploads = 0
         self._in_flight: set[concurrent.futures.Future[EncryptedChunk | _InRing]] = set()
+        self._ring_lock = threading.Lock()
+        # The seeds of the last uploads: the same seed twice would send the same noise with two updates.
+        self._seeds_used: list[np.random.SeedSequence] = []
         zero = np.zeros(self._context.seal_context().data.first_context_data().parms().poly_modulus_degree() // 2)
         self._ciphertext_bytes = len(ts.ckks_vector(self._context, zero).serialize()) if workers else 0
 
@@ -288,17 +293,20 @@ class EncryptionPool:
     def _collect(self, upload: int, future: concurrent.futures.Future[EncryptedChunk | _InRing],
                  slot: _RingSlot) -> EncryptedChunk:
         """A worker's chunk, its ciphertexts copied out of its ring slot (before the slot is handed out again)."""
-        if upload != self._uploads:
-            raise RuntimeError("this upload was superseded by a newer one, which reuses its ring slots")
+        with self._ring_lock:
+            self._require_current(upload)
         result = future.result()
-        self._in_flight.discard(future)
-        if isinstance(result, EncryptedChunk):
-            return result
-        assert self._ring is not None and self._ring.name == slot.name
-        ciphertexts, offset = [], slot.offset
-        for length in result.lengths:
-            ciphertexts.append(bytes(self._ring.buf[offset:offset + length]))
-            offset += length
+        # Under the lock, so that no newer upload can start and rewrite the slot while it is copied out.
+        with self._ring_lock:
+            self._require_current(upload)
+            self._in_flight.discard(future)
+            if isinstance(result, EncryptedChunk):
+                return result
+            assert self._ring is not None and self._ring.name == slot.name
+            ciphertexts, offset = [], slot.offset
+            for length in result.lengths:
+                ciphertexts.append(bytes(self._ring.buf[offset:offset + length]))
+                offset += length
         return EncryptedChunk(result.index, ciphertexts, result.fields)
 
     def precompute(self, dimension: int, recipe: UploadRecipe) -> bool:
@@ -337,6 +345,11 @@ class EncryptionPool:
         if recipe.tag is not None and self._precomputed is not None and recipe.tag == self._precomputed.tag \
                 and recipe != self._precomputed:
             raise ValueError(f"round attempt {recipe.tag} was precomputed for another recipe")
+        # Each chunk's streams derive from the seed alone, so a seed used again would give the same noise and rounding
+        # to another update: refused (by identity: a recipe is made with a fresh SeedSequence for each upload).
+        if any(seed is recipe.seed for seed in self._seeds_used):
+            raise ValueError("this recipe's seed was already used for an upload: make a fresh one for each upload")
+        self._seeds_used = [*self._seeds_used[-15:], recipe.seed]
         if not self._executors:
             for i, (a, b) in enumerate(bounds):
                 yield _run(self._context, _Task(i, a, update[a:b], factor, recipe, keep_fields))
@@ -344,24 +357,32 @@ class EncryptionPool:
         # Bounded look-ahead keeps memory at a few chunks while every worker stays busy; chunk i writes into ring
         # slot i mod look-ahead, free again once chunk i - look-ahead was collected.
         # An earlier upload left suspended gives the ring up: its tasks are stopped, and it fails if resumed.
-        self._stop_in_flight()
-        self._uploads += 1
-        upload, slots = self._uploads, self._slots(recipe.chunk_ciphertexts)
+        with self._ring_lock:
+            self._stop_in_flight()
+            self._uploads += 1
+            upload, slots = self._uploads, self._slots(recipe.chunk_ciphertexts)
         pending: list[tuple[concurrent.futures.Future[EncryptedChunk | _InRing], _RingSlot]] = []
         try:
             for i, (a, b) in enumerate(bounds):
                 slot = slots[i % len(slots)]
-                future = self._executors[i % len(self._executors)].submit(
-                    _run_in_worker, _Task(i, a, update[a:b], factor, recipe, keep_fields, slot))
+                with self._ring_lock:  # checked before each task: a superseded upload must not write a slot again
+                    self._require_current(upload)
+                    future = self._executors[i % len(self._executors)].submit(
+                        _run_in_worker, _Task(i, a, update[a:b], factor, recipe, keep_fields, slot))
+                    self._in_flight.add(future)
                 pending.append((future, slot))
-                self._in_flight.add(future)
                 if len(pending) >= self._look_ahead:
                     yield self._collect(upload, *pending.pop(0))
             while pending:
                 yield self._collect(upload, *pending.pop(0))
         finally:
-            if upload == self._uploads:  # stopped half-way: no task of it may write into a slot reused later
-                self._stop_in_flight()
+            with self._ring_lock:
+                if upload == self._uploads:  # stopped half-way: no task of it may write into a slot reused later
+                    self._stop_in_flight()
+
+    def _require_current(self, upload: int) -> None:
+        if upload != self._uploads:
+            raise RuntimeError("this upload was superseded by a newer one, which reuses its ring slots")
 
     def _stop_in_flight(self) -> None:
         in_flight, self._in_flight = self._in_flight, set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -69,8 +70,9 @@ def test_an_abandoned_round_attempt_leaves_no_stock_behind(secret: ts.Context) -
     assert set(encryption_pool._stock) == {"6:2"} and encryption_pool._stock["6:2"] == []
 
 
-def _keyed_recipe(tag: str | None, seed: int = 9) -> tuple[UploadRecipe, int]:
-    """A recipe for a node of three, masked with its peers and the key authority, over four ciphertexts."""
+def _keyed_recipe(tag: str | None, seed: int = 9, full: int = 3) -> tuple[UploadRecipe, int]:
+    """A recipe for a node of three, masked with its peers and the key authority, over `full` + 1 ciphertexts of
+    one chunk each."""
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
     from services.common.noise import NoiseKind
@@ -78,14 +80,14 @@ def _keyed_recipe(tag: str | None, seed: int = 9) -> tuple[UploadRecipe, int]:
     from services.common.update_codec import plan_quantization
 
     layout = field_layout(PARAMS, 8, None)
-    dimension = PARAMS.slots * layout.fields_per_slot * 3 + 11
+    dimension = PARAMS.slots * layout.fields_per_slot * full + 11
     nodes = ("a", "b", "c")
     keys = {node: X25519PrivateKey.from_private_bytes(bytes([i + 1]) * 32) for i, node in enumerate(nodes)}
     scope = MaskScope("c", "k", 7, 1, nodes)
     masks = tuple(peer_masks("a", keys["a"], {n: k.public_key() for n, k in keys.items()}, scope))
     authority = (authority_mask("a", keys["a"], X25519PrivateKey.from_private_bytes(bytes([9]) * 32).public_key(),
                                 scope),)
-    plan = plan_quantization(dimension, 1.0, layout.bits, 8, 2, NoiseKind.SKELLAM, 4.0, rounding_pieces=4)
+    plan = plan_quantization(dimension, 1.0, layout.bits, 8, 2, NoiseKind.SKELLAM, 4.0, rounding_pieces=full + 1)
     return UploadRecipe(plan, layout, PARAMS.slots, 1, np.random.SeedSequence(seed), masks, authority, tag), dimension
 
 
@@ -109,7 +111,9 @@ def test_worker_processes_precompute_and_the_upload_uses_them(secret: ts.Context
         assert pool.precompute(dimension, recipe)
         assert pool.precompute_seconds() > 0
         precomputed = list(pool.encode_and_encrypt(update, recipe, keep_fields=True))
-        direct = list(pool.encode_and_encrypt(update, replace(recipe, tag=None), keep_fields=True))
+        # Another SeedSequence with the same entropy: the same seed object twice is refused (next test).
+        direct = list(pool.encode_and_encrypt(update, replace(recipe, tag=None, seed=np.random.SeedSequence(9)),
+                                              keep_fields=True))
     for a, b, (start, stop) in zip(precomputed, direct, bounds, strict=True):
         assert a.fields is not None and np.array_equal(a.fields, b.fields)
         assert not set(a.ciphertexts) & set(b.ciphertexts)
@@ -158,27 +162,41 @@ def test_an_upload_under_a_precomputed_tag_with_another_recipe_is_refused(secret
             next(pool.encode_and_encrypt(_update(dimension), replace(recipe, masks=())))
 
 
-def test_an_upload_left_half_way_cannot_read_a_newer_uploads_ciphertexts(secret: ts.Context) -> None:
-    """Workers hand ciphertexts back through a ring of shared memory that uploads reuse. An upload left suspended
-    half-way (its stream failed) gives the ring up to the next one: resumed, it fails instead of returning the
-    newer upload's ciphertexts, and the newer upload decrypts to exactly its own fields."""
+def test_the_same_seed_is_never_used_for_two_uploads(secret: ts.Context) -> None:
+    """Each chunk's noise and rounding derive from the recipe's seed alone: a second upload from the same recipe
+    would send the same noise with another update, whose difference would then show exactly. It is refused."""
+    recipe, dimension = _keyed_recipe(None)
+    pool = EncryptionPool(bytes(secret.serialize(save_secret_key=False)), workers=0)
+    list(pool.encode_and_encrypt(_update(dimension), recipe))
+    with pytest.raises(ValueError, match="seed was already used"):
+        next(pool.encode_and_encrypt(_update(dimension) * 2, recipe))
+
+
+def test_an_upload_left_half_way_cannot_read_or_write_a_newer_uploads_ciphertexts(secret: ts.Context) -> None:
+    """Workers hand ciphertexts back through a ring of shared memory that uploads reuse (4 slots for 1 worker). An
+    upload left suspended half-way (its stream failed) gives the ring up to the next one: resumed, it fails before
+    it submits another chunk, so it can neither return the newer upload's ciphertexts nor overwrite a slot the newer
+    upload has yet to collect; the newer upload decrypts to exactly its own fields."""
     from services.common.ckks_params import public_context_bytes
     from services.common.packing import to_modular, unpack_fields
     from services.common.pairwise_masks import mask_values
 
-    recipe, dimension = _keyed_recipe(None)
+    recipe, dimension = _keyed_recipe(None, full=7)  # 8 chunks: more than the ring's 4 slots
     update = _update(dimension)
     with EncryptionPool(public_context_bytes(secret), workers=1) as pool:
         old = pool.encode_and_encrypt(update, recipe, keep_fields=True)
         next(old)
-        newer = list(pool.encode_and_encrypt(update, replace(recipe, seed=np.random.SeedSequence(3)),
-                                             keep_fields=True))
+        newer_recipe = replace(recipe, seed=np.random.SeedSequence(3))
+        newer_chunks = pool.encode_and_encrypt(update, newer_recipe, keep_fields=True)
+        newer = [next(newer_chunks), next(newer_chunks)]
         with pytest.raises(RuntimeError, match="superseded"):
-            next(old)
+            next(old)  # without the check it would submit its chunk 4 into the slot of the newer upload's chunk 4
+        time.sleep(1.0)  # time for such a stray task to run
+        newer += list(newer_chunks)
     for chunk, (start, stop) in zip(newer, recipe.bounds(dimension), strict=True):
         assert chunk.fields is not None
         sent = to_modular(chunk.fields.astype(np.int64)
                           + mask_values(recipe.authority, start, stop - start, recipe.plan.bits), recipe.plan.bits)
         decrypted = unpack_fields(decrypt_to_slot_integers(secret, chunk.ciphertexts, PARAMS.slots), recipe.layout,
                                   chunk.fields.size)
-        assert np.array_equal(decrypted, sent)
+        assert np.array_equal(decrypted, sent), chunk.index
