@@ -32,8 +32,12 @@ def clip_factor(update: np.ndarray, clip_norm: float) -> float:
 
 def clip_l2(update: np.ndarray, clip_norm: float) -> np.ndarray:
     """`update` scaled down, if needed, so its L2 norm is at most `clip_norm` (a new float64 array)."""
-    clipped = update.astype(np.float64, copy=True)
-    factor = clip_factor(update, clip_norm)
+    return _clipped(update, clip_factor(update, clip_norm))
+
+
+def _clipped(values: np.ndarray, factor: float) -> np.ndarray:
+    """A new float64 copy of `values` times a clip factor (untouched at 1)."""
+    clipped = values.astype(np.float64, copy=True)
     if factor != 1.0:
         clipped *= factor
     return clipped
@@ -88,9 +92,7 @@ def scale_and_clamp(update: np.ndarray, clip_norm: float, scale: float, coordina
 def scale_and_clamp_piece(piece: np.ndarray, factor: float, scale: float, coordinate_bound: int) -> np.ndarray:
     """A piece of an update clipped by the whole update's `clip_factor`, scaled and clamped: element by element
     what `scale_and_clamp` gives the whole, so the pieces can be scaled apart (in the encryption workers)."""
-    scaled = piece.astype(np.float64, copy=True)
-    if factor != 1.0:
-        scaled *= factor
+    scaled = _clipped(piece, factor)
     scaled *= scale
     return np.clip(scaled, -coordinate_bound, coordinate_bound, out=scaled)
 

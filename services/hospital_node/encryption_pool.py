@@ -45,7 +45,7 @@ import tenseal as ts
 
 from services.common.chunking import chunk_bounds, values_per_chunk
 from services.common.ckks_params import load_public_context
-from services.common.he_codec import encrypt_rows, slot_matrix
+from services.common.he_codec import slot_matrix
 from services.common.packing import FieldLayout, pack_fields, to_modular
 from services.common.pairwise_masks import PeerMask, mask_values
 from services.common.quantize import round_piece
@@ -149,12 +149,17 @@ def _current_stock(tag: str | None) -> list[ts.CKKSVector]:
     return _stock.setdefault(tag, []) if tag is not None else []
 
 
+def _encrypted_zero(context: ts.Context) -> ts.CKKSVector:
+    """A fresh encryption of a row of zeros (every slot of one ciphertext)."""
+    return ts.ckks_vector(context, np.zeros(context.seal_context().data.first_context_data().parms()
+                                            .poly_modulus_degree() // 2))
+
+
 def fill_stock(context: ts.Context, tag: str, count: int) -> tuple[int, float]:
     """Add `count` fresh encryptions of zero to this process's stock for `tag`; (stock size, seconds taken)."""
     started = time.monotonic()
     stock = _current_stock(tag)
-    zero = np.zeros(context.seal_context().data.first_context_data().parms().poly_modulus_degree() // 2)
-    stock.extend(ts.ckks_vector(context, zero) for _ in range(count))
+    stock.extend(_encrypted_zero(context) for _ in range(count))
     return len(stock), time.monotonic() - started
 
 
@@ -162,8 +167,6 @@ def encrypt_rows_from_stock(context: ts.Context, rows: np.ndarray, tag: str | No
     """Each row encrypted: a precomputed encryption of zero of `tag` plus the row, popped so that it is never used
     again; a fresh encryption once the stock is empty (or without a tag)."""
     stock = _current_stock(tag)
-    if not stock:
-        return encrypt_rows(context, rows)
     encrypted = []
     for row in rows:
         if stock:
@@ -200,8 +203,9 @@ def draw_ahead(recipe: UploadRecipe, chunks: list[tuple[int, int, int]]) -> int:
 
 
 def _take_draw(task: _Task) -> _Draw:
+    """The chunk's draw made ahead for its tag (popped), or one made now; other tags' draws go at the stock's turn
+    (`encrypt_rows_from_stock`, in the same task)."""
     tag = task.recipe.tag
-    _drop_other_tags(tag)
     drawn = _drawn.get(tag, {}).pop(task.index, None) if tag is not None else None
     return drawn if drawn is not None else draw_chunk(task.recipe, task.index, task.start, task.piece.size)
 
@@ -270,8 +274,7 @@ class EncryptionPool:
         self._ring_lock = threading.Lock()
         # The seeds of the last uploads: the same seed twice would send the same noise with two updates.
         self._seeds_used: list[np.random.SeedSequence] = []
-        zero = np.zeros(self._context.seal_context().data.first_context_data().parms().poly_modulus_degree() // 2)
-        self._ciphertext_bytes = len(ts.ckks_vector(self._context, zero).serialize()) if workers else 0
+        self._ciphertext_bytes = len(_encrypted_zero(self._context).serialize()) if workers else 0
 
     def _slots(self, chunk_ciphertexts: int) -> list[_RingSlot]:
         """The ring's slots, one per chunk in flight, each room for `chunk_ciphertexts` ciphertexts (made anew when
