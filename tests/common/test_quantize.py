@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from services.common.quantize import clip_l2, randomized_round, round_piece, rounded_l2_bound, scale_and_clamp
+from services.common.quantize import (_NORM_BLOCK, clip_l2, l2_norm, randomized_round, round_piece, rounded_l2_bound,
+                                      scale_and_clamp)
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
 
@@ -50,3 +51,15 @@ def test_rounding_in_pieces_respects_clamp_and_the_k_piece_norm_bound(
 
 def test_k_piece_bound_is_looser_than_the_single_piece_bound() -> None:
     assert rounded_l2_bound(100.0, 10_000, 0.5, pieces=16) > rounded_l2_bound(100.0, 10_000, 0.5)
+
+
+def test_the_norm_squared_a_block_at_a_time_counts_every_value_of_every_block() -> None:
+    # Over three blocks and a partial one: a value left out of any block, or a block counted twice, moves the norm by
+    # far more than the tolerance (each value's square is about 1/n of the total; n is about 8e5).
+    rng = np.random.default_rng(7)
+    for values in (rng.normal(0, 0.01, 3 * _NORM_BLOCK + 5).astype(np.float32),
+                   rng.integers(-1000, 1000, _NORM_BLOCK + 1).astype(np.int64),
+                   rng.normal(0, 1, (4, _NORM_BLOCK // 2 + 3))):
+        exact = math.sqrt(math.fsum(float(v) ** 2 for v in values.reshape(-1)))
+        assert math.isclose(l2_norm(values), exact, rel_tol=1e-12)
+    assert l2_norm(np.zeros(0, np.float32)) == 0.0

@@ -97,8 +97,9 @@ def _update(dimension: int) -> np.ndarray:
 
 def test_worker_processes_precompute_and_the_upload_uses_them(secret: ts.Context) -> None:
     """Through the pool's worker processes, with pairwise and authority masks: a precomputed upload (noise, masks
-    and encryptions of zero drawn while 'training') encodes exactly the fields a direct upload from the same seeds
-    encodes, in other ciphertexts, and decrypts to them plus the authority mask."""
+    and encryptions of zero drawn while 'training', each chunk's slice of the update read from its ring slot)
+    encodes exactly the fields a direct upload from the same seeds encodes in this process (from the update itself),
+    in other ciphertexts, and decrypts to them plus the authority mask."""
     from services.common.ckks_params import public_context_bytes
     from services.common.packing import to_modular, unpack_fields
     from services.common.pairwise_masks import mask_values
@@ -111,9 +112,10 @@ def test_worker_processes_precompute_and_the_upload_uses_them(secret: ts.Context
         assert pool.precompute(dimension, recipe)
         assert pool.precompute_seconds() > 0
         precomputed = list(pool.encode_and_encrypt(update, recipe, keep_fields=True))
-        # Another SeedSequence with the same entropy: the same seed object twice is refused (next test).
-        direct = list(pool.encode_and_encrypt(update, replace(recipe, tag=None, seed=np.random.SeedSequence(9)),
-                                              keep_fields=True))
+    # Another SeedSequence with the same entropy: the same seed object twice is refused (next test).
+    with EncryptionPool(public_context_bytes(secret), workers=0) as in_process:
+        direct = list(in_process.encode_and_encrypt(update, replace(recipe, tag=None, seed=np.random.SeedSequence(9)),
+                                                    keep_fields=True))
     for a, b, (start, stop) in zip(precomputed, direct, bounds, strict=True):
         assert a.fields is not None and np.array_equal(a.fields, b.fields)
         assert not set(a.ciphertexts) & set(b.ciphertexts)
