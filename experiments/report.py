@@ -6,7 +6,8 @@
 Each run directory holds a `rounds.jsonl` (at its top or under aggregator/), as
 written by the aggregator or by the centralized baseline; the aggregator's
 `class_counts.json` (the counts the hospitals sent when they joined) adds the
-class-distribution plot, and the launcher's `run.json` names the data (a centralized
+class-distribution plot, with a bar for its `pooled_class_counts.json` (every hospital's
+counts summed under pairwise masks) beside it when there is one, and the launcher's `run.json` names the data (a centralized
 baseline's directory has none: it trained on the same data as the runs beside it).
 Plots: metrics per round, each hospital's class distribution, latency per phase,
 epsilon.
@@ -27,6 +28,7 @@ from matplotlib.ticker import MaxNLocator
 from services.common.atomic_files import read_json_lines
 from services.common.classification_metrics import f1_sampling_sd
 from services.common.metrics import SEQUENTIAL_PHASES
+from services.common.pooled_counts import POOLED_COUNTS_FILE
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -135,18 +137,23 @@ def plot_metrics(runs: dict[str, list[dict[str, object]]], out: Path, data: str)
     return _save(figure, out / "metrics_per_round.png")
 
 
-def plot_class_counts(counts: dict[str, object], out: Path, data: str) -> Path:
-    """Images per hospital and class, as each hospital sent them when it joined."""
+def plot_class_counts(counts: dict[str, object], out: Path, data: str,
+                      pooled: dict[str, object] | None = None) -> Path:
+    """Images per hospital and class, as each hospital sent them when it joined, and the pooled counts of every
+    hospital (those that kept their own included) when the aggregator has them."""
     classes = list(counts["classes"])  # type: ignore[call-overload]
-    table = counts["counts"]
-    assert isinstance(table, list)
+    table = list(counts["counts"])  # type: ignore[call-overload]
     named = counts.get("hospitals")
     hospitals = list(named) if isinstance(named, list) and named else [f"hospital-{i + 1}" for i in range(len(table))]
+    if pooled is not None:
+        hospitals.append(f"all {len(pooled['hospitals'])}\n(pooled)")  # type: ignore[arg-type]
+        table.append(list(pooled["counts"]))  # type: ignore[call-overload]
     figure, axis = plt.subplots(figsize=(7, 4))
     _stacked_bars(axis, hospitals, {name: [float(row[index]) for row in table] for index, name in enumerate(classes)})
     hidden = list(counts.get("not_shared") or [])  # type: ignore[call-overload]
     axis.set_title(f"images per hospital and class ({data})"
-                   + (f"\nnot shared by {', '.join(hidden)}" if hidden else ""), fontsize=10)
+                   + (f"\nnot shared by {', '.join(hidden)}" if hidden else "")
+                   + (", which the pooled bar includes" if hidden and pooled is not None else ""), fontsize=10)
     _legend_outside(axis)
     return _save(figure, out / "class_distribution.png")
 
@@ -268,7 +275,9 @@ def write_report(runs: dict[str, Path], out: Path, title: str, notes: str = "") 
     counts_path = next((c for p in runs.values() for c in (p / "aggregator" / "class_counts.json",
                                                            p / "class_counts.json") if c.exists()), None)
     if counts_path is not None:
-        plot = plot_class_counts(json.loads(counts_path.read_text()), out, data)
+        pooled_path = counts_path.parent / POOLED_COUNTS_FILE
+        pooled = json.loads(pooled_path.read_text()) if pooled_path.exists() else None
+        plot = plot_class_counts(json.loads(counts_path.read_text()), out, data, pooled)
         lines.append(f"![class distribution]({plot.name})")
     else:
         lines.append("(No class-distribution plot: no run recorded the class counts the hospitals sent.)")

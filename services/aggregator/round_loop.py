@@ -33,7 +33,9 @@ from services.aggregator.sum_release import DecryptionObserver, release_mean
 from services.aggregator.upload_intake import UploadIntake
 from services.common.ckks_params import load_public_context
 from services.common.errors import DecryptionRefusedError, ImplausibleSumError
+from services.common.atomic_files import write_json_atomic
 from services.common.metrics import ServiceMetrics
+from services.common.pooled_counts import POOLED_COUNTS_FILE, PooledCountsError, pool_counts
 from services.common.public_key import PublicKeyInfo
 from services.common.round_plan import ModelChunk, RoundKind, TrainingFinished
 
@@ -252,9 +254,33 @@ class RoundLoop:
         phases = record_round(self._metrics, state, contributors, seconds, decrypt_seconds, apply_seconds,
                               p.guard.epsilon, p.guard.round_epsilon(state.plan.quantization, participants))
         row.update(seconds=seconds, epsilon=p.guard.epsilon, phases=phases, **self._record_privacy(contributors))
+        self._pool_class_counts(state, contributors)
         log.info("round %d sealed: %d participants, %.1f s, epsilon %.4g", state.round_id, participants, seconds,
                  p.guard.epsilon)
         return row
+
+    def _pool_class_counts(self, state: RoundState, contributors: list[VerifiedSubmission]) -> None:
+        """The first sealed round whose participants all sent masked class counts gives the pooled counts
+        (`services.common.pooled_counts`), written once to the state directory for the report."""
+        path = self._settings.state_dir / POOLED_COUNTS_FILE
+        sent = {c.header.node_id: c.masked_class_counts for c in contributors if c.masked_class_counts}
+        if not sent or path.exists():
+            return
+        participants = sorted(state.contributors)
+        if set(sent) != set(participants):
+            log.info("round %d: no pooled class counts: %s sent none (under record-level DP-SGD, or already sent "
+                     "for another participant set)", state.round_id, sorted(set(participants) - set(sent)))
+            return
+        try:
+            pooled = pool_counts(sent, participants)
+        except PooledCountsError as error:
+            log.warning("round %d: no pooled class counts: %s", state.round_id, error)
+            return
+        names = list(self._parts.membership.class_names or ())
+        write_json_atomic(path, {"round": state.round_id, "attempt": state.attempt, "hospitals": participants,
+                                 "classes": names, "counts": list(pooled)})
+        log.info("round %d: pooled class counts of %d hospitals: %s", state.round_id, len(participants),
+                 ", ".join(f"{name} {count}" for name, count in zip(names, pooled, strict=False)))
 
     def _record_privacy(self, contributors: list[VerifiedSubmission]) -> Row:
         """The record-level epsilon each hospital reports having spent, and the largest any has reported so far

@@ -189,7 +189,7 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                     raise self._deadline_or_broken(expired, first.node_id, staged.received_bytes, "did not finish")
                 raise MalformedChunkError("the last chunk must carry the stream's attestation")
             verified = staged.finish(last.attestation, self._registry, last.phases or PhaseSeconds(),
-                                     last.record_privacy)
+                                     last.record_privacy, last.masked_class_counts)
         except BaseException as error:
             # A broken, cancelled or refused stream: what it folded is subtracted again (from its staged chunks,
             # so before they go), and the sums are as if it had never come.

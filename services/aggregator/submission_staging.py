@@ -19,6 +19,7 @@ import numpy as np
 from services.common.errors import DigestMismatchError, MalformedChunkError
 from services.common.round_plan import SumLayout
 from services.common.node_identity import NodeKeyRegistry
+from services.common.pooled_counts import COUNT_BITS, MAX_CLASSES
 from services.common.stream_digest import StreamDigest
 from services.common.upload import Attestation, PhaseSeconds, RecordPrivacySpent, UploadChunk
 
@@ -49,6 +50,7 @@ class VerifiedSubmission:
     phase_seconds: PhaseSeconds
     received_bytes: int
     record_privacy: RecordPrivacySpent | None = None  # what the node says it has spent (informational)
+    masked_class_counts: tuple[int, ...] = ()  # its class counts masked for the participant set, when it sent them
 
 
 class StagedSubmission:
@@ -106,7 +108,8 @@ class StagedSubmission:
         return [chunk.plaintext_values]
 
     def finish(self, attestation: Attestation, registry: NodeKeyRegistry, phase_seconds: PhaseSeconds,
-               record_privacy: RecordPrivacySpent | None = None) -> VerifiedSubmission:
+               record_privacy: RecordPrivacySpent | None = None,
+               masked_class_counts: tuple[int, ...] = ()) -> VerifiedSubmission:
         """Check completeness, digest and signature; the result may be folded."""
         self._file.close()
         header = self.header
@@ -126,8 +129,11 @@ class StagedSubmission:
                                                and 0 < record_privacy.delta < 1):
             raise MalformedChunkError(f"node {header.node_id!r} reports record-level privacy ({record_privacy.epsilon}, "
                                       f"{record_privacy.delta}), which is no (epsilon, delta)")
+        if any(value >= 1 << COUNT_BITS for value in masked_class_counts) or len(masked_class_counts) > MAX_CLASSES:
+            raise MalformedChunkError(f"node {header.node_id!r} sent {len(masked_class_counts)} masked class counts, "
+                                      f"which must be at most {MAX_CLASSES} values below 2^{COUNT_BITS}")
         return VerifiedSubmission(header, attestation, self._path, phase_seconds, self.received_bytes,
-                                  record_privacy)
+                                  record_privacy, masked_class_counts)
 
     def discard(self) -> None:
         self._file.close()

@@ -68,8 +68,9 @@ class PeerMask:
 
 
 def peer_masks(node_id: str, private: X25519PrivateKey, peers: Mapping[str, X25519PublicKey],
-               scope: MaskScope) -> list[PeerMask]:
-    """This node's mask with every other member of the scope's participant set."""
+               scope: MaskScope, domain: bytes = MASK_DOMAIN) -> list[PeerMask]:
+    """This node's mask with every other member of the scope's participant set (in `domain`: another domain gives
+    other streams from the same agreements, as the pooled class counts' do)."""
     if node_id not in scope.participants:
         raise ValueError(f"{node_id!r} is not in the participant set {list(scope.participants)}")
     masks = []
@@ -77,7 +78,8 @@ def peer_masks(node_id: str, private: X25519PrivateKey, peers: Mapping[str, X255
         if peer not in peers:
             raise KeyError(f"no key-agreement key of participant {peer!r}")
         low, high = sorted((node_id, peer))
-        masks.append(PeerMask(_derive(private, peers[peer], scope.info(low, high)), 1 if node_id == low else -1))
+        masks.append(PeerMask(_derive(private, peers[peer], scope.info(low, high, domain)),
+                              1 if node_id == low else -1))
     return masks
 
 

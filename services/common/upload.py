@@ -97,6 +97,7 @@ class UploadChunk:
     phases: PhaseSeconds | None = None  # the last chunk only
     attempt: int = 1
     record_privacy: RecordPrivacySpent | None = None  # the last chunk only, from a hospital training with DP-SGD
+    masked_class_counts: tuple[int, ...] = ()  # the last chunk only: `pooled_counts.masked_counts`, when sent
 
     @property
     def payloads(self) -> list[bytes]:

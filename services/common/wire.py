@@ -177,7 +177,7 @@ def _phases_to_wire(phases: PhaseSeconds) -> pb.NodePhaseSeconds:
 def upload_chunk_to_wire(chunk: UploadChunk) -> pb.UpdateChunk:
     message = pb.UpdateChunk(round_id=chunk.round_id, key_id=chunk.key_id, node_id=chunk.node_id, index=chunk.index,
                              ciphertexts=list(chunk.ciphertexts), plaintext_values=chunk.plaintext_values,
-                             attempt=chunk.attempt)
+                             attempt=chunk.attempt, masked_class_counts=list(chunk.masked_class_counts))
     if chunk.attestation is not None:
         message.attestation.CopyFrom(attestation_to_wire(chunk.attestation))
     if chunk.phases is not None:
@@ -198,7 +198,8 @@ def upload_chunk_from_wire(message: pb.UpdateChunk) -> UploadChunk:
         PhaseSeconds(phases.train, phases.encode, phases.encrypt, phases.upload, phases.precompute)
         if message.HasField("phase_seconds") else None, message.attempt,
         RecordPrivacySpent(message.record_privacy.epsilon, message.record_privacy.delta,
-                           message.record_privacy.noise_multiplier) if message.HasField("record_privacy") else None)
+                           message.record_privacy.noise_multiplier) if message.HasField("record_privacy") else None,
+        tuple(message.masked_class_counts))
 
 
 def receipt_to_wire(receipt: SubmitReceipt) -> pb.SubmitReceipt:

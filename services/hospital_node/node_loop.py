@@ -36,6 +36,7 @@ from services.common.round_plan import (
 )
 from services.common.node_identity import NodeKeyRegistry, load_agreement_key, load_identity
 from services.common.pairwise_masks import MaskScope, authority_mask, peer_masks
+from services.common.pooled_counts import COUNTS_DOMAIN, CountsRelease, masked_counts
 from services.common.update_codec import received_update
 from services.common.upload import UploadChunk
 from services.common.wire import plan_digest
@@ -97,6 +98,7 @@ class HospitalNode:
         self._model = build_model(settings.architecture, settings.num_classes, settings.model_seed)
         self._spec = parameter_spec(self._model.state_dict())
         self._ledger_path = settings.state_dir / "record_privacy.json"
+        self._counts_release = CountsRelease(settings.state_dir / "pooled_class_counts_sent.json")
         self._budget = RecordBudget.open(self._ledger_path, record_target(_NO_PROPOSAL, settings,
                                                                           data.train_labels.numel()))
         if self._budget is not None:
@@ -299,6 +301,18 @@ class HospitalNode:
         return upload_recipe(plan, public.slots, np.random.SeedSequence(), masks,
                              (authority_mask(s.node_id, self._agreement, authority, scope),), tag)
 
+    def _masked_counts(self, plan: RoundPlan) -> tuple[int, ...]:
+        """This hospital's class counts masked for the attempt's participant set (pooled by the aggregator over the
+        whole set, `services.common.pooled_counts`): none under record-level DP-SGD, and none for a second set."""
+        counts = self._data.classes.counts if self._data.classes else ()
+        if not counts or self._budget is not None or not self._counts_release.allows(plan.participants):
+            return ()
+        s = self._settings
+        scope = MaskScope(s.consortium, plan.key_id, plan.round_id, plan.attempt, plan.participants,
+                          plan_digest(plan))
+        return masked_counts(counts, peer_masks(s.node_id, self._agreement, self._peers.agreement_keys, scope,
+                                                COUNTS_DOMAIN))
+
     def _require_record_privacy(self, plan: RoundPlan) -> None:
         """Under record-level DP (this hospital's own target, a ledger it already keeps, or the aggregator's
         proposal): refuse the rounds that would release something DP-SGD does not cover."""
@@ -382,9 +396,10 @@ class HospitalNode:
         else:
             chunks = plaintext_upload(plan, update, s.node_id, self._identity, timings, chunk_sent)
         spent = self._budget.spent() if self._budget is not None else None
-        if spent is not None:
-            chunks = (replace(chunk, record_privacy=spent) if chunk.attestation is not None else chunk
-                      for chunk in chunks)
+        counted = self._masked_counts(plan) if plan.secure else ()
+        if spent is not None or counted:
+            chunks = (replace(chunk, record_privacy=spent, masked_class_counts=counted)
+                      if chunk.attestation is not None else chunk for chunk in chunks)
         try:
             receipt = self._client.submit(self._count_bytes(chunks), timeout=plan.transfer.deadline_seconds)
         except grpc.RpcError as error:

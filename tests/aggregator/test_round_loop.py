@@ -6,6 +6,7 @@ node's own `secure_upload`, and the key authority is its own policy and decrypti
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from services.common.public_key import PublicKeyInfo
 from services.common.round_plan import ModelChunk, RoundKind, RoundPlan, TrainingFinished
 from services.common.node_identity import NodeKeyRegistry, generate_identity, load_agreement_key, load_identity
 from services.common.pairwise_masks import MaskScope, authority_mask, authority_unmasks, peer_masks
+from services.common.pooled_counts import COUNTS_DOMAIN, POOLED_COUNTS_FILE, masked_counts
 from services.common.wire import plan_digest
 from services.common.upload import DecryptManifest, PhaseSeconds
 from services.hospital_node.encryption_pool import EncryptionPool
@@ -49,6 +51,7 @@ from services.key_authority.sum_decryption import checked_chunks, decrypt_checke
 
 NODES = ("hospital-1", "hospital-2", "hospital-3")
 CLASSES = ClassRoster(("NORMAL", "PNEUMONIA"), (10, 10))
+IMAGES = {"hospital-1": (10, 10), "hospital-2": (3, 40), "hospital-3": (250, 0)}  # what each masks and sends
 
 
 class InProcessKeyAuthority:
@@ -110,11 +113,14 @@ def _node(node_id: str, folder: Path, membership: Membership, intake: UploadInta
         recipe = upload_recipe(plan, 4096, np.random.SeedSequence(), masks,
                                (authority_mask(node_id, agreement, authority, scope),))
         upload = list(secure_upload(plan, updates[node_id], node_id, identity, pool, recipe, UploadTimings()))
+        counted = masked_counts(IMAGES[node_id], peer_masks(node_id, agreement, registry.agreement_keys, scope,
+                                                            COUNTS_DOMAIN))
         state, staged = intake.begin(upload[0])
         for chunk in upload:
             staged.add(chunk)
         assert upload[-1].attestation is not None
-        intake.complete(state, staged.finish(upload[-1].attestation, registry, upload[-1].phases or PhaseSeconds()))
+        intake.complete(state, staged.finish(upload[-1].attestation, registry, upload[-1].phases or PhaseSeconds(),
+                                             None, counted))
 
 
 @dataclass
@@ -185,6 +191,9 @@ def test_the_loop_runs_secure_rounds_and_records_them(tmp_path: Path) -> None:
     # less than one step of the codec's scale per coordinate, so 2.5 steps in all.
     assert np.max(np.abs(result.run.weights - (result.initial + 2.5 * result.mean))) < 2.5 * result.step
     assert np.max(np.abs(result.run.weights - result.initial)) > 10 * result.step  # and it did move
+    # The first round's masked class counts pooled to the three hospitals' totals, written once.
+    pooled = json.loads((tmp_path / "aggregator" / POOLED_COUNTS_FILE).read_text())
+    assert (pooled["round"], pooled["hospitals"], pooled["counts"]) == (1, list(NODES), [263, 50])
 
 
 def test_a_round_the_key_authority_refuses_fails_alone_and_the_run_goes_on(tmp_path: Path) -> None:

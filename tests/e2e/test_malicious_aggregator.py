@@ -34,6 +34,7 @@ from services.common.noise import NoiseKind
 from services.common.node_identity import load_identity
 from services.common.packing import field_offset, to_centered
 from services.common.pairwise_masks import participant_set_hash
+from services.common.pooled_counts import PooledCountsError, pool_counts
 from services.common.round_plan import ModelChunk, RoundKind, RoundPlan
 from services.common.tls import add_port
 from services.common.update_codec import sum_norm_bound
@@ -46,6 +47,7 @@ from services.common.wire import (
     plan_digest,
     round_message_to_wire,
 )
+from services.hospital_node.data.local_data import load_local_data
 from tests.e2e.consortium_checks import tiny_config
 from tests.statistics import chi_square_critical, chi_square_uniform
 
@@ -349,3 +351,20 @@ def test_a_second_plan_under_an_attempt_already_used_is_declined(attack: Attack)
     attack.harness.send(plan, attack.model)
     attack.harness.wait(lambda: all((node, 1, 1) in attack.harness.declines for node in NODES))
     assert {attack.harness.declines[(node, 1, 1)] for node in NODES} == {"attempt_reused"}
+
+
+def test_class_counts_pool_over_one_participant_set_only(attack: Attack) -> None:
+    """The nodes mask their class counts for the participant set (`pooled_counts`): over all five they pool to the
+    exact total of their images per class; one node's masked counts, or four nodes' summed, are no counts; and a
+    plan for a smaller set, whose pooled counts less the first set's would be the fifth hospital's, gets none."""
+    full = attack.uploads_of(attack.plan(60, NODES), NODES)
+    masked = {node: tuple(chunks[-1].masked_class_counts) for node, chunks in full.items()}
+    held = [load_local_data(attack.consortium.config.node_settings(i, insecure=True)) for i in range(len(NODES))]
+    assert all(data.classes is not None for data in held)
+    truth = [data.classes.counts for data in held if data.classes is not None]
+    assert pool_counts(masked, NODES) == tuple(int(total) for total in np.sum(truth, axis=0))
+    assert all(masked[node] != counts for node, counts in zip(NODES, truth, strict=True))
+    with pytest.raises(PooledCountsError):
+        pool_counts({node: masked[node] for node in NODES[:4]}, NODES[:4])
+    smaller = attack.uploads_of(attack.plan(61, NODES[:4]), NODES[:4], to=NODES[:4])
+    assert all(not chunks[-1].masked_class_counts for chunks in smaller.values())

@@ -69,6 +69,10 @@ def test_side_by_side_experiment_reports_secure_plaintext_and_centralized(tmp_pa
               for d in held]
     joined = json.loads((tmp_path / "secure" / "aggregator" / "class_counts.json").read_text())
     assert joined["hospitals"] == [f"hospital-{i + 1}" for i in range(5)] and joined["counts"] == counts
+    # The aggregator pooled the masked counts of the first round's five hospitals: their masks cancelled exactly.
+    summed = json.loads((tmp_path / "secure" / "aggregator" / "pooled_class_counts.json").read_text())
+    assert summed["round"] == 1 and summed["hospitals"] == joined["hospitals"]
+    assert summed["counts"] == np.sum(counts, axis=0).tolist()
     central = read_json_lines(tmp_path / "centralized" / "rounds.jsonl")[-1]
     assert central["epochs"] == 2 and central["steps"] == 2 * (pooled.train_labels.numel() // 16)
     # Every run chose an operating point on the hospitals' calibration images and evaluated the others at it:

@@ -1,7 +1,11 @@
 import json
 import math
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from experiments import report as report_module
 from experiments.report import write_report
 from services.common.classification_metrics import f1_sampling_sd
 
@@ -71,3 +75,26 @@ def test_the_report_names_the_data_and_says_synthetic_only_when_it_is(tmp_path: 
     (secure / "run.json").unlink()
     text = write_report({"secure": secure}, tmp_path / "out2", "t").read_text()
     assert "Data: data not recorded." in text and "SYNTHETIC" not in text
+
+
+def test_the_class_plot_adds_the_pooled_counts_of_every_hospital_and_says_who_kept_theirs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One hospital kept its counts: it has no bar of its own, and the pooled bar (every hospital, from the masked
+    sum) is there, with its counts."""
+    secure = _run(tmp_path / "secure", [0.0, 0.40, 0.61], phases=False)
+    (secure / "aggregator").mkdir()
+    (secure / "aggregator" / "class_counts.json").write_text(json.dumps(
+        {"classes": ["A", "B"], "hospitals": ["st-anna", "city"], "counts": [[3, 1], [0, 4]], "not_shared": ["port"]}))
+    (secure / "aggregator" / "pooled_class_counts.json").write_text(json.dumps(
+        {"round": 1, "attempt": 1, "hospitals": ["city", "port", "st-anna"], "classes": ["A", "B"], "counts": [10, 9]}))
+    drawn: list[tuple[list[str], dict[str, list[float]]]] = []
+    stacked = report_module._stacked_bars
+    def record(axis: Any, labels: list[str], stacks: dict[str, list[float]]) -> None:
+        stacked(axis, labels, stacks)
+        drawn.append((list(labels), stacks))
+    monkeypatch.setattr(report_module, "_stacked_bars", record)
+    write_report({"secure": secure}, tmp_path / "out", "t")
+    labels, stacks = drawn[0]
+    assert labels == ["st-anna", "city", "all 3\n(pooled)"]
+    assert stacks == {"A": [3.0, 0.0, 10.0], "B": [1.0, 4.0, 9.0]}
+    assert (tmp_path / "out" / "class_distribution.png").stat().st_size > 1000

@@ -286,7 +286,7 @@ class DeclineAck(_message.Message):
     def __init__(self) -> None: ...
 
 class UpdateChunk(_message.Message):
-    __slots__ = ("round_id", "key_id", "node_id", "index", "ciphertexts", "plaintext_values", "attestation", "phase_seconds", "attempt", "record_privacy")
+    __slots__ = ("round_id", "key_id", "node_id", "index", "ciphertexts", "plaintext_values", "attestation", "phase_seconds", "attempt", "record_privacy", "masked_class_counts")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -297,6 +297,7 @@ class UpdateChunk(_message.Message):
     PHASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     RECORD_PRIVACY_FIELD_NUMBER: _ClassVar[int]
+    MASKED_CLASS_COUNTS_FIELD_NUMBER: _ClassVar[int]
     round_id: int
     key_id: str
     node_id: str
@@ -307,7 +308,8 @@ class UpdateChunk(_message.Message):
     phase_seconds: NodePhaseSeconds
     attempt: int
     record_privacy: RecordPrivacySpent
-    def __init__(self, round_id: _Optional[int] = ..., key_id: _Optional[str] = ..., node_id: _Optional[str] = ..., index: _Optional[int] = ..., ciphertexts: _Optional[_Iterable[bytes]] = ..., plaintext_values: _Optional[bytes] = ..., attestation: _Optional[_Union[Attestation, _Mapping]] = ..., phase_seconds: _Optional[_Union[NodePhaseSeconds, _Mapping]] = ..., attempt: _Optional[int] = ..., record_privacy: _Optional[_Union[RecordPrivacySpent, _Mapping]] = ...) -> None: ...
+    masked_class_counts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, round_id: _Optional[int] = ..., key_id: _Optional[str] = ..., node_id: _Optional[str] = ..., index: _Optional[int] = ..., ciphertexts: _Optional[_Iterable[bytes]] = ..., plaintext_values: _Optional[bytes] = ..., attestation: _Optional[_Union[Attestation, _Mapping]] = ..., phase_seconds: _Optional[_Union[NodePhaseSeconds, _Mapping]] = ..., attempt: _Optional[int] = ..., record_privacy: _Optional[_Union[RecordPrivacySpent, _Mapping]] = ..., masked_class_counts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RecordPrivacySpent(_message.Message):
     __slots__ = ("epsilon", "delta", "noise_multiplier")
