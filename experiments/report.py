@@ -153,7 +153,8 @@ def plot_class_counts(counts: dict[str, object], out: Path, data: str,
     hidden = list(counts.get("not_shared") or [])  # type: ignore[call-overload]
     axis.set_title(f"images per hospital and class ({data})"
                    + (f"\nnot shared by {', '.join(hidden)}" if hidden else "")
-                   + (", which the pooled bar includes" if hidden and pooled is not None else ""), fontsize=10)
+                   + (", which the pooled bar includes" if hidden and pooled is not None
+                      and set(hidden) <= set(pooled["hospitals"]) else ""), fontsize=10)  # type: ignore[call-overload]
     _legend_outside(axis)
     return _save(figure, out / "class_distribution.png")
 

@@ -9,21 +9,27 @@ over any proper subset one mask stays, and the values are uniform mod 2^COUNT_BI
 noise: the pooled counts are exact.
 
 What they disclose, and when a node sends them (`CountsRelease`):
-- The aggregator learns the pooled counts of the participant set. If the others disclosed their own counts at
-  join, the pooled counts less theirs are this hospital's: keeping one's counts protects them only when another
-  participant keeps its own too.
-- The same counts pooled over two different participant sets would give the difference of two hospitals' counts
-  (and with enough sets, each hospital's). A node sends its masked counts for one participant set only, the first
-  it sends them for, remembered in its state directory across restarts. A retried attempt with a smaller set gets
-  none, and the consortium then has no pooled counts.
+- The aggregator learns the pooled counts of the participant set. A node sends its masked counts only when that set
+  is the whole consortium (every member whose key it holds): otherwise the aggregator could choose to pool a
+  hospital that keeps its counts with hospitals that disclosed theirs, and subtract. So the pooled counts are the
+  consortium's total, and the pooled counts less those the others disclosed at join are the total of the
+  hospitals that kept theirs: keeping one's counts hides them only when another hospital keeps its own too.
+- The same counts pooled over two different sets, or two different counts over the same set (a hospital
+  restarted with other images), would give a difference of counts. A node remembers, in its state directory across
+  restarts, the set and the counts it sent: it sends them again (with any later upload to that set) only while
+  both are the same, and never for another set or other counts. A round without a member then gets none, and if
+  the first secure upload's set lacked a member, the consortium has no pooled counts.
 - A hospital training under record-level DP-SGD sends none: exact counts are a release its epsilon does not cover.
+  A hospital that follows the aggregator's proposal of DP-SGD from a later round on has sent them before it.
+- A hostile hospital can shift the pooled counts (a small offset passes unseen, as false counts at join would) or
+  block them for good (by sending none, or garbage); it cannot touch the sums, the model or any ledger.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -75,22 +81,28 @@ def pool_counts(masked: Mapping[str, Sequence[int]], participants: Sequence[str]
 
 
 class CountsRelease:
-    """A node's rule for its masked counts: one participant set only, remembered in `path` across restarts."""
+    """A node's rule for its masked counts: the whole consortium's set only, and one set and one count vector ever,
+    remembered in `path` across restarts."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
 
-    def allows(self, participants: Sequence[str]) -> bool:
-        """Whether counts may be sent for this set: it is the remembered one, or none is remembered yet (it is now,
-        on disk, before anything is sent)."""
-        wanted = participant_set_hash(participants).hex()
+    def allows(self, participants: Sequence[str], counts: Sequence[int], consortium: Collection[str]) -> bool:
+        """Whether `counts` may be sent for this set: it is the whole `consortium`, and it and the counts are the
+        remembered ones, or none are remembered yet (they are now, on disk, before anything is sent)."""
+        if set(participants) != set(consortium):
+            log.info("class counts not pooled in this attempt: its participants %s are not the whole consortium "
+                     "(%d members), and a smaller set could pool this hospital with those that disclosed theirs",
+                     sorted(participants), len(set(consortium)))
+            return False
+        wanted = {"participant_set_sha256": participant_set_hash(participants).hex(),
+                  "counts": [int(count) for count in counts]}
         if self._path.exists():
-            remembered = json.loads(self._path.read_text()).get("participant_set_sha256")
-            if remembered != wanted:
-                log.info("class counts not pooled for participants %s: already sent for another participant set "
-                         "(pooled over two sets they would give the difference of two hospitals' counts)",
-                         sorted(participants))
+            remembered = json.loads(self._path.read_text())
+            if {key: remembered.get(key) for key in wanted} != wanted:
+                log.info("class counts not pooled: already sent for another participant set or other counts (%s); "
+                         "two pooled totals would give a difference of counts", self._path)
                 return False
             return True
-        write_json_atomic(self._path, {"participant_set_sha256": wanted, "participants": sorted(participants)})
+        write_json_atomic(self._path, {**wanted, "participants": sorted(participants)})
         return True

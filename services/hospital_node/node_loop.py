@@ -303,9 +303,12 @@ class HospitalNode:
 
     def _masked_counts(self, plan: RoundPlan) -> tuple[int, ...]:
         """This hospital's class counts masked for the attempt's participant set (pooled by the aggregator over the
-        whole set, `services.common.pooled_counts`): none under record-level DP-SGD, and none for a second set."""
+        whole set, `services.common.pooled_counts`): none under record-level DP-SGD, none for a set short of the
+        whole consortium, and none for a second set or other counts."""
         counts = self._data.classes.counts if self._data.classes else ()
-        if not counts or self._budget is not None or not self._counts_release.allows(plan.participants):
+        consortium = self._peers.node_ids | {self._settings.node_id}
+        if not counts or self._budget is not None or not self._counts_release.allows(plan.participants, counts,
+                                                                                    consortium):
             return ()
         s = self._settings
         scope = MaskScope(s.consortium, plan.key_id, plan.round_id, plan.attempt, plan.participants,

@@ -71,15 +71,22 @@ def test_the_count_masks_are_other_streams_than_the_update_masks() -> None:
     assert not np.array_equal(mask_values(update, 0, 8, COUNT_BITS), mask_values(counts, 0, 8, COUNT_BITS))
 
 
-def test_a_node_sends_its_counts_for_one_participant_set_only_across_restarts(tmp_path: Path) -> None:
-    """Pooled over {1,2,3,4} and then over {1,2,3}, the counts would give hospital-4's by difference: the second set
-    gets none, also after the node restarts (a new rule object on the same state file)."""
+def test_a_node_sends_its_counts_for_the_whole_consortium_and_one_set_and_count_vector_only(tmp_path: Path) -> None:
+    """The aggregator as the attacker, choosing the sets: pooled over {1,2,3} while 2 and 3 disclosed theirs at join,
+    the counts would be hospital-1's; pooled over two sets, or over one set before and after the hospital's images
+    changed, a difference of counts. None of these is allowed, also after the node restarts (a new rule object on the
+    same state file)."""
     path = tmp_path / "pooled_class_counts_sent.json"
-    assert CountsRelease(path).allows(NODES)
-    assert CountsRelease(path).allows(list(reversed(NODES)))  # the same set, listed in another order
+    counts = COUNTS["hospital-1"]
+    assert not CountsRelease(path).allows(NODES[:3], counts, NODES)  # a set short of the consortium: nothing kept
+    assert not path.exists()
+    assert CountsRelease(path).allows(NODES, counts, NODES)
+    assert CountsRelease(path).allows(list(reversed(NODES)), counts, NODES)  # the same set, in another order
     restarted = CountsRelease(path)
-    assert not restarted.allows(NODES[:3])
-    assert not restarted.allows([*NODES, "hospital-5"])
+    assert not restarted.allows(NODES, (121, 0), NODES)  # other images after a restart
+    grown = [*NODES, "hospital-5"]
+    assert not restarted.allows(grown, counts, grown)  # the consortium grew: its total less the first is the newcomer's
+    assert restarted.allows(NODES, counts, NODES)
 
 
 def test_counts_that_are_no_counts_are_refused_before_masking() -> None:

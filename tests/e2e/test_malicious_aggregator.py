@@ -34,7 +34,6 @@ from services.common.noise import NoiseKind
 from services.common.node_identity import load_identity
 from services.common.packing import field_offset, to_centered
 from services.common.pairwise_masks import participant_set_hash
-from services.common.pooled_counts import PooledCountsError, pool_counts
 from services.common.round_plan import ModelChunk, RoundKind, RoundPlan
 from services.common.tls import add_port
 from services.common.update_codec import sum_norm_bound
@@ -47,7 +46,6 @@ from services.common.wire import (
     plan_digest,
     round_message_to_wire,
 )
-from services.hospital_node.data.local_data import load_local_data
 from tests.e2e.consortium_checks import tiny_config
 from tests.statistics import chi_square_critical, chi_square_uniform
 
@@ -353,18 +351,14 @@ def test_a_second_plan_under_an_attempt_already_used_is_declined(attack: Attack)
     assert {attack.harness.declines[(node, 1, 1)] for node in NODES} == {"attempt_reused"}
 
 
-def test_class_counts_pool_over_one_participant_set_only(attack: Attack) -> None:
-    """The nodes mask their class counts for the participant set (`pooled_counts`): over all five they pool to the
-    exact total of their images per class; one node's masked counts, or four nodes' summed, are no counts; and a
-    plan for a smaller set, whose pooled counts less the first set's would be the fifth hospital's, gets none."""
+
+def test_no_class_counts_are_sent_to_a_set_short_of_the_whole_consortium(attack: Attack) -> None:
+    """Pooled class counts (`pooled_counts`) go only to the whole consortium: the aggregator could otherwise pool a
+    hospital that keeps its counts with hospitals that disclosed theirs, and subtract. Here four registered members
+    have no process, so no set the harness can plan is the whole consortium: every upload so far, and the uploads of
+    all five and of four nodes now, carry none."""
+    assert attack.harness.uploads and all(not chunks[-1].masked_class_counts
+                                          for chunks in attack.harness.uploads.values())
     full = attack.uploads_of(attack.plan(60, NODES), NODES)
-    masked = {node: tuple(chunks[-1].masked_class_counts) for node, chunks in full.items()}
-    held = [load_local_data(attack.consortium.config.node_settings(i, insecure=True)) for i in range(len(NODES))]
-    assert all(data.classes is not None for data in held)
-    truth = [data.classes.counts for data in held if data.classes is not None]
-    assert pool_counts(masked, NODES) == tuple(int(total) for total in np.sum(truth, axis=0))
-    assert all(masked[node] != counts for node, counts in zip(NODES, truth, strict=True))
-    with pytest.raises(PooledCountsError):
-        pool_counts({node: masked[node] for node in NODES[:4]}, NODES[:4])
     smaller = attack.uploads_of(attack.plan(61, NODES[:4]), NODES[:4], to=NODES[:4])
-    assert all(not chunks[-1].masked_class_counts for chunks in smaller.values())
+    assert all(not chunks[-1].masked_class_counts for chunks in [*full.values(), *smaller.values()])
