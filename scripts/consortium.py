@@ -287,10 +287,13 @@ class Consortium:
         service.log.close()
 
     def restart(self, name: str) -> None:
-        """Start a killed key authority or aggregator again, with the same settings, state and ports."""
+        """Start a killed key authority, aggregator or hospital again, with the same settings, state and ports."""
         service = self.services[name]
         if service.process.poll() is None:
             raise RuntimeError(f"{name} is still running; kill it first")
+        if name in self.node_ids:
+            self._start(name, "hospital_node", self.node_settings[self.node_ids.index(name)], service.metrics_port)
+            return
         settings: BaseSettings = (self.aggregator_settings if name == "aggregator"
                                   else self.key_authority_settings)
         self._start(name, name, settings, service.metrics_port)

@@ -61,6 +61,7 @@ from services.hospital_node.update_stream import (
     secure_upload,
     upload_recipe,
 )
+from services.hospital_node.upload_ledger import UploadLedger
 
 log = logging.getLogger(__name__)
 RECONNECT_FIRST_PAUSE, RECONNECT_MAX_PAUSE = 1.0, 30.0
@@ -113,8 +114,9 @@ class HospitalNode:
         self._pool: EncryptionPool | None = None
         self._scaffold = ScaffoldClient(self._spec.count)
         self._public: PublicKeyInfo | None = None
-        self._statistics_round: int | None = None  # the one round this node released its feature statistics in
-        self._attempts: dict[int, list[int]] = {}  # attempts joined, by round
+        # The attempts joined by round, and the one round this node released its feature statistics in: on disk, so
+        # that a restart can never be made to upload twice under one attempt's masks.
+        self._joined = UploadLedger(settings.state_dir / "uploads.json")
         self._reported: set[int] = set()  # model rounds this node has reported its evaluation of
         self._statistics_dimension = statistics_dimension(settings.num_classes,
                                                           classifier_head(self._model).in_features)
@@ -245,13 +247,13 @@ class HospitalNode:
         if plan.secure and self._settings.node_id not in plan.participants:
             log.info("round %d attempt %d: not in the participant set; waiting", plan.round_id, plan.attempt)
             return
-        joined = self._attempts.setdefault(plan.round_id, [])
+        joined = self._joined.attempts(plan.key_id, plan.round_id)
         expected = (self._statistics_dimension if plan.kind is RoundKind.HEAD_STATISTICS
                     else count * (2 if plan.training.drift_correction else 1))
         check_plan(plan, self._settings, self._public_key() if plan.secure else None, max(joined, default=0),
                    len(joined), self._peers.agreement_keys, expected)
         self._require_record_privacy(plan)
-        joined.append(plan.attempt)
+        self._joined.join(plan.key_id, plan.round_id, plan.attempt)
         # Counts of the model only for a plan this hospital takes part in, once per model: never an open oracle.
         self._report_once(plan.round_id - 1)
         if plan.kind is RoundKind.HEAD_STATISTICS:
@@ -367,11 +369,12 @@ class HospitalNode:
         return timings
 
     def _upload_statistics(self, plan: RoundPlan) -> None:
-        if self._statistics_round not in (None, plan.round_id):
+        released = self._joined.statistics_round(plan.key_id)
+        if released not in (None, plan.round_id):
             log.error("round %d asks for feature statistics again (sent in round %d): refused, nothing sent",
-                      plan.round_id, self._statistics_round)
+                      plan.round_id, released)
             return
-        self._statistics_round = plan.round_id
+        self._joined.release_statistics(plan.key_id, plan.round_id)
         started = time.monotonic()
         vector = head_statistics(self._model, self._data, self._device, plan.quantization.clip_norm)
         if vector.size != plan.upload_value_count:

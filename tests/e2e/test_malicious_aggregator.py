@@ -362,3 +362,21 @@ def test_no_class_counts_are_sent_to_a_set_short_of_the_whole_consortium(attack:
     full = attack.uploads_of(attack.plan(60, NODES), NODES)
     smaller = attack.uploads_of(attack.plan(61, NODES[:4]), NODES[:4], to=NODES[:4])
     assert all(not chunks[-1].masked_class_counts for chunks in [*full.values(), *smaller.values()])
+
+
+
+def test_a_restarted_node_still_declines_an_attempt_it_uploaded_in_before(attack: Attack) -> None:
+    """An attempt replayed to a node after a restart would have it upload a second time under the same masks (their
+    difference is the difference of two updates, unmasked): the attempts it joined are on disk, so it declines."""
+    node = NODES[0]
+    plan = attack.plan(70, NODES)
+    attack.uploads_of(plan, NODES)
+    key = (node, 70, 1)
+    with attack.harness.changed:
+        del attack.harness.outboxes[node], attack.harness.uploads[key]
+    attack.consortium.kill(node)
+    attack.consortium.restart(node)
+    attack.harness.wait(lambda: node in attack.harness.outboxes)
+    attack.harness.send(plan, attack.model, to=[node])
+    attack.harness.wait(lambda: key in attack.harness.declines or key in attack.harness.uploads)
+    assert key not in attack.harness.uploads and attack.harness.declines[key] == "attempt_reused"
