@@ -7,8 +7,9 @@ Each run directory holds a `rounds.jsonl` (at its top or under aggregator/), as
 written by the aggregator or by the centralized baseline; the aggregator's
 `class_counts.json` (the counts the hospitals sent when they joined) adds the
 class-distribution plot, with a bar for its `pooled_class_counts.json` (every hospital's
-counts summed under pairwise masks) beside it when there is one, and the launcher's `run.json` names the data (a centralized
-baseline's directory has none: it trained on the same data as the runs beside it).
+counts summed under pairwise masks) beside it when there is one, and the launcher's
+`run.json` names the data (a centralized baseline's directory has none: it trained on
+the same data as the runs beside it).
 Plots: metrics per round, each hospital's class distribution, latency per phase,
 epsilon.
 """

@@ -213,18 +213,20 @@ def draw_ahead(recipe: UploadRecipe, chunks: list[tuple[int, int, int]]) -> int:
     return len(held)
 
 
-def _take_draw(task: _Task, size: int) -> _Draw:
+def _take_draw(task: _Task) -> _Draw:
     """The chunk's draw made ahead for its tag (popped), or one made now; other tags' draws go at the stock's turn
     (`encrypt_rows_from_stock`, in the same task)."""
     tag = task.recipe.tag
     drawn = _drawn.get(tag, {}).pop(task.index, None) if tag is not None else None
-    return drawn if drawn is not None else draw_chunk(task.recipe, task.index, task.start, size)
+    assert task.piece is not None
+    return drawn if drawn is not None else draw_chunk(task.recipe, task.index, task.start, task.piece.size)
 
 
-def _run(context: ts.Context, task: _Task, piece: np.ndarray) -> EncryptedChunk:
+def _run(context: ts.Context, task: _Task) -> EncryptedChunk:
+    assert task.piece is not None, "a task in its ring slot is read from there first (`_run_in_worker`)"
     recipe, bits = task.recipe, task.recipe.plan.bits
-    draw = _take_draw(task, piece.size)
-    scaled = scale_piece(piece, task.factor, recipe.plan)
+    draw = _take_draw(task)
+    scaled = scale_piece(task.piece, task.factor, recipe.plan)
     rounded = round_piece(scaled, recipe.plan.rounding_beta, recipe.rng(task.index, _ROUNDING))
     rows = slot_matrix(pack_fields(to_modular(rounded + draw.sent, bits), recipe.layout), recipe.slots)
     ciphertexts = encrypt_rows_from_stock(context, rows, recipe.tag)
@@ -251,11 +253,10 @@ def _ring_buffer(slot: _RingSlot) -> memoryview:
 def _run_in_worker(task: _Task) -> EncryptedChunk | _InRing:
     assert _worker_context is not None, "worker used before its initializer ran"
     slot = task.slot
-    if task.piece is not None:
-        chunk = _run(_worker_context, task, task.piece)
-    else:
+    if task.piece is None:
         assert slot is not None, "a task without its piece reads it from its ring slot"
-        chunk = _run(_worker_context, task, slot.piece(_ring_buffer(slot)))  # scaled into a copy at once
+        task = replace(task, piece=slot.piece(_ring_buffer(slot)))  # a view, scaled into a copy at once
+    chunk = _run(_worker_context, task)
     if slot is None or sum(len(c) for c in chunk.ciphertexts) > slot.capacity:
         return chunk  # through the pipe
     buffer, offset = _ring_buffer(slot), slot.ciphertext_offset
@@ -379,7 +380,7 @@ class EncryptionPool:
         self._seeds_used = [*self._seeds_used[-15:], recipe.seed]
         if not self._executors:
             for i, (a, b) in enumerate(bounds):
-                yield _run(self._context, _Task(i, a, update[a:b], factor, recipe, keep_fields), update[a:b])
+                yield _run(self._context, _Task(i, a, update[a:b], factor, recipe, keep_fields))
             return
         # Bounded look-ahead keeps memory at a few chunks while every worker stays busy; chunk i writes into ring
         # slot i mod look-ahead, free again once chunk i - look-ahead was collected.
