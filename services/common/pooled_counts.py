@@ -27,14 +27,13 @@ What they disclose, and when a node sends them (`CountsRelease`):
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from services.common.atomic_files import write_json_atomic
+from services.common.atomic_files import read_json, write_json_atomic
 from services.common.pairwise_masks import PeerMask, mask_values, participant_set_hash
 
 log = logging.getLogger(__name__)
@@ -86,6 +85,7 @@ class CountsRelease:
 
     def __init__(self, path: Path) -> None:
         self._path = path
+        self._sent: dict[str, object] | None = read_json(path)  # the set and counts sent, once sent
 
     def allows(self, participants: Sequence[str], counts: Sequence[int], consortium: Collection[str]) -> bool:
         """Whether `counts` may be sent for this set: it is the whole `consortium`, and it and the counts are the
@@ -95,14 +95,15 @@ class CountsRelease:
                      "(%d members), and a smaller set could pool this hospital with those that disclosed theirs",
                      sorted(participants), len(set(consortium)))
             return False
-        wanted = {"participant_set_sha256": participant_set_hash(participants).hex(),
-                  "counts": [int(count) for count in counts]}
-        if self._path.exists():
-            remembered = json.loads(self._path.read_text())
-            if {key: remembered.get(key) for key in wanted} != wanted:
-                log.info("class counts not pooled: already sent for another participant set or other counts (%s); "
-                         "two pooled totals would give a difference of counts", self._path)
-                return False
+        wanted: dict[str, object] = {"participant_set_sha256": participant_set_hash(participants).hex(),
+                                     "counts": [int(count) for count in counts]}
+        if self._sent is None:
+            sent = {**wanted, "participants": sorted(participants)}
+            write_json_atomic(self._path, sent)
+            self._sent = sent
             return True
-        write_json_atomic(self._path, {**wanted, "participants": sorted(participants)})
+        if {key: self._sent.get(key) for key in wanted} != wanted:
+            log.info("class counts not pooled: already sent for another participant set or other counts (%s); "
+                     "two pooled totals would give a difference of counts", self._path)
+            return False
         return True

@@ -357,11 +357,10 @@ def test_no_class_counts_are_sent_to_a_set_short_of_the_whole_consortium(attack:
     hospital that keeps its counts with hospitals that disclosed theirs, and subtract. Here four registered members
     have no process, so no set the harness can plan is the whole consortium: every upload so far, and the uploads of
     all five and of four nodes now, carry none."""
-    assert attack.harness.uploads and all(not chunks[-1].masked_class_counts
-                                          for chunks in attack.harness.uploads.values())
-    full = attack.uploads_of(attack.plan(60, NODES), NODES)
-    smaller = attack.uploads_of(attack.plan(61, NODES[:4]), NODES[:4], to=NODES[:4])
-    assert all(not chunks[-1].masked_class_counts for chunks in [*full.values(), *smaller.values()])
+    attack.uploads_of(attack.plan(60, NODES), NODES)
+    attack.uploads_of(attack.plan(61, NODES[:4]), NODES[:4], to=NODES[:4])
+    assert len(attack.harness.uploads) >= 9 and all(not chunks[-1].masked_class_counts
+                                                    for chunks in attack.harness.uploads.values())
 
 
 
