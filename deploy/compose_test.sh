@@ -2,8 +2,10 @@
 # `make compose-test`: a real `docker compose up` of the five-hospital stack on this
 # machine, with no image registry: 3 secure rounds, tiny model, small synthetic set
 # (40 local epochs, so a round lasts long enough to be interrupted).
-# Chaos: once round 1 is done, `docker compose kill aggregator` (SIGKILL) and `start`; the
-# aggregator resumes from its checkpoint and the run finishes. Asserts over Prometheus's
+# Chaos: hospital-5 is frozen (`docker compose pause`) once round 2 opens, so the round it
+# has not uploaded to stays open; `docker compose kill aggregator` (SIGKILL) inside that
+# round and `start`: the aggregator abandons it, resumes from its checkpoint, and the run
+# finishes. Asserts over Prometheus's
 # HTTP API that every round completed and the restart shows; checks every Grafana
 # dashboard query and the alert rules against that Prometheus, and the alert rules with
 # Debian's promtool (`check config`, `test rules`); reads the aggregator's rows (one per
@@ -18,13 +20,15 @@
 #   4. fill deploy/wheelhouse with the pinned wheels (deploy/make_wheelhouse.sh);
 #   5. make a fresh CA and certificates in build/compose-test/certs;
 #   6. build the FedXray and Prometheus images through compose (build.network: host);
-#   7. up, wait for round 1, kill and start the aggregator, poll Prometheus, assert the
-#      rounds, the dashboard queries and the alert rules, promtool, the rows, down;
+#   7. up; freeze hospital-5 once round 2 opens, so a round stays open; kill the aggregator
+#      inside it and start it again (COMPOSE_TEST_KILL=after-end: kill once the run has
+#      ended instead); poll Prometheus, assert the rounds, the restart, the dashboard
+#      queries and the alert rules, promtool, the rows, down;
 #   8. remove the FedXray images a rebuild left untagged, and trim the build cache to
 #      FEDXRAY_BUILD_CACHE (default 12GB): without this, every run leaves ~5 GB behind.
 #
 # Settings (environment): COMPOSE_TEST_TIMEOUT (seconds to wait for the rounds, default
-# 900), PY (the project's Python, default .venv/bin/python), FEDXRAY_KEEP_DOCKERD=1
+# 900), COMPOSE_TEST_KILL (mid-round, the default, or after-end), PY (the project's Python, default .venv/bin/python), FEDXRAY_KEEP_DOCKERD=1
 # (leave a dockerd this script started running).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -152,7 +156,7 @@ prometheus_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.
 export FEDXRAY_CERTS_DIR="$work/certs" FEDXRAY_BASE_IMAGE="$BASE_IMAGE" FEDXRAY_PROMETHEUS_BASE_IMAGE="$BASE_IMAGE" \
     FEDXRAY_PIP_OFFLINE=1 FEDXRAY_ROUNDS="$ROUNDS" FEDXRAY_ARCHITECTURE=tiny FEDXRAY_IMAGE_SIZE=32 \
     FEDXRAY_SYNTHETIC_IMAGES=200 FEDXRAY_PROMETHEUS_PORT="$prometheus_port" \
-    FEDXRAY_LOCAL_EPOCHS=40 `# rounds of several seconds, so the kill below lands mid-run` \
+    FEDXRAY_LOCAL_EPOCHS=40 `# rounds of several seconds: hospital-5 is frozen before round 2 ends` \
     FEDXRAY_HEAD_REFIT=false  # the chaos run counts training rounds only
 compose() { deploy/compose.sh --project-name "$PROJECT" -f deploy/docker-compose.yml "$@"; }
 export DOCKER_HOST="${DOCKER_HOST:-unix:///var/run/docker.sock}"
@@ -177,17 +181,66 @@ fi
 log "docker compose up: key authority, aggregator, 5 hospitals, Prometheus; $ROUNDS rounds (tiny model)"
 compose up -d --no-build 2>&1 | sed -u 's/^/    /'
 prometheus="http://127.0.0.1:$prometheus_port"
-log "polling Prometheus at $prometheus until round 1 is done"
-python3 deploy/wait_for_rounds.py --prometheus "$prometheus" --rounds 1 --no-check \
-    --timeout "${COMPOSE_TEST_TIMEOUT:-900}" || fail "round 1 did not complete"
-log "chaos: docker compose kill aggregator (SIGKILL), mid-run"
-compose kill aggregator 2>&1 | sed -u 's/^/    /'
-sleep 3
-log "docker compose start aggregator: it resumes from its checkpoint; nodes reconnect"
-compose start aggregator 2>&1 | sed -u 's/^/    /'
-python3 deploy/wait_for_rounds.py --prometheus "$prometheus" --rounds "$ROUNDS" --expect-restart \
-    --aggregator-down-seconds 300 --timeout "${COMPOSE_TEST_TIMEOUT:-900}" \
-    || fail "the run did not finish all $ROUNDS rounds after the aggregator's restart"
+# Where the chaos step kills the aggregator (COMPOSE_TEST_KILL): mid-round (default), or after-end, once the run
+# and its closing evaluation are over and the nodes have gone home.
+kill_point="${COMPOSE_TEST_KILL:-mid-round}"
+aggregator_log() { compose logs --no-color --no-log-prefix aggregator 2>/dev/null; }
+wait_for_aggregator_log() {  # TEXT SECONDS: poll the aggregator's log (not Prometheus: no scrape delay)
+    local deadline=$((SECONDS + $2))
+    until aggregator_log | grep -qF -- "$1"; do
+        ((SECONDS < deadline)) || fail "the aggregator never logged '$1' within $2 s"
+        sleep 0.2
+    done
+}
+case "$kill_point" in
+mid-round)
+    # Chaos at a point the test controls, whatever the machine's speed: freeze hospital-5 (the cgroup freezer of
+    # `docker compose pause`) once round 2 has opened (round 1 is then applied, so the restart shows as a reset of
+    # the killed process's counters). A round it has not uploaded to stays open until the round deadline (1800 s),
+    # so the kill below lands inside a round known to be open.
+    log "waiting for round 2 to open, then freezing hospital-5 (docker compose pause)"
+    wait_for_aggregator_log "round 2 attempt 1 opened" "${COMPOSE_TEST_TIMEOUT:-900}"
+    compose pause hospital-5 2>&1 | sed -u 's/^/    /'
+    held=""
+    deadline=$((SECONDS + ${COMPOSE_TEST_TIMEOUT:-900}))
+    until [[ -n "$held" ]]; do
+        ((SECONDS < deadline)) || fail "no round was held open by the frozen hospital-5"
+        sleep 0.5
+        held="$(aggregator_log | python3 deploy/held_round.py --frozen hospital-5)"
+    done
+    log "round $held is open, every upload but hospital-5's folded: chaos: docker compose kill aggregator (SIGKILL)"
+    compose kill aggregator 2>&1 | sed -u 's/^/    /'
+    sleep 3
+    log "docker compose start aggregator, unpause hospital-5: the aggregator resumes from its checkpoint"
+    compose start aggregator 2>&1 | sed -u 's/^/    /'
+    compose unpause hospital-5 2>&1 | sed -u 's/^/    /'
+    python3 deploy/wait_for_rounds.py --prometheus "$prometheus" --rounds "$ROUNDS" --expect-restart \
+        --aggregator-down-seconds 300 --timeout "${COMPOSE_TEST_TIMEOUT:-900}" \
+        || fail "the run did not finish all $ROUNDS rounds after the aggregator's restart"
+    aggregator_log | grep -qF "round $held was interrupted and is abandoned" \
+        || fail "the restarted aggregator did not abandon round $held, the round it was killed in"
+    ;;
+after-end)
+    log "waiting for the run to end (every round and the closing evaluation)"
+    wait_for_aggregator_log "training finished; serving status and metrics" "${COMPOSE_TEST_TIMEOUT:-900}"
+    deadline=$((SECONDS + 120))
+    until [[ -z "$(compose ps --status running --services 2>/dev/null | grep '^hospital-')" ]]; do
+        ((SECONDS < deadline)) || fail "the hospitals did not exit after the run ended"
+        sleep 1
+    done
+    log "the nodes have gone home: chaos: docker compose kill aggregator (SIGKILL), after the end"
+    compose kill aggregator 2>&1 | sed -u 's/^/    /'
+    sleep 3
+    compose start aggregator 2>&1 | sed -u 's/^/    /'
+    wait_for_aggregator_log "the run finished before this restart" 300
+    held=""
+    python3 deploy/wait_for_rounds.py --prometheus "$prometheus" --rounds "$ROUNDS" \
+        --aggregator-down-seconds 300 --timeout "${COMPOSE_TEST_TIMEOUT:-900}" \
+        || fail "the restarted aggregator does not report all $ROUNDS rounds"
+    if aggregator_log | grep -qF "is abandoned"; then fail "the restart after the end abandoned a round"; fi
+    ;;
+*) fail "COMPOSE_TEST_KILL is mid-round or after-end, not '$kill_point'" ;;
+esac
 log "all $ROUNDS rounds completed across the restart"
 
 log "monitoring: every Grafana dashboard query returns series; every alert rule loaded and evaluated"
@@ -206,9 +259,10 @@ log "promtool (Debian's, in the Prometheus image): check config, test rules"
 log "the aggregator's rows (rounds.jsonl): one per round id, $ROUNDS training rounds applied"
 compose exec -T aggregator cat /var/lib/fedxray/aggregator/rounds.jsonl > "$work/rounds.jsonl" \
     || fail "could not read the aggregator's rounds.jsonl"
-python3 - "$work/rounds.jsonl" "$ROUNDS" <<'PY' || fail "the rows are not one per round with $ROUNDS applied"
+python3 - "$work/rounds.jsonl" "$ROUNDS" "$held" <<'PY' || fail "the rows are not one per round with $ROUNDS applied"
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+held = int(sys.argv[3]) if sys.argv[3] else None
 ids = [row["round"] for row in rows]
 applied = [row for row in rows if row["round"] > 0 and not row.get("failed") and not row.get("head_refit")]
 for row in rows:
@@ -216,4 +270,10 @@ for row in rows:
           f"{'failed: ' + str(row.get('error', '')) if row.get('failed') else 'applied'}")
 assert len(ids) == len(set(ids)), f"a round id has two rows: {ids}"
 assert len(applied) == int(sys.argv[2]), f"{len(applied)} applied training rounds, expected {sys.argv[2]}"
+by_id = {row["round"]: row for row in rows}
+if held is None:  # killed after the end: the restart abandoned nothing
+    assert not any(row.get("interrupted") for row in rows), "a row says interrupted after a kill after the end"
+else:  # the round killed mid-way is abandoned, and the restart ran its successor
+    assert by_id[held].get("interrupted"), f"round {held}, killed mid-way, is not marked interrupted"
+    assert held + 1 in by_id and not by_id[held + 1].get("failed"), f"round {held + 1} did not follow"
 PY

@@ -91,6 +91,12 @@ class RoundLoop:
 
     def _run(self, stop: threading.Event) -> None:
         s, p = self._settings, self._parts
+        if p.run.finished:
+            log.warning("the run finished before this restart (%d of %d training rounds applied, last round %d); "
+                        "serving status and metrics, no round is opened", p.run.completed_rounds, s.rounds,
+                        p.run.round_id)
+            self._metrics.rounds_completed.set(p.run.completed_rounds)
+            return
         key = self.key = self._key_authority.public_key()
         self._public_context = load_public_context(key.context)
         self._metrics.secret_key.set(int(self._public_context.is_private()))
@@ -130,6 +136,8 @@ class RoundLoop:
         self._open(planner, RoundKind.EVALUATE)
         self._metrics.round_open.set(0)
         self._record(pending, None)
+        if not stop.is_set():
+            run.finish(self._checkpoints)  # on disk before the finished marker and TrainingFinished go out
 
     def _finish(self, pending: Row | None, row: Row) -> Row:
         """Write the previous round's row, then checkpoint with this one pending: a restart from here on goes on

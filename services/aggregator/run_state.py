@@ -6,7 +6,9 @@ last applied round (written once its model's evaluations arrive with the next ro
 Round ids only grow, across restarts too: each round id is on disk (`opened.json`,
 fsynced) before its plan leaves, and a restarted aggregator continues after the
 largest id ever opened. A round interrupted by a crash is abandoned, never reopened,
-so the key authority never sees one round id twice.
+so the key authority never sees one round id twice. A run that ended (closing evaluation
+written) is recorded as finished before the aggregator says so: a restart after the end
+serves status and metrics, abandons nothing and waits for no node.
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ class RunState:
     head_refit_done: bool = False
     pending_row: dict[str, Any] | None = None  # the last finished round's row, waiting for its model's evaluations
     interrupted_round: int | None = None  # a round a restart abandoned (set on restore only)
+    finished: bool = False  # the run ended, its closing evaluation written: a restart only serves status
+
+    def finish(self, directory: Path) -> None:
+        """Record that the run is complete, closing evaluation included, before anyone is told so."""
+        self.finished = True
+        self.checkpoint(directory)
 
     def next_round(self, directory: Path) -> int:
         """A new round id, on disk before anyone hears of it."""
@@ -58,7 +66,7 @@ class RunState:
             "completed_rounds": self.completed_rounds, "epsilon": a.epsilon(), "rdp": a.rdp,
             "accountant_rounds": a.rounds, "unaccounted_rounds": a.unaccounted_rounds,
             "record_epsilon": self.record_epsilon, "train_rounds": self.train_rounds,
-            "head_refit_done": self.head_refit_done, "pending_row": self.pending_row})
+            "head_refit_done": self.head_refit_done, "pending_row": self.pending_row, "finished": self.finished})
 
     @classmethod
     def restore(cls, directory: Path, strategy: TrainingStrategy, delta: float) -> RunState | None:
@@ -83,4 +91,4 @@ class RunState:
                    {str(k): float(v) for k, v in s.get("record_epsilon", {}).items()},
                    int(s.get("train_rounds", 0)), bool(s.get("head_refit_done", False)),
                    dict(pending) if isinstance(pending, dict) else None,
-                   last_opened if last_opened > saved.round_id else None)
+                   last_opened if last_opened > saved.round_id else None, bool(s.get("finished", False)))

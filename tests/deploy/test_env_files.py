@@ -19,6 +19,7 @@ from services.key_authority.config import KeyAuthoritySettings
 ENV_DIR = Path(__file__).resolve().parents[2] / "deploy" / "env"
 SETTINGS = {"key-authority.env": KeyAuthoritySettings, "aggregator.env": AggregatorSettings,
             "hospital-node.env": HospitalNodeSettings}
+pytestmark = pytest.mark.unit  # files and settings models only: no Docker
 
 
 @pytest.fixture(autouse=True)

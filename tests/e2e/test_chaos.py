@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from scripts.consortium import Consortium
-from tests.e2e.consortium_checks import assert_exact_sums, recording, tiny_config
+from services.aggregator.run_outcome import RunOutcome
+from tests.e2e.consortium_checks import assert_exact_sums, recording, scrape, tiny_config
 
 pytestmark = pytest.mark.e2e
+
 
 def _wait_for_log(consortium: Consortium, name: str, text: str, timeout: float, after: int = 0) -> int:
     """Poll `name`'s log until `text` appears past byte `after`; the byte offset just after it."""
@@ -83,3 +85,27 @@ def test_key_authority_killed_before_decryption_restarts_with_its_key_and_the_ro
     assert secret.stat().st_mode & 0o077 == 0
     ka_log = (consortium.logs / "key_authority.log").read_text()
     assert "loaded secret key from" in ka_log
+
+
+def test_a_run_killed_after_its_end_stays_finished_when_restarted(tmp_path: Path) -> None:
+    """Killed once the closing evaluation is written and the nodes have gone home: the restarted aggregator
+    abandons no round, writes no row and waits for no node; it serves status and metrics."""
+    config = tiny_config(tmp_path, 3, 2, images_per_node=30, seed=7,
+                         aggregator={"min_participants": 3, "linger_seconds": 300})
+    with Consortium(config) as consortium:
+        assert consortium.wait(420) == 0  # the finished marker is written: the run has ended
+        for node in consortium.node_ids:  # told the run is over, every node exits by itself
+            consortium.services[node].process.wait(timeout=60)
+        rows_before = consortium.rows()
+        consortium.kill("aggregator")
+        offset = len((consortium.logs / "aggregator.log").read_bytes())
+        consortium.restart("aggregator")
+        _wait_for_log(consortium, "aggregator", "the run finished before this restart", 120, after=offset)
+        _wait_for_log(consortium, "aggregator", "serving status and metrics for", 60, after=offset)
+        restarted = (consortium.logs / "aggregator.log").read_bytes()[offset:].decode()
+        assert consortium.services["aggregator"].process.poll() is None  # alive, serving
+        assert scrape(consortium.services["aggregator"].metrics_port)["fedxray_rounds_completed"] == 2
+    assert "interrupted" not in restarted and " opened for " not in restarted and "joined" not in restarted
+    assert consortium.rows() == rows_before
+    assert not any(r.get("interrupted") for r in rows_before)
+    assert RunOutcome.read(tmp_path / "aggregator") == RunOutcome(failed=False, completed_rounds=2)

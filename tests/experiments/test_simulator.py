@@ -94,6 +94,7 @@ def test_simulated_drift_correction_changes_nothing_in_round_one_and_steers_roun
     assert plain[1]["update_norms"] != corrected[1]["update_norms"]
 
 
+@pytest.mark.slow  # several seconds: `make test` runs it, `make test-fast` does not
 def test_head_refit_eval_scores_a_refit_copy_and_install_trains_on_from_it(tmp_path: Path) -> None:
     base = {**TINY, "rounds": "2", "partition_scheme": "label_mix", "local_optimizer": "adamw",
             "learning_rate": "1e-3"}

@@ -9,6 +9,7 @@ import pytest
 from services.common.errors import PlanRefusedError
 from services.common.noise import NoiseKind
 from services.common.public_key import PublicKeyInfo
+from services.common.round_plan import RoundPlan
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.privacy_floor import check_plan
 from tests.plans import PLAN, STATISTICS_LAYOUT, UPDATE_LAYOUT
@@ -24,8 +25,23 @@ def _check(plan: object, last_attempt: int = 0, joined: int = 0) -> None:
     check_plan(plan, SETTINGS, PUBLIC, last_attempt, joined, PEERS, PLAN.upload_value_count)  # type: ignore[arg-type]
 
 
+def _refusal(plan: RoundPlan, settings: HospitalNodeSettings = SETTINGS, public: PublicKeyInfo | None = PUBLIC,
+             last_attempt: int = 0, joined: int = 0, peers: tuple[str, ...] = PEERS) -> str | None:
+    """The floor's named reason for refusing `plan`, or None when the hospital takes part."""
+    try:
+        check_plan(plan, settings, public, last_attempt, joined, peers, PLAN.upload_value_count)
+    except PlanRefusedError as refused:
+        return refused.reason
+    return None
+
+
 def test_a_plan_above_the_floor_passes() -> None:
-    _check(PLAN, last_attempt=1, joined=1)
+    q = PLAN.quantization
+    assert q.noise_variance >= SETTINGS.min_noise_variance and q.clip_norm <= SETTINGS.max_clip_norm
+    assert len(PLAN.participants) >= SETTINGS.min_participants
+    # A later attempt of a round whose first attempt this hospital joined is taken too, once.
+    assert _refusal(PLAN, last_attempt=0, joined=0) is None
+    assert _refusal(replace(PLAN, attempt=2), last_attempt=1, joined=1) is None
 
 
 @pytest.mark.parametrize(("downgrade", "reason"), [
@@ -74,4 +90,6 @@ def test_an_upload_length_other_than_the_models_is_refused() -> None:
 
 
 def test_plaintext_only_where_the_hospital_allows_it() -> None:
-    check_plan(replace(PLAN, secure=False), SETTINGS.model_copy(update={"allow_plaintext": True}), None, 0, 0)
+    plaintext = replace(PLAN, secure=False)
+    assert _refusal(plaintext, SETTINGS.model_copy(update={"allow_plaintext": True}), None, peers=()) is None
+    assert _refusal(plaintext, SETTINGS, None, peers=()) == "plaintext_refused"

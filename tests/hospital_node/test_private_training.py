@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from opacus.validators import ModuleValidator
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
@@ -169,7 +170,10 @@ def test_a_batchnorm_model_is_refused_by_name(architecture: str) -> None:
 
 @pytest.mark.parametrize("architecture", ["resnet50", "resnet18", "efficientnet-b0", "tiny-gn"])
 def test_the_groupnorm_models_pass_opacus_validator(architecture: str) -> None:
-    require_private_model(build_model(architecture, 2, 0), architecture)
+    model = build_model(architecture, 2, 0)
+    assert ModuleValidator.validate(model, strict=False) == []
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert require_private_model(model, architecture) is None  # raises PrivateTrainingError when refused
 
 
 def test_fedprox_is_refused_under_dp() -> None:

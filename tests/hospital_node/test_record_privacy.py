@@ -78,6 +78,7 @@ def _target(epsilon: float = 4.0, rounds: int = 3) -> RecordBudgetTarget:
     return RecordBudgetTarget(epsilon, 1e-5, rounds)
 
 
+@pytest.mark.slow  # several seconds: `make test` runs it, `make test-fast` does not
 def test_rounds_within_the_plan_are_admitted_and_the_next_is_refused_with_nothing_spent(tmp_path: Path) -> None:
     path = tmp_path / "record_privacy.json"
     budget = RecordBudget(path, _target(rounds=3))
@@ -96,6 +97,7 @@ def test_rounds_within_the_plan_are_admitted_and_the_next_is_refused_with_nothin
     assert len(json.loads(path.read_text())["rounds"]) == 3
 
 
+@pytest.mark.slow  # several seconds: `make test` runs it, `make test-fast` does not
 def test_a_round_asking_for_more_epochs_than_planned_can_be_refused_early(tmp_path: Path) -> None:
     budget = RecordBudget(tmp_path / "ledger.json", _target(rounds=3))
     q, steps = poisson_schedule(48, 16)
@@ -105,6 +107,7 @@ def test_a_round_asking_for_more_epochs_than_planned_can_be_refused_early(tmp_pa
         budget.admit(2, q, 10 * steps)  # an aggregator asking for ten local epochs at once
 
 
+@pytest.mark.slow  # several seconds: `make test` runs it, `make test-fast` does not
 def test_the_ledger_survives_a_restart_and_keeps_refusing(tmp_path: Path) -> None:
     path = tmp_path / "ledger.json"
     budget = RecordBudget(path, _target(rounds=1))
@@ -119,6 +122,7 @@ def test_the_ledger_survives_a_restart_and_keeps_refusing(tmp_path: Path) -> Non
         reopened.admit(2, q, steps)
 
 
+@pytest.mark.slow  # several seconds: `make test` runs it, `make test-fast` does not
 def test_a_restart_with_a_larger_target_does_not_reset_the_plan(tmp_path: Path) -> None:
     path = tmp_path / "ledger.json"
     budget = RecordBudget(path, _target(epsilon=2.0, rounds=1))
@@ -153,6 +157,7 @@ def test_the_default_delta_is_below_one_over_the_training_images(tmp_path: Path)
         assert target is not None and target.delta < 1 / images
 
 
+@pytest.mark.slow  # several seconds: `make test` runs it, `make test-fast` does not
 def test_a_plan_without_a_proposal_cannot_turn_dp_off_once_a_ledger_exists(tmp_path: Path) -> None:
     path = tmp_path / "record_privacy.json"
     budget = RecordBudget(path, _target())

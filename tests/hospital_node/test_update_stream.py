@@ -14,8 +14,10 @@ PUBLIC = PublicKeyInfo(b"", "key", UPDATE, STATISTICS, 4096, 3)
 
 
 def test_plans_in_the_key_authoritys_layouts_pass() -> None:
-    require_signed_layout(PLAN, PUBLIC)
-    require_signed_layout(packed_in(STATISTICS, round_id=2, kind=RoundKind.HEAD_STATISTICS), PUBLIC)
+    statistics = packed_in(STATISTICS, round_id=2, kind=RoundKind.HEAD_STATISTICS)
+    for plan, layout in ((PLAN, UPDATE), (statistics, STATISTICS)):
+        assert plan.layout == layout == PUBLIC.layout_for(plan.sum_layout)
+        assert require_signed_layout(plan, PUBLIC) is None  # raises MalformedChunkError when refused
 
 
 @pytest.mark.parametrize("plan", [
