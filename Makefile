@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 PROTO := protos/fedxray/v1/fedxray.proto
 
-.PHONY: venv demo test test-fast protos bench-he bench-round bench-dp bench-help soak clean
+.PHONY: venv demo test test-fast protos pretrain privacy-table bench-he bench-round bench-dp bench-help soak clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,15 +15,23 @@ $(STAMP): requirements.txt
 
 venv: $(STAMP)
 
-## demo: five hospitals, SYNTHETIC radiographs, ResNet-50, three secure rounds on 127.0.0.1
+## demo: five hospitals, SYNTHETIC radiographs, ResNet-50 from the public stand-in (built on first use), three secure rounds of per-patient DP-SGD on 127.0.0.1
 demo: $(STAMP)
 	$(PY) -m scripts.consortium
+
+## pretrain: the public stand-in the demo starts from (SYNTHETIC, another seed and task), cached under runs/pretrain
+pretrain: $(STAMP)
+	$(PY) -m experiments.pretrain
+
+## privacy-table: privacy against utility on this CPU, 3 seeds (docs/RESULTS.md, "Learning under DP"), about 30 minutes
+privacy-table: $(STAMP)
+	$(PY) -m experiments.privacy_table --out runs/privacy_table
 
 ## test: the whole suite (unit, property-based, multi-process end-to-end)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-## test-fast: the unit tests only (no service processes, no Docker), about a minute and a half on 2 cores
+## test-fast: the unit tests only (no service processes, no Docker), under a minute on 2 cores
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "unit and not slow" tests
 

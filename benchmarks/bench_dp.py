@@ -31,9 +31,9 @@ import torch
 from torch import nn
 
 from services.common.models import build_model
+from services.common.trainable import last_block_parameters
 from services.hospital_node.private_training import (
     PrivateTraining,
-    last_block_parameters,
     per_example_module,
     private_optimizer,
 )

@@ -37,7 +37,7 @@ SETTINGS = ("rounds", "architecture", "image_size", "partition_scheme", "partiti
             "learning_rate", "round_schedule", "round_floor", "batch_size", "clip_norm", "noise_variance",
             "server_optimizer", "server_learning_rate", "server_momentum", "local_optimizer", "proximal_mu",
             "drift_correction", "head_refit", "imbalance", "calibration_fraction", "encryption_workers",
-            "torch_threads", "record_epsilon", "dp_clip_norm", "dp_trainable", "dp_grad_sample_mode",
+            "torch_threads", "record_epsilon", "dp_clip_norm", "trainable", "dp_grad_sample_mode",
             "init_weights")
 
 
@@ -111,7 +111,7 @@ def describe_setting(config: ConsortiumConfig, centralized_epochs: int, seed: in
             + f"server {a.server_optimizer} (lr {a.server_learning_rate}, momentum {a.server_momentum}), seed {seed}"
             + (f", initial weights {a.init_weights.name}" if a.init_weights else "")
             + (f", record-level DP-SGD at epsilon {n.record_epsilon or a.record_epsilon:g} (delta {n.record_delta or 'min(1e-5, 0.1/n)'}"
-               f", clip norm {n.dp_clip_norm}, {n.dp_trainable} trained, {n.dp_grad_sample_mode} per-example "
+               f", clip norm {n.dp_clip_norm}, {a.trainable} trained, {n.dp_grad_sample_mode} per-example "
                f"gradients) in the federated run" if (n.record_epsilon or a.record_epsilon) else "")
             + ".")
 

@@ -183,7 +183,7 @@ def plot_phases(runs: dict[str, list[dict[str, object]]], out: Path) -> Path | N
 def _record_epsilon(row: dict[str, object]) -> str:
     """The largest record-level epsilon any hospital had spent, or '-' without DP-SGD."""
     value = row.get("record_epsilon_max")
-    return "-" if value is None else f"{float(str(value)):.3g}"
+    return "-" if value is None else f"{float(str(value)):.3g} per {row.get('record_epsilon_unit') or 'image'}"
 
 
 def plot_epsilon(runs: dict[str, list[dict[str, object]]], out: Path) -> Path | None:
@@ -203,10 +203,13 @@ def plot_epsilon(runs: dict[str, list[dict[str, object]]], out: Path) -> Path | 
 
 
 def plot_record_epsilon(runs: dict[str, list[dict[str, object]]], out: Path) -> Path | None:
-    """Each hospital's record-level (per-patient) epsilon spent, per round, for every run under DP-SGD."""
+    """Each hospital's record-level epsilon spent, per round, for every run under DP-SGD, with its unit."""
     series: dict[str, list[tuple[int, float]]] = {}
+    units: set[str] = set()
     for label, rows in runs.items():
         for row in rows:
+            if row.get("record_epsilon_max") is not None:
+                units.add(str(row.get("record_epsilon_unit") or "image"))
             reported = row.get("record_epsilon")
             if isinstance(reported, dict):
                 for node, value in reported.items():
@@ -216,7 +219,8 @@ def plot_record_epsilon(runs: dict[str, list[dict[str, object]]], out: Path) -> 
     figure, axis = plt.subplots(figsize=(6, 4))
     for label, points in sorted(series.items()):
         axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-    axis.set_title("record-level epsilon spent per hospital (DP-SGD, RDP accountant)")
+    unit = "per patient" if units == {"patient"} else "per image"
+    axis.set_title(f"record-level epsilon spent per hospital, {unit} (DP-SGD, PLD accountant)")
     _per_round_axis(axis)
     _legend_outside(axis, fontsize=7)
     return _save(figure, out / "record_epsilon.png")

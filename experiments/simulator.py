@@ -42,6 +42,7 @@ from services.common.head_refit import (
 from services.common.model_spec import flatten_state, parameter_spec, restore_state
 from services.common.models import best_device, build_model
 from services.common.packing import to_modular
+from services.common.trainable import trained_parameters, trained_positions
 from services.common.quantize import clip_l2
 from services.common.update_codec import (
     QuantizationPlan,
@@ -52,7 +53,8 @@ from services.common.update_codec import (
     plan_statistics,
 )
 from services.hospital_node.data.local_data import LocalData, load_local_data
-from services.hospital_node.local_round import ScaffoldClient, local_training, train_round
+from services.hospital_node.head_training import train_head
+from services.hospital_node.local_round import ScaffoldClient, train_only, local_training, train_round
 from services.hospital_node.trainer import evaluate, train_local
 
 RefitScoring = Literal["none", "eval", "install"]
@@ -169,7 +171,8 @@ def simulate(name: str, values: SettingValues, simulation: Simulation, out: Path
     model = build_model(aggregator.architecture, aggregator.num_classes, aggregator.model_seed)
     spec = parameter_spec(model.state_dict())
     weights = flatten_state(model.state_dict()).astype(np.float64)
-    strategy = build_strategy(aggregator, spec.count)
+    positions = trained_positions(model, spec, aggregator.trainable)
+    strategy = build_strategy(aggregator, spec.count, positions)
     codec = Codec(config)
     generator = torch.Generator().manual_seed(simulation.seed + 1)
     refit_rng = np.random.default_rng(simulation.seed + 2)
@@ -186,14 +189,20 @@ def simulate(name: str, values: SettingValues, simulation: Simulation, out: Path
         norms: list[float] = []
         kept: list[float] = []  # per hospital, the share of its control variate change's norm the sum received
         if simulation.mode == "centralized":  # no FedProx anchor: with one party there is no global model
-            train_local(model, pooled, replace(training, proximal_mu=0.0), device, generator)
+            centralized = replace(training, proximal_mu=0.0)
+            if plan.trainable == "head":
+                train_head(model, pooled, centralized, device, generator)
+            elif plan.trainable == "last_block":
+                train_only(model, trained_parameters(model, "last_block"), pooled, centralized, device, generator)
+            else:
+                train_local(model, pooled, centralized, device, generator)
         else:
             uploads, raw = [], []
             broadcast = strategy.broadcast(weights)
             for part, scaffold in zip(parts, scaffolds):
                 model.load_state_dict(restore_state(model.state_dict(), weights.astype(np.float32), spec))
                 result = train_round(model, part, training, device, generator, spec, weights, scaffold,
-                                     broadcast[spec.count:])
+                                     broadcast[spec.count:], trainable=plan.trainable, positions=positions)
                 norms.append(round(float(np.linalg.norm(result.update(spec.count))), 3))
                 uploads.append(sent(result.upload, aggregator.clip_norm, simulation.secure_clamp))
                 raw.append(result.upload)

@@ -43,6 +43,7 @@ from services.aggregator.run_outcome import RunOutcome
 from services.common.atomic_files import read_json_lines, write_json_atomic
 from scripts.settings_env import child_environment
 from services.common.node_identity import generate_identity
+from services.common.round_plan import TRAINABLE
 from services.common.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME, TlsSettings, channel
 from services.hospital_node.config import HospitalNodeSettings
 from services.key_authority.config import KeyAuthoritySettings
@@ -359,10 +360,18 @@ def format_value(value: object, digits: int = 3) -> str:
 
 
 # Two privacy figures: the hospital-level epsilon of the secure sums' Skellam noise (one hospital's whole update
-# is the unit), and the record-level epsilon of DP-SGD (one patient's image is the unit), the largest any hospital
-# has reported ("-" when none trains under DP-SGD).
+# is the unit), and the record-level epsilon of DP-SGD, the largest any hospital has reported ("-" when none trains
+# under DP-SGD), with its unit: per patient where every hospital samples and clips patients, else per image.
 TABLE_HEADER = (f"{'round':>5} {'nodes':>5} {'seconds':>8} {'accuracy':>8} {'precision':>9} {'recall':>7} "
-                f"{'F1':>6} {'AUC':>6} {'eps hospital':>12} {'eps record':>10}")
+                f"{'F1':>6} {'AUC':>6} {'eps hospital':>12} {'eps record':>18}")
+
+
+def record_epsilon_text(row: dict[str, object]) -> str:
+    """The record-level epsilon with its unit ("7.93 per patient"), or "-" without DP-SGD."""
+    value = row.get("record_epsilon_max")
+    if value is None:
+        return "-"
+    return f"{format_value(value, 2)} per {row.get('record_epsilon_unit') or 'image'}"
 
 
 def format_row(row: dict[str, object]) -> str:
@@ -372,24 +381,29 @@ def format_row(row: dict[str, object]) -> str:
             f"{format_value(row.get('seconds'), 1):>8} {format_value(evaluation.get('accuracy')):>8} "
             f"{format_value(evaluation.get('precision')):>9} {format_value(evaluation.get('recall')):>7} "
             f"{format_value(evaluation.get('f1')):>6} {format_value(evaluation.get('auc')):>6} "
-            f"{format_value(row.get('epsilon'), 4):>12} {format_value(row.get('record_epsilon_max'), 2):>10}"
+            f"{format_value(row.get('epsilon'), 4):>12} {record_epsilon_text(row):>18}"
             + ("  head refit" if row.get("head_refit") else "")
             + ("  FAILED" if row.get("failed") else ""))
 
 
-# The demo's own choices, beside the settings models' defaults: small images and few of them, so that the
-# five hospitals' ResNet-50 rounds finish in minutes on a laptop's CPU; Dirichlet label skew, as hospitals have;
-# one process per hospital with one training thread, so five share two cores without thrashing.
+# The demo's own choices, beside the settings models' defaults: small images, so that the five hospitals'
+# ResNet-50 rounds finish in minutes on a laptop's CPU; Dirichlet label skew, as hospitals have; one process per
+# hospital with one training thread, so five share two cores without thrashing; 200 SYNTHETIC images per hospital,
+# a fifth of them for validation, so that the pooled metrics rest on 200 images.
 DEMO_SETTINGS: SettingValues = {
     "architecture": "resnet50", "image_size": 32, "partition_scheme": "dirichlet", "partition_alpha": 0.5,
     "round_deadline_seconds": 900.0, "encryption_workers": 0, "torch_threads": 1}
-DEMO_IMAGES_PER_NODE = 60
-# One SGD epoch a round, no head refit: the services' defaults before 2026-11-30, instead of their recipe that
-# learns (docs/RESULTS.md: AdamW at 3e-4, 10 local epochs, logit adjustment, clip norm 20, server momentum 0.5, head
-# refit). The SYNTHETIC demo uses it: it shows the protocol and the record-level privacy accounting in minutes, and
-# under DP-SGD at epsilon 8 from scratch on 60 synthetic images per hospital it learns nothing anyway
-# (docs/RESULTS.md); ten epochs of DP-SGD would make it ten times longer. So do the timing benchmarks and the tests
-# of the protocol, whose figures and assertions were made with it.
+DEMO_IMAGES_PER_NODE = 200
+# The SYNTHETIC demo's recipe under record-level DP-SGD (docs/RESULTS.md, "Learning under DP"): start from the public
+# stand-in (experiments.pretrain, built and cached on first use) and train the classifier head only, on the frozen
+# backbone's features, per patient; so only the head's 4,098 values travel through the secure sum.
+DEMO_DP_HEAD: SettingValues = {
+    "trainable": "head", "local_optimizer": "sgd", "learning_rate": 0.003, "local_epochs": 5, "batch_size": 32,
+    "dp_clip_norm": 1.0, "clip_norm": 0.5, "server_momentum": 0.0, "head_refit": False, "imbalance": "none"}
+# One SGD epoch of every layer a round, no head refit: the services' defaults before 2026-11-30, instead of their
+# recipe that learns (docs/RESULTS.md: AdamW at 3e-4, 10 local epochs, logit adjustment, clip norm 20, server
+# momentum 0.5, head refit). The timing benchmarks and the tests of the protocol use it: their figures and
+# assertions were made with it.
 QUICK_TRAINING: SettingValues = {
     "local_optimizer": "sgd", "learning_rate": 0.01, "local_epochs": 1, "imbalance": "class_weights",
     "clip_norm": 10.0, "server_momentum": 0.0, "head_refit": False}
@@ -446,9 +460,15 @@ def main(argv: list[str] | None = None) -> int:
                              "for the SYNTHETIC demo; 0 with --hospital (a trial run on one machine, where all the "
                              "images are in one place anyway: DP-SGD on small folders mostly adds noise)")
     parser.add_argument("--init-weights", type=Path, default=None,
-                        help="start from this state dict (public pretraining, e.g. from experiments.pretrain)")
-    parser.add_argument("--dp-trainable", choices=("all", "last_block"), default="all",
-                        help="under record-level DP: train every layer, or only the last stage and the head")
+                        help="start from this state dict (e.g. ImageNet or public chest X-ray weights). Default for "
+                             "the SYNTHETIC demo: the public stand-in of experiments.pretrain, built on first use "
+                             "(minutes, with progress) and cached under runs/pretrain")
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="the SYNTHETIC demo without the public stand-in: seeded weights (learns nothing under DP)")
+    parser.add_argument("--trainable", choices=TRAINABLE, default=None,
+                        help="what each round trains and uploads: all, last_block (last stage and head) or head "
+                             "(the head on frozen features). Default: head for the SYNTHETIC demo (which starts from "
+                             "the public stand-in), the services' default (all) with --hospital")
     parser.add_argument("--no-head-refit", dest="head_refit", action="store_false",
                         help="without record-level DP: skip the closing refit of the classifier head from the "
                              "hospitals' summed feature statistics (DP-SGD does not cover them, so it is always "
@@ -475,15 +495,22 @@ def main(argv: list[str] | None = None) -> int:
         args.record_epsilon = 0.0 if own else DEMO_RECORD_EPSILON
     record_dp = args.record_epsilon > 0
     classes = {"class_names": args.class_names} if args.class_names else {}
+    recipe = OWN_IMAGES_SETTINGS if own else DEMO_DP_HEAD if not args.from_scratch else QUICK_TRAINING
+    if args.trainable is not None:
+        recipe = {**recipe, "trainable": args.trainable}
+    if not own and not args.from_scratch and args.init_weights is None:
+        from experiments.pretrain import StandIn, stand_in_weights  # noqa: PLC0415 (torch: not for --help)
+
+        args.init_weights = stand_in_weights(StandIn(args.architecture, args.image_size))
     config = ConsortiumConfig(
         run_dir=args.run_dir, nodes=len(own) or args.nodes, images_per_node=None if own else args.images_per_node,
         node_names=[name for name, _, _ in own] or None,
-        settings={**DEMO_SETTINGS, **(OWN_IMAGES_SETTINGS if own else QUICK_TRAINING), **classes, "rounds": args.rounds,
+        settings={**DEMO_SETTINGS, **recipe, **classes, "rounds": args.rounds,
                   "secure": not args.plaintext, "allow_plaintext": args.plaintext, "architecture": args.architecture,
                   "image_size": args.image_size, "head_refit": args.head_refit and not record_dp},
         aggregator={**({"record_epsilon": args.record_epsilon} if record_dp else {}),
                     **({"init_weights": args.init_weights.resolve()} if args.init_weights else {})},
-        node={"record_rounds": args.rounds, "dp_trainable": args.dp_trainable},
+        node={"record_rounds": args.rounds},
         per_node={i: {"data_source": source, "data_path": path} for i, (_, source, path) in enumerate(own)})
     demo = Consortium(config)
     aggregator, node = demo.aggregator_settings, demo.node_settings[0]

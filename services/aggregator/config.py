@@ -13,6 +13,7 @@ from services.aggregator.round_schedule import RoundSchedule
 from services.common.service_settings import ClassNames, ServiceSettings, require_one_name_per_class
 
 from services.common.noise import NoiseKind
+from services.common.round_plan import Trainable
 
 
 class AggregatorSettings(ServiceSettings):
@@ -65,6 +66,10 @@ class AggregatorSettings(ServiceSettings):
     drift_correction: bool = Field(False, description="SCAFFOLD drift correction: each upload also carries the "
                                    "node's control variate change, clipped and encrypted with its update (twice the "
                                    "values per round)")
+    trainable: Trainable = Field("all", description="what each round trains and uploads: all, last_block (the last "
+                                 "stage and the head) or head (the classifier head on the frozen backbone's "
+                                 "features; start from pretrained weights). Only those parameters travel, so the "
+                                 "secure sum and its encryption shrink with them")
     head_refit: bool | None = Field(None, description="after the last round, refit the classifier head by linear "
                                     "discriminant analysis on the hospitals' summed feature statistics (one more "
                                     "secure sum, in the statistics layout, with its own line in the privacy "
@@ -97,6 +102,13 @@ class AggregatorSettings(ServiceSettings):
     @model_validator(mode="after")
     def _one_name_per_class(self) -> AggregatorSettings:
         require_one_name_per_class(self.class_names, self.num_classes)
+        return self
+
+    @model_validator(mode="after")
+    def _partial_training_sends_updates_only(self) -> AggregatorSettings:
+        if self.trainable != "all" and self.drift_correction:
+            raise ValueError(f"trainable={self.trainable} uploads part of the model; SCAFFOLD's control variate needs "
+                             "every parameter: set trainable=all or drift_correction=false")
         return self
 
     @model_validator(mode="after")

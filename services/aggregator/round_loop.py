@@ -302,7 +302,11 @@ class RoundLoop:
         if not run.record_epsilon:
             return {}
         reported = {c.header.node_id: c.record_privacy.epsilon for c in contributors if c.record_privacy is not None}
-        return {"record_epsilon": reported, "record_epsilon_max": max(run.record_epsilon.values())}
+        units = {c.record_privacy.unit for c in contributors if c.record_privacy is not None}
+        # "per patient" only when every hospital's epsilon protects a patient; any image-level one makes it images.
+        unit = "patient" if units == {"patient"} else "image"
+        return {"record_epsilon": reported, "record_epsilon_max": max(run.record_epsilon.values()),
+                "record_epsilon_unit": unit}
 
     def _failed(self, row: Row, started: float, reason: str, error: Exception) -> Row:
         """A round whose sum was refused: the model stays, the run goes on."""

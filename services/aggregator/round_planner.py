@@ -79,7 +79,7 @@ def training_plan(settings: AggregatorSettings, round_id: int) -> LocalTrainingP
     s = settings
     return LocalTrainingPlan(
         s.local_epochs, round_learning_rate(s.learning_rate, round_id, s.rounds, s.round_schedule, s.round_floor),
-        s.batch_size, s.local_optimizer, s.proximal_mu, s.drift_correction, s.record_epsilon or 0.0)
+        s.batch_size, s.local_optimizer, s.proximal_mu, s.drift_correction, s.record_epsilon or 0.0, s.trainable)
 
 
 def broadcast_chunks(values: np.ndarray) -> list[bytes]:

@@ -23,6 +23,7 @@ from services.common.initial_weights import load_initial_weights
 from services.common.metrics import ServiceMetrics
 from services.common.model_spec import flatten_state, parameter_spec
 from services.common.models import build_model
+from services.common.trainable import trained_positions
 from services.common.service_runtime import (
     configure_logging,
     grpc_server,
@@ -52,7 +53,7 @@ def serve(settings: AggregatorSettings, observer: DecryptionObserver | None = No
                             on_join=lambda rosters: write_json_atomic(counts_path, class_counts_document(rosters)))
     intake = UploadIntake(settings.state_dir / "staging", registry.node_ids, metrics)
     board = EvaluationBoard(settings.num_classes, settings.state_dir / "rounds.jsonl", metrics)
-    strategy = build_strategy(settings, spec.count)
+    strategy = build_strategy(settings, spec.count, trained_positions(model, spec, settings.trainable))
     # A restart goes on from the last checkpoint: the model, the strategy's state, the privacy spent, the counters.
     run = (RunState.restore(settings.state_dir / "checkpoints", strategy, settings.delta)
            or RunState(flatten_state(model.state_dict()), strategy, SkellamAccountant(delta=settings.delta)))

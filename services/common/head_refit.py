@@ -18,18 +18,11 @@ import torch
 from torch import nn
 
 from services.common.model_spec import ParameterSpec
+from services.common.trainable import classifier_head
 
 
 # A class with less than this share of the pooled (weighted) count is taken as absent.
 ABSENT_SHARE = 1e-6
-
-
-def classifier_head(model: nn.Module) -> nn.Linear:
-    """The model's last linear layer: the one the refit replaces."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError(f"{type(model).__name__} has no linear classifier head to refit")
-    return linears[-1]
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from services.common.errors import SpecMismatchError
-from services.common.head_refit import classifier_head
+from services.common.trainable import classifier_head
 
 log = logging.getLogger(__name__)
 

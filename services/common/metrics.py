@@ -47,7 +47,7 @@ class ServiceMetrics:
         self.current_round = Gauge("fedxray_current_round", "Round in progress or last finished", registry=r)
         self.epsilon = Gauge("fedxray_epsilon", "Cumulative epsilon spent (inf: unaccounted)", registry=r)
         self.round_epsilon = Gauge("fedxray_round_epsilon", "Epsilon of the last round alone", registry=r)
-        self.record_epsilon = Gauge("fedxray_record_epsilon", "Record-level (per-patient) DP-SGD epsilon spent, by "
+        self.record_epsilon = Gauge("fedxray_record_epsilon", "Record-level DP-SGD epsilon spent (per patient where the hospital knows its patients, else per image), by "
                                     "hospital (a node reports its own; the aggregator, what each node reported)",
                                     ["node"], registry=r)
         self.validation = Gauge("fedxray_validation_metric", "Pooled validation metric of the global model",

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from services.common.packing import FieldLayout
 from services.common.update_codec import QuantizationPlan
 
 LocalOptimizer = Literal["sgd", "adamw"]
+# What a round trains and uploads (services/common/trainable.py); here, where the settings can read it without torch.
+Trainable = Literal["all", "last_block", "head"]
+TRAINABLE: tuple[str, ...] = get_args(Trainable)
 
 
 class RoundKind(enum.Enum):
@@ -45,6 +48,7 @@ class LocalTrainingPlan:
     proximal_mu: float
     drift_correction: bool  # SCAFFOLD: the broadcast carries c after the model, an upload c_i's change
     record_epsilon: float = 0.0  # the aggregator's proposed DP-SGD target; 0: none (a hospital's own one wins)
+    trainable: Trainable = "all"  # what the round trains and uploads (services/common/trainable.py)
 
 
 @dataclass(frozen=True)

@@ -78,11 +78,14 @@ class PhaseSeconds:
 
 @dataclass(frozen=True)
 class RecordPrivacySpent:
-    """A hospital's record-level (per-patient) DP-SGD budget spent so far: (epsilon, delta)-DP."""
+    """A hospital's record-level DP-SGD budget spent so far: (epsilon, delta)-DP per `unit` ("patient" or "image"),
+    by the PLD accountant; `rdp_epsilon` is the looser RDP bound of the same steps."""
 
     epsilon: float
     delta: float
     noise_multiplier: float
+    unit: str = "image"
+    rdp_epsilon: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from services.common.noise import NoiseKind
 from services.common.packing import FieldLayout
 from services.common.public_key import PublicKeyInfo
 from services.common.round_plan import (
+    TRAINABLE,
+    Trainable,
     LocalTrainingPlan,
     ModelBroadcast,
     ModelChunk,
@@ -67,7 +69,7 @@ def plan_to_wire(plan: RoundPlan) -> pb.RoundPlan:
         training=pb.LocalTraining(epochs=training.epochs, learning_rate=training.learning_rate,
                                   batch_size=training.batch_size, optimizer=training.optimizer,
                                   proximal_mu=training.proximal_mu, drift_correction=training.drift_correction,
-                                  record_epsilon=training.record_epsilon),
+                                  record_epsilon=training.record_epsilon, trainable=training.trainable),
         codec=pb.Codec(clip_norm=q.clip_norm, scale=q.scale, coordinate_bound=q.coordinate_bound, bits=q.bits,
                        fields_per_slot=plan.layout.fields_per_slot, max_participants=plan.layout.max_participants,
                        min_participants=q.min_participants, noise_kind=str(q.noise_kind),
@@ -105,11 +107,22 @@ def plan_from_wire(message: pb.RoundPlan) -> RoundPlan:
         round_id=message.round_id, kind=kind, secure=message.secure, key_id=message.key_id,
         training=LocalTrainingPlan(training.epochs, training.learning_rate, training.batch_size,
                                    "adamw" if training.optimizer == "adamw" else "sgd", training.proximal_mu,
-                                   training.drift_correction, training.record_epsilon),
+                                   training.drift_correction, training.record_epsilon,
+                                   _trainable_from_wire(training.trainable)),
         quantization=quantization, layout=layout,
         transfer=TransferPlan(t.chunk_count, t.chunk_ciphertexts, t.plaintext_chunk_values, t.deadline_seconds),
         model=ModelBroadcast(m.parameter_count, m.parameter_digest, m.sha256, m.chunk_count),
         attempt=message.attempt, participants=tuple(message.participants))
+
+
+def _trainable_from_wire(value: str) -> Trainable:
+    if value in ("", "all"):
+        return "all"
+    if value == "last_block":
+        return "last_block"
+    if value == "head":
+        return "head"
+    raise MalformedChunkError(f"a plan trains {value!r}; trainable is one of {TRAINABLE}")
 
 
 PLAN_DOMAIN = b"fedxray.v1/plan"
@@ -185,7 +198,8 @@ def upload_chunk_to_wire(chunk: UploadChunk) -> pb.UpdateChunk:
     if chunk.record_privacy is not None:
         spent = chunk.record_privacy
         message.record_privacy.CopyFrom(pb.RecordPrivacySpent(epsilon=spent.epsilon, delta=spent.delta,
-                                                              noise_multiplier=spent.noise_multiplier))
+                                                              noise_multiplier=spent.noise_multiplier,
+                                                              unit=spent.unit, rdp_epsilon=spent.rdp_epsilon))
     return message
 
 
@@ -197,9 +211,15 @@ def upload_chunk_from_wire(message: pb.UpdateChunk) -> UploadChunk:
         attestation_from_wire(message.attestation) if message.HasField("attestation") else None,
         PhaseSeconds(phases.train, phases.encode, phases.encrypt, phases.upload, phases.precompute)
         if message.HasField("phase_seconds") else None, message.attempt,
-        RecordPrivacySpent(message.record_privacy.epsilon, message.record_privacy.delta,
-                           message.record_privacy.noise_multiplier) if message.HasField("record_privacy") else None,
+        _record_privacy_from_wire(message.record_privacy) if message.HasField("record_privacy") else None,
         tuple(message.masked_class_counts))
+
+
+def _record_privacy_from_wire(message: pb.RecordPrivacySpent) -> RecordPrivacySpent:
+    unit = message.unit or "image"
+    if unit not in ("patient", "image"):
+        raise MalformedChunkError(f"a record-level epsilon per {unit!r}; the unit is a patient or an image")
+    return RecordPrivacySpent(message.epsilon, message.delta, message.noise_multiplier, unit, message.rdp_epsilon)
 
 
 def receipt_to_wire(receipt: SubmitReceipt) -> pb.SubmitReceipt:

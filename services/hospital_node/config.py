@@ -52,9 +52,6 @@ class HospitalNodeSettings(ServiceSettings):
         "or hooks")
     dp_physical_batch: int = Field(32, ge=1, description="largest physical batch; a larger logical (Poisson) batch "
                                    "runs as several (virtual steps)")
-    dp_trainable: Literal["all", "last_block"] = Field(
-        "all", description="last_block: DP fine-tuning of the last residual stage and the head only, the rest "
-        "frozen as it arrived (start the consortium from pretrained weights)")
     state_dir: Path = Field(Path("runs/hospital"), description="this hospital's own state: its record-level "
                             "privacy ledger (record_privacy.json), which must survive restarts")
     metrics_host: str = Field("127.0.0.1", description="address /metrics listens on")

@@ -15,7 +15,9 @@ from torch import nn
 
 from services.common.head_refit import moments_of, penultimate_features, scaled_to, statistics_vector
 from services.common.model_spec import ParameterSpec, flatten_named, flatten_state, restore_state
-from services.common.round_plan import LocalTrainingPlan
+from services.common.round_plan import LocalTrainingPlan, Trainable
+from services.common.trainable import trained_parameters
+from services.hospital_node.head_training import train_head
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.record_privacy import RecordBudgetTarget
 from services.hospital_node.data.local_data import LocalData
@@ -63,10 +65,26 @@ class LocalRoundResult:
 def train_round(model: nn.Module, data: LocalData, training: LocalTraining, device: torch.device,
                 generator: torch.Generator, spec: ParameterSpec, global_weights: np.ndarray,
                 scaffold: ScaffoldClient | None = None, consortium_control: np.ndarray | None = None,
-                private: PrivateTraining | None = None) -> LocalRoundResult:
+                private: PrivateTraining | None = None, trainable: Trainable = "all",
+                positions: np.ndarray | None = None) -> LocalRoundResult:
     """Train `model`, which holds the global weights, for one round; the upload is `w_local - global_weights`
     (then, under SCAFFOLD, the gradient at the global model minus c_i). `private`: DP-SGD (never with SCAFFOLD,
-    whose control variate is a gradient of its own)."""
+    whose control variate is a gradient of its own). `trainable` other than `all`: only that part trains, and the
+    upload is the update at `positions` only (`services.common.trainable`)."""
+    if trainable != "all":
+        if scaffold is not None:
+            raise PrivateTrainingError(f"SCAFFOLD's control variate needs every parameter trained, not {trainable}")
+        assert positions is not None, "a partial round uploads at the trained positions"
+        if trainable == "head":
+            stats = train_head(model, data, training, device, generator,
+                               private.noise_multiplier if private is not None else None,
+                               private.max_grad_norm if private is not None else 1.0)
+        elif private is not None:
+            stats = train_private(model, data, training, private, device, generator)
+        else:
+            stats = train_only(model, trained_parameters(model, trainable), data, training, device, generator)
+        update = flatten_state({k: v.cpu() for k, v in model.state_dict().items()}) - global_weights
+        return LocalRoundResult(update[positions], stats)
     if private is not None:
         if scaffold is not None:
             raise PrivateTrainingError("SCAFFOLD's control variate is not supported under DP-SGD")
@@ -82,6 +100,19 @@ def train_round(model: nn.Module, data: LocalData, training: LocalTraining, devi
     stats = train_local(model, data, training, device, generator, drift)
     update = flatten_state({k: v.cpu() for k, v in model.state_dict().items()}) - global_weights
     return LocalRoundResult(update if change is None else np.concatenate([update, change]), stats)
+
+
+def train_only(model: nn.Module, names: set[str], data: LocalData, training: LocalTraining, device: torch.device,
+                generator: torch.Generator) -> TrainStats:
+    """Plain local training of the named parameters only; every other one stays as it arrived."""
+    frozen = [p for name, p in model.named_parameters() if name not in names and p.requires_grad]
+    for parameter in frozen:
+        parameter.requires_grad_(False)
+    try:
+        return train_local(model, data, training, device, generator)
+    finally:
+        for parameter in frozen:
+            parameter.requires_grad_(True)
 
 
 def head_statistics(model: nn.Module, data: LocalData, device: torch.device, clip_norm: float) -> np.ndarray:

@@ -21,7 +21,10 @@ from services.common.ckks_params import key_id as key_id_of
 from services.common.ckks_params import load_public_context
 from services.common.class_roster import ClassRoster, default_class_names
 from services.common.errors import FedXrayError, MalformedChunkError, PlanRefusedError, WrongKeyError
-from services.common.head_refit import classifier_head, statistics_dimension
+from services.common.head_refit import statistics_dimension
+from services.common.round_plan import Trainable
+from services.common.trainable import trained_positions
+from services.common.trainable import classifier_head
 from services.common.metrics import ServiceMetrics
 from services.common.model_spec import parameter_spec, restore_state
 from services.common.models import best_device, build_model
@@ -121,6 +124,7 @@ class HospitalNode:
         self._statistics_dimension = statistics_dimension(settings.num_classes,
                                                           classifier_head(self._model).in_features)
         self._trained: tuple[int, np.ndarray] | None = None  # this round's upload, re-encoded for a new attempt
+        self._trained_positions: dict[str, np.ndarray] = {}
         self._accepted_round: int | None = None  # the last round SCAFFOLD's c_i moved in
 
     def run(self, stop: threading.Event) -> int:
@@ -249,7 +253,7 @@ class HospitalNode:
             return
         joined = self._joined.attempts(plan.key_id, plan.round_id)
         expected = (self._statistics_dimension if plan.kind is RoundKind.HEAD_STATISTICS
-                    else count * (2 if plan.training.drift_correction else 1))
+                    else self._positions(plan.training.trainable).size * (2 if plan.training.drift_correction else 1))
         check_plan(plan, self._settings, self._public_key() if plan.secure else None, max(joined, default=0),
                    len(joined), self._peers.agreement_keys, expected)
         self._require_record_privacy(plan)
@@ -276,6 +280,12 @@ class HospitalNode:
             sent = received_update(upload, plan.quantization) if plan.secure else upload
             scaffold.accept(sent[count:])
         log.info("round %d attempt %d done in %.1f s", plan.round_id, plan.attempt, time.monotonic() - started)
+
+    def _positions(self, trainable: Trainable) -> np.ndarray:
+        """Where the plan's trained parameters lie in the flat weights: what this node uploads."""
+        if trainable not in self._trained_positions:
+            self._trained_positions[trainable] = trained_positions(self._model, self._spec, trainable)
+        return self._trained_positions[trainable]
 
     def _precompute(self, plan: RoundPlan, dimension: int) -> UploadRecipe | None:
         """Start drawing the round attempt's noise and masks and making its encryptions of zero on the encryption
@@ -345,26 +355,31 @@ class HospitalNode:
                scaffold: ScaffoldClient | None) -> UploadTimings:
         generator = torch.Generator().manual_seed(hash((self._entropy, plan.round_id)) & 0x7FFFFFFF)
         config = local_training(plan.training, self._settings)
+        trainable = plan.training.trainable
         private, charge = None, None
         if self._budget is not None:
             s = self._settings
-            sample_rate, per_epoch = poisson_schedule(self._data.train_labels.numel(), config.batch_size)
+            # Patients are the unit where this hospital knows them and DP-SGD runs per patient (the head); else images.
+            units, unit = ((self._data.unit_count, self._data.privacy_unit) if trainable == "head"
+                           else (self._data.train_labels.numel(), "image"))
+            sample_rate, per_epoch = poisson_schedule(units, config.batch_size)
             charge = (sample_rate, per_epoch * config.epochs)
-            sigma = self._budget.admit(plan.round_id, *charge)  # a refusal trains nothing and spends nothing
-            private = PrivateTraining(sigma, s.dp_clip_norm, s.dp_grad_sample_mode, s.dp_physical_batch,
-                                      s.dp_trainable)
+            sigma = self._budget.admit(plan.round_id, *charge, unit)  # a refusal trains nothing and spends nothing
+            private = PrivateTraining(sigma, s.dp_clip_norm, s.dp_grad_sample_mode, s.dp_physical_batch, trainable)
         train_start = time.monotonic()
         result = train_round(self._model, self._data, config, self._device, generator, self._spec, global_weights,
-                             scaffold, consortium_control, private)
+                             scaffold, consortium_control, private, trainable, self._positions(trainable))
         if self._budget is not None and charge is not None:
             spent = self._budget.spend(plan.round_id, *charge)  # on disk before the update can leave
             self._publish_record_epsilon()
-            log.info("round %d: record-level epsilon spent %.4g of %g (delta %g, noise multiplier %.4f)",
-                     plan.round_id, spent.epsilon, self._budget.target.epsilon, spent.delta, spent.noise_multiplier)
+            log.info("round %d: record-level epsilon spent %.4g of %g per %s (delta %g, noise multiplier %.4f; RDP "
+                     "bound %.4g)", plan.round_id, spent.epsilon, self._budget.target.epsilon, spent.unit, spent.delta,
+                     spent.noise_multiplier, spent.rdp_epsilon)
         timings = UploadTimings(train=time.monotonic() - train_start)
         self._metrics.observe_phase("train", timings.train)
-        log.info("round %d: trained %d steps, loss %.4f, update norm %.4g", plan.round_id, result.stats.steps,
-                 result.stats.mean_loss, float(np.linalg.norm(result.update(self._spec.count))))
+        log.info("round %d: trained %s, %d steps, loss %.4f, update norm %.4g (%d values uploaded)", plan.round_id,
+                 trainable, result.stats.steps, result.stats.mean_loss, float(np.linalg.norm(result.upload)),
+                 result.upload.size)
         self._trained = (plan.round_id, result.upload)
         return timings
 

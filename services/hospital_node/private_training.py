@@ -38,10 +38,9 @@ from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from opacus.validators import ModuleValidator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from torchvision.models import EfficientNet
 
 from services.common.errors import FedXrayError
-from services.common.head_refit import classifier_head
+from services.common.trainable import Trainable, classifier_head, trained_parameters
 from services.hospital_node.data.image_preprocessing import augment_batch
 from services.hospital_node.data.local_data import LocalData
 from services.hospital_node.record_privacy import poisson_schedule
@@ -51,7 +50,7 @@ from services.hospital_node.trainer import LocalTraining, TrainStats
 # expanded weights raise on a batch of zero; docs/BENCHMARKS.md measures all four).
 GradSampleMode = Literal["hooks", "ghost"]
 GRAD_SAMPLE_MODES: tuple[GradSampleMode, ...] = ("hooks", "ghost")
-PrivateTrainable = Literal["all", "last_block"]
+PrivateTrainable = Trainable
 
 
 class PrivateTrainingError(FedXrayError):
@@ -69,28 +68,15 @@ class PrivateTraining:
 
 def require_private_model(model: nn.Module, architecture: str) -> None:
     """Refuse a model DP-SGD cannot train (BatchNorm above all), naming the first problem."""
-    problems = ModuleValidator.validate(model, strict=False)
+    was_training = model.training
+    model.train()  # the validator also asks for training mode, which says nothing of the architecture
+    try:
+        problems = ModuleValidator.validate(model, strict=False)
+    finally:
+        model.train(was_training)
     if problems:
         raise PrivateTrainingError(f"architecture {architecture!r} cannot be trained with record-level DP-SGD: "
                                    f"{problems[0]}; use a GroupNorm one (resnet50, resnet18, efficientnet-b0, tiny-gn)")
-
-
-def last_block_parameters(model: nn.Module) -> set[str]:
-    """Names of the parameters `last_block` trains: the classifier head and the last stage (a ResNet's `layer4`;
-    EfficientNet's last MBConv stage and its 1x1 head convolution, `features.7` and `features.8`); for a model with
-    neither, the head and the last layer with parameters before it."""
-    names = [name for name, _ in model.named_parameters()]
-    efficientnet = any(isinstance(module, EfficientNet) for module in model.modules())
-    stages = (".features.7.", ".features.8.") if efficientnet else (".layer4.",)
-    stage = [name for name in names if any(part in f".{name}" for part in stages)]
-    head = classifier_head(model)
-    head_names = {name for name, p in model.named_parameters() if any(p is q for q in head.parameters())}
-    if stage:
-        return set(stage) | head_names
-    with_parameters = [module for module in model.modules()
-                       if any(True for _ in module.parameters(recurse=False)) and module is not head]
-    before = {id(p) for p in with_parameters[-1].parameters(recurse=False)} if with_parameters else set()
-    return head_names | {name for name, p in model.named_parameters() if id(p) in before}
 
 
 def _entropy_generator(device: torch.device) -> torch.Generator:
@@ -155,8 +141,8 @@ def _trained_names(model: nn.Module, config: LocalTraining, private: PrivateTrai
     head = classifier_head(model)
     if config.freeze_head:
         names -= {name for name, p in model.named_parameters() if any(p is q for q in head.parameters())}
-    if private.trainable == "last_block":
-        names &= last_block_parameters(model)
+    if private.trainable != "all":
+        names &= trained_parameters(model, private.trainable)
     if not names:
         raise PrivateTrainingError("nothing left to train under DP-SGD (frozen head and last_block)")
     return names

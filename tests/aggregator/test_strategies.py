@@ -61,3 +61,23 @@ def test_the_factory_builds_the_configured_strategy(settings: dict[str, object],
     assert isinstance(strategy._server if isinstance(strategy, Scaffold) else strategy, server)  # type: ignore[attr-defined]
     if isinstance(strategy, FedAvg):
         assert strategy.momentum == 0.5
+
+
+def test_a_partial_round_moves_only_the_trained_positions_and_keeps_momentum_there() -> None:
+    positions = np.array([2, 5, 6])
+    strategy = build_strategy(AggregatorSettings(insecure=True, server_momentum=0.5, trainable="head"), 10, positions)
+    assert strategy.upload_dimension(10) == 3
+    weights = np.arange(10, dtype=np.float64)
+    first = strategy.apply(weights, np.array([1.0, 2.0, 3.0]), 5)
+    np.testing.assert_array_equal(np.delete(first, positions), np.delete(weights, positions))
+    np.testing.assert_allclose(first[positions], weights[positions] + [1.0, 2.0, 3.0])
+    second = strategy.apply(first, np.array([1.0, 0.0, 0.0]), 5)  # velocity 0.5 x (1, 2, 3) + (1, 0, 0)
+    np.testing.assert_allclose(second[positions] - first[positions], [1.5, 1.0, 1.5])
+    np.testing.assert_array_equal(np.delete(second, positions), np.delete(weights, positions))
+    with pytest.raises(ValueError, match="3 trained ones"):
+        strategy.apply(second, np.zeros(10), 5)
+
+
+def test_partial_rounds_refuse_scaffold() -> None:
+    with pytest.raises(ValueError, match="SCAFFOLD"):
+        AggregatorSettings(insecure=True, trainable="head", drift_correction=True)

@@ -19,7 +19,7 @@ from services.common.round_plan import (
     SumLayout,
     TrainingFinished,
 )
-from services.common.upload import Attestation, DecryptManifest, PhaseSeconds, UploadChunk
+from services.common.upload import Attestation, DecryptManifest, PhaseSeconds, RecordPrivacySpent, UploadChunk
 from tests.plans import PLAN
 from services.common.wire import (
     evaluation_from_wire,
@@ -28,6 +28,7 @@ from services.common.wire import (
     field_values_to_wire,
     manifest_from_wire,
     manifest_to_wire,
+    plan_digest,
     plan_from_wire,
     plan_to_wire,
     public_key_from_wire,
@@ -48,6 +49,14 @@ def test_a_round_plan_survives_the_wire_exactly() -> None:
                          quantization=replace(PLAN.quantization, bits=37))
     assert plan_from_wire(plan_to_wire(statistics)) == statistics
     assert plan_from_wire(plan_to_wire(statistics)).sum_layout is SumLayout.STATISTICS
+    for trainable in ("head", "last_block", "all"):
+        partial = replace(PLAN, training=replace(PLAN.training, trainable=trainable))
+        assert plan_from_wire(plan_to_wire(partial)).training.trainable == trainable
+
+
+def test_what_a_round_trains_is_signed_with_its_plan() -> None:
+    head = replace(PLAN, training=replace(PLAN.training, trainable="head"))
+    assert plan_digest(head) != plan_digest(PLAN)
 
 
 def test_every_round_message_survives_the_wire() -> None:
@@ -63,6 +72,7 @@ def test_every_round_message_survives_the_wire() -> None:
     (lambda p: setattr(p.codec, "noise_kind", "gaussian"), "invalid codec"),
     (lambda p: setattr(p.codec, "fields_per_slot", 0), "invalid codec"),
     (lambda p: setattr(p.codec, "bits", 0), "invalid codec"),
+    (lambda p: setattr(p.training, "trainable", "backbone"), "trains 'backbone'"),
 ])
 def test_a_plan_that_cannot_be_typed_is_refused_by_name(change: object, message: str) -> None:
     wire = plan_to_wire(PLAN)
@@ -77,6 +87,20 @@ def test_an_upload_chunk_and_its_attestation_survive_the_wire() -> None:
     assert upload_chunk_from_wire(upload_chunk_to_wire(last)) == last
     plain = UploadChunk(7, "k", "hospital-1", 0, plaintext_values=b"\x00" * 8)
     assert upload_chunk_from_wire(upload_chunk_to_wire(plain)) == plain
+
+
+@pytest.mark.parametrize("unit", ["patient", "image"])
+def test_a_record_epsilon_keeps_its_unit_and_its_rdp_bound_on_the_wire(unit: str) -> None:
+    spent = RecordPrivacySpent(7.9, 1e-5, 1.2, unit, 9.4)
+    chunk = UploadChunk(7, "k", "hospital-1", 1, (b"c",), attestation=ATTESTATION, record_privacy=spent)
+    assert upload_chunk_from_wire(upload_chunk_to_wire(chunk)).record_privacy == spent
+
+
+def test_a_record_epsilon_of_an_unknown_unit_is_refused() -> None:
+    chunk = UploadChunk(7, "k", "hospital-1", 1, (b"c",), attestation=ATTESTATION,
+                        record_privacy=RecordPrivacySpent(7.9, 1e-5, 1.2, "household", 9.4))
+    with pytest.raises(MalformedChunkError, match="per 'household'"):
+        upload_chunk_from_wire(upload_chunk_to_wire(chunk))
 
 
 def test_a_manifest_and_the_public_key_survive_the_wire() -> None:

@@ -12,7 +12,8 @@ from experiments.centralized import FINAL_STATE, pooled_data, run_centralized
 from scripts.consortium import ConsortiumConfig
 from services.common.atomic_files import read_json_lines
 from services.common.classification_metrics import confusion_matrix
-from services.common.head_refit import classifier_head, feature_moments, lda_head
+from services.common.head_refit import feature_moments, lda_head
+from services.common.trainable import classifier_head
 from services.common.model_spec import flatten_state
 from services.common.models import build_model
 from services.hospital_node.data.local_data import load_local_data

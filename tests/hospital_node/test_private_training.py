@@ -13,12 +13,12 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from services.common.models import build_model
+from services.common.trainable import last_block_parameters
 from services.hospital_node.data.local_data import LocalData
 from services.hospital_node.private_training import (
     GRAD_SAMPLE_MODES,
     PrivateTraining,
     PrivateTrainingError,
-    last_block_parameters,
     per_example_module,
     private_optimizer,
     release_module,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from services.common.classification_metrics import auc_from_histograms, histogram_edges
-from services.common.head_refit import classifier_head
+from services.common.trainable import classifier_head
 from services.common.model_spec import flatten_state
 from services.common.models import build_model
 from services.hospital_node.data.synthetic_xray import generate_synthetic_xrays

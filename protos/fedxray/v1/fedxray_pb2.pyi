@@ -146,7 +146,7 @@ class JoinRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., parameter_count: _Optional[int] = ..., parameter_digest: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., class_counts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class LocalTraining(_message.Message):
-    __slots__ = ("epochs", "learning_rate", "batch_size", "optimizer", "proximal_mu", "drift_correction", "record_epsilon")
+    __slots__ = ("epochs", "learning_rate", "batch_size", "optimizer", "proximal_mu", "drift_correction", "record_epsilon", "trainable")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +154,7 @@ class LocalTraining(_message.Message):
     PROXIMAL_MU_FIELD_NUMBER: _ClassVar[int]
     DRIFT_CORRECTION_FIELD_NUMBER: _ClassVar[int]
     RECORD_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    TRAINABLE_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     learning_rate: float
     batch_size: int
@@ -161,7 +162,8 @@ class LocalTraining(_message.Message):
     proximal_mu: float
     drift_correction: bool
     record_epsilon: float
-    def __init__(self, epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[str] = ..., proximal_mu: _Optional[float] = ..., drift_correction: _Optional[bool] = ..., record_epsilon: _Optional[float] = ...) -> None: ...
+    trainable: str
+    def __init__(self, epochs: _Optional[int] = ..., learning_rate: _Optional[float] = ..., batch_size: _Optional[int] = ..., optimizer: _Optional[str] = ..., proximal_mu: _Optional[float] = ..., drift_correction: _Optional[bool] = ..., record_epsilon: _Optional[float] = ..., trainable: _Optional[str] = ...) -> None: ...
 
 class Codec(_message.Message):
     __slots__ = ("clip_norm", "scale", "coordinate_bound", "bits", "fields_per_slot", "max_participants", "min_participants", "noise_kind", "noise_variance", "rounding_beta", "rounding_pieces", "layout")
@@ -312,14 +314,18 @@ class UpdateChunk(_message.Message):
     def __init__(self, round_id: _Optional[int] = ..., key_id: _Optional[str] = ..., node_id: _Optional[str] = ..., index: _Optional[int] = ..., ciphertexts: _Optional[_Iterable[bytes]] = ..., plaintext_values: _Optional[bytes] = ..., attestation: _Optional[_Union[Attestation, _Mapping]] = ..., phase_seconds: _Optional[_Union[NodePhaseSeconds, _Mapping]] = ..., attempt: _Optional[int] = ..., record_privacy: _Optional[_Union[RecordPrivacySpent, _Mapping]] = ..., masked_class_counts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RecordPrivacySpent(_message.Message):
-    __slots__ = ("epsilon", "delta", "noise_multiplier")
+    __slots__ = ("epsilon", "delta", "noise_multiplier", "unit", "rdp_epsilon")
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    RDP_EPSILON_FIELD_NUMBER: _ClassVar[int]
     epsilon: float
     delta: float
     noise_multiplier: float
-    def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., noise_multiplier: _Optional[float] = ...) -> None: ...
+    unit: str
+    rdp_epsilon: float
+    def __init__(self, epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., unit: _Optional[str] = ..., rdp_epsilon: _Optional[float] = ...) -> None: ...
 
 class NodePhaseSeconds(_message.Message):
     __slots__ = ("train", "encode", "encrypt", "upload", "precompute")

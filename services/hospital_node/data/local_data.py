@@ -20,7 +20,12 @@ import torch
 
 from services.common.class_roster import ClassRoster
 from services.hospital_node.data.partition import partition_indices
-from services.hospital_node.data.synthetic_xray import generate_synthetic_xrays, synthetic_class_names
+from services.hospital_node.data.synthetic_xray import (
+    MAX_IMAGES_PER_PATIENT,
+    generate_synthetic_xrays,
+    synthetic_class_names,
+    synthetic_patients,
+)
 from services.hospital_node.config import HospitalNodeSettings
 
 log = logging.getLogger(__name__)
@@ -38,6 +43,24 @@ class LocalData:
     cal_labels: torch.Tensor = torch.empty(0, dtype=torch.int64)
     # The class names in label order and the images of each class (all splits), sent when the node joins.
     classes: ClassRoster | None = None
+    # The patient of each training image (an index local to this hospital), where the source knows patients;
+    # None: the unit of record-level DP is the image.
+    train_patients: torch.Tensor | None = None
+
+    def privacy_units(self) -> torch.Tensor:
+        """The unit of record-level DP of each training image: its patient where known, else the image itself."""
+        if self.train_patients is not None:
+            return self.train_patients
+        return torch.arange(self.train_labels.numel())
+
+    @property
+    def privacy_unit(self) -> str:
+        """"patient" or "image": what every epsilon this hospital reports protects."""
+        return "patient" if self.train_patients is not None else "image"
+
+    @property
+    def unit_count(self) -> int:
+        return int(torch.unique(self.privacy_units()).numel())
 
 
 def _split(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int, classes: int,
@@ -87,6 +110,11 @@ def load_local_data(settings: HospitalNodeSettings) -> LocalData:
                  "; no val/ or test/ folder" if settings.data_source == "folder" else "")
         data = _split(images.astype(np.float32), labels.astype(np.int64), settings.validation_fraction, seed,
                       settings.num_classes, settings.calibration_fraction)
+        if settings.data_source == "synthetic":
+            patients = synthetic_patients(data.train_labels.numpy(), seed)
+            data = dataclasses.replace(data, train_patients=torch.from_numpy(patients))
+            log.info("SYNTHETIC patients: %d training images of %d patients (1 to %d images each)",
+                     patients.size, int(patients.max(initial=-1)) + 1, MAX_IMAGES_PER_PATIENT)
     else:
         data = _held_out(images, labels, held[0], held[1], settings.num_classes, settings.calibration_fraction, seed)
     return dataclasses.replace(data, classes=classes)
