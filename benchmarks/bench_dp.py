@@ -15,7 +15,11 @@ Configurations:
   of Opacus's per-example gradient modes (ghost: fast gradient clipping, which never
   materializes per-example gradients; ew: expanded weights);
 - `dp hooks last_block`, `dp ghost last_block`: DP fine-tuning of layer4 and the head,
-  the rest frozen.
+  the rest frozen;
+- `dp head`: a `head` round's DP-SGD step (services/hospital_node/head_training.py): the
+  head alone on the frozen backbone's features, which a round computes once (the
+  feature pass is timed apart: `features once`), with exact per-example gradients,
+  each patient's sum clipped (here one image a patient), noise and the optimizer step.
 """
 
 from __future__ import annotations
@@ -30,8 +34,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from services.common.head_refit import penultimate_features
 from services.common.models import build_model
-from services.common.trainable import last_block_parameters
+from services.hospital_node.data.local_data import LocalData
+from services.hospital_node.head_training import clipped_unit_sum, frozen_features, per_example_gradients
+from services.common.trainable import classifier_head, last_block_parameters
 from services.hospital_node.private_training import (
     PrivateTraining,
     per_example_module,
@@ -83,8 +90,37 @@ def private_step(model: nn.Module, mode: str, images: torch.Tensor, labels: torc
     return step
 
 
+def head_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:
+    """One DP-SGD step of a `head` round, on features computed once before (as the round does)."""
+    features = frozen_features(model, LocalData(images, labels, images, labels, 2), torch.device("cpu"))
+    head = classifier_head(model)
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.01, momentum=0.9)
+    units = torch.arange(labels.numel())
+    noise = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        with torch.no_grad():
+            grads = per_example_gradients(head.weight, head.bias, features, labels)[:2]
+            weight, bias, _ = clipped_unit_sum(*grads, units, CLIP_NORM)
+            std = NOISE_MULTIPLIER * CLIP_NORM
+            head.weight.grad = (weight + torch.normal(0.0, std, weight.shape, generator=noise)) / labels.numel()
+            head.bias.grad = (bias + torch.normal(0.0, std, bias.shape, generator=noise)) / labels.numel()
+        optimizer.step()
+    return step
+
+
+def features_once(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:
+    """The feature pass a `head` round makes once for all its steps (here over one batch)."""
+    def step() -> None:
+        penultimate_features(model, images, torch.device("cpu"))
+    return step
+
+
 def configurations(args: argparse.Namespace, images: torch.Tensor, labels: torch.Tensor) -> list[Configuration]:
     made = []
+    for label, make in (("dp head", head_step), ("features once", features_once)):
+        if not args.only or label in args.only:
+            made.append(Configuration(label, make(_model(args.seed, args.architecture), images, labels)))
     for label, mode, last_block in [("plain", None, False), ("plain last_block", None, True),
                                     ("dp hooks", "hooks", False), ("dp ghost", "ghost", False),
                                     ("dp functorch", "functorch", False), ("dp ew", "ew", False),
