@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from pydantic import ValidationError
 
 from scripts.settings_env import child_environment
@@ -188,3 +189,43 @@ def test_val_then_test_folders_are_the_validation_split_and_the_log_says_which(
     assert data.train_labels.numel() + data.val_labels.numel() == 8  # a random 25% of train/
     assert any("a random 25% of the images" in r.getMessage() and "no val/ or test/ folder" in r.getMessage()
                for r in caplog.records)
+
+
+def _patient_folder(root: Path, with_val: bool) -> None:
+    for index in range(6):
+        write_grey_png(root / "train" / "NORMAL" / f"n{index}.png", 40 + index)
+        write_grey_png(root / "train" / "PNEUMONIA" / f"p{index}.png", 200 - index)
+    if with_val:
+        write_grey_png(root / "val" / "NORMAL" / "v.png", 40)
+        write_grey_png(root / "val" / "PNEUMONIA" / "v.png", 200)
+    # Patient A holds three NORMAL images, patient B the other three, each PNEUMONIA image its own patient.
+    lines = ["image,patient"] + [f"train/NORMAL/n{i}.png,{'A' if i < 3 else 'B'}" for i in range(6)] + [
+        f"train/PNEUMONIA/p{i}.png,P{i}" for i in range(6)]
+    (root / "patients.csv").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("with_val", [True, False])
+def test_patients_csv_makes_the_patient_the_privacy_unit_of_folder_data(tmp_path: Path, with_val: bool) -> None:
+    _patient_folder(tmp_path, with_val)
+    data = load_local_data(_settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,PNEUMONIA"))
+    assert data.privacy_unit == "patient"
+    units = data.privacy_units()
+    assert units.numel() == data.train_labels.numel() == (12 if with_val else 9)
+    # The images of one patient share one unit: the NORMAL images fall in two units at most.
+    normal = units[data.train_labels == 0]
+    assert torch.unique(normal).numel() <= 2 and data.unit_count < data.train_labels.numel()
+
+
+def test_without_patients_csv_folder_data_is_protected_per_image(tmp_path: Path) -> None:
+    _patient_folder(tmp_path, True)
+    (tmp_path / "patients.csv").unlink()
+    data = load_local_data(_settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,PNEUMONIA"))
+    assert data.privacy_unit == "image" and data.unit_count == data.train_labels.numel() == 12
+
+
+def test_a_patients_csv_that_misses_an_image_is_refused_naming_it(tmp_path: Path) -> None:
+    _patient_folder(tmp_path, True)
+    lines = (tmp_path / "patients.csv").read_text().splitlines()
+    (tmp_path / "patients.csv").write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(DatasetFormatError, match=r"no patient for 1 images, such as train/PNEUMONIA/p5.png"):
+        load_local_data(_settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,PNEUMONIA"))

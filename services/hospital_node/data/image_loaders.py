@@ -19,7 +19,9 @@ for these public datasets.
 
 from __future__ import annotations
 
+
 import copy
+import csv
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +95,8 @@ class LoadedDataset:
     skipped: list[SkippedFile]
     # De-identified DICOM headers, one per image; empty for other formats.
     headers: list[Dataset] = field(default_factory=list)
+    # Each image's path relative to the data folder ("train/NORMAL/a.png"), for folder data; empty otherwise.
+    paths: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ def load_image_folder(
     skipped: list[SkippedFile] = []
     images: list[FloatArray] = []
     labels: list[int] = []
+    paths: list[str] = []
     for entry in entries:
         if not entry.is_dir():
             skipped.append(SkippedFile(str(entry), "file is not inside a class folder"))
@@ -141,8 +146,32 @@ def load_image_folder(
                 continue
             images.append(_resize_batch(pixels[None, None], image_size)[0])
             labels.append(known_classes.index(entry.name))
+            paths.append(f"{split}/{entry.name}/{path.name}")
     return LoadedDataset(_stack(images, image_size), np.asarray(labels, dtype=np.int64),
-                         known_classes, skipped)
+                         known_classes, skipped, paths=paths)
+
+
+PATIENTS_FILE = "patients.csv"
+
+
+def read_patients(root: str | Path, paths: Sequence[str]) -> np.ndarray | None:
+    """The patient of each image in `paths`, numbered from 0, from `root/patients.csv` (a header `image,patient`,
+    then one line per image: its path below `root`, such as `train/NORMAL/a.png`, and a patient identifier); None
+    when there is no such file. An image the file does not name is an error naming it: a patient counted as
+    two would double what DP-SGD lets one patient change."""
+    path = Path(root) / PATIENTS_FILE
+    if not path.is_file():
+        return None
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if rows and not {"image", "patient"} <= set(rows[0]):
+        raise DatasetFormatError(f"{path}: the header must name the columns image and patient")
+    patient_of = {row["image"].strip(): row["patient"].strip() for row in rows}
+    missing = [p for p in paths if p not in patient_of]
+    if missing:
+        raise DatasetFormatError(f"{path} names no patient for {len(missing)} images, such as {missing[0]}")
+    numbers: dict[str, int] = {}
+    return np.asarray([numbers.setdefault(patient_of[p], len(numbers)) for p in paths], dtype=np.int64)
 
 
 def read_picture(path: str | Path) -> FloatArray:

@@ -64,8 +64,9 @@ class LocalData:
 
 
 def _split(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int, classes: int,
-           calibration_fraction: float = 0.0) -> LocalData:
-    """Train / validation split; `calibration_fraction` of the validation part becomes the calibration split."""
+           calibration_fraction: float = 0.0, patients: np.ndarray | None = None) -> LocalData:
+    """Train / validation split; `calibration_fraction` of the validation part becomes the calibration split;
+    `patients`, each image's patient where known, follow the training images."""
     order = np.random.default_rng(seed).permutation(labels.size)
     cut = max(1, int(round(labels.size * fraction)))
     held, train = order[:cut], order[cut:]
@@ -80,7 +81,8 @@ def _split(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int, c
     cal, val = held[:kept], held[kept:]
     return LocalData(torch.from_numpy(images[train]), torch.from_numpy(labels[train]),
                      torch.from_numpy(images[val]), torch.from_numpy(labels[val]), classes,
-                     torch.from_numpy(images[cal]), torch.from_numpy(labels[cal]))
+                     torch.from_numpy(images[cal]), torch.from_numpy(labels[cal]),
+                     train_patients=None if patients is None else torch.from_numpy(patients[train]))
 
 
 def load_local_data(settings: HospitalNodeSettings) -> LocalData:
@@ -93,9 +95,9 @@ def load_local_data(settings: HospitalNodeSettings) -> LocalData:
                                   settings.partition_alpha, settings.synthetic_seed)
         mine = parts[settings.partition_index]
         images, labels = images[mine], labels[mine]
-        names, held = synthetic_class_names(settings.num_classes), None
+        names, held, patients = synthetic_class_names(settings.num_classes), None, None
     else:
-        images, labels, names, held = _load_real(settings)
+        images, labels, names, held, patients = _load_real(settings)
     all_labels = labels if held is None else np.concatenate([labels, held[1]])
     counts = tuple(int(c) for c in np.bincount(all_labels, minlength=settings.num_classes))
     classes = ClassRoster(names, counts)
@@ -109,7 +111,7 @@ def load_local_data(settings: HospitalNodeSettings) -> LocalData:
         log.info("validation: a random %.0f%% of the images (seed %d)%s", 100 * settings.validation_fraction, seed,
                  "; no val/ or test/ folder" if settings.data_source == "folder" else "")
         data = _split(images.astype(np.float32), labels.astype(np.int64), settings.validation_fraction, seed,
-                      settings.num_classes, settings.calibration_fraction)
+                      settings.num_classes, settings.calibration_fraction, patients)
         if settings.data_source == "synthetic":
             patients = synthetic_patients(data.train_labels.numpy(), seed)
             data = dataclasses.replace(data, train_patients=torch.from_numpy(patients))
@@ -117,7 +119,21 @@ def load_local_data(settings: HospitalNodeSettings) -> LocalData:
                      patients.size, int(patients.max(initial=-1)) + 1, MAX_IMAGES_PER_PATIENT)
     else:
         data = _held_out(images, labels, held[0], held[1], settings.num_classes, settings.calibration_fraction, seed)
+        if patients is not None:
+            data = dataclasses.replace(data, train_patients=torch.from_numpy(patients))
+    if data.train_patients is None:
+        log.info("record-level DP, if on, protects each training image: no patient identifiers (a %s in the data "
+                 "folder maps each image to its patient)", _patients_file())
+    elif settings.data_source != "synthetic":
+        log.info("patients: %d training images of %d patients (%s)", data.train_labels.numel(), data.unit_count,
+                 _patients_file())
     return dataclasses.replace(data, classes=classes)
+
+
+def _patients_file() -> str:
+    from services.hospital_node.data.image_loaders import PATIENTS_FILE  # noqa: PLC0415 (pydicom: only with real data)
+
+    return PATIENTS_FILE
 
 
 def _held_out(images: np.ndarray, labels: np.ndarray, held_images: np.ndarray, held_labels: np.ndarray,
@@ -136,7 +152,7 @@ def _held_out(images: np.ndarray, labels: np.ndarray, held_images: np.ndarray, h
 
 
 def _load_real(settings: HospitalNodeSettings) -> tuple[np.ndarray, np.ndarray, tuple[str, ...],
-                                                         tuple[np.ndarray, np.ndarray] | None]:
+                                                         tuple[np.ndarray, np.ndarray] | None, np.ndarray | None]:
     """The hospital's own training images and labels (labels in the consortium's class order), its class names,
     and its validation split when the source has one. A file that cannot be used is logged with its reason and
     skipped; a source the consortium cannot train on is refused by name."""
@@ -180,4 +196,5 @@ def _load_real(settings: HospitalNodeSettings) -> tuple[np.ndarray, np.ndarray, 
         raise image_loaders.DatasetFormatError(f"{settings.data_path}: the validation split has no usable images "
                                                f"({len(held.skipped)} files skipped)")
     split = None if held is None else (held.images, held.labels)
-    return loaded.images, loaded.labels, tuple(loaded.class_names), split
+    patients = image_loaders.read_patients(settings.data_path, loaded.paths) if loaded.paths else None
+    return loaded.images, loaded.labels, tuple(loaded.class_names), split, patients
