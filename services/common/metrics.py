@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from services.common.grpc_status import REFUSAL_REASONS
 
@@ -34,6 +34,8 @@ def peak_rss_bytes() -> float:
 class ServiceMetrics:
     def __init__(self, service: str, holds_secret_key: bool = False) -> None:
         self.registry = CollectorRegistry()
+        # process_start_time_seconds and friends: a restart shows as a new start time (compose-test reads it).
+        ProcessCollector(registry=self.registry)
         r = self.registry
         self.round_latency = Histogram("fedxray_round_latency_seconds", "Wall seconds of one round, plan to model",
                                        registry=r, buckets=ROUND_BUCKETS)
