@@ -184,10 +184,13 @@ prometheus="http://127.0.0.1:$prometheus_port"
 # Where the chaos step kills the aggregator (COMPOSE_TEST_KILL): mid-round (default), or after-end, once the run
 # and its closing evaluation are over and the nodes have gone home.
 kill_point="${COMPOSE_TEST_KILL:-mid-round}"
-aggregator_log() { compose logs --no-color --no-log-prefix aggregator 2>/dev/null; }
+# The aggregator's log, whole, in a file: `grep -q` on a pipe would exit at the first match and, under pipefail,
+# fail the pipeline with the writer's SIGPIPE.
+aggregator_log() { compose logs --no-color --no-log-prefix aggregator >"$work/aggregator.log" 2>/dev/null; cat "$work/aggregator.log"; }
+logged() { compose logs --no-color --no-log-prefix aggregator >"$work/aggregator.log" 2>/dev/null; grep -qF -- "$1" "$work/aggregator.log"; }
 wait_for_aggregator_log() {  # TEXT SECONDS: poll the aggregator's log (not Prometheus: no scrape delay)
     local deadline=$((SECONDS + $2))
-    until aggregator_log | grep -qF -- "$1"; do
+    until logged "$1"; do
         ((SECONDS < deadline)) || fail "the aggregator never logged '$1' within $2 s"
         sleep 0.2
     done
@@ -217,7 +220,7 @@ mid-round)
     python3 deploy/wait_for_rounds.py --prometheus "$prometheus" --rounds "$ROUNDS" --expect-restart \
         --aggregator-down-seconds 300 --timeout "${COMPOSE_TEST_TIMEOUT:-900}" \
         || fail "the run did not finish all $ROUNDS rounds after the aggregator's restart"
-    aggregator_log | grep -qF "round $held was interrupted and is abandoned" \
+    logged "round $held was interrupted and is abandoned" \
         || fail "the restarted aggregator did not abandon round $held, the round it was killed in"
     ;;
 after-end)
@@ -237,7 +240,7 @@ after-end)
     python3 deploy/wait_for_rounds.py --prometheus "$prometheus" --rounds "$ROUNDS" \
         --aggregator-down-seconds 300 --timeout "${COMPOSE_TEST_TIMEOUT:-900}" \
         || fail "the restarted aggregator does not report all $ROUNDS rounds"
-    if aggregator_log | grep -qF "is abandoned"; then fail "the restart after the end abandoned a round"; fi
+    if logged "is abandoned"; then fail "the restart after the end abandoned a round"; fi
     ;;
 *) fail "COMPOSE_TEST_KILL is mid-round or after-end, not '$kill_point'" ;;
 esac
