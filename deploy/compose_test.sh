@@ -237,9 +237,8 @@ after-end)
     compose start aggregator 2>&1 | sed -u 's/^/    /'
     wait_for_aggregator_log "the run finished before this restart" 300
     held=""
-    python3 deploy/wait_for_rounds.py --prometheus "$prometheus" --rounds "$ROUNDS" \
-        --aggregator-down-seconds 300 --timeout "${COMPOSE_TEST_TIMEOUT:-900}" \
-        || fail "the restarted aggregator does not report all $ROUNDS rounds"
+    python3 deploy/wait_for_rounds.py --prometheus "$prometheus" --rounds "$ROUNDS" --restarted-after-end \
+        --timeout 300 || fail "the restarted aggregator does not report all $ROUNDS rounds, or sealed one of its own"
     if logged "is abandoned"; then fail "the restart after the end abandoned a round"; fi
     ;;
 *) fail "COMPOSE_TEST_KILL is mid-round or after-end, not '$kill_point'" ;;

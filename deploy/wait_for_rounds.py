@@ -1,7 +1,7 @@
 """Poll a Prometheus server until the aggregator has completed N rounds.
 
     python3 deploy/wait_for_rounds.py --prometheus http://127.0.0.1:9090 --rounds 2 [--timeout 900]
-        [--no-check] [--expect-restart] [--aggregator-down-seconds 15]
+        [--no-check] [--expect-restart | --restarted-after-end] [--aggregator-down-seconds 15]
 
 Asks Prometheus's HTTP API (/api/v1/query), never the services: the first scrape comes
 5 to 10 s after Prometheus starts, so this polls. Exit 0 when
@@ -102,6 +102,30 @@ def describe_targets(prometheus: str) -> str:
         return f"unknown ({error})"
 
 
+RESTARTED = 'changes(process_start_time_seconds{job="aggregator"}[1h])'
+
+
+def check_restart_after_end(prometheus: str, rounds: int, timeout: float) -> int:
+    """A restart after the run ended: wait until Prometheus has scraped the restarted aggregator, then check that it
+    reports every round and sealed none of its own (the first process's rounds stay in Prometheus's history)."""
+    deadline = time.monotonic() + timeout
+    while (scalar(prometheus, RESTARTED) or 0.0) < 1.0:
+        if time.monotonic() > deadline:
+            print(f"FAIL no restarted aggregator scraped within {timeout:.0f} s", flush=True)
+            return 1
+        time.sleep(POLL_SECONDS)
+    time.sleep(6)  # one more scrape interval: the restarted process's own values, not the killed one's last
+    checks = {COUNT: float(rounds), LATENCY_COUNT: 0.0, f"max_over_time({LATENCY_COUNT}[1h])": float(rounds),
+              'fedxray_holds_secret_key{job="aggregator"}': 0.0}
+    failed = 0
+    for expression, expected in checks.items():
+        value = scalar(prometheus, expression)
+        ok = value == expected
+        failed += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} {expression} = {value} (expected == {expected})", flush=True)
+    return 1 if failed else 0
+
+
 def check(prometheus: str, rounds: int, expect_restart: bool) -> int:
     checks: dict[str, tuple[str, float]] = {
         COUNT: ("==", float(rounds)),
@@ -112,7 +136,7 @@ def check(prometheus: str, rounds: int, expect_restart: bool) -> int:
         # The restarted process resumed and sealed rounds of its own; Prometheus scraped two processes (a counter
         # reset would show only if a scrape fell between the restart and the new process's first round).
         checks[LATENCY_COUNT] = (">=", 1.0)
-        checks['changes(process_start_time_seconds{job="aggregator"}[1h])'] = (">=", 1.0)
+        checks[RESTARTED] = (">=", 1.0)
     else:
         checks[LATENCY_COUNT] = ("==", float(rounds))
         checks['fedxray_round_latency_seconds_bucket{job="aggregator", le="+Inf"}'] = ("==", float(rounds))
@@ -146,7 +170,12 @@ def main() -> int:
     parser.add_argument("--no-check", action="store_true", help="return once the rounds are reached, no checks")
     parser.add_argument("--expect-restart", action="store_true",
                         help="the aggregator was restarted during the run: check the resume, not one process's count")
+    parser.add_argument("--restarted-after-end", action="store_true",
+                        help="the aggregator was restarted after the run ended: wait for the restarted process, then "
+                             "check that it reports every round and sealed none")
     args = parser.parse_args()
+    if args.restarted_after_end:
+        return check_restart_after_end(args.prometheus.rstrip("/"), args.rounds, args.timeout)
     return wait(args.prometheus.rstrip("/"), args.rounds, args.timeout, args.startup_grace,
                 args.aggregator_down_seconds, not args.no_check, args.expect_restart)
 
