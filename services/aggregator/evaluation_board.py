@@ -74,6 +74,21 @@ class EvaluationBoard:
         log.info("%s", row_summary(entry, self._rows_path))
         return entry
 
+    def republish_last(self) -> None:
+        """After a restart of a finished run: the last row's validation metrics and phase seconds, from the rows on
+        disk, so the metrics served after the end are the run's last ones, not empty."""
+        rows = [r for r in read_json_lines(self._rows_path) if isinstance(r, dict)]
+        evaluated = [r for r in rows if isinstance(r.get("evaluation"), dict)]
+        if evaluated:
+            for name, value in evaluated[-1]["evaluation"].items():
+                if isinstance(value, float):
+                    self._metrics.validation.labels(metric=name).set(value)
+        phased = [r for r in rows if isinstance(r.get("phases"), dict)]
+        if phased:
+            for phase, value in phased[-1]["phases"].items():
+                if isinstance(value, (int, float)):
+                    self._metrics.last_phase_seconds.labels(phase=phase).set(float(value))
+
     def _publish(self, pooled: PooledEvaluation) -> None:
         gauge = self._metrics.validation
         for name, value in pooled.as_dict().items():

@@ -96,6 +96,7 @@ class RoundLoop:
                         "serving status and metrics, no round is opened", p.run.completed_rounds, s.rounds,
                         p.run.round_id)
             self._metrics.rounds_completed.set(p.run.completed_rounds)
+            p.board.republish_last()
             return
         key = self.key = self._key_authority.public_key()
         self._public_context = load_public_context(key.context)

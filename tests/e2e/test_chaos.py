@@ -104,7 +104,12 @@ def test_a_run_killed_after_its_end_stays_finished_when_restarted(tmp_path: Path
         _wait_for_log(consortium, "aggregator", "serving status and metrics for", 60, after=offset)
         restarted = (consortium.logs / "aggregator.log").read_bytes()[offset:].decode()
         assert consortium.services["aggregator"].process.poll() is None  # alive, serving
-        assert scrape(consortium.services["aggregator"].metrics_port)["fedxray_rounds_completed"] == 2
+        served = scrape(consortium.services["aggregator"].metrics_port)
+        assert served["fedxray_rounds_completed"] == 2
+        # The run's last validation metrics and phase seconds, from its rows: not empty after the end.
+        last = [r for r in rows_before if isinstance(r.get("evaluation"), dict)][-1]["evaluation"]
+        assert served['fedxray_validation_metric{metric="accuracy"}'] == pytest.approx(last["accuracy"])  # type: ignore
+        assert any(name.startswith("fedxray_last_round_phase_seconds") for name in served)
     assert "interrupted" not in restarted and " opened for " not in restarted and "joined" not in restarted
     assert consortium.rows() == rows_before
     assert not any(r.get("interrupted") for r in rows_before)
