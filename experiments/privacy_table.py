@@ -27,9 +27,8 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -40,11 +39,10 @@ from experiments.pretrain import StandIn, binary_auc, describe, stand_in_weights
 from experiments.simulator import Codec, secure_sum
 from scripts.consortium import ConsortiumConfig
 from services.common.atomic_files import write_atomic
-from services.common.head_refit import penultimate_features
 from services.common.initial_weights import load_initial_weights
 from services.common.model_spec import flatten_state, parameter_spec, restore_state
 from services.common.models import build_model
-from services.common.trainable import classifier_head, trained_positions
+from services.common.trainable import trained_positions
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.data.local_data import LocalData, load_local_data
 from services.hospital_node.head_training import train_head
@@ -154,8 +152,7 @@ def federated(model: torch.nn.Module, parts: list[LocalData], recipe: Recipe, tr
             result = train_round(model, part, training, CPU, generator, spec, weights, private=private,
                                  trainable=trainable, positions=positions)  # type: ignore[arg-type]
             uploads.append(result.upload)
-        plan = replace(codec.update_plan(positions.size))
-        mean = secure_sum(uploads, plan, rng) / len(uploads)
+        mean = secure_sum(uploads, codec.update_plan(positions.size), rng) / len(uploads)
         weights = weights.copy()
         weights[positions] += mean
     model.load_state_dict(restore_state(model.state_dict(), weights.astype(np.float32), spec))
