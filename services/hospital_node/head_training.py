@@ -22,7 +22,6 @@ import hashlib
 import math
 import secrets
 
-import numpy as np
 import torch
 from opacus.optimizers.optimizer import _generate_noise
 from torch import nn
@@ -160,7 +159,3 @@ def _private_steps(head: nn.Linear, optimizer: torch.optim.Optimizer, features: 
         steps += 1
     return TrainStats(steps, seen, loss_total / max(seen, 1))
 
-
-def unit_counts(units: torch.Tensor) -> np.ndarray:
-    """Images per unit (patient), for the logs and tests."""
-    return np.bincount(torch.unique(units, return_inverse=True)[1].numpy())

@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from services.common.errors import FedXrayError
-from services.common.trainable import Trainable, classifier_head, trained_parameters
+from services.common.trainable import Trainable, head_parameters, trained_parameters
 from services.hospital_node.data.image_preprocessing import augment_batch
 from services.hospital_node.data.local_data import LocalData
 from services.hospital_node.record_privacy import poisson_schedule
@@ -50,7 +50,6 @@ from services.hospital_node.trainer import LocalTraining, TrainStats
 # expanded weights raise on a batch of zero; docs/BENCHMARKS.md measures all four).
 GradSampleMode = Literal["hooks", "ghost"]
 GRAD_SAMPLE_MODES: tuple[GradSampleMode, ...] = ("hooks", "ghost")
-PrivateTrainable = Trainable
 
 
 class PrivateTrainingError(FedXrayError):
@@ -63,7 +62,7 @@ class PrivateTraining:
     max_grad_norm: float  # C, the per-example L2 clip norm
     grad_sample_mode: GradSampleMode = "ghost"
     max_physical_batch: int = 32
-    trainable: PrivateTrainable = "all"
+    trainable: Trainable = "all"
 
 
 def require_private_model(model: nn.Module, architecture: str) -> None:
@@ -138,9 +137,8 @@ def private_optimizer(module: nn.Module, base: torch.optim.Optimizer, private: P
 
 def _trained_names(model: nn.Module, config: LocalTraining, private: PrivateTraining) -> set[str]:
     names = {name for name, p in model.named_parameters() if p.requires_grad}
-    head = classifier_head(model)
     if config.freeze_head:
-        names -= {name for name, p in model.named_parameters() if any(p is q for q in head.parameters())}
+        names -= head_parameters(model)
     if private.trainable != "all":
         names &= trained_parameters(model, private.trainable)
     if not names:
