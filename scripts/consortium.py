@@ -371,7 +371,9 @@ def record_epsilon_text(row: dict[str, object]) -> str:
     value = row.get("record_epsilon_max")
     if value is None:
         return "-"
-    return f"{format_value(value, 2)} per {row.get('record_epsilon_unit') or 'image'}"
+    without = row.get("record_dp_off")
+    off = f", {len(without)} without" if isinstance(without, list) and without else ""
+    return f"{format_value(value, 2)} per {row.get('record_epsilon_unit') or 'image'}{off}"
 
 
 def format_row(row: dict[str, object]) -> str:
@@ -456,9 +458,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plaintext", action="store_true", help="privacy off, for comparison")
     parser.add_argument("--record-epsilon", type=float, default=None,
                         help="record-level DP-SGD target the aggregator proposes to every hospital; 0: no "
-                             f"record-level DP (then the closing head refit runs). Default: {DEMO_RECORD_EPSILON:g} "
-                             "for the SYNTHETIC demo; 0 with --hospital (a trial run on one machine, where all the "
-                             "images are in one place anyway: DP-SGD on small folders mostly adds noise)")
+                             "record-level DP (then the closing head refit runs; with --hospital, every hospital "
+                             f"turns it off explicitly, record_dp=off). Default: {DEMO_RECORD_EPSILON:g}, for the "
+                             "SYNTHETIC demo and a hospital's own images alike")
     parser.add_argument("--init-weights", type=Path, default=None,
                         help="start from this state dict (e.g. ImageNet or public chest X-ray weights). Default for "
                              "the SYNTHETIC demo: the public stand-in of experiments.pretrain, built on first use "
@@ -468,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trainable", choices=TRAINABLE, default=None,
                         help="what each round trains and uploads: all, last_block (last stage and head) or head "
                              "(the head on frozen features). Default: head for the SYNTHETIC demo (which starts from "
-                             "the public stand-in), the services' default (all) with --hospital")
+                             "the public stand-in), and with --hospital head when --init-weights is given under "
+                             "record-level DP, else the services' default (all)")
     parser.add_argument("--no-head-refit", dest="head_refit", action="store_false",
                         help="without record-level DP: skip the closing refit of the classifier head from the "
                              "hospitals' summed feature statistics (DP-SGD does not cover them, so it is always "
@@ -492,10 +495,13 @@ def main(argv: list[str] | None = None) -> int:
 
         shutil.rmtree(args.run_dir)
     if args.record_epsilon is None:
-        args.record_epsilon = 0.0 if own else DEMO_RECORD_EPSILON
+        args.record_epsilon = DEMO_RECORD_EPSILON
     record_dp = args.record_epsilon > 0
     classes = {"class_names": args.class_names} if args.class_names else {}
-    recipe = OWN_IMAGES_SETTINGS if own else DEMO_DP_HEAD if not args.from_scratch else QUICK_TRAINING
+    # Own images under DP-SGD learn from pretrained weights, training the head on their frozen features (the demo's
+    # recipe); from seeded weights DP-SGD has little to learn with, which the run says before it starts.
+    own_recipe = {**OWN_IMAGES_SETTINGS, **DEMO_DP_HEAD} if record_dp and args.init_weights else OWN_IMAGES_SETTINGS
+    recipe = own_recipe if own else DEMO_DP_HEAD if not args.from_scratch else QUICK_TRAINING
     if args.trainable is not None:
         recipe = {**recipe, "trainable": args.trainable}
     if not own and not args.from_scratch and args.init_weights is None:
@@ -510,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
                   "image_size": args.image_size, "head_refit": args.head_refit and not record_dp},
         aggregator={**({"record_epsilon": args.record_epsilon} if record_dp else {}),
                     **({"init_weights": args.init_weights.resolve()} if args.init_weights else {})},
-        node={"record_rounds": args.rounds},
+        node={"record_rounds": args.rounds, **({"record_dp": "off"} if own and not record_dp else {})},
         per_node={i: {"data_source": source, "data_path": path} for i, (_, source, path) in enumerate(own)})
     demo = Consortium(config)
     aggregator, node = demo.aggregator_settings, demo.node_settings[0]
@@ -523,7 +529,11 @@ def main(argv: list[str] | None = None) -> int:
           f"logs in {args.run_dir / 'logs'}, one row per round in {args.run_dir / 'aggregator' / 'rounds.jsonl'}",
           flush=True)
     if own and not record_dp:
-        print("record-level DP-SGD is off in this trial run: --record-epsilon 8 turns it on", flush=True)
+        print("record-level DP-SGD is OFF in this trial run (--record-epsilon 0: each hospital sets record_dp=off); "
+              f"without that flag it runs at epsilon {DEMO_RECORD_EPSILON:g}", flush=True)
+    elif own and not args.init_weights:
+        print("record-level DP-SGD from seeded weights learns little: pass --init-weights (pretrained weights, such "
+              "as ImageNet's in torchvision's format), or --record-epsilon 0 for a trial run without it", flush=True)
     if not own:
         print("class counts per hospital (Dirichlet label skew):", flush=True)
         print(demo.write_class_counts(), flush=True)

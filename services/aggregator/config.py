@@ -13,7 +13,7 @@ from services.aggregator.round_schedule import RoundSchedule
 from services.common.service_settings import ClassNames, ServiceSettings, require_one_name_per_class
 
 from services.common.noise import NoiseKind
-from services.common.round_plan import Trainable
+from services.common.round_plan import FROZEN_NORM_ARCHITECTURES, Trainable
 
 
 class AggregatorSettings(ServiceSettings):
@@ -46,7 +46,9 @@ class AggregatorSettings(ServiceSettings):
     stream_close_grace_seconds: float = Field(
         2.0, gt=0, description="how long an upload that ends without its attestation waits to learn whether its "
         "node went away (a broken stream) or closed it on purpose (a truncated one)")
-    architecture: str = Field("resnet50", description="resnet50 | resnet18 | efficientnet-b0 (GroupNorm) | resnet50-bn | tiny | tiny-gn")
+    architecture: str = Field("resnet50", description="resnet50 | resnet18 | efficientnet-b0 (GroupNorm) | "
+                              "resnet50-bn | resnet50-bn-frozen (ImageNet-style BatchNorm weights, frozen: from init_weights, "
+                              "trainable head or last_block) | tiny | tiny-gn")
     num_classes: int = Field(2, ge=2, description="classes the model predicts")
     class_names: ClassNames = Field(
         None, description="the consortium's class names in label order, comma-separated (NORMAL,PNEUMONIA): a "
@@ -78,8 +80,9 @@ class AggregatorSettings(ServiceSettings):
     head_refit_shrinkage: float = Field(0.1, gt=0, le=1, description="the refit covariance's shrinkage towards its "
                                         "mean variance (above 0: with more features than images the unshrunk "
                                         "covariance is singular)")
-    record_epsilon: float | None = Field(None, gt=0, description="propose record-level (per-patient) DP-SGD at this "
-                                         "target epsilon to the hospitals (a hospital's own target wins); unset: "
+    record_epsilon: float | None = Field(None, ge=0, description="propose record-level (per-patient) DP-SGD at this "
+                                         "target epsilon to the hospitals (a hospital's own target wins, and "
+                                         "hospitals on their own images train under it by default); unset or 0: "
                                          "no proposal")
     init_weights: Path | None = Field(None, description="start from this state dict (a torchvision-compatible .pt "
                                       "file, such as public pretraining), checked against the model; unset: the "
@@ -112,7 +115,20 @@ class AggregatorSettings(ServiceSettings):
         return self
 
     @model_validator(mode="after")
+    def _frozen_norm_trains_part_from_weights(self) -> AggregatorSettings:
+        if self.architecture in FROZEN_NORM_ARCHITECTURES:
+            if self.trainable == "all":
+                raise ValueError(f"{self.architecture} keeps every BatchNorm layer frozen (statistics and affine "
+                                 "parameters): set trainable to head or last_block")
+            if self.init_weights is None:
+                raise ValueError(f"{self.architecture} takes its BatchNorm statistics from pretrained weights: set "
+                                 "init_weights to a torchvision ResNet-50 state dict (README, \"ImageNet weights\")")
+        return self
+
+    @model_validator(mode="after")
     def _record_privacy_covers_every_release(self) -> AggregatorSettings:
+        if self.record_epsilon == 0:
+            self.record_epsilon = None  # 0: no proposal, so that a file's proposal can be overridden from outside
         if self.head_refit is None:
             self.head_refit = self.record_epsilon is None
         if self.record_epsilon is not None and (self.head_refit or self.drift_correction or self.proximal_mu > 0):

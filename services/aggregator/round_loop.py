@@ -293,7 +293,8 @@ class RoundLoop:
 
     def _record_privacy(self, contributors: list[VerifiedSubmission]) -> Row:
         """The record-level epsilon each hospital reports having spent, and the largest any has reported so far
-        (a hospital that stops contributing keeps its last figure). Nothing when no hospital trains under DP-SGD."""
+        (a hospital that stops contributing keeps its last figure), and the contributors that trained without it.
+        Nothing when no hospital trains under DP-SGD."""
         run = self._parts.run
         for submission in contributors:
             if submission.record_privacy is not None:
@@ -306,8 +307,12 @@ class RoundLoop:
         units = {c.record_privacy.unit for c in contributors if c.record_privacy is not None}
         # "per patient" only when every hospital's epsilon protects a patient; any image-level one makes it images.
         unit = "patient" if units == {"patient"} else "image"
-        return {"record_epsilon": reported, "record_epsilon_max": max(run.record_epsilon.values()),
-                "record_epsilon_unit": unit}
+        privacy: Row = {"record_epsilon": reported, "record_epsilon_max": max(run.record_epsilon.values()),
+                        "record_epsilon_unit": unit}
+        without = sorted(c.header.node_id for c in contributors if c.record_privacy is None)
+        if without:  # hospitals that turned DP-SGD off while others keep it: the row says who
+            privacy["record_dp_off"] = without
+        return privacy
 
     def _failed(self, row: Row, started: float, reason: str, error: Exception) -> Row:
         """A round whose sum was refused: the model stays, the run goes on."""

@@ -6,7 +6,9 @@ The file is a PyTorch state dict (`torch.save(model.state_dict(), path)`), loade
 first). Every parameter of the model must be there with its shape, except the
 classifier head, which may be missing or sized for other classes (ImageNet's 1,000):
 it then keeps its seeded initialisation. BatchNorm running statistics in the file are
-ignored for a GroupNorm model. Anything else is refused with the keys named: a file
+ignored for a GroupNorm model, and become the frozen statistics of a frozen-BatchNorm one
+(`resnet50-bn-frozen`: `running_mean` and `running_var` load as `mean` and `var`).
+Anything else is refused with the keys named: a file
 for another architecture must never half-load.
 """
 
@@ -49,7 +51,7 @@ def load_initial_weights(model: nn.Module, path: Path) -> list[str]:
     own = model.state_dict()
     # torchvision's names lack this project's stem position ("1."): add it when every model key has it.
     prefix = "1." if all(k.startswith("1.") for k in own) and not any(k.startswith("1.") for k in state) else ""
-    renamed = {f"{prefix}{k}": v for k, v in state.items()}
+    renamed = _frozen_statistics_renamed({f"{prefix}{k}": v for k, v in state.items()}, own)
     head = {name for name in own if _is_head(model, name)}
     unknown = sorted(k for k in renamed if k not in own and not k.endswith(_NORM_STATISTICS))
     missing = sorted(k for k in own if k not in renamed and k not in head)
@@ -68,11 +70,24 @@ def load_initial_weights(model: nn.Module, path: Path) -> list[str]:
     model.load_state_dict(merged)
     ignored = sorted(k for k in renamed if k not in own)
     if ignored:
-        log.warning("%s: ignored %d BatchNorm running statistics this model has no use for", path, len(ignored))
+        log.warning("%s: ignored %d BatchNorm statistics or batch counters this model has no use for", path,
+                    len(ignored))
     if kept_seeded:
         log.warning("%s: the classifier head (%s) is missing or sized for other classes; it keeps its seeded "
                     "initialisation", path, ", ".join(kept_seeded))
     return kept_seeded
+
+
+def _frozen_statistics_renamed(state: Mapping[str, torch.Tensor],
+                               own: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`X.running_mean` as `X.mean` and `X.running_var` as `X.var` where the model has those (a FrozenBatchNorm2d)."""
+    renamed: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for running, frozen in (("running_mean", "mean"), ("running_var", "var")):
+            if key.endswith(f".{running}") and f"{key[: -len(running)]}{frozen}" in own:
+                key = f"{key[: -len(running)]}{frozen}"
+        renamed[key] = value
+    return renamed
 
 
 def _is_head(model: nn.Module, key: str) -> bool:

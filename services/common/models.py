@@ -9,6 +9,12 @@ The last norm layer of every residual block starts at zero (`zero_init_residual`
 Goyal et al., "Accurate, Large Minibatch SGD", 2017): each block starts as the
 identity, which keeps the first local steps of an untrained model stable.
 `resnet50-bn` keeps BatchNorm (its running statistics then stay local, see model_spec).
+`resnet50-bn-frozen` is the BatchNorm ResNet-50 of pretrained (ImageNet) weights with every
+BatchNorm frozen: statistics and affine parameters fixed, so each is a fixed per-channel
+affine map of each example alone, and DP-SGD can train the layers around it exactly (its
+`head` or `last_block`; never `all`, which would leave the frozen BatchNorm's parameters out of
+"all"). It is only useful from a weights file (`init_weights`): a torchvision ResNet-50 state
+dict loads into it with its BatchNorm statistics.
 `efficientnet-b0` is torchvision's EfficientNet-B0 with GroupNorm(8) for BatchNorm
 (every channel count it has is a multiple of 8): about 4.0M parameters with two
 classes, a sixth of ResNet-50's, so a sixth of the encrypted bytes.
@@ -31,14 +37,45 @@ import torch
 import torchvision
 from torch import nn
 
-ARCHITECTURES = ("resnet50", "resnet18", "efficientnet-b0", "resnet50-bn", "tiny", "tiny-gn")
-# Architectures without BatchNorm: the only ones DP-SGD can train (a batch statistic mixes the examples).
-PER_EXAMPLE_ARCHITECTURES = ("resnet50", "resnet18", "efficientnet-b0", "tiny-gn")
+from services.common.round_plan import FROZEN_NORM_ARCHITECTURES
+
+__all__ = ["ARCHITECTURES", "FROZEN_NORM_ARCHITECTURES", "PER_EXAMPLE_ARCHITECTURES", "FrozenBatchNorm2d",
+           "best_device", "build_model"]
+
+ARCHITECTURES = ("resnet50", "resnet18", "efficientnet-b0", "resnet50-bn", "resnet50-bn-frozen", "tiny", "tiny-gn")
+# Architectures without a batch statistic: the only ones DP-SGD can train (a batch statistic mixes the examples).
+PER_EXAMPLE_ARCHITECTURES = ("resnet50", "resnet18", "efficientnet-b0", "resnet50-bn-frozen", "tiny-gn")
+
 GROUPS = 32
 
 
 def group_norm(channels: int) -> nn.Module:
     return nn.GroupNorm(GROUPS, channels)
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm with its statistics and affine parameters frozen: y = (x - mean) / sqrt(var + eps) * weight + bias,
+    the same per-channel affine map for every example, whatever else is in its batch, in train and eval mode alike.
+    Its four tensors are buffers, not parameters: nothing trains them, and they travel with the global model, so
+    every hospital applies the statistics of the weights file the aggregator started from. A torchvision state
+    dict's `running_mean` and `running_var` load as `mean` and `var` (services/common/initial_weights.py)."""
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight: torch.Tensor
+        self.bias: torch.Tensor
+        self.mean: torch.Tensor
+        self.var: torch.Tensor
+        self.register_buffer("weight", torch.ones(channels))
+        self.register_buffer("bias", torch.zeros(channels))
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("var", torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight * torch.rsqrt(self.var + self.eps)
+        shift = self.bias - self.mean * scale
+        return x * scale[None, :, None, None] + shift[None, :, None, None]
 
 
 class GreyToRgb(nn.Module):
@@ -125,6 +162,8 @@ def build_model(architecture: str, num_classes: int, seed: int = 0) -> nn.Module
         body = _efficientnet_b0(num_classes)
     elif architecture == "resnet50-bn":
         body = _resnet(Bottleneck, [3, 4, 6, 3], num_classes, None, zero_init_residual=False)
+    elif architecture == "resnet50-bn-frozen":
+        body = _resnet(Bottleneck, [3, 4, 6, 3], num_classes, FrozenBatchNorm2d, zero_init_residual=False)
     else:
         body = TinyCnn(num_classes, group_norm=architecture == "tiny-gn")
     return nn.Sequential(GreyToRgb(), body)

@@ -17,6 +17,9 @@ LocalOptimizer = Literal["sgd", "adamw"]
 # What a round trains and uploads (services/common/trainable.py); here, where the settings can read it without torch.
 Trainable = Literal["all", "last_block", "head"]
 TRAINABLE: tuple[str, ...] = get_args(Trainable)
+# Architectures whose BatchNorm is frozen (services/common/models.py): they train `head` or `last_block` only, from a
+# weights file; here too, so that the settings can refuse other plans without torch.
+FROZEN_NORM_ARCHITECTURES: tuple[str, ...] = ("resnet50-bn-frozen",)
 
 
 class RoundKind(enum.Enum):

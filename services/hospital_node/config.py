@@ -5,11 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from pydantic_settings import SettingsConfigDict
 
 from services.common.service_settings import ClassNames, ServiceSettings, require_one_name_per_class
+
+
+# The record-level target a hospital's own images get unless it sets another (or turns DP-SGD off, explicitly).
+DEFAULT_RECORD_EPSILON = 8.0
 
 
 class HospitalNodeSettings(ServiceSettings):
@@ -40,8 +44,15 @@ class HospitalNodeSettings(ServiceSettings):
     max_attempts: int = Field(2, ge=1, description="attempts of one round this hospital takes part in (each with "
                               "fresh noise and masks)")
     # Record-level (per-patient) DP-SGD: this hospital's own budget, which wins over any target the aggregator proposes.
+    # On by default wherever a hospital's own images are used; off only by an explicit setting.
+    record_dp: Literal["auto", "off"] = Field(
+        "auto", description="auto: record-level DP-SGD on a hospital's own images (folder, medmnist, dicom) at "
+        "record_epsilon, 8 unless set; on SYNTHETIC data only at record_epsilon or the aggregator's proposal. off: "
+        "never, whatever the aggregator proposes (the node logs a warning, and the round rows list the hospitals "
+        "training without it)")
     record_epsilon: float | None = Field(None, gt=0, description="target epsilon of record-level DP-SGD over the "
-                                         "whole run; unset: off, unless the aggregator proposes a target")
+                                         "whole run; unset: 8 on a hospital's own images, and on SYNTHETIC data "
+                                         "off unless the aggregator proposes a target")
     record_delta: float | None = Field(None, gt=0, lt=1, description="its delta; unset: min(1e-5, 0.1 / training "
                                        "images), below 1 / the number of training images")
     record_rounds: int = Field(3, ge=1, description="training rounds this hospital plans to join: the noise is "
@@ -56,7 +67,7 @@ class HospitalNodeSettings(ServiceSettings):
                             "privacy ledger (record_privacy.json), which must survive restarts")
     metrics_host: str = Field("127.0.0.1", description="address /metrics listens on")
     metrics_port: int = Field(0, description="Prometheus /metrics port; 0 disables")
-    architecture: str = Field("resnet50", description="resnet50 | resnet18 | efficientnet-b0 (GroupNorm) | resnet50-bn | tiny | tiny-gn (must match the aggregator)")
+    architecture: str = Field("resnet50", description="resnet50 | resnet18 | efficientnet-b0 (GroupNorm) | resnet50-bn | resnet50-bn-frozen | tiny | tiny-gn (must match the aggregator)")
     num_classes: int = Field(2, ge=2, description="classes the model predicts (must match the aggregator)")
     image_size: int = Field(64, ge=16, description="images are resized to image_size x image_size pixels, grey")
     model_seed: int = Field(0, description="seed of the initial weights (the aggregator's own wins: it sends them)")
@@ -103,6 +114,15 @@ class HospitalNodeSettings(ServiceSettings):
     torch_threads: int = Field(0, ge=0, description="CPU threads for training; 0: torch default")
     seed: int | None = Field(None, description="fixes training randomness (tests); the noise and masks of a secure "
                              "upload always come from the OS's entropy")
+
+    @model_validator(mode="after")
+    def _private_by_default(self) -> HospitalNodeSettings:
+        if self.record_dp == "off" and self.record_epsilon is not None:
+            raise ValueError(f"record_dp=off turns record-level DP-SGD off, but record_epsilon={self.record_epsilon:g} "
+                             "sets its target: unset one of them")
+        if self.record_dp == "auto" and self.record_epsilon is None and self.data_source != "synthetic":
+            self.record_epsilon = DEFAULT_RECORD_EPSILON
+        return self
 
     @field_validator("class_names")
     @classmethod

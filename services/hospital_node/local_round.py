@@ -32,7 +32,10 @@ def local_training(plan: LocalTrainingPlan, settings: HospitalNodeSettings) -> L
 
 
 def record_target(plan: LocalTrainingPlan, settings: HospitalNodeSettings, train_images: int) -> RecordBudgetTarget | None:
-    """This hospital's record-level DP target: its own settings', else the aggregator's proposal; None: off."""
+    """This hospital's record-level DP target: its own settings', else the aggregator's proposal; None: off (always,
+    when the hospital turned it off)."""
+    if settings.record_dp == "off":
+        return None
     epsilon = settings.record_epsilon or (plan.record_epsilon if plan.record_epsilon > 0 else None)
     if epsilon is None:
         return None

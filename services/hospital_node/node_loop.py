@@ -108,6 +108,11 @@ class HospitalNode:
         if self._budget is not None:
             require_private_model(self._model, settings.architecture)  # refused at start: BatchNorm and the like
             self._publish_record_epsilon()
+        if settings.record_dp == "off":
+            log.warning("record-level DP-SGD is OFF by this hospital's setting (record_dp=off)%s: its updates are "
+                        "protected by the secure sum's hospital-level noise only, and the round rows list it among "
+                        "the hospitals training without DP-SGD",
+                        "; it keeps the ledger it already holds" if self._budget is not None else "")
         self._device = best_device()
         self._identity = load_identity(settings.identity_key)
         self._agreement = load_agreement_key(settings.identity_key)
@@ -337,7 +342,7 @@ class HospitalNode:
         if self._budget is None:
             return
         try:
-            require_private_model(self._model, self._settings.architecture)
+            require_private_model(self._model, self._settings.architecture, plan.training.trainable)
         except PrivateTrainingError as error:
             raise PlanRefusedError("record_privacy_unsupported", str(error)) from error
         unsupported = ("feature statistics for a head refit" if plan.kind is RoundKind.HEAD_STATISTICS

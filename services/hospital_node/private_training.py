@@ -40,6 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from services.common.errors import FedXrayError
+from services.common.models import FrozenBatchNorm2d
 from services.common.trainable import Trainable, head_parameters, trained_parameters
 from services.hospital_node.data.image_preprocessing import augment_batch
 from services.hospital_node.data.local_data import LocalData
@@ -65,8 +66,13 @@ class PrivateTraining:
     trainable: Trainable = "all"
 
 
-def require_private_model(model: nn.Module, architecture: str) -> None:
-    """Refuse a model DP-SGD cannot train (BatchNorm above all), naming the first problem."""
+def require_private_model(model: nn.Module, architecture: str, trainable: Trainable | None = None) -> None:
+    """Refuse a model DP-SGD cannot train (BatchNorm above all), naming the first problem; with `trainable`, also a
+    part it cannot train: a frozen-BatchNorm model trains its `head` or `last_block`, never `all`."""
+    if trainable == "all" and any(isinstance(m, FrozenBatchNorm2d) for m in model.modules()):
+        raise PrivateTrainingError(
+            f"architecture {architecture!r} keeps every BatchNorm layer frozen (statistics and affine parameters), so "
+            "DP-SGD trains its head or last_block, not all of it: set trainable to head or last_block")
     was_training = model.training
     model.train()  # the validator also asks for training mode, which says nothing of the architecture
     try:

@@ -10,7 +10,7 @@ import torchvision
 
 from services.common.errors import SpecMismatchError
 from services.common.initial_weights import load_initial_weights
-from services.common.models import build_model
+from services.common.models import FrozenBatchNorm2d, build_model
 
 
 def _save(state: object, path: Path) -> Path:
@@ -31,6 +31,51 @@ def test_torchvision_resnet_state_dict_loads_with_an_imagenet_sized_head_left_se
     # BatchNorm's affine parameters become GroupNorm's; its running statistics have no place here.
     assert torch.equal(model[1].layer4[1].bn2.weight, imagenet.layer4[1].bn2.weight)
     assert torch.equal(model[1].fc.weight, seeded_head)
+
+
+def _imagenet_style_resnet50(path: Path) -> torchvision.models.ResNet:
+    """A torchvision ResNet-50 as a hospital would download ImageNet's: 1,000 classes, and BatchNorm statistics and
+    affine parameters that are not their initial values (so that dropping or misplacing one would show)."""
+    torch.manual_seed(5)
+    imagenet = torchvision.models.resnet50(num_classes=1000)
+    with torch.no_grad():
+        for module in imagenet.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0.0, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0.0, 0.1)
+    _save(imagenet.state_dict(), path)
+    return imagenet.eval()
+
+
+def test_imagenet_style_batchnorm_weights_load_frozen_with_their_statistics(tmp_path: Path) -> None:
+    imagenet = _imagenet_style_resnet50(tmp_path / "resnet50-imagenet.pt")
+    model = build_model("resnet50-bn-frozen", num_classes=2, seed=3)
+    assert load_initial_weights(model, tmp_path / "resnet50-imagenet.pt") == ["1.fc.bias", "1.fc.weight"]
+    bn = imagenet.layer3[2].bn2
+    frozen = model[1].layer3[2].bn2
+    assert isinstance(frozen, FrozenBatchNorm2d)
+    for ours, theirs in ((frozen.mean, bn.running_mean), (frozen.var, bn.running_var), (frozen.weight, bn.weight),
+                         (frozen.bias, bn.bias)):
+        assert torch.equal(ours, theirs)
+    # The same features as torchvision's model in eval mode, in train mode too (nothing in it is a batch statistic).
+    grey = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    imagenet.fc = torch.nn.Identity()
+    model[1].fc = torch.nn.Identity()
+    with torch.no_grad():
+        expected = imagenet(grey.expand(-1, 3, -1, -1))
+        torch.testing.assert_close(model.eval()(grey), expected, rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(model.train()(grey), expected, rtol=1e-3, atol=1e-4)
+    # Frozen: no BatchNorm tensor is a parameter, so no optimizer step can move one.
+    assert not any(".bn" in name or "downsample.1" in name for name, _ in model.named_parameters())
+
+
+def test_frozen_batchnorm_refuses_weights_without_statistics(tmp_path: Path) -> None:
+    """A GroupNorm model's file has no statistics: half-loading it would normalise with the initial ones."""
+    path = _save(build_model("resnet50", 2, seed=0).state_dict(), tmp_path / "groupnorm.pt")
+    with pytest.raises(SpecMismatchError, match=r"missing keys: 1\.bn1\.mean"):
+        load_initial_weights(build_model("resnet50-bn-frozen", 2, seed=0), path)
 
 
 def test_own_state_dict_round_trips_including_the_head(tmp_path: Path) -> None:

@@ -31,10 +31,18 @@ def no_fedxray_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-@pytest.mark.parametrize("env_file", [None, ENV_DIR / "aggregator.env"], ids=["defaults", "env template"])
-def test_the_aggregator_trains_with_the_recipe(env_file: Path | None) -> None:
-    settings = AggregatorSettings(_env_file=env_file) if env_file else AggregatorSettings(insecure=True)
+def test_the_aggregator_trains_with_the_recipe() -> None:
+    settings = AggregatorSettings(insecure=True)
     assert {key: getattr(settings, key) for key in RECIPE} == RECIPE
+
+
+def test_the_aggregator_template_proposes_what_hospitals_do_by_default_on_their_own_images() -> None:
+    """The per-host templates are for hospitals' own images, which train under record-level DP-SGD by default: the
+    aggregator proposes the same target, so the head refit, which DP-SGD does not cover, is off."""
+    settings = AggregatorSettings(_env_file=ENV_DIR / "aggregator.env")
+    node = HospitalNodeSettings(_env_file=ENV_DIR / "hospital-node.env")
+    assert settings.record_epsilon == node.record_epsilon == 8.0
+    assert {key: getattr(settings, key) for key in RECIPE} == {**RECIPE, "head_refit": False}
 
 
 @pytest.mark.parametrize("env_file", [None, ENV_DIR / "hospital-node.env"], ids=["defaults", "env template"])
@@ -48,3 +56,25 @@ def test_the_head_refit_is_off_by_default_under_record_level_dp_and_refused_when
     assert AggregatorSettings(insecure=True, head_refit=False).head_refit is False
     with pytest.raises(ValidationError, match="does not cover the head refit"):
         AggregatorSettings(insecure=True, record_epsilon=8.0, head_refit=True)
+
+
+def test_frozen_batchnorm_trains_part_of_the_model_and_starts_from_weights(tmp_path: Path) -> None:
+    weights = tmp_path / "resnet50-imagenet.pt"
+    with pytest.raises(ValidationError, match="frozen .* set trainable to head or last_block"):
+        AggregatorSettings(insecure=True, architecture="resnet50-bn-frozen", init_weights=weights)
+    with pytest.raises(ValidationError, match="set init_weights"):
+        AggregatorSettings(insecure=True, architecture="resnet50-bn-frozen", trainable="head")
+    for trainable in ("head", "last_block"):
+        settings = AggregatorSettings(insecure=True, architecture="resnet50-bn-frozen", trainable=trainable,
+                                      init_weights=weights)
+        assert settings.trainable == trainable
+
+
+def test_compose_overrides_the_templates_proposal_with_zero_for_the_synthetic_demo(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """docker-compose.yml sets FEDXRAY_AGG_RECORD_EPSILON=0 over the template's 8: no proposal, so the refit runs."""
+    monkeypatch.setenv("FEDXRAY_AGG_RECORD_EPSILON", "0")
+    settings = AggregatorSettings(_env_file=ENV_DIR / "aggregator.env")
+    assert settings.record_epsilon is None and settings.head_refit is True
+    compose = (ENV_DIR.parent / "docker-compose.yml").read_text()
+    assert "FEDXRAY_AGG_RECORD_EPSILON: ${FEDXRAY_RECORD_EPSILON:-0}" in compose

@@ -54,3 +54,9 @@ def test_node_and_aggregator_files_agree_on_the_model() -> None:
     assert (node.architecture, node.num_classes, node.model_seed) == \
         (aggregator.architecture, aggregator.num_classes, aggregator.model_seed)
     assert node.metrics_host == "0.0.0.0" and node.metrics_port > 0
+
+
+def test_a_hospital_on_its_own_images_is_private_by_default() -> None:
+    """The per-host file reads a hospital's folder, so record-level DP-SGD is on without a line saying so."""
+    node = HospitalNodeSettings(_env_file=ENV_DIR / "hospital-node.env")
+    assert node.data_source != "synthetic" and node.record_dp == "auto" and node.record_epsilon == 8.0

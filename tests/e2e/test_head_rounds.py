@@ -7,8 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torchvision
 
 from services.aggregator.checkpoint import load_latest_checkpoint
+from services.common.initial_weights import load_initial_weights
 from services.common.model_spec import flatten_state, parameter_spec
 from services.common.models import build_model
 from services.common.trainable import trained_positions
@@ -45,3 +48,45 @@ def test_head_rounds_send_only_the_head_under_per_patient_dp_and_leave_the_backb
     assert 0 < float(str(rows[-1]["record_epsilon_max"])) <= 8.0
     logs = (consortium.logs / "hospital-1.log").read_text()
     assert "per patient" in logs and f"({head.size} values uploaded)" in logs
+
+
+def test_imagenet_style_frozen_batchnorm_weights_train_their_head_and_a_hospital_without_dp_is_named(
+        tmp_path: Path) -> None:
+    """resnet50-bn-frozen from a torchvision-format file the test makes (nothing is downloaded): the file's BatchNorm
+    statistics reach every hospital with the global model and stay as they are. One hospital turns record-level
+    DP-SGD off, explicitly; every row names it."""
+    torch.manual_seed(5)
+    imagenet = torchvision.models.resnet50(num_classes=1000)
+    with torch.no_grad():
+        for module in imagenet.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0.0, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+    weights = tmp_path / "resnet50-imagenet.pt"
+    torch.save(imagenet.state_dict(), weights)
+    config = tiny_config(tmp_path, 3, 2, images_per_node=40, seed=9, hooks=recording(tmp_path),
+                         settings={"architecture": "resnet50-bn-frozen", "image_size": 16, "min_participants": 3,
+                                   "partition_scheme": "iid", "trainable": "head", "local_optimizer": "sgd",
+                                   "learning_rate": 0.003, "local_epochs": 2, "clip_norm": 2.0},
+                         aggregator={"record_epsilon": 8.0, "init_weights": weights},
+                         per_node={2: {"record_dp": "off"}})
+    consortium = run_to_completion(config)
+    rows = [r for r in consortium.rows() if int(str(r["round"])) >= 1]
+    assert [bool(r.get("failed")) for r in rows] == [False, False]
+    assert all(r["record_dp_off"] == ["hospital-3"] for r in rows)
+    assert sorted(rows[-1]["record_epsilon"]) == ["hospital-1", "hospital-2"]
+    assert "record-level DP-SGD is OFF by this hospital's setting" in (consortium.logs / "hospital-3.log").read_text()
+    model = build_model("resnet50-bn-frozen", 2, 0)
+    load_initial_weights(model, weights)
+    spec = parameter_spec(model.state_dict())
+    head = trained_positions(model, spec, "head")
+    for node in consortium.node_ids:
+        assert node_fields(tmp_path / "records", node, 1).size == head.size
+    assert_exact_sums(tmp_path, rows)
+    final = load_latest_checkpoint(tmp_path / "aggregator" / "checkpoints")
+    assert final is not None
+    initial = flatten_state(model.state_dict())
+    moved = np.flatnonzero(np.abs(final.weights - initial) > 0)
+    assert moved.size and set(moved.tolist()) <= set(head.tolist())  # the frozen statistics are the file's still
+    frozen = spec.positions("1.layer2.1.bn1.var")
+    np.testing.assert_array_equal(final.weights[frozen], imagenet.layer2[1].bn1.running_var.double().numpy())

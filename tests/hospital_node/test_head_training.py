@@ -13,13 +13,13 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from services.common.model_spec import flatten_state, parameter_spec
-from services.common.models import build_model
-from services.common.trainable import classifier_head, trained_parameters, trained_positions
+from services.common.models import ARCHITECTURES, PER_EXAMPLE_ARCHITECTURES, FrozenBatchNorm2d, build_model
+from services.common.trainable import TRAINABLE, classifier_head, trained_parameters, trained_positions
 from services.hospital_node.data.local_data import LocalData
 from services.hospital_node.data.synthetic_xray import MAX_IMAGES_PER_PATIENT, synthetic_patients
 from services.hospital_node.head_training import clipped_unit_sum, frozen_features, per_example_gradients, train_head
 from services.hospital_node.local_round import train_round
-from services.hospital_node.private_training import PrivateTraining
+from services.hospital_node.private_training import PrivateTraining, PrivateTrainingError, require_private_model
 from services.hospital_node.trainer import LocalTraining
 from scripts.consortium import record_epsilon_text
 
@@ -129,6 +129,7 @@ def _example_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tens
     names = trained_parameters(model, trainable)  # type: ignore[arg-type]
     trained = [p for name, p in model.named_parameters() if name in names]
     model.train()
+    torch.manual_seed(0)  # the same dropout and stochastic-depth draws (EfficientNet) for both batches
     loss = nn.functional.cross_entropy(model(images)[:1], labels[:1])
     return torch.cat([g.flatten() for g in torch.autograd.grad(loss, trained)])
 
@@ -144,11 +145,39 @@ def _depends_on_the_batch(model: nn.Module, trainable: str) -> bool:
     return not torch.allclose(first, second, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize(("architecture", "trainable"), [("tiny-gn", "all"), ("tiny-gn", "last_block"),
-                                                         ("tiny-gn", "head"), ("tiny", "head")])
+def _accepted_by_dp(architecture: str, trainable: str) -> bool:
+    try:
+        require_private_model(build_model(architecture, 2, seed=0), architecture, trainable)  # type: ignore[arg-type]
+    except PrivateTrainingError:
+        return False
+    return True
+
+
+DP_ACCEPTS = [(architecture, trainable) for architecture in ARCHITECTURES for trainable in TRAINABLE
+              if _accepted_by_dp(architecture, trainable)]
+
+
+def test_dp_accepts_the_per_example_architectures_only() -> None:
+    assert {architecture for architecture, _ in DP_ACCEPTS} == set(PER_EXAMPLE_ARCHITECTURES)
+    assert ("resnet50-bn-frozen", "all") not in DP_ACCEPTS and ("resnet50-bn-frozen", "last_block") in DP_ACCEPTS
+
+
+@pytest.mark.parametrize(("architecture", "trainable"), DP_ACCEPTS)
 def test_an_examples_gradient_does_not_depend_on_the_rest_of_its_batch(architecture: str, trainable: str) -> None:
-    """GroupNorm models in every mode; a BatchNorm model (`tiny`) for `head`, its statistics frozen in eval mode."""
-    assert not _depends_on_the_batch(build_model(architecture, 2, seed=0), trainable)
+    """Every architecture in every mode DP-SGD accepts (the validator decides which, so a model it starts accepting
+    is checked here too). A frozen-BatchNorm model gets statistics that are not the identity's first."""
+    model = build_model(architecture, 2, seed=0)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, FrozenBatchNorm2d):
+                module.mean.normal_(0.0, 0.3)
+                module.var.uniform_(0.5, 2.0)
+    assert not _depends_on_the_batch(model, trainable)
+
+
+def test_head_on_a_batchnorm_model_is_per_example_too() -> None:
+    """A BatchNorm model (`tiny`) for `head`: its statistics frozen in eval mode while the features are computed."""
+    assert not _depends_on_the_batch(build_model("tiny", 2, seed=0), "head")
 
 
 def test_the_check_catches_batchnorm_in_train_mode() -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pydicom
 import pytest
 import torch
 from pydantic import ValidationError
@@ -229,3 +230,45 @@ def test_a_patients_csv_that_misses_an_image_is_refused_naming_it(tmp_path: Path
     (tmp_path / "patients.csv").write_text("\n".join(lines[:-1]) + "\n")
     with pytest.raises(DatasetFormatError, match=r"no patient for 1 images, such as train/PNEUMONIA/p5.png"):
         load_local_data(_settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,PNEUMONIA"))
+
+
+def _dicom_of(patient_id: str | None, issuer: str, path: Path) -> None:
+    """pydicom's CT file, relabelled as `patient_id`'s (from `issuer`); None: no PatientID at all."""
+    dataset = pydicom.dcmread(pydicom_file(CT_SMALL))
+    if patient_id is None:
+        del dataset.PatientID
+    else:
+        dataset.PatientID = patient_id
+    dataset.IssuerOfPatientID = issuer
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dataset.save_as(path)
+
+
+def test_dicom_patient_id_makes_the_patient_the_privacy_unit_and_never_leaves_the_loader(tmp_path: Path) -> None:
+    # Patient 7 of hospital A has three images; the same ID from issuer B is another patient.
+    for index in range(3):
+        _dicom_of("7", "A", tmp_path / "NORMAL" / f"a7-{index}.dcm")
+    _dicom_of("7", "B", tmp_path / "NORMAL" / "b7.dcm")
+    for index in range(4):
+        _dicom_of(f"P{index}", "A", tmp_path / "ABNORMAL" / f"p{index}.dcm")
+    loaded = load_dicom_class_folders(tmp_path, 16, ("NORMAL", "ABNORMAL"))
+    assert loaded.patients is not None
+    by_file = dict(zip(sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.dcm")), loaded.patients.tolist()))
+    assert by_file["NORMAL/a7-0.dcm"] == by_file["NORMAL/a7-1.dcm"] == by_file["NORMAL/a7-2.dcm"]
+    assert by_file["NORMAL/b7.dcm"] != by_file["NORMAL/a7-0.dcm"]
+    assert len(set(loaded.patients.tolist())) == 6
+    assert all("PatientID" not in header for header in loaded.headers)
+    data = load_local_data(_settings(data_source="dicom", data_path=tmp_path, class_names="NORMAL,ABNORMAL"))
+    assert data.privacy_unit == "patient"
+    assert data.unit_count < data.train_labels.numel()
+
+
+def test_one_dicom_file_without_patient_id_makes_the_image_the_unit(tmp_path: Path) -> None:
+    for index in range(3):
+        _dicom_of("7", "A", tmp_path / "NORMAL" / f"a{index}.dcm")
+    _dicom_of(None, "A", tmp_path / "NORMAL" / "anonymous.dcm")
+    for index in range(4):
+        _dicom_of(f"P{index}", "A", tmp_path / "ABNORMAL" / f"p{index}.dcm")
+    assert load_dicom_class_folders(tmp_path, 16, ("NORMAL", "ABNORMAL")).patients is None
+    data = load_local_data(_settings(data_source="dicom", data_path=tmp_path, class_names="NORMAL,ABNORMAL"))
+    assert data.privacy_unit == "image" and data.unit_count == data.train_labels.numel()

@@ -12,7 +12,7 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from services.common.models import build_model
+from services.common.models import FrozenBatchNorm2d, build_model
 from services.common.trainable import last_block_parameters
 from services.hospital_node.data.local_data import LocalData
 from services.hospital_node.private_training import (
@@ -176,6 +176,15 @@ def test_the_groupnorm_models_pass_opacus_validator(architecture: str) -> None:
     assert require_private_model(model, architecture) is None  # raises PrivateTrainingError when refused
 
 
+def test_frozen_batchnorm_passes_the_validator_for_head_and_last_block_and_is_refused_for_all() -> None:
+    model = build_model("resnet50-bn-frozen", 2, 0)
+    assert ModuleValidator.validate(model, strict=False) == []  # no BatchNorm left: each is a frozen affine map
+    for trainable in ("head", "last_block"):
+        assert require_private_model(model, "resnet50-bn-frozen", trainable) is None
+    with pytest.raises(PrivateTrainingError, match="frozen .* not all of it"):
+        require_private_model(model, "resnet50-bn-frozen", "all")
+
+
 def test_fedprox_is_refused_under_dp() -> None:
     with pytest.raises(PrivateTrainingError, match="FedProx"):
         train_private(build_model("tiny-gn", 2, 0), _data(8), LocalTraining(1, 0.05, 4, proximal_mu=0.1),
@@ -188,3 +197,19 @@ def test_noise_draws_differ_between_runs_whatever_the_training_seed() -> None:
     first = _dp_gradient("hooks", 1.0, 1.0, images, labels, 8)
     second = _dp_gradient("hooks", 1.0, 1.0, images, labels, 8)
     assert not np.allclose(first["1.head.weight"].numpy(), second["1.head.weight"].numpy())
+
+
+def test_last_block_of_a_frozen_batchnorm_model_trains_under_dp_and_its_batchnorm_stays() -> None:
+    model = build_model("resnet50-bn-frozen", 2, 0)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, FrozenBatchNorm2d):
+                module.var.uniform_(0.5, 2.0)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    images = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    data = LocalData(images, torch.tensor([0, 1] * 4), images, torch.tensor([0, 1] * 4), 2)
+    train_private(model, data, LocalTraining(1, 0.05, 4, augment=False), PrivateTraining(1.0, 1.0, trainable="last_block"),
+                  CPU, torch.Generator().manual_seed(0))
+    moved = {name for name, tensor in model.state_dict().items() if not torch.equal(tensor, before[name])}
+    assert moved and all(name.startswith(("1.layer4.", "1.fc.")) for name in moved)
+    assert not any(name.endswith((".mean", ".var")) or ".bn" in name for name in moved)

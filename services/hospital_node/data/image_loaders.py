@@ -97,12 +97,18 @@ class LoadedDataset:
     headers: list[Dataset] = field(default_factory=list)
     # Each image's path relative to the data folder ("train/NORMAL/a.png"), for folder data; empty otherwise.
     paths: list[str] = field(default_factory=list)
+    # Each image's patient, numbered from 0 in order of appearance (DICOM's PatientID, never the ID itself); None
+    # when the source has no patients or one of its images has none.
+    patients: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
 class DicomImage:
     pixels: FloatArray  # (rows, columns), float32 in [0, 1], 1 = bright (dense)
     header: Dataset  # de-identified, without pixel data
+    # Who the image shows (IssuerOfPatientID and PatientID), only to group a patient's images for DP-SGD: it never
+    # leaves the loader (load_dicom_folder numbers the patients); None when the file has no PatientID.
+    patient: str | None = None
 
 
 # --- image folders -----------------------------------------------------------
@@ -170,8 +176,7 @@ def read_patients(root: str | Path, paths: Sequence[str]) -> np.ndarray | None:
     missing = [p for p in paths if p not in patient_of]
     if missing:
         raise DatasetFormatError(f"{path} names no patient for {len(missing)} images, such as {missing[0]}")
-    numbers: dict[str, int] = {}
-    return np.asarray([numbers.setdefault(patient_of[p], len(numbers)) for p in paths], dtype=np.int64)
+    return patient_numbers([patient_of[p] for p in paths])
 
 
 def read_picture(path: str | Path) -> FloatArray:
@@ -277,7 +282,24 @@ def read_dicom(path: str | Path) -> DicomImage:
         raise DatasetFormatError(f"not a readable DICOM file: {error}") from error
     if not any(keyword in dataset for keyword in _PIXEL_KEYWORDS):
         raise NoPixelDataError("DICOM file has no pixel data")
-    return DicomImage(dicom_pixels_to_unit_range(dataset), deidentify(dataset))
+    return DicomImage(dicom_pixels_to_unit_range(dataset), deidentify(dataset), _patient_key(dataset))
+
+
+def _patient_key(dataset: Dataset) -> str | None:
+    """The patient a DICOM file shows, as its issuer and ID (one ID may recur across issuers); None without an ID."""
+    patient_id = str(dataset.get("PatientID", "") or "").strip()
+    if not patient_id:
+        return None
+    return f"{str(dataset.get('IssuerOfPatientID', '') or '').strip()}\x00{patient_id}"
+
+
+def patient_numbers(keys: Sequence[str | None]) -> np.ndarray | None:
+    """Patients numbered from 0 in order of appearance; None when any image has no patient (an image without its
+    patient could be the same patient's as another's, so only the image can be the unit then)."""
+    if any(key is None for key in keys):
+        return None
+    numbers: dict[str, int] = {}
+    return np.asarray([numbers.setdefault(key, len(numbers)) for key in keys if key is not None], dtype=np.int64)
 
 
 def dicom_pixels_to_unit_range(dataset: Dataset) -> FloatArray:
@@ -380,6 +402,7 @@ def load_dicom_folder(
     images: list[FloatArray] = []
     labels: list[int] = []
     headers: list[Dataset] = []
+    patients: list[str | None] = []
     for path in sorted(candidate for candidate in Path(root).rglob("*") if candidate.is_file()):
         try:  # the label first, so that a file no class wants is skipped without decoding its pixels
             label = UNLABELLED if label_for_path is None else _checked_label(
@@ -391,8 +414,9 @@ def load_dicom_folder(
         images.append(_resize_batch(image.pixels[None, None], image_size)[0])
         labels.append(label)
         headers.append(image.header)
+        patients.append(image.patient)
     return LoadedDataset(_stack(images, image_size), np.asarray(labels, dtype=np.int64),
-                         known_classes, skipped, headers)
+                         known_classes, skipped, headers, patients=patient_numbers(patients))
 
 
 def load_dicom_class_folders(

@@ -121,12 +121,15 @@ def load_local_data(settings: HospitalNodeSettings) -> LocalData:
         data = _held_out(images, labels, held[0], held[1], settings.num_classes, settings.calibration_fraction, seed)
         if patients is not None:
             data = dataclasses.replace(data, train_patients=torch.from_numpy(patients))
+    source_of_patients = ("the DICOM files' PatientID" if settings.data_source == "dicom"
+                          else f"{_patients_file()} in the data folder")
     if data.train_patients is None:
-        log.info("record-level DP, if on, protects each training image: no patient identifiers (a %s in the data "
-                 "folder maps each image to its patient)", _patients_file())
+        log.info("record-level DP, if on, protects each training image, not each patient: no patient identifiers "
+                 "(%s names each image's patient%s)", source_of_patients,
+                 "; a file without one makes the image the unit" if settings.data_source == "dicom" else "")
     elif settings.data_source != "synthetic":
-        log.info("patients: %d training images of %d patients (%s)", data.train_labels.numel(), data.unit_count,
-                 _patients_file())
+        log.info("patients: %d training images of %d patients (from %s)", data.train_labels.numel(), data.unit_count,
+                 source_of_patients)
     return dataclasses.replace(data, classes=classes)
 
 
@@ -196,5 +199,6 @@ def _load_real(settings: HospitalNodeSettings) -> tuple[np.ndarray, np.ndarray, 
         raise image_loaders.DatasetFormatError(f"{settings.data_path}: the validation split has no usable images "
                                                f"({len(held.skipped)} files skipped)")
     split = None if held is None else (held.images, held.labels)
-    patients = image_loaders.read_patients(settings.data_path, loaded.paths) if loaded.paths else None
+    patients = (image_loaders.read_patients(settings.data_path, loaded.paths) if loaded.paths
+                else loaded.patients)
     return loaded.images, loaded.labels, tuple(loaded.class_names), split, patients
