@@ -155,7 +155,7 @@ chown -R 10001:10001 "$work/certs"
 prometheus_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 export FEDXRAY_CERTS_DIR="$work/certs" FEDXRAY_BASE_IMAGE="$BASE_IMAGE" FEDXRAY_PROMETHEUS_BASE_IMAGE="$BASE_IMAGE" \
     FEDXRAY_PIP_OFFLINE=1 FEDXRAY_ROUNDS="$ROUNDS" FEDXRAY_ARCHITECTURE=tiny FEDXRAY_IMAGE_SIZE=32 \
-    FEDXRAY_SYNTHETIC_IMAGES=200 FEDXRAY_PROMETHEUS_PORT="$prometheus_port" \
+    FEDXRAY_SYNTHETIC_IMAGES=200 FEDXRAY_MIN_VALIDATION_IMAGES=5 FEDXRAY_PROMETHEUS_PORT="$prometheus_port" \
     FEDXRAY_LOCAL_EPOCHS=40 `# rounds of several seconds: hospital-5 is frozen before round 2 ends` \
     FEDXRAY_HEAD_REFIT=false  # the chaos run counts training rounds only
 compose() { deploy/compose.sh --project-name "$PROJECT" -f deploy/docker-compose.yml "$@"; }

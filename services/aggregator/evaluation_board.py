@@ -19,12 +19,16 @@ import numpy as np
 
 from services.aggregator.pooled_evaluation import PooledEvaluation, pool_reports, validate_report
 from services.common.atomic_files import append_line_atomic, read_json_lines
+from services.common.errors import MalformedChunkError, WrongRoundError
 from services.common.evaluation_report import EvaluationReport
 from services.common.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
+# Models whose reports the board keeps: the one the open round asks about and the two before it, whose rows may
+# still be waiting to be written.
+KEPT_MODELS = 3
 Row = dict[str, object]
 
 
@@ -34,15 +38,36 @@ class EvaluationBoard:
         self._rows_path = rows_path
         self._metrics = metrics
         self._reports: dict[int, dict[str, EvaluationReport]] = {}
+        self._expected: list[int] = []  # the model rounds whose reports are wanted, oldest first
+        self._examples: dict[str, int] = {}  # each node's validation images, from its first report
         self._changed = threading.Condition()
         # Rows already on disk (a restarted aggregator appends to the same file): each round's row is written once.
         self._written = {int(row["round"]) for row in read_json_lines(rows_path)
                          if isinstance(row, dict) and "round" in row}
 
+    def expect(self, model_round: int) -> None:
+        """A round opened on the model after `model_round`: its reports are now wanted. Reports are kept for the last
+        `KEPT_MODELS` such models only, so that the board's memory stays bounded whatever members send."""
+        with self._changed:
+            if model_round not in self._expected:
+                self._expected.append(model_round)
+            del self._expected[:-KEPT_MODELS]
+            for stale in [m for m in self._reports if m not in self._expected]:
+                del self._reports[stale]
+
     def report(self, report: EvaluationReport) -> None:
-        """Store a node's report (its latest for that model replaces an earlier one); refuse one that cannot pool."""
+        """Store a node's report (its latest for that model replaces an earlier one); refuse one that cannot pool,
+        one for a model no open round asks about, and one that counts other images than the node's first did (its
+        validation split does not change within a run)."""
         validate_report(report, self._num_classes)
         with self._changed:
+            if report.model_round not in self._expected:
+                raise WrongRoundError(f"node {report.node_id!r} reported on the model after round "
+                                      f"{report.model_round}; the board takes reports on rounds {self._expected}")
+            first = self._examples.setdefault(report.node_id, int(report.counts.examples))
+            if first != report.counts.examples:
+                raise MalformedChunkError(f"node {report.node_id!r} counted {first} validation images before; this "
+                                          f"report counts {report.counts.examples}")
             self._reports.setdefault(report.model_round, {})[report.node_id] = report
             self._changed.notify_all()
 

@@ -7,6 +7,7 @@ outputs; sums of counts give exactly the metrics of the pooled validation set
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -55,6 +56,37 @@ def validate_report(report: EvaluationReport, num_classes: int) -> None:
     if report.histogram_spacing != HISTOGRAM_SPACING:
         raise MalformedChunkError(f"evaluation of node {report.node_id!r} uses histogram spacing "
                                   f"{report.histogram_spacing!r}, expected {HISTOGRAM_SPACING!r}")
+    _require_consistent_counts(report)
+
+
+# The most validation images one report may count, and the largest mean loss an image may add: bounds far above any
+# hospital's, so that one fake report cannot swamp the pooled figures.
+MAX_REPORTED_EXAMPLES = 10_000_000
+MAX_MEAN_LOSS = 1e4
+
+
+def _require_consistent_counts(report: EvaluationReport) -> None:
+    """Counts a real evaluation could have produced: non-negative, finite, within bounds, and telling the same
+    number of images in the confusion matrix and in every class's histograms."""
+    counts, node = report.counts, report.node_id
+    arrays = [counts.confusion, counts.positive_histograms, counts.negative_histograms,
+              *(a for a in (report.calibration_positive, report.calibration_negative) if a is not None)]
+    if any(bool((np.asarray(a) < 0).any()) for a in arrays):
+        raise MalformedChunkError(f"evaluation of node {node!r} holds negative counts")
+    examples = int(counts.examples)
+    if not 0 <= examples <= MAX_REPORTED_EXAMPLES:
+        raise MalformedChunkError(f"evaluation of node {node!r} counts {examples} images, above the bound of "
+                                  f"{MAX_REPORTED_EXAMPLES}")
+    if not (math.isfinite(counts.loss_sum) and 0 <= counts.loss_sum <= MAX_MEAN_LOSS * max(examples, 1)):
+        raise MalformedChunkError(f"evaluation of node {node!r} reports a loss sum of {counts.loss_sum!r}, not a "
+                                  f"finite number between 0 and {MAX_MEAN_LOSS:g} per image")
+    confusion = np.asarray(counts.confusion, dtype=np.int64)
+    positive = np.asarray(counts.positive_histograms, dtype=np.int64).sum(axis=1)
+    negative = np.asarray(counts.negative_histograms, dtype=np.int64).sum(axis=1)
+    if (int(confusion.sum()) != examples or not np.array_equal(positive, confusion.sum(axis=1))
+            or not np.all(positive + negative == examples)):
+        raise MalformedChunkError(f"evaluation of node {node!r} is inconsistent: its confusion matrix and score "
+                                  f"histograms do not count the same {examples} images")
 
 
 def pool_reports(reports: list[EvaluationReport]) -> PooledEvaluation:

@@ -134,7 +134,8 @@ class RoundLoop:
                    "head_refit": True}
             run.head_refit_done = True
             pending = self._finish(pending, row)
-        self._open(planner, RoundKind.EVALUATE)
+        # The closing evaluation asks the members connected now: a node answers only a plan whose set names it.
+        self._open(planner, RoundKind.EVALUATE, participants=frozenset(p.membership.connected()))
         self._metrics.round_open.set(0)
         self._record(pending, None)
         if not stop.is_set():
@@ -176,6 +177,7 @@ class RoundLoop:
         plan = planner.plan(round_id, kind, broadcast, attempt, participants)
         expected = p.membership.connected() - (set() if kind is RoundKind.EVALUATE else p.intake.retired)
         state = new_round_state(plan, expected, self._public_context)
+        p.board.expect(round_id - 1)  # nodes report on the model they receive: the one after round_id - 1
         p.intake.open(state, self.key)
         self._metrics.current_round.set(round_id)
         self._metrics.round_open.set(1)

@@ -21,7 +21,7 @@ from services.common.round_plan import SumLayout
 from services.common.node_identity import NodeKeyRegistry
 from services.common.pooled_counts import COUNT_BITS, MAX_CLASSES
 from services.common.stream_digest import StreamDigest
-from services.common.upload import Attestation, PhaseSeconds, RecordPrivacySpent, UploadChunk
+from services.common.upload import Attestation, PhaseSeconds, RecordPrivacySpent, UploadChunk, disclosures_digest
 
 _LENGTH = struct.Struct(">Q")
 
@@ -125,6 +125,9 @@ class StagedSubmission:
             raise DigestMismatchError("attestation names another node, round, attempt, key, size, layout, "
                                       "participant set or plan")
         registry.verify(header.node_id, attestation.signed_message(), attestation.signature)
+        if disclosures_digest(record_privacy, masked_class_counts) != attestation.disclosures:
+            raise DigestMismatchError(f"node {header.node_id!r}'s record-level privacy or masked class counts are not "
+                                      "what its signature covers")
         if record_privacy is not None and not (math.isfinite(record_privacy.epsilon) and record_privacy.epsilon >= 0
                                                and 0 < record_privacy.delta < 1):
             raise MalformedChunkError(f"node {header.node_id!r} reports record-level privacy ({record_privacy.epsilon}, "

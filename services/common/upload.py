@@ -5,6 +5,7 @@ The wire format lives in `protos/`; `services/common/wire.py` converts at the ed
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass
 
@@ -26,7 +27,8 @@ def upload_message_limit(chunk_ciphertexts: int, plaintext_chunk_values: int) ->
     return payload + MESSAGE_OVERHEAD_BYTES
 
 
-ATTESTATION_DOMAIN = b"fedxray.v1/attestation/2"
+ATTESTATION_DOMAIN = b"fedxray.v1/attestation/3"
+DISCLOSURES_DOMAIN = b"fedxray.v1/disclosures/1"
 
 
 def _frame(*parts: bytes) -> bytes:
@@ -50,6 +52,7 @@ class Attestation:
     value_count: int = 0
     chunk_ciphertexts: int = 0
     plan_digest: bytes = b""  # plan_digest() of the plan the node followed
+    disclosures: bytes = b""  # disclosures_digest() of what the last chunk says beside the payload
 
     def signed_message(self) -> bytes:
         """What the node signs: every field but the signature."""
@@ -57,7 +60,7 @@ class Attestation:
             struct.pack(">Q", self.round_id), struct.pack(">I", self.attempt), self.key_id.encode(),
             self.node_id.encode(), self.participant_set, struct.pack(">I", self.chunk_count),
             struct.pack(">Q", self.value_count), struct.pack(">I", self.chunk_ciphertexts), self.stream_digest,
-            struct.pack(">I", int(self.layout)), self.plan_digest)
+            struct.pack(">I", int(self.layout)), self.plan_digest, self.disclosures)
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,17 @@ class RecordPrivacySpent:
     noise_multiplier: float
     unit: str = "image"
     rdp_epsilon: float = 0.0
+
+
+def disclosures_digest(record_privacy: RecordPrivacySpent | None, masked_class_counts: tuple[int, ...]) -> bytes:
+    """SHA-256 of what an upload's last chunk states besides its payload (the record-level privacy spent, the masked
+    class counts), in one canonical encoding: the attestation signs it, so no one on the way can alter either."""
+    privacy = b"" if record_privacy is None else _frame(
+        struct.pack(">ddd", record_privacy.epsilon, record_privacy.delta, record_privacy.noise_multiplier),
+        record_privacy.unit.encode(), struct.pack(">d", record_privacy.rdp_epsilon))
+    counts = b"".join(struct.pack(">Q", value) for value in masked_class_counts)
+    return hashlib.sha256(DISCLOSURES_DOMAIN + _frame(b"\x01" if record_privacy else b"\x00", privacy,
+                                                      counts)).digest()
 
 
 @dataclass(frozen=True)

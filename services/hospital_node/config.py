@@ -43,6 +43,13 @@ class HospitalNodeSettings(ServiceSettings):
     min_participants: int = Field(3, ge=1, description="the smallest participant set this hospital masks for")
     max_attempts: int = Field(2, ge=1, description="attempts of one round this hospital takes part in (each with "
                               "fresh noise and masks)")
+    max_learning_rate: float = Field(1.0, gt=0, description="the largest local learning rate a plan may ask for; "
+                                     "above it the round is declined (learning_rate_out_of_bounds)")
+    max_local_epochs: int = Field(100, ge=1, description="the most local epochs a plan may ask for")
+    max_batch_size: int = Field(4096, ge=1, description="the largest batch a plan may ask for")
+    min_validation_images: int = Field(20, ge=0, description="below this many validation images the hospital "
+                                       "reports no evaluation counts (an empty report instead): with a handful of "
+                                       "images, counts and score bins would tell each image's score")
     # Record-level (per-patient) DP-SGD: this hospital's own budget, which wins over any target the aggregator proposes.
     # On by default wherever a hospital's own images are used; off only by an explicit setting.
     record_dp: Literal["auto", "off"] = Field(

@@ -8,7 +8,6 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Protocol
 
 import grpc
@@ -47,7 +46,7 @@ from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.consortium_client import ConsortiumClient, UnreachableError, wait_until_reachable
 from services.hospital_node.data.local_data import LocalData
 from services.hospital_node.encryption_pool import EncryptionPool, UploadRecipe
-from services.hospital_node.privacy_floor import check_plan
+from services.hospital_node.privacy_floor import check_evaluation, check_plan
 from services.hospital_node.local_round import (
     ScaffoldClient,
     head_statistics,
@@ -59,6 +58,7 @@ from services.hospital_node.private_training import PrivateTraining, PrivateTrai
 from services.hospital_node.record_privacy import RecordBudget, poisson_schedule
 from services.hospital_node.trainer import evaluation_report
 from services.hospital_node.update_stream import (
+    Disclosures,
     UploadTimings,
     plaintext_upload,
     secure_upload,
@@ -126,6 +126,8 @@ class HospitalNode:
         # that a restart can never be made to upload twice under one attempt's masks.
         self._joined = UploadLedger(settings.state_dir / "uploads.json")
         self._reported: set[int] = set()  # model rounds this node has reported its evaluation of
+        self._reported_models: set[bytes] = set()  # and the models themselves, by digest
+        self._said_too_few = False
         self._statistics_dimension = statistics_dimension(settings.num_classes,
                                                           classifier_head(self._model).in_features)
         self._trained: tuple[int, np.ndarray] | None = None  # this round's upload, re-encoded for a new attempt
@@ -250,7 +252,12 @@ class HospitalNode:
         # The node's own BatchNorm statistics stay; only the aggregated weights are replaced.
         self._model.load_state_dict(restore_state(self._model.state_dict(), global_weights, self._spec))
         if plan.kind is RoundKind.EVALUATE:
-            self._report_once(plan.round_id - 1)
+            try:  # the admission gate for evaluation: a set that names this hospital, at least its minimum
+                check_evaluation(plan, self._settings)
+            except PlanRefusedError as refused:
+                log.warning("no evaluation report (%s): %s", refused.reason, refused)
+                return
+            self._report_once(plan.round_id - 1, plan.model.sha256)
             return
         self._metrics.current_round.set(plan.round_id)
         if plan.secure and self._settings.node_id not in plan.participants:
@@ -264,7 +271,7 @@ class HospitalNode:
         self._require_record_privacy(plan)
         self._joined.join(plan.key_id, plan.round_id, plan.attempt)
         # Counts of the model only for a plan this hospital takes part in, once per model: never an open oracle.
-        self._report_once(plan.round_id - 1)
+        self._report_once(plan.round_id - 1, plan.model.sha256)
         if plan.kind is RoundKind.HEAD_STATISTICS:
             self._upload_statistics(plan)
             return
@@ -372,8 +379,18 @@ class HospitalNode:
             sigma = self._budget.admit(plan.round_id, *charge, unit)  # a refusal trains nothing and spends nothing
             private = PrivateTraining(sigma, s.dp_clip_norm, s.dp_grad_sample_mode, s.dp_physical_batch, trainable)
         train_start = time.monotonic()
+        local = {name: tensor.detach().clone() for name, tensor in self._model.state_dict().items()}
         result = train_round(self._model, self._data, config, self._device, generator, self._spec, global_weights,
                              scaffold, consortium_control, private, trainable, self._positions(trainable))
+        if not (np.isfinite(result.upload).all() and all(bool(torch.isfinite(t).all())
+                                                         for t in self._model.state_dict().values()
+                                                         if t.is_floating_point())):
+            # Never keep poisoned local state (BatchNorm statistics above all): the model as it was, and a named
+            # decline. A DP charge already spent stays spent: the ledger only grows.
+            self._model.load_state_dict(local)
+            raise PlanRefusedError("training_not_finite", f"round {plan.round_id}: local training at learning rate "
+                                   f"{plan.training.learning_rate:g} produced values that are not finite; the local "
+                                   "state is restored and nothing is uploaded")
         if self._budget is not None and charge is not None:
             spent = self._budget.spend(plan.round_id, *charge)  # on disk before the update can leave
             self._publish_record_epsilon()
@@ -414,18 +431,17 @@ class HospitalNode:
         chunk_sent = ((lambda sent: observer.chunk_sent(s.node_id, plan.round_id, sent)) if observer is not None
                       else None)
         record: list[np.ndarray] | None = [] if observer is not None and observer.keeps_fields else None
+        # What the last chunk states beside the payload; the attestation signs it with the rest.
+        disclosures = Disclosures(self._budget.spent() if self._budget is not None else None,
+                                  self._masked_counts(plan) if plan.secure else ())
         if plan.secure:
             public = self._public_key()
             assert self._pool is not None and plan.key_id == public.key_id  # the privacy floor checked both
             chunks = secure_upload(plan, update, s.node_id, self._identity, self._pool,
-                                   recipe if recipe is not None else self._recipe(plan), timings, record, chunk_sent)
+                                   recipe if recipe is not None else self._recipe(plan), timings, record, chunk_sent,
+                                   disclosures)
         else:
-            chunks = plaintext_upload(plan, update, s.node_id, self._identity, timings, chunk_sent)
-        spent = self._budget.spent() if self._budget is not None else None
-        counted = self._masked_counts(plan) if plan.secure else ()
-        if spent is not None or counted:
-            chunks = (replace(chunk, record_privacy=spent, masked_class_counts=counted)
-                      if chunk.attestation is not None else chunk for chunk in chunks)
+            chunks = plaintext_upload(plan, update, s.node_id, self._identity, timings, chunk_sent, disclosures)
         try:
             receipt = self._client.submit(self._count_bytes(chunks), timeout=plan.transfer.deadline_seconds)
         except grpc.RpcError as error:
@@ -446,13 +462,21 @@ class HospitalNode:
             self._metrics.bytes_sent.inc(sum(len(c) for c in chunk.ciphertexts) + len(chunk.plaintext_values))
             yield chunk
 
-    def _report_once(self, model_round: int) -> None:
-        if model_round not in self._reported:
+    def _report_once(self, model_round: int, model_digest: bytes) -> None:
+        """One report per round's model and per model: a model sent again under another round id gets none."""
+        if model_round not in self._reported and model_digest not in self._reported_models:
             self._reported.add(model_round)
+            self._reported_models.add(model_digest)
             self._report_evaluation(model_round)
 
     def _report_evaluation(self, model_round: int) -> None:
-        report = evaluation_report(self._model, self._data, self._device, self._settings.node_id, model_round)
+        if self._data.val_labels.numel() < self._settings.min_validation_images and not self._said_too_few:
+            log.warning("%d validation images, below min_validation_images=%d: this hospital sends empty evaluation "
+                        "reports, so that nobody waits for it and nothing about its images leaves it",
+                        self._data.val_labels.numel(), self._settings.min_validation_images)
+            self._said_too_few = True
+        report = evaluation_report(self._model, self._data, self._device, self._settings.node_id, model_round,
+                                   self._settings.min_validation_images)
         self._client.report(report)
         counts = report.counts
         accuracy = np.trace(counts.confusion) / max(counts.examples, 1)

@@ -22,6 +22,10 @@ from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.update_stream import require_signed_layout
 
 
+# The largest FedProx weight a plan may ask for: far above any useful one (0.001 to 1).
+MAX_PROXIMAL_MU = 100.0
+
+
 def check_plan(plan: RoundPlan, settings: HospitalNodeSettings, public: PublicKeyInfo | None,
                last_attempt: int, attempts_joined: int, known_peers: Collection[str] = (),
                expected_values: int | None = None) -> None:
@@ -39,6 +43,7 @@ def check_plan(plan: RoundPlan, settings: HospitalNodeSettings, public: PublicKe
     if expected_values is not None and plan.upload_value_count != expected_values:
         raise PlanRefusedError("malformed_plan", f"{name} asks for {plan.upload_value_count} values; this "
                                f"hospital's model gives {expected_values}")
+    check_training(plan, settings, name)
     if not plan.secure:
         if settings.allow_plaintext:
             return
@@ -52,6 +57,38 @@ def check_plan(plan: RoundPlan, settings: HospitalNodeSettings, public: PublicKe
     except MalformedChunkError as error:
         raise PlanRefusedError("layout_mismatch", f"{name}: {error}") from error
     _check_codec(plan, public, name)
+
+
+def check_training(plan: RoundPlan, settings: HospitalNodeSettings, name: str | None = None) -> None:
+    """The training parameters this hospital accepts: a learning rate, epochs and a batch within its own bounds. A
+    rate of 1e30 would otherwise run, upload nothing useful and leave the node's local state non-finite."""
+    name = name or f"round {plan.round_id} attempt {plan.attempt}"
+    training = plan.training
+    if not (math.isfinite(training.learning_rate) and 0 < training.learning_rate <= settings.max_learning_rate):
+        raise PlanRefusedError("learning_rate_out_of_bounds", f"{name} asks for learning rate "
+                               f"{training.learning_rate!r}; this hospital trains between 0 and "
+                               f"{settings.max_learning_rate:g}")
+    if not 1 <= training.epochs <= settings.max_local_epochs:
+        raise PlanRefusedError("local_epochs_out_of_bounds", f"{name} asks for {training.epochs} local epochs; this "
+                               f"hospital trains 1 to {settings.max_local_epochs}")
+    if not 1 <= training.batch_size <= settings.max_batch_size:
+        raise PlanRefusedError("batch_size_out_of_bounds", f"{name} asks for batches of {training.batch_size}; this "
+                               f"hospital takes 1 to {settings.max_batch_size}")
+    if not (math.isfinite(training.proximal_mu) and 0 <= training.proximal_mu <= MAX_PROXIMAL_MU):
+        raise PlanRefusedError("proximal_mu_out_of_bounds", f"{name} asks for a proximal weight of "
+                               f"{training.proximal_mu!r}; this hospital takes 0 to {MAX_PROXIMAL_MU:g}")
+
+
+def check_evaluation(plan: RoundPlan, settings: HospitalNodeSettings) -> None:
+    """An evaluation plan this hospital answers: one whose participant set names it and holds at least its
+    minimum of members (an empty or tiny set would make the aggregator's pooled figures this hospital's own)."""
+    members = plan.participants
+    name = f"evaluation of round {plan.round_id - 1}'s model"
+    if settings.node_id not in members:
+        raise PlanRefusedError("not_a_participant", f"{name} is asked of {sorted(members)}, without this hospital")
+    if len(set(members)) != len(members) or len(members) < settings.min_participants:
+        raise PlanRefusedError("participant_set_below_floor", f"{name} is asked of {len(set(members))} hospitals; "
+                               f"this hospital reports only among at least {settings.min_participants}")
 
 
 def _check_participants(plan: RoundPlan, settings: HospitalNodeSettings, public: PublicKeyInfo | None,

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
-from services.common.classification_metrics import histogram_edges
+from services.common.classification_metrics import HISTOGRAM_BINS, histogram_edges
 from services.common.evaluation_report import EvaluationCounts, EvaluationReport
 from services.common.trainable import classifier_head
 from services.hospital_node.data.image_preprocessing import augment_batch
@@ -214,11 +214,22 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_c
     return EvaluationCounts(confusion, loss_sum, int(truth.size), positive, negative)
 
 
+def empty_report(node_id: str, model_round: int, num_classes: int) -> EvaluationReport:
+    """A report that counts nothing: what a hospital with too few validation images sends, so that no round waits
+    for it and nothing about its images leaves it."""
+    zeros = np.zeros((num_classes, HISTOGRAM_BINS), dtype=np.int64)
+    return EvaluationReport(node_id, model_round, EvaluationCounts(np.zeros((num_classes, num_classes), np.int64),
+                                                                   0.0, 0, zeros, zeros.copy()))
+
+
 def evaluation_report(model: nn.Module, data: LocalData, device: torch.device, node_id: str,
-                      model_round: int) -> EvaluationReport:
+                      model_round: int, min_images: int = 0) -> EvaluationReport:
     """The report a hospital sends for one model: its validation counts, plus the score
     histograms of its calibration split when it keeps one (the aggregator chooses the
-    operating point on those)."""
+    operating point on those). With fewer than `min_images` validation images, an empty
+    report: counts and score bins of a handful of images would tell each image's score."""
+    if data.val_labels.numel() < min_images:
+        return empty_report(node_id, model_round, data.num_classes)
     counts = evaluate(model, data.val_images, data.val_labels, data.num_classes, device)
     if not data.cal_labels.numel():
         return EvaluationReport(node_id, model_round, counts)

@@ -16,7 +16,7 @@ from services.common.public_key import PublicKeyInfo
 from services.common.round_plan import RoundPlan
 from services.common.stream_digest import StreamDigest, sign_attestation
 from services.common.update_codec import update_clip_factor
-from services.common.upload import Attestation, PhaseSeconds, UploadChunk
+from services.common.upload import Attestation, PhaseSeconds, RecordPrivacySpent, UploadChunk, disclosures_digest
 from services.common.wire import plan_digest
 from services.hospital_node.encryption_pool import EncryptionPool, UploadRecipe
 
@@ -49,8 +49,17 @@ def require_signed_layout(plan: RoundPlan, public: PublicKeyInfo) -> None:
             f"{expected.fields_per_slot} x {expected.bits}-bit for {expected.max_participants}")
 
 
+@dataclass(frozen=True)
+class Disclosures:
+    """What an upload's last chunk states beside its payload; the attestation signs it."""
+
+    record_privacy: RecordPrivacySpent | None = None
+    masked_class_counts: tuple[int, ...] = ()
+
+
 def _signed_chunks(plan: RoundPlan, node_id: str, key: Ed25519PrivateKey, timings: UploadTimings,
-                   bodies: Iterator[UploadChunk], chunk_sent: ChunkSent | None) -> Iterator[UploadChunk]:
+                   bodies: Iterator[UploadChunk], chunk_sent: ChunkSent | None,
+                   disclosures: Disclosures) -> Iterator[UploadChunk]:
     digest = StreamDigest(plan.round_id, plan.key_id, node_id, plan.attempt)
     sent = 0
     previous: UploadChunk | None = None
@@ -66,9 +75,11 @@ def _signed_chunks(plan: RoundPlan, node_id: str, key: Ed25519PrivateKey, timing
     assert previous is not None, "an upload has at least one chunk"
     unsigned = Attestation(node_id, plan.round_id, plan.key_id, plan.transfer.chunk_count, digest.digest(), b"",
                            plan.sum_layout, plan.attempt, participant_set_hash(plan.participants),
-                           plan.upload_value_count, plan.transfer.chunk_ciphertexts, plan_digest(plan))
+                           plan.upload_value_count, plan.transfer.chunk_ciphertexts, plan_digest(plan),
+                           disclosures_digest(disclosures.record_privacy, disclosures.masked_class_counts))
     attestation = replace(unsigned, signature=sign_attestation(key, unsigned.signed_message()))
-    yield replace(previous, attestation=attestation, phases=timings.phases())
+    yield replace(previous, attestation=attestation, phases=timings.phases(),
+                  record_privacy=disclosures.record_privacy, masked_class_counts=disclosures.masked_class_counts)
 
 
 def upload_recipe(plan: RoundPlan, slots: int, seed: np.random.SeedSequence, masks: tuple[PeerMask, ...] = (),
@@ -80,7 +91,8 @@ def upload_recipe(plan: RoundPlan, slots: int, seed: np.random.SeedSequence, mas
 
 def secure_upload(plan: RoundPlan, update: np.ndarray, node_id: str, key: Ed25519PrivateKey,
                   pool: EncryptionPool, recipe: UploadRecipe, timings: UploadTimings,
-                  record: list[np.ndarray] | None = None, chunk_sent: ChunkSent | None = None) -> Iterator[UploadChunk]:
+                  record: list[np.ndarray] | None = None, chunk_sent: ChunkSent | None = None,
+                  disclosures: Disclosures = Disclosures()) -> Iterator[UploadChunk]:
     """Chunks of ciphertexts: clip, scale and round, add noise, add this node's pairwise masks for the plan's
     participant set, pack and encrypt (from what was precomputed for the recipe's tag, when given), streamed in
     order."""
@@ -100,12 +112,13 @@ def secure_upload(plan: RoundPlan, update: np.ndarray, node_id: str, key: Ed2551
             yield UploadChunk(plan.round_id, plan.key_id, node_id, chunk.index, tuple(chunk.ciphertexts),
                               attempt=plan.attempt)
 
-    return _signed_chunks(plan, node_id, key, timings, bodies(), chunk_sent)
+    return _signed_chunks(plan, node_id, key, timings, bodies(), chunk_sent, disclosures)
 
 
 def plaintext_upload(plan: RoundPlan, update: np.ndarray, node_id: str, key: Ed25519PrivateKey,
-                     timings: UploadTimings, chunk_sent: ChunkSent | None = None) -> Iterator[UploadChunk]:
+                     timings: UploadTimings, chunk_sent: ChunkSent | None = None,
+                     disclosures: Disclosures = Disclosures()) -> Iterator[UploadChunk]:
     """Privacy off: the raw float32 update in chunks (for comparison runs only)."""
     bodies = (UploadChunk(plan.round_id, plan.key_id, node_id, i, plaintext_values=values)
               for i, values in enumerate(float32_chunks(update, plan.transfer.plaintext_chunk_values)))
-    return _signed_chunks(plan, node_id, key, timings, bodies, chunk_sent)
+    return _signed_chunks(plan, node_id, key, timings, bodies, chunk_sent, disclosures)

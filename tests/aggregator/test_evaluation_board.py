@@ -10,20 +10,30 @@ import pytest
 
 from services.aggregator.evaluation_board import EvaluationBoard
 from services.common.atomic_files import read_json_lines
-from services.common.errors import MalformedChunkError
+from services.common.errors import MalformedChunkError, WrongRoundError
 from services.common.evaluation_report import EvaluationCounts, EvaluationReport
 from services.common.metrics import ServiceMetrics
+from tests.evaluations import histograms_for
 
 
-def _report(node: str, model_round: int, classes: int = 2, correct: int = 4) -> EvaluationReport:
-    confusion = np.eye(classes, dtype=np.int64) * correct
-    confusion[0, -1] += 1
-    zeros = np.zeros((classes, 100), dtype=np.int64)
-    return EvaluationReport(node, model_round, EvaluationCounts(confusion, 1.5, int(confusion.sum()), zeros, zeros))
+def _report(node: str, model_round: int, classes: int = 2, correct: int = 4,
+            confusion: list[list[int]] | None = None) -> EvaluationReport:
+    matrix = np.asarray(confusion, dtype=np.int64) if confusion is not None else np.eye(classes, dtype=np.int64) * correct
+    if confusion is None:
+        matrix[0, -1] += 1
+    return EvaluationReport(node, model_round, EvaluationCounts(matrix, 1.5, int(matrix.sum()),
+                                                                *histograms_for(matrix)))
+
+
+def _board(tmp_path: Path, metrics: ServiceMetrics | None = None, *expected: int) -> EvaluationBoard:
+    board = EvaluationBoard(2, tmp_path / "rounds.jsonl", metrics or ServiceMetrics("aggregator"))
+    for model_round in expected:
+        board.expect(model_round)
+    return board
 
 
 def test_a_report_for_another_class_count_is_refused_and_not_stored(tmp_path: Path) -> None:
-    board = EvaluationBoard(2, tmp_path / "rounds.jsonl", ServiceMetrics("aggregator"))
+    board = _board(tmp_path, None, 0)
     with pytest.raises(MalformedChunkError, match="3 classes, the model has 2"):
         board.report(_report("hospital-1", 0, classes=3))
     assert board.pooled(0) is None
@@ -31,22 +41,43 @@ def test_a_report_for_another_class_count_is_refused_and_not_stored(tmp_path: Pa
 
 def test_rows_carry_the_pooled_evaluation_of_their_round_s_model(tmp_path: Path) -> None:
     metrics = ServiceMetrics("aggregator")
-    board = EvaluationBoard(2, tmp_path / "rounds.jsonl", metrics)
+    board = _board(tmp_path, metrics, 0, 1)
     board.report(_report("hospital-1", 0))
-    board.report(_report("hospital-2", 0, correct=2))
+    board.report(_report("hospital-2", 0, confusion=[[2, 3], [1, 3]]))
     board.report(_report("hospital-2", 0))  # the latest report of a node for a model replaces its earlier one
-    board.report(_report("hospital-1", 1, correct=9))
+    board.report(_report("hospital-1", 1, confusion=[[4, 0], [1, 4]]))
     board.write_row(0, None)
     board.write_row(1, {"round": 1, "participants": 2, "seconds": 3.0, "epsilon": 0.5})
     rows = read_json_lines(tmp_path / "rounds.jsonl")
     assert [row["round"] for row in rows] == [0, 1]
     assert rows[0]["evaluation"]["confusion"] == [[8, 2], [0, 8]] and rows[0]["evaluation"]["nodes"] == 2
-    assert rows[1]["evaluation"]["confusion"] == [[9, 1], [0, 9]] and rows[1]["participants"] == 2
-    assert metrics.validation.labels(metric="accuracy")._value.get() == pytest.approx(18 / 19)
+    assert rows[1]["evaluation"]["confusion"] == [[4, 0], [1, 4]] and rows[1]["participants"] == 2
+    assert metrics.validation.labels(metric="accuracy")._value.get() == pytest.approx(8 / 9)
+
+
+def test_a_report_on_a_model_no_round_asks_about_is_refused_and_old_models_are_let_go(tmp_path: Path) -> None:
+    board = _board(tmp_path, None, 0)
+    with pytest.raises(WrongRoundError, match="after round 7"):
+        board.report(_report("hospital-1", 7))  # a round far ahead: the board would otherwise keep it forever
+    board.report(_report("hospital-1", 0))
+    for model_round in range(1, 10):
+        board.expect(model_round)
+        board.report(_report("hospital-1", model_round))
+    assert board.pooled(0) is None and board.pooled(6) is None and board.pooled(9) is not None
+    with pytest.raises(WrongRoundError):
+        board.report(_report("hospital-1", 3))
+
+
+def test_a_report_that_counts_other_images_than_the_nodes_first_is_refused(tmp_path: Path) -> None:
+    board = _board(tmp_path, None, 0, 1)
+    board.report(_report("hospital-1", 0))  # 9 images
+    with pytest.raises(MalformedChunkError, match="counted 9 validation images before; this report counts 1000"):
+        board.report(_report("hospital-1", 1, confusion=[[500, 0], [0, 500]]))
+    assert board.pooled(1) is None
 
 
 def test_waiting_for_evaluations_returns_once_every_expected_node_reported(tmp_path: Path) -> None:
-    board = EvaluationBoard(2, tmp_path / "rounds.jsonl", ServiceMetrics("aggregator"))
+    board = _board(tmp_path, None, 3)
     board.report(_report("hospital-1", 3))
     started = time.monotonic()
     board.wait_for(3, lambda: {"hospital-1"}, time.monotonic() + 30)

@@ -8,6 +8,12 @@ from services.common.evaluation_report import EvaluationReport
 from services.common.wire import evaluation_from_wire
 
 
+def _rows(first: int, second: int) -> list[int]:
+    """Two classes' histograms, every image in bin 50: class 0's row counts `first`, class 1's `second`."""
+    return [first if i == 50 else 0 for i in range(HISTOGRAM_BINS)] + [second if i == 50 else 0
+                                                                       for i in range(HISTOGRAM_BINS)]
+
+
 def report(node: str, **changes: object) -> EvaluationReport:
     """A report as the aggregator's wire edge turns it into a typed one (where lengths are checked first)."""
     return evaluation_from_wire(wire_report(node, **changes))
@@ -16,7 +22,7 @@ def report(node: str, **changes: object) -> EvaluationReport:
 def wire_report(node: str, **changes: object) -> pb.EvaluationReport:
     fields: dict[str, object] = dict(
         node_id=node, model_round=1, num_classes=2, confusion=[3, 1, 2, 4], loss_sum=1.0, examples=10,
-        positive_histograms=[0] * (2 * HISTOGRAM_BINS), negative_histograms=[0] * (2 * HISTOGRAM_BINS),
+        positive_histograms=_rows(4, 6), negative_histograms=_rows(6, 4),
         histogram_bins=HISTOGRAM_BINS, histogram_spacing=HISTOGRAM_SPACING)
     fields.update(changes)
     return pb.EvaluationReport(**fields)  # type: ignore[arg-type]
@@ -39,12 +45,28 @@ def test_a_report_that_cannot_be_pooled_is_refused_by_name(changes: dict[str, ob
         validate_report(report("a", **changes), num_classes=2)  # the wire edge or the board refuses it
 
 
-def _histogram(counts: dict[int, int]) -> list[int]:
-    """Class-1 histogram with the given bins filled; class 0's row stays empty."""
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"examples": 2_000_000_000_000, "confusion": [1_000_000_000_000, 0, 0, 1_000_000_000_000]}, "above the bound"),
+    ({"loss_sum": float("nan")}, "not a finite number"),
+    ({"loss_sum": float("inf")}, "not a finite number"),
+    ({"loss_sum": -1.0}, "not a finite number"),
+    ({"examples": 11}, "inconsistent"),
+    ({"confusion": [3, 1, 2, 5]}, "inconsistent"),
+    ({"positive_histograms": _rows(4, 7)}, "inconsistent"),
+    ({"negative_histograms": _rows(5, 4)}, "inconsistent"),
+], ids=["huge", "nan-loss", "inf-loss", "negative-loss", "examples", "confusion", "positives", "negatives"])
+def test_fake_evaluation_counts_are_refused(changes: dict[str, object], message: str) -> None:
+    """A member that never trained invents counts (2e12 images once made the pooled accuracy 1e-11)."""
+    with pytest.raises(MalformedChunkError, match=message):
+        validate_report(report("a", **changes), num_classes=2)  # the wire edge or the board refuses it
+
+
+def _histogram(counts: dict[int, int], class_0: int = 0) -> list[int]:
+    """Class-1 histogram with the given bins filled; class 0's row holds `class_0` images in bin 50."""
     row = [0] * HISTOGRAM_BINS
     for index, count in counts.items():
         row[index] = count
-    return [0] * HISTOGRAM_BINS + row
+    return [class_0 if i == 50 else 0 for i in range(HISTOGRAM_BINS)] + row
 
 
 def test_pooled_calibration_histograms_choose_the_threshold_applied_to_the_evaluated_counts() -> None:
@@ -54,7 +76,8 @@ def test_pooled_calibration_histograms_choose_the_threshold_applied_to_the_evalu
     # The best F1 (0.8) is edges 31..60; ties go to the highest, edge 60.
     calibration = [(_histogram({60: 1}), _histogram({30: 1})), (_histogram({60: 1}), _histogram({70: 1}))]
     # Evaluated: positives in bins 55 and 65, negatives in bin 20; argmax (edge 50) calls both positives.
-    reports = [report(node, positive_histograms=_histogram({55: 1, 65: 1}), negative_histograms=_histogram({20: 2}),
+    reports = [report(node, positive_histograms=_histogram({55: 1, 65: 1}, 2), negative_histograms=_histogram({20: 2}, 2),
+                      confusion=[2, 0, 0, 2], examples=4,
                       calibration_positive_histograms=cal_pos, calibration_negative_histograms=cal_neg)
                for node, (cal_pos, cal_neg) in zip("ab", calibration)]
     for r in reports:

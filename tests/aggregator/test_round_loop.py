@@ -44,9 +44,10 @@ from services.common.pooled_counts import COUNTS_DOMAIN, POOLED_COUNTS_FILE, mas
 from services.common.wire import plan_digest
 from services.common.upload import DecryptManifest, PhaseSeconds
 from services.hospital_node.encryption_pool import EncryptionPool
-from services.hospital_node.update_stream import UploadTimings, secure_upload, upload_recipe
+from services.hospital_node.update_stream import Disclosures, UploadTimings, secure_upload, upload_recipe
 from services.key_authority.decryption_policy import DecryptionLedger, DecryptionPolicy
 from services.key_authority.key_store import KeyMaterial, load_or_create_keys
+from tests.evaluations import histograms_for
 from services.key_authority.sum_decryption import checked_chunks, decrypt_checked
 
 NODES = ("hospital-1", "hospital-2", "hospital-3")
@@ -81,8 +82,8 @@ class InProcessKeyAuthority:
 
 
 def _counts() -> EvaluationCounts:
-    zeros = np.zeros((2, 100), dtype=np.int64)
-    return EvaluationCounts(np.array([[3, 1], [1, 3]]), 2.0, 8, zeros, zeros)
+    confusion = np.array([[3, 1], [1, 3]])
+    return EvaluationCounts(confusion, 2.0, 8, *histograms_for(confusion))
 
 
 def _node(node_id: str, folder: Path, membership: Membership, intake: UploadIntake, board: EvaluationBoard,
@@ -112,9 +113,10 @@ def _node(node_id: str, folder: Path, membership: Membership, intake: UploadInta
         masks = tuple(peer_masks(node_id, agreement, registry.agreement_keys, scope))
         recipe = upload_recipe(plan, 4096, np.random.SeedSequence(), masks,
                                (authority_mask(node_id, agreement, authority, scope),))
-        upload = list(secure_upload(plan, updates[node_id], node_id, identity, pool, recipe, UploadTimings()))
         counted = masked_counts(IMAGES[node_id], peer_masks(node_id, agreement, registry.agreement_keys, scope,
                                                             COUNTS_DOMAIN))
+        upload = list(secure_upload(plan, updates[node_id], node_id, identity, pool, recipe, UploadTimings(),
+                                    disclosures=Disclosures(None, tuple(counted))))
         state, staged = intake.begin(upload[0])
         for chunk in upload:
             staged.add(chunk)

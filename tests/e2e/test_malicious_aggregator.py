@@ -61,6 +61,7 @@ class HarnessAggregator(pb_grpc.AggregatorServicer):
         self.outboxes: dict[str, queue.Queue[pb.RoundMessage | None]] = {}
         self.uploads: dict[tuple[str, int, int], list[pb.UpdateChunk]] = {}
         self.declines: dict[tuple[str, int, int], str] = {}
+        self.reports: dict[tuple[str, int], pb.EvaluationReport] = {}
         self.changed = threading.Condition()
 
     def Subscribe(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> Iterator[pb.RoundMessage]:
@@ -88,6 +89,9 @@ class HarnessAggregator(pb_grpc.AggregatorServicer):
                                 stream_digest=last.attestation.stream_digest)
 
     def ReportEvaluation(self, request: pb.EvaluationReport, context: grpc.ServicerContext) -> pb.EvaluationAck:
+        with self.changed:
+            self.reports[(request.node_id, request.model_round)] = request
+            self.changed.notify_all()
         return pb.EvaluationAck()
 
     def DeclineRound(self, request: pb.RoundDecline, context: grpc.ServicerContext) -> pb.DeclineAck:
@@ -179,7 +183,7 @@ def attack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Attack]:
     harness = HarnessAggregator()
     address = f"127.0.0.1:{free_port()}"
     config = tiny_config(run_dir, len(NODES), 1, seed=11, images_per_node=30, external_aggregator=address,
-                         extra_members=EXTRA, node={"max_attempts": 2})
+                         extra_members=EXTRA, node={"max_attempts": 2}, per_node={4: {"max_learning_rate": 1e31}})
     consortium = Consortium(config)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     pb_grpc.add_AggregatorServicer_to_server(harness, server)
@@ -379,3 +383,43 @@ def test_a_restarted_node_still_declines_an_attempt_it_uploaded_in_before(attack
     attack.harness.send(plan, attack.model, to=[node])
     attack.harness.wait(lambda: key in attack.harness.declines or key in attack.harness.uploads)
     assert key not in attack.harness.uploads and attack.harness.declines[key] == "attempt_reused"
+
+
+def _evaluation(attack: Attack, round_id: int, participants: tuple[str, ...], shift: float) -> RoundPlan:
+    """An EVALUATE plan for a model of its own (the initial weights plus `shift`: a model no node has seen)."""
+    model = broadcast_chunks(flatten_state(build_model("tiny", 2, 0).state_dict()) + shift)
+    plan = attack.planner.plan(round_id, RoundKind.EVALUATE, model, 1, frozenset(participants))
+    attack.harness.send(plan, model)
+    return plan
+
+
+def test_evaluation_is_answered_only_for_a_set_that_names_the_node_and_holds_its_minimum(attack: Attack) -> None:
+    """Evaluation was an oracle: crafted models sent with an empty set were scored by everyone. Now an empty set, a
+    set of two (below every node's minimum of 3) and a set without hospital-1 get no report from the nodes left
+    out; the honest plan sent last, which every node handles after the others, is answered by all."""
+    _evaluation(attack, 81, (), 0.01)
+    _evaluation(attack, 82, tuple(NODES[:2]), 0.02)
+    _evaluation(attack, 83, tuple(NODES[1:]), 0.03)
+    _evaluation(attack, 84, tuple(NODES), 0.04)
+    attack.harness.wait(lambda: all((node, 83) in attack.harness.reports for node in NODES))
+    reports = attack.harness.reports
+    assert not [key for key in reports if key[1] in (80, 81)]
+    assert (NODES[0], 82) not in reports and all((node, 82) in reports for node in NODES[1:])
+
+
+def test_a_learning_rate_of_1e30_is_declined_by_name_and_the_next_evaluation_is_finite(attack: Attack) -> None:
+    """Four nodes decline it by their bound. hospital-5 allows it (max_learning_rate 1e31, as a careless hospital
+    might): it trains, its BatchNorm statistics go non-finite, and it restores its local state and declines by name;
+    its next evaluation, on 13 validation images, is finite."""
+    plan = attack.plan(85, NODES)
+    plan = replace(plan, training=replace(plan.training, learning_rate=1e30))
+    attack.harness.send(plan, attack.model)
+    attack.harness.wait(lambda: all((node, 85, 1) in attack.harness.declines for node in NODES))
+    assert {node: attack.harness.declines[(node, 85, 1)] for node in NODES} == {
+        **{node: "learning_rate_out_of_bounds" for node in NODES[:4]}, NODES[4]: "training_not_finite"}
+    assert not [key for key in attack.harness.uploads if key[1] == 85]
+    _evaluation(attack, 87, tuple(NODES), 0.05)
+    attack.harness.wait(lambda: all((node, 86) in attack.harness.reports for node in NODES))
+    for node in NODES:
+        assert np.isfinite(attack.harness.reports[(node, 86)].loss_sum)
+    assert attack.harness.reports[(NODES[4], 86)].examples == 13

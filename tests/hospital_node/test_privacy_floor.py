@@ -9,9 +9,9 @@ import pytest
 from services.common.errors import PlanRefusedError
 from services.common.noise import NoiseKind
 from services.common.public_key import PublicKeyInfo
-from services.common.round_plan import RoundPlan
+from services.common.round_plan import RoundKind, RoundPlan
 from services.hospital_node.config import HospitalNodeSettings
-from services.hospital_node.privacy_floor import check_plan
+from services.hospital_node.privacy_floor import check_evaluation, check_plan
 from tests.plans import PLAN, STATISTICS_LAYOUT, UPDATE_LAYOUT
 
 SETTINGS = HospitalNodeSettings(insecure=True, node_id="hospital-1", min_noise_variance=8.0, max_clip_norm=50.0,
@@ -93,3 +93,32 @@ def test_plaintext_only_where_the_hospital_allows_it() -> None:
     plaintext = replace(PLAN, secure=False)
     assert _refusal(plaintext, SETTINGS.model_copy(update={"allow_plaintext": True}), None, peers=()) is None
     assert _refusal(plaintext, SETTINGS, None, peers=()) == "plaintext_refused"
+
+
+@pytest.mark.parametrize(("training", "reason"), [
+    ({"learning_rate": 1e30}, "learning_rate_out_of_bounds"),
+    ({"learning_rate": float("nan")}, "learning_rate_out_of_bounds"),
+    ({"learning_rate": 0.0}, "learning_rate_out_of_bounds"),
+    ({"epochs": 0}, "local_epochs_out_of_bounds"),
+    ({"epochs": 10_000}, "local_epochs_out_of_bounds"),
+    ({"batch_size": 1 << 20}, "batch_size_out_of_bounds"),
+    ({"proximal_mu": float("inf")}, "proximal_mu_out_of_bounds"),
+])
+def test_training_parameters_outside_the_hospitals_bounds_are_declined_by_name(training: dict[str, object],
+                                                                               reason: str) -> None:
+    assert _refusal(replace(PLAN, training=replace(PLAN.training, **training))) == reason
+
+
+@pytest.mark.parametrize(("participants", "reason"), [
+    ((), "not_a_participant"),
+    (("hospital-2", "hospital-3", "hospital-4"), "not_a_participant"),
+    (("hospital-1", "hospital-2"), "participant_set_below_floor"),
+    (("hospital-1", "hospital-1", "hospital-2"), "participant_set_below_floor"),
+])
+def test_an_evaluation_is_answered_only_among_enough_members_that_include_the_hospital(
+        participants: tuple[str, ...], reason: str) -> None:
+    plan = replace(PLAN, kind=RoundKind.EVALUATE, participants=participants)
+    with pytest.raises(PlanRefusedError) as refused:
+        check_evaluation(plan, SETTINGS)
+    assert refused.value.reason == reason
+    assert check_evaluation(replace(plan, participants=("hospital-1", "hospital-2", "hospital-3")), SETTINGS) is None

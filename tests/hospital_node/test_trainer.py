@@ -13,7 +13,14 @@ from services.common.model_spec import flatten_state
 from services.common.models import build_model
 from services.hospital_node.data.synthetic_xray import generate_synthetic_xrays
 from services.hospital_node.data.local_data import LocalData
-from services.hospital_node.trainer import LocalTraining, evaluate, log_class_prior, loss_gradient, train_local
+from services.hospital_node.trainer import (
+    LocalTraining,
+    evaluate,
+    evaluation_report,
+    log_class_prior,
+    loss_gradient,
+    train_local,
+)
 
 CPU = torch.device("cpu")
 
@@ -248,3 +255,17 @@ def test_a_frozen_head_arrives_and_leaves_unchanged_while_the_body_trains(optimi
     assert not torch.equal(model[1].features[0].weight.detach(), body_before)
     train_local(model, data, replace(config, freeze_head=False), CPU, torch.Generator().manual_seed(0))
     assert not torch.equal(head.weight.detach(), head_before[0])
+
+
+def test_a_hospital_with_two_validation_images_sends_counts_of_nothing() -> None:
+    """Counts and score bins of two images would tell each image's score: below the floor the report is empty."""
+    images = torch.rand(10, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1] * 5)
+    data = LocalData(images, labels, images[:2], labels[:2], 2)
+    model = build_model("tiny-gn", 2, 0)
+    empty = evaluation_report(model, data, torch.device("cpu"), "hospital-1", 3, min_images=20)
+    assert empty.counts.examples == 0 and empty.counts.loss_sum == 0.0
+    assert not empty.counts.confusion.any() and not empty.counts.positive_histograms.any()
+    assert not empty.counts.negative_histograms.any() and empty.calibration_positive is None
+    full = evaluation_report(model, data, torch.device("cpu"), "hospital-1", 3, min_images=2)
+    assert full.counts.examples == 2
