@@ -10,12 +10,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from services.common.class_roster import ClassRoster, require_same_classes
-from services.common.errors import UnknownNodeError
+from services.common.errors import ServerLimitError, UnknownNodeError
 from services.common.model_spec import ParameterSpec
 from services.common.round_plan import RoundMessage
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
+# The least time between two subscriptions of one member: a node reconnecting backs off 1 s or more.
+RESUBSCRIBE_SECONDS = 1.0
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Membership:
         self._subscribers: dict[str, _Subscriber] = {}
         self._changed = threading.Condition()
         self._leave_listeners: list[Callable[[str], None]] = []
+        self._subscribed_at: dict[str, float] = {}  # when each member last subscribed (monotonic)
 
     @property
     def spec(self) -> ParameterSpec:
@@ -72,12 +75,22 @@ class Membership:
         self._spec.require_equal(spec)
         subscriber = _Subscriber(node_id, queue.Queue())
         with self._changed:
+            now = time.monotonic()
+            last = self._subscribed_at.get(node_id)
+            if last is not None and now - last < RESUBSCRIBE_SECONDS and node_id in self._subscribers:
+                # A flood of subscriptions from one member would hold server threads: one replacement a second.
+                raise ServerLimitError(f"node {node_id!r} subscribed {now - last:.2f} s ago; a new subscription "
+                                       f"replaces it at most once every {RESUBSCRIBE_SECONDS:g} s")
+            self._subscribed_at[node_id] = now
             if self._class_names is None and classes.names:
                 self._class_names = classes.names
                 log.info("the consortium's classes, in label order, are %s (from %s, the first to join)",
                          list(classes.names), node_id)
             require_same_classes(self._class_names or (), node_id, classes.names)
             self._rosters[node_id] = classes
+            replaced = self._subscribers.get(node_id)
+            if replaced is not None:  # one live subscription per member: the new one ends the old, and its thread
+                replaced.outbox.put(None)
             self._subscribers[node_id] = subscriber
             self._changed.notify_all()
         log.info("node %s subscribed (%d connected): classes %s", node_id, len(self._subscribers), classes.table())
@@ -97,12 +110,16 @@ class Membership:
                 yield message
         finally:
             with self._changed:
-                if self._subscribers.get(node_id) is subscriber:
+                current = self._subscribers.get(node_id) is subscriber
+                if current:
                     del self._subscribers[node_id]
                 self._changed.notify_all()
-            for listener in self._leave_listeners:
-                listener(node_id)
-            log.info("node %s disconnected", node_id)
+            if current:  # a subscription another replaced ends without the node leaving
+                for listener in self._leave_listeners:
+                    listener(node_id)
+                log.info("node %s disconnected", node_id)
+            else:
+                log.info("node %s: an earlier subscription ended, replaced by its newer one", node_id)
 
     def connected(self) -> set[str]:
         with self._changed:

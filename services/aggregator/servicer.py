@@ -127,18 +127,29 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
     @translate_errors
     def SubmitUpdate(self, request_iterator: Iterator[pb.UpdateChunk],
                      context: grpc.ServicerContext) -> pb.SubmitReceipt:
+        # With mTLS the caller is known before its first chunk: a slot is the open attempt's participant's, one
+        # stream each, so a member that opens idle streams holds at most its own slot and never another's.
+        identity = peer_common_name(context) if self._check_peer else None
         with self._uploading_lock:
-            if self._streams >= self._max_streams:
+            if identity is not None:
+                self._intake.require_slot(identity)
+                if identity in self._uploading:
+                    raise ServerLimitError(f"node {identity!r} already has an upload stream open")
+                self._uploading.add(identity)
+            elif self._streams >= self._max_streams:
                 raise ServerLimitError(f"{self._streams} upload streams are open, the most this server takes")
             self._streams += 1
         try:
             with self._metrics.upload_streams.track_inprogress():
-                return self._submit(request_iterator, context)
+                return self._submit(request_iterator, context, identity)
         finally:
             with self._uploading_lock:
                 self._streams -= 1
+                if identity is not None:
+                    self._uploading.discard(identity)
 
-    def _submit(self, request_iterator: Iterator[pb.UpdateChunk], context: grpc.ServicerContext) -> pb.SubmitReceipt:
+    def _submit(self, request_iterator: Iterator[pb.UpdateChunk], context: grpc.ServicerContext,
+                identity: str | None) -> pb.SubmitReceipt:
         started = time.monotonic()
         chunks = _typed_chunks(request_iterator)
         # A stream that sends nothing would hold a server thread for ever: past the deadline the call is cancelled,
@@ -153,6 +164,8 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                 raise self._deadline_or_broken(expired, None, 0, "sent no first chunk")
             raise MalformedChunkError("empty update stream")
         self._require_peer(context, first.node_id)
+        if identity is not None:  # its slot was taken at the start
+            return self._stage(first, chunks, context, started)
         with self._uploading_lock:
             if first.node_id in self._uploading:
                 raise ServerLimitError(f"node {first.node_id!r} already has an upload stream open")

@@ -40,6 +40,7 @@ class StreamHeader:
     participant_set: bytes = b""  # participant_set_hash of the attempt's set
     chunk_ciphertexts: int = 0
     plan_digest: bytes = b""  # of the plan every upload of the attempt must have followed
+    model_digest: bytes = b""  # of the model the plan sent
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,12 @@ class StagedSubmission:
             raise DigestMismatchError(f"stream digest of node {header.node_id!r} does not match its chunks")
         if (attestation.node_id, attestation.round_id, attestation.attempt, attestation.key_id, attestation.chunk_count,
                 attestation.layout, attestation.participant_set, attestation.value_count,
-                attestation.chunk_ciphertexts, attestation.plan_digest) != (
+                attestation.chunk_ciphertexts, attestation.plan_digest, attestation.model_digest) != (
                 header.node_id, header.round_id, header.attempt, header.key_id, header.chunk_count, header.layout,
-                header.participant_set, header.dimension, header.chunk_ciphertexts, header.plan_digest):
+                header.participant_set, header.dimension, header.chunk_ciphertexts, header.plan_digest,
+                header.model_digest):
             raise DigestMismatchError("attestation names another node, round, attempt, key, size, layout, "
-                                      "participant set or plan")
+                                      "participant set, plan or model")
         registry.verify(header.node_id, attestation.signed_message(), attestation.signature)
         if disclosures_digest(record_privacy, masked_class_counts) != attestation.disclosures:
             raise DigestMismatchError(f"node {header.node_id!r}'s record-level privacy or masked class counts are not "

@@ -13,11 +13,17 @@ from pathlib import Path
 from services.aggregator.round_state import RoundState
 from services.aggregator.submission_staging import StagedSubmission, StreamHeader, VerifiedSubmission
 from services.common.chunking import ciphertexts_in_chunk
-from services.common.errors import MalformedChunkError, UnknownNodeError, WrongKeyError, WrongRoundError
+from services.common.errors import (
+    DuplicateSubmissionError,
+    MalformedChunkError,
+    UnknownNodeError,
+    WrongKeyError,
+    WrongRoundError,
+)
 from services.common.metrics import ServiceMetrics
 from services.common.public_key import PublicKeyInfo
 from services.common.pairwise_masks import participant_set_hash
-from services.common.round_plan import RoundDecline
+from services.common.round_plan import RoundDecline, RoundKind
 from services.common.upload import UploadChunk
 from services.common.wire import plan_digest
 
@@ -47,6 +53,21 @@ class UploadIntake:
     @property
     def current(self) -> RoundState | None:
         return self._round
+
+    def require_slot(self, node_id: str) -> None:
+        """Refuse, by name, a stream from `node_id` unless it holds an upload slot now: the open attempt's
+        participant (secure), or a node it still expects (plaintext), that has not uploaded yet. Checked when a
+        stream starts, before its first chunk: no one else takes a slot."""
+        current = self._round
+        if current is None or current.plan.kind is RoundKind.EVALUATE:
+            raise WrongRoundError(f"{node_id!r} holds no upload slot: no round is open for submissions")
+        if node_id in current.contributors:
+            raise DuplicateSubmissionError(f"node {node_id!r} already submitted round {current.round_id} attempt "
+                                           f"{current.attempt}")
+        members = current.participants if current.plan.secure else frozenset(current.expected)
+        if node_id not in members:
+            raise WrongRoundError(f"{node_id!r} holds no upload slot: it is not a participant still expected in "
+                                  f"round {current.round_id} attempt {current.attempt}")
 
     def node_left(self, node_id: str) -> None:
         if self._round is not None:
@@ -80,7 +101,7 @@ class UploadIntake:
         header = StreamHeader(current.round_id, first.key_id, first.node_id, plan.secure, plan.transfer.chunk_count,
                               plan.transfer.plaintext_chunk_values, plan.upload_value_count, plan.sum_layout,
                               plan.attempt, participant_set_hash(plan.participants), plan.transfer.chunk_ciphertexts,
-                              plan_digest(plan))
+                              plan_digest(plan), plan.model.sha256)
         key = self._key
 
         def check(index: int, payloads: list[bytes]) -> object:

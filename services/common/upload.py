@@ -53,6 +53,7 @@ class Attestation:
     chunk_ciphertexts: int = 0
     plan_digest: bytes = b""  # plan_digest() of the plan the node followed
     disclosures: bytes = b""  # disclosures_digest() of what the last chunk says beside the payload
+    model_digest: bytes = b""  # SHA-256 of the global model the node trained on (the plan's model.sha256)
 
     def signed_message(self) -> bytes:
         """What the node signs: every field but the signature."""
@@ -60,7 +61,7 @@ class Attestation:
             struct.pack(">Q", self.round_id), struct.pack(">I", self.attempt), self.key_id.encode(),
             self.node_id.encode(), self.participant_set, struct.pack(">I", self.chunk_count),
             struct.pack(">Q", self.value_count), struct.pack(">I", self.chunk_ciphertexts), self.stream_digest,
-            struct.pack(">I", int(self.layout)), self.plan_digest, self.disclosures)
+            struct.pack(">I", int(self.layout)), self.plan_digest, self.disclosures, self.model_digest)
 
 
 @dataclass(frozen=True)

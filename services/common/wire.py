@@ -174,13 +174,13 @@ def attestation_to_wire(a: Attestation) -> pb.Attestation:
                           stream_digest=a.stream_digest, signature=a.signature, layout=sum_layout_to_wire(a.layout),
                           attempt=a.attempt, participant_set_sha256=a.participant_set, value_count=a.value_count,
                           chunk_ciphertexts=a.chunk_ciphertexts, plan_sha256=a.plan_digest,
-                          disclosures_sha256=a.disclosures)
+                          disclosures_sha256=a.disclosures, model_sha256=a.model_digest)
 
 
 def attestation_from_wire(m: pb.Attestation) -> Attestation:
     return Attestation(m.node_id, m.round_id, m.key_id, m.chunk_count, m.stream_digest, m.signature,
                        sum_layout_from_wire(m.layout), m.attempt, m.participant_set_sha256, m.value_count,
-                       m.chunk_ciphertexts, m.plan_sha256, m.disclosures_sha256)
+                       m.chunk_ciphertexts, m.plan_sha256, m.disclosures_sha256, m.model_sha256)
 
 
 def _phases_to_wire(phases: PhaseSeconds) -> pb.NodePhaseSeconds:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 import threading
@@ -21,61 +20,32 @@ from services.common.ckks_params import load_public_context
 from services.common.class_roster import ClassRoster, default_class_names
 from services.common.errors import FedXrayError, MalformedChunkError, PlanRefusedError, WrongKeyError
 from services.common.head_refit import statistics_dimension
-from services.common.round_plan import Trainable
-from services.common.trainable import trained_positions
-from services.common.trainable import classifier_head
 from services.common.metrics import ServiceMetrics
 from services.common.model_spec import parameter_spec, restore_state
 from services.common.models import best_device, build_model
-from services.common.public_key import PublicKeyInfo
-from services.common.round_plan import (
-    LocalTrainingPlan,
-    ModelChunk,
-    RoundDecline,
-    RoundKind,
-    RoundPlan,
-    TrainingFinished,
-)
 from services.common.node_identity import NodeKeyRegistry, load_agreement_key, load_identity
 from services.common.pairwise_masks import MaskScope, authority_mask, peer_masks
 from services.common.pooled_counts import COUNTS_DOMAIN, CountsRelease, masked_counts
+from services.common.public_key import PublicKeyInfo
+from services.common.round_plan import RoundDecline, RoundKind, RoundPlan, Trainable
+from services.common.trainable import classifier_head, trained_positions
 from services.common.update_codec import received_update
 from services.common.upload import UploadChunk
 from services.common.wire import plan_digest
+from services.hospital_node.admission import Admission, AdmissionGate, RecordPrivacy
 from services.hospital_node.config import HospitalNodeSettings
+from services.hospital_node.connection import follow_rounds
 from services.hospital_node.consortium_client import ConsortiumClient, UnreachableError, wait_until_reachable
 from services.hospital_node.data.local_data import LocalData
 from services.hospital_node.encryption_pool import EncryptionPool, UploadRecipe
-from services.hospital_node.privacy_floor import check_evaluation, check_plan
-from services.hospital_node.local_round import (
-    ScaffoldClient,
-    head_statistics,
-    local_training,
-    record_target,
-    train_round,
-)
-from services.hospital_node.private_training import PrivateTraining, PrivateTrainingError, require_private_model
+from services.hospital_node.local_round import ScaffoldClient, head_statistics, local_training, train_round
+from services.hospital_node.private_training import PrivateTraining
 from services.hospital_node.record_privacy import RecordBudget, poisson_schedule
 from services.hospital_node.trainer import evaluation_report
-from services.hospital_node.update_stream import (
-    Disclosures,
-    UploadTimings,
-    plaintext_upload,
-    secure_upload,
-    upload_recipe,
-)
+from services.hospital_node.update_stream import Disclosures, UploadTimings, assemble_upload, upload_recipe
 from services.hospital_node.upload_ledger import UploadLedger
 
 log = logging.getLogger(__name__)
-RECONNECT_FIRST_PAUSE, RECONNECT_MAX_PAUSE = 1.0, 30.0
-# Statuses of a broken connection, not of a refusal: the node subscribes again. Any other status ends the node.
-RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
-                             grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED})
-# A join the aggregator refuses for what it says (other class names, another model, not a member): rejoining cannot
-# cure it, so the node exits 2 with the aggregator's message.
-JOIN_REFUSALS = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED,
-                           grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT})
-_NO_PROPOSAL = LocalTrainingPlan(1, 0.0, 1, "sgd", 0.0, False, 0.0)
 
 
 class UploadObserver(Protocol):
@@ -101,13 +71,9 @@ class HospitalNode:
         self._observer = observer
         self._model = build_model(settings.architecture, settings.num_classes, settings.model_seed)
         self._spec = parameter_spec(self._model.state_dict())
-        self._ledger_path = settings.state_dir / "record_privacy.json"
         self._counts_release = CountsRelease(settings.state_dir / "pooled_class_counts_sent.json")
-        self._budget = RecordBudget.open(self._ledger_path, record_target(_NO_PROPOSAL, settings,
-                                                                          data.train_labels.numel()))
-        if self._budget is not None:
-            require_private_model(self._model, settings.architecture)  # refused at start: BatchNorm and the like
-            self._publish_record_epsilon()
+        self._privacy = RecordPrivacy(settings, self._model, data.train_labels.numel())
+        self._publish_record_epsilon()
         if settings.record_dp == "off":
             log.warning("record-level DP-SGD is OFF by this hospital's setting (record_dp=off)%s: its updates are "
                         "protected by the secure sum's hospital-level noise only, and the round rows list it among "
@@ -125,6 +91,7 @@ class HospitalNode:
         # The attempts joined by round, and the one round this node released its feature statistics in: on disk, so
         # that a restart can never be made to upload twice under one attempt's masks.
         self._joined = UploadLedger(settings.state_dir / "uploads.json")
+        self._gate = AdmissionGate(settings, self._spec, self._peers, self._joined, self._privacy)
         self._reported: set[int] = set()  # model rounds this node has reported its evaluation of
         self._reported_models: set[bytes] = set()  # and the models themselves, by digest
         self._said_too_few = False
@@ -144,7 +111,7 @@ class HospitalNode:
                                          ("aggregator", settings.aggregator, self._client.probe_aggregator)):
                 wait_until_reachable(peer, address, probe, settings, settings.connect_seconds, log)
             self._public_key()  # fail fast if the key authority serves a secret key
-            return self._follow_rounds(stop)
+            return follow_rounds(self._client, settings, self._spec, self._classes, stop, self._take_part)
         except UnreachableError as unreachable:
             log.error("%s", unreachable)
             return 1
@@ -162,61 +129,6 @@ class HospitalNode:
             self._public = public
             self._pool = EncryptionPool(public.context, self._settings.encryption_workers)
         return self._public
-
-    def _follow_rounds(self, stop: threading.Event) -> int:
-        """Follow the aggregator's rounds until training finishes. A broken stream (the aggregator restarting, a
-        network fault) is followed by a new subscription, after 1, 2, 4 ... (at most 30) seconds, for
-        `reconnect_seconds` since the last message; the node then rejoins at the next round."""
-        pause, last_message = RECONNECT_FIRST_PAUSE, time.monotonic()
-        while not stop.is_set():
-            received = [False]
-            try:
-                if self._follow_subscription(stop, received):
-                    return 0
-                reason = "the aggregator ended the stream before training finished"
-            except grpc.RpcError as error:
-                if not received[0] and error.code() in JOIN_REFUSALS:
-                    log.error("the aggregator refused this hospital's join (%s): %s", error.code().name,
-                              error.details())
-                    return 2
-                if error.code() not in RECONNECT_CODES:
-                    raise
-                reason = f"{error.code().name}: {error.details()}"
-            now = time.monotonic()
-            if received[0]:
-                pause, last_message = RECONNECT_FIRST_PAUSE, now
-            if now - last_message > self._settings.reconnect_seconds:
-                log.error("lost the aggregator (%s) and could not reconnect for %.0f s; giving up", reason,
-                          now - last_message)
-                return 1
-            log.warning("lost the aggregator (%s); reconnecting in %.0f s", reason, pause)
-            stop.wait(pause)
-            pause = min(pause * 2, RECONNECT_MAX_PAUSE)
-        return 0
-
-    def _follow_subscription(self, stop: threading.Event, received: list[bool]) -> bool:
-        """One subscription's messages; True when training finished or the node was stopped."""
-        subscription = self._client.subscribe(self._settings.node_id, self._spec, self._classes)
-        plan: RoundPlan | None = None
-        model_chunks: list[bytes] = []
-        for message in subscription:
-            received[0] = True
-            if stop.is_set():
-                subscription.cancel()
-                return True
-            if isinstance(message, TrainingFinished):
-                log.info("training finished after %d rounds", message.rounds)
-                return True
-            if isinstance(message, RoundPlan):
-                plan, model_chunks = message, []
-                continue
-            assert isinstance(message, ModelChunk)
-            if plan is None or message.round_id != plan.round_id:
-                raise MalformedChunkError("model chunk without a matching plan")
-            model_chunks.append(message.values)
-            if len(model_chunks) == plan.model.chunk_count:
-                self._take_part(plan, model_chunks)
-        return stop.is_set()
 
     def _take_part(self, plan: RoundPlan, model_chunks: list[bytes]) -> None:
         """One round attempt; whatever goes wrong in it (a malformed plan, a failed upload) ends this attempt's part
@@ -241,37 +153,22 @@ class HospitalNode:
 
     def _handle_round(self, plan: RoundPlan, model_chunks: list[bytes]) -> None:
         started = time.monotonic()
-        if hashlib.sha256(b"".join(model_chunks)).digest() != plan.model.sha256:
-            raise PlanRefusedError("malformed_plan", f"global model of round {plan.round_id} does not match its "
-                                   "digest")
-        if plan.model.parameter_count != self._spec.count or plan.model.parameter_digest != self._spec.digest:
-            raise PlanRefusedError("malformed_plan", f"round {plan.round_id}'s plan is for another model layout")
+        if plan.kind is not RoundKind.EVALUATE:
+            self._metrics.current_round.set(plan.round_id)
+        expected = (self._statistics_dimension if plan.kind is RoundKind.HEAD_STATISTICS
+                    else self._positions(plan.training.trainable).size * (2 if plan.training.drift_correction else 1))
+        admission = self._gate.admit(plan, model_chunks, self._public_key() if plan.secure else None, expected)
+        if admission is Admission.WAIT:
+            return
         count = self._spec.count
         received = float32_from_chunks(model_chunks, count * (2 if plan.training.drift_correction else 1))
         global_weights, consortium_control = received[:count], received[count:]
         # The node's own BatchNorm statistics stay; only the aggregated weights are replaced.
         self._model.load_state_dict(restore_state(self._model.state_dict(), global_weights, self._spec))
-        if plan.kind is RoundKind.EVALUATE:
-            try:  # the admission gate for evaluation: a set that names this hospital, at least its minimum
-                check_evaluation(plan, self._settings)
-            except PlanRefusedError as refused:
-                log.warning("no evaluation report (%s): %s", refused.reason, refused)
-                return
-            self._report_once(plan.round_id - 1, plan.model.sha256)
-            return
-        self._metrics.current_round.set(plan.round_id)
-        if plan.secure and self._settings.node_id not in plan.participants:
-            log.info("round %d attempt %d: not in the participant set; waiting", plan.round_id, plan.attempt)
-            return
-        joined = self._joined.attempts(plan.key_id, plan.round_id)
-        expected = (self._statistics_dimension if plan.kind is RoundKind.HEAD_STATISTICS
-                    else self._positions(plan.training.trainable).size * (2 if plan.training.drift_correction else 1))
-        check_plan(plan, self._settings, self._public_key() if plan.secure else None, max(joined, default=0),
-                   len(joined), self._peers.agreement_keys, expected)
-        self._require_record_privacy(plan)
-        self._joined.join(plan.key_id, plan.round_id, plan.attempt)
         # Counts of the model only for a plan this hospital takes part in, once per model: never an open oracle.
         self._report_once(plan.round_id - 1, plan.model.sha256)
+        if admission is Admission.EVALUATE:
+            return
         if plan.kind is RoundKind.HEAD_STATISTICS:
             self._upload_statistics(plan)
             return
@@ -340,24 +237,9 @@ class HospitalNode:
         return masked_counts(counts, peer_masks(s.node_id, self._agreement, self._peers.agreement_keys, scope,
                                                 COUNTS_DOMAIN))
 
-    def _require_record_privacy(self, plan: RoundPlan) -> None:
-        """Under record-level DP (this hospital's own target, a ledger it already keeps, or the aggregator's
-        proposal): refuse the rounds that would release something DP-SGD does not cover."""
-        if self._budget is None:
-            self._budget = RecordBudget.open(self._ledger_path, record_target(
-                plan.training, self._settings, self._data.train_labels.numel()))
-        if self._budget is None:
-            return
-        try:
-            require_private_model(self._model, self._settings.architecture, plan.training.trainable)
-        except PrivateTrainingError as error:
-            raise PlanRefusedError("record_privacy_unsupported", str(error)) from error
-        unsupported = ("feature statistics for a head refit" if plan.kind is RoundKind.HEAD_STATISTICS
-                       else "SCAFFOLD drift correction" if plan.training.drift_correction
-                       else "a FedProx proximal term" if plan.training.proximal_mu > 0 else None)
-        if unsupported is not None:
-            raise PlanRefusedError("record_privacy_unsupported", f"round {plan.round_id} asks for {unsupported}, "
-                                   "which this hospital's record-level DP-SGD does not cover")
+    @property
+    def _budget(self) -> RecordBudget | None:
+        return self._privacy.budget
 
     def _publish_record_epsilon(self) -> None:
         if self._budget is not None:
@@ -435,13 +317,10 @@ class HospitalNode:
         disclosures = Disclosures(self._budget.spent() if self._budget is not None else None,
                                   self._masked_counts(plan) if plan.secure else ())
         if plan.secure:
-            public = self._public_key()
-            assert self._pool is not None and plan.key_id == public.key_id  # the privacy floor checked both
-            chunks = secure_upload(plan, update, s.node_id, self._identity, self._pool,
-                                   recipe if recipe is not None else self._recipe(plan), timings, record, chunk_sent,
-                                   disclosures)
-        else:
-            chunks = plaintext_upload(plan, update, s.node_id, self._identity, timings, chunk_sent, disclosures)
+            assert plan.key_id == self._public_key().key_id  # the privacy floor checked it
+            recipe = recipe if recipe is not None else self._recipe(plan)
+        chunks = assemble_upload(plan, update, s.node_id, self._identity, disclosures, timings, pool=self._pool,
+                                 recipe=recipe, record=record, chunk_sent=chunk_sent)
         try:
             receipt = self._client.submit(self._count_bytes(chunks), timeout=plan.transfer.deadline_seconds)
         except grpc.RpcError as error:

@@ -76,7 +76,8 @@ def _signed_chunks(plan: RoundPlan, node_id: str, key: Ed25519PrivateKey, timing
     unsigned = Attestation(node_id, plan.round_id, plan.key_id, plan.transfer.chunk_count, digest.digest(), b"",
                            plan.sum_layout, plan.attempt, participant_set_hash(plan.participants),
                            plan.upload_value_count, plan.transfer.chunk_ciphertexts, plan_digest(plan),
-                           disclosures_digest(disclosures.record_privacy, disclosures.masked_class_counts))
+                           disclosures_digest(disclosures.record_privacy, disclosures.masked_class_counts),
+                           plan.model.sha256)
     attestation = replace(unsigned, signature=sign_attestation(key, unsigned.signed_message()))
     yield replace(previous, attestation=attestation, phases=timings.phases(),
                   record_privacy=disclosures.record_privacy, masked_class_counts=disclosures.masked_class_counts)
@@ -122,3 +123,17 @@ def plaintext_upload(plan: RoundPlan, update: np.ndarray, node_id: str, key: Ed2
     bodies = (UploadChunk(plan.round_id, plan.key_id, node_id, i, plaintext_values=values)
               for i, values in enumerate(float32_chunks(update, plan.transfer.plaintext_chunk_values)))
     return _signed_chunks(plan, node_id, key, timings, bodies, chunk_sent, disclosures)
+
+
+def assemble_upload(plan: RoundPlan, update: np.ndarray, node_id: str, key: Ed25519PrivateKey,
+                    disclosures: Disclosures, timings: UploadTimings, *, pool: EncryptionPool | None = None,
+                    recipe: UploadRecipe | None = None, record: list[np.ndarray] | None = None,
+                    chunk_sent: ChunkSent | None = None) -> Iterator[UploadChunk]:
+    """The one place a node's upload is assembled and signed: encrypted under the plan's masks and noise (secure,
+    with `pool` and `recipe`) or in plaintext, and its last chunk's attestation signing every field the node sends,
+    the disclosures included."""
+    if plan.secure:
+        if pool is None or recipe is None:
+            raise ValueError(f"round {plan.round_id} is secure: its upload needs the encryption pool and a recipe")
+        return secure_upload(plan, update, node_id, key, pool, recipe, timings, record, chunk_sent, disclosures)
+    return plaintext_upload(plan, update, node_id, key, timings, chunk_sent, disclosures)

@@ -4,8 +4,10 @@ A sum is decrypted only if its manifest names the current key; its participant s
 has at least `min_participants` and at most n_max distinct registered members; every
 member of S, and no one else, attested this round attempt, this set, this key, this
 layout and this exact size (value count, chunk count, ciphertexts per chunk), with a
-signature that verifies; the size is the one the key's layout requires; and no attempt
-of its round was ever decrypted under this key. Pairwise masks cancel only over the
+signature that verifies; the size is the one the key's layout requires; no attempt
+of its round was ever decrypted under this key; and every member trained on one model,
+on which no sum of another participant set was decrypted (two sets' sums on one model
+would differ by the updates of the members in one of them only). Pairwise masks cancel only over the
 whole of S, so the sum of any other selection of uploads decrypts to uniform noise.
 The ledger entry is written and fsynced before decryption starts, so a crash can waste
 a round but never decrypt one twice.
@@ -29,12 +31,22 @@ def _entry(key_id: str, round_id: int) -> str:
     return f"{key_id}:{round_id}"
 
 
+def _model_entry(key_id: str, model_digest: bytes) -> str:
+    return f"{key_id}:{model_digest.hex()}"
+
+
 class DecryptionLedger:
-    """The rounds already decrypted, by key id and round (any attempt), persisted as JSON."""
+    """The rounds already decrypted, by key id and round (any attempt), and the participant set each model's sum was
+    decrypted for, persisted as JSON (an older ledger, a list of rounds, reads as rounds only)."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._entries: set[str] = set(read_json(path) or [])
+        stored = read_json(path)
+        if isinstance(stored, dict):
+            self._entries: set[str] = set(stored.get("rounds", []))
+            self._models: dict[str, str] = dict(stored.get("models", {}))
+        else:
+            self._entries, self._models = set(stored or []), {}
 
     def rounds(self, key_id: str) -> frozenset[int]:
         prefix = f"{key_id}:"
@@ -45,11 +57,26 @@ class DecryptionLedger:
             raise AlreadyDecryptedError(f"round {round_id} was already decrypted under key {key_id}; each round is "
                                         "decrypted once, whatever its attempt")
 
-    def claim(self, key_id: str, round_id: int) -> None:
+    def require_one_set_per_model(self, key_id: str, model_digest: bytes, set_hash: bytes) -> None:
+        """Two participant sets' sums on one model differ by the updates of the members in one set only: the
+        aggregator could isolate a hospital by differencing them, across rounds. One set per model, then."""
+        earlier = self._models.get(_model_entry(key_id, model_digest))
+        if earlier is not None and earlier != set_hash.hex():
+            raise PolicyViolationError(
+                f"the model {model_digest.hex()[:16]} was already decrypted for another participant set: sums of two "
+                "sets on one model would isolate the members in one of them, so the key authority decrypts one "
+                "participant set per model")
+
+    def claim(self, key_id: str, round_id: int, model_digest: bytes = b"", set_hash: bytes = b"") -> None:
         self.require_unspent(key_id, round_id)
+        models = dict(self._models)
+        if model_digest:
+            self.require_one_set_per_model(key_id, model_digest, set_hash)
+            models[_model_entry(key_id, model_digest)] = set_hash.hex()
+        entries = self._entries | {_entry(key_id, round_id)}
         # Durable before any decryption starts: a crash can waste a round, never decrypt it twice.
-        write_json_atomic(self._path, sorted(self._entries | {_entry(key_id, round_id)}))
-        self._entries.add(_entry(key_id, round_id))
+        write_json_atomic(self._path, {"rounds": sorted(entries), "models": models})
+        self._entries, self._models = entries, models
 
 
 class DecryptionPolicy:
@@ -98,8 +125,19 @@ class DecryptionPolicy:
                                            "size, layout, participant set or plan")
             self._registry.verify(claim.node_id, claim.signed_message(), claim.signature)
         self._ledger.require_unspent(manifest.key_id, manifest.round_id)
+        self._ledger.require_one_set_per_model(manifest.key_id, self._model_of(manifest), set_hash)
+
+    @staticmethod
+    def _model_of(manifest: DecryptManifest) -> bytes:
+        """The model every member attests it trained on: one, named (SHA-256)."""
+        models = {claim.model_digest for claim in manifest.attestations}
+        if len(models) != 1 or len(next(iter(models))) != 32:
+            raise PolicyViolationError(f"round {manifest.round_id}: the attestations name {len(models)} models "
+                                       "(each must name the one model its sum was trained on)")
+        return next(iter(models))
 
     def claim(self, manifest: DecryptManifest) -> None:
         """Record the round as decrypted; refuses a second claim of any attempt of it."""
         with self._lock:
-            self._ledger.claim(manifest.key_id, manifest.round_id)
+            self._ledger.claim(manifest.key_id, manifest.round_id, self._model_of(manifest),
+                               participant_set_hash(manifest.participants))

@@ -29,7 +29,7 @@ def _stage(tmp_path: Path, chunks: list[UploadChunk]) -> StagedSubmission:
     header = StreamHeader(plan.round_id, plan.key_id, NODE, False, plan.transfer.chunk_count,
                           plan.transfer.plaintext_chunk_values, plan.upload_value_count, plan.sum_layout,
                           plan.attempt, participant_set_hash(plan.participants), plan.transfer.chunk_ciphertexts,
-                          plan_digest(plan))
+                          plan_digest(plan), plan.model.sha256)
     staged = StagedSubmission(tmp_path / "staging", header, lambda index, payloads: None)
     for chunk in chunks:
         staged.add(chunk)

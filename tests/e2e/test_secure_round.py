@@ -151,7 +151,7 @@ def test_only_the_key_authority_holds_a_secret_key(finished_run) -> None:  # typ
 def _attestation(identities: Path, node_id: str, round_id: int, key_id: str, nodes: list[str]) -> Attestation:
     """`node_id`'s signed attestation of a one-value upload masked for `nodes`, as that node would make it."""
     unsigned = Attestation(node_id, round_id, key_id, 1, bytes(32), b"", SumLayout.UPDATE, 1,
-                           participant_set_hash(nodes), 1, 1)
+                           participant_set_hash(nodes), 1, 1, model_digest=b"m" * 32)
     return replace(unsigned, signature=load_identity(identities / f"{node_id}.key").sign(unsigned.signed_message()))
 
 

@@ -114,6 +114,10 @@ class IntruderNode:
             time.sleep(0.05)
         call.cancel()
         release.set()
+        # The node's one upload slot is free again once the aggregator's handler has seen the cancellation.
+        deadline = time.monotonic() + 30
+        while scrape(self.metrics_port).get("fedxray_upload_streams_open", 0) > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert call.cancelled() and call.code() == grpc.StatusCode.CANCELLED
 
     def submit(self, chunks: list[pb.UpdateChunk]) -> grpc.StatusCode:

@@ -28,6 +28,9 @@ SET = NODES[:3]
 VALUES = 30_000  # three ciphertexts of 4096 slots x 3 fields: one chunk of 4
 
 
+MODEL = b"m" * 32  # the digest of the model every member trained on
+
+
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> KeyMaterial:
     return load_or_create_keys(8, None, tmp_path_factory.mktemp("ka"), persist=False)
@@ -44,7 +47,7 @@ def identities(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, NodeKeyR
 def _attestation(folder: Path, key_id: str, node: str, members: tuple[str, ...], signer: str | None = None,
                  **changes: object) -> Attestation:
     unsigned = replace(Attestation(node, 5, key_id, 1, node.encode().ljust(32, b"."), b"", SumLayout.UPDATE, 1,
-                                   participant_set_hash(members), VALUES, 4), **changes)
+                                   participant_set_hash(members), VALUES, 4, model_digest=MODEL), **changes)
     return replace(unsigned, signature=sign_attestation(load_identity(folder / f"{signer or node}.key"),
                                                         unsigned.signed_message()))
 
@@ -95,6 +98,10 @@ def _dishonest(folder: Path, key_id: str, change: str) -> DecryptManifest:
         "relabelled layout": replace(honest, layout=SumLayout.STATISTICS, chunk_count=2),
         "a forged signature": replace(honest, attestations=(replace(first, stream_digest=b"x" * 32), *rest)),
         "an unknown node": _manifest(folder, key_id, ("mallory", *SET[1:])),
+        "an attestation of another model": replace(honest, attestations=(
+            _attestation(folder, key_id, SET[0], SET, model_digest=b"n" * 32), *rest)),
+        "attestations naming no model": _manifest(folder, key_id, SET, attestations=tuple(
+            _attestation(folder, key_id, node, SET, model_digest=b"") for node in SET)),
     }[change]
 
 
@@ -114,6 +121,8 @@ def _dishonest(folder: Path, key_id: str, change: str) -> DecryptManifest:
     ("relabelled layout", PolicyViolationError, "layout"),
     ("a forged signature", DigestMismatchError, "does not verify"),
     ("an unknown node", UnknownNodeError, "not a registered consortium member"),
+    ("an attestation of another model", PolicyViolationError, "name 2 models"),
+    ("attestations naming no model", PolicyViolationError, "name 1 models"),
 ])
 def test_a_dishonest_manifest_is_refused_and_spends_no_round(keys, identities, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                             change: str, refusal: type, message: str) -> None:
@@ -123,3 +132,27 @@ def test_a_dishonest_manifest_is_refused_and_spends_no_round(keys, identities, t
         policy.check(_dishonest(folder, keys.key_id, change))
     policy.check(_manifest(folder, keys.key_id))  # the refusal spent nothing: the round can still be decrypted
     assert policy.decrypted_rounds == frozenset()
+
+
+def test_two_participant_sets_on_one_model_are_never_both_decrypted(  # type: ignore[no-untyped-def]
+        keys, identities, tmp_path: Path) -> None:
+    """Cross-round differencing: round 5 with the set S and round 6 with another set (hospital-1 swapped for
+    hospital-5), on the same model, would differ by those two members' updates. The second is refused, after a restart too; the same set on the same model
+    (a round retried after a failed sum) and another set on another model pass."""
+    folder, registry = identities
+    policy = DecryptionPolicy(keys, 3, registry, DecryptionLedger(tmp_path / "ledger.json"))
+    policy.check(_manifest(folder, keys.key_id))
+    policy.claim(_manifest(folder, keys.key_id))
+    smaller = SET[1:] + (NODES[4],) if len(SET) == 3 else SET[1:]
+    restarted = DecryptionPolicy(keys, 3, registry, DecryptionLedger(tmp_path / "ledger.json"))
+
+    def round_6(members: tuple[str, ...], model: bytes) -> DecryptManifest:
+        return replace(_manifest(folder, keys.key_id, members), round_id=6, attestations=tuple(
+            _attestation(folder, keys.key_id, node, members, round_id=6, model_digest=model) for node in members))
+
+    with pytest.raises(PolicyViolationError, match="one participant set per model"):
+        restarted.check(round_6(smaller, MODEL))
+    restarted.check(round_6(SET, MODEL))  # the same set again: nothing to difference
+    restarted.check(round_6(smaller, b"n" * 32))  # another model
+    restarted.claim(round_6(smaller, b"n" * 32))
+    assert restarted.decrypted_rounds == {5, 6}

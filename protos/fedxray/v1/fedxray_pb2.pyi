@@ -52,7 +52,7 @@ class PublicContext(_message.Message):
     def __init__(self, context: _Optional[bytes] = ..., key_id: _Optional[str] = ..., bits: _Optional[int] = ..., fields_per_slot: _Optional[int] = ..., max_participants: _Optional[int] = ..., slots_per_ciphertext: _Optional[int] = ..., min_participants: _Optional[int] = ..., statistics_bits: _Optional[int] = ..., mask_agreement_key: _Optional[bytes] = ...) -> None: ...
 
 class Attestation(_message.Message):
-    __slots__ = ("node_id", "round_id", "key_id", "chunk_count", "stream_digest", "signature", "layout", "attempt", "participant_set_sha256", "value_count", "chunk_ciphertexts", "plan_sha256", "disclosures_sha256")
+    __slots__ = ("node_id", "round_id", "key_id", "chunk_count", "stream_digest", "signature", "layout", "attempt", "participant_set_sha256", "value_count", "chunk_ciphertexts", "plan_sha256", "disclosures_sha256", "model_sha256")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,7 @@ class Attestation(_message.Message):
     CHUNK_CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
     PLAN_SHA256_FIELD_NUMBER: _ClassVar[int]
     DISCLOSURES_SHA256_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     round_id: int
     key_id: str
@@ -79,7 +80,8 @@ class Attestation(_message.Message):
     chunk_ciphertexts: int
     plan_sha256: bytes
     disclosures_sha256: bytes
-    def __init__(self, node_id: _Optional[str] = ..., round_id: _Optional[int] = ..., key_id: _Optional[str] = ..., chunk_count: _Optional[int] = ..., stream_digest: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., layout: _Optional[_Union[SumLayout, str]] = ..., attempt: _Optional[int] = ..., participant_set_sha256: _Optional[bytes] = ..., value_count: _Optional[int] = ..., chunk_ciphertexts: _Optional[int] = ..., plan_sha256: _Optional[bytes] = ..., disclosures_sha256: _Optional[bytes] = ...) -> None: ...
+    model_sha256: bytes
+    def __init__(self, node_id: _Optional[str] = ..., round_id: _Optional[int] = ..., key_id: _Optional[str] = ..., chunk_count: _Optional[int] = ..., stream_digest: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., layout: _Optional[_Union[SumLayout, str]] = ..., attempt: _Optional[int] = ..., participant_set_sha256: _Optional[bytes] = ..., value_count: _Optional[int] = ..., chunk_ciphertexts: _Optional[int] = ..., plan_sha256: _Optional[bytes] = ..., disclosures_sha256: _Optional[bytes] = ..., model_sha256: _Optional[bytes] = ...) -> None: ...
 
 class DecryptManifest(_message.Message):
     __slots__ = ("round_id", "key_id", "chunk_count", "value_count", "attestations", "layout", "attempt", "participants", "chunk_ciphertexts", "plan_sha256")

@@ -1,0 +1,140 @@
+"""The node's admission gate, driven through a real `HospitalNode` with a fake consortium client (no network): what
+it answers, declines or sends for each plan a deviating aggregator might send."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from services.aggregator.config import AggregatorSettings
+from services.aggregator.round_planner import RoundPlanner, broadcast_chunks
+from services.common.evaluation_report import EvaluationReport
+from services.common.metrics import ServiceMetrics
+from services.common.model_spec import flatten_state, parameter_spec
+from services.common.models import build_model
+from services.common.node_identity import NodeKeyRegistry, generate_identity
+from services.common.public_key import PublicKeyInfo
+from services.common.round_plan import RoundDecline, RoundKind, RoundPlan
+from services.common.upload import SubmitReceipt, UploadChunk, disclosures_digest
+from services.hospital_node.config import HospitalNodeSettings
+from services.hospital_node.data.local_data import LocalData
+from services.hospital_node.node_loop import HospitalNode
+from services.key_authority.key_store import KeyMaterial, load_or_create_keys
+
+pytestmark = pytest.mark.unit
+NODES = ("hospital-1", "hospital-2", "hospital-3")
+
+
+class FakeClient:
+    """The consortium as the node sees it, in memory: what the node declines, reports and submits."""
+
+    def __init__(self, public: PublicKeyInfo) -> None:
+        self.public = public
+        self.declines: list[RoundDecline] = []
+        self.reports: list[EvaluationReport] = []
+        self.uploads: list[list[UploadChunk]] = []
+
+    def public_key(self, timeout: float = 60) -> PublicKeyInfo:
+        return self.public
+
+    def decline(self, decline: RoundDecline, timeout: float = 60) -> None:
+        self.declines.append(decline)
+
+    def report(self, report: EvaluationReport, timeout: float = 60) -> None:
+        self.reports.append(report)
+
+    def submit(self, chunks: object, timeout: float) -> SubmitReceipt:
+        sent = list(chunks)  # type: ignore[call-overload]
+        self.uploads.append(sent)
+        return SubmitReceipt(sent[0].round_id, len(sent), b"")
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> KeyMaterial:
+    return load_or_create_keys(8, None, tmp_path_factory.mktemp("ka"), persist=False)
+
+
+class Setting:
+    def __init__(self, tmp_path: Path, keys: KeyMaterial) -> None:
+        folder = tmp_path / "keys"
+        for node in NODES:
+            generate_identity(folder, node)
+        self.registry = NodeKeyRegistry.from_directory(folder)
+        settings = HospitalNodeSettings(insecure=True, node_id=NODES[0], architecture="tiny", image_size=16,
+                                        identity_key=folder / f"{NODES[0]}.key", state_dir=tmp_path / "state",
+                                        allow_plaintext=True, encryption_workers=0, min_validation_images=4, seed=1)
+        generator = torch.Generator().manual_seed(0)
+        images, labels = torch.rand(24, 1, 16, 16, generator=generator), torch.tensor([0, 1] * 12)
+        data = LocalData(images[:16], labels[:16], images[16:], labels[16:], 2)
+        self.client = FakeClient(keys.public_info(3))
+        self.node = HospitalNode(settings, data, ServiceMetrics("hospital_node"), self.client)  # type: ignore[arg-type]
+        model = build_model("tiny", 2, 0)
+        self.weights = flatten_state(model.state_dict())
+        spec = parameter_spec(model.state_dict())
+        planner_settings = AggregatorSettings(insecure=True, secure=False, architecture="tiny", clip_norm=5.0,
+                                              local_epochs=1, local_optimizer="sgd", learning_rate=0.01)
+        self.planner = RoundPlanner(planner_settings, keys.public_info(3), spec, spec.count, 1)
+
+    def send(self, round_id: int, kind: RoundKind = RoundKind.TRAIN, participants: tuple[str, ...] = NODES,
+             shift: float = 0.0, **changes: object) -> RoundPlan:
+        model = broadcast_chunks(self.weights + shift)
+        plan = replace(self.planner.plan(round_id, kind, model, 1, frozenset(participants)), **changes)
+        self.node._take_part(plan, model)
+        return plan
+
+
+@pytest.fixture
+def setting(tmp_path: Path, keys: KeyMaterial) -> Setting:
+    return Setting(tmp_path, keys)
+
+
+def test_evaluation_is_answered_once_per_model_and_only_among_enough_members_that_include_the_node(
+        setting: Setting) -> None:
+    setting.send(2, RoundKind.EVALUATE, participants=())
+    setting.send(3, RoundKind.EVALUATE, participants=NODES[1:] + ("hospital-4",))
+    setting.send(4, RoundKind.EVALUATE, participants=NODES[:2])
+    assert setting.client.reports == [] and setting.client.declines == []  # nothing leaves, nothing to decline
+    setting.send(5, RoundKind.EVALUATE, shift=0.01)
+    assert [r.model_round for r in setting.client.reports] == [4]
+    setting.send(6, RoundKind.EVALUATE, shift=0.01)  # the same model under another round id
+    assert [r.model_round for r in setting.client.reports] == [4]
+
+
+def test_training_parameters_outside_the_bounds_are_declined_and_nothing_is_sent(setting: Setting) -> None:
+    plan = setting.planner.plan(2, RoundKind.TRAIN, broadcast_chunks(setting.weights), 1, frozenset(NODES))
+    setting.node._take_part(replace(plan, training=replace(plan.training, learning_rate=1e30)),
+                            broadcast_chunks(setting.weights))
+    assert [d.reason for d in setting.client.declines] == ["learning_rate_out_of_bounds"]
+    assert setting.client.uploads == [] and setting.client.reports == []
+
+
+def test_a_model_that_is_not_the_one_its_digest_names_is_declined(setting: Setting) -> None:
+    plan = setting.planner.plan(2, RoundKind.TRAIN, broadcast_chunks(setting.weights), 1, frozenset(NODES))
+    setting.node._take_part(plan, broadcast_chunks(setting.weights + 1.0))
+    assert [d.reason for d in setting.client.declines] == ["malformed_plan"]
+    assert setting.client.uploads == [] and setting.client.reports == []
+
+
+def test_an_admitted_round_reports_then_uploads_once_with_a_signature_over_everything_it_sends(
+        setting: Setting) -> None:
+    setting.send(2)
+    assert setting.client.declines == []
+    assert [r.model_round for r in setting.client.reports] == [1]
+    (upload,) = setting.client.uploads
+    last = upload[-1]
+    assert last.attestation is not None
+    setting.registry.verify(NODES[0], last.attestation.signed_message(), last.attestation.signature)
+    assert last.attestation.disclosures == disclosures_digest(last.record_privacy, last.masked_class_counts)
+    assert np.isfinite(np.frombuffer(b"".join(c.plaintext_values for c in upload), dtype="<f4")).all()
+    # The same attempt again: declined by the node's own ledger, nothing sent twice.
+    setting.send(2)
+    assert [d.reason for d in setting.client.declines] == ["attempt_reused"] and len(setting.client.uploads) == 1
+
+
+def test_a_secure_plan_that_does_not_name_the_node_is_left_alone(setting: Setting) -> None:
+    setting.send(2, secure=True, participants=NODES[1:] + ("hospital-4",))
+    assert setting.client.declines == [] and setting.client.uploads == [] and setting.client.reports == []
