@@ -9,7 +9,9 @@ encryption worker process. Prints per-round latency, each phase's seconds (node
 phases: slowest node) and the critical path (the slowest node's seconds from its
 trained update to its last chunk sent, plus decryption and applying the new model)
 side by side, with the ratios. `--drift-correction` adds a third run, secure with SCAFFOLD drift correction (uploads
-twice as long, one extra gradient pass per hospital), and its ratio to plain secure.
+twice as long, one extra gradient pass per hospital), and its ratio to plain secure. `--trainable-modes` runs secure
+rounds only, training all, last_block and head (the plan's trained parameters are all that is uploaded, encrypted
+and decrypted), side by side.
 """
 
 from __future__ import annotations
@@ -26,15 +28,15 @@ from services.common.metrics import PHASES
 
 
 def run_mode(secure: bool, args: argparse.Namespace, root: Path, drift_correction: bool = False,
-             precompute: bool = False) -> list[dict[str, object]]:
+             precompute: bool = False, trainable: str = "all") -> list[dict[str, object]]:
     label = ("secure" if secure else "plaintext") + ("+drift" if drift_correction else "") + (
-        "+pre" if precompute else "")
+        "+pre" if precompute else "") + ("" if trainable == "all" else f"+{trainable}")
     config = ConsortiumConfig(
         run_dir=root / label, nodes=5, seed=args.seed,
         # 200 training images per node after the 20% validation split.
         images_per_node=args.train_images * 5 // 4,
         settings={**QUICK_TRAINING, "rounds": args.rounds, "secure": secure, "allow_plaintext": not secure,
-                  "drift_correction": drift_correction,
+                  "drift_correction": drift_correction, "trainable": trainable,
                   "architecture": args.architecture, "image_size": args.image_size, "partition_scheme": "iid",
                   "round_deadline_seconds": 3600,
                   # Five hospitals share this machine's cores: one training thread and one encryption worker
@@ -83,7 +85,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--drift-correction", action="store_true", help="also time secure rounds with it on")
+    parser.add_argument("--trainable-modes", action="store_true",
+                        help="only secure rounds, training all, last_block and head (only those values travel)")
     args = parser.parse_args(argv)
+    if args.trainable_modes:
+        with tempfile.TemporaryDirectory(prefix="bench-round-") as tmp:
+            modes = {mode: run_mode(True, args, Path(tmp), trainable=mode) for mode in ("all", "last_block", "head")}
+        print(f"\nsecure rounds by what trains and travels: {args.architecture} at {args.image_size}px, 5 nodes x "
+              f"{args.train_images} SYNTHETIC training images, 1 local epoch; medians over {args.rounds} round(s)")
+        print_side_by_side(modes, "all")
+        return
     with tempfile.TemporaryDirectory(prefix="bench-round-") as tmp:
         runs = {"plaintext": run_mode(False, args, Path(tmp)), "secure": run_mode(True, args, Path(tmp)),
                 "secure+pre": run_mode(True, args, Path(tmp), precompute=True)}

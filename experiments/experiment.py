@@ -135,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     values = {**chosen_settings(args, SETTINGS), "synthetic_seed": args.seed, "model_seed": args.seed,
-              "round_deadline_seconds": 3600}
+              "round_deadline_seconds": 3600,
+              # SYNTHETIC hospitals, often with a handful of validation images each: the comparison needs their
+              # counts, and there is no patient behind them (a real hospital keeps the floor of 20).
+              "min_validation_images": 0}
     if "init_weights" in values:
         values["init_weights"] = Path(str(values["init_weights"])).resolve()
     if float(str(values.get("record_epsilon", 0))) > 0:

@@ -11,7 +11,7 @@ out for validation, patients of 1 to 4 images):
 - centralized, non-private: the head alone on the pooled training images, and every layer (full fine-tune);
 - secure federated, non-private: the head, R rounds of FedAvg;
 - secure federated under record-level DP-SGD, per patient: the head at each epsilon (delta min(1e-5, 0.1/n));
-- secure federated under DP-SGD, last block (the last stage and the head, Opacus, per image), at a few epsilons.
+- secure federated under DP-SGD, last block (the last stage and the head, Opacus, per patient), at a few epsilons.
 
 It runs in one process with the hospitals' own code (`head_training`, `private_training`, the record budget's
 PLD plan) and the secure sum's arithmetic (`experiments.simulator.secure_sum`: each hospital's update clipped,
@@ -123,7 +123,7 @@ def paired_interval(score: np.ndarray, reference: np.ndarray, truth: np.ndarray,
 def federated(model: torch.nn.Module, parts: list[LocalData], recipe: Recipe, trainable: str,
               epsilon: float | None, codec: Codec, seed: int) -> tuple[torch.nn.Module, float]:
     """R secure rounds of FedAvg from `model` (a copy is trained); each hospital under DP-SGD at `epsilon` per
-    patient (head) or per image (last_block) when given. The model and the largest record epsilon planned."""
+    patient when given. The model and the largest record epsilon planned."""
     model = copy.deepcopy(model)
     spec = parameter_spec(model.state_dict())
     positions = trained_positions(model, spec, trainable)  # type: ignore[arg-type]
@@ -137,7 +137,7 @@ def federated(model: torch.nn.Module, parts: list[LocalData], recipe: Recipe, tr
         if epsilon is None:
             sigmas.append(None)
             continue
-        units = part.unit_count if head else part.train_labels.numel()
+        units = part.unit_count  # patients, in every mode (user-level DP-SGD)
         q, per_epoch = poisson_schedule(units, recipe.batch_size if head else 16)
         delta = min(1e-5, 0.1 / part.train_labels.numel())
         sigmas.append(plan_noise_multiplier(epsilon, delta, q, per_epoch * epochs * recipe.rounds))
@@ -186,8 +186,7 @@ def run_seed(seed: int, weights: Path, args: argparse.Namespace, recipe: Recipe)
             row["reference"] = reference
         arms.append(row)
         print(f"  seed {seed} {name}: AUC {row['auc']:.3f}, F1 {row['f1']:.3f}"
-              + (f" (epsilon {epsilon:g} per patient)" if epsilon and kind == "head" else "")
-              + (f" (epsilon {epsilon:g} per image)" if epsilon and kind == "last_block" else "")
+              + (f" (epsilon {epsilon:g} per patient)" if epsilon else "")
               + f", {seconds:.0f} s", flush=True)
 
     started = time.monotonic()
@@ -258,7 +257,7 @@ def write_outputs(out: Path, table: list[dict[str, object]], description: dict[s
              f"{json.dumps(recipe.__dict__)}.", "",
              "Gaps are against the non-private centralized head; 95% intervals by paired bootstrap over the "
              "validation images, one per seed. Epsilon: record-level, delta min(1e-5, 0.1/n), per patient for the "
-             "head (user-level DP-SGD), per image for last_block (Opacus).", "",
+             "head and last_block alike (user-level DP-SGD).", "",
              "| arm | epsilon | seeds | AUC (mean) | AUC by seed | AUC gap 95% CI by seed | F1 (mean) | F1 by seed "
              "| F1 gap 95% CI by seed |", "|---|---|---|---|---|---|---|---|---|"]
 
@@ -289,7 +288,7 @@ def write_outputs(out: Path, table: list[dict[str, object]], description: dict[s
                 axis.axhline(float(str(e[metric])), linestyle="--", linewidth=1, label=str(e["arm"]),
                              color=plt.cm.tab10(hash(str(e["arm"])) % 10))
         axis.set_xscale("log")
-        axis.set_xlabel("record-level epsilon (per patient: head; per image: last_block)")
+        axis.set_xlabel("record-level epsilon (per patient)")
         axis.set_ylabel(metric.upper())
         axis.set_title(f"{metric.upper()} against epsilon (SYNTHETIC data)")
     axes[1].legend(fontsize=6, loc="lower right")

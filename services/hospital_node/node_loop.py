@@ -6,8 +6,9 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Protocol, TypeVar
 
 import grpc
 import numpy as np
@@ -18,6 +19,7 @@ from services.common.chunking import float32_from_chunks
 from services.common.ckks_params import key_id as key_id_of
 from services.common.ckks_params import load_public_context
 from services.common.class_roster import ClassRoster, default_class_names
+from services.common.evaluation_report import EvaluationReport
 from services.common.errors import FedXrayError, MalformedChunkError, PlanRefusedError, WrongKeyError
 from services.common.head_refit import statistics_dimension
 from services.common.metrics import ServiceMetrics
@@ -93,7 +95,7 @@ class HospitalNode:
         self._joined = UploadLedger(settings.state_dir / "uploads.json")
         self._gate = AdmissionGate(settings, self._spec, self._peers, self._joined, self._privacy)
         self._reported: set[int] = set()  # model rounds this node has reported its evaluation of
-        self._reported_models: set[bytes] = set()  # and the models themselves, by digest
+        self._reports_by_model: dict[bytes, EvaluationReport] = {}  # each model's report, by the model's digest
         self._said_too_few = False
         self._statistics_dimension = statistics_dimension(settings.num_classes,
                                                           classifier_head(self._model).in_features)
@@ -147,7 +149,8 @@ class HospitalNode:
     def _decline(self, plan: RoundPlan, reason: str, detail: str) -> None:
         log.error("declining round %d attempt %d (%s): %s", plan.round_id, plan.attempt, reason, detail)
         try:
-            self._client.decline(RoundDecline(self._settings.node_id, plan.round_id, plan.attempt, reason, detail))
+            _patiently(lambda: self._client.decline(RoundDecline(self._settings.node_id, plan.round_id, plan.attempt,
+                                                                 reason, detail)))
         except grpc.RpcError as error:
             log.warning("the aggregator did not take the decline (%s)", error.code())
 
@@ -253,9 +256,8 @@ class HospitalNode:
         private, charge = None, None
         if self._budget is not None:
             s = self._settings
-            # Patients are the unit where this hospital knows them and DP-SGD runs per patient (the head); else images.
-            units, unit = ((self._data.unit_count, self._data.privacy_unit) if trainable == "head"
-                           else (self._data.train_labels.numel(), "image"))
+            # Patients are the unit where this hospital knows them (user-level DP-SGD in every mode); else images.
+            units, unit = self._data.unit_count, self._data.privacy_unit
             sample_rate, per_epoch = poisson_schedule(units, config.batch_size)
             charge = (sample_rate, per_epoch * config.epochs)
             sigma = self._budget.admit(plan.round_id, *charge, unit)  # a refusal trains nothing and spends nothing
@@ -322,7 +324,11 @@ class HospitalNode:
         chunks = assemble_upload(plan, update, s.node_id, self._identity, disclosures, timings, pool=self._pool,
                                  recipe=recipe, record=record, chunk_sent=chunk_sent)
         try:
-            receipt = self._client.submit(self._count_bytes(chunks), timeout=plan.transfer.deadline_seconds)
+            stream = _Started(self._count_bytes(chunks))
+            # A call refused before it took a chunk (the server's call limit, during a member's flood) is tried
+            # again with the same, untouched chunks; one that took any is not.
+            receipt = _patiently(lambda: self._client.submit(stream, timeout=plan.transfer.deadline_seconds),
+                                 lambda: not stream.started)
         except grpc.RpcError as error:
             log.warning("round %d attempt %d: upload refused (%s: %s)", plan.round_id, plan.attempt, error.code(),
                         error.details())
@@ -342,13 +348,28 @@ class HospitalNode:
             yield chunk
 
     def _report_once(self, model_round: int, model_digest: bytes) -> None:
-        """One report per round's model and per model: a model sent again under another round id gets none."""
-        if model_round not in self._reported and model_digest not in self._reported_models:
-            self._reported.add(model_round)
-            self._reported_models.add(model_digest)
-            self._report_evaluation(model_round)
+        """One evaluation per model: a model sent again under another round id (a round whose sum failed leaves it
+        as it was) gets the counts it already got, under the new round id, so that nothing new leaves the hospital
+        and no round waits for its report."""
+        if model_round in self._reported:
+            return
+        self._reported.add(model_round)
+        earlier = self._reports_by_model.get(model_digest)
+        if earlier is not None:
+            self._send_report(replace(earlier, model_round=model_round))
+            return
+        self._reports_by_model[model_digest] = self._report_evaluation(model_round)
 
-    def _report_evaluation(self, model_round: int) -> None:
+    def _send_report(self, report: EvaluationReport) -> None:
+        """A report is informational: one the aggregator does not take (after a few tries) is logged, and the round
+        attempt goes on."""
+        try:
+            _patiently(lambda: self._client.report(report))
+        except grpc.RpcError as error:
+            log.warning("the aggregator did not take the evaluation of round %d's model (%s: %s)", report.model_round,
+                        error.code().name, error.details())
+
+    def _report_evaluation(self, model_round: int) -> EvaluationReport:
         if self._data.val_labels.numel() < self._settings.min_validation_images and not self._said_too_few:
             log.warning("%d validation images, below min_validation_images=%d: this hospital sends empty evaluation "
                         "reports, so that nobody waits for it and nothing about its images leaves it",
@@ -356,8 +377,43 @@ class HospitalNode:
             self._said_too_few = True
         report = evaluation_report(self._model, self._data, self._device, self._settings.node_id, model_round,
                                    self._settings.min_validation_images)
-        self._client.report(report)
+        self._send_report(report)
         counts = report.counts
         accuracy = np.trace(counts.confusion) / max(counts.examples, 1)
         log.info("model after round %d: local validation accuracy %.3f on %d images", model_round, accuracy,
                  counts.examples)
+        return report
+
+
+# Statuses of a call the server could not take just now: tried again, a few times, after 1 and 2 seconds.
+TRANSIENT_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE})
+TRIES = 3
+T = TypeVar("T")
+
+
+def _patiently(call: Callable[[], T], may_retry: Callable[[], bool] = lambda: True) -> T:
+    for attempt in range(TRIES):
+        try:
+            return call()
+        except grpc.RpcError as error:
+            if error.code() not in TRANSIENT_CODES or attempt == TRIES - 1 or not may_retry():
+                raise
+            log.warning("the aggregator could not take a call (%s: %s); trying again in %d s", error.code().name,
+                        error.details(), attempt + 1)
+            time.sleep(attempt + 1)
+    raise AssertionError("unreachable")
+
+
+class _Started(Iterator[UploadChunk]):
+    """An upload's chunks that say whether the call took any yet."""
+
+    def __init__(self, chunks: Iterator[UploadChunk]) -> None:
+        self._chunks = chunks
+        self.started = False
+
+    def __iter__(self) -> _Started:
+        return self
+
+    def __next__(self) -> UploadChunk:
+        self.started = True
+        return next(self._chunks)

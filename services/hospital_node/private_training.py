@@ -1,6 +1,11 @@
 """DP-SGD (Abadi et al., CCS 2016) in a hospital's local training, with Opacus.
 
-Every logical step draws a Poisson batch (each training image independently, with
+Where the hospital knows its patients, the patient is the unit (user-level DP-SGD): every
+step samples patients (Poisson, each with probability q), sums each sampled patient's
+per-image gradients (Opacus's hooks), clips that sum to L2 norm C, adds Gaussian noise
+N(0, sigma^2 C^2) and divides by the expected number of patients; a patient with k images
+moves a step by at most C. Without patient identifiers the unit is the image: every
+logical step draws a Poisson batch (each training image independently, with
 probability q), computes each example's gradient, clips it to L2 norm C, sums, adds
 Gaussian noise N(0, sigma^2 C^2) and divides by the expected batch size. Large logical
 batches run as several physical ones (Opacus's BatchMemoryManager), which changes the
@@ -26,13 +31,15 @@ from __future__ import annotations
 import math
 import secrets
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 from opacus.data_loader import DPDataLoader
 from opacus.grad_sample.utils import prepare_module
 from opacus.optimizers import DPOptimizer, get_optimizer_class
+from opacus.optimizers.optimizer import _generate_noise
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
 from opacus.validators import ModuleValidator
@@ -91,7 +98,8 @@ def _entropy_generator(device: torch.device) -> torch.Generator:
 def train_private(model: nn.Module, data: LocalData, config: LocalTraining, private: PrivateTraining,
                   device: torch.device, augment_generator: torch.Generator) -> TrainStats:
     """Train in place with DP-SGD: `config.epochs` epochs of ceil(n / B) Poisson steps (record_privacy's schedule,
-    which the budget charged)."""
+    which the budget charged), n the units: the patients where the hospital knows them (user-level DP-SGD), else
+    the images."""
     if config.proximal_mu > 0:
         raise PrivateTrainingError("FedProx's proximal term is not supported under DP-SGD")
     model.to(device)
@@ -100,8 +108,13 @@ def train_private(model: nn.Module, data: LocalData, config: LocalTraining, priv
     switched = [p for name, p in model.named_parameters() if p.requires_grad and name not in trained]
     for parameter in switched:
         parameter.requires_grad_(False)
-    module = per_example_module(model, private)
+    per_patient = data.train_patients is not None
+    # Per patient, each image's gradient is needed alone (to sum a patient's before its clip): Opacus's hooks.
+    module = per_example_module(model, replace(private, grad_sample_mode="hooks") if per_patient else private,
+                                loss_reduction="sum" if per_patient else "mean")
     try:
+        if per_patient:
+            return _patient_steps(module, model, data, config, private, device, augment_generator)
         return _private_steps(module, model, data, config, private, device, augment_generator)
     finally:
         release_module(module, model)
@@ -109,10 +122,10 @@ def train_private(model: nn.Module, data: LocalData, config: LocalTraining, priv
             parameter.requires_grad_(True)
 
 
-def per_example_module(model: nn.Module, private: PrivateTraining) -> nn.Module:
+def per_example_module(model: nn.Module, private: PrivateTraining, loss_reduction: str = "mean") -> nn.Module:
     """`model` with Opacus's per-example gradient machinery attached (the same parameters, trained in place)."""
     module: nn.Module = prepare_module(
-        model, private.grad_sample_mode, True, batch_first=True, loss_reduction="mean",
+        model, private.grad_sample_mode, True, batch_first=True, loss_reduction=loss_reduction,
         **({"max_grad_norm": private.max_grad_norm, "use_ghost_clipping": True}
            if private.grad_sample_mode == "ghost" else {}))
     return module
@@ -150,6 +163,78 @@ def _trained_names(model: nn.Module, config: LocalTraining, private: PrivateTrai
     if not names:
         raise PrivateTrainingError("nothing left to train under DP-SGD (frozen head and last_block)")
     return names
+
+
+def clipped_patient_sum(module: nn.Module, trained: list[nn.Parameter], images: torch.Tensor, labels: torch.Tensor,
+                        patients: torch.Tensor, clip_norm: float, physical_batch: int,
+                        augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+                        ) -> tuple[list[torch.Tensor], float]:
+    """User-level DP-SGD's sum: each image's gradient (Opacus's hooks, `module` built with loss_reduction="sum"),
+    summed per patient over every physical batch, each patient's sum clipped to L2 norm `clip_norm` over all
+    trained parameters together, and the patients added up; and the summed loss. A patient with k images moves it
+    by at most `clip_norm`."""
+    present, position = torch.unique(patients, return_inverse=True)
+    per_patient = [torch.zeros((present.numel(), *p.shape), dtype=p.dtype, device=p.device) for p in trained]
+    loss_total = 0.0
+    for start in range(0, labels.numel(), physical_batch):
+        batch = images[start:start + physical_batch]
+        if augment is not None:
+            batch = augment(batch)
+        loss = nn.functional.cross_entropy(module(batch), labels[start:start + physical_batch], reduction="sum")
+        loss.backward()
+        where = position[start:start + physical_batch].to(per_patient[0].device)
+        for accumulated, parameter in zip(per_patient, trained):
+            accumulated.index_add_(0, where, parameter.grad_sample.detach())  # type: ignore[attr-defined]
+            parameter.grad_sample = None  # type: ignore[attr-defined]
+            parameter.grad = None
+        loss_total += float(loss.detach())
+    norms = torch.sqrt(sum((a.flatten(1).pow(2).sum(1) for a in per_patient), torch.zeros(present.numel(),
+                                                                                          device=per_patient[0].device)))
+    factors = torch.clamp(clip_norm / (norms + 1e-12), max=1.0)
+    return [(a * factors.view(-1, *([1] * (a.dim() - 1)))).sum(0) for a in per_patient], loss_total
+
+
+def _patient_steps(module: nn.Module, model: nn.Module, data: LocalData, config: LocalTraining,
+                   private: PrivateTraining, device: torch.device, augment_generator: torch.Generator) -> TrainStats:
+    """User-level DP-SGD: each step samples patients (Poisson, q = 1/ceil(P/B)), sums each sampled patient's image
+    gradients, clips that sum to C, adds N(0, sigma^2 C^2) (Opacus's secure-mode draw, OS-seeded) and divides by
+    the expected patients; then the base optimizer's step."""
+    units = data.privacy_units()
+    patients = data.unit_count
+    sample_rate, steps_per_epoch = poisson_schedule(patients, config.batch_size)
+    expected = max(1, round(patients * sample_rate))
+    trained = [p for p in model.parameters() if p.requires_grad]
+    base: torch.optim.Optimizer = (
+        torch.optim.AdamW(trained, lr=config.learning_rate, weight_decay=1e-4) if config.optimizer == "adamw"
+        else torch.optim.SGD(trained, lr=config.learning_rate, momentum=0.9, weight_decay=1e-4))
+    total_steps = max(1, config.epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        base, (lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps))) if config.schedule == "cosine"
+        else (lambda step: 1.0))
+    sampling, noise = _entropy_generator(torch.device("cpu")), _entropy_generator(device)
+    std = private.noise_multiplier * private.max_grad_norm
+    augment = ((lambda batch: augment_batch(batch, augment_generator)) if config.augment else None)
+    steps, seen, loss_total = 0, 0, 0.0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")  # frozen layers below
+        for _ in range(total_steps):
+            chosen = torch.nonzero(torch.rand(patients, generator=sampling) < sample_rate).flatten()
+            index = torch.nonzero(torch.isin(units, chosen)).flatten()
+            base.zero_grad(set_to_none=True)
+            if index.numel():
+                sums, loss = clipped_patient_sum(module, trained, data.train_images[index].to(device),
+                                                 data.train_labels[index].to(device), units[index],
+                                                 private.max_grad_norm, private.max_physical_batch, augment)
+                seen += index.numel()
+                loss_total += loss
+            else:  # an empty Poisson draw still takes its noise-only step
+                sums = [torch.zeros_like(p) for p in trained]
+            for parameter, summed in zip(trained, sums):
+                parameter.grad = (summed + _generate_noise(std, summed, noise, secure_mode=True)) / expected
+            base.step()
+            scheduler.step()
+            steps += 1
+    return TrainStats(steps, seen, loss_total / max(seen, 1))
 
 
 def _private_steps(module: nn.Module, model: nn.Module, data: LocalData, config: LocalTraining,

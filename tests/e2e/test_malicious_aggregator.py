@@ -190,7 +190,8 @@ def attack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Attack]:
     harness = HarnessAggregator()
     address = f"127.0.0.1:{free_port()}"
     config = tiny_config(run_dir, len(NODES), 1, seed=11, images_per_node=30, external_aggregator=address,
-                         extra_members=EXTRA, node={"max_attempts": 2}, per_node={4: {"max_learning_rate": 1e31}})
+                         extra_members=EXTRA, node={"max_attempts": 2, "min_validation_images": 5},
+                         per_node={4: {"max_learning_rate": 1e31}})
     consortium = Consortium(config)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     pb_grpc.add_AggregatorServicer_to_server(harness, server)
@@ -412,6 +413,10 @@ def test_evaluation_is_answered_only_for_a_set_that_names_the_node_and_holds_its
     reports = attack.harness.reports
     assert not [key for key in reports if key[1] in (80, 81)]
     assert (NODES[0], 82) not in reports and all((node, 82) in reports for node in NODES[1:])
+    # hospital-2 validates on one image: below its floor, its report counts nothing (nothing per image leaves it).
+    lone = reports[(NODES[1], 83)]
+    assert lone.examples == 0 and not any(lone.confusion) and not any(lone.positive_histograms)
+    assert reports[(NODES[4], 83)].examples == 13
 
 
 def test_a_learning_rate_of_1e30_is_declined_by_name_and_the_next_evaluation_is_finite(attack: Attack) -> None:

@@ -1,4 +1,9 @@
-"""The aggregator's server limits, tried by a hostile member that opens upload streams and sends nothing."""
+"""The aggregator's server limits, tried by a hostile client that opens upload streams and sends nothing.
+
+Without mTLS (`insecure`, local development) the aggregator cannot tell who calls before a first chunk, so the
+stream cap and the first-chunk deadline are what protect it, and this test tries them. With mTLS a stream's upload
+slot is its participant's, taken when it starts: a non-participant's streams are refused at once
+(tests/e2e/test_member_limits.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ STREAMS = 4  # upload streams at once
 
 def test_idle_upload_streams_are_cut_at_the_first_chunk_deadline_and_never_starve_the_server(
         tmp_path: Path) -> None:
-    config = tiny_config(tmp_path, 3, 2, images_per_node=30, seed=8, extra_members=["intruder"],
+    config = tiny_config(tmp_path, 3, 2, images_per_node=30, seed=8, extra_members=["intruder"], insecure=True,
                          aggregator={"first_chunk_seconds": FIRST_CHUNK_SECONDS, "server_threads": THREADS,
                                      "max_upload_streams": STREAMS,
                                      "linger_seconds": 600, "round_deadline_seconds": 120})

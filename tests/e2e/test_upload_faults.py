@@ -180,6 +180,23 @@ def test_bad_submissions_are_refused_with_named_statuses_and_leave_the_sum_exact
             intruder.aggregator.ReportEvaluation(old_layout, timeout=10)
         assert refused_report.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "histogram spacing" in (refused_report.value.details() or "")
+        # Fake counts from a member that never evaluated: 2e12 images (once pooled, they made the accuracy 1e-11),
+        # and a NaN loss. Both refused by name; the pooled row below holds the honest nodes' counts only.
+        bins = [0] * 50 + [1] + [0] * 49
+
+        def fake(examples: int, loss: float) -> pb.EvaluationReport:
+            half = examples // 2
+            return pb.EvaluationReport(
+                node_id="hospital-4", model_round=0, num_classes=2, histogram_bins=100, histogram_spacing="logit",
+                confusion=[half, 0, 0, half], examples=examples, loss_sum=loss,
+                positive_histograms=[b * half for b in bins] * 2, negative_histograms=[b * half for b in bins] * 2)
+
+        for report, message in ((fake(2_000_000_000_000, 1.0), "above the bound"),
+                                (fake(8, float("nan")), "not a finite number")):
+            with pytest.raises(grpc.RpcError) as refused_fake:
+                intruder.aggregator.ReportEvaluation(report, timeout=10)
+            assert refused_fake.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert message in (refused_fake.value.details() or "")
         # The aggregator counts the broken stream when its handler sees the cancellation, which can come after the
         # calls above have returned: read the counters until every refusal is in, for at most 15 s.
         expected_reasons = {f'fedxray_refused_requests_total{{reason="{r}"}}' for r in
@@ -197,6 +214,8 @@ def test_bad_submissions_are_refused_with_named_statuses_and_leave_the_sum_exact
     assert code == 0
     row = next(r for r in consortium.rows() if r["round"] == 1)
     assert row["participants"] == 4
+    initial = next(r for r in consortium.rows() if r["round"] == 0)["evaluation"]
+    assert initial["nodes"] == 3 and 0 < sum(map(sum, initial["confusion"])) < 100  # the honest nodes' images only
     honest = [node_fields(tmp_path / "records", node, 1) for node in consortium.node_ids]
     expected = (np.sum(honest, axis=0) + np.concatenate(record).astype(np.int64)) % (1 << 10)
     assert np.array_equal(field_sum(tmp_path, 1), expected)

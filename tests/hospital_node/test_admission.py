@@ -100,8 +100,10 @@ def test_evaluation_is_answered_once_per_model_and_only_among_enough_members_tha
     assert setting.client.reports == [] and setting.client.declines == []  # nothing leaves, nothing to decline
     setting.send(5, RoundKind.EVALUATE, shift=0.01)
     assert [r.model_round for r in setting.client.reports] == [4]
-    setting.send(6, RoundKind.EVALUATE, shift=0.01)  # the same model under another round id
-    assert [r.model_round for r in setting.client.reports] == [4]
+    setting.send(6, RoundKind.EVALUATE, shift=0.01)  # the same model under another round id: the same counts
+    first, again = setting.client.reports
+    assert (first.model_round, again.model_round) == (4, 5)
+    assert again.counts is first.counts  # nothing new leaves the hospital
 
 
 def test_training_parameters_outside_the_bounds_are_declined_and_nothing_is_sent(setting: Setting) -> None:

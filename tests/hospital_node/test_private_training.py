@@ -4,6 +4,7 @@ the model refused when it cannot be trained per example, and the machinery taken
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from services.hospital_node.private_training import (
     GRAD_SAMPLE_MODES,
     PrivateTraining,
     PrivateTrainingError,
+    clipped_patient_sum,
     per_example_module,
     private_optimizer,
     release_module,
@@ -213,3 +215,60 @@ def test_last_block_of_a_frozen_batchnorm_model_trains_under_dp_and_its_batchnor
     moved = {name for name, tensor in model.state_dict().items() if not torch.equal(tensor, before[name])}
     assert moved and all(name.startswith(("1.layer4.", "1.fc.")) for name in moved)
     assert not any(name.endswith((".mean", ".var")) or ".bn" in name for name in moved)
+
+
+def _patient_module(architecture: str = "tiny-gn") -> tuple[nn.Module, nn.Module, list[nn.Parameter]]:
+    model = build_model(architecture, 2, seed=0).train()
+    module = per_example_module(model, PrivateTraining(1.0, 1.0, "hooks"), loss_reduction="sum")
+    return model, module, [p for p in model.parameters() if p.requires_grad]
+
+
+def _norm(parts: list[torch.Tensor]) -> float:
+    return float(torch.sqrt(sum(p.pow(2).sum() for p in parts)))
+
+
+def test_without_a_binding_clip_the_patient_sum_is_the_batch_gradient() -> None:
+    """Each image's gradient, summed per patient and over patients, with a clip that never binds: the gradient of
+    the batch's summed loss (so no image is lost or counted twice across physical batches)."""
+    model, module, trained = _patient_module()
+    images, labels = _batch(10)
+    patients = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 4, 5])
+    sums, _ = clipped_patient_sum(module, trained, images, labels, patients, clip_norm=1e9, physical_batch=4)
+    release_module(module, model)
+    model.zero_grad()
+    nn.functional.cross_entropy(model(images), labels, reduction="sum").backward()
+    for summed, parameter in zip(sums, trained):
+        torch.testing.assert_close(summed, parameter.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_a_patient_with_k_images_moves_the_opacus_clipped_sum_by_at_most_c() -> None:
+    model, module, trained = _patient_module()
+    images, labels = _batch(12)
+    images[:4] = images[0]  # patient 0: four alike images, whose gradients add up
+    labels[:4] = labels[0]
+    patients = torch.tensor([0, 0, 0, 0, 1, 1, 2, 3, 3, 3, 4, 5])
+    clip = 0.05
+    keep = patients != 0
+    with_all, _ = clipped_patient_sum(module, trained, images, labels, patients, clip, 5)
+    without, _ = clipped_patient_sum(module, trained, images[keep], labels[keep], patients[keep], clip, 5)
+    assert _norm([a - b for a, b in zip(with_all, without)]) <= clip * (1 + 1e-4)
+    # Per image, the same patient would move it by up to 4 C.
+    per_image, _ = clipped_patient_sum(module, trained, images, labels, torch.arange(12), clip, 5)
+    per_image_without, _ = clipped_patient_sum(module, trained, images[keep], labels[keep],
+                                               torch.arange(12)[keep], clip, 5)
+    release_module(module, model)
+    assert _norm([a - b for a, b in zip(per_image, per_image_without)]) > 3 * clip
+
+
+def test_with_patients_dp_sgd_samples_patients_and_trains_the_part_asked_for() -> None:
+    model = build_model("tiny-gn", 2, seed=0)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    images, labels = _batch(16)
+    patients = torch.arange(16) // 2  # eight patients of two images
+    data = replace(LocalData(images, labels, images[:4], labels[:4], 2), train_patients=patients)
+    stats = train_private(model, data, LocalTraining(2, 0.05, 4), PrivateTraining(1.0, 1.0, trainable="last_block"),
+                          CPU, torch.Generator().manual_seed(0))
+    assert stats.steps == 2 * 2  # two epochs of ceil(8 patients / 4) Poisson steps: patients, not images
+    moved = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert moved and moved <= last_block_parameters(model)
+    assert not any(hasattr(p, "grad_sample") for p in model.parameters())  # the machinery is off again
