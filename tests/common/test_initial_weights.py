@@ -11,6 +11,7 @@ import torchvision
 from services.common.errors import SpecMismatchError
 from services.common.initial_weights import load_initial_weights
 from services.common.models import FrozenBatchNorm2d, build_model
+from tests.imagenet_weights import imagenet_style_resnet50
 
 
 def _save(state: object, path: Path) -> Path:
@@ -33,24 +34,8 @@ def test_torchvision_resnet_state_dict_loads_with_an_imagenet_sized_head_left_se
     assert torch.equal(model[1].fc.weight, seeded_head)
 
 
-def _imagenet_style_resnet50(path: Path) -> torchvision.models.ResNet:
-    """A torchvision ResNet-50 as a hospital would download ImageNet's: 1,000 classes, and BatchNorm statistics and
-    affine parameters that are not their initial values (so that dropping or misplacing one would show)."""
-    torch.manual_seed(5)
-    imagenet = torchvision.models.resnet50(num_classes=1000)
-    with torch.no_grad():
-        for module in imagenet.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_(0.0, 0.2)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0.0, 0.1)
-    _save(imagenet.state_dict(), path)
-    return imagenet.eval()
-
-
 def test_imagenet_style_batchnorm_weights_load_frozen_with_their_statistics(tmp_path: Path) -> None:
-    imagenet = _imagenet_style_resnet50(tmp_path / "resnet50-imagenet.pt")
+    imagenet = imagenet_style_resnet50(tmp_path / "resnet50-imagenet.pt")
     model = build_model("resnet50-bn-frozen", num_classes=2, seed=3)
     assert load_initial_weights(model, tmp_path / "resnet50-imagenet.pt") == ["1.fc.bias", "1.fc.weight"]
     bn = imagenet.layer3[2].bn2

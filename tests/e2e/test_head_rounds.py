@@ -7,8 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torchvision
 
 from services.aggregator.checkpoint import load_latest_checkpoint
 from services.common.initial_weights import load_initial_weights
@@ -16,6 +14,7 @@ from services.common.model_spec import flatten_state, parameter_spec
 from services.common.models import build_model
 from services.common.trainable import trained_positions
 from tests.e2e.consortium_checks import assert_exact_sums, node_fields, recording, run_to_completion, tiny_config
+from tests.imagenet_weights import imagenet_style_resnet50
 
 pytestmark = pytest.mark.e2e
 
@@ -55,15 +54,8 @@ def test_imagenet_style_frozen_batchnorm_weights_train_their_head_and_a_hospital
     """resnet50-bn-frozen from a torchvision-format file the test makes (nothing is downloaded): the file's BatchNorm
     statistics reach every hospital with the global model and stay as they are. One hospital turns record-level
     DP-SGD off, explicitly; every row names it."""
-    torch.manual_seed(5)
-    imagenet = torchvision.models.resnet50(num_classes=1000)
-    with torch.no_grad():
-        for module in imagenet.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_(0.0, 0.2)
-                module.running_var.uniform_(0.5, 2.0)
     weights = tmp_path / "resnet50-imagenet.pt"
-    torch.save(imagenet.state_dict(), weights)
+    imagenet = imagenet_style_resnet50(weights)
     config = tiny_config(tmp_path, 3, 2, images_per_node=40, seed=9, hooks=recording(tmp_path),
                          settings={"architecture": "resnet50-bn-frozen", "image_size": 16, "min_participants": 3,
                                    "partition_scheme": "iid", "trainable": "head", "local_optimizer": "sgd",
