@@ -194,6 +194,18 @@ def clipped_patient_sum(module: nn.Module, trained: list[nn.Parameter], images: 
     return [(a * factors.view(-1, *([1] * (a.dim() - 1)))).sum(0) for a in per_patient], loss_total
 
 
+def _base_optimizer(trained: list[nn.Parameter], config: LocalTraining, total_steps: int
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """The optimizer DP-SGD's noised gradients drive (post-processing), and its learning-rate schedule."""
+    base: torch.optim.Optimizer = (
+        torch.optim.AdamW(trained, lr=config.learning_rate, weight_decay=1e-4) if config.optimizer == "adamw"
+        else torch.optim.SGD(trained, lr=config.learning_rate, momentum=0.9, weight_decay=1e-4))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        base, (lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps))) if config.schedule == "cosine"
+        else (lambda step: 1.0))
+    return base, scheduler
+
+
 def _patient_steps(module: nn.Module, model: nn.Module, data: LocalData, config: LocalTraining,
                    private: PrivateTraining, device: torch.device, augment_generator: torch.Generator) -> TrainStats:
     """User-level DP-SGD: each step samples patients (Poisson, q = 1/ceil(P/B)), sums each sampled patient's image
@@ -204,13 +216,8 @@ def _patient_steps(module: nn.Module, model: nn.Module, data: LocalData, config:
     sample_rate, steps_per_epoch = poisson_schedule(patients, config.batch_size)
     expected = max(1, round(patients * sample_rate))
     trained = [p for p in model.parameters() if p.requires_grad]
-    base: torch.optim.Optimizer = (
-        torch.optim.AdamW(trained, lr=config.learning_rate, weight_decay=1e-4) if config.optimizer == "adamw"
-        else torch.optim.SGD(trained, lr=config.learning_rate, momentum=0.9, weight_decay=1e-4))
     total_steps = max(1, config.epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        base, (lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps))) if config.schedule == "cosine"
-        else (lambda step: 1.0))
+    base, scheduler = _base_optimizer(trained, config, total_steps)
     sampling, noise = _entropy_generator(torch.device("cpu")), _entropy_generator(device)
     std = private.noise_multiplier * private.max_grad_norm
     augment = ((lambda batch: augment_batch(batch, augment_generator)) if config.augment else None)
@@ -246,14 +253,8 @@ def _private_steps(module: nn.Module, model: nn.Module, data: LocalData, config:
     loader = DPDataLoader(dataset, sample_rate=sample_rate, generator=sampling)
     loader.batch_sampler.steps = steps_per_epoch  # not int(1 / q), which float rounding can make one less
     trained = [p for p in model.parameters() if p.requires_grad]
-    base: torch.optim.Optimizer = (
-        torch.optim.AdamW(trained, lr=config.learning_rate, weight_decay=1e-4) if config.optimizer == "adamw"
-        else torch.optim.SGD(trained, lr=config.learning_rate, momentum=0.9, weight_decay=1e-4))
+    base, scheduler = _base_optimizer(trained, config, max(1, config.epochs * steps_per_epoch))
     optimizer, criterion = private_optimizer(module, base, private, max(1, round(examples * sample_rate)), device)
-    total_steps = max(1, config.epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        base, (lambda step: 0.5 * (1 + math.cos(math.pi * step / total_steps))) if config.schedule == "cosine"
-        else (lambda step: 1.0))
     steps, seen, loss_total = 0, 0, 0.0
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]ecure.*")  # our generators are seeded from os.urandom

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
 
@@ -53,16 +54,18 @@ def test_a_subscribe_flood_and_48_idle_upload_streams_leave_the_rounds_to_the_ho
         codes: dict[str, list[grpc.StatusCode]] = {"subscribe": [], "upload": [], "status": []}
         lock = threading.Lock()
 
-        def subscribe() -> None:
-            call = stub.Subscribe(join, timeout=20)
+        def record(kind: str, call: Callable[[], object]) -> None:
+            """Make the call and keep the status it ended with."""
             try:
-                for _ in call:
-                    pass
+                call()
                 code = grpc.StatusCode.OK
             except grpc.RpcError as error:
                 code = error.code()
             with lock:
-                codes["subscribe"].append(code)
+                codes[kind].append(code)
+
+        def subscribe() -> None:
+            record("subscribe", lambda: list(stub.Subscribe(join, timeout=20)))
 
         def idle_upload() -> None:
             never = threading.Event()
@@ -71,23 +74,11 @@ def test_a_subscribe_flood_and_48_idle_upload_streams_leave_the_rounds_to_the_ho
                 never.wait(40)  # never sends a first chunk
                 yield from ()
 
-            try:
-                stub.SubmitUpdate(chunks(), timeout=45)
-                code = grpc.StatusCode.OK
-            except grpc.RpcError as error:
-                code = error.code()
-            with lock:
-                codes["upload"].append(code)
+            record("upload", lambda: stub.SubmitUpdate(chunks(), timeout=45))
 
         def status() -> None:
             for _ in range(10):
-                try:
-                    stub.GetStatus(pb.GetStatusRequest(), timeout=5)
-                    code = grpc.StatusCode.OK
-                except grpc.RpcError as error:
-                    code = error.code()
-                with lock:
-                    codes["status"].append(code)
+                record("status", lambda: stub.GetStatus(pb.GetStatusRequest(), timeout=5))
                 time.sleep(0.5)
 
         with futures.ThreadPoolExecutor(max_workers=64) as pool:
