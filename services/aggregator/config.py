@@ -37,7 +37,8 @@ class AggregatorSettings(ServiceSettings):
                                          "authority is unreachable (restarting), with backoff up to 15 s; past it, "
                                          "that round fails")
     server_threads: int = Field(64, ge=8, description="gRPC worker threads; calls beyond server_threads - 4 at once "
-                                "are refused with RESOURCE_EXHAUSTED (each subscription and upload holds one)")
+                                "are refused with RESOURCE_EXHAUSTED (each subscription and upload holds one); the "
+                                "other 4 serve health checks and GetStatus only, so that no flood starves them")
     max_upload_streams: int | None = Field(None, ge=1, description="upload streams open at once; more are refused "
                                            "with RESOURCE_EXHAUSTED (None: twice the registered members)")
     first_chunk_seconds: float = Field(30.0, gt=0, description="an upload stream must send its first chunk within "

@@ -189,7 +189,9 @@ class RoundLoop:
             p.membership.broadcast(ModelChunk(round_id, index, values))
         self._metrics.bytes_sent.inc(len(expected) * sum(len(c) for c in broadcast))
         if kind is RoundKind.EVALUATE:
-            p.board.wait_for(round_id - 1, lambda: expected & p.membership.connected(),
+            # Until every node still expected has reported: one that declines (a node that answers another
+            # evaluation set withholds its report by name) is not waited for.
+            p.board.wait_for(round_id - 1, lambda: state.waiting_for() & p.membership.connected(),
                              time.monotonic() + self._settings.round_deadline_seconds)
         return state
 

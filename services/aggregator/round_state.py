@@ -152,6 +152,11 @@ class RoundState:
         """A participant is gone before its upload was folded: the masks can no longer cancel."""
         return self.plan.secure and bool(self.lost)
 
+    def waiting_for(self) -> set[str]:
+        """The nodes this attempt still expects (one that declines or leaves is no longer expected)."""
+        with self.lock:
+            return set(self.expected)
+
     def node_left(self, node_id: str) -> None:
         with self.lock:
             self.expected.discard(node_id)

@@ -42,3 +42,16 @@ class EvaluationReport:
     calibration_positive: np.ndarray | None = None
     calibration_negative: np.ndarray | None = None
     histogram_spacing: str = HISTOGRAM_SPACING
+
+
+@dataclass(frozen=True)
+class MaskedEvaluationReport:
+    """A hospital's evaluation of one model under its pairwise evaluation masks for `participants`
+    (`services.common.masked_evaluation`): uniform mod 2^48 on its own, the pooled counts summed over the whole set."""
+
+    node_id: str
+    model_round: int
+    num_classes: int
+    histogram_bins: int
+    participants: tuple[str, ...]  # sorted
+    values: tuple[int, ...]

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
 
@@ -70,17 +71,79 @@ KEEPALIVE_OPTIONS = [("grpc.keepalive_time_ms", 60_000), ("grpc.keepalive_timeou
                      ("grpc.keepalive_permit_without_calls", 1)]
 
 
+# Calls no flood may starve: the health checks and each service's status call. They have a budget of their own.
+RESERVED_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch",
+                              "/fedxray.v1.Aggregator/GetStatus", "/fedxray.v1.KeyAuthority/GetStatus"})
+RESERVED_CALLS = 4
+
+
+class CallBudgets(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Two budgets of calls at once: `work` for the services' own calls, `reserved` for health and status. A call
+    beyond its budget is refused at once with RESOURCE_EXHAUSTED, naming the budget, instead of queueing for a thread;
+    with a thread for every call either budget admits, a flood of work calls never delays a health check."""
+
+    def __init__(self, work: int, reserved: int = RESERVED_CALLS) -> None:
+        self._budgets = {False: (threading.BoundedSemaphore(work), f"{work} calls"),
+                         True: (threading.BoundedSemaphore(reserved), f"{reserved} health and status calls")}
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+                          details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        budget, what = self._budgets[details.method in RESERVED_METHODS]
+        return _within(handler, budget, what)
+
+
+def _within(handler: grpc.RpcMethodHandler, budget: threading.BoundedSemaphore, what: str) -> grpc.RpcMethodHandler:
+    """`handler`, run only while `budget` has room (released when the call ends, a stream's too)."""
+
+    def admit(context: grpc.ServicerContext) -> None:
+        if not budget.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"the server is at its limit of {what} at once; try "
+                          "again shortly")
+
+    def single(behaviour: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
+        def run(request: Any, context: grpc.ServicerContext) -> Any:
+            admit(context)
+            try:
+                return behaviour(request, context)
+            finally:
+                budget.release()
+        return run
+
+    def streamed(behaviour: Callable[[Any, grpc.ServicerContext], Iterator[Any]]
+                 ) -> Callable[[Any, grpc.ServicerContext], Iterator[Any]]:
+        def run(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            admit(context)
+            try:
+                yield from behaviour(request, context)
+            finally:
+                budget.release()
+        return run
+
+    codecs = (handler.request_deserializer, handler.response_serializer)
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(single(handler.unary_unary), *codecs)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(single(handler.stream_unary), *codecs)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(streamed(handler.unary_stream), *codecs)
+    assert handler.stream_stream is not None
+    return grpc.stream_stream_rpc_method_handler(streamed(handler.stream_stream), *codecs)
+
+
 def grpc_server(max_workers: int = 32, max_concurrent_rpcs: int | None = None,
                 max_receive_bytes: int = GRPC_MESSAGE_LIMIT) -> tuple[grpc.Server, health.HealthServicer]:
-    """A gRPC server of `max_workers` threads. Beyond `max_concurrent_rpcs` calls at once (default: the workers less
-    4), a call is refused at once with RESOURCE_EXHAUSTED instead of queueing for a thread. The aggregator also caps
-    its upload streams well below this, so that subscriptions and short calls (GetStatus, health) find a slot. A
-    message over `max_receive_bytes` is refused with RESOURCE_EXHAUSTED."""
-    limit = max_concurrent_rpcs if max_concurrent_rpcs is not None else max(1, max_workers - 4)
+    """A gRPC server of `max_workers` threads: at most `max_concurrent_rpcs` of the services' calls at once (default:
+    the workers less RESERVED_CALLS), and RESERVED_CALLS health and status calls beside them, each on a thread of its
+    own (`CallBudgets`). The aggregator also caps its upload streams well below this. A message over
+    `max_receive_bytes` is refused with RESOURCE_EXHAUSTED."""
+    work = max_concurrent_rpcs if max_concurrent_rpcs is not None else max(1, max_workers - RESERVED_CALLS)
     options = [(name, value) for name, value in GRPC_OPTIONS if name != "grpc.max_receive_message_length"]
     options.append(("grpc.max_receive_message_length", max_receive_bytes))
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options + KEEPALIVE_OPTIONS,
-                         maximum_concurrent_rpcs=limit)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=work + RESERVED_CALLS),
+                         interceptors=[CallBudgets(work)], options=options + KEEPALIVE_OPTIONS)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     return server, health_servicer

@@ -15,7 +15,9 @@ import numpy as np
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.common.errors import MalformedChunkError, PackingError
-from services.common.evaluation_report import EvaluationCounts, EvaluationReport
+from services.common.classification_metrics import HISTOGRAM_SPACING
+from services.common.evaluation_report import EvaluationCounts, EvaluationReport, MaskedEvaluationReport
+from services.common.masked_evaluation import vector_length
 from services.common.class_roster import ClassRoster
 from services.common.model_spec import ParameterSpec
 from services.common.noise import NoiseKind
@@ -306,7 +308,12 @@ def _histograms(values: list[int] | object, classes: int, bins: int, what: str, 
     return array.reshape(classes, bins)
 
 
-def evaluation_to_wire(report: EvaluationReport) -> pb.EvaluationReport:
+def evaluation_to_wire(report: EvaluationReport | MaskedEvaluationReport) -> pb.EvaluationReport:
+    if isinstance(report, MaskedEvaluationReport):
+        return pb.EvaluationReport(node_id=report.node_id, model_round=report.model_round,
+                                   num_classes=report.num_classes, histogram_bins=report.histogram_bins,
+                                   histogram_spacing=HISTOGRAM_SPACING, masked_counts=list(report.values),
+                                   masked_for=list(report.participants))
     counts = report.counts
     message = pb.EvaluationReport(
         node_id=report.node_id, model_round=report.model_round, num_classes=counts.num_classes,
@@ -320,10 +327,27 @@ def evaluation_to_wire(report: EvaluationReport) -> pb.EvaluationReport:
     return message
 
 
-def evaluation_from_wire(message: pb.EvaluationReport) -> EvaluationReport:
+def evaluation_from_wire(message: pb.EvaluationReport) -> EvaluationReport | MaskedEvaluationReport:
     classes, bins, node = message.num_classes, message.histogram_bins, message.node_id
     if classes < 1 or bins < 1:
         raise MalformedChunkError(f"evaluation of node {node!r} has {classes} classes and {bins} bins")
+    if message.masked_counts or message.masked_for:
+        if (message.confusion or message.positive_histograms or message.negative_histograms or message.examples
+                or message.loss_sum or message.calibration_positive_histograms
+                or message.calibration_negative_histograms):
+            raise MalformedChunkError(f"evaluation of node {node!r} holds masked and plain counts in one report")
+        if message.histogram_spacing != HISTOGRAM_SPACING:
+            raise MalformedChunkError(f"evaluation of node {node!r} uses histogram spacing "
+                                      f"{message.histogram_spacing!r}, expected {HISTOGRAM_SPACING!r}")
+        participants = tuple(sorted(message.masked_for))
+        if node not in participants or len(set(participants)) != len(participants):
+            raise MalformedChunkError(f"masked evaluation of node {node!r} is masked for {list(participants)}, a set "
+                                      "without it or with a member twice")
+        if len(message.masked_counts) != vector_length(classes, bins):
+            raise MalformedChunkError(f"masked evaluation of node {node!r} holds {len(message.masked_counts)} values; "
+                                      f"{classes} classes and {bins} bins make {vector_length(classes, bins)}")
+        return MaskedEvaluationReport(node, message.model_round, classes, bins, participants,
+                                      tuple(message.masked_counts))
     counts = EvaluationCounts(
         _histograms(message.confusion, classes, classes, "a confusion matrix", node), message.loss_sum,
         message.examples, _histograms(message.positive_histograms, classes, bins, "positive histograms", node),

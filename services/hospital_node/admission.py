@@ -96,7 +96,7 @@ class AdmissionGate:
         self._require_model(plan, model_chunks)
         if plan.kind is RoundKind.EVALUATE:
             try:
-                check_evaluation(plan, self._settings)
+                check_evaluation(plan, self._settings, self._peers.agreement_keys)
             except PlanRefusedError as refused:  # nothing to decline: the node just sends no report
                 log.warning("no evaluation report (%s): %s", refused.reason, refused)
                 return Admission.WAIT

@@ -90,6 +90,9 @@ class HospitalNodeSettings(ServiceSettings):
     synthetic_images: int = Field(1000, ge=10, description="size of the synthetic set all nodes share out")
     allow_extra_folders: bool = Field(False, description="with class_names set, skip (with a warning) a folder that "
                                       "is not one of them; unset: such a folder is an error naming the closest class")
+    share_evaluation: bool = Field(False, description="in secure runs, also send this hospital's own evaluation "
+                                   "counts in the clear, for per-hospital metrics in the round rows; off: they go only "
+                                   "masked, and the aggregator reads the consortium's sum")
     share_class_counts: bool = Field(True, description="send this hospital's per-class image counts when it joins "
                                      "(the aggregator logs them and the report plots them); false: names only")
     synthetic_seed: int = Field(0, description="seed of the SYNTHETIC set every node regenerates (synthetic only)")

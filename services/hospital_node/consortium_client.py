@@ -11,7 +11,7 @@ import grpc
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
 from services.common.class_roster import ClassRoster
-from services.common.evaluation_report import EvaluationReport
+from services.common.evaluation_report import EvaluationReport, MaskedEvaluationReport
 from services.common.model_spec import ParameterSpec
 from services.common.public_key import PublicKeyInfo
 from services.common.round_plan import RoundDecline, RoundMessage
@@ -65,7 +65,7 @@ class ConsortiumClient:
         return receipt_from_wire(self._aggregator.SubmitUpdate((upload_chunk_to_wire(c) for c in chunks),
                                                                timeout=timeout))
 
-    def report(self, report: EvaluationReport, timeout: float = 60) -> None:
+    def report(self, report: EvaluationReport | MaskedEvaluationReport, timeout: float = 60) -> None:
         self._aggregator.ReportEvaluation(evaluation_to_wire(report), timeout=timeout)
 
     def decline(self, decline: RoundDecline, timeout: float = 60) -> None:

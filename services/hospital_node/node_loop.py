@@ -19,14 +19,16 @@ from services.common.chunking import float32_from_chunks
 from services.common.ckks_params import key_id as key_id_of
 from services.common.ckks_params import load_public_context
 from services.common.class_roster import ClassRoster, default_class_names
-from services.common.evaluation_report import EvaluationReport
+from services.common.classification_metrics import HISTOGRAM_BINS
+from services.common.evaluation_report import EvaluationReport, MaskedEvaluationReport
+from services.common.masked_evaluation import EVALUATION_DOMAIN, evaluation_scope, mask_report
 from services.common.errors import FedXrayError, MalformedChunkError, PlanRefusedError, WrongKeyError
 from services.common.head_refit import statistics_dimension
 from services.common.metrics import ServiceMetrics
 from services.common.model_spec import parameter_spec, restore_state
 from services.common.models import best_device, build_model
 from services.common.node_identity import NodeKeyRegistry, load_agreement_key, load_identity
-from services.common.pairwise_masks import MaskScope, authority_mask, peer_masks
+from services.common.pairwise_masks import MaskScope, authority_mask, participant_set_hash, peer_masks
 from services.common.pooled_counts import COUNTS_DOMAIN, CountsRelease, masked_counts
 from services.common.public_key import PublicKeyInfo
 from services.common.round_plan import RoundDecline, RoundKind, RoundPlan, Trainable
@@ -39,6 +41,7 @@ from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.connection import follow_rounds
 from services.hospital_node.consortium_client import ConsortiumClient, UnreachableError, wait_until_reachable
 from services.hospital_node.data.local_data import LocalData
+from services.hospital_node.evaluation_ledger import EvaluationLedger
 from services.hospital_node.encryption_pool import EncryptionPool, UploadRecipe
 from services.hospital_node.local_round import ScaffoldClient, head_statistics, local_training, train_round
 from services.hospital_node.private_training import PrivateTraining
@@ -95,7 +98,8 @@ class HospitalNode:
         self._joined = UploadLedger(settings.state_dir / "uploads.json")
         self._gate = AdmissionGate(settings, self._spec, self._peers, self._joined, self._privacy)
         self._reported: set[int] = set()  # model rounds this node has reported its evaluation of
-        self._reports_by_model: dict[bytes, EvaluationReport] = {}  # each model's report, by the model's digest
+        self._reports_by_model: dict[bytes, EvaluationReport] = {}  # plaintext runs: each model's report, by digest
+        self._evaluations = EvaluationLedger(settings.state_dir / "evaluations.json")  # secure runs
         self._said_too_few = False
         self._statistics_dimension = statistics_dimension(settings.num_classes,
                                                           classifier_head(self._model).in_features)
@@ -169,7 +173,7 @@ class HospitalNode:
         # The node's own BatchNorm statistics stay; only the aggregated weights are replaced.
         self._model.load_state_dict(restore_state(self._model.state_dict(), global_weights, self._spec))
         # Counts of the model only for a plan this hospital takes part in, once per model: never an open oracle.
-        self._report_once(plan.round_id - 1, plan.model.sha256)
+        self._report_once(plan.round_id - 1, plan)
         if admission is Admission.EVALUATE:
             return
         if plan.kind is RoundKind.HEAD_STATISTICS:
@@ -347,20 +351,56 @@ class HospitalNode:
             self._metrics.bytes_sent.inc(sum(len(c) for c in chunk.ciphertexts) + len(chunk.plaintext_values))
             yield chunk
 
-    def _report_once(self, model_round: int, model_digest: bytes) -> None:
+    def _report_once(self, model_round: int, plan: RoundPlan) -> None:
         """One evaluation per model: a model sent again under another round id (a round whose sum failed leaves it
         as it was) gets the counts it already got, under the new round id, so that nothing new leaves the hospital
-        and no round waits for its report."""
+        and no round waits for its report. In a secure plan the counts go masked for the plan's participant set, and
+        a model is answered for one set only (`EvaluationLedger`)."""
         if model_round in self._reported:
             return
         self._reported.add(model_round)
+        model_digest = plan.model.sha256
+        if plan.secure:
+            self._report_masked(model_round, plan)
+            return
         earlier = self._reports_by_model.get(model_digest)
         if earlier is not None:
             self._send_report(replace(earlier, model_round=model_round))
             return
-        self._reports_by_model[model_digest] = self._report_evaluation(model_round)
+        report = self._evaluate(model_round)
+        self._send_report(report)
+        self._reports_by_model[model_digest] = report
 
-    def _send_report(self, report: EvaluationReport) -> None:
+    def _report_masked(self, model_round: int, plan: RoundPlan) -> None:
+        s, key_id, members = self._settings, self._public_key().key_id, tuple(sorted(plan.participants))
+        answered = self._evaluations.answered_set(key_id)
+        sent = self._evaluations.sent(key_id, plan.model.sha256)
+        withheld = ("this hospital answers evaluations under this key for one participant set only, the one it "
+                    "answered first (two pooled sums over different sets would give one hospital's counts by their "
+                    "difference)" if answered is not None and answered != participant_set_hash(members)
+                    else "its model was evaluated before and the masked values sent then are no longer kept (one "
+                    "masked vector per model)" if sent is True else None)
+        if withheld is not None:
+            detail = f"no evaluation report on round {plan.round_id}'s plan for {list(members)}: {withheld}"
+            if plan.kind is RoundKind.EVALUATE:  # declined by name, so that the aggregator does not wait for it
+                raise PlanRefusedError("evaluation_withheld", detail)
+            log.warning("%s", detail)
+            return
+        if isinstance(sent, tuple):  # the model again, under another round id: the very values sent before
+            self._send_report(MaskedEvaluationReport(s.node_id, model_round, s.num_classes, HISTOGRAM_BINS, members,
+                                                     sent))
+            return
+        report = self._evaluate(model_round)
+        scope = evaluation_scope(s.consortium, key_id, members, plan.model.sha256)
+        values = mask_report(report, peer_masks(s.node_id, self._agreement, self._peers.agreement_keys, scope,
+                                                EVALUATION_DOMAIN))
+        self._evaluations.record(key_id, plan.model.sha256, members, values)  # on disk before anything leaves
+        self._send_report(MaskedEvaluationReport(s.node_id, model_round, s.num_classes, HISTOGRAM_BINS, members,
+                                                 values))
+        if s.share_evaluation:  # this hospital's own figures, by its choice
+            self._send_report(report)
+
+    def _send_report(self, report: EvaluationReport | MaskedEvaluationReport) -> None:
         """A report is informational: one the aggregator does not take (after a few tries) is logged, and the round
         attempt goes on."""
         try:
@@ -369,7 +409,7 @@ class HospitalNode:
             log.warning("the aggregator did not take the evaluation of round %d's model (%s: %s)", report.model_round,
                         error.code().name, error.details())
 
-    def _report_evaluation(self, model_round: int) -> EvaluationReport:
+    def _evaluate(self, model_round: int) -> EvaluationReport:
         if self._data.val_labels.numel() < self._settings.min_validation_images and not self._said_too_few:
             log.warning("%d validation images, below min_validation_images=%d: this hospital sends empty evaluation "
                         "reports, so that nobody waits for it and nothing about its images leaves it",
@@ -377,7 +417,6 @@ class HospitalNode:
             self._said_too_few = True
         report = evaluation_report(self._model, self._data, self._device, self._settings.node_id, model_round,
                                    self._settings.min_validation_images)
-        self._send_report(report)
         counts = report.counts
         accuracy = np.trace(counts.confusion) / max(counts.examples, 1)
         log.info("model after round %d: local validation accuracy %.3f on %d images", model_round, accuracy,

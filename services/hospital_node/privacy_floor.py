@@ -79,16 +79,25 @@ def check_training(plan: RoundPlan, settings: HospitalNodeSettings, name: str | 
                                f"{training.proximal_mu!r}; this hospital takes 0 to {MAX_PROXIMAL_MU:g}")
 
 
-def check_evaluation(plan: RoundPlan, settings: HospitalNodeSettings) -> None:
-    """An evaluation plan this hospital answers: one whose participant set names it and holds at least its
-    minimum of members (an empty or tiny set would make the aggregator's pooled figures this hospital's own)."""
+def check_evaluation(plan: RoundPlan, settings: HospitalNodeSettings, known_peers: Collection[str] = ()) -> None:
+    """An evaluation plan this hospital answers: a secure one (its counts go masked; plaintext only where the
+    hospital allows plaintext rounds), whose participant set names it, holds at least its minimum of members (an
+    empty or tiny set would make the aggregator's pooled figures this hospital's own) and only members whose mask
+    keys it holds."""
     members = plan.participants
     name = f"evaluation of round {plan.round_id - 1}'s model"
+    if not plan.secure and not settings.allow_plaintext:
+        raise PlanRefusedError("plaintext_refused", f"{name} is asked in plaintext; this hospital's allow_plaintext "
+                               "is off, and its counts go only masked")
     if settings.node_id not in members:
         raise PlanRefusedError("not_a_participant", f"{name} is asked of {sorted(members)}, without this hospital")
     if len(set(members)) != len(members) or len(members) < settings.min_participants:
         raise PlanRefusedError("participant_set_below_floor", f"{name} is asked of {len(set(members))} hospitals; "
                                f"this hospital reports only among at least {settings.min_participants}")
+    unknown = sorted(set(members) - set(known_peers) - {settings.node_id})
+    if plan.secure and unknown:
+        raise PlanRefusedError("unknown_participant", f"{name} is asked of {unknown}, whose mask keys this hospital "
+                               "does not hold")
 
 
 def _check_participants(plan: RoundPlan, settings: HospitalNodeSettings, public: PublicKeyInfo | None,

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from services.aggregator.evaluation_board import EvaluationBoard
+from services.aggregator.pooled_evaluation import pool_reports
 from services.common.atomic_files import read_json_lines
 from services.common.errors import MalformedChunkError, WrongRoundError
-from services.common.evaluation_report import EvaluationCounts, EvaluationReport
+from services.common.classification_metrics import HISTOGRAM_BINS
+from services.common.evaluation_report import EvaluationCounts, EvaluationReport, MaskedEvaluationReport
+from services.common.masked_evaluation import EVALUATION_DOMAIN, evaluation_scope, mask_report
 from services.common.metrics import ServiceMetrics
+from services.common.pairwise_masks import peer_masks
 from tests.evaluations import histograms_for
 
 
@@ -98,3 +104,64 @@ def test_each_row_is_also_one_log_line_saying_where_the_rows_are() -> None:
         "row in runs/demo/aggregator/rounds.jsonl")
     assert row_summary({"round": 3, "failed": True, "evaluation": None}, Path("r")).startswith(
         "round 3: FAILED, not evaluated")
+
+
+def _masked_reports(model_round: int, confusions: dict[str, list[list[int]]]) -> list[MaskedEvaluationReport]:
+    """Real masked reports: each hospital's counts under its evaluation masks for the set of `confusions`' keys."""
+    members = tuple(sorted(confusions))
+    keys = {node: X25519PrivateKey.from_private_bytes(bytes([i + 1]) * 32) for i, node in enumerate(members)}
+    public = {node: key.public_key() for node, key in keys.items()}
+    scope = evaluation_scope("fedxray", "key", members, bytes(32))
+    return [MaskedEvaluationReport(node, model_round, 2, HISTOGRAM_BINS, members,
+                                   mask_report(_report(node, model_round, confusion=confusion),
+                                               peer_masks(node, keys[node], public, scope, EVALUATION_DOMAIN)))
+            for node, confusion in confusions.items()]
+
+
+CONFUSIONS = {"hospital-1": [[4, 1], [0, 4]], "hospital-2": [[2, 3], [1, 3]], "hospital-3": [[5, 0], [2, 6]]}
+
+
+def test_masked_reports_are_read_only_as_the_sum_of_a_whole_set(tmp_path: Path) -> None:
+    """The aggregator's board pools a secure run's masked reports over their whole participant set, to the same
+    figures the plain reports would give; with one report missing it reads nothing, and writes the row unevaluated."""
+    board = _board(tmp_path, None, 0, 1)
+    for report in _masked_reports(0, CONFUSIONS):
+        board.report(report)
+    for report in _masked_reports(1, CONFUSIONS)[:2]:
+        board.report(report)
+    pooled = board.pooled(0)
+    plain = pool_reports([_report(node, 0, confusion=c) for node, c in CONFUSIONS.items()])
+    assert pooled is not None and pooled.nodes == 3
+    np.testing.assert_array_equal(pooled.confusion, plain.confusion)
+    assert pooled.metrics == plain.metrics and pooled.loss == pytest.approx(plain.loss)
+    assert board.pooled(1) is None
+    board.write_row(1, {"round": 1, "participants": 3, "seconds": 1.0, "epsilon": 0.0})
+    assert read_json_lines(tmp_path / "rounds.jsonl")[-1]["evaluation"] is None
+
+
+def test_a_member_s_garbage_masked_report_spoils_the_pool_but_corrupts_nothing(tmp_path: Path) -> None:
+    """A hostile member's masked report is bounded by its field width only: its garbage makes the sum no counts,
+    and the model is not evaluated; a report of the wrong shape is refused at once."""
+    board = _board(tmp_path, None, 0)
+    honest = _masked_reports(0, CONFUSIONS)
+    for report in honest[:2]:
+        board.report(report)
+    board.report(replace(honest[2], values=tuple(int(v) for v in np.random.default_rng(0).integers(0, 1 << 48,
+                                                                                                   len(honest[2].values)))))
+    assert board.pooled(0) is None
+    with pytest.raises(MalformedChunkError, match="3 classes"):
+        board.report(replace(honest[2], num_classes=3))
+    board.report(honest[2])  # its honest report replaces the garbage
+    assert board.pooled(0) is not None
+
+
+def test_only_the_hospitals_that_opt_in_have_their_own_figures_in_a_secure_run_s_rows(tmp_path: Path) -> None:
+    board = _board(tmp_path, None, 0)
+    for report in _masked_reports(0, CONFUSIONS):
+        board.report(report)
+    board.report(_report("hospital-2", 0, confusion=CONFUSIONS["hospital-2"]))  # hospital-2's share_evaluation
+    board.write_row(0, None)
+    row = read_json_lines(tmp_path / "rounds.jsonl")[-1]
+    assert row["evaluation"]["nodes"] == 3 and row["evaluation"]["confusion"] == [[11, 4], [3, 13]]
+    assert list(row["evaluation_shared"]) == ["hospital-2"]
+    assert row["evaluation_shared"]["hospital-2"]["confusion"] == [[2, 3], [1, 3]]

@@ -9,7 +9,8 @@ import pytest
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.common.errors import MalformedChunkError
-from services.common.evaluation_report import EvaluationCounts, EvaluationReport
+from services.common.evaluation_report import EvaluationCounts, EvaluationReport, MaskedEvaluationReport
+from services.common.masked_evaluation import vector_length
 from services.common.packing import FieldLayout
 from services.common.public_key import PublicKeyInfo
 from services.common.round_plan import (
@@ -127,7 +128,25 @@ def test_an_evaluation_report_survives_the_wire_with_and_without_calibration() -
                    EvaluationReport("hospital-2", 4, counts, rng.integers(0, 9, (2, 100)),
                                     rng.integers(0, 9, (2, 100)))):
         back = evaluation_from_wire(evaluation_to_wire(report))
+        assert isinstance(back, EvaluationReport)
         assert (back.node_id, back.model_round, back.histogram_spacing) == ("hospital-2", 4, "logit")
         assert np.array_equal(back.counts.confusion, counts.confusion)
         assert np.array_equal(back.counts.negative_histograms, counts.negative_histograms)
         assert (back.calibration_positive is None) == (report.calibration_positive is None)
+
+
+def test_a_masked_evaluation_survives_the_wire_and_a_malformed_one_is_refused_by_name() -> None:
+    values = tuple(range(vector_length(2, 100)))
+    report = MaskedEvaluationReport("hospital-2", 4, 2, 100, ("hospital-1", "hospital-2", "hospital-3"), values)
+    assert evaluation_from_wire(evaluation_to_wire(report)) == report
+    message = evaluation_to_wire(report)
+    for change, match in ((lambda m: m.confusion.extend([1, 0, 0, 1]), "masked and plain"),
+                          (lambda m: setattr(m, "examples", 2), "masked and plain"),
+                          (lambda m: m.masked_counts.append(7), "holds 808 values"),
+                          (lambda m: m.masked_for.remove("hospital-2"), "a set without it"),
+                          (lambda m: m.masked_for.append("hospital-1"), "a member twice")):
+        bad = type(message)()
+        bad.CopyFrom(message)
+        change(bad)
+        with pytest.raises(MalformedChunkError, match=match):
+            evaluation_from_wire(bad)

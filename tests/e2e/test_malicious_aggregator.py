@@ -10,6 +10,7 @@ update. An honest round through the same harness decodes exactly, the control th
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,15 +26,19 @@ from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
 from scripts.consortium import Consortium, free_port
 from services.aggregator.config import AggregatorSettings
+from services.aggregator.pooled_evaluation import validate_report
 from services.aggregator.round_planner import RoundPlanner, broadcast_chunks
 from services.common.ckks_params import load_public_context
+from services.common.evaluation_report import EvaluationReport
 from services.common.he_codec import RunningCiphertextSum
+from services.common.masked_evaluation import pooled_report
 from services.common.model_spec import flatten_state, parameter_spec
 from services.common.models import build_model
 from services.common.noise import NoiseKind
 from services.common.node_identity import load_identity
 from services.common.packing import field_offset, to_centered
 from services.common.pairwise_masks import participant_set_hash
+from services.common.pooled_counts import PooledCountsError
 from services.common.round_plan import ModelChunk, RoundKind, RoundPlan
 from services.common.tls import add_port
 from services.common.update_codec import sum_norm_bound
@@ -401,28 +406,58 @@ def _evaluation(attack: Attack, round_id: int, participants: tuple[str, ...], sh
     return plan
 
 
-def test_evaluation_is_answered_only_for_a_set_that_names_the_node_and_holds_its_minimum(attack: Attack) -> None:
-    """Evaluation was an oracle: crafted models sent with an empty set were scored by everyone. Now an empty set, a
-    set of two (below every node's minimum of 3) and a set without hospital-1 get no report from the nodes left
-    out; the honest plan sent last, which every node handles after the others, is answered by all."""
+def _validation_images(attack: Attack) -> dict[str, int]:
+    """Each node's validation images, from the line its log starts with."""
+    found = {}
+    for node in NODES:
+        match = re.search(r"(\d+) train / (\d+) validation images", (attack.consortium.logs / f"{node}.log").read_text())
+        assert match, f"{node} logged no data line"
+        found[node] = int(match.group(2))
+    return found
+
+
+def _pooled(attack: Attack, model_round: int) -> EvaluationReport:
+    """What the aggregator can read of the nodes' masked reports on a model: their sum over the whole set."""
+    reports = {node: attack.harness.reports[(node, model_round)] for node in NODES}
+    report, _ = pooled_report({node: r.masked_counts for node, r in reports.items()}, NODES, 2, 100, model_round)
+    validate_report(report, 2)  # consistent counts, finite and in range
+    return report
+
+
+def test_evaluation_is_answered_masked_and_only_for_the_one_set_the_node_answers(attack: Attack) -> None:
+    """Evaluation was an oracle: crafted models sent with an empty set were scored by everyone, and each report
+    gave the hospital's counts. Now an empty set, a set of two (below every node's minimum of 3) and a set of four
+    (not the five that the nodes answered first) get no report; the honest plan sent last, which every node handles
+    after the others, is answered by all, masked: alone, a report is uniform over the field and holds no plain
+    count; the aggregator reads only the five's sum, and over four of them it reads nothing. hospital-2 validates on
+    one image, below its floor of 5: it counts none of it in the sum."""
+    _evaluation(attack, 80, tuple(NODES), 0.005)  # the set every node answers (already, after the first round)
+    attack.harness.wait(lambda: all((node, 79) in attack.harness.reports for node in NODES))
     _evaluation(attack, 81, (), 0.01)
     _evaluation(attack, 82, tuple(NODES[:2]), 0.02)
     _evaluation(attack, 83, tuple(NODES[1:]), 0.03)
     _evaluation(attack, 84, tuple(NODES), 0.04)
     attack.harness.wait(lambda: all((node, 83) in attack.harness.reports for node in NODES))
     reports = attack.harness.reports
-    assert not [key for key in reports if key[1] in (80, 81)]
-    assert (NODES[0], 82) not in reports and all((node, 82) in reports for node in NODES[1:])
-    # hospital-2 validates on one image: below its floor, its report counts nothing (nothing per image leaves it).
-    lone = reports[(NODES[1], 83)]
-    assert lone.examples == 0 and not any(lone.confusion) and not any(lone.positive_histograms)
-    assert reports[(NODES[4], 83)].examples == 13
+    assert not [key for key in reports if key[1] in (80, 81, 82)]
+    for node in NODES:
+        report = reports[(node, 83)]
+        assert sorted(report.masked_for) == NODES and report.examples == 0 and report.loss_sum == 0
+        assert not (report.confusion or report.positive_histograms or report.calibration_positive_histograms)
+        high = np.asarray(report.masked_counts, dtype=np.uint64) >= (1 << 47)
+        assert abs(high.mean() - 0.5) < 4.5 * 0.5 / np.sqrt(high.size)
+    with pytest.raises(PooledCountsError):
+        pooled_report({node: reports[(node, 83)].masked_counts for node in NODES[1:]}, NODES[1:], 2, 100, 83)
+    images = _validation_images(attack)
+    assert images[NODES[1]] == 1 and images[NODES[4]] == 13
+    assert _pooled(attack, 83).counts.examples == sum(n for n in images.values() if n >= 5)
 
 
 def test_a_learning_rate_of_1e30_is_declined_by_name_and_the_next_evaluation_is_finite(attack: Attack) -> None:
     """Four nodes decline it by their bound. hospital-5 allows it (max_learning_rate 1e31, as a careless hospital
     might): it trains, its BatchNorm statistics go non-finite, and it restores its local state and declines by name;
-    its next evaluation, on 13 validation images, is finite."""
+    its next evaluation, on 13 validation images, is finite (a node masks no count that is not finite, so the five's
+    sum decodes only if it is)."""
     plan = attack.plan(85, NODES)
     plan = replace(plan, training=replace(plan.training, learning_rate=1e30))
     attack.harness.send(plan, attack.model_for(plan.round_id))
@@ -432,9 +467,10 @@ def test_a_learning_rate_of_1e30_is_declined_by_name_and_the_next_evaluation_is_
     assert not [key for key in attack.harness.uploads if key[1] == 85]
     _evaluation(attack, 87, tuple(NODES), 0.05)
     attack.harness.wait(lambda: all((node, 86) in attack.harness.reports for node in NODES))
-    for node in NODES:
-        assert np.isfinite(attack.harness.reports[(node, 86)].loss_sum)
-    assert attack.harness.reports[(NODES[4], 86)].examples == 13
+    pooled = _pooled(attack, 86)
+    images = _validation_images(attack)
+    assert pooled.counts.examples == sum(n for n in images.values() if n >= 5)
+    assert np.isfinite(pooled.counts.loss_sum) and pooled.counts.loss_sum > 0  # hospital-5 counted its 13 above
 
 
 def test_differencing_two_sets_on_one_model_is_refused_in_every_pair(attack: Attack) -> None:

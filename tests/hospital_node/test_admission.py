@@ -12,7 +12,8 @@ import torch
 
 from services.aggregator.config import AggregatorSettings
 from services.aggregator.round_planner import RoundPlanner, broadcast_chunks
-from services.common.evaluation_report import EvaluationReport
+from services.common.evaluation_report import EvaluationReport, MaskedEvaluationReport
+from services.common.masked_evaluation import vector_length
 from services.common.metrics import ServiceMetrics
 from services.common.model_spec import flatten_state, parameter_spec
 from services.common.models import build_model
@@ -27,6 +28,7 @@ from services.key_authority.key_store import KeyMaterial, load_or_create_keys
 
 pytestmark = pytest.mark.unit
 NODES = ("hospital-1", "hospital-2", "hospital-3")
+OTHER = "hospital-4"  # a registered member outside the default set
 
 
 class FakeClient:
@@ -35,7 +37,7 @@ class FakeClient:
     def __init__(self, public: PublicKeyInfo) -> None:
         self.public = public
         self.declines: list[RoundDecline] = []
-        self.reports: list[EvaluationReport] = []
+        self.reports: list[EvaluationReport | MaskedEvaluationReport] = []
         self.uploads: list[list[UploadChunk]] = []
 
     def public_key(self, timeout: float = 60) -> PublicKeyInfo:
@@ -44,7 +46,7 @@ class FakeClient:
     def decline(self, decline: RoundDecline, timeout: float = 60) -> None:
         self.declines.append(decline)
 
-    def report(self, report: EvaluationReport, timeout: float = 60) -> None:
+    def report(self, report: EvaluationReport | MaskedEvaluationReport, timeout: float = 60) -> None:
         self.reports.append(report)
 
     def submit(self, chunks: object, timeout: float) -> SubmitReceipt:
@@ -61,23 +63,28 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> KeyMaterial:
 class Setting:
     def __init__(self, tmp_path: Path, keys: KeyMaterial) -> None:
         folder = tmp_path / "keys"
-        for node in NODES:
+        for node in (*NODES, OTHER):
             generate_identity(folder, node)
         self.registry = NodeKeyRegistry.from_directory(folder)
-        settings = HospitalNodeSettings(insecure=True, node_id=NODES[0], architecture="tiny", image_size=16,
+        self.settings = settings = HospitalNodeSettings(insecure=True, node_id=NODES[0], architecture="tiny", image_size=16,
                                         identity_key=folder / f"{NODES[0]}.key", state_dir=tmp_path / "state",
                                         allow_plaintext=True, encryption_workers=0, min_validation_images=4, seed=1)
         generator = torch.Generator().manual_seed(0)
         images, labels = torch.rand(24, 1, 16, 16, generator=generator), torch.tensor([0, 1] * 12)
-        data = LocalData(images[:16], labels[:16], images[16:], labels[16:], 2)
+        self.data = LocalData(images[:16], labels[:16], images[16:], labels[16:], 2)
         self.client = FakeClient(keys.public_info(3))
-        self.node = HospitalNode(settings, data, ServiceMetrics("hospital_node"), self.client)  # type: ignore[arg-type]
+        self.restart()
         model = build_model("tiny", 2, 0)
         self.weights = flatten_state(model.state_dict())
         spec = parameter_spec(model.state_dict())
         planner_settings = AggregatorSettings(insecure=True, secure=False, architecture="tiny", clip_norm=5.0,
                                               local_epochs=1, local_optimizer="sgd", learning_rate=0.01)
         self.planner = RoundPlanner(planner_settings, keys.public_info(3), spec, spec.count, 1)
+
+    def restart(self) -> None:
+        """A new node process on the same state directory."""
+        self.node = HospitalNode(self.settings, self.data, ServiceMetrics("hospital_node"),
+                                 self.client)  # type: ignore[arg-type]
 
     def send(self, round_id: int, kind: RoundKind = RoundKind.TRAIN, participants: tuple[str, ...] = NODES,
              shift: float = 0.0, **changes: object) -> RoundPlan:
@@ -104,6 +111,40 @@ def test_evaluation_is_answered_once_per_model_and_only_among_enough_members_tha
     first, again = setting.client.reports
     assert (first.model_round, again.model_round) == (4, 5)
     assert again.counts is first.counts  # nothing new leaves the hospital
+
+
+def test_a_secure_evaluation_goes_masked_for_one_set_per_key_even_across_a_restart(setting: Setting) -> None:
+    """In a secure plan the counts leave only masked for the plan's set. A node answers one set under a key, and one
+    masked vector per model: a server that asks another set gets nothing (two pooled sums over different sets would
+    differ by one hospital's counts, on any model, since a confusion matrix's row sums are its class counts), before
+    and after the node restarts; the same model under the same set gets the same values."""
+    other_set = ("hospital-1", "hospital-2", OTHER)
+    setting.send(5, RoundKind.EVALUATE, shift=0.02, secure=True)
+    [first] = setting.client.reports
+    assert isinstance(first, MaskedEvaluationReport)
+    assert (first.participants, first.model_round, len(first.values)) == (NODES, 4, vector_length(2, 100))
+    setting.send(6, RoundKind.EVALUATE, shift=0.02, secure=True)
+    setting.send(7, RoundKind.EVALUATE, participants=other_set, shift=0.02, secure=True)
+    assert setting.client.reports == [first, replace(first, model_round=5)]
+    setting.restart()
+    setting.send(8, RoundKind.EVALUATE, participants=other_set, shift=0.02, secure=True)
+    setting.send(9, RoundKind.EVALUATE, shift=0.02, secure=True)
+    assert setting.client.reports[2:] == [replace(first, model_round=8)]
+    setting.send(10, RoundKind.EVALUATE, participants=other_set, shift=0.03, secure=True)  # a new model, no matter
+    assert len(setting.client.reports) == 3
+    setting.send(11, RoundKind.EVALUATE, shift=0.03, secure=True)
+    last = setting.client.reports[-1]
+    assert isinstance(last, MaskedEvaluationReport) and last.model_round == 10 and last.values != first.values
+    assert setting.client.declines == []
+
+
+def test_a_hospital_that_opts_in_also_sends_its_own_counts_in_the_clear(setting: Setting) -> None:
+    setting.settings = setting.settings.model_copy(update={"share_evaluation": True})
+    setting.restart()
+    setting.send(5, RoundKind.EVALUATE, shift=0.02, secure=True)
+    masked, plain = setting.client.reports
+    assert isinstance(masked, MaskedEvaluationReport) and isinstance(plain, EvaluationReport)
+    assert plain.counts.examples == 8
 
 
 def test_training_parameters_outside_the_bounds_are_declined_and_nothing_is_sent(setting: Setting) -> None:

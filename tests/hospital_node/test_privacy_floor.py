@@ -119,6 +119,20 @@ def test_an_evaluation_is_answered_only_among_enough_members_that_include_the_ho
         participants: tuple[str, ...], reason: str) -> None:
     plan = replace(PLAN, kind=RoundKind.EVALUATE, participants=participants)
     with pytest.raises(PlanRefusedError) as refused:
-        check_evaluation(plan, SETTINGS)
+        check_evaluation(plan, SETTINGS, PEERS)
     assert refused.value.reason == reason
-    assert check_evaluation(replace(plan, participants=("hospital-1", "hospital-2", "hospital-3")), SETTINGS) is None
+    honest = replace(plan, participants=("hospital-1", "hospital-2", "hospital-3"))
+    assert check_evaluation(honest, SETTINGS, PEERS) is None
+
+
+def test_an_evaluation_in_plaintext_or_among_strangers_gets_no_report() -> None:
+    """A server that downgrades an evaluation to plaintext would read each hospital's counts; one that names members
+    whose mask keys the hospital lacks asks for masks it cannot make."""
+    plan = replace(PLAN, kind=RoundKind.EVALUATE, participants=("hospital-1", "hospital-2", "hospital-3"))
+    for changed, peers, reason in ((replace(plan, secure=False), PEERS, "plaintext_refused"),
+                                   (plan, ("hospital-2",), "unknown_participant")):
+        with pytest.raises(PlanRefusedError) as refused:
+            check_evaluation(changed, SETTINGS, peers)
+        assert refused.value.reason == reason
+    assert check_evaluation(replace(plan, secure=False), SETTINGS.model_copy(update={"allow_plaintext": True}),
+                            PEERS) is None

@@ -356,7 +356,7 @@ class SubmitReceipt(_message.Message):
     def __init__(self, round_id: _Optional[int] = ..., chunks: _Optional[int] = ..., stream_digest: _Optional[bytes] = ...) -> None: ...
 
 class EvaluationReport(_message.Message):
-    __slots__ = ("node_id", "model_round", "num_classes", "confusion", "loss_sum", "examples", "positive_histograms", "negative_histograms", "histogram_bins", "histogram_spacing", "calibration_positive_histograms", "calibration_negative_histograms")
+    __slots__ = ("node_id", "model_round", "num_classes", "confusion", "loss_sum", "examples", "positive_histograms", "negative_histograms", "histogram_bins", "histogram_spacing", "calibration_positive_histograms", "calibration_negative_histograms", "masked_counts", "masked_for")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_ROUND_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
@@ -369,6 +369,8 @@ class EvaluationReport(_message.Message):
     HISTOGRAM_SPACING_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_POSITIVE_HISTOGRAMS_FIELD_NUMBER: _ClassVar[int]
     CALIBRATION_NEGATIVE_HISTOGRAMS_FIELD_NUMBER: _ClassVar[int]
+    MASKED_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    MASKED_FOR_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     model_round: int
     num_classes: int
@@ -381,7 +383,9 @@ class EvaluationReport(_message.Message):
     histogram_spacing: str
     calibration_positive_histograms: _containers.RepeatedScalarFieldContainer[int]
     calibration_negative_histograms: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, node_id: _Optional[str] = ..., model_round: _Optional[int] = ..., num_classes: _Optional[int] = ..., confusion: _Optional[_Iterable[int]] = ..., loss_sum: _Optional[float] = ..., examples: _Optional[int] = ..., positive_histograms: _Optional[_Iterable[int]] = ..., negative_histograms: _Optional[_Iterable[int]] = ..., histogram_bins: _Optional[int] = ..., histogram_spacing: _Optional[str] = ..., calibration_positive_histograms: _Optional[_Iterable[int]] = ..., calibration_negative_histograms: _Optional[_Iterable[int]] = ...) -> None: ...
+    masked_counts: _containers.RepeatedScalarFieldContainer[int]
+    masked_for: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., model_round: _Optional[int] = ..., num_classes: _Optional[int] = ..., confusion: _Optional[_Iterable[int]] = ..., loss_sum: _Optional[float] = ..., examples: _Optional[int] = ..., positive_histograms: _Optional[_Iterable[int]] = ..., negative_histograms: _Optional[_Iterable[int]] = ..., histogram_bins: _Optional[int] = ..., histogram_spacing: _Optional[str] = ..., calibration_positive_histograms: _Optional[_Iterable[int]] = ..., calibration_negative_histograms: _Optional[_Iterable[int]] = ..., masked_counts: _Optional[_Iterable[int]] = ..., masked_for: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EvaluationAck(_message.Message):
     __slots__ = ()
