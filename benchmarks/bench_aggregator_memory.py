@@ -21,12 +21,12 @@ import numpy as np
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
-from scripts.consortium import Consortium, ConsortiumConfig
+from scripts.launcher import Consortium, ConsortiumConfig
+from services.common.ml.model_spec import parameter_spec
+from services.common.ml.models import build_model
+from services.common.protocol.node_identity import load_identity
+from services.common.protocol.wire import plan_from_wire, upload_chunk_to_wire
 from services.hospital_node.encryption_pool import EncryptionPool
-from services.common.model_spec import parameter_spec
-from services.common.models import build_model
-from services.common.node_identity import load_identity
-from services.common.wire import plan_from_wire, upload_chunk_to_wire
 from services.hospital_node.update_stream import UploadTimings, secure_upload, upload_recipe
 from tests.e2e.consortium_checks import scrape
 

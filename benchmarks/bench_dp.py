@@ -34,11 +34,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from services.common.head_refit import penultimate_features
-from services.common.models import build_model
+from services.common.ml.head_refit import penultimate_features
+from services.common.ml.models import build_model
+from services.common.ml.trainable import classifier_head, last_block_parameters
 from services.hospital_node.data.local_data import LocalData
 from services.hospital_node.head_training import clipped_unit_sum, frozen_features, per_example_gradients
-from services.common.trainable import classifier_head, last_block_parameters
 from services.hospital_node.private_training import (
     PrivateTraining,
     per_example_module,

@@ -23,7 +23,8 @@ import tenseal as ts
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from benchmarks.memory_probe import peak_rss_bytes, reset_peak_rss
-from services.common.ckks_params import (
+from services.common.protocol.chunking import upload_chunk_count
+from services.common.secure_sum.ckks_params import (
     CkksParameters,
     ckks_parameters,
     field_layout,
@@ -31,12 +32,16 @@ from services.common.ckks_params import (
     make_secret_context,
     public_context_bytes,
 )
-from services.common.chunking import upload_chunk_count
-from services.common.he_codec import RunningCiphertextSum, decrypt_to_slot_integers, slot_matrix
-from services.common.noise import NoiseKind
-from services.common.packing import FieldLayout, unpack_fields
-from services.common.pairwise_masks import MaskScope, PeerMask, authority_mask, peer_masks
-from services.common.update_codec import QuantizationPlan, decode_mean_update, plan_quantization, scale_update
+from services.common.secure_sum.he_codec import RunningCiphertextSum, decrypt_to_slot_integers, slot_matrix
+from services.common.secure_sum.noise import NoiseKind
+from services.common.secure_sum.packing import FieldLayout, unpack_fields
+from services.common.secure_sum.pairwise_masks import MaskScope, PeerMask, authority_mask, peer_masks
+from services.common.secure_sum.update_codec import (
+    QuantizationPlan,
+    decode_mean_update,
+    plan_quantization,
+    scale_update,
+)
 from services.hospital_node.encryption_pool import EncryptedChunk, EncryptionPool, UploadRecipe
 from services.key_authority.decryption_pool import DecryptionPool
 

@@ -22,9 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from scripts.consortium import QUICK_TRAINING, Consortium, ConsortiumConfig
-
-from services.common.metrics import PHASES
+from scripts.launcher import QUICK_TRAINING, Consortium, ConsortiumConfig
+from services.common.runtime.metrics import PHASES
 
 
 def run_mode(secure: bool, args: argparse.Namespace, root: Path, drift_correction: bool = False,

@@ -16,7 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from scripts.consortium import QUICK_TRAINING, Consortium, ConsortiumConfig
+from scripts.launcher import QUICK_TRAINING, Consortium, ConsortiumConfig
 
 SETTLED_ROUND = 3  # growth is measured from here: the first rounds fill caches and pools
 LIMIT = 0.10

@@ -51,7 +51,7 @@ def local_address(listen: str) -> str:
 def grpc_serving(listen: str, settings: object, server_name: str) -> bool:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from services.common.tls import channel
+    from services.common.runtime.tls import channel
 
     with channel(local_address(listen), settings, server_name) as grpc_channel:  # type: ignore[arg-type]
         stub = health_pb2_grpc.HealthStub(grpc_channel)
@@ -72,8 +72,8 @@ def healthy() -> bool:
         return False
     name, arguments = found
     # The service's own loader: the same environment and --config file it started with.
-    from services.common.settings_loader import load_settings
-    from services.common.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME
+    from services.common.runtime.settings_loader import load_settings
+    from services.common.runtime.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME
 
     if name == "key_authority":
         from services.key_authority.config import KeyAuthoritySettings

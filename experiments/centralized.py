@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from scripts.consortium import ConsortiumConfig
+from scripts.launcher import ConsortiumConfig
 from services.aggregator.pooled_evaluation import pool_reports
 from services.aggregator.round_schedule import round_learning_rate
-from services.common.atomic_files import write_atomic
-from services.common.initial_weights import load_initial_weights
-from services.common.head_refit import feature_moments, lda_head, set_head
-from services.common.models import best_device, build_model
+from services.common.ml.head_refit import feature_moments, lda_head, set_head
+from services.common.ml.initial_weights import load_initial_weights
+from services.common.ml.models import best_device, build_model
+from services.common.runtime.atomic_files import write_atomic
 from services.hospital_node.data.local_data import LocalData, load_local_data
 from services.hospital_node.trainer import LocalTraining, evaluation_report, train_local
 

@@ -26,10 +26,10 @@ from experiments.centralized import pooled_data, run_centralized
 from experiments.paired import compare, describe, final_model
 from experiments.report import write_report
 from experiments.setting_options import add_setting_options, chosen_settings
-from scripts.consortium import Consortium, ConsortiumConfig, format_row
+from scripts.launcher import Consortium, ConsortiumConfig, format_row
 from services.aggregator.round_planner import training_plan
 from services.aggregator.run_outcome import FINISHED_MARKER
-from services.common.models import best_device
+from services.common.ml.models import best_device
 from services.hospital_node.local_round import local_training
 
 NODES = 5

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from scripts.consortium import QUICK_TRAINING, TABLE_HEADER, Consortium, ConsortiumConfig, format_row
-from services.common.atomic_files import write_json_atomic
-from services.common.metrics import PHASES
+from scripts.launcher import QUICK_TRAINING, TABLE_HEADER, Consortium, ConsortiumConfig, format_row
+from services.common.runtime.atomic_files import write_json_atomic
+from services.common.runtime.metrics import PHASES
 
 COLUMNS = (*PHASES, "critical_path")
 

@@ -22,13 +22,14 @@ import torch
 
 from experiments.centralized import FINAL_STATE, pooled_data
 from experiments.setting_options import add_setting_options, chosen_settings
-from scripts.consortium import ConsortiumConfig
-from services.common.atomic_files import read_json_lines
-from services.common.classification_metrics import PairedDifference, confusion_matrix, paired_f1_difference
-from services.common.model_spec import parameter_spec, restore_state
-from services.common.models import best_device, build_model
+from scripts.launcher import ConsortiumConfig
+from services.common.ml.classification_metrics import PairedDifference, confusion_matrix, paired_f1_difference
+from services.common.ml.model_spec import parameter_spec, restore_state
+from services.common.ml.models import best_device, build_model
+from services.common.runtime.atomic_files import read_json_lines
 from services.hospital_node.data.local_data import LocalData
 from services.hospital_node.trainer import predict
+
 
 @dataclass(frozen=True)
 class RunModel:

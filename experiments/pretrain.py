@@ -43,10 +43,10 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from services.common.atomic_files import read_json, write_atomic
-from services.common.head_refit import lda_head, moments_of, penultimate_features
-from services.common.models import best_device, build_model
-from services.common.trainable import classifier_head
+from services.common.ml.head_refit import lda_head, moments_of, penultimate_features
+from services.common.ml.models import best_device, build_model
+from services.common.ml.trainable import classifier_head
+from services.common.runtime.atomic_files import read_json, write_atomic
 from services.hospital_node.data.local_data import LocalData
 from services.hospital_node.data.synthetic_xray import generate_synthetic_xrays
 from services.hospital_node.trainer import LocalTraining, predict, train_local

@@ -20,17 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.setting_options import add_setting_options, chosen_settings
-from scripts.consortium import ConsortiumConfig
+from scripts.launcher import ConsortiumConfig
 from services.aggregator.config import AggregatorSettings
-from services.common.ckks_params import ckks_parameters, field_layout, slot_capacity_bits
-from services.common.chunking import upload_chunk_count
-from services.common.model_spec import parameter_spec, upload_value_count
-from services.common.models import build_model
-from services.common.noise import NoiseKind, node_noise_share
-from services.common.packing import FieldLayout, headroom_bits
 from services.aggregator.privacy_accountant import epsilon_for
 from services.aggregator.skellam_rdp import integer_sensitivities
-from services.common.update_codec import QuantizationPlan, plan_quantization
+from services.common.ml.model_spec import parameter_spec, upload_value_count
+from services.common.ml.models import build_model
+from services.common.protocol.chunking import upload_chunk_count
+from services.common.secure_sum.ckks_params import ckks_parameters, field_layout, slot_capacity_bits
+from services.common.secure_sum.noise import NoiseKind, node_noise_share
+from services.common.secure_sum.packing import FieldLayout, headroom_bits
+from services.common.secure_sum.update_codec import QuantizationPlan, plan_quantization
 
 BISECTION_STEPS = 200
 

@@ -37,12 +37,12 @@ import torch
 
 from experiments.pretrain import StandIn, binary_auc, describe, stand_in_weights
 from experiments.simulator import Codec, secure_sum
-from scripts.consortium import ConsortiumConfig
-from services.common.atomic_files import write_atomic
-from services.common.initial_weights import load_initial_weights
-from services.common.model_spec import flatten_state, parameter_spec, restore_state
-from services.common.models import build_model
-from services.common.trainable import trained_positions
+from scripts.launcher import ConsortiumConfig
+from services.common.ml.initial_weights import load_initial_weights
+from services.common.ml.model_spec import flatten_state, parameter_spec, restore_state
+from services.common.ml.models import build_model
+from services.common.ml.trainable import trained_positions
+from services.common.runtime.atomic_files import write_atomic
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.data.local_data import LocalData, load_local_data
 from services.hospital_node.head_training import train_head

@@ -23,7 +23,7 @@ import matplotlib
 
 from experiments import experiment
 from experiments.report import read_rows
-from services.common.atomic_files import write_atomic
+from services.common.runtime.atomic_files import write_atomic
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

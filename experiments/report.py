@@ -26,10 +26,10 @@ import matplotlib
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from services.common.atomic_files import read_json_lines
-from services.common.classification_metrics import f1_sampling_sd
-from services.common.metrics import SEQUENTIAL_PHASES
-from services.common.pooled_counts import POOLED_COUNTS_FILE
+from services.common.ml.classification_metrics import f1_sampling_sd
+from services.common.runtime.atomic_files import read_json_lines
+from services.common.runtime.metrics import SEQUENTIAL_PHASES
+from services.common.secure_sum.pooled_counts import POOLED_COUNTS_FILE
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

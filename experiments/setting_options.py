@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable
 
-from scripts.consortium import SERVICE_SETTINGS, SettingValues
+from scripts.launcher import SERVICE_SETTINGS, SettingValues
 
 # Older spellings of a few options, kept so that recorded commands still run.
 ALIASES = {"partition_scheme": ("--partition",), "partition_alpha": ("--alpha",)}

@@ -22,14 +22,12 @@ import numpy as np
 import torch
 
 from experiments.centralized import pool
-from scripts.consortium import ConsortiumConfig, SettingValues
+from scripts.launcher import ConsortiumConfig, SettingValues
 from services.aggregator.pooled_evaluation import pool_reports
 from services.aggregator.round_planner import training_plan
 from services.aggregator.strategies.factory import build_strategy
-from services.common.atomic_files import append_line_atomic
-from services.common.ckks_params import ckks_parameters, field_layout, statistics_layout
-from services.common.evaluation_report import EvaluationReport
-from services.common.head_refit import (
+from services.common.ml.evaluation_report import EvaluationReport
+from services.common.ml.head_refit import (
     class_estimates,
     lda_head,
     moments_from_statistics,
@@ -39,12 +37,14 @@ from services.common.head_refit import (
     set_head,
     statistics_vector,
 )
-from services.common.model_spec import flatten_state, parameter_spec, restore_state
-from services.common.models import best_device, build_model
-from services.common.packing import to_modular
-from services.common.trainable import trained_parameters, trained_positions
-from services.common.quantize import clip_l2
-from services.common.update_codec import (
+from services.common.ml.model_spec import flatten_state, parameter_spec, restore_state
+from services.common.ml.models import best_device, build_model
+from services.common.ml.trainable import trained_parameters, trained_positions
+from services.common.runtime.atomic_files import append_line_atomic
+from services.common.secure_sum.ckks_params import ckks_parameters, field_layout, statistics_layout
+from services.common.secure_sum.packing import to_modular
+from services.common.secure_sum.quantize import clip_l2
+from services.common.secure_sum.update_codec import (
     QuantizationPlan,
     clamp_threshold,
     decode_mean_update,
@@ -54,7 +54,7 @@ from services.common.update_codec import (
 )
 from services.hospital_node.data.local_data import LocalData, load_local_data
 from services.hospital_node.head_training import train_head
-from services.hospital_node.local_round import ScaffoldClient, train_only, local_training, train_round
+from services.hospital_node.local_round import ScaffoldClient, local_training, train_only, train_round
 from services.hospital_node.trainer import evaluate, train_local
 
 RefitScoring = Literal["none", "eval", "install"]

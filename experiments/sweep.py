@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from experiments.simulator import Simulation, consortium_config, simulate
-from scripts.consortium import SettingValues
-from services.common.atomic_files import read_json_lines, write_json_atomic
+from scripts.launcher import SettingValues
+from services.common.runtime.atomic_files import read_json_lines, write_json_atomic
 
 SCORED_LAST_ROUNDS = 3
 

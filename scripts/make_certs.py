@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from services.common.atomic_files import write_atomic
-from services.common.node_identity import generate_identity
-from services.common.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME
+from services.common.protocol.node_identity import generate_identity
+from services.common.runtime.atomic_files import write_atomic
+from services.common.runtime.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME
 
 VALID_DAYS = 825
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from services.common.noise import NoiseKind
-from services.common.packing import FieldLayout
-from services.common.round_plan import LocalTrainingPlan, ModelBroadcast, RoundKind, RoundPlan, TransferPlan
-from services.common.update_codec import plan_quantization
+from services.common.protocol.round_plan import LocalTrainingPlan, ModelBroadcast, RoundKind, RoundPlan, TransferPlan
+from services.common.secure_sum.noise import NoiseKind
+from services.common.secure_sum.packing import FieldLayout
+from services.common.secure_sum.update_codec import plan_quantization
 
 UPDATE_LAYOUT, STATISTICS_LAYOUT = FieldLayout(10, 8, 3), FieldLayout(37, 8, 1)
 # A codec the node's privacy floor accepts: the one plan_quantization derives for 1,000 values, clip norm 10,

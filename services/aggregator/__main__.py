@@ -10,7 +10,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from services.aggregator.config import AggregatorSettings
-from services.common.settings_loader import load_settings
+from services.common.runtime.settings_loader import load_settings
 
 if TYPE_CHECKING:
     from services.aggregator.sum_release import DecryptionObserver

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from services.common.atomic_files import atomic_writer, read_json, write_atomic
+from services.common.runtime.atomic_files import atomic_writer, read_json, write_atomic
 
 LATEST = "latest.json"
 

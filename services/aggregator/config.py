@@ -6,14 +6,12 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
-
 from pydantic_settings import SettingsConfigDict
 
 from services.aggregator.round_schedule import RoundSchedule
-from services.common.service_settings import ClassNames, ServiceSettings, require_one_name_per_class
-
-from services.common.noise import NoiseKind
-from services.common.round_plan import FROZEN_NORM_ARCHITECTURES, Trainable
+from services.common.ml.choices import FROZEN_NORM_ARCHITECTURES, Trainable
+from services.common.runtime.service_settings import ClassNames, ServiceSettings, require_one_name_per_class
+from services.common.secure_sum.noise import NoiseKind
 
 
 class AggregatorSettings(ServiceSettings):

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from services.aggregator.pooled_evaluation import PooledEvaluation, pool_reports, validate_report
-from services.common.atomic_files import append_line_atomic, read_json_lines
-from services.common.classification_metrics import HISTOGRAM_BINS
 from services.common.errors import MalformedChunkError, WrongRoundError
-from services.common.evaluation_report import EvaluationReport, MaskedEvaluationReport
-from services.common.masked_evaluation import pooled_report
-from services.common.pooled_counts import PooledCountsError
-from services.common.metrics import ServiceMetrics
+from services.common.ml.classification_metrics import HISTOGRAM_BINS
+from services.common.ml.evaluation_report import EvaluationReport, MaskedEvaluationReport
+from services.common.runtime.atomic_files import append_line_atomic, read_json_lines
+from services.common.runtime.metrics import ServiceMetrics
+from services.common.secure_sum.masked_evaluation import pooled_report
+from services.common.secure_sum.pooled_counts import PooledCountsError
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -13,9 +12,10 @@ import numpy as np
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
 from services.common.errors import DecryptionRefusedError, MalformedChunkError
-from services.common.public_key import PublicKeyInfo
-from services.common.upload import DecryptManifest
-from services.common.wire import decrypt_requests, field_values_from_wire, public_key_from_wire
+from services.common.protocol.public_key import PublicKeyInfo
+from services.common.protocol.upload import DecryptManifest
+from services.common.protocol.wire import decrypt_requests, indexed_field_values_from_wire, public_key_from_wire
+from services.common.runtime.retry import RetryPolicy, retry_call
 
 log = logging.getLogger(__name__)
 MAX_RETRY_PAUSE = 15.0
@@ -27,15 +27,10 @@ class KeyAuthorityClient:
 
     def public_key(self, wait_seconds: float = 120.0) -> PublicKeyInfo:
         """The public context, retried while the key authority starts."""
-        deadline = time.monotonic() + wait_seconds
-        while True:
-            try:
-                return public_key_from_wire(self._stub.GetPublicContext(pb.GetPublicContextRequest(), timeout=30))
-            except grpc.RpcError as error:
-                if time.monotonic() > deadline or error.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise
-                log.info("key authority not reachable yet; retrying")
-                time.sleep(1.0)
+        policy = RetryPolicy({grpc.StatusCode.UNAVAILABLE}, seconds=wait_seconds, multiplier=1.0)
+        return public_key_from_wire(retry_call(
+            lambda: self._stub.GetPublicContext(pb.GetPublicContextRequest(), timeout=30), policy,
+            "key authority not reachable yet", log))
 
     def decrypt(self, manifest: DecryptManifest, chunks: Callable[[], Iterator[list[bytes]]],
                 retry_seconds: float = 0.0, stop: threading.Event | None = None) -> np.ndarray:
@@ -43,25 +38,13 @@ class KeyAuthorityClient:
         or restarting), the whole request is sent again, after 1, 2, 4 ... (at most 15) seconds, for `retry_seconds`
         in all; it refuses a round it has already claimed in its ledger, so a retry never decrypts a round twice. A
         refusal, or no answer within `retry_seconds`, becomes `DecryptionRefusedError`."""
-        deadline, pause = time.monotonic() + retry_seconds, 1.0
-        while True:
-            try:
-                values = self._decrypt_once(manifest, chunks())
-                break
-            except grpc.RpcError as error:
-                retry = (error.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() + pause < deadline
-                         and not (stop is not None and stop.is_set()))
-                if not retry:
-                    raise DecryptionRefusedError(f"the key authority refused round {manifest.round_id} attempt "
-                                                 f"{manifest.attempt}: {error.code().name}: {error.details()}"
-                                                 ) from error
-                log.warning("round %d: key authority unreachable (%s); retrying the decryption in %.0f s",
-                            manifest.round_id, error.details(), pause)
-                if stop is not None:
-                    stop.wait(pause)
-                else:
-                    time.sleep(pause)
-                pause = min(pause * 2, MAX_RETRY_PAUSE)
+        policy = RetryPolicy({grpc.StatusCode.UNAVAILABLE}, seconds=retry_seconds, max_pause=MAX_RETRY_PAUSE)
+        try:
+            values = retry_call(lambda: self._decrypt_once(manifest, chunks()), policy,
+                                f"round {manifest.round_id}: key authority unreachable, decryption", log, stop=stop)
+        except grpc.RpcError as error:
+            raise DecryptionRefusedError(f"the key authority refused round {manifest.round_id} attempt "
+                                         f"{manifest.attempt}: {error.code().name}: {error.details()}") from error
         if values.size != manifest.value_count:
             raise MalformedChunkError(f"key authority returned {values.size} of {manifest.value_count} values")
         return values
@@ -70,7 +53,8 @@ class KeyAuthorityClient:
         parts = []
         responses = self._stub.Decrypt(decrypt_requests(manifest, chunks), timeout=1800)
         for expected, response in enumerate(responses):
-            if response.index != expected:
-                raise MalformedChunkError(f"key authority answered chunk {response.index}, expected {expected}")
-            parts.append(field_values_from_wire(response))
+            index, values = indexed_field_values_from_wire(response)
+            if index != expected:
+                raise MalformedChunkError(f"key authority answered chunk {index}, expected {expected}")
+            parts.append(values)
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)

@@ -9,10 +9,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from services.common.class_roster import ClassRoster, require_same_classes
 from services.common.errors import ServerLimitError, UnknownNodeError
-from services.common.model_spec import ParameterSpec
-from services.common.round_plan import RoundMessage
+from services.common.ml.model_spec import ParameterSpec
+from services.common.protocol.class_roster import ClassRoster, require_same_classes
+from services.common.protocol.round_plan import RoundMessage
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5

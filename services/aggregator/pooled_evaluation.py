@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from services.common.classification_metrics import (
+from services.common.errors import MalformedChunkError
+from services.common.ml.classification_metrics import (
     HISTOGRAM_SPACING,
     ClassificationMetrics,
     OperatingPoint,
@@ -21,8 +22,7 @@ from services.common.classification_metrics import (
     metrics_from_confusion,
     operating_point,
 )
-from services.common.errors import MalformedChunkError
-from services.common.evaluation_report import EvaluationReport
+from services.common.ml.evaluation_report import EvaluationReport
 
 
 @dataclass(frozen=True)

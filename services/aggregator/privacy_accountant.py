@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from services.common.errors import PrivacyBudgetError
-from services.common.noise import NoiseKind
 from services.aggregator.skellam_rdp import RDP_ORDERS, integer_sensitivities, rdp_to_epsilon, skellam_rdp
-from services.common.update_codec import QuantizationPlan
+from services.common.errors import PrivacyBudgetError
+from services.common.secure_sum.noise import NoiseKind
+from services.common.secure_sum.update_codec import QuantizationPlan
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from services.aggregator.privacy_accountant import SkellamAccountant, round_privacy
-from services.common.update_codec import QuantizationPlan
+from services.common.secure_sum.update_codec import QuantizationPlan
 
 
 class PrivacyBudgetGuard:

@@ -31,13 +31,13 @@ from services.aggregator.strategies.head_refit import HeadRefit, HeadRefitError
 from services.aggregator.submission_staging import VerifiedSubmission
 from services.aggregator.sum_release import DecryptionObserver, release_mean
 from services.aggregator.upload_intake import UploadIntake
-from services.common.ckks_params import load_public_context
 from services.common.errors import DecryptionRefusedError, ImplausibleSumError
-from services.common.atomic_files import write_json_atomic
-from services.common.metrics import ServiceMetrics
-from services.common.pooled_counts import POOLED_COUNTS_FILE, PooledCountsError, pool_counts
-from services.common.public_key import PublicKeyInfo
-from services.common.round_plan import ModelChunk, RoundKind, TrainingFinished
+from services.common.protocol.public_key import PublicKeyInfo
+from services.common.protocol.round_plan import ModelChunk, RoundKind, TrainingFinished
+from services.common.runtime.atomic_files import write_json_atomic
+from services.common.runtime.metrics import ServiceMetrics
+from services.common.secure_sum.ckks_params import load_public_context
+from services.common.secure_sum.pooled_counts import POOLED_COUNTS_FILE, PooledCountsError, pool_counts
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
@@ -274,7 +274,7 @@ class RoundLoop:
 
     def _pool_class_counts(self, state: RoundState, contributors: list[VerifiedSubmission]) -> None:
         """The first sealed round whose participants all sent masked class counts gives the pooled counts
-        (`services.common.pooled_counts`), written once to the state directory for the report."""
+        (`services.common.secure_sum.pooled_counts`), written once to the state directory for the report."""
         path = self._settings.state_dir / POOLED_COUNTS_FILE
         sent = {c.header.node_id: c.masked_class_counts for c in contributors if c.masked_class_counts}
         if not sent or path.exists():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from services.aggregator.round_state import RoundState
 from services.aggregator.submission_staging import VerifiedSubmission
-from services.common.metrics import ServiceMetrics
+from services.common.runtime.metrics import ServiceMetrics
 
 NODE_PHASES = ("train", "precompute", "encode", "encrypt", "upload")
 

@@ -13,11 +13,11 @@ import numpy as np
 
 from services.aggregator.config import AggregatorSettings
 from services.aggregator.round_schedule import round_learning_rate
-from services.common.chunking import MODEL_CHUNK_VALUES, chunk_count, float32_chunks, upload_chunk_count
 from services.common.errors import PrivacyBudgetError
-from services.common.model_spec import ParameterSpec
-from services.common.public_key import PublicKeyInfo
-from services.common.round_plan import (
+from services.common.ml.model_spec import ParameterSpec
+from services.common.protocol.chunking import MODEL_CHUNK_VALUES, chunk_count, float32_chunks, upload_chunk_count
+from services.common.protocol.public_key import PublicKeyInfo
+from services.common.protocol.round_plan import (
     LocalTrainingPlan,
     ModelBroadcast,
     RoundKind,
@@ -25,7 +25,7 @@ from services.common.round_plan import (
     SumLayout,
     TransferPlan,
 )
-from services.common.update_codec import QuantizationPlan, plan_quantization, plan_statistics
+from services.common.secure_sum.update_codec import QuantizationPlan, plan_quantization, plan_statistics
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import tenseal as ts
 
 from services.aggregator.submission_staging import VerifiedSubmission, plaintext_values, read_staged
 from services.common.errors import DuplicateSubmissionError, WrongRoundError
-from services.common.he_codec import RunningCiphertextSum
-from services.common.round_plan import RoundKind, RoundPlan
+from services.common.protocol.round_plan import RoundKind, RoundPlan
+from services.common.secure_sum.he_codec import RunningCiphertextSum
 
 
 @dataclass

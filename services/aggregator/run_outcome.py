@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from services.common.atomic_files import read_json, write_json_atomic
+from services.common.runtime.atomic_files import read_json, write_json_atomic
 
 FINISHED_MARKER = "finished.json"
 

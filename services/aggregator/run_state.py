@@ -22,7 +22,7 @@ import numpy as np
 from services.aggregator.checkpoint import load_latest_checkpoint, save_checkpoint
 from services.aggregator.privacy_accountant import SkellamAccountant
 from services.aggregator.strategies.strategy import TrainingStrategy
-from services.common.atomic_files import read_json, write_json_atomic
+from services.common.runtime.atomic_files import read_json, write_json_atomic
 
 OPENED = "opened.json"
 ACCOUNTANT = "accountant.json"

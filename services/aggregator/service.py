@@ -16,24 +16,24 @@ from services.aggregator.servicer import AggregatorServicer
 from services.aggregator.strategies.factory import build_strategy
 from services.aggregator.strategies.head_refit import HeadRefit
 from services.aggregator.upload_intake import UploadIntake
-from services.common.atomic_files import write_json_atomic
-from services.common.class_roster import class_counts_document
-from services.common.head_refit import head_positions
-from services.common.initial_weights import load_initial_weights
-from services.common.metrics import ServiceMetrics
-from services.common.model_spec import flatten_state, parameter_spec
-from services.common.models import build_model
-from services.common.trainable import trained_positions
-from services.common.service_runtime import (
+from services.common.ml.head_refit import head_positions
+from services.common.ml.initial_weights import load_initial_weights
+from services.common.ml.model_spec import flatten_state, parameter_spec
+from services.common.ml.models import build_model
+from services.common.ml.trainable import trained_positions
+from services.common.protocol.class_roster import class_counts_document
+from services.common.protocol.node_identity import NodeKeyRegistry
+from services.common.protocol.upload import upload_message_limit
+from services.common.runtime.atomic_files import write_json_atomic
+from services.common.runtime.metrics import ServiceMetrics
+from services.common.runtime.service_runtime import (
     configure_logging,
     grpc_server,
     mark_serving,
     serve_metrics,
     shutdown_event,
 )
-from services.common.node_identity import NodeKeyRegistry
-from services.common.tls import KEY_AUTHORITY_NAME, add_port, channel
-from services.common.upload import upload_message_limit
+from services.common.runtime.tls import KEY_AUTHORITY_NAME, add_port, channel
 
 
 def serve(settings: AggregatorSettings, observer: DecryptionObserver | None = None) -> int:

@@ -23,19 +23,20 @@ from services.common.errors import (
     ServerLimitError,
     StreamDeadlineError,
 )
-from services.common.grpc_status import translate_errors, translate_stream_errors
-from services.common.metrics import ServiceMetrics
-from services.common.node_identity import NodeKeyRegistry
-from services.common.tls import peer_common_name
-from services.common.upload import PhaseSeconds, SubmitReceipt, UploadChunk
-from services.common.wire import (
+from services.common.protocol.node_identity import NodeKeyRegistry
+from services.common.protocol.upload import PhaseSeconds, SubmitReceipt, UploadChunk
+from services.common.protocol.wire import (
     decline_from_wire,
     evaluation_from_wire,
     join_from_wire,
     receipt_to_wire,
     round_message_to_wire,
+    status_to_wire,
     upload_chunk_from_wire,
 )
+from services.common.runtime.grpc_status import translate_errors, translate_stream_errors
+from services.common.runtime.metrics import ServiceMetrics
+from services.common.runtime.tls import peer_common_name
 
 log = logging.getLogger(__name__)
 
@@ -221,19 +222,20 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
 
     @translate_errors
     def ReportEvaluation(self, request: pb.EvaluationReport, context: grpc.ServicerContext) -> pb.EvaluationAck:
-        self._require_peer(context, request.node_id)
-        self._membership.require_member(request.node_id)
-        self._board.report(evaluation_from_wire(request))
+        report = evaluation_from_wire(request)
+        self._require_peer(context, report.node_id)
+        self._membership.require_member(report.node_id)
+        self._board.report(report)
         return pb.EvaluationAck()
 
     @translate_errors
     def DeclineRound(self, request: pb.RoundDecline, context: grpc.ServicerContext) -> pb.DeclineAck:
-        self._require_peer(context, request.node_id)
-        self._membership.require_member(request.node_id)
-        self._intake.decline(decline_from_wire(request))
+        decline = decline_from_wire(request)
+        self._require_peer(context, decline.node_id)
+        self._membership.require_member(decline.node_id)
+        self._intake.decline(decline)
         return pb.DeclineAck()
 
     def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.ServiceStatus:
-        return pb.ServiceStatus(service="aggregator", holds_secret_key=False,
-                                key_id=self._loop.key.key_id if self._loop.key else "",
-                                current_round=self._loop.current_round)
+        return status_to_wire("aggregator", False, self._loop.key.key_id if self._loop.key else "",
+                              self._loop.current_round)

@@ -17,11 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from services.common.errors import DigestMismatchError, MalformedChunkError
-from services.common.round_plan import SumLayout
-from services.common.node_identity import NodeKeyRegistry
-from services.common.pooled_counts import COUNT_BITS, MAX_CLASSES
-from services.common.stream_digest import StreamDigest
-from services.common.upload import Attestation, PhaseSeconds, RecordPrivacySpent, UploadChunk, disclosures_digest
+from services.common.protocol.node_identity import NodeKeyRegistry
+from services.common.protocol.round_plan import SumLayout
+from services.common.protocol.stream_digest import StreamDigest
+from services.common.protocol.upload import (
+    Attestation,
+    PhaseSeconds,
+    RecordPrivacySpent,
+    UploadChunk,
+    disclosures_digest,
+)
+from services.common.secure_sum.pooled_counts import COUNT_BITS, MAX_CLASSES
 
 _LENGTH = struct.Struct(">Q")
 

@@ -11,13 +11,13 @@ import numpy as np
 from services.aggregator.key_authority_client import KeyAuthorityClient
 from services.aggregator.round_state import RoundState
 from services.common.errors import ImplausibleSumError
-from services.common.noise import noise_mean
-from services.common.packing import field_offset, to_centered
-from services.common.quantize import l2_norm
-from services.common.round_plan import RoundPlan
-from services.common.update_codec import decode_mean_update, sum_norm_bound
-from services.common.upload import DecryptManifest
-from services.common.wire import plan_digest
+from services.common.protocol.round_plan import RoundPlan
+from services.common.protocol.upload import DecryptManifest
+from services.common.protocol.wire import plan_digest
+from services.common.secure_sum.noise import noise_mean
+from services.common.secure_sum.packing import field_offset, to_centered
+from services.common.secure_sum.quantize import l2_norm
+from services.common.secure_sum.update_codec import decode_mean_update, sum_norm_bound
 
 # Called with each decrypted sum's plan, field integers and contributors (a test's window; None in production).
 DecryptionObserver = Callable[[RoundPlan, np.ndarray, list[str]], None]

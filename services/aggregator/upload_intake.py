@@ -12,7 +12,6 @@ from pathlib import Path
 
 from services.aggregator.round_state import RoundState
 from services.aggregator.submission_staging import StagedSubmission, StreamHeader, VerifiedSubmission
-from services.common.chunking import ciphertexts_in_chunk
 from services.common.errors import (
     DuplicateSubmissionError,
     MalformedChunkError,
@@ -20,12 +19,13 @@ from services.common.errors import (
     WrongKeyError,
     WrongRoundError,
 )
-from services.common.metrics import ServiceMetrics
-from services.common.public_key import PublicKeyInfo
-from services.common.pairwise_masks import participant_set_hash
-from services.common.round_plan import RoundDecline, RoundKind
-from services.common.upload import UploadChunk
-from services.common.wire import plan_digest
+from services.common.protocol.chunking import ciphertexts_in_chunk
+from services.common.protocol.public_key import PublicKeyInfo
+from services.common.protocol.round_plan import RoundDecline, RoundKind
+from services.common.protocol.upload import UploadChunk
+from services.common.protocol.wire import plan_digest
+from services.common.runtime.metrics import ServiceMetrics
+from services.common.secure_sum.pairwise_masks import participant_set_hash
 
 log = logging.getLogger(__name__)
 RECORD_BUDGET_EXHAUSTED = "record_budget_exhausted"

@@ -1,7 +1,7 @@
 """Named errors of the FedXray core.
 
 Every refusal in the system is one of these. Each maps to exactly one gRPC status
-code in `services/common/grpc_status.py`, so a node or operator always learns
+code in `services/common/runtime/grpc_status.py`, so a node or operator always learns
 *why* a request was refused.
 """
 

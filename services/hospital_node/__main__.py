@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from services.common.settings_loader import load_settings
+from services.common.runtime.settings_loader import load_settings
 from services.hospital_node.config import HospitalNodeSettings
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None, observer: UploadObserver | None = None) 
     """`observer` is for tests only (tests/service_hooks); the command line never sets it."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["keygen"]:
-        from services.common.node_identity import generate_identity
+        from services.common.protocol.node_identity import generate_identity
 
         keygen = argparse.ArgumentParser(prog="python -m services.hospital_node keygen")
         keygen.add_argument("--out", type=Path, required=True)

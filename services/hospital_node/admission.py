@@ -23,10 +23,10 @@ from enum import Enum
 from torch import nn
 
 from services.common.errors import PlanRefusedError
-from services.common.model_spec import ParameterSpec
-from services.common.node_identity import NodeKeyRegistry
-from services.common.public_key import PublicKeyInfo
-from services.common.round_plan import LocalTrainingPlan, RoundKind, RoundPlan
+from services.common.ml.model_spec import ParameterSpec
+from services.common.protocol.node_identity import NodeKeyRegistry
+from services.common.protocol.public_key import PublicKeyInfo
+from services.common.protocol.round_plan import LocalTrainingPlan, RoundKind, RoundPlan
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.local_round import record_target
 from services.hospital_node.privacy_floor import check_evaluation, check_plan

@@ -6,11 +6,9 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
-
 from pydantic_settings import SettingsConfigDict
 
-from services.common.service_settings import ClassNames, ServiceSettings, require_one_name_per_class
-
+from services.common.runtime.service_settings import ClassNames, ServiceSettings, require_one_name_per_class
 
 # The record-level target a hospital's own images get unless it sets another (or turns DP-SGD off, explicitly).
 DEFAULT_RECORD_EPSILON = 8.0

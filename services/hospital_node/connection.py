@@ -10,19 +10,20 @@ from collections.abc import Callable
 
 import grpc
 
-from services.common.class_roster import ClassRoster
 from services.common.errors import MalformedChunkError
-from services.common.model_spec import ParameterSpec
-from services.common.round_plan import ModelChunk, RoundPlan, TrainingFinished
+from services.common.ml.model_spec import ParameterSpec
+from services.common.protocol.class_roster import ClassRoster
+from services.common.protocol.round_plan import ModelChunk, RoundPlan, TrainingFinished
+from services.common.runtime.retry import Backoff, RetryPolicy
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.consortium_client import ConsortiumClient
 
 log = logging.getLogger(__name__)
-RECONNECT_FIRST_PAUSE, RECONNECT_MAX_PAUSE = 1.0, 30.0
 # Statuses of a broken connection, not of a refusal: the node subscribes again. Any other status ends the node.
 RECONNECT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
                              grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED,
                              grpc.StatusCode.RESOURCE_EXHAUSTED})
+RECONNECT = RetryPolicy(RECONNECT_CODES, first_pause=1.0, max_pause=30.0)
 # A join the aggregator refuses for what it says (other class names, another model, not a member): rejoining cannot
 # cure it, so the node exits 2 with the aggregator's message.
 JOIN_REFUSALS = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED,
@@ -35,7 +36,7 @@ def follow_rounds(client: ConsortiumClient, settings: HospitalNodeSettings, spec
     """Follow the aggregator's rounds until training finishes (0), handing each plan and its model to `handle`. A
     broken stream (the aggregator restarting, a network fault) is followed by a new subscription, after 1, 2, 4 ...
     (at most 30) seconds, for `reconnect_seconds` since the last message (then 1); a refused join ends it (2)."""
-    pause, last_message = RECONNECT_FIRST_PAUSE, time.monotonic()
+    backoff, last_message = Backoff(RECONNECT), time.monotonic()
     while not stop.is_set():
         received = [False]
         try:
@@ -52,14 +53,15 @@ def follow_rounds(client: ConsortiumClient, settings: HospitalNodeSettings, spec
             reason = f"{error.code().name}: {error.details()}"
         now = time.monotonic()
         if received[0]:
-            pause, last_message = RECONNECT_FIRST_PAUSE, now
+            backoff.reset()
+            last_message = now
         if now - last_message > settings.reconnect_seconds:
             log.error("lost the aggregator (%s) and could not reconnect for %.0f s; giving up", reason,
                       now - last_message)
             return 1
+        pause = backoff.next()
         log.warning("lost the aggregator (%s); reconnecting in %.0f s", reason, pause)
         stop.wait(pause)
-        pause = min(pause * 2, RECONNECT_MAX_PAUSE)
     return 0
 
 

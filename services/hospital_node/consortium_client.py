@@ -10,14 +10,13 @@ import grpc
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
-from services.common.class_roster import ClassRoster
-from services.common.evaluation_report import EvaluationReport, MaskedEvaluationReport
-from services.common.model_spec import ParameterSpec
-from services.common.public_key import PublicKeyInfo
-from services.common.round_plan import RoundDecline, RoundMessage
-from services.common.tls import TlsSettings
-from services.common.upload import SubmitReceipt, UploadChunk
-from services.common.wire import (
+from services.common.ml.evaluation_report import EvaluationReport, MaskedEvaluationReport
+from services.common.ml.model_spec import ParameterSpec
+from services.common.protocol.class_roster import ClassRoster
+from services.common.protocol.public_key import PublicKeyInfo
+from services.common.protocol.round_plan import RoundDecline, RoundMessage
+from services.common.protocol.upload import SubmitReceipt, UploadChunk
+from services.common.protocol.wire import (
     decline_to_wire,
     evaluation_to_wire,
     join_to_wire,
@@ -26,6 +25,8 @@ from services.common.wire import (
     round_message_from_wire,
     upload_chunk_to_wire,
 )
+from services.common.runtime.retry import RetryPolicy, retry_call
+from services.common.runtime.tls import TlsSettings
 
 
 class RoundSubscription:
@@ -92,23 +93,23 @@ def _connection_problem(peer: str, address: str, error: grpc.RpcError, tls: TlsS
     return f"cannot reach {peer} at {address} ({error.code().name}: {last or details})", False
 
 
+UNREACHABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
 def wait_until_reachable(peer: str, address: str, probe: Callable[[float], object], tls: TlsSettings,
                          seconds: float, log: logging.Logger) -> None:
     """Call `probe(timeout)` until it answers, logging each failure with the time to the next try (backoff 1 s
     doubling to 30 s); an UnreachableError with one line to act on after `seconds`, or at once for a TLS
     refusal, which retrying cannot cure."""
-    deadline, pause = time.monotonic() + seconds, 1.0
-    while True:
-        try:
-            probe(min(10.0, max(1.0, deadline - time.monotonic())))
-            return
-        except grpc.RpcError as error:
-            if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                return  # it answered: the call itself was refused, which the caller will see for itself
-            line, certain = _connection_problem(peer, address, error, tls)
-            if certain or time.monotonic() + pause > deadline:
-                raise UnreachableError(line if certain else f"{line}; gave up after {seconds:.0f} s "
-                                       "(FEDXRAY_NODE_CONNECT_SECONDS)") from None
-            log.warning("%s; retrying in %.0f s", line, pause)
-            time.sleep(pause)
-            pause = min(pause * 2, 30.0)
+    deadline = time.monotonic() + seconds
+    policy = RetryPolicy(UNREACHABLE_CODES, seconds=seconds, max_pause=30.0)
+    try:
+        retry_call(lambda: probe(min(10.0, max(1.0, deadline - time.monotonic()))), policy, f"cannot reach {peer}",
+                   log, may_retry=lambda error: not _connection_problem(peer, address, error, tls)[1],
+                   describe=lambda error: _connection_problem(peer, address, error, tls)[0])
+    except grpc.RpcError as error:
+        if error.code() not in UNREACHABLE_CODES:
+            return  # it answered: the call itself was refused, which the caller will see for itself
+        line, certain = _connection_problem(peer, address, error, tls)
+        raise UnreachableError(line if certain else f"{line}; gave up after {seconds:.0f} s "
+                               "(FEDXRAY_NODE_CONNECT_SECONDS)") from None

@@ -46,13 +46,13 @@ from multiprocessing import shared_memory
 import numpy as np
 import tenseal as ts
 
-from services.common.chunking import chunk_bounds, values_per_chunk
-from services.common.ckks_params import load_public_context
-from services.common.he_codec import slot_matrix
-from services.common.packing import FieldLayout, pack_fields, to_modular
-from services.common.pairwise_masks import PeerMask, mask_values
-from services.common.quantize import round_piece
-from services.common.update_codec import QuantizationPlan, noise_addend, scale_piece, update_clip_factor
+from services.common.protocol.chunking import chunk_bounds, values_per_chunk
+from services.common.secure_sum.ckks_params import load_public_context
+from services.common.secure_sum.he_codec import slot_matrix
+from services.common.secure_sum.packing import FieldLayout, pack_fields, to_modular
+from services.common.secure_sum.pairwise_masks import PeerMask, mask_values
+from services.common.secure_sum.quantize import round_piece
+from services.common.secure_sum.update_codec import QuantizationPlan, noise_addend, scale_piece, update_clip_factor
 
 _worker_context: ts.Context | None = None
 # This process's fresh encryptions of zero, for one round attempt (its tag) only.

@@ -1,7 +1,7 @@
 """What a node answered to evaluations in secure runs, on disk across restarts: the one participant set it answers
 under a key, and the masked values it sent for each of the last models.
 
-Evaluation masks are bound to the key, the set and the model, not to a round (`services.common.masked_evaluation`).
+Evaluation masks are bound to the key, the set and the model, not to a round (`services.common.secure_sum.masked_evaluation`).
 Two rules keep what the aggregator reads to the pooled counts of one set, and both must outlive the process:
 - one set per key: the same hospitals' counts pooled over two sets would give, by their difference, one hospital's
   counts. Not only on one model: a confusion matrix's row sums are the validation images per class whatever the
@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.common.atomic_files import read_json, write_json_atomic
-from services.common.pairwise_masks import participant_set_hash
+from services.common.runtime.atomic_files import read_json, write_json_atomic
+from services.common.secure_sum.pairwise_masks import participant_set_hash
 
 # The models whose masked values are kept, to be sent again (a failed round sends its model again at once).
 KEPT_VALUES = 8

@@ -26,8 +26,8 @@ import torch
 from opacus.optimizers.optimizer import _generate_noise
 from torch import nn
 
-from services.common.head_refit import penultimate_features
-from services.common.trainable import classifier_head
+from services.common.ml.head_refit import penultimate_features
+from services.common.ml.trainable import classifier_head
 from services.hospital_node.data.local_data import LocalData
 from services.hospital_node.record_privacy import poisson_schedule
 from services.hospital_node.trainer import LocalTraining, TrainStats

@@ -13,15 +13,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from services.common.head_refit import moments_of, penultimate_features, scaled_to, statistics_vector
-from services.common.model_spec import ParameterSpec, flatten_named, flatten_state, restore_state
-from services.common.round_plan import LocalTrainingPlan, Trainable
-from services.common.trainable import trained_parameters
-from services.hospital_node.head_training import train_head
+from services.common.ml.choices import Trainable
+from services.common.ml.head_refit import moments_of, penultimate_features, scaled_to, statistics_vector
+from services.common.ml.model_spec import ParameterSpec, flatten_named, flatten_state, restore_state
+from services.common.ml.trainable import trained_parameters
+from services.common.protocol.round_plan import LocalTrainingPlan
 from services.hospital_node.config import HospitalNodeSettings
-from services.hospital_node.record_privacy import RecordBudgetTarget
 from services.hospital_node.data.local_data import LocalData
+from services.hospital_node.head_training import train_head
 from services.hospital_node.private_training import PrivateTraining, PrivateTrainingError, train_private
+from services.hospital_node.record_privacy import RecordBudgetTarget
 from services.hospital_node.trainer import LocalTraining, TrainStats, loss_gradient, train_local
 
 
@@ -73,7 +74,7 @@ def train_round(model: nn.Module, data: LocalData, training: LocalTraining, devi
     """Train `model`, which holds the global weights, for one round; the upload is `w_local - global_weights`
     (then, under SCAFFOLD, the gradient at the global model minus c_i). `private`: DP-SGD (never with SCAFFOLD,
     whose control variate is a gradient of its own). `trainable` other than `all`: only that part trains, and the
-    upload is the update at `positions` only (`services.common.trainable`)."""
+    upload is the update at `positions` only (`services.common.ml.trainable`)."""
     if trainable != "all":
         if scaffold is not None:
             raise PrivateTrainingError(f"SCAFFOLD's control variate needs every parameter trained, not {trainable}")

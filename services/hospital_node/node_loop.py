@@ -13,41 +13,47 @@ from typing import Protocol, TypeVar
 import grpc
 import numpy as np
 import torch
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from services.common.chunking import float32_from_chunks
-from services.common.ckks_params import key_id as key_id_of
-from services.common.ckks_params import load_public_context
-from services.common.class_roster import ClassRoster, default_class_names
-from services.common.classification_metrics import HISTOGRAM_BINS
-from services.common.evaluation_report import EvaluationReport, MaskedEvaluationReport
-from services.common.masked_evaluation import EVALUATION_DOMAIN, evaluation_scope, mask_report
 from services.common.errors import FedXrayError, MalformedChunkError, PlanRefusedError, WrongKeyError
-from services.common.head_refit import statistics_dimension
-from services.common.metrics import ServiceMetrics
-from services.common.model_spec import parameter_spec, restore_state
-from services.common.models import best_device, build_model
-from services.common.node_identity import NodeKeyRegistry, load_agreement_key, load_identity
-from services.common.pairwise_masks import MaskScope, authority_mask, participant_set_hash, peer_masks
-from services.common.pooled_counts import COUNTS_DOMAIN, CountsRelease, masked_counts
-from services.common.public_key import PublicKeyInfo
-from services.common.round_plan import RoundDecline, RoundKind, RoundPlan, Trainable
-from services.common.trainable import classifier_head, trained_positions
-from services.common.update_codec import received_update
-from services.common.upload import UploadChunk
-from services.common.wire import plan_digest
+from services.common.ml.choices import Trainable
+from services.common.ml.classification_metrics import HISTOGRAM_BINS
+from services.common.ml.evaluation_report import EvaluationReport, MaskedEvaluationReport
+from services.common.ml.head_refit import statistics_dimension
+from services.common.ml.model_spec import parameter_spec, restore_state
+from services.common.ml.models import best_device, build_model
+from services.common.ml.trainable import classifier_head, trained_positions
+from services.common.protocol.chunking import float32_from_chunks
+from services.common.protocol.class_roster import ClassRoster, default_class_names
+from services.common.protocol.node_identity import NodeKeyRegistry, load_agreement_key, load_identity
+from services.common.protocol.public_key import PublicKeyInfo
+from services.common.protocol.round_plan import RoundDecline, RoundKind, RoundPlan
+from services.common.protocol.upload import UploadChunk
+from services.common.runtime.metrics import ServiceMetrics
+from services.common.runtime.retry import RetryPolicy, retry_call
+from services.common.secure_sum.ckks_params import key_id as key_id_of
+from services.common.secure_sum.ckks_params import load_public_context
+from services.common.secure_sum.masked_evaluation import EVALUATION_DOMAIN, evaluation_scope, mask_report
+from services.common.secure_sum.pairwise_masks import participant_set_hash, peer_masks
+from services.common.secure_sum.pooled_counts import COUNTS_DOMAIN, CountsRelease, masked_counts
+from services.common.secure_sum.update_codec import received_update
 from services.hospital_node.admission import Admission, AdmissionGate, RecordPrivacy
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.connection import follow_rounds
 from services.hospital_node.consortium_client import ConsortiumClient, UnreachableError, wait_until_reachable
 from services.hospital_node.data.local_data import LocalData
-from services.hospital_node.evaluation_ledger import EvaluationLedger
 from services.hospital_node.encryption_pool import EncryptionPool, UploadRecipe
+from services.hospital_node.evaluation_ledger import EvaluationLedger
 from services.hospital_node.local_round import ScaffoldClient, head_statistics, local_training, train_round
 from services.hospital_node.private_training import PrivateTraining
 from services.hospital_node.record_privacy import RecordBudget, poisson_schedule
 from services.hospital_node.trainer import evaluation_report
-from services.hospital_node.update_stream import Disclosures, UploadTimings, assemble_upload, upload_recipe
+from services.hospital_node.update_stream import (
+    Disclosures,
+    UploadTimings,
+    assemble_upload,
+    attempt_scope,
+    masked_recipe,
+)
 from services.hospital_node.upload_ledger import UploadLedger
 
 log = logging.getLogger(__name__)
@@ -219,19 +225,14 @@ class HospitalNode:
         return recipe
 
     def _recipe(self, plan: RoundPlan, tag: str | None = None) -> UploadRecipe:
-        """A secure upload's recipe for this attempt: this node's masks for its participant set and with the key
-        authority, and fresh OS entropy, so that no noised vector is ever sent under two participant sets."""
-        s, public = self._settings, self._public_key()
-        scope = MaskScope(s.consortium, plan.key_id, plan.round_id, plan.attempt, plan.participants,
-                          plan_digest(plan))
-        authority = X25519PublicKey.from_public_bytes(public.mask_agreement_key)
-        masks = tuple(peer_masks(s.node_id, self._agreement, self._peers.agreement_keys, scope))
-        return upload_recipe(plan, public.slots, np.random.SeedSequence(), masks,
-                             (authority_mask(s.node_id, self._agreement, authority, scope),), tag)
+        """A secure upload's recipe for this attempt (`masked_recipe`)."""
+        s = self._settings
+        return masked_recipe(plan, s.node_id, self._agreement, self._peers.agreement_keys, self._public_key(),
+                             attempt_scope(s.consortium, plan), tag=tag)
 
     def _masked_counts(self, plan: RoundPlan) -> tuple[int, ...]:
         """This hospital's class counts masked for the attempt's participant set (pooled by the aggregator over the
-        whole set, `services.common.pooled_counts`): none under record-level DP-SGD, none for a set short of the
+        whole set, `services.common.secure_sum.pooled_counts`): none under record-level DP-SGD, none for a set short of the
         whole consortium, and none for a second set or other counts."""
         counts = self._data.classes.counts if self._data.classes else ()
         consortium = self._peers.node_ids | {self._settings.node_id}
@@ -239,10 +240,8 @@ class HospitalNode:
                                                                                     consortium):
             return ()
         s = self._settings
-        scope = MaskScope(s.consortium, plan.key_id, plan.round_id, plan.attempt, plan.participants,
-                          plan_digest(plan))
-        return masked_counts(counts, peer_masks(s.node_id, self._agreement, self._peers.agreement_keys, scope,
-                                                COUNTS_DOMAIN))
+        return masked_counts(counts, peer_masks(s.node_id, self._agreement, self._peers.agreement_keys,
+                                                attempt_scope(s.consortium, plan), COUNTS_DOMAIN))
 
     @property
     def _budget(self) -> RecordBudget | None:
@@ -426,21 +425,13 @@ class HospitalNode:
 
 # Statuses of a call the server could not take just now: tried again, a few times, after 1 and 2 seconds.
 TRANSIENT_CODES = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE})
-TRIES = 3
+PATIENTLY = RetryPolicy(TRANSIENT_CODES, tries=3, first_pause=1.0, max_pause=2.0)
 T = TypeVar("T")
 
 
 def _patiently(call: Callable[[], T], may_retry: Callable[[], bool] = lambda: True) -> T:
-    for attempt in range(TRIES):
-        try:
-            return call()
-        except grpc.RpcError as error:
-            if error.code() not in TRANSIENT_CODES or attempt == TRIES - 1 or not may_retry():
-                raise
-            log.warning("the aggregator could not take a call (%s: %s); trying again in %d s", error.code().name,
-                        error.details(), attempt + 1)
-            time.sleep(attempt + 1)
-    raise AssertionError("unreachable")
+    return retry_call(call, PATIENTLY, "the aggregator could not take a call", log,
+                      may_retry=lambda error: may_retry())
 
 
 class _Started(Iterator[UploadChunk]):

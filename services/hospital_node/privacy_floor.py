@@ -12,15 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Collection
 
-from services.common.chunking import upload_chunk_count
 from services.common.errors import MalformedChunkError, PlanRefusedError
-from services.common.noise import NoiseKind
-from services.common.public_key import PublicKeyInfo
-from services.common.round_plan import RoundKind, RoundPlan
-from services.common.update_codec import plan_quantization, plan_statistics
+from services.common.protocol.chunking import upload_chunk_count
+from services.common.protocol.public_key import PublicKeyInfo
+from services.common.protocol.round_plan import RoundKind, RoundPlan
+from services.common.secure_sum.noise import NoiseKind
+from services.common.secure_sum.update_codec import plan_quantization, plan_statistics
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.update_stream import require_signed_layout
-
 
 # The largest FedProx weight a plan may ask for: far above any useful one (0.001 to 1).
 MAX_PROXIMAL_MU = 100.0

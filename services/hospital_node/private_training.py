@@ -47,8 +47,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from services.common.errors import FedXrayError
-from services.common.models import FrozenBatchNorm2d
-from services.common.trainable import Trainable, head_parameters, trained_parameters
+from services.common.ml.models import FrozenBatchNorm2d
+from services.common.ml.trainable import Trainable, head_parameters, trained_parameters
 from services.hospital_node.data.image_preprocessing import augment_batch
 from services.hospital_node.data.local_data import LocalData
 from services.hospital_node.record_privacy import poisson_schedule

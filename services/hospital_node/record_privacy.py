@@ -37,9 +37,9 @@ import dp_accounting
 from dp_accounting import pld
 from opacus.accountants import RDPAccountant
 
-from services.common.atomic_files import read_json, write_json_atomic
 from services.common.errors import PlanRefusedError
-from services.common.upload import RecordPrivacySpent
+from services.common.protocol.upload import RecordPrivacySpent
+from services.common.runtime.atomic_files import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 

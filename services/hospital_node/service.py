@@ -6,9 +6,9 @@ import threading
 
 import torch
 
-from services.common.metrics import ServiceMetrics
-from services.common.service_runtime import configure_logging, serve_metrics, shutdown_event
-from services.common.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME, channel
+from services.common.runtime.metrics import ServiceMetrics
+from services.common.runtime.service_runtime import configure_logging, serve_metrics, shutdown_event
+from services.common.runtime.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME, channel
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.consortium_client import ConsortiumClient
 from services.hospital_node.data.image_loaders import DatasetFormatError

@@ -7,8 +7,8 @@ CPU in float32 otherwise.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Callable, Literal
 
 import numpy as np
@@ -16,9 +16,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
-from services.common.classification_metrics import HISTOGRAM_BINS, histogram_edges
-from services.common.evaluation_report import EvaluationCounts, EvaluationReport
-from services.common.trainable import classifier_head
+from services.common.ml.classification_metrics import HISTOGRAM_BINS, histogram_edges
+from services.common.ml.evaluation_report import EvaluationCounts, EvaluationReport
+from services.common.ml.trainable import classifier_head
 from services.hospital_node.data.image_preprocessing import augment_batch
 from services.hospital_node.data.local_data import LocalData
 

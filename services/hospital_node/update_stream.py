@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from services.common.chunking import float32_chunks
 from services.common.errors import MalformedChunkError
-from services.common.pairwise_masks import PeerMask, participant_set_hash
-from services.common.public_key import PublicKeyInfo
-from services.common.round_plan import RoundPlan
-from services.common.stream_digest import StreamDigest, sign_attestation
-from services.common.update_codec import update_clip_factor
-from services.common.upload import Attestation, PhaseSeconds, RecordPrivacySpent, UploadChunk, disclosures_digest
-from services.common.wire import plan_digest
+from services.common.protocol.chunking import float32_chunks
+from services.common.protocol.public_key import PublicKeyInfo
+from services.common.protocol.round_plan import RoundPlan
+from services.common.protocol.stream_digest import StreamDigest, sign_attestation
+from services.common.protocol.upload import (
+    Attestation,
+    PhaseSeconds,
+    RecordPrivacySpent,
+    UploadChunk,
+    disclosures_digest,
+)
+from services.common.protocol.wire import plan_digest
+from services.common.secure_sum.pairwise_masks import (
+    MaskScope,
+    PeerMask,
+    authority_mask,
+    participant_set_hash,
+    peer_masks,
+)
+from services.common.secure_sum.update_codec import update_clip_factor
 from services.hospital_node.encryption_pool import EncryptionPool, UploadRecipe
 
 # Called with the number of chunks handed to gRPC so far (a test's window: tests/service_hooks; None otherwise).
@@ -81,6 +94,23 @@ def _signed_chunks(plan: RoundPlan, node_id: str, key: Ed25519PrivateKey, timing
     attestation = replace(unsigned, signature=sign_attestation(key, unsigned.signed_message()))
     yield replace(previous, attestation=attestation, phases=timings.phases(),
                   record_privacy=disclosures.record_privacy, masked_class_counts=disclosures.masked_class_counts)
+
+
+def attempt_scope(consortium: str, plan: RoundPlan) -> MaskScope:
+    """What one round attempt's masks are bound to; made once per upload, for the update's masks and the counts'."""
+    return MaskScope(consortium, plan.key_id, plan.round_id, plan.attempt, plan.participants, plan_digest(plan))
+
+
+def masked_recipe(plan: RoundPlan, node_id: str, agreement: X25519PrivateKey,
+                  peers: Mapping[str, X25519PublicKey], public: PublicKeyInfo, scope: MaskScope, *,
+                  seed: np.random.SeedSequence | None = None, tag: str | None = None) -> UploadRecipe:
+    """A secure upload's recipe: this node's pairwise masks for the scope's participant set and its mask with the key
+    authority, and fresh OS entropy unless `seed` is given (tests only), so that no noised vector is ever sent under
+    two participant sets. The one recipe the node, the tests and the benchmarks use."""
+    authority = X25519PublicKey.from_public_bytes(public.mask_agreement_key)
+    masks = tuple(peer_masks(node_id, agreement, peers, scope))
+    return upload_recipe(plan, public.slots, seed if seed is not None else np.random.SeedSequence(), masks,
+                         (authority_mask(node_id, agreement, authority, scope),), tag)
 
 
 def upload_recipe(plan: RoundPlan, slots: int, seed: np.random.SeedSequence, masks: tuple[PeerMask, ...] = (),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.common.atomic_files import read_json, write_json_atomic
+from services.common.runtime.atomic_files import read_json, write_json_atomic
 
 
 class UploadLedger:

@@ -6,7 +6,7 @@ lists them.
 
 from __future__ import annotations
 
-from services.common.settings_loader import load_settings
+from services.common.runtime.settings_loader import load_settings
 from services.key_authority.config import KeyAuthoritySettings
 
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field
-
 from pydantic_settings import SettingsConfigDict
 
-from services.common.service_settings import ServiceSettings
+from services.common.runtime.service_settings import ServiceSettings
 
 
 class KeyAuthoritySettings(ServiceSettings):

@@ -18,12 +18,12 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from services.common.atomic_files import read_json, write_json_atomic
-from services.common.chunking import upload_chunk_count
 from services.common.errors import AlreadyDecryptedError, MalformedChunkError, PolicyViolationError, WrongKeyError
-from services.common.node_identity import NodeKeyRegistry
-from services.common.pairwise_masks import participant_set_hash
-from services.common.upload import DecryptManifest
+from services.common.protocol.chunking import upload_chunk_count
+from services.common.protocol.node_identity import NodeKeyRegistry
+from services.common.protocol.upload import DecryptManifest
+from services.common.runtime.atomic_files import read_json, write_json_atomic
+from services.common.secure_sum.pairwise_masks import participant_set_hash
 from services.key_authority.key_store import KeyMaterial
 
 

@@ -15,7 +15,7 @@ import multiprocessing
 import numpy as np
 import tenseal as ts
 
-from services.common.he_codec import decrypt_to_slot_integers
+from services.common.secure_sum.he_codec import decrypt_to_slot_integers
 
 _worker_secret: ts.Context | None = None
 

@@ -15,20 +15,20 @@ import tenseal as ts
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from services.common.atomic_files import write_atomic
-from services.common.ckks_params import (
+from services.common.protocol.public_key import PublicKeyInfo, unpacking_layout
+from services.common.protocol.round_plan import SumLayout
+from services.common.runtime.atomic_files import write_atomic
+from services.common.secure_sum.ckks_params import (
     CkksParameters,
     ckks_parameters,
     field_layout,
-    statistics_layout,
     key_id,
     load_public_context,
     make_secret_context,
     public_context_bytes,
+    statistics_layout,
 )
-from services.common.packing import FieldLayout
-from services.common.public_key import PublicKeyInfo, unpacking_layout
-from services.common.round_plan import SumLayout
+from services.common.secure_sum.packing import FieldLayout
 
 log = logging.getLogger(__name__)
 SECRET_FILE = "ckks_secret_context.bin"

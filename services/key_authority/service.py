@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from services.common.metrics import ServiceMetrics
-from services.common.service_runtime import configure_logging, grpc_server, mark_serving, serve_metrics, shutdown_event
-from services.common.node_identity import NodeKeyRegistry
-from services.common.tls import add_port
+from services.common.protocol.node_identity import NodeKeyRegistry
+from services.common.runtime.metrics import ServiceMetrics
+from services.common.runtime.service_runtime import (
+    configure_logging,
+    grpc_server,
+    mark_serving,
+    serve_metrics,
+    shutdown_event,
+)
+from services.common.runtime.tls import add_port
 from services.key_authority.config import KeyAuthoritySettings
 from services.key_authority.decryption_policy import DecryptionLedger, DecryptionPolicy
 from services.key_authority.decryption_pool import DecryptionPool

@@ -11,12 +11,18 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
-from services.common.errors import MalformedChunkError, PolicyViolationError
-from services.common.grpc_status import translate_stream_errors
-from services.common.metrics import ServiceMetrics
-from services.common.pairwise_masks import MaskScope, authority_unmasks
-from services.common.tls import AGGREGATOR_NAME, peer_common_name
-from services.common.wire import field_values_to_wire, manifest_from_wire, public_key_to_wire
+from services.common.errors import PolicyViolationError
+from services.common.protocol.wire import (
+    decrypt_chunk_from_wire,
+    decrypt_manifest_from_wire,
+    field_values_to_wire,
+    public_key_to_wire,
+    status_to_wire,
+)
+from services.common.runtime.grpc_status import translate_stream_errors
+from services.common.runtime.metrics import ServiceMetrics
+from services.common.runtime.tls import AGGREGATOR_NAME, peer_common_name
+from services.common.secure_sum.pairwise_masks import MaskScope, authority_unmasks
 from services.key_authority.decryption_policy import DecryptionPolicy
 from services.key_authority.decryption_pool import DecryptionPool
 from services.key_authority.key_store import KeyMaterial
@@ -54,10 +60,7 @@ class KeyAuthorityServicer(pb_grpc.KeyAuthorityServicer):
         peer = peer_common_name(context)
         if self._require_aggregator and peer != AGGREGATOR_NAME:
             raise PolicyViolationError(f"decryption is answered only for the aggregator's certificate, not {peer!r}")
-        first = next(request_iterator, None)
-        if first is None or not first.HasField("manifest"):
-            raise MalformedChunkError("a decryption stream must open with its manifest")
-        manifest = manifest_from_wire(first.manifest)
+        manifest = decrypt_manifest_from_wire(next(request_iterator, None))
         self._policy.check(manifest)  # refuses before a single ciphertext is read
         scope = MaskScope(self._consortium, manifest.key_id, manifest.round_id, manifest.attempt,
                           manifest.participants, manifest.plan_digest)
@@ -78,11 +81,10 @@ class KeyAuthorityServicer(pb_grpc.KeyAuthorityServicer):
 
     def _chunks(self, request_iterator: Iterator[pb.DecryptRequest]) -> Iterator[tuple[int, list[bytes]]]:
         for expected_index, message in enumerate(request_iterator):
-            if not message.HasField("chunk"):
-                raise MalformedChunkError(f"expected chunk {expected_index}, got another manifest")
-            self._metrics.bytes_received.inc(sum(len(c) for c in message.chunk.ciphertexts))
-            yield message.chunk.index, list(message.chunk.ciphertexts)
+            index, ciphertexts = decrypt_chunk_from_wire(message, expected_index)
+            self._metrics.bytes_received.inc(sum(len(c) for c in ciphertexts))
+            yield index, ciphertexts
 
     def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.ServiceStatus:
-        return pb.ServiceStatus(service="key_authority", holds_secret_key=self._keys.secret_context.is_private(),
-                                key_id=self._keys.key_id, decrypted_rounds=sorted(self._policy.decrypted_rounds))
+        return status_to_wire("key_authority", self._keys.secret_context.is_private(), self._keys.key_id,
+                              decrypted_rounds=self._policy.decrypted_rounds)

@@ -7,13 +7,13 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from services.common.chunking import ciphertexts_in_chunk
 from services.common.errors import MalformedChunkError
-from services.common.he_codec import CiphertextShape, check_ciphertext
-from services.common.packing import unpack_fields
-from services.common.pairwise_masks import PeerMask, mask_values
-from services.common.round_plan import SumLayout
-from services.common.upload import DecryptManifest
+from services.common.protocol.chunking import ciphertexts_in_chunk
+from services.common.protocol.round_plan import SumLayout
+from services.common.protocol.upload import DecryptManifest
+from services.common.secure_sum.he_codec import CiphertextShape, check_ciphertext
+from services.common.secure_sum.packing import unpack_fields
+from services.common.secure_sum.pairwise_masks import PeerMask, mask_values
 from services.key_authority.decryption_pool import DecryptionPool
 from services.key_authority.key_store import KeyMaterial
 

@@ -12,13 +12,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from services.aggregator.evaluation_board import EvaluationBoard
 from services.aggregator.pooled_evaluation import pool_reports
-from services.common.atomic_files import read_json_lines
 from services.common.errors import MalformedChunkError, WrongRoundError
-from services.common.classification_metrics import HISTOGRAM_BINS
-from services.common.evaluation_report import EvaluationCounts, EvaluationReport, MaskedEvaluationReport
-from services.common.masked_evaluation import EVALUATION_DOMAIN, evaluation_scope, mask_report
-from services.common.metrics import ServiceMetrics
-from services.common.pairwise_masks import peer_masks
+from services.common.ml.classification_metrics import HISTOGRAM_BINS
+from services.common.ml.evaluation_report import EvaluationCounts, EvaluationReport, MaskedEvaluationReport
+from services.common.runtime.atomic_files import read_json_lines
+from services.common.runtime.metrics import ServiceMetrics
+from services.common.secure_sum.masked_evaluation import EVALUATION_DOMAIN, evaluation_scope, mask_report
+from services.common.secure_sum.pairwise_masks import peer_masks
 from tests.evaluations import histograms_for
 
 

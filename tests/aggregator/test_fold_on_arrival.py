@@ -11,8 +11,8 @@ import tenseal as ts
 
 from services.aggregator.round_state import new_round_state
 from services.aggregator.submission_staging import _LENGTH
-from services.common.ckks_params import ckks_parameters, load_public_context, public_context_bytes
-from services.common.he_codec import RunningCiphertextSum, decrypt_to_slot_integers, encrypt_rows
+from services.common.secure_sum.ckks_params import ckks_parameters, load_public_context, public_context_bytes
+from services.common.secure_sum.he_codec import RunningCiphertextSum, decrypt_to_slot_integers, encrypt_rows
 from services.key_authority.key_store import make_secret_context
 from tests.plans import PLAN
 

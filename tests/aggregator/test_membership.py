@@ -8,10 +8,10 @@ import time
 import pytest
 
 from services.aggregator.membership import Membership
-from services.common.class_roster import ClassRoster
 from services.common.errors import ClassMismatchError, SpecMismatchError, UnknownNodeError
-from services.common.model_spec import ParameterSpec
-from services.common.round_plan import ModelChunk, TrainingFinished
+from services.common.ml.model_spec import ParameterSpec
+from services.common.protocol.class_roster import ClassRoster
+from services.common.protocol.round_plan import ModelChunk, TrainingFinished
 
 SPEC = ParameterSpec(10, "layout", (), ())
 MEMBERS = frozenset({"hospital-1", "hospital-2"})

@@ -2,10 +2,10 @@ import pytest
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.aggregator.pooled_evaluation import pool_reports, validate_report
-from services.common.classification_metrics import HISTOGRAM_BINS, HISTOGRAM_SPACING, histogram_edges
 from services.common.errors import MalformedChunkError
-from services.common.evaluation_report import EvaluationReport
-from services.common.wire import evaluation_from_wire
+from services.common.ml.classification_metrics import HISTOGRAM_BINS, HISTOGRAM_SPACING, histogram_edges
+from services.common.ml.evaluation_report import EvaluationReport
+from services.common.protocol.wire import evaluation_from_wire
 
 
 def _rows(first: int, second: int) -> list[int]:

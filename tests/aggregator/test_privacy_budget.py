@@ -6,8 +6,8 @@ import math
 
 from services.aggregator.privacy_accountant import SkellamAccountant, round_privacy
 from services.aggregator.privacy_budget import PrivacyBudgetGuard
-from services.common.noise import NoiseKind
-from services.common.update_codec import plan_quantization
+from services.common.secure_sum.noise import NoiseKind
+from services.common.secure_sum.update_codec import plan_quantization
 
 PLAN = plan_quantization(10_000, 5.0, 24, 8, 3, NoiseKind.SKELLAM, 1e6)  # a finite epsilon
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,29 +26,34 @@ from services.aggregator.run_state import RunState
 from services.aggregator.strategies.factory import build_strategy
 from services.aggregator.strategies.head_refit import HeadRefit
 from services.aggregator.upload_intake import UploadIntake
-from services.common.atomic_files import read_json_lines
 from services.common.errors import DecryptionRefusedError
-from services.common.evaluation_report import EvaluationCounts, EvaluationReport
-from services.common.class_roster import ClassRoster
-from services.common.head_refit import head_positions
-from services.common.metrics import ServiceMetrics
-from services.common.noise import NoiseKind
-from services.common.update_codec import plan_quantization
-from services.common.model_spec import flatten_state, parameter_spec
-from services.common.models import build_model
-from services.common.public_key import PublicKeyInfo
-from services.common.round_plan import ModelChunk, RoundKind, RoundPlan, TrainingFinished
-from services.common.node_identity import NodeKeyRegistry, generate_identity, load_agreement_key, load_identity
-from services.common.pairwise_masks import MaskScope, authority_mask, authority_unmasks, peer_masks
-from services.common.pooled_counts import COUNTS_DOMAIN, POOLED_COUNTS_FILE, masked_counts
-from services.common.wire import plan_digest
-from services.common.upload import DecryptManifest, PhaseSeconds
+from services.common.ml.evaluation_report import EvaluationCounts, EvaluationReport
+from services.common.ml.head_refit import head_positions
+from services.common.ml.model_spec import flatten_state, parameter_spec
+from services.common.ml.models import build_model
+from services.common.protocol.class_roster import ClassRoster
+from services.common.protocol.node_identity import NodeKeyRegistry, generate_identity, load_agreement_key, load_identity
+from services.common.protocol.public_key import PublicKeyInfo
+from services.common.protocol.round_plan import ModelChunk, RoundKind, RoundPlan, TrainingFinished
+from services.common.protocol.upload import DecryptManifest, PhaseSeconds
+from services.common.runtime.atomic_files import read_json_lines
+from services.common.runtime.metrics import ServiceMetrics
+from services.common.secure_sum.noise import NoiseKind
+from services.common.secure_sum.pairwise_masks import MaskScope, authority_unmasks, peer_masks
+from services.common.secure_sum.pooled_counts import COUNTS_DOMAIN, POOLED_COUNTS_FILE, masked_counts
+from services.common.secure_sum.update_codec import plan_quantization
 from services.hospital_node.encryption_pool import EncryptionPool
-from services.hospital_node.update_stream import Disclosures, UploadTimings, secure_upload, upload_recipe
+from services.hospital_node.update_stream import (
+    Disclosures,
+    UploadTimings,
+    attempt_scope,
+    masked_recipe,
+    secure_upload,
+)
 from services.key_authority.decryption_policy import DecryptionLedger, DecryptionPolicy
 from services.key_authority.key_store import KeyMaterial, load_or_create_keys
-from tests.evaluations import histograms_for
 from services.key_authority.sum_decryption import checked_chunks, decrypt_checked
+from tests.evaluations import histograms_for
 
 NODES = ("hospital-1", "hospital-2", "hospital-3")
 CLASSES = ClassRoster(("NORMAL", "PNEUMONIA"), (10, 10))
@@ -88,7 +93,7 @@ def _counts() -> EvaluationCounts:
 
 def _node(node_id: str, folder: Path, membership: Membership, intake: UploadIntake, board: EvaluationBoard,
           registry: NodeKeyRegistry, pool: EncryptionPool, updates: dict[str, np.ndarray],
-          stop: threading.Event, authority_key: bytes, wrong_masks: bool = False) -> None:
+          stop: threading.Event, public: PublicKeyInfo, wrong_masks: bool = False) -> None:
     """A hospital that evaluates every model and uploads a fixed update in every training round."""
     identity = load_identity(folder / f"{node_id}.key")
     agreement = load_agreement_key(folder / f"{node_id}.key")
@@ -107,12 +112,10 @@ def _node(node_id: str, folder: Path, membership: Membership, intake: UploadInta
         board.report(EvaluationReport(node_id, plan.round_id - 1, _counts()))
         if plan.kind is not RoundKind.TRAIN:
             continue
-        scope = MaskScope("fedxray", plan.key_id, plan.round_id, plan.attempt + (9 if wrong_masks else 0),
-                          plan.participants, plan_digest(plan))
-        authority = X25519PublicKey.from_public_bytes(authority_key)
-        masks = tuple(peer_masks(node_id, agreement, registry.agreement_keys, scope))
-        recipe = upload_recipe(plan, 4096, np.random.SeedSequence(), masks,
-                               (authority_mask(node_id, agreement, authority, scope),))
+        scope = attempt_scope("fedxray", plan)
+        if wrong_masks:  # masks made for another attempt
+            scope = replace(scope, attempt=plan.attempt + 9)
+        recipe = masked_recipe(plan, node_id, agreement, registry.agreement_keys, public, scope)
         counted = masked_counts(IMAGES[node_id], peer_masks(node_id, agreement, registry.agreement_keys, scope,
                                                             COUNTS_DOMAIN))
         upload = list(secure_upload(plan, updates[node_id], node_id, identity, pool, recipe, UploadTimings(),
@@ -169,7 +172,7 @@ def _run_loop(tmp_path: Path, refuse: frozenset[int] = frozenset(), wrong_masks:
     with EncryptionPool(keys.public_context, workers=0) as pool:
         nodes = [threading.Thread(target=_node, args=(node, tmp_path / "identities", membership, intake, board,
                                                      registry, pool, updates, stop,
-                                                     keys.public_info(3).mask_agreement_key, node == wrong_masks))
+                                                     keys.public_info(3), node == wrong_masks))
                  for node in NODES]
         for thread in nodes:
             thread.start()

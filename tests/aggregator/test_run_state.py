@@ -10,8 +10,8 @@ from services.aggregator.privacy_accountant import SkellamAccountant, round_priv
 from services.aggregator.run_state import RunState
 from services.aggregator.strategies.fedavg import FedAvg
 from services.aggregator.strategies.scaffold import Scaffold
-from services.common.noise import NoiseKind
-from services.common.update_codec import plan_quantization
+from services.common.secure_sum.noise import NoiseKind
+from services.common.secure_sum.update_codec import plan_quantization
 
 
 def _run(weights: np.ndarray) -> RunState:

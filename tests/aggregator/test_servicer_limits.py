@@ -11,7 +11,7 @@ import pytest
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.aggregator.servicer import AggregatorServicer
-from services.common.metrics import ServiceMetrics
+from services.common.runtime.metrics import ServiceMetrics
 
 pytestmark = pytest.mark.unit
 

@@ -12,10 +12,10 @@ import pytest
 
 from services.aggregator.submission_staging import StagedSubmission, StreamHeader
 from services.common.errors import DigestMismatchError
-from services.common.node_identity import NodeKeyRegistry, generate_identity, load_identity
-from services.common.pairwise_masks import participant_set_hash
-from services.common.upload import PhaseSeconds, RecordPrivacySpent, UploadChunk
-from services.common.wire import plan_digest
+from services.common.protocol.node_identity import NodeKeyRegistry, generate_identity, load_identity
+from services.common.protocol.upload import PhaseSeconds, RecordPrivacySpent, UploadChunk
+from services.common.protocol.wire import plan_digest
+from services.common.secure_sum.pairwise_masks import participant_set_hash
 from services.hospital_node.update_stream import Disclosures, UploadTimings, plaintext_upload
 from tests.plans import PLAN
 

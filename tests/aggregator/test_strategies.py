@@ -12,9 +12,9 @@ from services.aggregator.strategies.fedadam import FedAdam
 from services.aggregator.strategies.fedavg import FedAvg
 from services.aggregator.strategies.head_refit import HeadRefit, HeadRefitError
 from services.aggregator.strategies.scaffold import Scaffold
-from services.common.head_refit import head_positions, lda_head, moments_of, statistics_vector
-from services.common.model_spec import flatten_state, parameter_spec
-from services.common.models import build_model
+from services.common.ml.head_refit import head_positions, lda_head, moments_of, statistics_vector
+from services.common.ml.model_spec import flatten_state, parameter_spec
+from services.common.ml.models import build_model
 
 
 def test_scaffold_moves_the_model_by_the_first_half_and_c_by_the_participants_share_of_the_second() -> None:

@@ -15,8 +15,8 @@ import pytest
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.aggregator.servicer import AggregatorServicer
-from services.common.metrics import ServiceMetrics
-from services.common.upload import UploadChunk
+from services.common.protocol.upload import UploadChunk
+from services.common.runtime.metrics import ServiceMetrics
 
 GRACE = 0.2
 

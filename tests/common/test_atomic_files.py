@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.aggregator.run_outcome import RunOutcome
-from services.common.atomic_files import (
+from services.common.runtime.atomic_files import (
     append_line_atomic,
     atomic_writer,
     read_json,

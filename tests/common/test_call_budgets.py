@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
-from services.common.service_runtime import RESERVED_CALLS, grpc_server, mark_serving
+from services.common.runtime.service_runtime import RESERVED_CALLS, grpc_server, mark_serving
 
 pytestmark = pytest.mark.unit
 WORK = 3

@@ -7,14 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.common.classification_metrics import (
+from services.common.ml.classification_metrics import (
     auc_from_histograms,
     auc_macro_from_histograms,
     confusion_matrix,
     f1_sampling_sd,
     metrics_from_confusion,
-    paired_f1_difference,
     one_vs_rest_histograms,
+    paired_f1_difference,
     score_histograms,
 )
 
@@ -188,7 +188,7 @@ def test_one_vs_rest_histograms_treat_each_class_as_positive_in_turn() -> None:
 # --- operating point --------------------------------------------------------------------------------------
 
 def test_confusion_at_an_edge_counts_the_bins_at_and_above_it_as_positive_calls() -> None:
-    from services.common.classification_metrics import confusion_at_edge
+    from services.common.ml.classification_metrics import confusion_at_edge
 
     positive, negative = np.array([1, 2, 3, 4]), np.array([5, 3, 1, 0])
     # Edge 2: bins 2 and 3 are called positive. TP 3+4, FN 1+2, FP 1+0, TN 5+3.
@@ -200,7 +200,7 @@ def test_confusion_at_an_edge_counts_the_bins_at_and_above_it_as_positive_calls(
 
 
 def test_best_f1_edge_is_the_threshold_a_hand_count_picks() -> None:
-    from services.common.classification_metrics import best_f1_edge
+    from services.common.ml.classification_metrics import best_f1_edge
 
     positive, negative = np.array([1, 2, 3, 4]), np.array([5, 3, 1, 0])
     # F1 by edge, by hand: edge 0: 20/29; 1: 18/(18+4+1) = 18/23; 2: 14/(14+1+3) = 14/18; 3: 8/(8+0+6) = 8/14.
@@ -211,13 +211,13 @@ def test_best_f1_edge_is_the_threshold_a_hand_count_picks() -> None:
 
 
 def test_best_f1_edge_with_no_positive_calls_nothing_positive() -> None:
-    from services.common.classification_metrics import best_f1_edge
+    from services.common.ml.classification_metrics import best_f1_edge
 
     assert best_f1_edge(np.zeros(4, dtype=np.int64), np.array([1, 1, 1, 1])) == (4, 0.0)
 
 
 def test_the_operating_point_is_chosen_on_the_calibration_counts_and_evaluated_on_the_others() -> None:
-    from services.common.classification_metrics import histogram_edges, operating_point
+    from services.common.ml.classification_metrics import histogram_edges, operating_point
 
     edges = histogram_edges(4)
     calibration_positive, calibration_negative = np.array([1, 2, 3, 4]), np.array([5, 3, 1, 0])  # best: edge 1
@@ -234,7 +234,7 @@ def test_the_operating_point_is_chosen_on_the_calibration_counts_and_evaluated_o
 
 def test_the_half_probability_edge_reproduces_the_argmax_confusion_matrix() -> None:
     """The default 100 logit-spaced bins have 0.5 as an edge, so argmax is one of the candidate thresholds."""
-    from services.common.classification_metrics import HISTOGRAM_BINS, confusion_at_edge, histogram_edges
+    from services.common.ml.classification_metrics import HISTOGRAM_BINS, confusion_at_edge, histogram_edges
 
     edges = histogram_edges()
     half = int(np.flatnonzero(np.isclose(edges, 0.5))[0])

@@ -3,11 +3,13 @@
 import numpy as np
 import pytest
 import tenseal as ts
-from hypothesis import given, settings
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.common.ckks_params import (
+from services.common.errors import CkksParameterError, DecryptionIntegrityError
+from services.common.protocol.chunking import upload_chunk_count
+from services.common.secure_sum.ckks_params import (
     FRESH_NOISE_AT_UNIT_SCALE,
     ckks_parameters,
     field_layout,
@@ -16,14 +18,17 @@ from services.common.ckks_params import (
     public_context_bytes,
     statistics_layout,
 )
-from services.common.errors import CkksParameterError, DecryptionIntegrityError
-from services.common.chunking import upload_chunk_count
-from services.common.pairwise_masks import MaskScope, PeerMask, peer_masks
+from services.common.secure_sum.he_codec import (
+    RunningCiphertextSum,
+    decrypt_to_slot_integers,
+    encrypt_rows,
+    slot_matrix,
+)
+from services.common.secure_sum.noise import NoiseKind
+from services.common.secure_sum.packing import pack_fields, unpack_fields
+from services.common.secure_sum.pairwise_masks import MaskScope, PeerMask, peer_masks
+from services.common.secure_sum.update_codec import plan_quantization, scale_update
 from services.hospital_node.encryption_pool import EncryptedChunk, EncryptionPool, UploadRecipe
-from services.common.he_codec import RunningCiphertextSum, decrypt_to_slot_integers, encrypt_rows, slot_matrix
-from services.common.noise import NoiseKind
-from services.common.packing import pack_fields, unpack_fields
-from services.common.update_codec import plan_quantization, scale_update
 from tests.statistics import chi_square_critical, chi_square_uniform
 
 N_MAX_CONFIGURATIONS = (8, pytest.param(20, marks=pytest.mark.slow))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from services.common.head_refit import (
+from services.common.ml.head_refit import (
     FeatureMoments,
     classifier_head,
     feature_moments,
@@ -18,8 +18,8 @@ from services.common.head_refit import (
     statistics_dimension,
     statistics_vector,
 )
-from services.common.model_spec import flatten_state, parameter_spec, restore_state
-from services.common.models import build_model
+from services.common.ml.model_spec import flatten_state, parameter_spec, restore_state
+from services.common.ml.models import build_model
 
 
 def _moments(means: list[list[float]], covariance: list[list[float]], counts: list[int]) -> FeatureMoments:

@@ -9,8 +9,8 @@ import torch
 import torchvision
 
 from services.common.errors import SpecMismatchError
-from services.common.initial_weights import load_initial_weights
-from services.common.models import FrozenBatchNorm2d, build_model
+from services.common.ml.initial_weights import load_initial_weights
+from services.common.ml.models import FrozenBatchNorm2d, build_model
 from tests.imagenet_weights import imagenet_style_resnet50
 
 

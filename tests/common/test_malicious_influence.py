@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.common.noise import NoiseKind
-from services.common.packing import field_offset, to_centered, to_modular
-from services.common.quantize import l2_norm
-from services.common.update_codec import decode_mean_update, encode_update, plan_quantization, sum_norm_bound
+from services.common.secure_sum.noise import NoiseKind
+from services.common.secure_sum.packing import field_offset, to_centered, to_modular
+from services.common.secure_sum.quantize import l2_norm
+from services.common.secure_sum.update_codec import decode_mean_update, encode_update, plan_quantization, sum_norm_bound
 
 NODES, DIMENSION, CLIP = 5, 100_000, 10.0
 PLAN = plan_quantization(DIMENSION, CLIP, 10, 8, 3, NoiseKind.SKELLAM, 16.0)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from services.common.classification_metrics import HISTOGRAM_BINS
-from services.common.evaluation_report import EvaluationCounts, EvaluationReport
-from services.common.masked_evaluation import (
+from services.common.ml.classification_metrics import HISTOGRAM_BINS
+from services.common.ml.evaluation_report import EvaluationCounts, EvaluationReport
+from services.common.secure_sum.masked_evaluation import (
     COUNT_BITS,
     EVALUATION_DOMAIN,
     LOSS_SCALE,
@@ -17,8 +17,8 @@ from services.common.masked_evaluation import (
     pooled_report,
     vector_length,
 )
-from services.common.pairwise_masks import peer_masks
-from services.common.pooled_counts import PooledCountsError
+from services.common.secure_sum.pairwise_masks import peer_masks
+from services.common.secure_sum.pooled_counts import PooledCountsError
 from tests.evaluations import histograms_for
 
 pytestmark = pytest.mark.unit

@@ -7,12 +7,12 @@ import pytest
 import tenseal as ts
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
-from services.common.ckks_params import COEFF_MOD_BIT_SIZES, POLY_MODULUS_DEGREE
-from services.common.class_roster import ClassRoster
-from services.common.model_spec import parameter_spec
-from services.common.models import build_model
-from services.common.upload import CIPHERTEXT_BYTES_BOUND, upload_message_limit
-from services.common.wire import join_to_wire
+from services.common.ml.model_spec import parameter_spec
+from services.common.ml.models import build_model
+from services.common.protocol.class_roster import ClassRoster
+from services.common.protocol.upload import CIPHERTEXT_BYTES_BOUND, upload_message_limit
+from services.common.protocol.wire import join_to_wire
+from services.common.secure_sum.ckks_params import COEFF_MOD_BIT_SIZES, POLY_MODULUS_DEGREE
 
 pytestmark = pytest.mark.unit
 CHUNK_CIPHERTEXTS = 8

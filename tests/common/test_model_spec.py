@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from services.common.errors import SpecMismatchError
-from services.common.model_spec import flatten_state, parameter_spec, restore_state
+from services.common.ml.model_spec import flatten_state, parameter_spec, restore_state
 
 
 def _net(classes: int) -> torch.nn.Module:
@@ -40,7 +40,7 @@ def test_restore_refuses_a_vector_of_the_wrong_length() -> None:
 
 
 def test_resnet50_with_two_classes_aggregates_exactly_its_trainable_parameters() -> None:
-    from services.common.models import build_model
+    from services.common.ml.models import build_model
 
     model = build_model("resnet50", 2)
     assert sum(p.numel() for p in model.parameters()) == 23_512_130

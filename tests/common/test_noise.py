@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from services.common.noise import NoiseKind, node_noise_share, sample_noise
+from services.common.secure_sum.noise import NoiseKind, node_noise_share, sample_noise
 
 SAMPLES = 400_000
 

@@ -1,12 +1,18 @@
 import numpy as np
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from services.common.errors import PackingError
-from services.common.packing import FieldLayout, headroom_bits, pack_fields, to_centered, to_modular, unpack_fields
-
-import pytest
+from services.common.secure_sum.packing import (
+    FieldLayout,
+    headroom_bits,
+    pack_fields,
+    to_centered,
+    to_modular,
+    unpack_fields,
+)
 
 
 def test_headroom_is_ceil_log2_of_participants() -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from services.common.pairwise_masks import (
+from services.common.secure_sum.pairwise_masks import (
     MaskScope,
     authority_mask,
     authority_unmasks,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from services.common.pairwise_masks import MaskScope, mask_values, peer_masks
-from services.common.pooled_counts import (
+from services.common.secure_sum.pairwise_masks import MaskScope, mask_values, peer_masks
+from services.common.secure_sum.pooled_counts import (
     COUNT_BITS,
     COUNTS_DOMAIN,
     PLAUSIBLE_COUNT,

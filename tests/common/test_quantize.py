@@ -5,8 +5,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from services.common.quantize import (_NORM_BLOCK, clip_l2, l2_norm, randomized_round, round_piece, rounded_l2_bound,
-                                      scale_and_clamp)
+from services.common.secure_sum.quantize import (
+    _NORM_BLOCK,
+    clip_l2,
+    l2_norm,
+    randomized_round,
+    round_piece,
+    rounded_l2_bound,
+    scale_and_clamp,
+)
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False)
 

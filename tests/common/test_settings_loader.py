@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.aggregator.config import AggregatorSettings
-from services.common.settings_loader import SettingsError, describe_settings, load_settings
+from services.common.runtime.settings_loader import SettingsError, describe_settings, load_settings
 from services.hospital_node.config import HospitalNodeSettings
 
 pytestmark = pytest.mark.unit
@@ -81,7 +81,7 @@ def test_the_service_process_exits_with_the_message_and_no_traceback() -> None:
 def test_the_text_log_format_is_one_plain_line_per_message(capsys: pytest.CaptureFixture[str]) -> None:
     import logging
 
-    from services.common.service_runtime import configure_logging
+    from services.common.runtime.service_runtime import configure_logging
 
     configure_logging("aggregator", "INFO", json_logs=False)
     logging.getLogger("services.aggregator.evaluation_board").info("round 2: 5 hospitals, accuracy 0.750")

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from services.common.head_refit import FeatureMoments, lda_head, moments_from_statistics, statistics_vector
-from services.common.noise import NoiseKind
-from services.common.update_codec import (
+from services.common.ml.head_refit import FeatureMoments, lda_head, moments_from_statistics, statistics_vector
+from services.common.secure_sum.noise import NoiseKind
+from services.common.secure_sum.update_codec import (
     decode_mean_update,
     encode_update,
     plan_quantization,

@@ -9,20 +9,17 @@ import pytest
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.common.errors import MalformedChunkError
-from services.common.evaluation_report import EvaluationCounts, EvaluationReport, MaskedEvaluationReport
-from services.common.masked_evaluation import vector_length
-from services.common.packing import FieldLayout
-from services.common.public_key import PublicKeyInfo
-from services.common.round_plan import (
+from services.common.ml.evaluation_report import EvaluationCounts, EvaluationReport, MaskedEvaluationReport
+from services.common.protocol.public_key import PublicKeyInfo
+from services.common.protocol.round_plan import (
     ModelChunk,
     RoundKind,
     RoundPlan,
     SumLayout,
     TrainingFinished,
 )
-from services.common.upload import Attestation, DecryptManifest, PhaseSeconds, RecordPrivacySpent, UploadChunk
-from tests.plans import PLAN
-from services.common.wire import (
+from services.common.protocol.upload import Attestation, DecryptManifest, PhaseSeconds, RecordPrivacySpent, UploadChunk
+from services.common.protocol.wire import (
     evaluation_from_wire,
     evaluation_to_wire,
     field_values_from_wire,
@@ -39,6 +36,9 @@ from services.common.wire import (
     upload_chunk_from_wire,
     upload_chunk_to_wire,
 )
+from services.common.secure_sum.masked_evaluation import vector_length
+from services.common.secure_sum.packing import FieldLayout
+from tests.plans import PLAN
 
 ATTESTATION = Attestation("hospital-1", 7, "0123456789abcdef", 2, b"d" * 32, b"s" * 64, SumLayout.UPDATE, 2,
                           b"p" * 32, 1000, 8)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from services.aggregator.round_metrics import record_presence
-from services.common.grpc_status import REFUSAL_REASONS
-from services.common.metrics import ServiceMetrics
+from services.common.runtime.grpc_status import REFUSAL_REASONS
+from services.common.runtime.metrics import ServiceMetrics
 
 pytestmark = pytest.mark.unit
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.consortium import ConsortiumConfig
+from scripts.launcher import ConsortiumConfig
 from scripts.make_certs import make_consortium_certs
 from services.aggregator.run_outcome import RunOutcome
 from scripts.settings_env import child_environment
@@ -64,7 +64,7 @@ def tls(certs: Path, name: str) -> dict[str, object]:
 
 
 def start_services(lab: NetnsLab, run_dir: Path, node_ids: list[str]) -> dict[str, str]:
-    """Each service's environment is built from its settings model (scripts.consortium's ConsortiumConfig), as
+    """Each service's environment is built from its settings model (scripts.launcher's ConsortiumConfig), as
     the local launcher builds it; only the addresses differ: one per namespace."""
     certs, logs = run_dir / "certs", run_dir / "logs"
     make_consortium_certs(certs, node_ids)

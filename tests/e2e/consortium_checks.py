@@ -11,7 +11,7 @@ import numpy as np
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
-from scripts.consortium import QUICK_TRAINING, Consortium, ConsortiumConfig, SettingValues
+from scripts.launcher import QUICK_TRAINING, Consortium, ConsortiumConfig, SettingValues
 from tests.service_hooks.hooks import TestHooks, hooked
 
 # What every end-to-end consortium runs: the tiny model at 32 px, Dirichlet label skew, one training thread and

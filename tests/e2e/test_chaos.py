@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.consortium import Consortium
+from scripts.launcher import Consortium
 from services.aggregator.run_outcome import RunOutcome
 from tests.e2e.consortium_checks import assert_exact_sums, recording, scrape, tiny_config
 

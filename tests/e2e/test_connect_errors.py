@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from scripts.consortium import free_port
+from scripts.launcher import free_port
 from scripts.make_certs import issue, make_ca
 from scripts.settings_env import child_environment
-from services.common.node_identity import generate_identity
+from services.common.protocol.node_identity import generate_identity
 from services.hospital_node.config import HospitalNodeSettings
 from services.key_authority.config import KeyAuthoritySettings
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from experiments.privacy_cost import Setting, cost
-from services.common.ckks_params import ckks_parameters, field_layout
-from services.common.model_spec import flatten_named, parameter_spec, restore_state
-from services.common.models import build_model
-from services.common.packing import field_offset
-from services.common.quantize import scale_and_clamp
+from services.common.ml.model_spec import flatten_named, parameter_spec, restore_state
+from services.common.ml.models import build_model
+from services.common.secure_sum.ckks_params import ckks_parameters, field_layout
+from services.common.secure_sum.packing import field_offset
+from services.common.secure_sum.quantize import scale_and_clamp
 from services.hospital_node.data.local_data import load_local_data
 from services.hospital_node.trainer import LocalTraining, loss_gradient
 from tests.e2e.consortium_checks import (

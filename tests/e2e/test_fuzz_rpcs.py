@@ -26,9 +26,9 @@ from hypothesis import strategies as st
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
-from scripts.consortium import Consortium
-from services.common.tls import GRPC_MESSAGE_LIMIT
-from services.common.upload import upload_message_limit
+from scripts.launcher import Consortium
+from services.common.protocol.upload import upload_message_limit
+from services.common.runtime.tls import GRPC_MESSAGE_LIMIT
 from tests.e2e.consortium_checks import field_sum, node_fields, recording, tiny_config
 
 pytestmark = pytest.mark.e2e

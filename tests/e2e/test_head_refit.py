@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.consortium import Consortium, ConsortiumConfig
-from services.common.head_refit import head_positions, lda_head, moments_from_statistics, statistics_dimension
-from services.common.model_spec import parameter_spec
-from services.common.models import build_model
+from scripts.launcher import Consortium, ConsortiumConfig
+from services.common.ml.head_refit import head_positions, lda_head, moments_from_statistics, statistics_dimension
+from services.common.ml.model_spec import parameter_spec
+from services.common.ml.models import build_model
 from tests.e2e.consortium_checks import (
     checkpoint_weights,
     field_sum,

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from services.aggregator.checkpoint import load_latest_checkpoint
-from services.common.initial_weights import load_initial_weights
-from services.common.model_spec import flatten_state, parameter_spec
-from services.common.models import build_model
-from services.common.trainable import trained_positions
+from services.common.ml.initial_weights import load_initial_weights
+from services.common.ml.model_spec import flatten_state, parameter_spec
+from services.common.ml.models import build_model
+from services.common.ml.trainable import trained_positions
 from tests.e2e.consortium_checks import assert_exact_sums, node_fields, recording, run_to_completion, tiny_config
 from tests.imagenet_weights import imagenet_style_resnet50
 

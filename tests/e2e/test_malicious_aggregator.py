@@ -24,33 +24,33 @@ import tenseal as ts
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
-from scripts.consortium import Consortium, free_port
+from scripts.launcher import Consortium, free_port
 from services.aggregator.config import AggregatorSettings
 from services.aggregator.pooled_evaluation import validate_report
 from services.aggregator.round_planner import RoundPlanner, broadcast_chunks
-from services.common.ckks_params import load_public_context
-from services.common.evaluation_report import EvaluationReport
-from services.common.he_codec import RunningCiphertextSum
-from services.common.masked_evaluation import pooled_report
-from services.common.model_spec import flatten_state, parameter_spec
-from services.common.models import build_model
-from services.common.noise import NoiseKind
-from services.common.node_identity import load_identity
-from services.common.packing import field_offset, to_centered
-from services.common.pairwise_masks import participant_set_hash
-from services.common.pooled_counts import PooledCountsError
-from services.common.round_plan import ModelChunk, RoundKind, RoundPlan
-from services.common.tls import add_port
-from services.common.update_codec import sum_norm_bound
-from services.common.upload import Attestation
-from services.common.wire import (
+from services.common.ml.evaluation_report import EvaluationReport
+from services.common.ml.model_spec import flatten_state, parameter_spec
+from services.common.ml.models import build_model
+from services.common.protocol.node_identity import load_identity
+from services.common.protocol.round_plan import ModelChunk, RoundKind, RoundPlan
+from services.common.protocol.upload import Attestation
+from services.common.protocol.wire import (
     attestation_from_wire,
     attestation_to_wire,
     field_values_from_wire,
-    public_key_from_wire,
     plan_digest,
+    public_key_from_wire,
     round_message_to_wire,
 )
+from services.common.runtime.tls import add_port
+from services.common.secure_sum.ckks_params import load_public_context
+from services.common.secure_sum.he_codec import RunningCiphertextSum
+from services.common.secure_sum.masked_evaluation import pooled_report
+from services.common.secure_sum.noise import NoiseKind
+from services.common.secure_sum.packing import field_offset, to_centered
+from services.common.secure_sum.pairwise_masks import participant_set_hash
+from services.common.secure_sum.pooled_counts import PooledCountsError
+from services.common.secure_sum.update_codec import sum_norm_bound
 from tests.e2e.consortium_checks import tiny_config
 from tests.statistics import chi_square_critical, chi_square_uniform
 

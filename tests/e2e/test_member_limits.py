@@ -19,11 +19,11 @@ import pytest
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
-from scripts.consortium import Consortium
-from services.common.class_roster import ClassRoster
-from services.common.model_spec import parameter_spec
-from services.common.models import build_model
-from services.common.wire import join_to_wire
+from scripts.launcher import Consortium
+from services.common.ml.model_spec import parameter_spec
+from services.common.ml.models import build_model
+from services.common.protocol.class_roster import ClassRoster
+from services.common.protocol.wire import join_to_wire
 from services.hospital_node.data.synthetic_xray import BINARY_CLASS_NAMES
 from tests.e2e.consortium_checks import tiny_config
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.consortium import QUICK_TRAINING, TABLE_HEADER, Consortium, ConsortiumConfig
+from scripts.launcher import QUICK_TRAINING, TABLE_HEADER, Consortium, ConsortiumConfig
 from tests.scripts.png_hospitals import write_hospital
 
 pytestmark = pytest.mark.e2e

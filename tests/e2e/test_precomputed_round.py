@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.consortium import Consortium
+from scripts.launcher import Consortium
 from tests.e2e.consortium_checks import assert_exact_sums, recording, tiny_config
 
 pytestmark = pytest.mark.e2e

@@ -13,13 +13,13 @@ import pytest
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
-from scripts.consortium import Consortium
-from services.common.node_identity import load_identity
-from services.common.packing import field_offset
-from services.common.pairwise_masks import participant_set_hash
-from services.common.round_plan import SumLayout
-from services.common.upload import Attestation, DecryptManifest
-from services.common.wire import manifest_to_wire
+from scripts.launcher import Consortium
+from services.common.protocol.node_identity import load_identity
+from services.common.protocol.round_plan import SumLayout
+from services.common.protocol.upload import Attestation, DecryptManifest
+from services.common.protocol.wire import manifest_to_wire
+from services.common.secure_sum.packing import field_offset
+from services.common.secure_sum.pairwise_masks import participant_set_hash
 from tests.e2e.consortium_checks import (
     checkpoint_weights,
     field_sum,
@@ -219,7 +219,7 @@ def _handshake_fails(channel: grpc.Channel) -> bool:
 
 def test_aggregator_refuses_foreign_ca_missing_and_plaintext_clients(finished_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from scripts.make_certs import issue, make_ca
-    from services.common.tls import AGGREGATOR_NAME, TlsSettings, channel
+    from services.common.runtime.tls import AGGREGATOR_NAME, TlsSettings, channel
 
     consortium, *_ = finished_run
     assert not _handshake_fails(consortium.channel_as("hospital-1", "aggregator"))  # the control: members get in

@@ -17,7 +17,7 @@ import pytest
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
-from scripts.consortium import Consortium
+from scripts.launcher import Consortium
 from tests.e2e.consortium_checks import scrape, tiny_config
 
 pytestmark = pytest.mark.e2e

@@ -10,20 +10,23 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
-from scripts.consortium import Consortium
-from services.common.model_spec import flatten_state, parameter_spec
-from services.common.models import build_model
-from services.common.round_plan import RoundPlan
-from services.common.node_identity import NodeKeyRegistry, load_agreement_key, load_identity
-from services.common.pairwise_masks import MaskScope, authority_mask, peer_masks
-from services.common.wire import plan_digest, plan_from_wire, public_key_from_wire, upload_chunk_to_wire
+from scripts.launcher import Consortium
+from services.common.ml.model_spec import flatten_state, parameter_spec
+from services.common.ml.models import build_model
+from services.common.protocol.node_identity import NodeKeyRegistry, load_agreement_key, load_identity
+from services.common.protocol.round_plan import RoundPlan
+from services.common.protocol.wire import plan_from_wire, public_key_from_wire, upload_chunk_to_wire
 from services.hospital_node.data.synthetic_xray import synthetic_class_names
 from services.hospital_node.encryption_pool import EncryptionPool
-from services.hospital_node.update_stream import UploadTimings, secure_upload, upload_recipe
+from services.hospital_node.update_stream import (
+    UploadTimings,
+    attempt_scope,
+    masked_recipe,
+    secure_upload,
+)
 from tests.e2e.consortium_checks import field_sum, node_fields, recording, scrape, tiny_config
 
 
@@ -87,16 +90,12 @@ class IntruderNode:
         """An upload made as a real node makes it: masked for the plan's set, and with the key authority."""
         public = public_key_from_wire(self.key_authority.GetPublicContext(pb.GetPublicContextRequest(), timeout=30))
         update = np.random.default_rng(11).normal(0, 1e-3, self.spec.count)
-        scope = MaskScope("fedxray", plan.key_id, plan.round_id, plan.attempt, plan.participants, plan_digest(plan))
         peers = NodeKeyRegistry.from_directory(self.identities).agreement_keys
-        masks = tuple(peer_masks(self.node_id, self.agreement, peers, scope))
-        authority = authority_mask(self.node_id, self.agreement,
-                                   X25519PublicKey.from_public_bytes(public.mask_agreement_key), scope)
+        recipe = masked_recipe(plan, self.node_id, self.agreement, peers, public, attempt_scope("fedxray", plan),
+                               seed=np.random.SeedSequence(5))
         with EncryptionPool(public.context, workers=0) as pool:
             return [upload_chunk_to_wire(chunk) for chunk in secure_upload(
-                plan, update, self.node_id, self.identity, pool,
-                upload_recipe(plan, public.slots, np.random.SeedSequence(5), masks, (authority,)), UploadTimings(),
-                record)]
+                plan, update, self.node_id, self.identity, pool, recipe, UploadTimings(), record)]
 
     def break_off_before_the_first_chunk(self) -> None:
         """Open an upload, send nothing, and cancel it: the aggregator counts a broken stream."""

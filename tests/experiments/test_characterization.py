@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from experiments.simulator import Simulation, simulate
-from services.common.atomic_files import read_json_lines
+from services.common.runtime.atomic_files import read_json_lines
 from tests.recorded import assert_matches_recorded
 
 RECORDED = Path(__file__).parent / "characterization"

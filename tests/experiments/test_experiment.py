@@ -9,13 +9,13 @@ import torch
 
 from experiments import experiment, paired
 from experiments.centralized import FINAL_STATE, pooled_data, run_centralized
-from scripts.consortium import ConsortiumConfig
-from services.common.atomic_files import read_json_lines
-from services.common.classification_metrics import confusion_matrix
-from services.common.head_refit import feature_moments, lda_head
-from services.common.trainable import classifier_head
-from services.common.model_spec import flatten_state
-from services.common.models import build_model
+from scripts.launcher import ConsortiumConfig
+from services.common.ml.classification_metrics import confusion_matrix
+from services.common.ml.head_refit import feature_moments, lda_head
+from services.common.ml.model_spec import flatten_state
+from services.common.ml.models import build_model
+from services.common.ml.trainable import classifier_head
+from services.common.runtime.atomic_files import read_json_lines
 from services.hospital_node.data.local_data import load_local_data
 from services.hospital_node.trainer import LocalTraining, predict
 from tests.e2e.consortium_checks import checkpoint_weights

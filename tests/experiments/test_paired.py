@@ -11,10 +11,10 @@ import torch
 
 from experiments import paired
 from experiments.centralized import FINAL_STATE, pooled_data
-from scripts.consortium import ConsortiumConfig
-from services.common.classification_metrics import confusion_at_edge, histogram_edges, metrics_from_confusion
-from services.common.model_spec import flatten_state
-from services.common.models import build_model
+from scripts.launcher import ConsortiumConfig
+from services.common.ml.classification_metrics import confusion_at_edge, histogram_edges, metrics_from_confusion
+from services.common.ml.model_spec import flatten_state
+from services.common.ml.models import build_model
 from services.hospital_node.data.local_data import load_local_data
 from services.hospital_node.trainer import evaluate
 

@@ -11,14 +11,14 @@ import pytest
 
 from experiments import privacy_cost
 from experiments.privacy_cost import Setting, cheapest, cost, packings, plan
-from services.common.ckks_params import ckks_parameters, field_layout, slot_capacity_bits
-from services.common.errors import CkksParameterError
-from services.common.model_spec import parameter_spec
-from services.common.models import build_model
-from services.common.packing import headroom_bits
 from services.aggregator.privacy_accountant import SkellamAccountant, round_privacy
 from services.aggregator.skellam_rdp import RDP_ORDERS, rdp_to_epsilon
-from services.common.update_codec import decode_mean_update, encode_update
+from services.common.errors import CkksParameterError
+from services.common.ml.model_spec import parameter_spec
+from services.common.ml.models import build_model
+from services.common.secure_sum.ckks_params import ckks_parameters, field_layout, slot_capacity_bits
+from services.common.secure_sum.packing import headroom_bits
+from services.common.secure_sum.update_codec import decode_mean_update, encode_update
 
 SETTING = Setting(dimension=1_000_000, clip_norm=20.0, rounds=12, delta=1e-5, participants=5, quorum=3,
                   max_participants=8)

@@ -7,7 +7,7 @@ import pytest
 
 from experiments import report as report_module
 from experiments.report import write_report
-from services.common.classification_metrics import f1_sampling_sd
+from services.common.ml.classification_metrics import f1_sampling_sd
 
 
 def _run(directory: Path, f1s: list[float], phases: bool) -> Path:

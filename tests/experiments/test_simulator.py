@@ -9,11 +9,11 @@ import torch
 
 from experiments import simulator, sweep
 from experiments.simulator import Codec, Simulation, consortium_config, secure_sum, sent, simulate
-from services.common.atomic_files import read_json_lines
-from services.common.head_refit import FeatureMoments, lda_head, moments_of, scaled_to
-from services.common.noise import NoiseKind
-from services.common.quantize import scale_and_clamp
-from services.common.update_codec import plan_quantization, received_update
+from services.common.ml.head_refit import FeatureMoments, lda_head, moments_of, scaled_to
+from services.common.runtime.atomic_files import read_json_lines
+from services.common.secure_sum.noise import NoiseKind
+from services.common.secure_sum.quantize import scale_and_clamp
+from services.common.secure_sum.update_codec import plan_quantization, received_update
 from services.hospital_node import local_round
 from services.hospital_node.data.local_data import LocalData
 

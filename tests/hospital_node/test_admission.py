@@ -12,15 +12,15 @@ import torch
 
 from services.aggregator.config import AggregatorSettings
 from services.aggregator.round_planner import RoundPlanner, broadcast_chunks
-from services.common.evaluation_report import EvaluationReport, MaskedEvaluationReport
-from services.common.masked_evaluation import vector_length
-from services.common.metrics import ServiceMetrics
-from services.common.model_spec import flatten_state, parameter_spec
-from services.common.models import build_model
-from services.common.node_identity import NodeKeyRegistry, generate_identity
-from services.common.public_key import PublicKeyInfo
-from services.common.round_plan import RoundDecline, RoundKind, RoundPlan
-from services.common.upload import SubmitReceipt, UploadChunk, disclosures_digest
+from services.common.ml.evaluation_report import EvaluationReport, MaskedEvaluationReport
+from services.common.ml.model_spec import flatten_state, parameter_spec
+from services.common.ml.models import build_model
+from services.common.protocol.node_identity import NodeKeyRegistry, generate_identity
+from services.common.protocol.public_key import PublicKeyInfo
+from services.common.protocol.round_plan import RoundDecline, RoundKind, RoundPlan
+from services.common.protocol.upload import SubmitReceipt, UploadChunk, disclosures_digest
+from services.common.runtime.metrics import ServiceMetrics
+from services.common.secure_sum.masked_evaluation import vector_length
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.data.local_data import LocalData
 from services.hospital_node.node_loop import HospitalNode

@@ -12,16 +12,16 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from services.common.model_spec import flatten_state, parameter_spec
-from services.common.models import ARCHITECTURES, PER_EXAMPLE_ARCHITECTURES, FrozenBatchNorm2d, build_model
-from services.common.trainable import TRAINABLE, classifier_head, trained_parameters, trained_positions
+from scripts.launcher import record_epsilon_text
+from services.common.ml.model_spec import flatten_state, parameter_spec
+from services.common.ml.models import ARCHITECTURES, PER_EXAMPLE_ARCHITECTURES, FrozenBatchNorm2d, build_model
+from services.common.ml.trainable import TRAINABLE, classifier_head, trained_parameters, trained_positions
 from services.hospital_node.data.local_data import LocalData
 from services.hospital_node.data.synthetic_xray import MAX_IMAGES_PER_PATIENT, synthetic_patients
 from services.hospital_node.head_training import clipped_unit_sum, frozen_features, per_example_gradients, train_head
 from services.hospital_node.local_round import train_round
 from services.hospital_node.private_training import PrivateTraining, PrivateTrainingError, require_private_model
 from services.hospital_node.trainer import LocalTraining
-from scripts.consortium import record_epsilon_text
 
 pytestmark = pytest.mark.unit
 CPU = torch.device("cpu")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tenseal as ts
 
-from services.common.ckks_params import ckks_parameters, field_layout
-from services.common.he_codec import decrypt_to_slot_integers, slot_matrix
-from services.common.packing import pack_fields
+from services.common.secure_sum.ckks_params import ckks_parameters, field_layout
+from services.common.secure_sum.he_codec import decrypt_to_slot_integers, slot_matrix
+from services.common.secure_sum.packing import pack_fields
 from services.hospital_node import encryption_pool
 from services.hospital_node.encryption_pool import (
     EncryptionPool,
@@ -75,9 +75,9 @@ def _keyed_recipe(tag: str | None, seed: int = 9, full: int = 3) -> tuple[Upload
     one chunk each."""
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-    from services.common.noise import NoiseKind
-    from services.common.pairwise_masks import MaskScope, authority_mask, peer_masks
-    from services.common.update_codec import plan_quantization
+    from services.common.secure_sum.noise import NoiseKind
+    from services.common.secure_sum.pairwise_masks import MaskScope, authority_mask, peer_masks
+    from services.common.secure_sum.update_codec import plan_quantization
 
     layout = field_layout(PARAMS, 8, None)
     dimension = PARAMS.slots * layout.fields_per_slot * full + 11
@@ -100,9 +100,9 @@ def test_worker_processes_precompute_and_the_upload_uses_them(secret: ts.Context
     and encryptions of zero drawn while 'training', each chunk's slice of the update read from its ring slot)
     encodes exactly the fields a direct upload from the same seeds encodes in this process (from the update itself),
     in other ciphertexts, and decrypts to them plus the authority mask."""
-    from services.common.ckks_params import public_context_bytes
-    from services.common.packing import to_modular, unpack_fields
-    from services.common.pairwise_masks import mask_values
+    from services.common.secure_sum.ckks_params import public_context_bytes
+    from services.common.secure_sum.packing import to_modular, unpack_fields
+    from services.common.secure_sum.pairwise_masks import mask_values
 
     recipe, dimension = _keyed_recipe("7:1")
     bounds = recipe.bounds(dimension)
@@ -154,7 +154,7 @@ def test_each_draw_is_used_once_and_only_by_its_round_attempt(secret: ts.Context
 def test_an_upload_under_a_precomputed_tag_with_another_recipe_is_refused(secret: ts.Context) -> None:
     """A precompute's draws belong to its recipe: an upload that names its tag with other seeds or masks would
     mix two recipes' noise, so it is refused before anything is encrypted."""
-    from services.common.ckks_params import public_context_bytes
+    from services.common.secure_sum.ckks_params import public_context_bytes
 
     recipe, dimension = _keyed_recipe("7:1")
     with EncryptionPool(public_context_bytes(secret), workers=1) as pool:
@@ -179,9 +179,9 @@ def test_an_upload_left_half_way_cannot_read_or_write_a_newer_uploads_ciphertext
     upload left suspended half-way (its stream failed) gives the ring up to the next one: resumed, it fails before
     it submits another chunk, so it can neither return the newer upload's ciphertexts nor overwrite a slot the newer
     upload has yet to collect; the newer upload decrypts to exactly its own fields."""
-    from services.common.ckks_params import public_context_bytes
-    from services.common.packing import to_modular, unpack_fields
-    from services.common.pairwise_masks import mask_values
+    from services.common.secure_sum.ckks_params import public_context_bytes
+    from services.common.secure_sum.packing import to_modular, unpack_fields
+    from services.common.secure_sum.pairwise_masks import mask_values
 
     recipe, dimension = _keyed_recipe(None, full=7)  # 8 chunks: more than the ring's 4 slots
     update = _update(dimension)

@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 
 from services.common.errors import PlanRefusedError
-from services.common.noise import NoiseKind
-from services.common.public_key import PublicKeyInfo
-from services.common.round_plan import RoundKind, RoundPlan
+from services.common.protocol.public_key import PublicKeyInfo
+from services.common.protocol.round_plan import RoundKind, RoundPlan
+from services.common.secure_sum.noise import NoiseKind
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.privacy_floor import check_evaluation, check_plan
 from tests.plans import PLAN, STATISTICS_LAYOUT, UPDATE_LAYOUT

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from services.common.round_plan import LocalTrainingPlan
+from services.common.protocol.round_plan import LocalTrainingPlan
 from services.hospital_node.config import DEFAULT_RECORD_EPSILON, HospitalNodeSettings
 from services.hospital_node.local_round import record_target
 

@@ -13,8 +13,8 @@ from opacus.validators import ModuleValidator
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from services.common.models import FrozenBatchNorm2d, build_model
-from services.common.trainable import last_block_parameters
+from services.common.ml.models import FrozenBatchNorm2d, build_model
+from services.common.ml.trainable import last_block_parameters
 from services.hospital_node.data.local_data import LocalData
 from services.hospital_node.private_training import (
     GRAD_SAMPLE_MODES,

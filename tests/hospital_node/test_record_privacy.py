@@ -15,12 +15,12 @@ from opacus.accountants import PRVAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
 from services.common.errors import PlanRefusedError
-from services.common.round_plan import LocalTrainingPlan
+from services.common.protocol.round_plan import LocalTrainingPlan
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.local_round import record_target
 from services.hospital_node.record_privacy import (
-    RecordBudget,
     RDP_ORDERS,
+    RecordBudget,
     RecordBudgetTarget,
     epsilon_of,
     plan_noise_multiplier,

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from services.common.classification_metrics import auc_from_histograms, histogram_edges
-from services.common.trainable import classifier_head
-from services.common.model_spec import flatten_state
-from services.common.models import build_model
-from services.hospital_node.data.synthetic_xray import generate_synthetic_xrays
+from services.common.ml.classification_metrics import auc_from_histograms, histogram_edges
+from services.common.ml.model_spec import flatten_state
+from services.common.ml.models import build_model
+from services.common.ml.trainable import classifier_head
 from services.hospital_node.data.local_data import LocalData
+from services.hospital_node.data.synthetic_xray import generate_synthetic_xrays
 from services.hospital_node.trainer import (
     LocalTraining,
     evaluate,

@@ -3,9 +3,9 @@
 import pytest
 
 from services.common.errors import MalformedChunkError
-from services.common.packing import FieldLayout
-from services.common.public_key import PublicKeyInfo
-from services.common.round_plan import RoundKind, RoundPlan
+from services.common.protocol.public_key import PublicKeyInfo
+from services.common.protocol.round_plan import RoundKind, RoundPlan
+from services.common.secure_sum.packing import FieldLayout
 from services.hospital_node.update_stream import require_signed_layout
 from tests.plans import PLAN, STATISTICS_LAYOUT, UPDATE_LAYOUT, packed_in
 

@@ -15,11 +15,11 @@ from services.common.errors import (
     UnknownNodeError,
     WrongKeyError,
 )
-from services.common.node_identity import NodeKeyRegistry, generate_identity, load_identity
-from services.common.pairwise_masks import participant_set_hash
-from services.common.round_plan import SumLayout
-from services.common.stream_digest import sign_attestation
-from services.common.upload import Attestation, DecryptManifest
+from services.common.protocol.node_identity import NodeKeyRegistry, generate_identity, load_identity
+from services.common.protocol.round_plan import SumLayout
+from services.common.protocol.stream_digest import sign_attestation
+from services.common.protocol.upload import Attestation, DecryptManifest
+from services.common.secure_sum.pairwise_masks import participant_set_hash
 from services.key_authority.decryption_policy import DecryptionLedger, DecryptionPolicy
 from services.key_authority.key_store import KeyMaterial, load_or_create_keys
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tenseal as ts
 
-from services.common.ckks_params import ckks_parameters
 from services.common.errors import DecryptionIntegrityError
-from services.common.he_codec import encrypt_rows
+from services.common.secure_sum.ckks_params import ckks_parameters
+from services.common.secure_sum.he_codec import encrypt_rows
 from services.key_authority.decryption_pool import DecryptionPool
 from services.key_authority.key_store import make_secret_context
 

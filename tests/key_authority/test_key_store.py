@@ -2,8 +2,8 @@ import stat
 
 import pytest
 
-from services.common.ckks_params import load_public_context
 from services.common.errors import CkksParameterError
+from services.common.secure_sum.ckks_params import load_public_context
 from services.key_authority.key_store import AGREEMENT_FILE, SECRET_FILE, load_or_create_keys
 
 

@@ -10,9 +10,9 @@ import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.common.atomic_files import atomic_writer, write_json_atomic
-from services.common.round_plan import RoundPlan
 from scripts.settings_env import settings_env
+from services.common.protocol.round_plan import RoundPlan
+from services.common.runtime.atomic_files import atomic_writer, write_json_atomic
 
 HOOKED_MODULES = {"aggregator": "tests.service_hooks.aggregator", "hospital_node": "tests.service_hooks.hospital_node"}
 

@@ -1,6 +1,6 @@
 """The closing head refit: linear discriminant analysis on the hospitals' summed feature
 statistics (classifier calibration from feature statistics: Luo et al., "No Fear of
-Heterogeneity", NeurIPS 2021; the statistics and the fit are in `services/common/head_refit.py`).
+Heterogeneity", NeurIPS 2021; the statistics and the fit are in `services/common/ml/head_refit.py`).
 
 The nodes receive the trained model and upload, instead of an update, their feature
 statistics scaled to the clip norm, in the statistics layout. The decoded sum (the
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.common.head_refit import HeadPositions, lda_head, moments_from_statistics, statistics_dimension
+from services.common.ml.head_refit import HeadPositions, lda_head, moments_from_statistics, statistics_dimension
 
 
 class HeadRefitError(ValueError):

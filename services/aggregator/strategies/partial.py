@@ -1,7 +1,7 @@
 """Rounds that train part of the model (`trainable` head or last_block): only that part travels.
 
 Nodes upload their update at the trained positions of the flat weight vector
-(`services/common/trainable.py`); the wrapped server step sees the mean update put back at
+(`services/common/ml/trainable.py`); the wrapped server step sees the mean update put back at
 those positions, zero elsewhere, so every other weight stays exactly as it was (FedAvgM's
 velocity and FedAdam's moments stay zero there too).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from services.aggregator.strategies.strategy import TrainingStrategy
-from services.common.trainable import scatter
+from services.common.ml.trainable import scatter
 
 
 class PartialUpdate:

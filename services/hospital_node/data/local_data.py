@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from services.common.class_roster import ClassRoster
+from services.common.protocol.class_roster import ClassRoster
+from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.data.partition import partition_indices
 from services.hospital_node.data.synthetic_xray import (
     MAX_IMAGES_PER_PATIENT,
@@ -26,7 +27,6 @@ from services.hospital_node.data.synthetic_xray import (
     synthetic_class_names,
     synthetic_patients,
 )
-from services.hospital_node.config import HospitalNodeSettings
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.packing import FieldLayout
-from services.common.round_plan import SumLayout
+from services.common.protocol.round_plan import SumLayout
+from services.common.secure_sum.packing import FieldLayout
 
 
 def unpacking_layout(sum_layout: SumLayout, update: FieldLayout, statistics: FieldLayout) -> FieldLayout:

@@ -8,37 +8,32 @@ with `MalformedChunkError` (INVALID_ARGUMENT), before any domain code sees it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import cast
 
 import numpy as np
 
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from services.common.errors import MalformedChunkError, PackingError
-from services.common.classification_metrics import HISTOGRAM_SPACING
-from services.common.evaluation_report import EvaluationCounts, EvaluationReport, MaskedEvaluationReport
-from services.common.masked_evaluation import vector_length
-from services.common.class_roster import ClassRoster
-from services.common.model_spec import ParameterSpec
-from services.common.noise import NoiseKind
-from services.common.packing import FieldLayout
-from services.common.public_key import PublicKeyInfo
-from services.common.round_plan import (
-    TRAINABLE,
-    Trainable,
+from services.common.ml.choices import TRAINABLE, Trainable
+from services.common.ml.classification_metrics import HISTOGRAM_SPACING
+from services.common.ml.evaluation_report import EvaluationCounts, EvaluationReport, MaskedEvaluationReport
+from services.common.ml.model_spec import ParameterSpec
+from services.common.protocol.class_roster import ClassRoster
+from services.common.protocol.public_key import PublicKeyInfo
+from services.common.protocol.round_plan import (
     LocalTrainingPlan,
     ModelBroadcast,
     ModelChunk,
+    RoundDecline,
     RoundKind,
     RoundMessage,
-    RoundDecline,
     RoundPlan,
     SumLayout,
     TrainingFinished,
     TransferPlan,
 )
-from services.common.update_codec import QuantizationPlan
-from services.common.upload import (
+from services.common.protocol.upload import (
     Attestation,
     DecryptManifest,
     PhaseSeconds,
@@ -46,6 +41,10 @@ from services.common.upload import (
     SubmitReceipt,
     UploadChunk,
 )
+from services.common.secure_sum.masked_evaluation import vector_length
+from services.common.secure_sum.noise import NoiseKind
+from services.common.secure_sum.packing import FieldLayout
+from services.common.secure_sum.update_codec import QuantizationPlan
 
 _KIND_TO_WIRE = {RoundKind.TRAIN: pb.ROUND_KIND_TRAIN, RoundKind.EVALUATE: pb.ROUND_KIND_EVALUATE,
                  RoundKind.HEAD_STATISTICS: pb.ROUND_KIND_HEAD_STATISTICS}
@@ -287,6 +286,31 @@ def decrypt_requests(manifest: DecryptManifest, chunks: Iterator[list[bytes]]) -
 def field_values_to_wire(index: int, fields: np.ndarray) -> pb.DecryptResponse:
     return pb.DecryptResponse(index=index, field_values=fields.tobytes(), value_count=fields.size,
                               value_bytes=fields.itemsize)
+
+
+def decrypt_manifest_from_wire(first: pb.DecryptRequest | None) -> DecryptManifest:
+    """The manifest a decryption stream opens with."""
+    if first is None or not first.HasField("manifest"):
+        raise MalformedChunkError("a decryption stream must open with its manifest")
+    return manifest_from_wire(first.manifest)
+
+
+def decrypt_chunk_from_wire(message: pb.DecryptRequest, expected_index: int) -> tuple[int, list[bytes]]:
+    """One summed chunk of a decryption stream: its index and ciphertexts."""
+    if not message.HasField("chunk"):
+        raise MalformedChunkError(f"expected chunk {expected_index}, got another manifest")
+    return message.chunk.index, list(message.chunk.ciphertexts)
+
+
+def status_to_wire(service: str, holds_secret_key: bool, key_id: str = "", current_round: int = 0,
+                   decrypted_rounds: Iterable[int] = ()) -> pb.ServiceStatus:
+    return pb.ServiceStatus(service=service, holds_secret_key=holds_secret_key, key_id=key_id,
+                            current_round=current_round, decrypted_rounds=sorted(decrypted_rounds))
+
+
+def indexed_field_values_from_wire(response: pb.DecryptResponse) -> tuple[int, np.ndarray]:
+    """The chunk index and the integers of one decryption response."""
+    return response.index, field_values_from_wire(response)
 
 
 def field_values_from_wire(response: pb.DecryptResponse) -> np.ndarray:

@@ -1,6 +1,6 @@
 """A round's plan and the other messages the aggregator streams to its nodes, as typed objects.
 
-The wire format lives in `protos/`; `services/common/wire.py` converts at the edge. Code
+The wire format lives in `protos/`; `services/common/protocol/wire.py` converts at the edge. Code
 below that edge reads these objects only.
 """
 
@@ -8,18 +8,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal
 
-from services.common.packing import FieldLayout
-from services.common.update_codec import QuantizationPlan
+from services.common.ml.choices import Trainable
+from services.common.secure_sum.packing import FieldLayout
+from services.common.secure_sum.update_codec import QuantizationPlan
 
 LocalOptimizer = Literal["sgd", "adamw"]
-# What a round trains and uploads (services/common/trainable.py); here, where the settings can read it without torch.
-Trainable = Literal["all", "last_block", "head"]
-TRAINABLE: tuple[str, ...] = get_args(Trainable)
-# Architectures whose BatchNorm is frozen (services/common/models.py): they train `head` or `last_block` only, from a
-# weights file; here too, so that the settings can refuse other plans without torch.
-FROZEN_NORM_ARCHITECTURES: tuple[str, ...] = ("resnet50-bn-frozen",)
 
 
 class RoundKind(enum.Enum):
@@ -51,7 +46,7 @@ class LocalTrainingPlan:
     proximal_mu: float
     drift_correction: bool  # SCAFFOLD: the broadcast carries c after the model, an upload c_i's change
     record_epsilon: float = 0.0  # the aggregator's proposed DP-SGD target; 0: none (a hospital's own one wins)
-    trainable: Trainable = "all"  # what the round trains and uploads (services/common/trainable.py)
+    trainable: Trainable = "all"  # what the round trains and uploads (services/common/ml/trainable.py)
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.common.noise import NoiseKind, node_noise_share, noise_mean, sample_noise
-from services.common.packing import field_offset, to_centered, to_modular
-from services.common.quantize import clip_factor, round_piece, rounded_l2_bound, scale_and_clamp_piece
+from services.common.secure_sum.noise import NoiseKind, node_noise_share, noise_mean, sample_noise
+from services.common.secure_sum.packing import field_offset, to_centered, to_modular
+from services.common.secure_sum.quantize import clip_factor, round_piece, rounded_l2_bound, scale_and_clamp_piece
 
 # The summed noise may reach this many standard deviations before it could wrap
 # around the modular field (probability < 1e-9 per coordinate).

@@ -37,7 +37,7 @@ import torch
 import torchvision
 from torch import nn
 
-from services.common.round_plan import FROZEN_NORM_ARCHITECTURES
+from services.common.ml.choices import FROZEN_NORM_ARCHITECTURES
 
 __all__ = ["ARCHITECTURES", "FROZEN_NORM_ARCHITECTURES", "PER_EXAMPLE_ARCHITECTURES", "FrozenBatchNorm2d",
            "best_device", "build_model"]
@@ -58,7 +58,7 @@ class FrozenBatchNorm2d(nn.Module):
     the same per-channel affine map for every example, whatever else is in its batch, in train and eval mode alike.
     Its four tensors are buffers, not parameters: nothing trains them, and they travel with the global model, so
     every hospital applies the statistics of the weights file the aggregator started from. A torchvision state
-    dict's `running_mean` and `running_var` load as `mean` and `var` (services/common/initial_weights.py)."""
+    dict's `running_mean` and `running_var` load as `mean` and `var` (services/common/ml/initial_weights.py)."""
 
     def __init__(self, channels: int, eps: float = 1e-5) -> None:
         super().__init__()

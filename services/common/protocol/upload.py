@@ -1,6 +1,6 @@
 """A node's upload stream and the manifest of a sealed sum, as typed objects.
 
-The wire format lives in `protos/`; `services/common/wire.py` converts at the edge.
+The wire format lives in `protos/`; `services/common/protocol/wire.py` converts at the edge.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-from services.common.ckks_params import COEFF_MOD_BIT_SIZES, POLY_MODULUS_DEGREE
-from services.common.round_plan import SumLayout
+from services.common.protocol.round_plan import SumLayout
+from services.common.secure_sum.ckks_params import COEFF_MOD_BIT_SIZES, POLY_MODULUS_DEGREE
 
 # A serialized fresh ciphertext at the data level: 2 polynomials of N coefficients per data prime, 8 bytes each, and
 # TenSEAL's header (145 bytes measured; 1 KiB allowed). The aggregator refuses any other length.

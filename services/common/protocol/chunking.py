@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from services.common.packing import FieldLayout
+from services.common.secure_sum.packing import FieldLayout
 
 MODEL_CHUNK_VALUES = 1 << 18  # 1 MiB of float32 per model chunk
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts import consortium
-from scripts.consortium import free_port
+from scripts import launcher as consortium
+from scripts.launcher import free_port
 
 
 def test_ports_are_distinct_bindable_and_below_the_ephemeral_range() -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.common.classification_metrics import HISTOGRAM_SPACING
+from services.common.ml.classification_metrics import HISTOGRAM_SPACING
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class EvaluationReport:
 @dataclass(frozen=True)
 class MaskedEvaluationReport:
     """A hospital's evaluation of one model under its pairwise evaluation masks for `participants`
-    (`services.common.masked_evaluation`): uniform mod 2^48 on its own, the pooled counts summed over the whole set."""
+    (`services.common.secure_sum.masked_evaluation`): uniform mod 2^48 on its own, the pooled counts summed over the whole set."""
 
     node_id: str
     model_round: int

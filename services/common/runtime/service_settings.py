@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field
 from pydantic_settings import NoDecode
 
-from services.common.tls import TlsSettings
+from services.common.runtime.tls import TlsSettings
 
 
 class ServiceSettings(TlsSettings):

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from services.common.atomic_files import read_json, write_json_atomic
-from services.common.pairwise_masks import PeerMask, mask_values, participant_set_hash
+from services.common.runtime.atomic_files import read_json, write_json_atomic
+from services.common.secure_sum.pairwise_masks import PeerMask, mask_values, participant_set_hash
 
 log = logging.getLogger(__name__)
 

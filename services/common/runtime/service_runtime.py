@@ -16,9 +16,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
-from services.common.metrics import ServiceMetrics
-from services.common.tls import GRPC_MESSAGE_LIMIT, GRPC_OPTIONS
-
+from services.common.runtime.metrics import ServiceMetrics
+from services.common.runtime.tls import GRPC_MESSAGE_LIMIT, GRPC_OPTIONS
 
 
 class JsonLogFormatter(logging.Formatter):

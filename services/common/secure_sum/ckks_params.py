@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import tenseal as ts
 
 from services.common.errors import CkksParameterError
-from services.common.packing import FieldLayout, headroom_bits
+from services.common.secure_sum.packing import FieldLayout, headroom_bits
 
 POLY_MODULUS_DEGREE = 8192
 COEFF_MOD_BIT_SIZES = (60, 60)

@@ -3,7 +3,7 @@ reads only their sum over the evaluation's participant set.
 
 The counts (examples, loss sum, whether a calibration split was counted, confusion matrix, score histograms and
 calibration histograms) are flattened into whole numbers, the loss sum in fixed point (1/LOSS_SCALE of a nat), and
-masked as the pooled class counts are (`services.common.pooled_counts`): the same X25519 agreements, in their own
+masked as the pooled class counts are (`services.common.secure_sum.pooled_counts`): the same X25519 agreements, in their own
 HKDF domain, bound to the consortium, the key, the participant set and the evaluated model's digest, mod
 2^COUNT_BITS. Over the whole set the masks cancel; over any proper subset one stays, and the values are uniform.
 
@@ -22,9 +22,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from services.common.evaluation_report import EvaluationCounts, EvaluationReport
-from services.common.pairwise_masks import MaskScope, PeerMask, mask_values
-from services.common.pooled_counts import COUNT_BITS, PLAUSIBLE_COUNT, PooledCountsError
+from services.common.ml.evaluation_report import EvaluationCounts, EvaluationReport
+from services.common.secure_sum.pairwise_masks import MaskScope, PeerMask, mask_values
+from services.common.secure_sum.pooled_counts import COUNT_BITS, PLAUSIBLE_COUNT, PooledCountsError
 
 EVALUATION_DOMAIN = b"fedxray.v1/evaluation-mask"
 LOSS_SCALE = 256

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import tenseal as ts
 
-from services.common.ckks_params import COEFF_MOD_BIT_SIZES
 from services.common.errors import DecryptionIntegrityError, MalformedChunkError
+from services.common.secure_sum.ckks_params import COEFF_MOD_BIT_SIZES
 
 # A decrypted slot further than this from an integer means the ciphertext was not
 # a valid sum (overflow, corruption or a crafted input); nothing is returned then.

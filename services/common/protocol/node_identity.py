@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from services.common.atomic_files import write_atomic
 from services.common.errors import DigestMismatchError, UnknownNodeError
+from services.common.runtime.atomic_files import write_atomic
 
 AGREEMENT = ".x25519"
 

@@ -17,9 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from services.common.model_spec import ParameterSpec
-from services.common.trainable import classifier_head
-
+from services.common.ml.model_spec import ParameterSpec
+from services.common.ml.trainable import classifier_head
 
 # A class with less than this share of the pooled (weighted) count is taken as absent.
 ABSENT_SHARE = 1e-6

@@ -21,8 +21,8 @@ import numpy as np
 from torch import nn
 from torchvision.models import EfficientNet
 
-from services.common.model_spec import ParameterSpec
-from services.common.round_plan import TRAINABLE, Trainable
+from services.common.ml.choices import TRAINABLE, Trainable
+from services.common.ml.model_spec import ParameterSpec
 
 __all__ = ["TRAINABLE", "Trainable", "classifier_head", "head_parameters", "last_block_parameters", "scatter",
            "trained_parameters", "trained_positions"]

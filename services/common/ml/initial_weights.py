@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from services.common.errors import SpecMismatchError
-from services.common.trainable import classifier_head
+from services.common.ml.trainable import classifier_head
 
 log = logging.getLogger(__name__)
 

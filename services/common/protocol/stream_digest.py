@@ -2,7 +2,7 @@
 
 The digest binds every chunk to its round, attempt, key, node and position, so a
 chunk replayed into another stream, round, attempt or slot changes the digest. The
-node signs the digest in its attestation (`services/common/upload.py`) with its
+node signs the digest in its attestation (`services/common/protocol/upload.py`) with its
 Ed25519 identity key; the key authority decrypts a sum only when every member of
 the participant set has attested.
 """
