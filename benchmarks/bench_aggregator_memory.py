@@ -59,9 +59,9 @@ def measure(nodes: int, architecture: str, root: Path) -> tuple[float, float]:
             for index, node_id in enumerate(node_ids):
                 update = np.random.default_rng(index).normal(0, 1e-3, spec.count)
                 uploads[node_id] = [upload_chunk_to_wire(chunk) for chunk in secure_upload(
-                    plan, update, node_id, load_identity(run_dir / "identities" / f"{node_id}.key"), pool,
-                    upload_recipe(plan, public.slots_per_ciphertext, np.random.SeedSequence(index)),
-                    UploadTimings())]
+                    plan, update, node_id, load_identity(run_dir / "identities" / f"{node_id}.key"), pool=pool,
+                    recipe=upload_recipe(plan, public.slots_per_ciphertext, np.random.SeedSequence(index)),
+                    timings=UploadTimings())]
         print(f"  {nodes} nodes: encrypted {nodes} updates", flush=True)
         submission_bytes = sum(len(c) for chunk in uploads[node_ids[0]] for c in chunk.ciphertexts)
         started = time.monotonic()

@@ -23,6 +23,7 @@ from services.common.ml.head_refit import feature_moments, lda_head, set_head
 from services.common.ml.initial_weights import load_initial_weights
 from services.common.ml.models import best_device, build_model
 from services.common.runtime.atomic_files import write_atomic
+from services.hospital_node.config import DataSettings
 from services.hospital_node.data.local_data import LocalData, load_local_data
 from services.hospital_node.trainer import LocalTraining, evaluation_report, train_local
 
@@ -33,7 +34,7 @@ FINAL_STATE = "final_state.pt"  # the last round's model, its normalisation stat
 
 def pooled_data(config: ConsortiumConfig) -> LocalData:
     """Every hospital's part of the SYNTHETIC set, split as that node splits it, pooled."""
-    return pool([load_local_data(config.node_settings(i)) for i in range(config.nodes)])
+    return pool([load_local_data(DataSettings.of(config.node_settings(i))) for i in range(config.nodes)])
 
 
 def pool(parts: list[LocalData]) -> LocalData:

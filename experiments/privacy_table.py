@@ -43,7 +43,7 @@ from services.common.ml.model_spec import flatten_state, parameter_spec, restore
 from services.common.ml.models import build_model
 from services.common.ml.trainable import trained_positions
 from services.common.runtime.atomic_files import write_atomic
-from services.hospital_node.config import HospitalNodeSettings
+from services.hospital_node.config import DataSettings, HospitalNodeSettings
 from services.hospital_node.data.local_data import LocalData, load_local_data
 from services.hospital_node.head_training import train_head
 from services.hospital_node.local_round import train_round
@@ -76,10 +76,10 @@ class Recipe:
 
 
 def hospitals(seed: int, images_per_node: int, image_size: int) -> list[LocalData]:
-    return [load_local_data(HospitalNodeSettings(
+    return [load_local_data(DataSettings.of(HospitalNodeSettings(
         insecure=True, node_id=f"hospital-{i + 1}", data_source="synthetic", synthetic_images=images_per_node * NODES,
         synthetic_seed=seed, partition_parties=NODES, partition_index=i, partition_scheme="dirichlet",
-        partition_alpha=0.5, image_size=image_size, architecture="resnet50")) for i in range(NODES)]
+        partition_alpha=0.5, image_size=image_size, architecture="resnet50"))) for i in range(NODES)]
 
 
 def pooled(parts: list[LocalData]) -> LocalData:
@@ -149,7 +149,8 @@ def federated(model: torch.nn.Module, parts: list[LocalData], recipe: Recipe, tr
             private = (PrivateTraining(sigma, recipe.dp_clip_norm, "hooks", 32, trainable)  # type: ignore[arg-type]
                        if sigma is not None else None)
             generator = torch.Generator().manual_seed(seed * 1000 + round_id * 10 + index)
-            result = train_round(model, part, training, CPU, generator, spec, weights, private=private,
+            result = train_round(model, part, training, CPU, generator=generator, spec=spec, global_weights=weights,
+                                 private=private,
                                  trainable=trainable, positions=positions)  # type: ignore[arg-type]
             uploads.append(result.upload)
         mean = secure_sum(uploads, codec.update_plan(positions.size), rng) / len(uploads)

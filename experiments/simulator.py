@@ -52,6 +52,7 @@ from services.common.secure_sum.update_codec import (
     plan_quantization,
     plan_statistics,
 )
+from services.hospital_node.config import DataSettings
 from services.hospital_node.data.local_data import LocalData, load_local_data
 from services.hospital_node.head_training import train_head
 from services.hospital_node.local_round import ScaffoldClient, local_training, train_only, train_round
@@ -166,7 +167,7 @@ def simulate(name: str, values: SettingValues, simulation: Simulation, out: Path
     if node.torch_threads:
         torch.set_num_threads(node.torch_threads)
     device = best_device()
-    parts = [load_local_data(config.node_settings(i)) for i in range(simulation.nodes)]
+    parts = [load_local_data(DataSettings.of(config.node_settings(i))) for i in range(simulation.nodes)]
     pooled = pool(parts)
     model = build_model(aggregator.architecture, aggregator.num_classes, aggregator.model_seed)
     spec = parameter_spec(model.state_dict())
@@ -201,8 +202,10 @@ def simulate(name: str, values: SettingValues, simulation: Simulation, out: Path
             broadcast = strategy.broadcast(weights)
             for part, scaffold in zip(parts, scaffolds):
                 model.load_state_dict(restore_state(model.state_dict(), weights.astype(np.float32), spec))
-                result = train_round(model, part, training, device, generator, spec, weights, scaffold,
-                                     broadcast[spec.count:], trainable=plan.trainable, positions=positions)
+                result = train_round(model, part, training, device, generator=generator, spec=spec,
+                                     global_weights=weights, scaffold=scaffold,
+                                     consortium_control=broadcast[spec.count:], trainable=plan.trainable,
+                                     positions=positions)
                 norms.append(round(float(np.linalg.norm(result.update(spec.count))), 3))
                 uploads.append(sent(result.upload, aggregator.clip_norm, simulation.secure_clamp))
                 raw.append(result.upload)

@@ -31,6 +31,7 @@ from services.common.protocol.wire import (
     join_from_wire,
     receipt_to_wire,
     round_message_to_wire,
+    sender_from_wire,
     status_to_wire,
     upload_chunk_from_wire,
 )
@@ -120,8 +121,8 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
 
     @translate_stream_errors
     def Subscribe(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> Iterator[pb.RoundMessage]:
+        self._require_peer(context, sender_from_wire(request))
         node_id, spec, classes = join_from_wire(request)
-        self._require_peer(context, node_id)
         for message in self._membership.subscribe(node_id, spec, classes, context.is_active):
             yield round_message_to_wire(message)
 
@@ -222,16 +223,16 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
 
     @translate_errors
     def ReportEvaluation(self, request: pb.EvaluationReport, context: grpc.ServicerContext) -> pb.EvaluationAck:
+        self._require_peer(context, sender_from_wire(request))
         report = evaluation_from_wire(request)
-        self._require_peer(context, report.node_id)
         self._membership.require_member(report.node_id)
         self._board.report(report)
         return pb.EvaluationAck()
 
     @translate_errors
     def DeclineRound(self, request: pb.RoundDecline, context: grpc.ServicerContext) -> pb.DeclineAck:
+        self._require_peer(context, sender_from_wire(request))
         decline = decline_from_wire(request)
-        self._require_peer(context, decline.node_id)
         self._membership.require_member(decline.node_id)
         self._intake.decline(decline)
         return pb.DeclineAck()

@@ -27,7 +27,7 @@ from services.common.ml.model_spec import ParameterSpec
 from services.common.protocol.node_identity import NodeKeyRegistry
 from services.common.protocol.public_key import PublicKeyInfo
 from services.common.protocol.round_plan import LocalTrainingPlan, RoundKind, RoundPlan
-from services.hospital_node.config import HospitalNodeSettings
+from services.hospital_node.config import FloorSettings, HospitalNodeSettings
 from services.hospital_node.local_round import record_target
 from services.hospital_node.privacy_floor import check_evaluation, check_plan
 from services.hospital_node.private_training import PrivateTrainingError, require_private_model
@@ -81,7 +81,7 @@ class RecordPrivacy:
 
 
 class AdmissionGate:
-    def __init__(self, settings: HospitalNodeSettings, spec: ParameterSpec, peers: NodeKeyRegistry,
+    def __init__(self, settings: FloorSettings, spec: ParameterSpec, peers: NodeKeyRegistry,
                  joined: UploadLedger, privacy: RecordPrivacy) -> None:
         self._settings = settings
         self._spec = spec
@@ -105,8 +105,9 @@ class AdmissionGate:
             log.info("round %d attempt %d: not in the participant set; waiting", plan.round_id, plan.attempt)
             return Admission.WAIT
         joined = self._joined.attempts(plan.key_id, plan.round_id)
-        check_plan(plan, self._settings, public if plan.secure else None, max(joined, default=0), len(joined),
-                   self._peers.agreement_keys, expected_values)
+        check_plan(plan, self._settings, public if plan.secure else None, last_attempt=max(joined, default=0),
+                   attempts_joined=len(joined), known_peers=self._peers.agreement_keys,
+                   expected_values=expected_values)
         self._privacy.require(plan)
         self._joined.join(plan.key_id, plan.round_id, plan.attempt)  # on disk before anything is trained or sent
         return Admission.TAKE_PART

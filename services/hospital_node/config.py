@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -137,3 +138,47 @@ class HospitalNodeSettings(ServiceSettings):
     def _one_name_per_class(cls, value: tuple[str, ...] | None, info: ValidationInfo) -> tuple[str, ...] | None:
         require_one_name_per_class(value, info.data.get("num_classes"))
         return value
+
+
+@dataclass(frozen=True)
+class FloorSettings:
+    """The privacy floor's slice of the settings: all `privacy_floor` reads (built once, in `service.py`)."""
+
+    node_id: str
+    allow_plaintext: bool
+    min_participants: int
+    min_noise_variance: float
+    max_clip_norm: float
+    max_attempts: int
+    max_learning_rate: float
+    max_local_epochs: int
+    max_batch_size: int
+
+    @classmethod
+    def of(cls, settings: HospitalNodeSettings) -> FloorSettings:
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """The data's slice of the settings: all `data.local_data` reads (built once, in `service.py`)."""
+
+    node_id: str
+    num_classes: int
+    image_size: int
+    data_source: str
+    data_path: Path | None
+    class_names: tuple[str, ...] | None
+    allow_extra_folders: bool
+    validation_fraction: float
+    calibration_fraction: float
+    synthetic_images: int
+    synthetic_seed: int
+    partition_scheme: str
+    partition_alpha: float
+    partition_parties: int
+    partition_index: int
+
+    @classmethod
+    def of(cls, settings: HospitalNodeSettings) -> DataSettings:
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})

@@ -66,7 +66,7 @@ class LocalRoundResult:
         return self.upload[:parameter_count]
 
 
-def train_round(model: nn.Module, data: LocalData, training: LocalTraining, device: torch.device,
+def train_round(model: nn.Module, data: LocalData, training: LocalTraining, device: torch.device, *,
                 generator: torch.Generator, spec: ParameterSpec, global_weights: np.ndarray,
                 scaffold: ScaffoldClient | None = None, consortium_control: np.ndarray | None = None,
                 private: PrivateTraining | None = None, trainable: Trainable = "all",

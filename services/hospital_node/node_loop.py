@@ -33,11 +33,11 @@ from services.common.runtime.retry import RetryPolicy, retry_call
 from services.common.secure_sum.ckks_params import key_id as key_id_of
 from services.common.secure_sum.ckks_params import load_public_context
 from services.common.secure_sum.masked_evaluation import EVALUATION_DOMAIN, evaluation_scope, mask_report
-from services.common.secure_sum.pairwise_masks import participant_set_hash, peer_masks
+from services.common.secure_sum.pairwise_masks import MaskScope, participant_set_hash, peer_masks
 from services.common.secure_sum.pooled_counts import COUNTS_DOMAIN, CountsRelease, masked_counts
 from services.common.secure_sum.update_codec import received_update
 from services.hospital_node.admission import Admission, AdmissionGate, RecordPrivacy
-from services.hospital_node.config import HospitalNodeSettings
+from services.hospital_node.config import FloorSettings, HospitalNodeSettings
 from services.hospital_node.connection import follow_rounds
 from services.hospital_node.consortium_client import ConsortiumClient, UnreachableError, wait_until_reachable
 from services.hospital_node.data.local_data import LocalData
@@ -102,7 +102,7 @@ class HospitalNode:
         # The attempts joined by round, and the one round this node released its feature statistics in: on disk, so
         # that a restart can never be made to upload twice under one attempt's masks.
         self._joined = UploadLedger(settings.state_dir / "uploads.json")
-        self._gate = AdmissionGate(settings, self._spec, self._peers, self._joined, self._privacy)
+        self._gate = AdmissionGate(FloorSettings.of(settings), self._spec, self._peers, self._joined, self._privacy)
         self._reported: set[int] = set()  # model rounds this node has reported its evaluation of
         self._reports_by_model: dict[bytes, EvaluationReport] = {}  # plaintext runs: each model's report, by digest
         self._evaluations = EvaluationLedger(settings.state_dir / "evaluations.json")  # secure runs
@@ -111,6 +111,7 @@ class HospitalNode:
                                                           classifier_head(self._model).in_features)
         self._trained: tuple[int, np.ndarray] | None = None  # this round's upload, re-encoded for a new attempt
         self._trained_positions: dict[str, np.ndarray] = {}
+        self._scope: tuple[RoundPlan, MaskScope] | None = None  # this attempt's mask scope, made once
         self._accepted_round: int | None = None  # the last round SCAFFOLD's c_i moved in
 
     def run(self, stop: threading.Event) -> int:
@@ -224,16 +225,22 @@ class HospitalNode:
                  plan.attempt)
         return recipe
 
+    def _attempt_scope(self, plan: RoundPlan) -> MaskScope:
+        """What this attempt's masks (the update's and the counts') are bound to, made once per plan received."""
+        if self._scope is None or self._scope[0] is not plan:
+            self._scope = (plan, attempt_scope(self._settings.consortium, plan))
+        return self._scope[1]
+
     def _recipe(self, plan: RoundPlan, tag: str | None = None) -> UploadRecipe:
         """A secure upload's recipe for this attempt (`masked_recipe`)."""
         s = self._settings
         return masked_recipe(plan, s.node_id, self._agreement, self._peers.agreement_keys, self._public_key(),
-                             attempt_scope(s.consortium, plan), tag=tag)
+                             self._attempt_scope(plan), tag=tag)
 
     def _masked_counts(self, plan: RoundPlan) -> tuple[int, ...]:
         """This hospital's class counts masked for the attempt's participant set (pooled by the aggregator over the
-        whole set, `services.common.secure_sum.pooled_counts`): none under record-level DP-SGD, none for a set short of the
-        whole consortium, and none for a second set or other counts."""
+        whole set, `services.common.secure_sum.pooled_counts`): none under record-level DP-SGD, none for a set short
+        of the whole consortium, and none for a second set or other counts."""
         counts = self._data.classes.counts if self._data.classes else ()
         consortium = self._peers.node_ids | {self._settings.node_id}
         if not counts or self._budget is not None or not self._counts_release.allows(plan.participants, counts,
@@ -241,7 +248,7 @@ class HospitalNode:
             return ()
         s = self._settings
         return masked_counts(counts, peer_masks(s.node_id, self._agreement, self._peers.agreement_keys,
-                                                attempt_scope(s.consortium, plan), COUNTS_DOMAIN))
+                                                self._attempt_scope(plan), COUNTS_DOMAIN))
 
     @property
     def _budget(self) -> RecordBudget | None:
@@ -267,8 +274,9 @@ class HospitalNode:
             private = PrivateTraining(sigma, s.dp_clip_norm, s.dp_grad_sample_mode, s.dp_physical_batch, trainable)
         train_start = time.monotonic()
         local = {name: tensor.detach().clone() for name, tensor in self._model.state_dict().items()}
-        result = train_round(self._model, self._data, config, self._device, generator, self._spec, global_weights,
-                             scaffold, consortium_control, private, trainable, self._positions(trainable))
+        result = train_round(self._model, self._data, config, self._device, generator=generator, spec=self._spec,
+                             global_weights=global_weights, scaffold=scaffold, consortium_control=consortium_control,
+                             private=private, trainable=trainable, positions=self._positions(trainable))
         if not (np.isfinite(result.upload).all() and all(bool(torch.isfinite(t).all())
                                                          for t in self._model.state_dict().values()
                                                          if t.is_floating_point())):
@@ -324,8 +332,9 @@ class HospitalNode:
         if plan.secure:
             assert plan.key_id == self._public_key().key_id  # the privacy floor checked it
             recipe = recipe if recipe is not None else self._recipe(plan)
-        chunks = assemble_upload(plan, update, s.node_id, self._identity, disclosures, timings, pool=self._pool,
-                                 recipe=recipe, record=record, chunk_sent=chunk_sent)
+        chunks = assemble_upload(plan, update, s.node_id, self._identity, disclosures=disclosures, timings=timings,
+                                 pool=self._pool, recipe=recipe, record=record, chunk_sent=chunk_sent,
+                                 plan_sha256=self._attempt_scope(plan).plan_digest)
         try:
             stream = _Started(self._count_bytes(chunks))
             # A call refused before it took a chunk (the server's call limit, during a member's flood) is tried

@@ -18,14 +18,14 @@ from services.common.protocol.public_key import PublicKeyInfo
 from services.common.protocol.round_plan import RoundKind, RoundPlan
 from services.common.secure_sum.noise import NoiseKind
 from services.common.secure_sum.update_codec import plan_quantization, plan_statistics
-from services.hospital_node.config import HospitalNodeSettings
+from services.hospital_node.config import FloorSettings
 from services.hospital_node.update_stream import require_signed_layout
 
 # The largest FedProx weight a plan may ask for: far above any useful one (0.001 to 1).
 MAX_PROXIMAL_MU = 100.0
 
 
-def check_plan(plan: RoundPlan, settings: HospitalNodeSettings, public: PublicKeyInfo | None,
+def check_plan(plan: RoundPlan, settings: FloorSettings, public: PublicKeyInfo | None, *,
                last_attempt: int, attempts_joined: int, known_peers: Collection[str] = (),
                expected_values: int | None = None) -> None:
     """Return if this hospital may take part in `plan`; raise `PlanRefusedError` naming why not.
@@ -58,7 +58,7 @@ def check_plan(plan: RoundPlan, settings: HospitalNodeSettings, public: PublicKe
     _check_codec(plan, public, name)
 
 
-def check_training(plan: RoundPlan, settings: HospitalNodeSettings, name: str | None = None) -> None:
+def check_training(plan: RoundPlan, settings: FloorSettings, name: str | None = None) -> None:
     """The training parameters this hospital accepts: a learning rate, epochs and a batch within its own bounds. A
     rate of 1e30 would otherwise run, upload nothing useful and leave the node's local state non-finite."""
     name = name or f"round {plan.round_id} attempt {plan.attempt}"
@@ -78,7 +78,7 @@ def check_training(plan: RoundPlan, settings: HospitalNodeSettings, name: str | 
                                f"{training.proximal_mu!r}; this hospital takes 0 to {MAX_PROXIMAL_MU:g}")
 
 
-def check_evaluation(plan: RoundPlan, settings: HospitalNodeSettings, known_peers: Collection[str] = ()) -> None:
+def check_evaluation(plan: RoundPlan, settings: FloorSettings, known_peers: Collection[str] = ()) -> None:
     """An evaluation plan this hospital answers: a secure one (its counts go masked; plaintext only where the
     hospital allows plaintext rounds), whose participant set names it, holds at least its minimum of members (an
     empty or tiny set would make the aggregator's pooled figures this hospital's own) and only members whose mask
@@ -99,7 +99,7 @@ def check_evaluation(plan: RoundPlan, settings: HospitalNodeSettings, known_peer
                                "does not hold")
 
 
-def _check_participants(plan: RoundPlan, settings: HospitalNodeSettings, public: PublicKeyInfo | None,
+def _check_participants(plan: RoundPlan, settings: FloorSettings, public: PublicKeyInfo | None,
                         known_peers: Collection[str], name: str) -> None:
     members = plan.participants
     if len(set(members)) != len(members):
@@ -117,7 +117,7 @@ def _check_participants(plan: RoundPlan, settings: HospitalNodeSettings, public:
                                f"{public.max_participants}")
 
 
-def _check_noise(plan: RoundPlan, settings: HospitalNodeSettings, name: str) -> None:
+def _check_noise(plan: RoundPlan, settings: FloorSettings, name: str) -> None:
     q = plan.quantization
     numbers = (q.clip_norm, q.scale, q.noise_variance, q.rounding_beta)
     if not all(math.isfinite(v) and v > 0 for v in numbers):

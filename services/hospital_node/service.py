@@ -9,7 +9,7 @@ import torch
 from services.common.runtime.metrics import ServiceMetrics
 from services.common.runtime.service_runtime import configure_logging, serve_metrics, shutdown_event
 from services.common.runtime.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME, channel
-from services.hospital_node.config import HospitalNodeSettings
+from services.hospital_node.config import DataSettings, HospitalNodeSettings
 from services.hospital_node.consortium_client import ConsortiumClient
 from services.hospital_node.data.image_loaders import DatasetFormatError
 from services.hospital_node.data.local_data import load_local_data
@@ -25,7 +25,7 @@ def serve(settings: HospitalNodeSettings, observer: UploadObserver | None = None
     metrics = ServiceMetrics("hospital_node", holds_secret_key=False)
     serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
     try:
-        data = load_local_data(settings)
+        data = load_local_data(DataSettings.of(settings))
     except DatasetFormatError as error:
         log.error("cannot load this hospital's images: %s", error)
         return 2

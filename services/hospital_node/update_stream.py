@@ -71,8 +71,8 @@ class Disclosures:
 
 
 def _signed_chunks(plan: RoundPlan, node_id: str, key: Ed25519PrivateKey, timings: UploadTimings,
-                   bodies: Iterator[UploadChunk], chunk_sent: ChunkSent | None,
-                   disclosures: Disclosures) -> Iterator[UploadChunk]:
+                   bodies: Iterator[UploadChunk], chunk_sent: ChunkSent | None, disclosures: Disclosures,
+                   plan_sha256: bytes | None) -> Iterator[UploadChunk]:
     digest = StreamDigest(plan.round_id, plan.key_id, node_id, plan.attempt)
     sent = 0
     previous: UploadChunk | None = None
@@ -88,7 +88,8 @@ def _signed_chunks(plan: RoundPlan, node_id: str, key: Ed25519PrivateKey, timing
     assert previous is not None, "an upload has at least one chunk"
     unsigned = Attestation(node_id, plan.round_id, plan.key_id, plan.transfer.chunk_count, digest.digest(), b"",
                            plan.sum_layout, plan.attempt, participant_set_hash(plan.participants),
-                           plan.upload_value_count, plan.transfer.chunk_ciphertexts, plan_digest(plan),
+                           plan.upload_value_count, plan.transfer.chunk_ciphertexts,
+                           plan_sha256 if plan_sha256 is not None else plan_digest(plan),
                            disclosures_digest(disclosures.record_privacy, disclosures.masked_class_counts),
                            plan.model.sha256)
     attestation = replace(unsigned, signature=sign_attestation(key, unsigned.signed_message()))
@@ -120,13 +121,13 @@ def upload_recipe(plan: RoundPlan, slots: int, seed: np.random.SeedSequence, mas
                         authority, tag)
 
 
-def secure_upload(plan: RoundPlan, update: np.ndarray, node_id: str, key: Ed25519PrivateKey,
+def secure_upload(plan: RoundPlan, update: np.ndarray, node_id: str, key: Ed25519PrivateKey, *,
                   pool: EncryptionPool, recipe: UploadRecipe, timings: UploadTimings,
                   record: list[np.ndarray] | None = None, chunk_sent: ChunkSent | None = None,
-                  disclosures: Disclosures = Disclosures()) -> Iterator[UploadChunk]:
+                  disclosures: Disclosures = Disclosures(), plan_sha256: bytes | None = None) -> Iterator[UploadChunk]:
     """Chunks of ciphertexts: clip, scale and round, add noise, add this node's pairwise masks for the plan's
     participant set, pack and encrypt (from what was precomputed for the recipe's tag, when given), streamed in
-    order."""
+    order. `plan_sha256` is `plan_digest(plan)` when the caller has it already."""
     start = time.monotonic()
     factor = update_clip_factor(update, plan.quantization)  # the global norm: the one step over the whole update
     timings.encode = time.monotonic() - start
@@ -143,27 +144,30 @@ def secure_upload(plan: RoundPlan, update: np.ndarray, node_id: str, key: Ed2551
             yield UploadChunk(plan.round_id, plan.key_id, node_id, chunk.index, tuple(chunk.ciphertexts),
                               attempt=plan.attempt)
 
-    return _signed_chunks(plan, node_id, key, timings, bodies(), chunk_sent, disclosures)
+    return _signed_chunks(plan, node_id, key, timings, bodies(), chunk_sent, disclosures, plan_sha256)
 
 
-def plaintext_upload(plan: RoundPlan, update: np.ndarray, node_id: str, key: Ed25519PrivateKey,
+def plaintext_upload(plan: RoundPlan, update: np.ndarray, node_id: str, key: Ed25519PrivateKey, *,
                      timings: UploadTimings, chunk_sent: ChunkSent | None = None,
-                     disclosures: Disclosures = Disclosures()) -> Iterator[UploadChunk]:
+                     disclosures: Disclosures = Disclosures(), plan_sha256: bytes | None = None
+                     ) -> Iterator[UploadChunk]:
     """Privacy off: the raw float32 update in chunks (for comparison runs only)."""
     bodies = (UploadChunk(plan.round_id, plan.key_id, node_id, i, plaintext_values=values)
               for i, values in enumerate(float32_chunks(update, plan.transfer.plaintext_chunk_values)))
-    return _signed_chunks(plan, node_id, key, timings, bodies, chunk_sent, disclosures)
+    return _signed_chunks(plan, node_id, key, timings, bodies, chunk_sent, disclosures, plan_sha256)
 
 
-def assemble_upload(plan: RoundPlan, update: np.ndarray, node_id: str, key: Ed25519PrivateKey,
-                    disclosures: Disclosures, timings: UploadTimings, *, pool: EncryptionPool | None = None,
+def assemble_upload(plan: RoundPlan, update: np.ndarray, node_id: str, key: Ed25519PrivateKey, *,
+                    disclosures: Disclosures, timings: UploadTimings, pool: EncryptionPool | None = None,
                     recipe: UploadRecipe | None = None, record: list[np.ndarray] | None = None,
-                    chunk_sent: ChunkSent | None = None) -> Iterator[UploadChunk]:
+                    chunk_sent: ChunkSent | None = None, plan_sha256: bytes | None = None) -> Iterator[UploadChunk]:
     """The one place a node's upload is assembled and signed: encrypted under the plan's masks and noise (secure,
     with `pool` and `recipe`) or in plaintext, and its last chunk's attestation signing every field the node sends,
     the disclosures included."""
     if plan.secure:
         if pool is None or recipe is None:
             raise ValueError(f"round {plan.round_id} is secure: its upload needs the encryption pool and a recipe")
-        return secure_upload(plan, update, node_id, key, pool, recipe, timings, record, chunk_sent, disclosures)
-    return plaintext_upload(plan, update, node_id, key, timings, chunk_sent, disclosures)
+        return secure_upload(plan, update, node_id, key, pool=pool, recipe=recipe, timings=timings, record=record,
+                             chunk_sent=chunk_sent, disclosures=disclosures, plan_sha256=plan_sha256)
+    return plaintext_upload(plan, update, node_id, key, timings=timings, chunk_sent=chunk_sent,
+                            disclosures=disclosures, plan_sha256=plan_sha256)

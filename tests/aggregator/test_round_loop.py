@@ -118,8 +118,8 @@ def _node(node_id: str, folder: Path, membership: Membership, intake: UploadInta
         recipe = masked_recipe(plan, node_id, agreement, registry.agreement_keys, public, scope)
         counted = masked_counts(IMAGES[node_id], peer_masks(node_id, agreement, registry.agreement_keys, scope,
                                                             COUNTS_DOMAIN))
-        upload = list(secure_upload(plan, updates[node_id], node_id, identity, pool, recipe, UploadTimings(),
-                                    disclosures=Disclosures(None, tuple(counted))))
+        upload = list(secure_upload(plan, updates[node_id], node_id, identity, pool=pool, recipe=recipe,
+                                    timings=UploadTimings(), disclosures=Disclosures(None, tuple(counted))))
         state, staged = intake.begin(upload[0])
         for chunk in upload:
             staged.add(chunk)

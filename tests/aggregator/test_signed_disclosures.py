@@ -40,7 +40,7 @@ def _upload(tmp_path: Path) -> tuple[list[UploadChunk], NodeKeyRegistry]:
     key = load_identity(generate_identity(tmp_path / "keys", NODE))
     plan = replace(PLAN, secure=False)
     update = np.linspace(-1.0, 1.0, plan.upload_value_count)
-    chunks = list(plaintext_upload(plan, update, NODE, key, UploadTimings(),
+    chunks = list(plaintext_upload(plan, update, NODE, key, timings=UploadTimings(),
                                    disclosures=Disclosures(SPENT, (5, 7))))
     return chunks, NodeKeyRegistry.from_directory(tmp_path / "keys")
 

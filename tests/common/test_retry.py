@@ -43,8 +43,8 @@ def test_a_transient_status_is_tried_again_with_one_line_per_retry(caplog: pytes
         assert retry_call(_failing([grpc.StatusCode.UNAVAILABLE] * 2, calls), FAST, "the server", log) == "answer"
     assert len(calls) == 3
     assert [r.getMessage() for r in caplog.records] == [
-        "the server (UNAVAILABLE: unavailable for the test); try 2 in 0 s",
-        "the server (UNAVAILABLE: unavailable for the test); try 3 in 0 s"]
+        "the server (UNAVAILABLE: unavailable for the test); retrying in 0 s (try 2)",
+        "the server (UNAVAILABLE: unavailable for the test); retrying in 0 s (try 3)"]
 
 
 @pytest.mark.parametrize(("policy", "codes", "calls_made"), [

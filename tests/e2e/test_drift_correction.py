@@ -14,6 +14,7 @@ from services.common.ml.models import build_model
 from services.common.secure_sum.ckks_params import ckks_parameters, field_layout
 from services.common.secure_sum.packing import field_offset
 from services.common.secure_sum.quantize import scale_and_clamp
+from services.hospital_node.config import DataSettings
 from services.hospital_node.data.local_data import load_local_data
 from services.hospital_node.trainer import LocalTraining, loss_gradient
 from tests.e2e.consortium_checks import (
@@ -91,7 +92,7 @@ def test_uploads_carry_the_control_variate_change_and_the_aggregator_applies_bot
     for index, node in enumerate(consortium.node_ids):
         settings = consortium.node_settings[index]
         training = LocalTraining(1, aggregator.learning_rate, aggregator.batch_size, imbalance=settings.imbalance)
-        data = load_local_data(settings)
+        data = load_local_data(DataSettings.of(settings))
         model.load_state_dict(restore_state(model.state_dict(), start, spec))
         gradient = flatten_named(loss_gradient(model, data, training, torch.device("cpu")), spec)
         np.testing.assert_allclose(node_update(records, node, 2)[count:], gradient - sent[node][0],

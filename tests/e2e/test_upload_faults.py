@@ -95,7 +95,8 @@ class IntruderNode:
                                seed=np.random.SeedSequence(5))
         with EncryptionPool(public.context, workers=0) as pool:
             return [upload_chunk_to_wire(chunk) for chunk in secure_upload(
-                plan, update, self.node_id, self.identity, pool, recipe, UploadTimings(), record)]
+                plan, update, self.node_id, self.identity, pool=pool, recipe=recipe, timings=UploadTimings(),
+                record=record)]
 
     def break_off_before_the_first_chunk(self) -> None:
         """Open an upload, send nothing, and cancel it: the aggregator counts a broken stream."""

@@ -16,6 +16,7 @@ from services.common.ml.model_spec import flatten_state
 from services.common.ml.models import build_model
 from services.common.ml.trainable import classifier_head
 from services.common.runtime.atomic_files import read_json_lines
+from services.hospital_node.config import DataSettings
 from services.hospital_node.data.local_data import load_local_data
 from services.hospital_node.trainer import LocalTraining, predict
 from tests.e2e.consortium_checks import checkpoint_weights
@@ -65,7 +66,7 @@ def test_side_by_side_experiment_reports_secure_plaintext_and_centralized(tmp_pa
         np.testing.assert_array_equal(checkpoint_weights(tmp_path / mode, 0), initial, err_msg=mode)
     assert config.node_settings(0).model_seed == 2
     # The class counts the report plots are those the hospitals sent when they joined: their own seed-2 data.
-    held = [load_local_data(config.node_settings(i)) for i in range(5)]
+    held = [load_local_data(DataSettings.of(config.node_settings(i))) for i in range(5)]
     counts = [torch.bincount(torch.cat([d.train_labels, d.val_labels, d.cal_labels]), minlength=2).tolist()
               for d in held]
     joined = json.loads((tmp_path / "secure" / "aggregator" / "class_counts.json").read_text())

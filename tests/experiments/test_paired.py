@@ -15,6 +15,7 @@ from scripts.launcher import ConsortiumConfig
 from services.common.ml.classification_metrics import confusion_at_edge, histogram_edges, metrics_from_confusion
 from services.common.ml.model_spec import flatten_state
 from services.common.ml.models import build_model
+from services.hospital_node.config import DataSettings
 from services.hospital_node.data.local_data import load_local_data
 from services.hospital_node.trainer import evaluate
 
@@ -28,7 +29,7 @@ EDGE = 47  # the calibrated threshold each run is recorded with: histogram_edges
 def _recorded_row(model: torch.nn.Module, round_id: int) -> dict[str, object]:
     """The last row as the aggregator pools it: each hospital's own evaluation counts, summed."""
     counts = [evaluate(model, part.val_images, part.val_labels, 2, torch.device("cpu"))
-              for part in (load_local_data(CONFIG.node_settings(i)) for i in range(5))]
+              for part in (load_local_data(DataSettings.of(CONFIG.node_settings(i))) for i in range(5))]
     confusion = np.sum([c.confusion for c in counts], axis=0)
     positive = np.sum([c.positive_histograms for c in counts], axis=0)
     negative = np.sum([c.negative_histograms for c in counts], axis=0)

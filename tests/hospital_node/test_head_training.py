@@ -94,8 +94,9 @@ def test_head_training_moves_the_head_only_and_uploads_only_its_positions() -> N
     initial = flatten_state(model.state_dict())
     positions = trained_positions(model, spec, "head")
     patients = torch.from_numpy(synthetic_patients(_data(48).train_labels.numpy(), 0))
-    result = train_round(model, _data(48, patients), LocalTraining(3, 0.05, 8), CPU, torch.Generator().manual_seed(0),
-                         spec, initial, private=PrivateTraining(1.0, 1.0), trainable="head", positions=positions)
+    result = train_round(model, _data(48, patients), LocalTraining(3, 0.05, 8), CPU,
+                         generator=torch.Generator().manual_seed(0), spec=spec, global_weights=initial,
+                         private=PrivateTraining(1.0, 1.0), trainable="head", positions=positions)
     after = flatten_state(model.state_dict())
     moved = np.flatnonzero(after != initial)
     assert moved.size and set(moved) <= set(positions.tolist())

@@ -15,12 +15,16 @@ import torch
 from pydantic import ValidationError
 
 from scripts.settings_env import child_environment
-from services.hospital_node.config import HospitalNodeSettings
+from services.hospital_node.config import DataSettings, HospitalNodeSettings
 from services.hospital_node.data.image_loaders import DatasetFormatError, load_dicom_class_folders
-from services.hospital_node.data.local_data import load_local_data
+from services.hospital_node.data.local_data import LocalData, load_local_data
 from tests.hospital_node.image_files import CT_SMALL, MR_SMALL, RT_PLAN, pydicom_file, write_grey_png
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _load(settings: HospitalNodeSettings) -> LocalData:
+    return load_local_data(DataSettings.of(settings))
 
 
 def _settings(**values: object) -> HospitalNodeSettings:
@@ -28,7 +32,7 @@ def _settings(**values: object) -> HospitalNodeSettings:
 
 
 def _all_labels(settings: HospitalNodeSettings) -> list[int]:
-    data = load_local_data(settings)
+    data = _load(settings)
     return sorted(data.train_labels.tolist() + data.val_labels.tolist())
 
 
@@ -44,15 +48,15 @@ def test_a_hospital_whose_folders_do_not_number_the_classes_is_refused_by_name(t
     for index in range(4):
         write_grey_png(tmp_path / "train" / "PNEUMONIA" / f"{index}.png", 200)
     with pytest.raises(DatasetFormatError, match=r"1 classes \['PNEUMONIA'\].*trains 2.*FEDXRAY_NODE_CLASS_NAMES"):
-        load_local_data(_settings(data_source="folder", data_path=tmp_path))
+        _load(_settings(data_source="folder", data_path=tmp_path))
     for index in range(2):
         write_grey_png(tmp_path / "train" / "COVID" / f"{index}.png", 90)
         write_grey_png(tmp_path / "train" / "NORMAL" / f"{index}.png", 30)
     with pytest.raises(DatasetFormatError, match="3 classes"):
-        load_local_data(_settings(data_source="folder", data_path=tmp_path))
+        _load(_settings(data_source="folder", data_path=tmp_path))
     # Named, the third folder is an error naming it; allowed, it is skipped and the other two keep their places.
     with pytest.raises(DatasetFormatError, match="folder 'COVID' is not one of the class names"):
-        load_local_data(_settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,PNEUMONIA"))
+        _load(_settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,PNEUMONIA"))
     labels = _all_labels(_settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,PNEUMONIA",
                                    allow_extra_folders=True))
     assert labels == [0, 0, 1, 1, 1, 1]
@@ -62,7 +66,7 @@ def test_a_folder_of_only_bad_files_is_refused_by_name(tmp_path: Path) -> None:
     (tmp_path / "train" / "NORMAL").mkdir(parents=True)
     (tmp_path / "train" / "NORMAL" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(DatasetFormatError, match=r"no usable images \(1 files skipped\)"):
-        load_local_data(_settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,OPACITY"))
+        _load(_settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,OPACITY"))
 
 
 def test_dicom_class_folders_label_pydicoms_real_files_by_folder(tmp_path: Path) -> None:
@@ -137,7 +141,7 @@ def test_a_misspelled_class_folder_is_an_error_naming_it_and_the_closest_class(t
     write_grey_png(tmp_path / "train" / "NORMAL" / "a.png", 30)
     write_grey_png(tmp_path / "train" / "PNUEMONIA" / "b.png", 200)
     with pytest.raises(DatasetFormatError) as misspelled:
-        load_local_data(_settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,PNEUMONIA"))
+        _load(_settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,PNEUMONIA"))
     assert "folder 'PNUEMONIA' is not one of the class names ['NORMAL', 'PNEUMONIA']; did you mean " \
            "'PNEUMONIA'? Rename the folder" in str(misspelled.value)
 
@@ -149,7 +153,7 @@ def test_a_lowercase_folder_gives_the_sorted_order_which_the_join_then_refuses(t
     for index in range(2):
         write_grey_png(tmp_path / "train" / "normal" / f"{index}.png", 30)
         write_grey_png(tmp_path / "train" / "PNEUMONIA" / f"{index}.png", 200)
-    data = load_local_data(_settings(data_source="folder", data_path=tmp_path))
+    data = _load(_settings(data_source="folder", data_path=tmp_path))
     assert data.classes is not None and data.classes.names == ("PNEUMONIA", "normal")
 
 
@@ -159,7 +163,7 @@ def test_a_class_without_images_is_a_loud_warning_and_shows_in_the_roster(tmp_pa
         write_grey_png(tmp_path / "train" / "NORMAL" / f"{index}.png", 30)
     (tmp_path / "train" / "PNEUMONIA").mkdir()
     with caplog.at_level("WARNING"):
-        data = load_local_data(_settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,PNEUMONIA"))
+        data = _load(_settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,PNEUMONIA"))
     assert data.classes is not None and data.classes.counts == (4, 0)
     assert "NORMAL 4, PNEUMONIA 0 (NONE)" == data.classes.table()
     assert any("!!! hospital-1 has NO images of PNEUMONIA" in r.getMessage() for r in caplog.records)
@@ -175,18 +179,18 @@ def test_val_then_test_folders_are_the_validation_split_and_the_log_says_which(
     write_grey_png(tmp_path / "test" / "PNEUMONIA" / "0.png", 200)
     settings = _settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,PNEUMONIA")
     with caplog.at_level("INFO"):
-        data = load_local_data(settings)
+        data = _load(settings)
     assert data.train_labels.numel() == 8 and sorted(data.val_labels.tolist()) == [0, 0, 0, 1]
     assert any("validation: " in r.getMessage() and "/test (4 images); no val/ folder" in r.getMessage()
                for r in caplog.records)
     write_grey_png(tmp_path / "val" / "NORMAL" / "0.png", 30)
     write_grey_png(tmp_path / "val" / "PNEUMONIA" / "0.png", 200)
-    assert sorted(load_local_data(settings).val_labels.tolist()) == [0, 1]  # val/ wins over test/
+    assert sorted(_load(settings).val_labels.tolist()) == [0, 1]  # val/ wins over test/
     (tmp_path / "val").rename(tmp_path / "elsewhere")
     (tmp_path / "test").rename(tmp_path / "elsewhere2")
     with caplog.at_level("INFO"):
         caplog.clear()
-        data = load_local_data(settings)
+        data = _load(settings)
     assert data.train_labels.numel() + data.val_labels.numel() == 8  # a random 25% of train/
     assert any("a random 25% of the images" in r.getMessage() and "no val/ or test/ folder" in r.getMessage()
                for r in caplog.records)
@@ -208,7 +212,7 @@ def _patient_folder(root: Path, with_val: bool) -> None:
 @pytest.mark.parametrize("with_val", [True, False])
 def test_patients_csv_makes_the_patient_the_privacy_unit_of_folder_data(tmp_path: Path, with_val: bool) -> None:
     _patient_folder(tmp_path, with_val)
-    data = load_local_data(_settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,PNEUMONIA"))
+    data = _load(_settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,PNEUMONIA"))
     assert data.privacy_unit == "patient"
     units = data.privacy_units()
     assert units.numel() == data.train_labels.numel() == (12 if with_val else 9)
@@ -220,7 +224,7 @@ def test_patients_csv_makes_the_patient_the_privacy_unit_of_folder_data(tmp_path
 def test_without_patients_csv_folder_data_is_protected_per_image(tmp_path: Path) -> None:
     _patient_folder(tmp_path, True)
     (tmp_path / "patients.csv").unlink()
-    data = load_local_data(_settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,PNEUMONIA"))
+    data = _load(_settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,PNEUMONIA"))
     assert data.privacy_unit == "image" and data.unit_count == data.train_labels.numel() == 12
 
 
@@ -229,7 +233,7 @@ def test_a_patients_csv_that_misses_an_image_is_refused_naming_it(tmp_path: Path
     lines = (tmp_path / "patients.csv").read_text().splitlines()
     (tmp_path / "patients.csv").write_text("\n".join(lines[:-1]) + "\n")
     with pytest.raises(DatasetFormatError, match=r"no patient for 1 images, such as train/PNEUMONIA/p5.png"):
-        load_local_data(_settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,PNEUMONIA"))
+        _load(_settings(data_source="folder", data_path=tmp_path, class_names="NORMAL,PNEUMONIA"))
 
 
 def _dicom_of(patient_id: str | None, issuer: str, path: Path) -> None:
@@ -258,7 +262,7 @@ def test_dicom_patient_id_makes_the_patient_the_privacy_unit_and_never_leaves_th
     assert by_file["NORMAL/b7.dcm"] != by_file["NORMAL/a7-0.dcm"]
     assert len(set(loaded.patients.tolist())) == 6
     assert all("PatientID" not in header for header in loaded.headers)
-    data = load_local_data(_settings(data_source="dicom", data_path=tmp_path, class_names="NORMAL,ABNORMAL"))
+    data = _load(_settings(data_source="dicom", data_path=tmp_path, class_names="NORMAL,ABNORMAL"))
     assert data.privacy_unit == "patient"
     assert data.unit_count < data.train_labels.numel()
 
@@ -270,5 +274,5 @@ def test_one_dicom_file_without_patient_id_makes_the_image_the_unit(tmp_path: Pa
     for index in range(4):
         _dicom_of(f"P{index}", "A", tmp_path / "ABNORMAL" / f"p{index}.dcm")
     assert load_dicom_class_folders(tmp_path, 16, ("NORMAL", "ABNORMAL")).patients is None
-    data = load_local_data(_settings(data_source="dicom", data_path=tmp_path, class_names="NORMAL,ABNORMAL"))
+    data = _load(_settings(data_source="dicom", data_path=tmp_path, class_names="NORMAL,ABNORMAL"))
     assert data.privacy_unit == "image" and data.unit_count == data.train_labels.numel()

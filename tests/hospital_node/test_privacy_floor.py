@@ -10,7 +10,7 @@ from services.common.errors import PlanRefusedError
 from services.common.protocol.public_key import PublicKeyInfo
 from services.common.protocol.round_plan import RoundKind, RoundPlan
 from services.common.secure_sum.noise import NoiseKind
-from services.hospital_node.config import HospitalNodeSettings
+from services.hospital_node.config import FloorSettings, HospitalNodeSettings
 from services.hospital_node.privacy_floor import check_evaluation, check_plan
 from tests.plans import PLAN, STATISTICS_LAYOUT, UPDATE_LAYOUT
 
@@ -22,14 +22,16 @@ Q = PLAN.quantization
 
 
 def _check(plan: object, last_attempt: int = 0, joined: int = 0) -> None:
-    check_plan(plan, SETTINGS, PUBLIC, last_attempt, joined, PEERS, PLAN.upload_value_count)  # type: ignore[arg-type]
+    check_plan(plan, FloorSettings.of(SETTINGS), PUBLIC, last_attempt=last_attempt, attempts_joined=joined,  # type: ignore[arg-type]
+               known_peers=PEERS, expected_values=PLAN.upload_value_count)
 
 
 def _refusal(plan: RoundPlan, settings: HospitalNodeSettings = SETTINGS, public: PublicKeyInfo | None = PUBLIC,
              last_attempt: int = 0, joined: int = 0, peers: tuple[str, ...] = PEERS) -> str | None:
     """The floor's named reason for refusing `plan`, or None when the hospital takes part."""
     try:
-        check_plan(plan, settings, public, last_attempt, joined, peers, PLAN.upload_value_count)
+        check_plan(plan, FloorSettings.of(settings), public, last_attempt=last_attempt, attempts_joined=joined,
+                   known_peers=peers, expected_values=PLAN.upload_value_count)
     except PlanRefusedError as refused:
         return refused.reason
     return None
@@ -72,7 +74,8 @@ def test_a_downgraded_plan_is_refused_by_name(downgrade: object, reason: str) ->
 def test_a_set_above_n_max_is_refused_even_of_known_members() -> None:
     members = tuple(f"hospital-{i}" for i in range(1, 10))
     with pytest.raises(PlanRefusedError) as refused:
-        check_plan(replace(PLAN, participants=members), SETTINGS, PUBLIC, 0, 0, members, PLAN.upload_value_count)
+        check_plan(replace(PLAN, participants=members), FloorSettings.of(SETTINGS), PUBLIC, last_attempt=0,
+                   attempts_joined=0, known_peers=members, expected_values=PLAN.upload_value_count)
     assert refused.value.reason == "participant_set_below_floor" and "n_max = 8" in str(refused.value)
 
 
@@ -85,7 +88,8 @@ def test_an_attempt_is_used_once_attempts_only_grow_and_a_third_is_refused() -> 
 
 def test_an_upload_length_other_than_the_models_is_refused() -> None:
     with pytest.raises(PlanRefusedError) as refused:
-        check_plan(PLAN, SETTINGS, PUBLIC, 0, 0, PEERS, PLAN.upload_value_count + 1)
+        check_plan(PLAN, FloorSettings.of(SETTINGS), PUBLIC, last_attempt=0, attempts_joined=0, known_peers=PEERS,
+                   expected_values=PLAN.upload_value_count + 1)
     assert refused.value.reason == "malformed_plan"
 
 
@@ -119,10 +123,10 @@ def test_an_evaluation_is_answered_only_among_enough_members_that_include_the_ho
         participants: tuple[str, ...], reason: str) -> None:
     plan = replace(PLAN, kind=RoundKind.EVALUATE, participants=participants)
     with pytest.raises(PlanRefusedError) as refused:
-        check_evaluation(plan, SETTINGS, PEERS)
+        check_evaluation(plan, FloorSettings.of(SETTINGS), PEERS)
     assert refused.value.reason == reason
     honest = replace(plan, participants=("hospital-1", "hospital-2", "hospital-3"))
-    assert check_evaluation(honest, SETTINGS, PEERS) is None
+    assert check_evaluation(honest, FloorSettings.of(SETTINGS), PEERS) is None
 
 
 def test_an_evaluation_in_plaintext_or_among_strangers_gets_no_report() -> None:
@@ -132,7 +136,8 @@ def test_an_evaluation_in_plaintext_or_among_strangers_gets_no_report() -> None:
     for changed, peers, reason in ((replace(plan, secure=False), PEERS, "plaintext_refused"),
                                    (plan, ("hospital-2",), "unknown_participant")):
         with pytest.raises(PlanRefusedError) as refused:
-            check_evaluation(changed, SETTINGS, peers)
+            check_evaluation(changed, FloorSettings.of(SETTINGS), peers)
         assert refused.value.reason == reason
-    assert check_evaluation(replace(plan, secure=False), SETTINGS.model_copy(update={"allow_plaintext": True}),
+    plaintext_ok = FloorSettings.of(SETTINGS.model_copy(update={"allow_plaintext": True}))
+    assert check_evaluation(replace(plan, secure=False), plaintext_ok,
                             PEERS) is None

@@ -161,6 +161,12 @@ def join_to_wire(node_id: str, spec: ParameterSpec, classes: ClassRoster) -> pb.
                           class_names=list(classes.names), class_counts=list(classes.counts))
 
 
+def sender_from_wire(message: pb.JoinRequest | pb.EvaluationReport | pb.RoundDecline) -> str:
+    """The node a message says it comes from, read alone so that a server checks who speaks before it parses
+    (a malformed message from the wrong certificate is refused for identity, not for its shape)."""
+    return message.node_id
+
+
 def join_from_wire(message: pb.JoinRequest) -> tuple[str, ParameterSpec, ClassRoster]:
     counts = tuple(int(count) for count in message.class_counts)
     if counts and len(counts) != len(message.class_names):

@@ -53,8 +53,8 @@ def retry_call(call: Callable[[], T], policy: RetryPolicy, what: str, log: loggi
                describe: Callable[[grpc.RpcError], str] | None = None, stop: threading.Event | None = None) -> T:
     """`call()`'s result. A gRPC error is raised at once when its status is not in the policy's codes, when
     `may_retry(error)` says no, when `stop` is set, or when the tries or the time are spent; otherwise the call is
-    made again after the next pause, with one warning naming `what`, the status (or `describe(error)`) and the
-    pause."""
+    made again after the next pause, with one warning: "`what` (STATUS: details); retrying in N s (try K)", or
+    `describe(error)` in place of everything before the semicolon."""
     started, tries, backoff = time.monotonic(), 0, Backoff(policy)
     while True:
         tries += 1
@@ -67,8 +67,8 @@ def retry_call(call: Callable[[], T], policy: RetryPolicy, what: str, log: loggi
             if error.code() not in policy.codes or spent or not may_retry(error) or (stop is not None
                                                                                       and stop.is_set()):
                 raise
-            reason = describe(error) if describe is not None else f"{error.code().name}: {error.details()}"
-            log.warning("%s (%s); try %d in %.0f s", what, reason, tries + 1, pause)
+            line = describe(error) if describe is not None else f"{what} ({error.code().name}: {error.details()})"
+            log.warning("%s; retrying in %.0f s (try %d)", line, pause, tries + 1)
             if stop is not None:
                 stop.wait(backoff.next())
             else:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from services.common.protocol.class_roster import ClassRoster
-from services.hospital_node.config import HospitalNodeSettings
+from services.hospital_node.config import DataSettings
 from services.hospital_node.data.partition import partition_indices
 from services.hospital_node.data.synthetic_xray import (
     MAX_IMAGES_PER_PATIENT,
@@ -85,7 +85,7 @@ def _split(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int, c
                      train_patients=None if patients is None else torch.from_numpy(patients[train]))
 
 
-def load_local_data(settings: HospitalNodeSettings) -> LocalData:
+def load_local_data(settings: DataSettings) -> LocalData:
     seed = settings.synthetic_seed + settings.partition_index
     if settings.data_source == "synthetic":
         # Every node regenerates the same SYNTHETIC set from the shared seed and keeps its own part.
@@ -154,7 +154,7 @@ def _held_out(images: np.ndarray, labels: np.ndarray, held_images: np.ndarray, h
                      as_tensor(held_labels[cal].astype(np.int64)))
 
 
-def _load_real(settings: HospitalNodeSettings) -> tuple[np.ndarray, np.ndarray, tuple[str, ...],
+def _load_real(settings: DataSettings) -> tuple[np.ndarray, np.ndarray, tuple[str, ...],
                                                          tuple[np.ndarray, np.ndarray] | None, np.ndarray | None]:
     """The hospital's own training images and labels (labels in the consortium's class order), its class names,
     and its validation split when the source has one. A file that cannot be used is logged with its reason and
