@@ -59,7 +59,7 @@ def measure(nodes: int, architecture: str, root: Path) -> tuple[float, float]:
             for index, node_id in enumerate(node_ids):
                 update = np.random.default_rng(index).normal(0, 1e-3, spec.count)
                 uploads[node_id] = [upload_chunk_to_wire(chunk) for chunk in secure_upload(
-                    plan, update, node_id, load_identity(run_dir / "identities" / f"{node_id}.key"), pool=pool,
+                    plan, update, node_id, key=load_identity(run_dir / "identities" / f"{node_id}.key"), pool=pool,
                     recipe=upload_recipe(plan, public.slots_per_ciphertext, np.random.SeedSequence(index)),
                     timings=UploadTimings())]
         print(f"  {nodes} nodes: encrypted {nodes} updates", flush=True)

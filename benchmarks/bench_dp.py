@@ -81,7 +81,8 @@ def private_step(model: nn.Module, mode: str, images: torch.Tensor, labels: torc
                               grad_sample_mode=mode)  # type: ignore[arg-type]
     module = per_example_module(model, private)
     base = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-    optimizer, criterion = private_optimizer(module, base, private, images.shape[0], torch.device("cpu"))
+    optimizer, criterion = private_optimizer(module, base, private, expected_batch=images.shape[0],
+                                             device=torch.device("cpu"))
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)

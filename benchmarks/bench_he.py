@@ -213,7 +213,7 @@ def bench_masking(update: np.ndarray, workers: int, node_counts: tuple[int, ...]
         nodes = [f"hospital-{i}" for i in range(count)]
         private = {node: X25519PrivateKey.generate() for node in nodes}
         peers = {node: key.public_key() for node, key in private.items()}
-        masks[count] = tuple(peer_masks(nodes[0], private[nodes[0]], peers, MaskScope("bench", "key", 1, 1,
+        masks[count] = tuple(peer_masks(nodes[0], private[nodes[0]], peers, scope=MaskScope("bench", "key", 1, 1,
                                                                                        tuple(nodes))))
     times: dict[int, list[float]] = {count: [] for count in masks}
     with EncryptionPool(public, workers=workers) as pool:
@@ -247,7 +247,7 @@ def bench_online(update: np.ndarray, workers: int, repeats: int = 3) -> dict[str
     nodes = [f"hospital-{i}" for i in range(NODES)]
     private = {node: X25519PrivateKey.generate() for node in nodes}
     scope = MaskScope("bench", "key", 1, 1, tuple(nodes))
-    masks = tuple(peer_masks(nodes[0], private[nodes[0]], {n: k.public_key() for n, k in private.items()}, scope))
+    masks = tuple(peer_masks(nodes[0], private[nodes[0]], {n: k.public_key() for n, k in private.items()}, scope=scope))
     authority = (authority_mask(nodes[0], private[nodes[0]], X25519PrivateKey.generate().public_key(), scope),)
     times: dict[str, list[float]] = {name: [] for name in ("full", "online", "precompute", "decrypt serial",
                                                            "decrypt parallel")}

@@ -61,7 +61,7 @@ def run_centralized(config: ConsortiumConfig, training: LocalTraining, out_dir: 
     rows: list[dict[str, object]] = []
 
     def record(round_id: int, seconds: float, steps: int, rate: float | None = None) -> None:
-        report = evaluation_report(model, data, device, "centralized", round_id)
+        report = evaluation_report(model, data, device, node_id="centralized", model_round=round_id)
         rows.append({"round": round_id, "participants": 1, "seconds": seconds, "epochs": training.epochs,
                      "steps": steps, **({} if rate is None else {"learning_rate": rate}),
                      "evaluation": pool_reports([report]).as_dict()})
@@ -71,13 +71,14 @@ def run_centralized(config: ConsortiumConfig, training: LocalTraining, out_dir: 
     rounds = aggregator.rounds
     for round_id in range(1, rounds + 1):
         started = time.monotonic()
-        rate = round_learning_rate(training.learning_rate, round_id, rounds, aggregator.round_schedule,
-                                   aggregator.round_floor)
-        stats = train_local(model, data, replace(training, learning_rate=rate), device, generator)
+        rate = round_learning_rate(training.learning_rate, round_id, rounds, schedule=aggregator.round_schedule,
+                                   floor=aggregator.round_floor)
+        stats = train_local(model, data, replace(training, learning_rate=rate), device=device, generator=generator)
         record(round_id, time.monotonic() - started, stats.steps, rate)
     if aggregator.head_refit:
         started = time.monotonic()
-        moments = feature_moments(model, data.train_images, data.train_labels, data.num_classes, device)
+        moments = feature_moments(model, data.train_images, data.train_labels, num_classes=data.num_classes,
+                                  device=device)
         set_head(model, *lda_head(moments, aggregator.head_refit_shrinkage))
         record(rounds + 1, time.monotonic() - started, 0)
         rows[-1]["head_refit"] = True

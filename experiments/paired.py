@@ -60,7 +60,7 @@ def positive_scores(run: RunModel, architecture: str, data: LocalData, device: t
     """Class probabilities of every evaluated image, by the hospitals' own evaluation."""
     model = build_model(architecture, data.num_classes, 0)
     model.load_state_dict(run.state)
-    return predict(model, data.val_images, data.val_labels, data.num_classes, device)[0]
+    return predict(model, data.val_images, data.val_labels, num_classes=data.num_classes, device=device)[0]
 
 
 def predictions(run: RunModel, probabilities: np.ndarray, calibrated: bool) -> np.ndarray:
@@ -93,7 +93,7 @@ def compare(baseline: RunModel, other: RunModel, architecture: str, data: LocalD
                 raise ValueError(f"{run.label} at {point}: recomputed confusion {mine} is not the recorded "
                                  f"{recorded['confusion']}; not the run's images or weights")  # type: ignore[index]
         result[point] = paired_f1_difference(truth, predicted[other.label], predicted[baseline.label],
-                                             data.num_classes)
+                                             num_classes=data.num_classes)
     return result
 
 

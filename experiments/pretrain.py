@@ -129,7 +129,7 @@ def pretrain(stand_in: StandIn, out: Path) -> dict[str, object]:
         rate = s.learning_rate * 0.5 * (1 + np.cos(np.pi * (epoch - 1) / s.epochs))
         stats = train_local(model, data, LocalTraining(epochs=1, learning_rate=float(rate), batch_size=s.batch_size,
                                                        optimizer="adamw", imbalance="none", schedule="constant",
-                                                       augment=True), device, generator)
+                                                       augment=True), device=device, generator=generator)
         elapsed = time.monotonic() - started
         accuracy, _ = _pretext_scores(model, data, device)
         print(f"  epoch {epoch}/{s.epochs}: loss {stats.mean_loss:.4f}, held-out accuracy {accuracy:.3f}, "
@@ -174,7 +174,7 @@ def _head_prefix(model: torch.nn.Module) -> str:
 
 def _pretext_scores(model: torch.nn.Module, data: LocalData, device: torch.device) -> tuple[float, float]:
     """Held-out accuracy and macro one-against-rest AUC on the pretext task."""
-    probabilities, _ = predict(model, data.val_images, data.val_labels, PRETEXT_CLASSES, device)
+    probabilities, _ = predict(model, data.val_images, data.val_labels, num_classes=PRETEXT_CLASSES, device=device)
     labels = data.val_labels.numpy()
     accuracy = float((probabilities.argmax(1) == labels).mean())
     aucs = [binary_auc(probabilities[:, c], (labels == c).astype(np.int64)) for c in range(PRETEXT_CLASSES)]
@@ -189,7 +189,8 @@ def _binary_heads(model: torch.nn.Module, pictures: np.ndarray, labels: np.ndarr
     public_features = penultimate_features(model, torch.from_numpy(pictures[binary]), device)
     weight, bias = lda_head(moments_of(public_features, torch.from_numpy(labels[binary]), 2), SHRINKAGE)
     images, truth = generate_synthetic_xrays(1000, s.image_size, 2, HOSPITAL_SEED)
-    probabilities, _ = predict(model, torch.from_numpy(images), torch.from_numpy(truth), PRETEXT_CLASSES, device)
+    probabilities, _ = predict(model, torch.from_numpy(images), torch.from_numpy(truth), num_classes=PRETEXT_CLASSES,
+                               device=device)
     own = probabilities[:, 1] / np.maximum(probabilities[:, 0] + probabilities[:, 1], 1e-12)
     features = penultimate_features(model, torch.from_numpy(images), device).numpy()
     logits = features @ weight.T + bias

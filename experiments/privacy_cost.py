@@ -63,8 +63,10 @@ class Cost:
 def plan(setting: Setting, layout: FieldLayout, noise_variance: float) -> QuantizationPlan:
     slots = ckks_parameters(setting.max_participants).slots
     pieces = upload_chunk_count(setting.dimension, layout, slots, setting.chunk_ciphertexts)
-    return plan_quantization(setting.dimension, setting.clip_norm, layout.bits, setting.max_participants,
-                             setting.quorum, NoiseKind.SKELLAM, noise_variance, rounding_pieces=pieces)
+    return plan_quantization(setting.dimension, setting.clip_norm, layout.bits,
+                             max_participants=setting.max_participants,
+                             min_participants=setting.quorum, noise_kind=NoiseKind.SKELLAM,
+                             noise_variance=noise_variance, rounding_pieces=pieces)
 
 
 def cost(setting: Setting, layout: FieldLayout, noise_variance: float) -> Cost:
@@ -73,7 +75,7 @@ def cost(setting: Setting, layout: FieldLayout, noise_variance: float) -> Cost:
     l1, l2 = integer_sensitivities(quantization.l2_sensitivity, setting.dimension)
     summed = node_noise_share(noise_variance, setting.quorum) * setting.participants
     return Cost(layout.bits, layout.fields_per_slot, noise_variance,
-                epsilon_for(l1, l2, summed, setting.rounds, setting.delta), math.sqrt(summed) / l2,
+                epsilon_for(l1, l2, summed, rounds=setting.rounds, delta=setting.delta), math.sqrt(summed) / l2,
                 math.sqrt(summed) / quantization.scale / setting.participants,
                 setting.clip_norm / math.sqrt(setting.dimension))
 

@@ -95,7 +95,7 @@ def pooled(parts: list[LocalData]) -> LocalData:
 
 def scores(model: torch.nn.Module, data: LocalData) -> np.ndarray:
     """The validation images' score for class 1 (the softmax probability)."""
-    probabilities, _ = predict(model, data.val_images, data.val_labels, 2, CPU)
+    probabilities, _ = predict(model, data.val_images, data.val_labels, num_classes=2, device=CPU)
     return probabilities[:, 1]
 
 
@@ -149,7 +149,8 @@ def federated(model: torch.nn.Module, parts: list[LocalData], recipe: Recipe, tr
             private = (PrivateTraining(sigma, recipe.dp_clip_norm, "hooks", 32, trainable)  # type: ignore[arg-type]
                        if sigma is not None else None)
             generator = torch.Generator().manual_seed(seed * 1000 + round_id * 10 + index)
-            result = train_round(model, part, training, CPU, generator=generator, spec=spec, global_weights=weights,
+            result = train_round(model, part, training, device=CPU, generator=generator, spec=spec,
+                                 global_weights=weights,
                                  private=private,
                                  trainable=trainable, positions=positions)  # type: ignore[arg-type]
             uploads.append(result.upload)
@@ -195,15 +196,16 @@ def run_seed(seed: int, weights: Path, args: argparse.Namespace, recipe: Recipe)
     # stand-in's description).
     record("public binary head (round 0)", "public", scores(base, data), None)
     central_head = copy.deepcopy(base)
-    train_head(central_head, data, LocalTraining(recipe.centralized_epochs, recipe.learning_rate, 32, "sgd"), CPU,
-               torch.Generator().manual_seed(seed))
+    train_head(central_head, data, LocalTraining(recipe.centralized_epochs, recipe.learning_rate, 32, "sgd"),
+               device=CPU,
+               generator=torch.Generator().manual_seed(seed))
     record("centralized non-private, head", "head", scores(central_head, data), None,
            seconds=time.monotonic() - started)
     if not args.quick:
         started = time.monotonic()
         full = copy.deepcopy(base)
         train_local(full, data, LocalTraining(recipe.full_epochs, 3e-4, 32, "adamw", imbalance="none", augment=True),
-                    CPU, torch.Generator().manual_seed(seed))
+                    device=CPU, generator=torch.Generator().manual_seed(seed))
         record("centralized non-private, full fine-tune", "all", scores(full, data), None,
                seconds=time.monotonic() - started)
     started = time.monotonic()

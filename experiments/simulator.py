@@ -88,7 +88,7 @@ def consortium_config(values: SettingValues, simulation: Simulation) -> Consorti
 
 
 def pooled_evaluation(model: torch.nn.Module, data: LocalData, device: torch.device) -> dict[str, float]:
-    counts = evaluate(model, data.val_images, data.val_labels, data.num_classes, device)
+    counts = evaluate(model, data.val_images, data.val_labels, num_classes=data.num_classes, device=device)
     pooled = pool_reports([EvaluationReport("pooled", 0, counts)]).as_dict()
     return {k: v for k, v in pooled.items() if isinstance(v, float)}
 
@@ -123,13 +123,15 @@ class Codec:
 
     def update_plan(self, dimension: int) -> QuantizationPlan:
         a, layout = self._aggregator, self._update
-        return plan_quantization(dimension, a.clip_norm, layout.bits, layout.max_participants, a.min_participants,
-                                 a.noise_kind, a.noise_variance)
+        return plan_quantization(dimension, a.clip_norm, layout.bits, max_participants=layout.max_participants,
+                                 min_participants=a.min_participants,
+                                 noise_kind=a.noise_kind, noise_variance=a.noise_variance)
 
     def statistics_plan(self, dimension: int, noise_variance: float) -> QuantizationPlan:
         a, layout = self._aggregator, self._statistics
-        return plan_statistics(dimension, a.clip_norm, layout.bits, layout.max_participants, a.min_participants,
-                               a.noise_kind, noise_variance)
+        return plan_statistics(dimension, a.clip_norm, layout.bits, max_participants=layout.max_participants,
+                               min_participants=a.min_participants,
+                               noise_kind=a.noise_kind, noise_variance=noise_variance)
 
 
 def refit_head(model: torch.nn.Module, parts: list[LocalData], features: list[torch.Tensor], shrinkage: float) -> None:
@@ -192,17 +194,18 @@ def simulate(name: str, values: SettingValues, simulation: Simulation, out: Path
         if simulation.mode == "centralized":  # no FedProx anchor: with one party there is no global model
             centralized = replace(training, proximal_mu=0.0)
             if plan.trainable == "head":
-                train_head(model, pooled, centralized, device, generator)
+                train_head(model, pooled, centralized, device=device, generator=generator)
             elif plan.trainable == "last_block":
-                train_only(model, trained_parameters(model, "last_block"), pooled, centralized, device, generator)
+                train_only(model, trained_parameters(model, "last_block"), pooled, training=centralized, device=device,
+                           generator=generator)
             else:
-                train_local(model, pooled, centralized, device, generator)
+                train_local(model, pooled, centralized, device=device, generator=generator)
         else:
             uploads, raw = [], []
             broadcast = strategy.broadcast(weights)
             for part, scaffold in zip(parts, scaffolds):
                 model.load_state_dict(restore_state(model.state_dict(), weights.astype(np.float32), spec))
-                result = train_round(model, part, training, device, generator=generator, spec=spec,
+                result = train_round(model, part, training, device=device, generator=generator, spec=spec,
                                      global_weights=weights, scaffold=scaffold,
                                      consortium_control=broadcast[spec.count:], trainable=plan.trainable,
                                      positions=positions)

@@ -234,8 +234,8 @@ class Consortium:
 
         s = self.node_settings[0]
         _, labels = generate_synthetic_xrays(s.synthetic_images, 16, s.num_classes, s.synthetic_seed)
-        parts = partition_indices(labels, s.partition_parties, s.partition_scheme, s.partition_alpha,
-                                  s.synthetic_seed)
+        parts = partition_indices(labels, s.partition_parties, s.partition_scheme, alpha=s.partition_alpha,
+                                  seed=s.synthetic_seed)
         counts = class_counts(labels, parts, s.num_classes)
         return format_class_counts(counts, synthetic_class_names(s.num_classes), self.node_ids)
 

@@ -14,7 +14,8 @@ UPDATE_LAYOUT, STATISTICS_LAYOUT = FieldLayout(10, 8, 3), FieldLayout(37, 8, 1)
 # 10-bit fields for n_max 8, a quorum of 3 and Skellam noise 16, in one chunk.
 PLAN = RoundPlan(
     7, RoundKind.TRAIN, True, "0123456789abcdef", LocalTrainingPlan(2, 0.0125, 16, "adamw", 0.01, True),
-    plan_quantization(1000, 10.0, 10, 8, 3, NoiseKind.SKELLAM, 16.0, rounding_pieces=1),
+    plan_quantization(1000, 10.0, 10, max_participants=8, min_participants=3, noise_kind=NoiseKind.SKELLAM,
+                      noise_variance=16.0, rounding_pieces=1),
     UPDATE_LAYOUT, TransferPlan(1, 8, 1 << 18, 900.0), ModelBroadcast(500, "digest", b"\x01" * 32, 1), 2,
     ("hospital-1", "hospital-2", "hospital-3"))
 

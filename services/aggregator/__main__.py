@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def main(argv: list[str] | None = None, observer: DecryptionObserver | None = None) -> int:
     """`observer` is for tests only (tests/service_hooks); the command line never sets it."""
-    settings = load_settings(AggregatorSettings, "services.aggregator", __doc__, argv)
+    settings = load_settings(AggregatorSettings, "services.aggregator", __doc__, argv=argv)
     from services.aggregator.service import serve  # torch and TenSEAL load here, after the settings are checked
 
     return serve(settings, observer)

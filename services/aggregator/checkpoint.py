@@ -27,7 +27,7 @@ class Checkpoint:
     scalars: dict[str, Any]
 
 
-def save_checkpoint(directory: Path, round_id: int, weights: np.ndarray, optimizer_state: dict[str, np.ndarray],
+def save_checkpoint(directory: Path, round_id: int, weights: np.ndarray, *, optimizer_state: dict[str, np.ndarray],
                     round_state: dict[str, Any]) -> Path:
     """Write `round_<r>.npz` and then point `latest.json` at it, each file replaced whole."""
     path = directory / f"round_{round_id:04d}.npz"

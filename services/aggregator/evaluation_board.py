@@ -133,7 +133,7 @@ class EvaluationBoard:
         members, got = max(complete, key=lambda item: len(item[0]))
         try:
             report, _ = pooled_report({node: r.values for node, r in got.items()}, members, self._num_classes,
-                                      HISTOGRAM_BINS, model_round)
+                                      bins=HISTOGRAM_BINS, model_round=model_round)
             validate_report(report, self._num_classes)
         except (PooledCountsError, MalformedChunkError) as error:
             log.warning("model after round %d: the masked evaluations of %s do not pool (%s): not evaluated",

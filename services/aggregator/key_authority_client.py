@@ -30,7 +30,7 @@ class KeyAuthorityClient:
         policy = RetryPolicy({grpc.StatusCode.UNAVAILABLE}, seconds=wait_seconds, multiplier=1.0)
         return public_key_from_wire(retry_call(
             lambda: self._stub.GetPublicContext(pb.GetPublicContextRequest(), timeout=30), policy,
-            "key authority not reachable yet", log))
+            "key authority not reachable yet", log=log))
 
     def decrypt(self, manifest: DecryptManifest, chunks: Callable[[], Iterator[list[bytes]]],
                 retry_seconds: float = 0.0, stop: threading.Event | None = None) -> np.ndarray:
@@ -41,7 +41,7 @@ class KeyAuthorityClient:
         policy = RetryPolicy({grpc.StatusCode.UNAVAILABLE}, seconds=retry_seconds, max_pause=MAX_RETRY_PAUSE)
         try:
             values = retry_call(lambda: self._decrypt_once(manifest, chunks()), policy,
-                                f"round {manifest.round_id}: key authority unreachable, decryption", log, stop=stop)
+                                f"round {manifest.round_id}: key authority unreachable, decryption", log=log, stop=stop)
         except grpc.RpcError as error:
             raise DecryptionRefusedError(f"the key authority refused round {manifest.round_id} attempt "
                                          f"{manifest.attempt}: {error.code().name}: {error.details()}") from error

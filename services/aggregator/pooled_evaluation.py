@@ -117,6 +117,7 @@ def pool_reports(reports: list[EvaluationReport]) -> PooledEvaluation:
            else auc_macro_from_histograms(positive, negative))
     metrics = ClassificationMetrics(**{**asdict(metrics), "auc": auc})
     # A threshold chosen on some hospitals' calibration images only would not be the consortium's.
-    calibrated = (operating_point(calibration_positive[1], calibration_negative[1], positive[1], negative[1], auc)
+    calibrated = (operating_point(calibration_positive[1], calibration_negative[1], positive[1], negative=negative[1],
+                                  auc=auc)
                   if classes == 2 and calibrated_reports == len(reports) else None)
     return PooledEvaluation(metrics, confusion, loss_sum / max(examples, 1), examples, len(reports), calibrated)

@@ -60,29 +60,29 @@ class SkellamAccountant:
         return trial.epsilon()
 
 
-def epsilon_for(l1: float, l2: float, variance: float, rounds: int, delta: float) -> float:
+def epsilon_for(l1: float, l2: float, variance: float, *, rounds: int, delta: float) -> float:
     rdp = [rounds * skellam_rdp(alpha, l1, l2, variance) for alpha in RDP_ORDERS]
     return rdp_to_epsilon(rdp, RDP_ORDERS, delta)
 
 
 def plan_skellam_variance(
-    target_epsilon: float, delta: float, rounds: int, l1: float, l2: float, max_variance: float
+    target_epsilon: float, delta: float, rounds: int, *, l1: float, l2: float, max_variance: float
 ) -> float:
     """Smallest total variance meeting (target_epsilon, delta) over `rounds`, or a refusal.
 
     `max_variance` is the most noise the modular field can carry; a plan that needs
     more cannot be met with these bits and is refused with the numbers.
     """
-    if epsilon_for(l1, l2, max_variance, rounds, delta) > target_epsilon:
+    if epsilon_for(l1, l2, max_variance, rounds=rounds, delta=delta) > target_epsilon:
         raise PrivacyBudgetError(
             f"epsilon {target_epsilon} at delta {delta} over {rounds} rounds needs more noise than "
             f"the field carries: variance {max_variance:.4g} still gives epsilon "
-            f"{epsilon_for(l1, l2, max_variance, rounds, delta):.4g} (L2 sensitivity {l2:.4g})"
+            f"{epsilon_for(l1, l2, max_variance, rounds=rounds, delta=delta):.4g} (L2 sensitivity {l2:.4g})"
         )
     low, high = 0.0, max_variance
     for _ in range(200):
         middle = (low + high) / 2
-        if middle > 0 and epsilon_for(l1, l2, middle, rounds, delta) <= target_epsilon:
+        if middle > 0 and epsilon_for(l1, l2, middle, rounds=rounds, delta=delta) <= target_epsilon:
             high = middle
         else:
             low = middle

@@ -56,7 +56,7 @@ class RoundParts:
 
 class RoundLoop:
     def __init__(self, settings: AggregatorSettings, metrics: ServiceMetrics, key_authority: KeyAuthorityClient,
-                 parts: RoundParts, observer: DecryptionObserver | None = None) -> None:
+                 *, parts: RoundParts, observer: DecryptionObserver | None = None) -> None:
         self._settings = settings
         self._metrics = metrics
         self._key_authority = key_authority
@@ -101,8 +101,9 @@ class RoundLoop:
         key = self.key = self._key_authority.public_key()
         self._public_context = load_public_context(key.context)
         self._metrics.secret_key.set(int(self._public_context.is_private()))
-        planner = RoundPlanner(s, key, p.membership.spec, p.run.strategy.upload_dimension(p.membership.spec.count),
-                               p.head_refit.upload_dimension)
+        planner = RoundPlanner(s, key, p.membership.spec,
+                               upload_dimension=p.run.strategy.upload_dimension(p.membership.spec.count),
+                               statistics_dimension=p.head_refit.upload_dimension)
         run = p.run
         if run.interrupted_round is not None:
             log.warning("resuming after round %d (%d of %d training rounds run, epsilon %.4g); round %d was "
@@ -174,7 +175,7 @@ class RoundLoop:
         p = self._parts
         round_id = p.run.round_id if attempt > 1 else p.run.next_round(self._checkpoints)
         broadcast = broadcast_chunks(p.run.strategy.broadcast(p.run.weights))
-        plan = planner.plan(round_id, kind, broadcast, attempt, participants)
+        plan = planner.plan(round_id, kind, broadcast, attempt=attempt, participants=participants)
         expected = p.membership.connected() - (set() if kind is RoundKind.EVALUATE else p.intake.retired)
         state = new_round_state(plan, expected, self._public_context)
         p.board.expect(round_id - 1)  # nodes report on the model they receive: the one after round_id - 1
@@ -249,7 +250,7 @@ class RoundLoop:
         p.run.save_accountant(self._checkpoints)
         try:
             mean_upload = release_mean(state, self._key_authority, self._observer,
-                                       s.decrypt_retry_seconds, stop)
+                                       retry_seconds=s.decrypt_retry_seconds, stop=stop)
         except DecryptionRefusedError as refused:
             return self._failed(row, started, "key_authority_refused", refused)
         except ImplausibleSumError as implausible:
@@ -264,8 +265,10 @@ class RoundLoop:
         apply_seconds = time.monotonic() - apply_start
         seconds = time.monotonic() - started
         contributors = [state.contributors[node] for node in sorted(state.contributors)]
-        phases = record_round(self._metrics, state, contributors, seconds, decrypt_seconds, apply_seconds,
-                              p.guard.epsilon, p.guard.round_epsilon(state.plan.quantization, participants))
+        phases = record_round(self._metrics, state, contributors, seconds=seconds, decrypt_seconds=decrypt_seconds,
+                              apply_seconds=apply_seconds,
+                              epsilon=p.guard.epsilon, round_epsilon=p.guard.round_epsilon(state.plan.quantization,
+                                                                                           participants))
         row.update(seconds=seconds, epsilon=p.guard.epsilon, phases=phases, **self._record_privacy(contributors))
         self._pool_class_counts(state, contributors)
         log.info("round %d sealed: %d participants, %.1f s, epsilon %.4g", state.round_id, participants, seconds,

@@ -21,7 +21,7 @@ def phase_row(state: RoundState, contributors: list[VerifiedSubmission], decrypt
 
 
 def record_round(metrics: ServiceMetrics, state: RoundState, contributors: list[VerifiedSubmission],
-                 seconds: float, decrypt_seconds: float, apply_seconds: float, epsilon: float,
+                 *, seconds: float, decrypt_seconds: float, apply_seconds: float, epsilon: float,
                  round_epsilon: float) -> dict[str, float]:
     """Publish a sealed round's metrics; the phase row."""
     metrics.round_latency.observe(seconds)

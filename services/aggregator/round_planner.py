@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 class RoundPlanner:
-    def __init__(self, settings: AggregatorSettings, key: PublicKeyInfo, spec: ParameterSpec, upload_dimension: int,
+    def __init__(self, settings: AggregatorSettings, key: PublicKeyInfo, spec: ParameterSpec, *, upload_dimension: int,
                  statistics_dimension: int) -> None:
         s = self._settings = settings
         if s.secure and s.min_participants < key.min_participants:
@@ -41,13 +41,16 @@ class RoundPlanner:
         self._spec = spec
         update = key.layout_for(SumLayout.UPDATE)
         self.update_plan = plan_quantization(
-            upload_dimension, s.clip_norm, update.bits, update.max_participants, s.min_participants, s.noise_kind,
-            s.noise_variance, rounding_pieces=upload_chunk_count(upload_dimension, update, key.slots,
+            upload_dimension, s.clip_norm, update.bits, max_participants=update.max_participants,
+                                             min_participants=s.min_participants, noise_kind=s.noise_kind,
+            noise_variance=s.noise_variance, rounding_pieces=upload_chunk_count(upload_dimension, update, key.slots,
                                                                  s.chunk_ciphertexts))
         statistics = key.layout_for(SumLayout.STATISTICS)
         self.statistics_plan = plan_statistics(
-            statistics_dimension, s.clip_norm, statistics.bits, statistics.max_participants, s.min_participants,
-            s.noise_kind, s.noise_variance, rounding_pieces=upload_chunk_count(statistics_dimension, statistics,
+            statistics_dimension, s.clip_norm, statistics.bits, max_participants=statistics.max_participants,
+                                               min_participants=s.min_participants,
+            noise_kind=s.noise_kind, noise_variance=s.noise_variance,
+                                               rounding_pieces=upload_chunk_count(statistics_dimension, statistics,
                                                                                key.slots, s.chunk_ciphertexts))
         if s.secure:
             q = self.update_plan
@@ -58,7 +61,7 @@ class RoundPlanner:
     def quantization(self, kind: RoundKind) -> QuantizationPlan:
         return self.statistics_plan if kind is RoundKind.HEAD_STATISTICS else self.update_plan
 
-    def plan(self, round_id: int, kind: RoundKind, broadcast: list[bytes], attempt: int = 1,
+    def plan(self, round_id: int, kind: RoundKind, broadcast: list[bytes], *, attempt: int = 1,
              participants: frozenset[str] = frozenset()) -> RoundPlan:
         """The plan of attempt `attempt` of round `round_id` for the participant set `participants`; `broadcast` is
         the model chunks that follow it."""
@@ -78,7 +81,8 @@ def training_plan(settings: AggregatorSettings, round_id: int) -> LocalTrainingP
     """The round's part of every hospital's local training."""
     s = settings
     return LocalTrainingPlan(
-        s.local_epochs, round_learning_rate(s.learning_rate, round_id, s.rounds, s.round_schedule, s.round_floor),
+        s.local_epochs, round_learning_rate(s.learning_rate, round_id, s.rounds, schedule=s.round_schedule,
+                                            floor=s.round_floor),
         s.batch_size, s.local_optimizer, s.proximal_mu, s.drift_correction, s.record_epsilon or 0.0, s.trainable)
 
 

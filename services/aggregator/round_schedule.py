@@ -18,7 +18,7 @@ from typing import Literal
 RoundSchedule = Literal["constant", "cosine"]
 
 
-def round_learning_rate(base: float, round_id: int, rounds: int, schedule: RoundSchedule, floor: float) -> float:
+def round_learning_rate(base: float, round_id: int, rounds: int, *, schedule: RoundSchedule, floor: float) -> float:
     """The local learning rate of `round_id` (1-based) of `rounds`."""
     if schedule == "constant" or rounds <= 1:
         return base

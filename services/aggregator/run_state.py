@@ -62,7 +62,8 @@ class RunState:
     def checkpoint(self, directory: Path) -> Path:
         """Save the state as of `round_id` (0: the initial model)."""
         a = self.accountant
-        return save_checkpoint(directory, self.round_id, self.weights, self.strategy.state(), {
+        return save_checkpoint(directory, self.round_id, self.weights, optimizer_state=self.strategy.state(),
+                               round_state={
             "completed_rounds": self.completed_rounds, "epsilon": a.epsilon(), "rdp": a.rdp,
             "accountant_rounds": a.rounds, "unaccounted_rounds": a.unaccounted_rounds,
             "record_epsilon": self.record_epsilon, "train_rounds": self.train_rounds,

@@ -66,10 +66,11 @@ def serve(settings: AggregatorSettings, observer: DecryptionObserver | None = No
                                           settings.secure),
                        run, HeadRefit(head_positions(model, spec), settings.head_refit_shrinkage))
     key_authority = KeyAuthorityClient(channel(settings.key_authority, settings, KEY_AUTHORITY_NAME))
-    loop = RoundLoop(settings, metrics, key_authority, parts, observer)
+    loop = RoundLoop(settings, metrics, key_authority, parts=parts, observer=observer)
     message_limit = upload_message_limit(settings.chunk_ciphertexts, settings.plaintext_chunk_values)
     server, health = grpc_server(settings.server_threads, max_receive_bytes=message_limit)
-    servicer = AggregatorServicer(loop, membership, intake, board, registry, metrics, check_peer=not settings.insecure,
+    servicer = AggregatorServicer(loop, membership, intake, board=board, registry=registry, metrics=metrics,
+                                  check_peer=not settings.insecure,
                                   close_grace_seconds=settings.stream_close_grace_seconds,
                                   first_chunk_seconds=settings.first_chunk_seconds,
                                   stream_seconds=settings.upload_stream_seconds,

@@ -88,8 +88,8 @@ def _typed_chunks(request_iterator: Iterator[pb.UpdateChunk]) -> Iterator[Upload
 
 
 class AggregatorServicer(pb_grpc.AggregatorServicer):
-    def __init__(self, loop: RoundLoop, membership: Membership, intake: UploadIntake, board: EvaluationBoard,
-                 registry: NodeKeyRegistry, metrics: ServiceMetrics, *, check_peer: bool = True,
+    def __init__(self, loop: RoundLoop, membership: Membership, intake: UploadIntake, *, board: EvaluationBoard,
+                 registry: NodeKeyRegistry, metrics: ServiceMetrics, check_peer: bool = True,
                  close_grace_seconds: float, first_chunk_seconds: float = 30.0,
                  stream_seconds: float = 1800.0, max_streams: int = 64) -> None:
         self._loop = loop
@@ -188,10 +188,10 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
     def _stage(self, first: UploadChunk, chunks: Iterator[UploadChunk], context: grpc.ServicerContext,
                started: float) -> pb.SubmitReceipt:
         with call_deadline(context, max(0.0, self._stream_seconds - (time.monotonic() - started))) as expired:
-            return self._stage_until_done(first, chunks, context, started, expired)
+            return self._stage_until_done(first, chunks, context, started=started, expired=expired)
 
     def _stage_until_done(self, first: UploadChunk, chunks: Iterator[UploadChunk], context: grpc.ServicerContext,
-                          started: float, expired: threading.Event) -> pb.SubmitReceipt:
+                          *, started: float, expired: threading.Event) -> pb.SubmitReceipt:
         state, staged = self._intake.begin(first)
         try:
             last = first
@@ -204,7 +204,8 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
                     raise self._deadline_or_broken(expired, first.node_id, staged.received_bytes, "did not finish")
                 raise MalformedChunkError("the last chunk must carry the stream's attestation")
             verified = staged.finish(last.attestation, self._registry, last.phases or PhaseSeconds(),
-                                     last.record_privacy, last.masked_class_counts)
+                                     record_privacy=last.record_privacy,
+                                     masked_class_counts=last.masked_class_counts)
         except BaseException as error:
             # A broken, cancelled or refused stream: what it folded is subtracted again (from its staged chunks,
             # so before they go), and the sums are as if it had never come.
@@ -239,4 +240,4 @@ class AggregatorServicer(pb_grpc.AggregatorServicer):
 
     def GetStatus(self, request: pb.GetStatusRequest, context: grpc.ServicerContext) -> pb.ServiceStatus:
         return status_to_wire("aggregator", False, self._loop.key.key_id if self._loop.key else "",
-                              self._loop.current_round)
+                              current_round=self._loop.current_round)

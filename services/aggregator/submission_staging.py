@@ -115,7 +115,7 @@ class StagedSubmission:
         return [chunk.plaintext_values]
 
     def finish(self, attestation: Attestation, registry: NodeKeyRegistry, phase_seconds: PhaseSeconds,
-               record_privacy: RecordPrivacySpent | None = None,
+               *, record_privacy: RecordPrivacySpent | None = None,
                masked_class_counts: tuple[int, ...] = ()) -> VerifiedSubmission:
         """Check completeness, digest and signature; the result may be folded."""
         self._file.close()

@@ -24,7 +24,7 @@ DecryptionObserver = Callable[[RoundPlan, np.ndarray, list[str]], None]
 
 
 def release_mean(state: RoundState, key_authority: KeyAuthorityClient,
-                 observer: DecryptionObserver | None = None, retry_seconds: float = 0.0,
+                 observer: DecryptionObserver | None = None, *, retry_seconds: float = 0.0,
                  stop: threading.Event | None = None) -> np.ndarray:
     """The participants' mean upload. Raises `DecryptionRefusedError` when the key authority refuses the sum and
     `ImplausibleSumError` when a decrypted sum is out of bounds (wrong masks, or a crafted upload)."""

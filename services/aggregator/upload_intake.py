@@ -106,8 +106,8 @@ class UploadIntake:
 
         def check(index: int, payloads: list[bytes]) -> object:
             assert current.ciphertext_sum is not None and key is not None
-            expected = ciphertexts_in_chunk(index, plan.upload_value_count, plan.layout, key.slots,
-                                            plan.transfer.chunk_ciphertexts)
+            expected = ciphertexts_in_chunk(index, plan.upload_value_count, plan.layout, slots=key.slots,
+                                            chunk_ciphertexts=plan.transfer.chunk_ciphertexts)
             if len(payloads) != expected:
                 raise MalformedChunkError(f"chunk {index} carries {len(payloads)} ciphertexts, expected {expected}")
             return current.ciphertext_sum.parse_chunk(index, payloads)  # deserialized once, here

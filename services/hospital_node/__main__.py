@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None, observer: UploadObserver | None = None) 
         parsed = keygen.parse_args(argv[1:])
         print(generate_identity(parsed.out, parsed.node_id))
         return 0
-    settings = load_settings(HospitalNodeSettings, "services.hospital_node", __doc__, argv)
+    settings = load_settings(HospitalNodeSettings, "services.hospital_node", __doc__, argv=argv)
     from services.hospital_node.service import serve  # torch and TenSEAL load here, after the settings are checked
 
     return serve(settings, observer)

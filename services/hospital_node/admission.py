@@ -82,7 +82,7 @@ class RecordPrivacy:
 
 class AdmissionGate:
     def __init__(self, settings: FloorSettings, spec: ParameterSpec, peers: NodeKeyRegistry,
-                 joined: UploadLedger, privacy: RecordPrivacy) -> None:
+                 *, joined: UploadLedger, privacy: RecordPrivacy) -> None:
         self._settings = settings
         self._spec = spec
         self._peers = peers

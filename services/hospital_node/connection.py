@@ -32,7 +32,7 @@ PlanHandler = Callable[[RoundPlan, list[bytes]], None]
 
 
 def follow_rounds(client: ConsortiumClient, settings: HospitalNodeSettings, spec: ParameterSpec,
-                  classes: ClassRoster, stop: threading.Event, handle: PlanHandler) -> int:
+                  *, classes: ClassRoster, stop: threading.Event, handle: PlanHandler) -> int:
     """Follow the aggregator's rounds until training finishes (0), handing each plan and its model to `handle`. A
     broken stream (the aggregator restarting, a network fault) is followed by a new subscription, after 1, 2, 4 ...
     (at most 30) seconds, for `reconnect_seconds` since the last message (then 1); a refused join ends it (2)."""
@@ -40,7 +40,8 @@ def follow_rounds(client: ConsortiumClient, settings: HospitalNodeSettings, spec
     while not stop.is_set():
         received = [False]
         try:
-            if _follow_subscription(client, settings, spec, classes, stop, handle, received):
+            if _follow_subscription(client, settings, spec, classes=classes, stop=stop, handle=handle,
+                                    received=received):
                 return 0
             reason = "the aggregator ended the stream before training finished"
         except grpc.RpcError as error:
@@ -66,7 +67,7 @@ def follow_rounds(client: ConsortiumClient, settings: HospitalNodeSettings, spec
 
 
 def _follow_subscription(client: ConsortiumClient, settings: HospitalNodeSettings, spec: ParameterSpec,
-                         classes: ClassRoster, stop: threading.Event, handle: PlanHandler,
+                         *, classes: ClassRoster, stop: threading.Event, handle: PlanHandler,
                          received: list[bool]) -> bool:
     """One subscription's messages; True when training finished or the node was stopped."""
     subscription = client.subscribe(settings.node_id, spec, classes)

@@ -96,7 +96,7 @@ def _connection_problem(peer: str, address: str, error: grpc.RpcError, tls: TlsS
 UNREACHABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
-def wait_until_reachable(peer: str, address: str, probe: Callable[[float], object], tls: TlsSettings,
+def wait_until_reachable(peer: str, address: str, probe: Callable[[float], object], *, tls: TlsSettings,
                          seconds: float, log: logging.Logger) -> None:
     """Call `probe(timeout)` until it answers, logging each failure with the time to the next try (backoff 1 s
     doubling to 30 s); an UnreachableError with one line to act on after `seconds`, or at once for a TLS
@@ -105,7 +105,7 @@ def wait_until_reachable(peer: str, address: str, probe: Callable[[float], objec
     policy = RetryPolicy(UNREACHABLE_CODES, seconds=seconds, max_pause=30.0)
     try:
         retry_call(lambda: probe(min(10.0, max(1.0, deadline - time.monotonic()))), policy, f"cannot reach {peer}",
-                   log, may_retry=lambda error: not _connection_problem(peer, address, error, tls)[1],
+                   log=log, may_retry=lambda error: not _connection_problem(peer, address, error, tls)[1],
                    describe=lambda error: _connection_problem(peer, address, error, tls)[0])
     except grpc.RpcError as error:
         if error.code() not in UNREACHABLE_CODES:

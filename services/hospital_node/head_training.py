@@ -94,7 +94,7 @@ def frozen_features(model: nn.Module, data: LocalData, device: torch.device) -> 
     return _FEATURES[key]
 
 
-def train_head(model: nn.Module, data: LocalData, config: LocalTraining, device: torch.device,
+def train_head(model: nn.Module, data: LocalData, config: LocalTraining, *, device: torch.device,
                generator: torch.Generator, noise_multiplier: float | None = None,
                clip_norm: float = 1.0) -> TrainStats:
     """Train the head of `model` in place on frozen features; every other weight is left as it arrived.
@@ -107,12 +107,13 @@ def train_head(model: nn.Module, data: LocalData, config: LocalTraining, device:
     head = classifier_head(model).to("cpu")
     optimizer = _optimizer(config, head)
     if noise_multiplier is None:
-        return _plain_steps(head, optimizer, features, labels, config, generator)
+        return _plain_steps(head, optimizer, features, labels=labels, config=config, generator=generator)
     units = data.privacy_units()
-    return _private_steps(head, optimizer, features, labels, units, config, noise_multiplier, clip_norm)
+    return _private_steps(head, optimizer, features, labels=labels, units=units, config=config,
+                          noise_multiplier=noise_multiplier, clip_norm=clip_norm)
 
 
-def _plain_steps(head: nn.Linear, optimizer: torch.optim.Optimizer, features: torch.Tensor, labels: torch.Tensor,
+def _plain_steps(head: nn.Linear, optimizer: torch.optim.Optimizer, features: torch.Tensor, *, labels: torch.Tensor,
                  config: LocalTraining, generator: torch.Generator) -> TrainStats:
     steps, seen, loss_total = 0, 0, 0.0
     for _ in range(config.epochs):
@@ -128,7 +129,7 @@ def _plain_steps(head: nn.Linear, optimizer: torch.optim.Optimizer, features: to
 
 
 def _private_steps(head: nn.Linear, optimizer: torch.optim.Optimizer, features: torch.Tensor,
-                   labels: torch.Tensor, units: torch.Tensor, config: LocalTraining, noise_multiplier: float,
+                   *, labels: torch.Tensor, units: torch.Tensor, config: LocalTraining, noise_multiplier: float,
                    clip_norm: float) -> TrainStats:
     present = torch.unique(units)
     sample_rate, per_epoch = poisson_schedule(int(present.numel()), config.batch_size)

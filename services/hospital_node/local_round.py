@@ -66,7 +66,7 @@ class LocalRoundResult:
         return self.upload[:parameter_count]
 
 
-def train_round(model: nn.Module, data: LocalData, training: LocalTraining, device: torch.device, *,
+def train_round(model: nn.Module, data: LocalData, training: LocalTraining, *, device: torch.device,
                 generator: torch.Generator, spec: ParameterSpec, global_weights: np.ndarray,
                 scaffold: ScaffoldClient | None = None, consortium_control: np.ndarray | None = None,
                 private: PrivateTraining | None = None, trainable: Trainable = "all",
@@ -80,19 +80,20 @@ def train_round(model: nn.Module, data: LocalData, training: LocalTraining, devi
             raise PrivateTrainingError(f"SCAFFOLD's control variate needs every parameter trained, not {trainable}")
         assert positions is not None, "a partial round uploads at the trained positions"
         if trainable == "head":
-            stats = train_head(model, data, training, device, generator,
-                               private.noise_multiplier if private is not None else None,
-                               private.max_grad_norm if private is not None else 1.0)
+            stats = train_head(model, data, training, device=device, generator=generator,
+                               noise_multiplier=private.noise_multiplier if private is not None else None,
+                               clip_norm=private.max_grad_norm if private is not None else 1.0)
         elif private is not None:
-            stats = train_private(model, data, training, private, device, generator)
+            stats = train_private(model, data, training, private=private, device=device, augment_generator=generator)
         else:
-            stats = train_only(model, trained_parameters(model, trainable), data, training, device, generator)
+            stats = train_only(model, trained_parameters(model, trainable), data, training=training, device=device,
+                               generator=generator)
         update = flatten_state({k: v.cpu() for k, v in model.state_dict().items()}) - global_weights
         return LocalRoundResult(update[positions], stats)
     if private is not None:
         if scaffold is not None:
             raise PrivateTrainingError("SCAFFOLD's control variate is not supported under DP-SGD")
-        stats = train_private(model, data, training, private, device, generator)
+        stats = train_private(model, data, training, private=private, device=device, augment_generator=generator)
         update = flatten_state({k: v.cpu() for k, v in model.state_dict().items()}) - global_weights
         return LocalRoundResult(update, stats)
     drift, change = None, None
@@ -101,19 +102,19 @@ def train_round(model: nn.Module, data: LocalData, training: LocalTraining, devi
         gradient = flatten_named(loss_gradient(model, data, training, device), spec)
         change = gradient - scaffold.control
         drift = restore_state(model.state_dict(), (consortium_control - scaffold.control).astype(np.float32), spec)
-    stats = train_local(model, data, training, device, generator, drift)
+    stats = train_local(model, data, training, device=device, generator=generator, drift=drift)
     update = flatten_state({k: v.cpu() for k, v in model.state_dict().items()}) - global_weights
     return LocalRoundResult(update if change is None else np.concatenate([update, change]), stats)
 
 
-def train_only(model: nn.Module, names: set[str], data: LocalData, training: LocalTraining, device: torch.device,
+def train_only(model: nn.Module, names: set[str], data: LocalData, *, training: LocalTraining, device: torch.device,
                 generator: torch.Generator) -> TrainStats:
     """Plain local training of the named parameters only; every other one stays as it arrived."""
     frozen = [p for name, p in model.named_parameters() if name not in names and p.requires_grad]
     for parameter in frozen:
         parameter.requires_grad_(False)
     try:
-        return train_local(model, data, training, device, generator)
+        return train_local(model, data, training, device=device, generator=generator)
     finally:
         for parameter in frozen:
             parameter.requires_grad_(True)

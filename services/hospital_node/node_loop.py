@@ -71,7 +71,7 @@ class UploadObserver(Protocol):
 
 class HospitalNode:
     def __init__(self, settings: HospitalNodeSettings, data: LocalData, metrics: ServiceMetrics,
-                 client: ConsortiumClient, observer: UploadObserver | None = None) -> None:
+                 *, client: ConsortiumClient, observer: UploadObserver | None = None) -> None:
         self._settings = settings
         self._data = data
         names = data.classes.names if data.classes else default_class_names(settings.num_classes)
@@ -102,7 +102,8 @@ class HospitalNode:
         # The attempts joined by round, and the one round this node released its feature statistics in: on disk, so
         # that a restart can never be made to upload twice under one attempt's masks.
         self._joined = UploadLedger(settings.state_dir / "uploads.json")
-        self._gate = AdmissionGate(FloorSettings.of(settings), self._spec, self._peers, self._joined, self._privacy)
+        self._gate = AdmissionGate(FloorSettings.of(settings), self._spec, self._peers, joined=self._joined,
+                                   privacy=self._privacy)
         self._reported: set[int] = set()  # model rounds this node has reported its evaluation of
         self._reports_by_model: dict[bytes, EvaluationReport] = {}  # plaintext runs: each model's report, by digest
         self._evaluations = EvaluationLedger(settings.state_dir / "evaluations.json")  # secure runs
@@ -122,9 +123,10 @@ class HospitalNode:
             settings = self._settings
             for peer, address, probe in (("key authority", settings.key_authority, self._client.probe_key_authority),
                                          ("aggregator", settings.aggregator, self._client.probe_aggregator)):
-                wait_until_reachable(peer, address, probe, settings, settings.connect_seconds, log)
+                wait_until_reachable(peer, address, probe, tls=settings, seconds=settings.connect_seconds, log=log)
             self._public_key()  # fail fast if the key authority serves a secret key
-            return follow_rounds(self._client, settings, self._spec, self._classes, stop, self._take_part)
+            return follow_rounds(self._client, settings, self._spec, classes=self._classes, stop=stop,
+                                 handle=self._take_part)
         except UnreachableError as unreachable:
             log.error("%s", unreachable)
             return 1
@@ -234,8 +236,9 @@ class HospitalNode:
     def _recipe(self, plan: RoundPlan, tag: str | None = None) -> UploadRecipe:
         """A secure upload's recipe for this attempt (`masked_recipe`)."""
         s = self._settings
-        return masked_recipe(plan, s.node_id, self._agreement, self._peers.agreement_keys, self._public_key(),
-                             self._attempt_scope(plan), tag=tag)
+        return masked_recipe(plan, s.node_id, self._agreement, peers=self._peers.agreement_keys,
+                             public=self._public_key(),
+                             scope=self._attempt_scope(plan), tag=tag)
 
     def _masked_counts(self, plan: RoundPlan) -> tuple[int, ...]:
         """This hospital's class counts masked for the attempt's participant set (pooled by the aggregator over the
@@ -248,7 +251,7 @@ class HospitalNode:
             return ()
         s = self._settings
         return masked_counts(counts, peer_masks(s.node_id, self._agreement, self._peers.agreement_keys,
-                                                self._attempt_scope(plan), COUNTS_DOMAIN))
+                                                scope=self._attempt_scope(plan), domain=COUNTS_DOMAIN))
 
     @property
     def _budget(self) -> RecordBudget | None:
@@ -274,7 +277,7 @@ class HospitalNode:
             private = PrivateTraining(sigma, s.dp_clip_norm, s.dp_grad_sample_mode, s.dp_physical_batch, trainable)
         train_start = time.monotonic()
         local = {name: tensor.detach().clone() for name, tensor in self._model.state_dict().items()}
-        result = train_round(self._model, self._data, config, self._device, generator=generator, spec=self._spec,
+        result = train_round(self._model, self._data, config, device=self._device, generator=generator, spec=self._spec,
                              global_weights=global_weights, scaffold=scaffold, consortium_control=consortium_control,
                              private=private, trainable=trainable, positions=self._positions(trainable))
         if not (np.isfinite(result.upload).all() and all(bool(torch.isfinite(t).all())
@@ -332,7 +335,7 @@ class HospitalNode:
         if plan.secure:
             assert plan.key_id == self._public_key().key_id  # the privacy floor checked it
             recipe = recipe if recipe is not None else self._recipe(plan)
-        chunks = assemble_upload(plan, update, s.node_id, self._identity, disclosures=disclosures, timings=timings,
+        chunks = assemble_upload(plan, update, s.node_id, key=self._identity, disclosures=disclosures, timings=timings,
                                  pool=self._pool, recipe=recipe, record=record, chunk_sent=chunk_sent,
                                  plan_sha256=self._attempt_scope(plan).plan_digest)
         try:
@@ -400,8 +403,8 @@ class HospitalNode:
             return
         report = self._evaluate(model_round)
         scope = evaluation_scope(s.consortium, key_id, members, plan.model.sha256)
-        values = mask_report(report, peer_masks(s.node_id, self._agreement, self._peers.agreement_keys, scope,
-                                                EVALUATION_DOMAIN))
+        values = mask_report(report, peer_masks(s.node_id, self._agreement, self._peers.agreement_keys, scope=scope,
+                                                domain=EVALUATION_DOMAIN))
         self._evaluations.record(key_id, plan.model.sha256, members, values)  # on disk before anything leaves
         self._send_report(MaskedEvaluationReport(s.node_id, model_round, s.num_classes, HISTOGRAM_BINS, members,
                                                  values))
@@ -423,8 +426,9 @@ class HospitalNode:
                         "reports, so that nobody waits for it and nothing about its images leaves it",
                         self._data.val_labels.numel(), self._settings.min_validation_images)
             self._said_too_few = True
-        report = evaluation_report(self._model, self._data, self._device, self._settings.node_id, model_round,
-                                   self._settings.min_validation_images)
+        report = evaluation_report(self._model, self._data, self._device, node_id=self._settings.node_id,
+                                   model_round=model_round,
+                                   min_images=self._settings.min_validation_images)
         counts = report.counts
         accuracy = np.trace(counts.confusion) / max(counts.examples, 1)
         log.info("model after round %d: local validation accuracy %.3f on %d images", model_round, accuracy,
@@ -439,7 +443,7 @@ T = TypeVar("T")
 
 
 def _patiently(call: Callable[[], T], may_retry: Callable[[], bool] = lambda: True) -> T:
-    return retry_call(call, PATIENTLY, "the aggregator could not take a call", log,
+    return retry_call(call, PATIENTLY, "the aggregator could not take a call", log=log,
                       may_retry=lambda error: may_retry())
 
 

@@ -48,7 +48,7 @@ def check_plan(plan: RoundPlan, settings: FloorSettings, public: PublicKeyInfo |
             return
         raise PlanRefusedError("plaintext_refused", f"{name} asks for a plaintext upload; this hospital's "
                                "allow_plaintext is off")
-    _check_participants(plan, settings, public, known_peers, name)
+    _check_participants(plan, settings, public, known_peers=known_peers, name=name)
     _check_noise(plan, settings, name)
     assert public is not None
     try:
@@ -100,7 +100,7 @@ def check_evaluation(plan: RoundPlan, settings: FloorSettings, known_peers: Coll
 
 
 def _check_participants(plan: RoundPlan, settings: FloorSettings, public: PublicKeyInfo | None,
-                        known_peers: Collection[str], name: str) -> None:
+                        *, known_peers: Collection[str], name: str) -> None:
     members = plan.participants
     if len(set(members)) != len(members):
         raise PlanRefusedError("duplicate_participant", f"{name} names a participant twice: {list(members)}")
@@ -146,8 +146,9 @@ def _check_codec(plan: RoundPlan, public: PublicKeyInfo, name: str) -> None:
     pieces = upload_chunk_count(q.dimension, layout, public.slots, plan.transfer.chunk_ciphertexts)
     derive = plan_statistics if plan.kind is RoundKind.HEAD_STATISTICS else plan_quantization
     try:
-        expected = derive(q.dimension, q.clip_norm, layout.bits, layout.max_participants, q.min_participants,
-                          q.noise_kind, q.noise_variance, rounding_pieces=pieces)
+        expected = derive(q.dimension, q.clip_norm, layout.bits, max_participants=layout.max_participants,
+                          min_participants=q.min_participants, noise_kind=q.noise_kind,
+                          noise_variance=q.noise_variance, rounding_pieces=pieces)
     except ValueError as error:
         raise PlanRefusedError("malformed_plan", f"{name}: {error}") from error
     if (q.scale, q.coordinate_bound, q.rounding_beta, q.rounding_pieces) != (

@@ -95,7 +95,7 @@ def _entropy_generator(device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(secrets.randbits(63))
 
 
-def train_private(model: nn.Module, data: LocalData, config: LocalTraining, private: PrivateTraining,
+def train_private(model: nn.Module, data: LocalData, config: LocalTraining, *, private: PrivateTraining,
                   device: torch.device, augment_generator: torch.Generator) -> TrainStats:
     """Train in place with DP-SGD: `config.epochs` epochs of ceil(n / B) Poisson steps (record_privacy's schedule,
     which the budget charged), n the units: the patients where the hospital knows them (user-level DP-SGD), else
@@ -114,8 +114,10 @@ def train_private(model: nn.Module, data: LocalData, config: LocalTraining, priv
                                 loss_reduction="sum" if per_patient else "mean")
     try:
         if per_patient:
-            return _patient_steps(module, model, data, config, private, device, augment_generator)
-        return _private_steps(module, model, data, config, private, device, augment_generator)
+            return _patient_steps(module, model, data, config=config, private=private, device=device,
+                                  augment_generator=augment_generator)
+        return _private_steps(module, model, data, config=config, private=private, device=device,
+                              augment_generator=augment_generator)
     finally:
         release_module(module, model)
         for parameter in switched:
@@ -141,7 +143,7 @@ def release_module(module: nn.Module, model: nn.Module) -> None:
 
 
 def private_optimizer(module: nn.Module, base: torch.optim.Optimizer, private: PrivateTraining,
-                      expected_batch: int, device: torch.device) -> tuple[DPOptimizer, nn.Module]:
+                      *, expected_batch: int, device: torch.device) -> tuple[DPOptimizer, nn.Module]:
     """DP-SGD around `base`: per-example clipping to C, Gaussian noise of sigma x C from an OS-seeded generator,
     division by the expected batch size; and the loss that drives it (ghost clipping's takes two passes)."""
     optimizer: DPOptimizer = get_optimizer_class("flat", False, private.grad_sample_mode)(
@@ -165,7 +167,7 @@ def _trained_names(model: nn.Module, config: LocalTraining, private: PrivateTrai
     return names
 
 
-def clipped_patient_sum(module: nn.Module, trained: list[nn.Parameter], images: torch.Tensor, labels: torch.Tensor,
+def clipped_patient_sum(module: nn.Module, trained: list[nn.Parameter], images: torch.Tensor, *, labels: torch.Tensor,
                         patients: torch.Tensor, clip_norm: float, physical_batch: int,
                         augment: Callable[[torch.Tensor], torch.Tensor] | None = None
                         ) -> tuple[list[torch.Tensor], float]:
@@ -206,7 +208,7 @@ def _base_optimizer(trained: list[nn.Parameter], config: LocalTraining, total_st
     return base, scheduler
 
 
-def _patient_steps(module: nn.Module, model: nn.Module, data: LocalData, config: LocalTraining,
+def _patient_steps(module: nn.Module, model: nn.Module, data: LocalData, *, config: LocalTraining,
                    private: PrivateTraining, device: torch.device, augment_generator: torch.Generator) -> TrainStats:
     """User-level DP-SGD: each step samples patients (Poisson, q = 1/ceil(P/B)), sums each sampled patient's image
     gradients, clips that sum to C, adds N(0, sigma^2 C^2) (Opacus's secure-mode draw, OS-seeded) and divides by
@@ -230,8 +232,9 @@ def _patient_steps(module: nn.Module, model: nn.Module, data: LocalData, config:
             base.zero_grad(set_to_none=True)
             if index.numel():
                 sums, loss = clipped_patient_sum(module, trained, data.train_images[index].to(device),
-                                                 data.train_labels[index].to(device), units[index],
-                                                 private.max_grad_norm, private.max_physical_batch, augment)
+                                                 labels=data.train_labels[index].to(device), patients=units[index],
+                                                 clip_norm=private.max_grad_norm,
+                                                 physical_batch=private.max_physical_batch, augment=augment)
                 seen += index.numel()
                 loss_total += loss
             else:  # an empty Poisson draw still takes its noise-only step
@@ -244,7 +247,7 @@ def _patient_steps(module: nn.Module, model: nn.Module, data: LocalData, config:
     return TrainStats(steps, seen, loss_total / max(seen, 1))
 
 
-def _private_steps(module: nn.Module, model: nn.Module, data: LocalData, config: LocalTraining,
+def _private_steps(module: nn.Module, model: nn.Module, data: LocalData, *, config: LocalTraining,
                    private: PrivateTraining, device: torch.device, augment_generator: torch.Generator) -> TrainStats:
     examples = data.train_labels.numel()
     sample_rate, steps_per_epoch = poisson_schedule(examples, config.batch_size)
@@ -254,7 +257,9 @@ def _private_steps(module: nn.Module, model: nn.Module, data: LocalData, config:
     loader.batch_sampler.steps = steps_per_epoch  # not int(1 / q), which float rounding can make one less
     trained = [p for p in model.parameters() if p.requires_grad]
     base, scheduler = _base_optimizer(trained, config, max(1, config.epochs * steps_per_epoch))
-    optimizer, criterion = private_optimizer(module, base, private, max(1, round(examples * sample_rate)), device)
+    optimizer, criterion = private_optimizer(module, base, private, expected_batch=max(1,
+                                                                                       round(examples * sample_rate)),
+                                             device=device)
     steps, seen, loss_total = 0, 0, 0.0
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]ecure.*")  # our generators are seeded from os.urandom

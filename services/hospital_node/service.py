@@ -33,7 +33,7 @@ def serve(settings: HospitalNodeSettings, observer: UploadObserver | None = None
     client = ConsortiumClient(channel(settings.aggregator, settings, AGGREGATOR_NAME),
                               channel(settings.key_authority, settings, KEY_AUTHORITY_NAME))
     try:
-        node = HospitalNode(settings, data, metrics, client, observer)
+        node = HospitalNode(settings, data, metrics, client=client, observer=observer)
     except PrivateTrainingError as error:
         log.error("cannot train under record-level DP-SGD: %s", error)
         return 2

@@ -85,7 +85,7 @@ def _optimizer(config: LocalTraining, model: nn.Module) -> torch.optim.Optimizer
     return torch.optim.SGD(trained, lr=config.learning_rate, momentum=0.9, weight_decay=1e-4)
 
 
-def train_local(model: nn.Module, data: LocalData, config: LocalTraining, device: torch.device,
+def train_local(model: nn.Module, data: LocalData, config: LocalTraining, *, device: torch.device,
                 generator: torch.Generator, drift: Mapping[str, torch.Tensor] | None = None) -> TrainStats:
     """Train in place. `drift`, by parameter name, is added to every step's loss gradient before the optimizer
     uses it: SCAFFOLD's `c - c_i` (Karimireddy et al., ICML 2020; `c_i` from `loss_gradient`)."""
@@ -98,13 +98,13 @@ def train_local(model: nn.Module, data: LocalData, config: LocalTraining, device
     for parameter in frozen:
         parameter.requires_grad_(False)
     try:
-        return _train_steps(model, data, config, device, generator, drift)
+        return _train_steps(model, data, config, device=device, generator=generator, drift=drift)
     finally:
         for parameter in frozen:
             parameter.requires_grad_(True)
 
 
-def _train_steps(model: nn.Module, data: LocalData, config: LocalTraining, device: torch.device,
+def _train_steps(model: nn.Module, data: LocalData, config: LocalTraining, *, device: torch.device,
                  generator: torch.Generator, drift: Mapping[str, torch.Tensor] | None) -> TrainStats:
     use_amp = device.type == "cuda"
     dataset = TensorDataset(data.train_images, data.train_labels)
@@ -185,7 +185,7 @@ def loss_gradient(model: nn.Module, data: LocalData, config: LocalTraining, devi
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, device: torch.device,
+def predict(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, num_classes: int, device: torch.device,
             batch_size: int = 64) -> tuple[np.ndarray, float]:
     """Every image's class probabilities, and the summed cross-entropy against `labels`."""
     model.to(device)
@@ -201,9 +201,9 @@ def predict(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_cl
     return (torch.cat(probabilities).numpy() if probabilities else np.zeros((0, num_classes))), loss_sum
 
 
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
              device: torch.device, batch_size: int = 64) -> EvaluationCounts:
-    probs, loss_sum = predict(model, images, labels, num_classes, device, batch_size)
+    probs, loss_sum = predict(model, images, labels, num_classes=num_classes, device=device, batch_size=batch_size)
     truth = labels.numpy()
     predicted = probs.argmax(axis=1) if probs.size else np.zeros(0, dtype=np.int64)
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
@@ -222,7 +222,7 @@ def empty_report(node_id: str, model_round: int, num_classes: int) -> Evaluation
                                                                    0.0, 0, zeros, zeros.copy()))
 
 
-def evaluation_report(model: nn.Module, data: LocalData, device: torch.device, node_id: str,
+def evaluation_report(model: nn.Module, data: LocalData, device: torch.device, *, node_id: str,
                       model_round: int, min_images: int = 0) -> EvaluationReport:
     """The report a hospital sends for one model: its validation counts, plus the score
     histograms of its calibration split when it keeps one (the aggregator chooses the
@@ -230,9 +230,9 @@ def evaluation_report(model: nn.Module, data: LocalData, device: torch.device, n
     report: counts and score bins of a handful of images would tell each image's score."""
     if data.val_labels.numel() < min_images:
         return empty_report(node_id, model_round, data.num_classes)
-    counts = evaluate(model, data.val_images, data.val_labels, data.num_classes, device)
+    counts = evaluate(model, data.val_images, data.val_labels, num_classes=data.num_classes, device=device)
     if not data.cal_labels.numel():
         return EvaluationReport(node_id, model_round, counts)
-    calibration = evaluate(model, data.cal_images, data.cal_labels, data.num_classes, device)
+    calibration = evaluate(model, data.cal_images, data.cal_labels, num_classes=data.num_classes, device=device)
     return EvaluationReport(node_id, model_round, counts, calibration.positive_histograms,
                             calibration.negative_histograms)

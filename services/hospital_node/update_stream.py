@@ -70,7 +70,7 @@ class Disclosures:
     masked_class_counts: tuple[int, ...] = ()
 
 
-def _signed_chunks(plan: RoundPlan, node_id: str, key: Ed25519PrivateKey, timings: UploadTimings,
+def _signed_chunks(plan: RoundPlan, node_id: str, key: Ed25519PrivateKey, *, timings: UploadTimings,
                    bodies: Iterator[UploadChunk], chunk_sent: ChunkSent | None, disclosures: Disclosures,
                    plan_sha256: bytes | None) -> Iterator[UploadChunk]:
     digest = StreamDigest(plan.round_id, plan.key_id, node_id, plan.attempt)
@@ -102,26 +102,26 @@ def attempt_scope(consortium: str, plan: RoundPlan) -> MaskScope:
     return MaskScope(consortium, plan.key_id, plan.round_id, plan.attempt, plan.participants, plan_digest(plan))
 
 
-def masked_recipe(plan: RoundPlan, node_id: str, agreement: X25519PrivateKey,
-                  peers: Mapping[str, X25519PublicKey], public: PublicKeyInfo, scope: MaskScope, *,
+def masked_recipe(plan: RoundPlan, node_id: str, agreement: X25519PrivateKey, *,
+                  peers: Mapping[str, X25519PublicKey], public: PublicKeyInfo, scope: MaskScope,
                   seed: np.random.SeedSequence | None = None, tag: str | None = None) -> UploadRecipe:
     """A secure upload's recipe: this node's pairwise masks for the scope's participant set and its mask with the key
     authority, and fresh OS entropy unless `seed` is given (tests only), so that no noised vector is ever sent under
     two participant sets. The one recipe the node, the tests and the benchmarks use."""
     authority = X25519PublicKey.from_public_bytes(public.mask_agreement_key)
-    masks = tuple(peer_masks(node_id, agreement, peers, scope))
-    return upload_recipe(plan, public.slots, seed if seed is not None else np.random.SeedSequence(), masks,
-                         (authority_mask(node_id, agreement, authority, scope),), tag)
+    masks = tuple(peer_masks(node_id, agreement, peers, scope=scope))
+    return upload_recipe(plan, public.slots, seed if seed is not None else np.random.SeedSequence(), masks=masks,
+                         authority=(authority_mask(node_id, agreement, authority, scope),), tag=tag)
 
 
-def upload_recipe(plan: RoundPlan, slots: int, seed: np.random.SeedSequence, masks: tuple[PeerMask, ...] = (),
+def upload_recipe(plan: RoundPlan, slots: int, seed: np.random.SeedSequence, *, masks: tuple[PeerMask, ...] = (),
                   authority: tuple[PeerMask, ...] = (), tag: str | None = None) -> UploadRecipe:
     """Everything of a secure upload for `plan` but the update: what a precompute draws ahead from (`tag`)."""
     return UploadRecipe(plan.quantization, plan.layout, slots, plan.transfer.chunk_ciphertexts, seed, masks,
                         authority, tag)
 
 
-def secure_upload(plan: RoundPlan, update: np.ndarray, node_id: str, key: Ed25519PrivateKey, *,
+def secure_upload(plan: RoundPlan, update: np.ndarray, node_id: str, *, key: Ed25519PrivateKey,
                   pool: EncryptionPool, recipe: UploadRecipe, timings: UploadTimings,
                   record: list[np.ndarray] | None = None, chunk_sent: ChunkSent | None = None,
                   disclosures: Disclosures = Disclosures(), plan_sha256: bytes | None = None) -> Iterator[UploadChunk]:
@@ -144,20 +144,22 @@ def secure_upload(plan: RoundPlan, update: np.ndarray, node_id: str, key: Ed2551
             yield UploadChunk(plan.round_id, plan.key_id, node_id, chunk.index, tuple(chunk.ciphertexts),
                               attempt=plan.attempt)
 
-    return _signed_chunks(plan, node_id, key, timings, bodies(), chunk_sent, disclosures, plan_sha256)
+    return _signed_chunks(plan, node_id, key, timings=timings, bodies=bodies(), chunk_sent=chunk_sent,
+                          disclosures=disclosures, plan_sha256=plan_sha256)
 
 
-def plaintext_upload(plan: RoundPlan, update: np.ndarray, node_id: str, key: Ed25519PrivateKey, *,
+def plaintext_upload(plan: RoundPlan, update: np.ndarray, node_id: str, *, key: Ed25519PrivateKey,
                      timings: UploadTimings, chunk_sent: ChunkSent | None = None,
                      disclosures: Disclosures = Disclosures(), plan_sha256: bytes | None = None
                      ) -> Iterator[UploadChunk]:
     """Privacy off: the raw float32 update in chunks (for comparison runs only)."""
     bodies = (UploadChunk(plan.round_id, plan.key_id, node_id, i, plaintext_values=values)
               for i, values in enumerate(float32_chunks(update, plan.transfer.plaintext_chunk_values)))
-    return _signed_chunks(plan, node_id, key, timings, bodies, chunk_sent, disclosures, plan_sha256)
+    return _signed_chunks(plan, node_id, key, timings=timings, bodies=bodies, chunk_sent=chunk_sent,
+                          disclosures=disclosures, plan_sha256=plan_sha256)
 
 
-def assemble_upload(plan: RoundPlan, update: np.ndarray, node_id: str, key: Ed25519PrivateKey, *,
+def assemble_upload(plan: RoundPlan, update: np.ndarray, node_id: str, *, key: Ed25519PrivateKey,
                     disclosures: Disclosures, timings: UploadTimings, pool: EncryptionPool | None = None,
                     recipe: UploadRecipe | None = None, record: list[np.ndarray] | None = None,
                     chunk_sent: ChunkSent | None = None, plan_sha256: bytes | None = None) -> Iterator[UploadChunk]:
@@ -167,7 +169,7 @@ def assemble_upload(plan: RoundPlan, update: np.ndarray, node_id: str, key: Ed25
     if plan.secure:
         if pool is None or recipe is None:
             raise ValueError(f"round {plan.round_id} is secure: its upload needs the encryption pool and a recipe")
-        return secure_upload(plan, update, node_id, key, pool=pool, recipe=recipe, timings=timings, record=record,
+        return secure_upload(plan, update, node_id, key=key, pool=pool, recipe=recipe, timings=timings, record=record,
                              chunk_sent=chunk_sent, disclosures=disclosures, plan_sha256=plan_sha256)
-    return plaintext_upload(plan, update, node_id, key, timings=timings, chunk_sent=chunk_sent,
+    return plaintext_upload(plan, update, node_id, key=key, timings=timings, chunk_sent=chunk_sent,
                             disclosures=disclosures, plan_sha256=plan_sha256)

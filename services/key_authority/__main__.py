@@ -11,7 +11,7 @@ from services.key_authority.config import KeyAuthoritySettings
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = load_settings(KeyAuthoritySettings, "services.key_authority", __doc__, argv)
+    settings = load_settings(KeyAuthoritySettings, "services.key_authority", __doc__, argv=argv)
     from services.key_authority.service import serve  # TenSEAL loads here, after the settings are checked
 
     serve(settings)

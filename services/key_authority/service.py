@@ -33,8 +33,10 @@ def serve(settings: KeyAuthoritySettings) -> None:
     serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
     server, health = grpc_server()
     decryption = DecryptionPool(keys.secret_context, settings.decrypt_workers)
-    servicer = KeyAuthorityServicer(keys, policy, settings.min_participants, metrics, registry.agreement_keys,
-                                    settings.consortium, require_aggregator_certificate=not settings.insecure,
+    servicer = KeyAuthorityServicer(keys, policy, settings.min_participants, metrics=metrics,
+                                    node_agreement_keys=registry.agreement_keys,
+                                    consortium=settings.consortium,
+                                    require_aggregator_certificate=not settings.insecure,
                                     decryption=decryption)
     servicer.register(server)
     settings.warn_if_insecure("key authority")

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 class KeyAuthorityServicer(pb_grpc.KeyAuthorityServicer):
     def __init__(self, keys: KeyMaterial, policy: DecryptionPolicy, min_participants: int,
-                 metrics: ServiceMetrics, node_agreement_keys: Mapping[str, X25519PublicKey], consortium: str,
+                 *, metrics: ServiceMetrics, node_agreement_keys: Mapping[str, X25519PublicKey], consortium: str,
                  require_aggregator_certificate: bool = True, decryption: DecryptionPool | None = None) -> None:
         self._require_aggregator = require_aggregator_certificate
         self._decryption = decryption
@@ -73,8 +73,8 @@ class KeyAuthorityServicer(pb_grpc.KeyAuthorityServicer):
         log.info("decrypting round %d attempt %d: %d chunks, %d participants", manifest.round_id, manifest.attempt,
                  manifest.chunk_count, len(manifest.participants))
         start = time.perf_counter()
-        fields = decrypt_checked(self._keys, manifest, chunks, unmasks,  # every slot, before any value leaves
-                                 self._decryption)
+        fields = decrypt_checked(self._keys, manifest, chunks, unmasks=unmasks,  # every slot, before any value leaves
+                                 pool=self._decryption)
         self._metrics.observe_phase("decrypt", time.perf_counter() - start)
         for index, values in enumerate(fields):
             yield field_values_to_wire(index, values)

@@ -27,8 +27,8 @@ def checked_chunks(keys: KeyMaterial, manifest: DecryptManifest, chunks: Iterabl
     for expected_index, (index, ciphertexts) in enumerate(chunks):
         if index != expected_index or expected_index >= manifest.chunk_count:
             raise MalformedChunkError(f"expected chunk {expected_index} of {manifest.chunk_count}, got {index}")
-        wanted = ciphertexts_in_chunk(index, manifest.value_count, layout, keys.params.slots,
-                                      manifest.chunk_ciphertexts)
+        wanted = ciphertexts_in_chunk(index, manifest.value_count, layout, slots=keys.params.slots,
+                                      chunk_ciphertexts=manifest.chunk_ciphertexts)
         if len(ciphertexts) != wanted:
             raise MalformedChunkError(f"chunk {index} carries {len(ciphertexts)} ciphertexts; {manifest.value_count} "
                                       f"values in chunks of {manifest.chunk_ciphertexts} need {wanted}")
@@ -41,7 +41,7 @@ def checked_chunks(keys: KeyMaterial, manifest: DecryptManifest, chunks: Iterabl
 
 
 def decrypt_checked(keys: KeyMaterial, manifest: DecryptManifest, chunks: list[list[bytes]],
-                    unmasks: list[PeerMask], pool: DecryptionPool | None = None) -> list[np.ndarray]:
+                    *, unmasks: list[PeerMask], pool: DecryptionPool | None = None) -> list[np.ndarray]:
     """Each chunk's field values mod 2^bits (little-endian, 4 bytes in the update layout, 8 in the statistics
     one), less the participants' authority masks for the manifest's own scope (`unmasks`): a sum of any other
     uploads keeps masks of its own and comes out uniform. Rounded here: CKKS IND-CPA-D (Li and Micciancio, 2021);

@@ -114,7 +114,8 @@ def _masked_reports(model_round: int, confusions: dict[str, list[list[int]]]) ->
     scope = evaluation_scope("fedxray", "key", members, bytes(32))
     return [MaskedEvaluationReport(node, model_round, 2, HISTOGRAM_BINS, members,
                                    mask_report(_report(node, model_round, confusion=confusion),
-                                               peer_masks(node, keys[node], public, scope, EVALUATION_DOMAIN)))
+                                               peer_masks(node, keys[node], public, scope=scope,
+                                                          domain=EVALUATION_DOMAIN)))
             for node, confusion in confusions.items()]
 
 

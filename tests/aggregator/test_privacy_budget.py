@@ -9,7 +9,8 @@ from services.aggregator.privacy_budget import PrivacyBudgetGuard
 from services.common.secure_sum.noise import NoiseKind
 from services.common.secure_sum.update_codec import plan_quantization
 
-PLAN = plan_quantization(10_000, 5.0, 24, 8, 3, NoiseKind.SKELLAM, 1e6)  # a finite epsilon
+PLAN = plan_quantization(10_000, 5.0, 24, max_participants=8, min_participants=3, noise_kind=NoiseKind.SKELLAM,
+                         noise_variance=1e6)  # a finite epsilon
 
 
 def test_a_round_opens_only_while_its_worst_case_fits_the_budget_and_each_release_is_charged() -> None:

@@ -83,7 +83,7 @@ class InProcessKeyAuthority:
         checked = checked_chunks(self.keys, manifest, enumerate(chunks()))
         self.policy.claim(manifest)
         self.decrypted.append(manifest.round_id)
-        return np.concatenate(decrypt_checked(self.keys, manifest, checked, unmasks)).astype(np.int64)
+        return np.concatenate(decrypt_checked(self.keys, manifest, checked, unmasks=unmasks)).astype(np.int64)
 
 
 def _counts() -> EvaluationCounts:
@@ -115,17 +115,17 @@ def _node(node_id: str, folder: Path, membership: Membership, intake: UploadInta
         scope = attempt_scope("fedxray", plan)
         if wrong_masks:  # masks made for another attempt
             scope = replace(scope, attempt=plan.attempt + 9)
-        recipe = masked_recipe(plan, node_id, agreement, registry.agreement_keys, public, scope)
-        counted = masked_counts(IMAGES[node_id], peer_masks(node_id, agreement, registry.agreement_keys, scope,
-                                                            COUNTS_DOMAIN))
-        upload = list(secure_upload(plan, updates[node_id], node_id, identity, pool=pool, recipe=recipe,
+        recipe = masked_recipe(plan, node_id, agreement, peers=registry.agreement_keys, public=public, scope=scope)
+        counted = masked_counts(IMAGES[node_id], peer_masks(node_id, agreement, registry.agreement_keys, scope=scope,
+                                                            domain=COUNTS_DOMAIN))
+        upload = list(secure_upload(plan, updates[node_id], node_id, key=identity, pool=pool, recipe=recipe,
                                     timings=UploadTimings(), disclosures=Disclosures(None, tuple(counted))))
         state, staged = intake.begin(upload[0])
         for chunk in upload:
             staged.add(chunk)
         assert upload[-1].attestation is not None
         intake.complete(state, staged.finish(upload[-1].attestation, registry, upload[-1].phases or PhaseSeconds(),
-                                             None, counted))
+                                             record_privacy=None, masked_class_counts=counted))
 
 
 @dataclass
@@ -163,7 +163,8 @@ def _run_loop(tmp_path: Path, refuse: frozenset[int] = frozenset(), wrong_masks:
     initial = flatten_state(model.state_dict())
     run = RunState(initial.copy(), build_strategy(settings, spec.count), accountant)
     loop = RoundLoop(settings, metrics, authority,  # type: ignore[arg-type]
-                     RoundParts(membership, intake, board, PrivacyBudgetGuard(accountant, settings.epsilon_budget, 3,
+                     parts=RoundParts(membership, intake, board, PrivacyBudgetGuard(accountant, settings.epsilon_budget,
+                                                                                    3,
                                                                               True),
                                 run, HeadRefit(head_positions(model, spec), 0.1)))
     rng = np.random.default_rng(1)
@@ -183,7 +184,8 @@ def _run_loop(tmp_path: Path, refuse: frozenset[int] = frozenset(), wrong_masks:
     assert not list((settings.state_dir / "staging").glob("*"))
     return Run(loop, run, authority, read_json_lines(settings.state_dir / "rounds.jsonl"), initial,
                np.mean(list(updates.values()), axis=0),
-               1 / plan_quantization(spec.count, 5.0, keys.layout.bits, 8, 3, NoiseKind.NONE, 0.0).scale)
+               1 / plan_quantization(spec.count, 5.0, keys.layout.bits, max_participants=8, min_participants=3,
+                                     noise_kind=NoiseKind.NONE, noise_variance=0.0).scale)
 
 
 def test_the_loop_runs_secure_rounds_and_records_them(tmp_path: Path) -> None:

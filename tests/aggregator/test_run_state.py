@@ -21,7 +21,8 @@ def _run(weights: np.ndarray) -> RunState:
 def test_a_checkpoint_restores_model_strategy_accountant_and_counters(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     run = _run(rng.normal(size=50).astype(np.float32).astype(np.float64))
-    plan = plan_quantization(50, 5.0, 24, 8, 3, NoiseKind.SKELLAM, 1e6)
+    plan = plan_quantization(50, 5.0, 24, max_participants=8, min_participants=3, noise_kind=NoiseKind.SKELLAM,
+                             noise_variance=1e6)
     for _ in range(2):
         run.next_round(tmp_path)
         run.weights = run.strategy.apply(run.weights, rng.normal(size=100), 4)
@@ -66,7 +67,8 @@ def test_a_sum_charged_after_the_checkpoint_stays_charged_after_a_restart(tmp_pa
     run = _run(np.zeros(50))
     run.checkpoint(tmp_path)
     run.next_round(tmp_path)
-    plan = plan_quantization(50, 5.0, 24, 8, 3, NoiseKind.SKELLAM, 1e6)
+    plan = plan_quantization(50, 5.0, 24, max_participants=8, min_participants=3, noise_kind=NoiseKind.SKELLAM,
+                             noise_variance=1e6)
     run.accountant.step(round_privacy(plan, 3))
     run.save_accountant(tmp_path)  # charged before decryption; the aggregator dies before its checkpoint
     restored = RunState.restore(tmp_path, Scaffold(FedAvg(1.0, momentum=0.5), 50, 5), 1e-5)

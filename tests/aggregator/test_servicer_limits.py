@@ -55,7 +55,7 @@ class BlockingIntake:
 
 
 def _servicer(intake: Any, **limits: Any) -> AggregatorServicer:
-    return AggregatorServicer(None, None, intake, None, None, ServiceMetrics("aggregator-test"),  # type: ignore[arg-type]
+    return AggregatorServicer(None, None, intake, board=None, registry=None, metrics=ServiceMetrics("aggregator-test"),  # type: ignore[arg-type]
                               check_peer=False, close_grace_seconds=0.1, **limits)
 
 

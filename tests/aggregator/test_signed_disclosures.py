@@ -40,7 +40,7 @@ def _upload(tmp_path: Path) -> tuple[list[UploadChunk], NodeKeyRegistry]:
     key = load_identity(generate_identity(tmp_path / "keys", NODE))
     plan = replace(PLAN, secure=False)
     update = np.linspace(-1.0, 1.0, plan.upload_value_count)
-    chunks = list(plaintext_upload(plan, update, NODE, key, timings=UploadTimings(),
+    chunks = list(plaintext_upload(plan, update, NODE, key=key, timings=UploadTimings(),
                                    disclosures=Disclosures(SPENT, (5, 7))))
     return chunks, NodeKeyRegistry.from_directory(tmp_path / "keys")
 
@@ -49,8 +49,9 @@ def test_signed_disclosures_pass(tmp_path: Path) -> None:
     chunks, registry = _upload(tmp_path)
     last = chunks[-1]
     assert last.attestation is not None and last.record_privacy == SPENT and last.masked_class_counts == (5, 7)
-    verified = _stage(tmp_path, chunks).finish(last.attestation, registry, PhaseSeconds(), last.record_privacy,
-                                               last.masked_class_counts)
+    verified = _stage(tmp_path, chunks).finish(last.attestation, registry, PhaseSeconds(),
+                                               record_privacy=last.record_privacy,
+                                               masked_class_counts=last.masked_class_counts)
     assert verified.record_privacy == SPENT
 
 
@@ -67,4 +68,5 @@ def test_altered_disclosures_are_refused(tmp_path: Path, tamper: dict[str, objec
     assert last.attestation is not None
     with pytest.raises(DigestMismatchError, match="not what its signature covers"):
         _stage(tmp_path, [*chunks[:-1], last]).finish(last.attestation, registry, PhaseSeconds(),
-                                                       last.record_privacy, last.masked_class_counts)
+                                                       record_privacy=last.record_privacy,
+                                                       masked_class_counts=last.masked_class_counts)

@@ -29,9 +29,9 @@ def test_rdp_to_epsilon_matches_balle_conversion_by_hand() -> None:
 
 def test_epsilon_grows_with_rounds_and_shrinks_with_noise() -> None:
     l1, l2, delta = 400.0, 20.0, 1e-5
-    by_rounds = [epsilon_for(l1, l2, 2000.0, r, delta) for r in (1, 2, 5, 10, 50)]
+    by_rounds = [epsilon_for(l1, l2, 2000.0, rounds=r, delta=delta) for r in (1, 2, 5, 10, 50)]
     assert by_rounds == sorted(by_rounds) and len(set(by_rounds)) == len(by_rounds)
-    by_noise = [epsilon_for(l1, l2, mu, 5, delta) for mu in (500.0, 1000.0, 4000.0, 16000.0)]
+    by_noise = [epsilon_for(l1, l2, mu, rounds=5, delta=delta) for mu in (500.0, 1000.0, 4000.0, 16000.0)]
     assert by_noise == sorted(by_noise, reverse=True) and len(set(by_noise)) == len(by_noise)
 
 
@@ -40,7 +40,7 @@ def test_accountant_composition_equals_closed_form_over_rounds() -> None:
     mechanism = RoundPrivacy(l1_sensitivity=50.0, l2_sensitivity=7.0, variance=900.0, accounted=True)
     for _ in range(4):
         accountant.step(mechanism)
-    assert accountant.epsilon() == pytest.approx(epsilon_for(50.0, 7.0, 900.0, 4, 1e-5))
+    assert accountant.epsilon() == pytest.approx(epsilon_for(50.0, 7.0, 900.0, rounds=4, delta=1e-5))
     assert accountant.epsilon_after(mechanism) > accountant.epsilon()
     assert accountant.rounds == 4
 
@@ -53,14 +53,14 @@ def test_unaccounted_poisson_rounds_make_epsilon_infinite() -> None:
 
 def test_planner_meets_target_with_least_noise() -> None:
     l1, l2, delta = 300.0, 15.0, 1e-5
-    variance = plan_skellam_variance(4.0, delta, 10, l1, l2, max_variance=1e7)
-    assert epsilon_for(l1, l2, variance, 10, delta) <= 4.0
-    assert epsilon_for(l1, l2, variance * 0.99, 10, delta) > 4.0
+    variance = plan_skellam_variance(4.0, delta, 10, l1=l1, l2=l2, max_variance=1e7)
+    assert epsilon_for(l1, l2, variance, rounds=10, delta=delta) <= 4.0
+    assert epsilon_for(l1, l2, variance * 0.99, rounds=10, delta=delta) > 4.0
 
 
 def test_planner_refuses_a_target_the_field_cannot_carry() -> None:
     with pytest.raises(PrivacyBudgetError, match="needs more noise"):
-        plan_skellam_variance(0.1, 1e-5, 100, 1e6, 1e3, max_variance=10.0)
+        plan_skellam_variance(0.1, 1e-5, 100, l1=1e6, l2=1e3, max_variance=10.0)
 
 
 def test_orders_are_integers_above_one() -> None:

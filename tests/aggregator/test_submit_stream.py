@@ -75,7 +75,7 @@ class Submissions:
 
 def _submit(chunks: Iterator[pb.UpdateChunk], context: Context) -> tuple[Submissions, str]:
     fakes = Submissions()
-    servicer = AggregatorServicer(None, None, fakes, None, None, fakes, check_peer=False,  # type: ignore[arg-type]
+    servicer = AggregatorServicer(None, None, fakes, board=None, registry=None, metrics=fakes, check_peer=False,  # type: ignore[arg-type]
                                   close_grace_seconds=GRACE)
     with pytest.raises(RuntimeError) as aborted:
         servicer.SubmitUpdate(chunks, context)  # type: ignore[arg-type]

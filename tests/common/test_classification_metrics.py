@@ -222,7 +222,8 @@ def test_the_operating_point_is_chosen_on_the_calibration_counts_and_evaluated_o
     edges = histogram_edges(4)
     calibration_positive, calibration_negative = np.array([1, 2, 3, 4]), np.array([5, 3, 1, 0])  # best: edge 1
     positive, negative = np.array([0, 0, 5, 5]), np.array([4, 4, 2, 0])
-    point = operating_point(calibration_positive, calibration_negative, positive, negative, auc=0.9, edges=edges)
+    point = operating_point(calibration_positive, calibration_negative, positive, negative=negative, auc=0.9,
+                            edges=edges)
     assert point.threshold == edges[1]
     assert point.calibration_f1 == pytest.approx(18 / 23)
     # On the evaluated counts at edge 1: TP 10, FN 0, FP 6, TN 4.
@@ -277,7 +278,7 @@ def _two_models(classes: int, images: int, agree: float, seed: int) -> tuple[np.
 @pytest.mark.parametrize("classes", [2, 3], ids=["binary", "three classes"])
 def test_paired_f1_difference_is_b_minus_a_and_spreads_as_redrawn_images(classes: int) -> None:
     truth, a, b = _two_models(classes, 300, 0.7, seed=1)
-    result = paired_f1_difference(truth, a, b, classes, draws=400, seed=5)
+    result = paired_f1_difference(truth, a, b, num_classes=classes, draws=400, seed=5)
     by_hand = (metrics_from_confusion(confusion_matrix(truth, b, classes)).f1
                - metrics_from_confusion(confusion_matrix(truth, a, classes)).f1)
     assert result.difference == pytest.approx(by_hand, abs=1e-12)
@@ -294,14 +295,14 @@ def test_paired_f1_difference_is_b_minus_a_and_spreads_as_redrawn_images(classes
 
 def test_paired_spread_is_below_that_of_two_independent_f1s_and_zero_for_the_same_model() -> None:
     truth, a, b = _two_models(2, 500, 0.9, seed=2)
-    paired = paired_f1_difference(truth, a, b, 2)
+    paired = paired_f1_difference(truth, a, b, num_classes=2)
     independent = np.hypot(f1_sampling_sd(confusion_matrix(truth, a, 2)), f1_sampling_sd(confusion_matrix(truth, b, 2)))
     assert paired.sd < 0.6 * independent
     assert paired.low < paired.difference < paired.high
-    same = paired_f1_difference(truth, a, a, 2)
+    same = paired_f1_difference(truth, a, a, num_classes=2)
     assert (same.difference, same.sd, same.low, same.high) == (0.0, 0.0, 0.0, 0.0)
 
 
 def test_paired_f1_difference_refuses_unequal_lengths() -> None:
     with pytest.raises(ValueError, match="equal length"):
-        paired_f1_difference([0, 1], [0, 1], [0], 2)
+        paired_f1_difference([0, 1], [0, 1], [0], num_classes=2)

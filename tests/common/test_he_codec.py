@@ -141,7 +141,8 @@ def test_worker_pool_chunks_decrypt_to_the_fields_it_encoded(keyed) -> None:  # 
     n_max, params, layout, secret, public = keyed
     dimension = params.slots * layout.fields_per_slot * 3 + 11
     chunks = upload_chunk_count(dimension, layout, params.slots, 1)
-    plan = plan_quantization(dimension, 1.0, layout.bits, n_max, 2, NoiseKind.SKELLAM, 4.0, rounding_pieces=chunks)
+    plan = plan_quantization(dimension, 1.0, layout.bits, max_participants=n_max, min_participants=2,
+                             noise_kind=NoiseKind.SKELLAM, noise_variance=4.0, rounding_pieces=chunks)
     update = np.random.default_rng(5).normal(0, 0.01, dimension)
     with EncryptionPool(public, workers=2) as pool:
         out = list(pool.encode_and_encrypt(update,
@@ -171,7 +172,8 @@ def test_masked_uploads_sum_to_the_unmasked_fields_for_every_n(keyed) -> None:  
     """Honest rounds stay exact with pairwise masks, at every participant count up to n_max."""
     n_max, params, layout, secret, public = keyed
     dimension = params.slots * layout.fields_per_slot + 5  # two ciphertexts, one chunk each
-    plan = plan_quantization(dimension, 1.0, layout.bits, n_max, 1, NoiseKind.SKELLAM, 4.0, rounding_pieces=2)
+    plan = plan_quantization(dimension, 1.0, layout.bits, max_participants=n_max, min_participants=1,
+                             noise_kind=NoiseKind.SKELLAM, noise_variance=4.0, rounding_pieces=2)
     rng = np.random.default_rng(3)
     context = load_public_context(public)
     with EncryptionPool(public, workers=0) as pool:
@@ -183,7 +185,7 @@ def test_masked_uploads_sum_to_the_unmasked_fields_for_every_n(keyed) -> None:  
             plain = np.zeros(dimension, dtype=np.int64)
             for index, node in enumerate(nodes):
                 update = rng.normal(0, 0.01, dimension)
-                masks = tuple(peer_masks(node, private[node], peers, scope))
+                masks = tuple(peer_masks(node, private[node], peers, scope=scope))
                 for chunk in _upload(pool, plan, layout, params.slots, update, index, masks):
                     total.fold(chunk.index, total.parse_chunk(chunk.index, chunk.ciphertexts))
                 plain += np.concatenate([c.fields for c in _upload(pool, plan, layout, params.slots, update, index)
@@ -199,10 +201,11 @@ def test_with_the_secret_key_and_every_ciphertext_one_hospitals_upload_is_unifor
     uncorrelated with what that hospital encoded (|r| below 0.02, over six standard errors)."""
     n_max, params, layout, secret, public = keyed
     dimension = params.slots * layout.fields_per_slot * 8
-    plan = plan_quantization(dimension, 1.0, layout.bits, n_max, 3, NoiseKind.SKELLAM, 16.0, rounding_pieces=8)
+    plan = plan_quantization(dimension, 1.0, layout.bits, max_participants=n_max, min_participants=3,
+                             noise_kind=NoiseKind.SKELLAM, noise_variance=16.0, rounding_pieces=8)
     nodes = [f"hospital-{i}" for i in range(5)]
     private, peers = _mask_keys(nodes)
-    masks = tuple(peer_masks(nodes[0], private[nodes[0]], peers, MaskScope("c", "k", 1, 1, tuple(nodes))))
+    masks = tuple(peer_masks(nodes[0], private[nodes[0]], peers, scope=MaskScope("c", "k", 1, 1, tuple(nodes))))
     update = np.random.default_rng(8).normal(0, 1.0 / np.sqrt(dimension), dimension)  # a full-size update
     with EncryptionPool(public, workers=0) as pool:
         uploaded = _upload(pool, plan, layout, params.slots, update, 1, masks)

@@ -105,7 +105,7 @@ def test_feature_moments_are_those_of_the_penultimate_features() -> None:
     model = build_model("tiny", 2, seed=3)
     images = torch.rand(10, 1, 16, 16)
     labels = torch.tensor([0, 1, 1, 0, 1, 1, 1, 0, 1, 1])
-    moments = feature_moments(model, images, labels, 2, torch.device("cpu"), batch_size=4)
+    moments = feature_moments(model, images, labels, num_classes=2, device=torch.device("cpu"), batch_size=4)
     model.eval()
     with torch.no_grad():
         features = torch.flatten(model[1].features(images.expand(-1, 3, -1, -1)), 1).double().numpy()
@@ -122,7 +122,7 @@ def test_a_refit_head_separates_what_the_features_separate() -> None:
     labels = torch.randint(0, 2, (400,))
     features = torch.randn(400, 8)
     features[:, 3] += 3.0 * labels
-    moments = feature_moments(model, features, labels, 2, torch.device("cpu"))
+    moments = feature_moments(model, features, labels, num_classes=2, device=torch.device("cpu"))
     set_head(model, *lda_head(moments))
     with torch.no_grad():
         accuracy = (model(features).argmax(dim=1) == labels).float().mean().item()

@@ -16,7 +16,8 @@ from services.common.secure_sum.quantize import l2_norm
 from services.common.secure_sum.update_codec import decode_mean_update, encode_update, plan_quantization, sum_norm_bound
 
 NODES, DIMENSION, CLIP = 5, 100_000, 10.0
-PLAN = plan_quantization(DIMENSION, CLIP, 10, 8, 3, NoiseKind.SKELLAM, 16.0)
+PLAN = plan_quantization(DIMENSION, CLIP, 10, max_participants=8, min_participants=3, noise_kind=NoiseKind.SKELLAM,
+                         noise_variance=16.0)
 
 
 def _passes(field_sum: np.ndarray) -> bool:

@@ -45,12 +45,12 @@ def _masked(reports: dict[str, EvaluationReport], members: tuple[str, ...] = NOD
     keys = {node: X25519PrivateKey.from_private_bytes(bytes([i + 1]) * 32) for i, node in enumerate(NODES)}
     public = {node: key.public_key() for node, key in keys.items()}
     scope = evaluation_scope("fedxray", "key", members, model)
-    return {node: mask_report(report, peer_masks(node, keys[node], public, scope, EVALUATION_DOMAIN))
+    return {node: mask_report(report, peer_masks(node, keys[node], public, scope=scope, domain=EVALUATION_DOMAIN))
             for node, report in reports.items()}
 
 
 def test_the_masked_reports_of_the_whole_set_sum_to_the_pooled_counts() -> None:
-    pooled, calibrated = pooled_report(_masked(REPORTS), NODES, 2, HISTOGRAM_BINS, 3)
+    pooled, calibrated = pooled_report(_masked(REPORTS), NODES, 2, bins=HISTOGRAM_BINS, model_round=3)
     plain = list(REPORTS.values())
     np.testing.assert_array_equal(pooled.counts.confusion, sum(r.counts.confusion for r in plain))
     np.testing.assert_array_equal(pooled.counts.positive_histograms,
@@ -63,7 +63,7 @@ def test_the_masked_reports_of_the_whole_set_sum_to_the_pooled_counts() -> None:
 
 def test_the_calibration_histograms_pool_only_when_every_hospital_counted_a_split() -> None:
     reports = {**REPORTS, "hospital-3": _report("hospital-3", [[9, 3], [4, 11]], 17.3, calibrated=False)}
-    pooled, calibrated = pooled_report(_masked(reports), NODES, 2, HISTOGRAM_BINS, 3)
+    pooled, calibrated = pooled_report(_masked(reports), NODES, 2, bins=HISTOGRAM_BINS, model_round=3)
     assert calibrated == 2 and pooled.calibration_positive is None
 
 
@@ -92,7 +92,7 @@ def test_masked_reports_never_pool_over_a_proper_subset_nor_across_models_or_set
                         members=NODES if attack == "another_model" else NODES[:1] + NODES[2:])
         masked["hospital-3"] = other["hospital-3"]
     with pytest.raises(PooledCountsError, match="no counts"):
-        pooled_report(masked, members, 2, HISTOGRAM_BINS, 3)
+        pooled_report(masked, members, 2, bins=HISTOGRAM_BINS, model_round=3)
 
 
 def test_a_report_that_cannot_be_counted_is_refused_before_masking() -> None:

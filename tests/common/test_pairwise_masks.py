@@ -22,7 +22,7 @@ PUBLIC = {node: key.public_key() for node, key in PRIVATE.items()}
 
 
 def _masks(scope: MaskScope, start: int, count: int, bits: int) -> dict[str, np.ndarray]:
-    return {node: mask_values(peer_masks(node, PRIVATE[node], PUBLIC, scope), start, count, bits)
+    return {node: mask_values(peer_masks(node, PRIVATE[node], PUBLIC, scope=scope), start, count, bits)
             for node in scope.participants}
 
 
@@ -35,7 +35,7 @@ def test_masks_cancel_exactly_over_the_participant_set(bits: int) -> None:
 
 
 def test_a_chunk_of_the_mask_is_the_same_slice_of_the_whole_mask() -> None:
-    masks = peer_masks(NODES[0], PRIVATE[NODES[0]], PUBLIC, MaskScope("c", "k", 1, 1, NODES))
+    masks = peer_masks(NODES[0], PRIVATE[NODES[0]], PUBLIC, scope=MaskScope("c", "k", 1, 1, NODES))
     whole = mask_values(masks, 0, 10_000, 10)
     assert np.array_equal(mask_values(masks, 3_333, 4_000, 10), whole[3_333:7_333])
 
@@ -54,19 +54,19 @@ def test_a_proper_subsets_masked_sum_is_uniform_whatever_the_values() -> None:
 
 def test_masks_differ_for_another_round_attempt_set_or_key() -> None:
     base = MaskScope("c", "k", 4, 1, NODES)
-    reference = mask_values(peer_masks(NODES[0], PRIVATE[NODES[0]], PUBLIC, base), 0, 64, 16)
+    reference = mask_values(peer_masks(NODES[0], PRIVATE[NODES[0]], PUBLIC, scope=base), 0, 64, 16)
     for other in (MaskScope("c", "k", 5, 1, NODES), MaskScope("c", "k", 4, 2, NODES),
                   MaskScope("c", "k", 4, 1, NODES[:4]), MaskScope("c", "k2", 4, 1, NODES),
                   MaskScope("c2", "k", 4, 1, NODES)):
-        assert not np.array_equal(mask_values(peer_masks(NODES[0], PRIVATE[NODES[0]], PUBLIC, other), 0, 64, 16),
+        assert not np.array_equal(mask_values(peer_masks(NODES[0], PRIVATE[NODES[0]], PUBLIC, scope=other), 0, 64, 16),
                                   reference)
 
 
 def test_a_node_outside_the_set_or_a_missing_peer_key_is_refused() -> None:
     with pytest.raises(ValueError, match="not in the participant set"):
-        peer_masks("mallory", X25519PrivateKey.generate(), PUBLIC, MaskScope("c", "k", 1, 1, NODES))
+        peer_masks("mallory", X25519PrivateKey.generate(), PUBLIC, scope=MaskScope("c", "k", 1, 1, NODES))
     with pytest.raises(KeyError, match="hospital-2"):
-        peer_masks(NODES[0], PRIVATE[NODES[0]], {}, MaskScope("c", "k", 1, 1, NODES[:2]))
+        peer_masks(NODES[0], PRIVATE[NODES[0]], {}, scope=MaskScope("c", "k", 1, 1, NODES[:2]))
     assert participant_set_hash(NODES) == participant_set_hash(tuple(reversed(NODES)))
 
 
@@ -75,7 +75,7 @@ def test_the_key_authority_removes_its_masks_only_for_the_manifests_own_scope() 
     scope = MaskScope("c", "k", 3, 1, NODES, b"plan")
 
     def node_total(s: MaskScope) -> np.ndarray:
-        return sum((mask_values([*peer_masks(n, PRIVATE[n], PUBLIC, s),
+        return sum((mask_values([*peer_masks(n, PRIVATE[n], PUBLIC, scope=s),
                                  authority_mask(n, PRIVATE[n], authority.public_key(), s)], 0, 4096, 10)
                     for n in NODES), np.zeros(4096, dtype=np.int64)) % 1024
     removed = mask_values(authority_unmasks(authority, PUBLIC, scope), 0, 4096, 10)

@@ -28,7 +28,8 @@ def _masked(participants: list[str], attempt: int = 1) -> dict[str, tuple[int, .
     private = {node: X25519PrivateKey.generate() for node in participants}
     public = {node: key.public_key() for node, key in private.items()}
     scope = MaskScope("consortium", "key", 1, attempt, tuple(participants))
-    return {node: masked_counts(COUNTS[node], peer_masks(node, private[node], public, scope, COUNTS_DOMAIN))
+    return {node: masked_counts(COUNTS[node], peer_masks(node, private[node], public, scope=scope,
+                                                         domain=COUNTS_DOMAIN))
             for node in participants}
 
 
@@ -65,8 +66,8 @@ def test_the_count_masks_are_other_streams_than_the_update_masks() -> None:
     private = {node: X25519PrivateKey.generate() for node in NODES}
     public = {node: key.public_key() for node, key in private.items()}
     scope = MaskScope("consortium", "key", 1, 1, tuple(NODES))
-    update = peer_masks(NODES[0], private[NODES[0]], public, scope)
-    counts = peer_masks(NODES[0], private[NODES[0]], public, scope, COUNTS_DOMAIN)
+    update = peer_masks(NODES[0], private[NODES[0]], public, scope=scope)
+    counts = peer_masks(NODES[0], private[NODES[0]], public, scope=scope, domain=COUNTS_DOMAIN)
     assert {m.key for m in update}.isdisjoint({m.key for m in counts})
     assert not np.array_equal(mask_values(update, 0, 8, COUNT_BITS), mask_values(counts, 0, 8, COUNT_BITS))
 

@@ -40,7 +40,7 @@ FAST = RetryPolicy({grpc.StatusCode.UNAVAILABLE}, first_pause=0.01, max_pause=0.
 def test_a_transient_status_is_tried_again_with_one_line_per_retry(caplog: pytest.LogCaptureFixture) -> None:
     calls: list[int] = []
     with caplog.at_level(logging.WARNING, "test_retry"):
-        assert retry_call(_failing([grpc.StatusCode.UNAVAILABLE] * 2, calls), FAST, "the server", log) == "answer"
+        assert retry_call(_failing([grpc.StatusCode.UNAVAILABLE] * 2, calls), FAST, "the server", log=log) == "answer"
     assert len(calls) == 3
     assert [r.getMessage() for r in caplog.records] == [
         "the server (UNAVAILABLE: unavailable for the test); retrying in 0 s (try 2)",
@@ -57,7 +57,7 @@ def test_it_gives_up_on_a_refusal_after_its_tries_or_its_time(policy: RetryPolic
                                                              calls_made: int) -> None:
     calls: list[int] = []
     with pytest.raises(grpc.RpcError) as raised:
-        retry_call(_failing(codes, calls), policy, "the server", log)
+        retry_call(_failing(codes, calls), policy, "the server", log=log)
     assert raised.value.code() == codes[0] and len(calls) == calls_made
 
 
@@ -65,11 +65,12 @@ def test_a_stop_or_the_callers_no_ends_the_retries() -> None:
     stop, calls = threading.Event(), []  # type: ignore[var-annotated]
     stop.set()
     with pytest.raises(grpc.RpcError):
-        retry_call(_failing([grpc.StatusCode.UNAVAILABLE] * 3, calls), FAST, "x", log, stop=stop)
+        retry_call(_failing([grpc.StatusCode.UNAVAILABLE] * 3, calls), FAST, "x", log=log, stop=stop)
     assert len(calls) == 1
     calls.clear()
     with pytest.raises(grpc.RpcError):
-        retry_call(_failing([grpc.StatusCode.UNAVAILABLE] * 3, calls), FAST, "x", log, may_retry=lambda error: False)
+        retry_call(_failing([grpc.StatusCode.UNAVAILABLE] * 3, calls), FAST, "x", log=log,
+                   may_retry=lambda error: False)
     assert len(calls) == 1
 
 

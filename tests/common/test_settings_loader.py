@@ -23,7 +23,7 @@ def _problems(capsys: pytest.CaptureFixture[str]) -> list[str]:
 def test_a_typo_in_an_environment_variable_is_refused_with_did_you_mean(capsys: pytest.CaptureFixture[str]) -> None:
     """Before: FEDXRAY_AGG_EXPECTED_PARTICIPANT=3 was silently ignored and the setting stayed at 5."""
     with pytest.raises(SettingsError):
-        load_settings(AggregatorSettings, "services.aggregator", None, [],
+        load_settings(AggregatorSettings, "services.aggregator", None, argv=[],
                       environ={"FEDXRAY_AGG_EXPECTED_PARTICIPANT": "3", "FEDXRAY_NODE_OTHER": "x", "HOME": "/"})
     assert _problems(capsys) == ["services.aggregator: settings: unknown setting FEDXRAY_AGG_EXPECTED_PARTICIPANT in "
                                  "the environment: did you mean FEDXRAY_AGG_EXPECTED_PARTICIPANTS?"]
@@ -34,7 +34,7 @@ def test_a_typo_in_an_env_file_names_the_file_and_line(tmp_path: Path, capsys: p
     env = tmp_path / "aggregator.env"
     env.write_text("# comment\nFEDXRAY_AGG_ROUNDS=4\n\nFEDXRAY_AGG_EXPECTED_PARTICIPANT=3\nFEDXRAY_NODE_NODE_ID=x\n")
     with pytest.raises(SettingsError):
-        load_settings(AggregatorSettings, "services.aggregator", None, ["--config", str(env)], environ={})
+        load_settings(AggregatorSettings, "services.aggregator", None, argv=["--config", str(env)], environ={})
     assert _problems(capsys) == [
         f"services.aggregator: settings: {env}:4: unknown setting FEDXRAY_AGG_EXPECTED_PARTICIPANT: did you mean "
         "FEDXRAY_AGG_EXPECTED_PARTICIPANTS?",
@@ -48,7 +48,7 @@ def test_bad_values_give_one_line_each_naming_the_setting_and_the_value(
     for key in [k for k in __import__("os").environ if k.startswith("FEDXRAY_NODE_")]:
         monkeypatch.delenv(key)
     with pytest.raises(SettingsError):
-        load_settings(HospitalNodeSettings, "services.hospital_node", None, ["--config", str(env)], environ={})
+        load_settings(HospitalNodeSettings, "services.hospital_node", None, argv=["--config", str(env)], environ={})
     assert _problems(capsys) == [
         "services.hospital_node: settings: FEDXRAY_NODE_NUM_CLASSES='two': Input should be a valid integer, unable "
         "to parse string as an integer",
@@ -58,7 +58,7 @@ def test_bad_values_give_one_line_each_naming_the_setting_and_the_value(
 
 def test_a_missing_config_file_is_named() -> None:
     with pytest.raises(SettingsError, match="--config /nowhere.env: no such file"):
-        load_settings(AggregatorSettings, "services.aggregator", None, ["--config", "/nowhere.env"], environ={})
+        load_settings(AggregatorSettings, "services.aggregator", None, argv=["--config", "/nowhere.env"], environ={})
 
 
 def test_help_describes_every_setting_and_lists_the_choices() -> None:

@@ -136,7 +136,8 @@ class Attack:
         self.model = broadcast_chunks(self.weights)
         settings = AggregatorSettings(insecure=True, architecture="tiny", clip_norm=5.0, noise_variance=16.0,
                                       chunk_ciphertexts=8)
-        self.planner = RoundPlanner(settings, self.key, self.spec, self.spec.count, 1)
+        self.planner = RoundPlanner(settings, self.key, self.spec, upload_dimension=self.spec.count,
+                                    statistics_dimension=1)
 
     def model_for(self, round_id: int) -> list[bytes]:
         """Round `round_id`'s model: a new one each round, as an honest run's (the key authority decrypts one
@@ -144,8 +145,8 @@ class Attack:
         return broadcast_chunks(self.weights + 1e-4 * round_id)
 
     def plan(self, round_id: int, participants: list[str], attempt: int = 1, **changes: object) -> RoundPlan:
-        plan = self.planner.plan(round_id, RoundKind.TRAIN, self.model_for(round_id), attempt,
-                                 frozenset(participants))
+        plan = self.planner.plan(round_id, RoundKind.TRAIN, self.model_for(round_id), attempt=attempt,
+                                 participants=frozenset(participants))
         return replace(plan, **changes)
 
     def uploads_of(self, plan: RoundPlan, nodes: list[str], to: list[str] | None = None
@@ -401,7 +402,7 @@ def test_a_restarted_node_still_declines_an_attempt_it_uploaded_in_before(attack
 def _evaluation(attack: Attack, round_id: int, participants: tuple[str, ...], shift: float) -> RoundPlan:
     """An EVALUATE plan for a model of its own (the initial weights plus `shift`: a model no node has seen)."""
     model = broadcast_chunks(flatten_state(build_model("tiny", 2, 0).state_dict()) + shift)
-    plan = attack.planner.plan(round_id, RoundKind.EVALUATE, model, 1, frozenset(participants))
+    plan = attack.planner.plan(round_id, RoundKind.EVALUATE, model, attempt=1, participants=frozenset(participants))
     attack.harness.send(plan, model)
     return plan
 
@@ -419,7 +420,8 @@ def _validation_images(attack: Attack) -> dict[str, int]:
 def _pooled(attack: Attack, model_round: int) -> EvaluationReport:
     """What the aggregator can read of the nodes' masked reports on a model: their sum over the whole set."""
     reports = {node: attack.harness.reports[(node, model_round)] for node in NODES}
-    report, _ = pooled_report({node: r.masked_counts for node, r in reports.items()}, NODES, 2, 100, model_round)
+    report, _ = pooled_report({node: r.masked_counts for node, r in reports.items()}, NODES, 2, bins=100,
+                              model_round=model_round)
     validate_report(report, 2)  # consistent counts, finite and in range
     return report
 
@@ -447,7 +449,8 @@ def test_evaluation_is_answered_masked_and_only_for_the_one_set_the_node_answers
         high = np.asarray(report.masked_counts, dtype=np.uint64) >= (1 << 47)
         assert abs(high.mean() - 0.5) < 4.5 * 0.5 / np.sqrt(high.size)
     with pytest.raises(PooledCountsError):
-        pooled_report({node: reports[(node, 83)].masked_counts for node in NODES[1:]}, NODES[1:], 2, 100, 83)
+        pooled_report({node: reports[(node, 83)].masked_counts for node in NODES[1:]}, NODES[1:], 2, bins=100,
+                      model_round=83)
     images = _validation_images(attack)
     assert images[NODES[1]] == 1 and images[NODES[4]] == 13
     assert _pooled(attack, 83).counts.examples == sum(n for n in images.values() if n >= 5)
@@ -483,7 +486,7 @@ def test_differencing_two_sets_on_one_model_is_refused_in_every_pair(attack: Att
     for pair in range(8):
         round_id = 100 + 2 * pair
         model = attack.model_for(round_id)
-        both = [attack.planner.plan(round_id + step, RoundKind.TRAIN, model, 1, frozenset(members))
+        both = [attack.planner.plan(round_id + step, RoundKind.TRAIN, model, attempt=1, participants=frozenset(members))
                 for step, members in enumerate((NODES, NODES[:4]))]
         everyone = attack.uploads_of(both[0], NODES)
         attack.harness.send(both[1], model, NODES[:4])

@@ -91,11 +91,12 @@ class IntruderNode:
         public = public_key_from_wire(self.key_authority.GetPublicContext(pb.GetPublicContextRequest(), timeout=30))
         update = np.random.default_rng(11).normal(0, 1e-3, self.spec.count)
         peers = NodeKeyRegistry.from_directory(self.identities).agreement_keys
-        recipe = masked_recipe(plan, self.node_id, self.agreement, peers, public, attempt_scope("fedxray", plan),
+        recipe = masked_recipe(plan, self.node_id, self.agreement, peers=peers, public=public,
+                               scope=attempt_scope("fedxray", plan),
                                seed=np.random.SeedSequence(5))
         with EncryptionPool(public.context, workers=0) as pool:
             return [upload_chunk_to_wire(chunk) for chunk in secure_upload(
-                plan, update, self.node_id, self.identity, pool=pool, recipe=recipe, timings=UploadTimings(),
+                plan, update, self.node_id, key=self.identity, pool=pool, recipe=recipe, timings=UploadTimings(),
                 record=record)]
 
     def break_off_before_the_first_chunk(self) -> None:

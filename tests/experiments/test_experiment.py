@@ -117,11 +117,12 @@ def test_the_centralized_baseline_refits_its_head_like_the_consortium(tmp_path: 
     model.load_state_dict(torch.load(tmp_path / FINAL_STATE))
     data = pooled_data(config)
     # The head's inputs do not depend on the head: the saved body's features refit to the saved head.
-    weight, bias = lda_head(feature_moments(model, data.train_images, data.train_labels, 2, torch.device("cpu")))
+    weight, bias = lda_head(feature_moments(model, data.train_images, data.train_labels, num_classes=2,
+                                            device=torch.device("cpu")))
     head = classifier_head(model)
     np.testing.assert_allclose(head.weight.detach().numpy(), weight, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(head.bias.detach().numpy(), bias, rtol=1e-4, atol=1e-5)
     # ... and the refit model is the one its last row evaluated.
-    scores = predict(model, data.val_images, data.val_labels, 2, torch.device("cpu"))[0]
+    scores = predict(model, data.val_images, data.val_labels, num_classes=2, device=torch.device("cpu"))[0]
     assert confusion_matrix(data.val_labels.numpy(), scores.argmax(axis=1), 2).tolist() == \
         rows[-1]["evaluation"]["confusion"]  # type: ignore[index]

@@ -28,7 +28,7 @@ EDGE = 47  # the calibrated threshold each run is recorded with: histogram_edges
 
 def _recorded_row(model: torch.nn.Module, round_id: int) -> dict[str, object]:
     """The last row as the aggregator pools it: each hospital's own evaluation counts, summed."""
-    counts = [evaluate(model, part.val_images, part.val_labels, 2, torch.device("cpu"))
+    counts = [evaluate(model, part.val_images, part.val_labels, num_classes=2, device=torch.device("cpu"))
               for part in (load_local_data(DataSettings.of(CONFIG.node_settings(i))) for i in range(5))]
     confusion = np.sum([c.confusion for c in counts], axis=0)
     positive = np.sum([c.positive_histograms for c in counts], axis=0)

@@ -57,10 +57,10 @@ def test_sweep_seed_reaches_the_data_the_initial_model_and_the_training(tmp_path
         seen["model"] = seed
         return real_model(architecture, classes, seed)
 
-    def train_spy(model: object, data: object, config: object, device: object, generator: torch.Generator,
-                  *args: object, **kwargs: object) -> object:
+    def train_spy(model: object, data: object, config: object, *, device: object, generator: torch.Generator,
+                  **kwargs: object) -> object:
         seen.setdefault("training", generator.initial_seed())
-        return real_train(model, data, config, device, generator, *args, **kwargs)  # type: ignore[arg-type]
+        return real_train(model, data, config, device=device, generator=generator, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(simulator, "load_local_data", load_spy)
     monkeypatch.setattr(simulator, "build_model", model_spy)
@@ -74,7 +74,8 @@ def test_the_simulated_secure_clamp_is_the_secure_codecs_clip_and_clamp() -> Non
     upload = rng.normal(size=4000) * 0.01
     upload[:3] = [5.0, -4.0, 0.9]  # a few large coordinates, as a gradient's head has
     clip = 2.0
-    plan = plan_quantization(upload.size, clip, 16, 8, 3, NoiseKind.SKELLAM, 16.0)
+    plan = plan_quantization(upload.size, clip, 16, max_participants=8, min_participants=3,
+                             noise_kind=NoiseKind.SKELLAM, noise_variance=16.0)
     codec = scale_and_clamp(upload, clip, plan.scale, plan.coordinate_bound) / plan.scale
     simulated = sent(upload, clip, clamp=True)
     np.testing.assert_allclose(simulated, codec, rtol=1e-9, atol=1e-12)

@@ -79,17 +79,19 @@ class Setting:
         spec = parameter_spec(model.state_dict())
         planner_settings = AggregatorSettings(insecure=True, secure=False, architecture="tiny", clip_norm=5.0,
                                               local_epochs=1, local_optimizer="sgd", learning_rate=0.01)
-        self.planner = RoundPlanner(planner_settings, keys.public_info(3), spec, spec.count, 1)
+        self.planner = RoundPlanner(planner_settings, keys.public_info(3), spec, upload_dimension=spec.count,
+                                    statistics_dimension=1)
 
     def restart(self) -> None:
         """A new node process on the same state directory."""
         self.node = HospitalNode(self.settings, self.data, ServiceMetrics("hospital_node"),
-                                 self.client)  # type: ignore[arg-type]
+                                 client=self.client)  # type: ignore[arg-type]
 
     def send(self, round_id: int, kind: RoundKind = RoundKind.TRAIN, participants: tuple[str, ...] = NODES,
              shift: float = 0.0, **changes: object) -> RoundPlan:
         model = broadcast_chunks(self.weights + shift)
-        plan = replace(self.planner.plan(round_id, kind, model, 1, frozenset(participants)), **changes)
+        plan = replace(self.planner.plan(round_id, kind, model, attempt=1, participants=frozenset(participants)),
+                       **changes)
         self.node._take_part(plan, model)
         return plan
 
@@ -151,7 +153,8 @@ def test_a_hospital_that_opts_in_also_sends_its_own_counts_in_the_clear(setting:
 
 
 def test_training_parameters_outside_the_bounds_are_declined_and_nothing_is_sent(setting: Setting) -> None:
-    plan = setting.planner.plan(2, RoundKind.TRAIN, broadcast_chunks(setting.weights), 1, frozenset(NODES))
+    plan = setting.planner.plan(2, RoundKind.TRAIN, broadcast_chunks(setting.weights), attempt=1,
+                                participants=frozenset(NODES))
     setting.node._take_part(replace(plan, training=replace(plan.training, learning_rate=1e30)),
                             broadcast_chunks(setting.weights))
     assert [d.reason for d in setting.client.declines] == ["learning_rate_out_of_bounds"]
@@ -159,7 +162,8 @@ def test_training_parameters_outside_the_bounds_are_declined_and_nothing_is_sent
 
 
 def test_a_model_that_is_not_the_one_its_digest_names_is_declined(setting: Setting) -> None:
-    plan = setting.planner.plan(2, RoundKind.TRAIN, broadcast_chunks(setting.weights), 1, frozenset(NODES))
+    plan = setting.planner.plan(2, RoundKind.TRAIN, broadcast_chunks(setting.weights), attempt=1,
+                                participants=frozenset(NODES))
     setting.node._take_part(plan, broadcast_chunks(setting.weights + 1.0))
     assert [d.reason for d in setting.client.declines] == ["malformed_plan"]
     assert setting.client.uploads == [] and setting.client.reports == []

@@ -94,7 +94,7 @@ def test_head_training_moves_the_head_only_and_uploads_only_its_positions() -> N
     initial = flatten_state(model.state_dict())
     positions = trained_positions(model, spec, "head")
     patients = torch.from_numpy(synthetic_patients(_data(48).train_labels.numpy(), 0))
-    result = train_round(model, _data(48, patients), LocalTraining(3, 0.05, 8), CPU,
+    result = train_round(model, _data(48, patients), LocalTraining(3, 0.05, 8), device=CPU,
                          generator=torch.Generator().manual_seed(0), spec=spec, global_weights=initial,
                          private=PrivateTraining(1.0, 1.0), trainable="head", positions=positions)
     after = flatten_state(model.state_dict())
@@ -112,7 +112,7 @@ def test_non_private_head_training_learns_on_frozen_features() -> None:
     model = build_model("tiny-gn", 2, seed=0)
     data = _data(96)
     before = nn.functional.cross_entropy(model(data.train_images), data.train_labels).item()
-    train_head(model, data, LocalTraining(30, 0.05, 16), CPU, torch.Generator().manual_seed(0))
+    train_head(model, data, LocalTraining(30, 0.05, 16), device=CPU, generator=torch.Generator().manual_seed(0))
     features = frozen_features(model, data, CPU)
     after = nn.functional.cross_entropy(classifier_head(model)(features), data.train_labels).item()
     assert after < before

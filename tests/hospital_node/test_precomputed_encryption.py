@@ -84,10 +84,11 @@ def _keyed_recipe(tag: str | None, seed: int = 9, full: int = 3) -> tuple[Upload
     nodes = ("a", "b", "c")
     keys = {node: X25519PrivateKey.from_private_bytes(bytes([i + 1]) * 32) for i, node in enumerate(nodes)}
     scope = MaskScope("c", "k", 7, 1, nodes)
-    masks = tuple(peer_masks("a", keys["a"], {n: k.public_key() for n, k in keys.items()}, scope))
+    masks = tuple(peer_masks("a", keys["a"], {n: k.public_key() for n, k in keys.items()}, scope=scope))
     authority = (authority_mask("a", keys["a"], X25519PrivateKey.from_private_bytes(bytes([9]) * 32).public_key(),
                                 scope),)
-    plan = plan_quantization(dimension, 1.0, layout.bits, 8, 2, NoiseKind.SKELLAM, 4.0, rounding_pieces=full + 1)
+    plan = plan_quantization(dimension, 1.0, layout.bits, max_participants=8, min_participants=2,
+                             noise_kind=NoiseKind.SKELLAM, noise_variance=4.0, rounding_pieces=full + 1)
     return UploadRecipe(plan, layout, PARAMS.slots, 1, np.random.SeedSequence(seed), masks, authority, tag), dimension
 
 

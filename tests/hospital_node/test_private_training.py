@@ -63,7 +63,7 @@ def _dp_gradient(mode: str, clip: float, sigma: float, images: torch.Tensor, lab
     private = PrivateTraining(sigma, clip, mode)  # type: ignore[arg-type]
     module = per_example_module(model, private)
     base = torch.optim.SGD(model.parameters(), lr=0.0)
-    optimizer, criterion = private_optimizer(module, base, private, expected_batch, CPU)
+    optimizer, criterion = private_optimizer(module, base, private, expected_batch=expected_batch, device=CPU)
     optimizer.zero_grad()
     criterion(module(images), labels).backward()
     optimizer.pre_step()  # clip, sum, noise, scale: what step() applies
@@ -115,8 +115,8 @@ def test_training_runs_through_empty_poisson_batches_and_leaves_no_machinery(mod
     model = build_model("tiny-gn", 2, seed=0)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     # 6 images at an expected batch of 1: about a third of the 30 steps draw an empty batch.
-    stats = train_private(model, _data(6), LocalTraining(5, 0.05, 1), PrivateTraining(1.0, 1.0, mode),
-                          CPU, torch.Generator().manual_seed(0))
+    stats = train_private(model, _data(6), LocalTraining(5, 0.05, 1), private=PrivateTraining(1.0, 1.0, mode),
+                          device=CPU, augment_generator=torch.Generator().manual_seed(0))
     assert stats.steps == 30
     assert math.isfinite(stats.mean_loss)
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -131,8 +131,9 @@ def test_last_block_training_moves_only_the_last_stage_and_the_head() -> None:
     assert names and all(".layer4." in f".{n}" or n.startswith("1.fc.") for n in names)
     assert {"1.fc.weight", "1.fc.bias"} <= names
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    train_private(model, _data(8), LocalTraining(1, 0.05, 4), PrivateTraining(1.0, 1.0, "ghost", 8, "last_block"),
-                  CPU, torch.Generator().manual_seed(0))
+    train_private(model, _data(8), LocalTraining(1, 0.05, 4), private=PrivateTraining(1.0, 1.0, "ghost", 8,
+                                                                                      "last_block"),
+                  device=CPU, augment_generator=torch.Generator().manual_seed(0))
     moved = {name for name, p in model.named_parameters() if not torch.equal(before[name], p)}
     assert moved == names
     assert all(p.requires_grad for p in model.parameters())
@@ -159,8 +160,8 @@ def test_efficientnet_per_example_gradients_average_to_the_batch_gradient_and_la
 def test_a_frozen_head_stays_frozen_under_dp() -> None:
     model = build_model("tiny-gn", 2, seed=0)
     head = model[1].head.weight.detach().clone()
-    train_private(model, _data(8), LocalTraining(1, 0.05, 4, freeze_head=True), PrivateTraining(1.0, 1.0),
-                  CPU, torch.Generator().manual_seed(0))
+    train_private(model, _data(8), LocalTraining(1, 0.05, 4, freeze_head=True), private=PrivateTraining(1.0, 1.0),
+                  device=CPU, augment_generator=torch.Generator().manual_seed(0))
     assert torch.equal(model[1].head.weight, head)
 
 
@@ -190,7 +191,7 @@ def test_frozen_batchnorm_passes_the_validator_for_head_and_last_block_and_is_re
 def test_fedprox_is_refused_under_dp() -> None:
     with pytest.raises(PrivateTrainingError, match="FedProx"):
         train_private(build_model("tiny-gn", 2, 0), _data(8), LocalTraining(1, 0.05, 4, proximal_mu=0.1),
-                      PrivateTraining(1.0, 1.0), CPU, torch.Generator().manual_seed(0))
+                      private=PrivateTraining(1.0, 1.0), device=CPU, augment_generator=torch.Generator().manual_seed(0))
 
 
 def test_noise_draws_differ_between_runs_whatever_the_training_seed() -> None:
@@ -210,8 +211,9 @@ def test_last_block_of_a_frozen_batchnorm_model_trains_under_dp_and_its_batchnor
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     images = torch.rand(8, 1, 16, 16, generator=torch.Generator().manual_seed(2))
     data = LocalData(images, torch.tensor([0, 1] * 4), images, torch.tensor([0, 1] * 4), 2)
-    train_private(model, data, LocalTraining(1, 0.05, 4, augment=False), PrivateTraining(1.0, 1.0, trainable="last_block"),
-                  CPU, torch.Generator().manual_seed(0))
+    train_private(model, data, LocalTraining(1, 0.05, 4, augment=False), private=PrivateTraining(1.0, 1.0,
+                                                                                                 trainable="last_block"),
+                  device=CPU, augment_generator=torch.Generator().manual_seed(0))
     moved = {name for name, tensor in model.state_dict().items() if not torch.equal(tensor, before[name])}
     assert moved and all(name.startswith(("1.layer4.", "1.fc.")) for name in moved)
     assert not any(name.endswith((".mean", ".var")) or ".bn" in name for name in moved)
@@ -233,7 +235,8 @@ def test_without_a_binding_clip_the_patient_sum_is_the_batch_gradient() -> None:
     model, module, trained = _patient_module()
     images, labels = _batch(10)
     patients = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 4, 5])
-    sums, _ = clipped_patient_sum(module, trained, images, labels, patients, clip_norm=1e9, physical_batch=4)
+    sums, _ = clipped_patient_sum(module, trained, images, labels=labels, patients=patients, clip_norm=1e9,
+                                  physical_batch=4)
     release_module(module, model)
     model.zero_grad()
     nn.functional.cross_entropy(model(images), labels, reduction="sum").backward()
@@ -249,13 +252,16 @@ def test_a_patient_with_k_images_moves_the_opacus_clipped_sum_by_at_most_c() -> 
     patients = torch.tensor([0, 0, 0, 0, 1, 1, 2, 3, 3, 3, 4, 5])
     clip = 0.05
     keep = patients != 0
-    with_all, _ = clipped_patient_sum(module, trained, images, labels, patients, clip, 5)
-    without, _ = clipped_patient_sum(module, trained, images[keep], labels[keep], patients[keep], clip, 5)
+    with_all, _ = clipped_patient_sum(module, trained, images, labels=labels, patients=patients, clip_norm=clip,
+                                      physical_batch=5)
+    without, _ = clipped_patient_sum(module, trained, images[keep], labels=labels[keep], patients=patients[keep],
+                                     clip_norm=clip, physical_batch=5)
     assert _norm([a - b for a, b in zip(with_all, without)]) <= clip * (1 + 1e-4)
     # Per image, the same patient would move it by up to 4 C.
-    per_image, _ = clipped_patient_sum(module, trained, images, labels, torch.arange(12), clip, 5)
-    per_image_without, _ = clipped_patient_sum(module, trained, images[keep], labels[keep],
-                                               torch.arange(12)[keep], clip, 5)
+    per_image, _ = clipped_patient_sum(module, trained, images, labels=labels, patients=torch.arange(12),
+                                       clip_norm=clip, physical_batch=5)
+    per_image_without, _ = clipped_patient_sum(module, trained, images[keep], labels=labels[keep],
+                                               patients=torch.arange(12)[keep], clip_norm=clip, physical_batch=5)
     release_module(module, model)
     assert _norm([a - b for a, b in zip(per_image, per_image_without)]) > 3 * clip
 
@@ -266,8 +272,9 @@ def test_with_patients_dp_sgd_samples_patients_and_trains_the_part_asked_for() -
     images, labels = _batch(16)
     patients = torch.arange(16) // 2  # eight patients of two images
     data = replace(LocalData(images, labels, images[:4], labels[:4], 2), train_patients=patients)
-    stats = train_private(model, data, LocalTraining(2, 0.05, 4), PrivateTraining(1.0, 1.0, trainable="last_block"),
-                          CPU, torch.Generator().manual_seed(0))
+    stats = train_private(model, data, LocalTraining(2, 0.05, 4), private=PrivateTraining(1.0, 1.0,
+                                                                                          trainable="last_block"),
+                          device=CPU, augment_generator=torch.Generator().manual_seed(0))
     assert stats.steps == 2 * 2  # two epochs of ceil(8 patients / 4) Poisson steps: patients, not images
     moved = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert moved and moved <= last_block_parameters(model)

@@ -46,7 +46,7 @@ def trained_margin_shift(imbalance: str, optimizer: str) -> float:
     before = mean_margin(model, data.train_images)
     config = LocalTraining(epochs=2, learning_rate=1e-3 if optimizer == "adamw" else 0.05, batch_size=16,
                            optimizer=optimizer, imbalance=imbalance)  # type: ignore[arg-type]
-    train_local(model, data, config, CPU, torch.Generator().manual_seed(0))
+    train_local(model, data, config, device=CPU, generator=torch.Generator().manual_seed(0))
     return mean_margin(model, data.train_images) - before
 
 
@@ -73,8 +73,8 @@ def test_proximal_term_keeps_the_local_model_nearer_the_global_one() -> None:
     for mu in (0.0, 1.0):
         model = build_model("tiny", 2, seed=0)
         start = flatten_state(model.state_dict())
-        train_local(model, data, LocalTraining(epochs=3, learning_rate=0.05, batch_size=16, proximal_mu=mu), CPU,
-                    torch.Generator().manual_seed(0))
+        train_local(model, data, LocalTraining(epochs=3, learning_rate=0.05, batch_size=16, proximal_mu=mu), device=CPU,
+                    generator=torch.Generator().manual_seed(0))
         distances[mu] = float(np.linalg.norm(flatten_state(model.state_dict()) - start))
     assert distances[1.0] < 0.8 * distances[0.0], distances
 
@@ -91,7 +91,8 @@ def test_pooled_auc_keeps_the_ranking_of_a_confident_model() -> None:
 
 def test_evaluate_counts_every_validation_image_once() -> None:
     images, labels = generate_synthetic_xrays(40, 32, 2, seed=5)
-    counts = evaluate(build_model("tiny", 2, 0), torch.from_numpy(images), torch.from_numpy(labels), 2, CPU)
+    counts = evaluate(build_model("tiny", 2, 0), torch.from_numpy(images), torch.from_numpy(labels), num_classes=2,
+                      device=CPU)
     assert counts.confusion.sum() == 40
     assert counts.positive_histograms.sum() + counts.negative_histograms.sum() == 2 * 40
 
@@ -128,14 +129,15 @@ def test_the_evaluation_report_carries_calibration_histograms_only_for_a_calibra
     x, y = torch.from_numpy(images), torch.from_numpy(labels)
     model = build_model("tiny", 2, 0)
     with_cal = LocalData(x[:10], y[:10], x[10:20], y[10:20], 2, x[20:], y[20:])
-    report = evaluation_report(model, with_cal, CPU, "h1", 3)
+    report = evaluation_report(model, with_cal, CPU, node_id="h1", model_round=3)
     assert report.model_round == 3 and report.counts.confusion.sum() == 10 == report.counts.examples
     assert report.calibration_positive is not None and report.calibration_negative is not None
     # Each calibration image lands once in each class's positive or negative histogram.
     assert report.calibration_positive.sum() + report.calibration_negative.sum() == 2 * 10
-    calibration = evaluate(model, x[20:], y[20:], 2, CPU)
+    calibration = evaluate(model, x[20:], y[20:], num_classes=2, device=CPU)
     assert np.array_equal(report.calibration_positive, calibration.positive_histograms)
-    without = evaluation_report(model, LocalData(x[:10], y[:10], x[10:20], y[10:20], 2), CPU, "h1", 3)
+    without = evaluation_report(model, LocalData(x[:10], y[:10], x[10:20], y[10:20], 2), CPU, node_id="h1",
+                                model_round=3)
     assert without.calibration_positive is None and without.calibration_negative is None
 
 
@@ -183,7 +185,7 @@ def _federate(parts: list[LocalData], correct: bool, rounds: int) -> np.ndarray:
             model.load_state_dict(start)
             at_start = loss_gradient(model, part, config, CPU)
             drift = None if consortium is None else {n: consortium[n] - own[index][n] for n in consortium}
-            train_local(model, part, config, CPU, torch.Generator().manual_seed(0), drift)
+            train_local(model, part, config, device=CPU, generator=torch.Generator().manual_seed(0), drift=drift)
             own[index] = at_start
             finished.append({k: v.clone() for k, v in model.state_dict().items()})
         start = {k: torch.stack([f[k] for f in finished]).mean(0) for k in start}
@@ -230,7 +232,7 @@ def test_drift_is_added_to_each_steps_gradient() -> None:
     drift = {name: torch.linspace(-1, 1, p.numel()).reshape(p.shape) for name, p in model.named_parameters()}
     config = LocalTraining(epochs=1, learning_rate=0.1, batch_size=64, optimizer="sgd", imbalance="none",
                            schedule="constant")
-    train_local(model, data, config, CPU, torch.Generator().manual_seed(0), drift)
+    train_local(model, data, config, device=CPU, generator=torch.Generator().manual_seed(0), drift=drift)
     for (name, parameter), start, g in zip(model.named_parameters(), before, gradient):
         # weight decay 1e-4 on the starting weights, as in the trainer's SGD
         expected = start - 0.1 * (g + drift[name] + 1e-4 * start)
@@ -248,12 +250,12 @@ def test_a_frozen_head_arrives_and_leaves_unchanged_while_the_body_trains(optimi
     body_before = model[1].features[0].weight.detach().clone()
     config = LocalTraining(epochs=2, learning_rate=1e-2, batch_size=16, optimizer=optimizer,  # type: ignore[arg-type]
                            freeze_head=True)
-    train_local(model, data, config, CPU, torch.Generator().manual_seed(0))
+    train_local(model, data, config, device=CPU, generator=torch.Generator().manual_seed(0))
     for parameter, before in zip(head.parameters(), head_before):
         assert torch.equal(parameter.detach(), before)  # not even weight decay touched it
         assert parameter.requires_grad  # and it trains again when not frozen
     assert not torch.equal(model[1].features[0].weight.detach(), body_before)
-    train_local(model, data, replace(config, freeze_head=False), CPU, torch.Generator().manual_seed(0))
+    train_local(model, data, replace(config, freeze_head=False), device=CPU, generator=torch.Generator().manual_seed(0))
     assert not torch.equal(head.weight.detach(), head_before[0])
 
 
@@ -263,9 +265,9 @@ def test_a_hospital_with_two_validation_images_sends_counts_of_nothing() -> None
     labels = torch.tensor([0, 1] * 5)
     data = LocalData(images, labels, images[:2], labels[:2], 2)
     model = build_model("tiny-gn", 2, 0)
-    empty = evaluation_report(model, data, torch.device("cpu"), "hospital-1", 3, min_images=20)
+    empty = evaluation_report(model, data, torch.device("cpu"), node_id="hospital-1", model_round=3, min_images=20)
     assert empty.counts.examples == 0 and empty.counts.loss_sum == 0.0
     assert not empty.counts.confusion.any() and not empty.counts.positive_histograms.any()
     assert not empty.counts.negative_histograms.any() and empty.calibration_positive is None
-    full = evaluation_report(model, data, torch.device("cpu"), "hospital-1", 3, min_images=2)
+    full = evaluation_report(model, data, torch.device("cpu"), node_id="hospital-1", model_round=3, min_images=2)
     assert full.counts.examples == 2

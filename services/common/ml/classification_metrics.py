@@ -243,7 +243,7 @@ def best_f1_edge(positive_histogram: npt.ArrayLike, negative_histogram: npt.Arra
 
 
 def operating_point(calibration_positive: npt.ArrayLike, calibration_negative: npt.ArrayLike,
-                    positive: npt.ArrayLike, negative: npt.ArrayLike, auc: float | None = None,
+                    positive: npt.ArrayLike, *, negative: npt.ArrayLike, auc: float | None = None,
                     edges: npt.NDArray[np.float64] | None = None) -> OperatingPoint:
     """Choose the F1-maximising threshold on calibration histograms; evaluate it on the others.
 
@@ -283,7 +283,7 @@ class PairedDifference:
 
 
 def paired_f1_difference(y_true: npt.ArrayLike, predicted_a: npt.ArrayLike, predicted_b: npt.ArrayLike,
-                         num_classes: int, draws: int = 20_000, seed: int = 0) -> PairedDifference:
+                         *, num_classes: int, draws: int = 20_000, seed: int = 0) -> PairedDifference:
     """F1(b) - F1(a) and its spread when the evaluated images are resampled, both models together.
 
     Resampling images with replacement is a multinomial draw over the (truth, a's prediction,

@@ -60,7 +60,7 @@ def moments_of(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -
     return FeatureMoments(one_hot.sum(dim=0).numpy(), (one_hot.T @ features).numpy(), (features.T @ features).numpy())
 
 
-def feature_moments(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+def feature_moments(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
                     device: torch.device, batch_size: int = 128) -> FeatureMoments:
     """The moments of this model's penultimate features over these images."""
     return moments_of(penultimate_features(model, images, device, batch_size), labels, num_classes)

@@ -130,7 +130,7 @@ class BasicBlock(torchvision.models.resnet.BasicBlock):  # type: ignore[misc]
 
 
 def _resnet(block: type[BasicBlock] | type[Bottleneck], layers: list[int], num_classes: int,
-            norm: Callable[[int], nn.Module] | None, zero_init_residual: bool) -> nn.Module:
+            *, norm: Callable[[int], nn.Module] | None, zero_init_residual: bool) -> nn.Module:
     body: nn.Module = torchvision.models.resnet.ResNet(block, layers, num_classes=num_classes, norm_layer=norm,
                                                        zero_init_residual=zero_init_residual)
     for module in body.modules():
@@ -155,15 +155,15 @@ def build_model(architecture: str, num_classes: int, seed: int = 0) -> nn.Module
     torch.manual_seed(seed)
     body: nn.Module
     if architecture == "resnet50":
-        body = _resnet(Bottleneck, [3, 4, 6, 3], num_classes, group_norm, zero_init_residual=True)
+        body = _resnet(Bottleneck, [3, 4, 6, 3], num_classes, norm=group_norm, zero_init_residual=True)
     elif architecture == "resnet18":
-        body = _resnet(BasicBlock, [2, 2, 2, 2], num_classes, group_norm, zero_init_residual=True)
+        body = _resnet(BasicBlock, [2, 2, 2, 2], num_classes, norm=group_norm, zero_init_residual=True)
     elif architecture == "efficientnet-b0":
         body = _efficientnet_b0(num_classes)
     elif architecture == "resnet50-bn":
-        body = _resnet(Bottleneck, [3, 4, 6, 3], num_classes, None, zero_init_residual=False)
+        body = _resnet(Bottleneck, [3, 4, 6, 3], num_classes, norm=None, zero_init_residual=False)
     elif architecture == "resnet50-bn-frozen":
-        body = _resnet(Bottleneck, [3, 4, 6, 3], num_classes, FrozenBatchNorm2d, zero_init_residual=False)
+        body = _resnet(Bottleneck, [3, 4, 6, 3], num_classes, norm=FrozenBatchNorm2d, zero_init_residual=False)
     else:
         body = TinyCnn(num_classes, group_norm=architecture == "tiny-gn")
     return nn.Sequential(GreyToRgb(), body)

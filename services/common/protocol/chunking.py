@@ -46,7 +46,7 @@ def upload_chunk_count(dimension: int, layout: FieldLayout, slots: int, chunk_ci
     return -(-dimension // values_per_chunk(layout, slots, chunk_ciphertexts))
 
 
-def ciphertexts_in_chunk(index: int, dimension: int, layout: FieldLayout, slots: int, chunk_ciphertexts: int) -> int:
+def ciphertexts_in_chunk(index: int, dimension: int, layout: FieldLayout, *, slots: int, chunk_ciphertexts: int) -> int:
     """How many ciphertexts upload chunk `index` carries (the last chunk may be short)."""
     per_chunk = values_per_chunk(layout, slots, chunk_ciphertexts)
     values = min(per_chunk, dimension - index * per_chunk)

@@ -308,7 +308,7 @@ def decrypt_chunk_from_wire(message: pb.DecryptRequest, expected_index: int) -> 
     return message.chunk.index, list(message.chunk.ciphertexts)
 
 
-def status_to_wire(service: str, holds_secret_key: bool, key_id: str = "", current_round: int = 0,
+def status_to_wire(service: str, holds_secret_key: bool, key_id: str = "", *, current_round: int = 0,
                    decrypted_rounds: Iterable[int] = ()) -> pb.ServiceStatus:
     return pb.ServiceStatus(service=service, holds_secret_key=holds_secret_key, key_id=key_id,
                             current_round=current_round, decrypted_rounds=sorted(decrypted_rounds))
@@ -330,7 +330,7 @@ def field_values_from_wire(response: pb.DecryptResponse) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- evaluation
-def _histograms(values: list[int] | object, classes: int, bins: int, what: str, node_id: str) -> np.ndarray:
+def _histograms(values: list[int] | object, classes: int, bins: int, *, what: str, node_id: str) -> np.ndarray:
     array = np.asarray(values, dtype=np.int64)
     if array.size != classes * bins:
         raise MalformedChunkError(f"evaluation of node {node_id!r} ({classes} classes, {bins} bins) has {what} of "
@@ -379,14 +379,17 @@ def evaluation_from_wire(message: pb.EvaluationReport) -> EvaluationReport | Mas
         return MaskedEvaluationReport(node, message.model_round, classes, bins, participants,
                                       tuple(message.masked_counts))
     counts = EvaluationCounts(
-        _histograms(message.confusion, classes, classes, "a confusion matrix", node), message.loss_sum,
-        message.examples, _histograms(message.positive_histograms, classes, bins, "positive histograms", node),
-        _histograms(message.negative_histograms, classes, bins, "negative histograms", node))
+        _histograms(message.confusion, classes, classes, what="a confusion matrix", node_id=node), message.loss_sum,
+        message.examples, _histograms(message.positive_histograms, classes, bins, what="positive histograms",
+                                      node_id=node),
+        _histograms(message.negative_histograms, classes, bins, what="negative histograms", node_id=node))
     calibration = (len(message.calibration_positive_histograms), len(message.calibration_negative_histograms))
     if calibration == (0, 0):
         return EvaluationReport(node, message.model_round, counts, histogram_spacing=message.histogram_spacing)
     return EvaluationReport(
         node, message.model_round, counts,
-        _histograms(message.calibration_positive_histograms, classes, bins, "calibration histograms", node),
-        _histograms(message.calibration_negative_histograms, classes, bins, "calibration histograms", node),
+        _histograms(message.calibration_positive_histograms, classes, bins, what="calibration histograms",
+                    node_id=node),
+        _histograms(message.calibration_negative_histograms, classes, bins, what="calibration histograms",
+                    node_id=node),
         message.histogram_spacing)

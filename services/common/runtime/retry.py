@@ -48,7 +48,7 @@ class Backoff:
         self.pause = self._policy.first_pause
 
 
-def retry_call(call: Callable[[], T], policy: RetryPolicy, what: str, log: logging.Logger, *,
+def retry_call(call: Callable[[], T], policy: RetryPolicy, what: str, *, log: logging.Logger,
                may_retry: Callable[[grpc.RpcError], bool] = lambda error: True,
                describe: Callable[[grpc.RpcError], str] | None = None, stop: threading.Event | None = None) -> T:
     """`call()`'s result. A gRPC error is raised at once when its status is not in the policy's codes, when

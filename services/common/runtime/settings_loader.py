@@ -102,7 +102,7 @@ def validation_lines(error: ValidationError, prefix: str) -> list[str]:
 
 
 def load_settings(settings_class: type[SettingsT], module: str, doc: str | None,
-                  argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> SettingsT:
+                  *, argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> SettingsT:
     """`--help` listing every setting, and settings from the environment or `--config FILE`; a SettingsError
     (exit status 1, one line per problem) for anything that would not start the service as written."""
     prefix = env_prefix(settings_class)

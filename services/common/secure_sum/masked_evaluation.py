@@ -66,7 +66,7 @@ def mask_report(report: EvaluationReport, masks: Sequence[PeerMask]) -> tuple[in
 
 
 def pooled_report(masked: Mapping[str, Sequence[int]], participants: Sequence[str], num_classes: int,
-                  bins: int, model_round: int) -> tuple[EvaluationReport, int]:
+                  *, bins: int, model_round: int) -> tuple[EvaluationReport, int]:
     """The set's counts summed, as one report, and how many of its hospitals counted a calibration split: from
     every participant's masked values (their masks cancel only over the whole set)."""
     if set(masked) != set(participants):

@@ -68,7 +68,7 @@ class PeerMask:
 
 
 def peer_masks(node_id: str, private: X25519PrivateKey, peers: Mapping[str, X25519PublicKey],
-               scope: MaskScope, domain: bytes = MASK_DOMAIN) -> list[PeerMask]:
+               *, scope: MaskScope, domain: bytes = MASK_DOMAIN) -> list[PeerMask]:
     """This node's mask with every other member of the scope's participant set (in `domain`: another domain gives
     other streams from the same agreements, as the pooled class counts' do)."""
     if node_id not in scope.participants:

@@ -52,7 +52,7 @@ class QuantizationPlan:
                                 self.rounding_pieces)
 
 
-def coordinate_bound_for(bits: int, max_participants: int, noise_kind: NoiseKind, noise_variance: float,
+def coordinate_bound_for(bits: int, max_participants: int, noise_kind: NoiseKind, *, noise_variance: float,
                          min_participants: int) -> int:
     """Largest per-node coordinate such that n_max nodes plus noise stay inside the field."""
     share = node_noise_share(noise_variance, min_participants)
@@ -78,7 +78,7 @@ def plan_quantization(
     dimension: int,
     clip_norm: float,
     bits: int,
-    max_participants: int,
+    *, max_participants: int,
     min_participants: int,
     noise_kind: NoiseKind,
     noise_variance: float,
@@ -87,7 +87,8 @@ def plan_quantization(
     """A plan whose scale spends the field's range on the update, not on empty bits."""
     if noise_kind is NoiseKind.NONE:
         noise_variance = 0.0
-    bound = coordinate_bound_for(bits, max_participants, noise_kind, noise_variance, min_participants)
+    bound = coordinate_bound_for(bits, max_participants, noise_kind, noise_variance=noise_variance,
+                                 min_participants=min_participants)
     scale = bound / clamp_threshold(dimension, clip_norm)
     return QuantizationPlan(
         dimension=dimension,
@@ -102,13 +103,14 @@ def plan_quantization(
     )
 
 
-def plan_statistics(dimension: int, clip_norm: float, bits: int, max_participants: int, min_participants: int,
+def plan_statistics(dimension: int, clip_norm: float, bits: int, *, max_participants: int, min_participants: int,
                     noise_kind: NoiseKind, noise_variance: float, rounding_pieces: int = 1) -> QuantizationPlan:
     """A plan for a vector whose coordinates are not spread like an update's (a few carry most of its norm): the
     clip norm maps to the coordinate bound, so no coordinate of a clipped vector is ever clamped."""
     if noise_kind is NoiseKind.NONE:
         noise_variance = 0.0
-    bound = coordinate_bound_for(bits, max_participants, noise_kind, noise_variance, min_participants)
+    bound = coordinate_bound_for(bits, max_participants, noise_kind, noise_variance=noise_variance,
+                                 min_participants=min_participants)
     return QuantizationPlan(dimension=dimension, clip_norm=clip_norm, scale=bound / clip_norm, coordinate_bound=bound,
                             bits=bits, min_participants=min_participants, noise_kind=noise_kind,
                             noise_variance=noise_variance, rounding_pieces=rounding_pieces)

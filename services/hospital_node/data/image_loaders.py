@@ -115,7 +115,7 @@ class DicomImage:
 
 
 def load_image_folder(
-    root: str | Path, split: str, image_size: int, class_names: Sequence[str] | None = None,
+    root: str | Path, split: str, image_size: int, *, class_names: Sequence[str] | None = None,
     allow_extra_folders: bool = False,
 ) -> LoadedDataset:
     """Load ``root/split/CLASS/*`` images; class names default to the sorted folder names. With class names given,

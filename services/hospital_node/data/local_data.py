@@ -63,7 +63,7 @@ class LocalData:
         return int(torch.unique(self.privacy_units()).numel())
 
 
-def _split(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int, classes: int,
+def _split(images: np.ndarray, labels: np.ndarray, fraction: float, *, seed: int, classes: int,
            calibration_fraction: float = 0.0, patients: np.ndarray | None = None) -> LocalData:
     """Train / validation split; `calibration_fraction` of the validation part becomes the calibration split;
     `patients`, each image's patient where known, follow the training images."""
@@ -92,7 +92,7 @@ def load_local_data(settings: DataSettings) -> LocalData:
         images, labels = generate_synthetic_xrays(settings.synthetic_images, settings.image_size,
                                                   settings.num_classes, settings.synthetic_seed)
         parts = partition_indices(labels, settings.partition_parties, settings.partition_scheme,
-                                  settings.partition_alpha, settings.synthetic_seed)
+                                  alpha=settings.partition_alpha, seed=settings.synthetic_seed)
         mine = parts[settings.partition_index]
         images, labels = images[mine], labels[mine]
         names, held, patients = synthetic_class_names(settings.num_classes), None, None
@@ -110,15 +110,17 @@ def load_local_data(settings: DataSettings) -> LocalData:
     if held is None:
         log.info("validation: a random %.0f%% of the images (seed %d)%s", 100 * settings.validation_fraction, seed,
                  "; no val/ or test/ folder" if settings.data_source == "folder" else "")
-        data = _split(images.astype(np.float32), labels.astype(np.int64), settings.validation_fraction, seed,
-                      settings.num_classes, settings.calibration_fraction, patients)
+        data = _split(images.astype(np.float32), labels.astype(np.int64), settings.validation_fraction, seed=seed,
+                      classes=settings.num_classes, calibration_fraction=settings.calibration_fraction,
+                      patients=patients)
         if settings.data_source == "synthetic":
             patients = synthetic_patients(data.train_labels.numpy(), seed)
             data = dataclasses.replace(data, train_patients=torch.from_numpy(patients))
             log.info("SYNTHETIC patients: %d training images of %d patients (1 to %d images each)",
                      patients.size, int(patients.max(initial=-1)) + 1, MAX_IMAGES_PER_PATIENT)
     else:
-        data = _held_out(images, labels, held[0], held[1], settings.num_classes, settings.calibration_fraction, seed)
+        data = _held_out(images, labels, held[0], held_labels=held[1], classes=settings.num_classes,
+                         calibration_fraction=settings.calibration_fraction, seed=seed)
         if patients is not None:
             data = dataclasses.replace(data, train_patients=torch.from_numpy(patients))
     source_of_patients = ("the DICOM files' PatientID" if settings.data_source == "dicom"
@@ -139,7 +141,7 @@ def _patients_file() -> str:
     return PATIENTS_FILE
 
 
-def _held_out(images: np.ndarray, labels: np.ndarray, held_images: np.ndarray, held_labels: np.ndarray,
+def _held_out(images: np.ndarray, labels: np.ndarray, held_images: np.ndarray, *, held_labels: np.ndarray,
               classes: int, calibration_fraction: float, seed: int) -> LocalData:
     """Train on one split and validate on another; `calibration_fraction` of the latter calibrates."""
     kept = 0
@@ -166,11 +168,13 @@ def _load_real(settings: DataSettings) -> tuple[np.ndarray, np.ndarray, tuple[st
     held: image_loaders.LoadedDataset | None = None
     if settings.data_source == "folder":
         loaded = image_loaders.load_image_folder(settings.data_path, "train", settings.image_size,
-                                                 settings.class_names, settings.allow_extra_folders)
+                                                 class_names=settings.class_names,
+                                                 allow_extra_folders=settings.allow_extra_folders)
         for split in ("val", "test"):
             if (settings.data_path / split).is_dir():
                 held = image_loaders.load_image_folder(settings.data_path, split, settings.image_size,
-                                                       loaded.class_names, settings.allow_extra_folders)
+                                                       class_names=loaded.class_names,
+                                                       allow_extra_folders=settings.allow_extra_folders)
                 log.info("training: %s/train (%d images); validation: %s/%s (%d images)%s", settings.data_path,
                          loaded.labels.size, settings.data_path, split, held.labels.size,
                          "; no val/ folder, so the per-round metrics are on test/" if split == "test" else "")

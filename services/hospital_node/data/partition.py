@@ -41,7 +41,7 @@ def partition_indices(
     labels: npt.ArrayLike,
     parties: int,
     scheme: str,
-    alpha: float = 0.5,
+    *, alpha: float = 0.5,
     seed: int = 0,
     min_size: int = 1,
 ) -> list[IndexArray]:
@@ -74,10 +74,10 @@ def partition_indices(
     elif scheme == "label_mix":
         parts = _label_mix(rng, label_array, parties, alpha)
     elif scheme == "quantity":
-        sizes = _dirichlet_sizes(rng, sample_count, parties, alpha, min_size)
+        sizes = _dirichlet_sizes(rng, sample_count, parties, alpha=alpha, min_size=min_size)
         parts = _split_by_sizes(rng.permutation(sample_count), sizes)
     else:
-        parts = _dirichlet_label_skew(rng, label_array, parties, alpha, min_size)
+        parts = _dirichlet_label_skew(rng, label_array, parties, alpha=alpha, min_size=min_size)
     return [np.sort(part).astype(np.int64) for part in parts]
 
 
@@ -145,7 +145,7 @@ def _split_by_sizes(order: npt.NDArray[np.integer], sizes: IndexArray) -> list[I
 
 
 def _dirichlet_sizes(
-    rng: np.random.Generator, total: int, parties: int, alpha: float, min_size: int
+    rng: np.random.Generator, total: int, parties: int, *, alpha: float, min_size: int
 ) -> IndexArray:
     """Reserve ``min_size`` per party, share the rest by Dirichlet proportions.
 
@@ -165,7 +165,7 @@ def _dirichlet_label_skew(
     rng: np.random.Generator,
     labels: IndexArray,
     parties: int,
-    alpha: float,
+    *, alpha: float,
     min_size: int,
 ) -> list[IndexArray]:
     """Per-class Dirichlet split; resample while a party is short, then top up."""

@@ -104,7 +104,7 @@ def generate_synthetic_xrays(
     image: _Field = thorax.density + _vascular_texture(rng, count, image_size) * thorax.lungs
     # Findings are drawn only for the images that carry them: they are the costly part.
     opacity_rows = np.flatnonzero(labels == OPACITY)
-    image[opacity_rows] += _focal_opacities(rng, thorax, opacity_rows, vertical, horizontal)
+    image[opacity_rows] += _focal_opacities(rng, thorax, opacity_rows, vertical=vertical, horizontal=horizontal)
     diffuse_rows = np.flatnonzero(labels == DIFFUSE)
     image[diffuse_rows] += _diffuse_density(rng, diffuse_rows.size, image_size) * thorax.lungs[diffuse_rows]
     acquired = _acquire(rng, image, image_size)
@@ -144,7 +144,7 @@ def _soft_ellipse(
     vertical: _Field,
     horizontal: _Field,
     centre_v: _Field,
-    centre_h: _Field,
+    *, centre_h: _Field,
     radius_v: _Field,
     radius_h: _Field,
     edge: float,
@@ -166,8 +166,8 @@ def _draw_thorax(
     body_v = 0.08 + _normal(rng, 0.0, 0.03, count)
     body_h = _normal(rng, 0.0, 0.03, count)
     body = _soft_ellipse(
-        vertical, horizontal, body_v, body_h,
-        _uniform(rng, 0.95, 1.1, count), _uniform(rng, 0.78, 0.92, count), edge=0.04,
+        vertical, horizontal, body_v, centre_h=body_h,
+        radius_v=_uniform(rng, 0.95, 1.1, count), radius_h=_uniform(rng, 0.78, 0.92, count), edge=0.04,
     )
     density = 0.06 + _uniform(rng, 0.42, 0.58, count) * body
 
@@ -187,8 +187,8 @@ def _draw_thorax(
         tapered_radius_h = radius_h * (0.85 + 0.2 * relative_height)
         lungs = np.maximum(
             lungs,
-            _soft_ellipse(vertical, horizontal, centre_v, centre_h,
-                          lung_radius_v, tapered_radius_h, edge=0.08),
+            _soft_ellipse(vertical, horizontal, centre_v, centre_h=centre_h,
+                          radius_v=lung_radius_v, radius_h=tapered_radius_h, edge=0.08),
         )
         centres[:, side_index, 0] = centre_v[:, 0, 0]
         centres[:, side_index, 1] = centre_h[:, 0, 0]
@@ -201,8 +201,8 @@ def _draw_thorax(
     density = density + _uniform(rng, 0.12, 0.22, count) * spine * body
     heart = _soft_ellipse(
         vertical, horizontal,
-        _normal(rng, 0.4, 0.04, count), body_h + 0.12 + _normal(rng, 0.0, 0.03, count),
-        _uniform(rng, 0.26, 0.34, count), _uniform(rng, 0.3, 0.38, count), edge=0.12,
+        _normal(rng, 0.4, 0.04, count), centre_h=body_h + 0.12 + _normal(rng, 0.0, 0.03, count),
+        radius_v=_uniform(rng, 0.26, 0.34, count), radius_h=_uniform(rng, 0.3, 0.38, count), edge=0.12,
     )
     density = density + _uniform(rng, 0.1, 0.18, count) * heart
 
@@ -260,7 +260,7 @@ def _focal_opacities(
     rng: np.random.Generator,
     thorax: _Thorax,
     rows: npt.NDArray[np.intp],
-    vertical: _Field,
+    *, vertical: _Field,
     horizontal: _Field,
 ) -> _Field:
     """Sum of 1..3 Gaussian blobs, each inside one lung, for the images ``rows``."""
