@@ -30,6 +30,7 @@ from scripts.launcher import Consortium, ConsortiumConfig, format_row
 from services.aggregator.round_planner import training_plan
 from services.aggregator.run_outcome import FINISHED_MARKER
 from services.common.ml.models import best_device
+from services.hospital_node.config import TrainingSettings
 from services.hospital_node.local_round import local_training
 
 NODES = 5
@@ -45,8 +46,8 @@ def centralized(config: ConsortiumConfig, epochs: int, out: Path, seed: int) -> 
     """The centralized baseline: the same images, splits and local training, `epochs` per round."""
     node = config.node_settings(0)
     # No FedProx anchor: with one party there is no global model to stay near.
-    training = replace(local_training(training_plan(config.aggregator_settings(), 1), node), epochs=epochs,
-                       proximal_mu=0.0)
+    training = replace(local_training(training_plan(config.aggregator_settings(), 1), TrainingSettings.of(node)),
+                       epochs=epochs, proximal_mu=0.0)
     # As many CPU threads as each hospital: torch's default (every core) beside the hospitals' processes
     # oversubscribes the cores, and its threads' busy-waiting slowed CPU runs several times over.
     threads = torch.get_num_threads()

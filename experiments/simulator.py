@@ -52,7 +52,7 @@ from services.common.secure_sum.update_codec import (
     plan_quantization,
     plan_statistics,
 )
-from services.hospital_node.config import DataSettings
+from services.hospital_node.config import DataSettings, TrainingSettings
 from services.hospital_node.data.local_data import LocalData, load_local_data
 from services.hospital_node.head_training import train_head
 from services.hospital_node.local_round import ScaffoldClient, local_training, train_only, train_round
@@ -188,7 +188,7 @@ def simulate(name: str, values: SettingValues, simulation: Simulation, out: Path
     for round_id in range(1, aggregator.rounds + 1):
         started = time.monotonic()
         plan = training_plan(aggregator, round_id)
-        training = local_training(plan, node)
+        training = local_training(plan, TrainingSettings.of(node))
         norms: list[float] = []
         kept: list[float] = []  # per hospital, the share of its control variate change's norm the sum received
         if simulation.mode == "centralized":  # no FedProx anchor: with one party there is no global model

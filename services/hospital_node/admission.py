@@ -27,7 +27,7 @@ from services.common.ml.model_spec import ParameterSpec
 from services.common.protocol.node_identity import NodeKeyRegistry
 from services.common.protocol.public_key import PublicKeyInfo
 from services.common.protocol.round_plan import LocalTrainingPlan, RoundKind, RoundPlan
-from services.hospital_node.config import FloorSettings, HospitalNodeSettings
+from services.hospital_node.config import FloorSettings, TrainingSettings
 from services.hospital_node.local_round import record_target
 from services.hospital_node.privacy_floor import check_evaluation, check_plan
 from services.hospital_node.private_training import PrivateTrainingError, require_private_model
@@ -49,7 +49,7 @@ class RecordPrivacy:
     """This hospital's record-level DP: its budget, once it has one (its own target, a ledger it already keeps, or
     the aggregator's proposal)."""
 
-    settings: HospitalNodeSettings
+    settings: TrainingSettings
     model: nn.Module
     train_images: int
     budget: RecordBudget | None = None

@@ -182,3 +182,28 @@ class DataSettings:
     @classmethod
     def of(cls, settings: HospitalNodeSettings) -> DataSettings:
         return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """The hospital's own part of local training and of its record-level DP-SGD: all `local_round` and
+    `admission.RecordPrivacy` read, and the DP-SGD settings the node's training step uses (built once, in
+    `node_loop`)."""
+
+    architecture: str
+    imbalance: Literal["none", "class_weights", "sampler", "logit_adjust"]
+    lr_schedule: Literal["constant", "cosine"]
+    augment: bool
+    freeze_head: bool
+    record_dp: Literal["auto", "off"]
+    record_epsilon: float | None
+    record_delta: float | None
+    record_rounds: int
+    dp_clip_norm: float
+    dp_grad_sample_mode: Literal["hooks", "ghost"]
+    dp_physical_batch: int
+    state_dir: Path  # where the record-level DP ledger lives
+
+    @classmethod
+    def of(cls, settings: HospitalNodeSettings) -> TrainingSettings:
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})

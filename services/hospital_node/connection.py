@@ -15,7 +15,6 @@ from services.common.ml.model_spec import ParameterSpec
 from services.common.protocol.class_roster import ClassRoster
 from services.common.protocol.round_plan import ModelChunk, RoundPlan, TrainingFinished
 from services.common.runtime.retry import Backoff, RetryPolicy
-from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.consortium_client import ConsortiumClient
 
 log = logging.getLogger(__name__)
@@ -31,8 +30,8 @@ JOIN_REFUSALS = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.
 PlanHandler = Callable[[RoundPlan, list[bytes]], None]
 
 
-def follow_rounds(client: ConsortiumClient, settings: HospitalNodeSettings, spec: ParameterSpec,
-                  *, classes: ClassRoster, stop: threading.Event, handle: PlanHandler) -> int:
+def follow_rounds(client: ConsortiumClient, node_id: str, spec: ParameterSpec, *, reconnect_seconds: float,
+                  classes: ClassRoster, stop: threading.Event, handle: PlanHandler) -> int:
     """Follow the aggregator's rounds until training finishes (0), handing each plan and its model to `handle`. A
     broken stream (the aggregator restarting, a network fault) is followed by a new subscription, after 1, 2, 4 ...
     (at most 30) seconds, for `reconnect_seconds` since the last message (then 1); a refused join ends it (2)."""
@@ -40,7 +39,7 @@ def follow_rounds(client: ConsortiumClient, settings: HospitalNodeSettings, spec
     while not stop.is_set():
         received = [False]
         try:
-            if _follow_subscription(client, settings, spec, classes=classes, stop=stop, handle=handle,
+            if _follow_subscription(client, node_id, spec, classes=classes, stop=stop, handle=handle,
                                     received=received):
                 return 0
             reason = "the aggregator ended the stream before training finished"
@@ -56,7 +55,7 @@ def follow_rounds(client: ConsortiumClient, settings: HospitalNodeSettings, spec
         if received[0]:
             backoff.reset()
             last_message = now
-        if now - last_message > settings.reconnect_seconds:
+        if now - last_message > reconnect_seconds:
             log.error("lost the aggregator (%s) and could not reconnect for %.0f s; giving up", reason,
                       now - last_message)
             return 1
@@ -66,11 +65,11 @@ def follow_rounds(client: ConsortiumClient, settings: HospitalNodeSettings, spec
     return 0
 
 
-def _follow_subscription(client: ConsortiumClient, settings: HospitalNodeSettings, spec: ParameterSpec,
+def _follow_subscription(client: ConsortiumClient, node_id: str, spec: ParameterSpec,
                          *, classes: ClassRoster, stop: threading.Event, handle: PlanHandler,
                          received: list[bool]) -> bool:
     """One subscription's messages; True when training finished or the node was stopped."""
-    subscription = client.subscribe(settings.node_id, spec, classes)
+    subscription = client.subscribe(node_id, spec, classes)
     plan: RoundPlan | None = None
     model_chunks: list[bytes] = []
     for message in subscription:

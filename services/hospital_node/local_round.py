@@ -18,7 +18,7 @@ from services.common.ml.head_refit import moments_of, penultimate_features, scal
 from services.common.ml.model_spec import ParameterSpec, flatten_named, flatten_state, restore_state
 from services.common.ml.trainable import trained_parameters
 from services.common.protocol.round_plan import LocalTrainingPlan
-from services.hospital_node.config import HospitalNodeSettings
+from services.hospital_node.config import TrainingSettings
 from services.hospital_node.data.local_data import LocalData
 from services.hospital_node.head_training import train_head
 from services.hospital_node.private_training import PrivateTraining, PrivateTrainingError, train_private
@@ -26,13 +26,13 @@ from services.hospital_node.record_privacy import RecordBudgetTarget
 from services.hospital_node.trainer import LocalTraining, TrainStats, loss_gradient, train_local
 
 
-def local_training(plan: LocalTrainingPlan, settings: HospitalNodeSettings) -> LocalTraining:
+def local_training(plan: LocalTrainingPlan, settings: TrainingSettings) -> LocalTraining:
     """One round's local training: the round's part from the plan, the hospital's own part from its settings."""
     return LocalTraining(plan.epochs, plan.learning_rate, plan.batch_size, plan.optimizer, plan.proximal_mu,
                          settings.imbalance, settings.lr_schedule, settings.augment, settings.freeze_head)
 
 
-def record_target(plan: LocalTrainingPlan, settings: HospitalNodeSettings, train_images: int) -> RecordBudgetTarget | None:
+def record_target(plan: LocalTrainingPlan, settings: TrainingSettings, train_images: int) -> RecordBudgetTarget | None:
     """This hospital's record-level DP target: its own settings', else the aggregator's proposal; None: off (always,
     when the hospital turned it off)."""
     if settings.record_dp == "off":

@@ -37,7 +37,7 @@ from services.common.secure_sum.pairwise_masks import MaskScope, participant_set
 from services.common.secure_sum.pooled_counts import COUNTS_DOMAIN, CountsRelease, masked_counts
 from services.common.secure_sum.update_codec import received_update
 from services.hospital_node.admission import Admission, AdmissionGate, RecordPrivacy
-from services.hospital_node.config import FloorSettings, HospitalNodeSettings
+from services.hospital_node.config import FloorSettings, HospitalNodeSettings, TrainingSettings
 from services.hospital_node.connection import follow_rounds
 from services.hospital_node.consortium_client import ConsortiumClient, UnreachableError, wait_until_reachable
 from services.hospital_node.data.local_data import LocalData
@@ -83,7 +83,8 @@ class HospitalNode:
         self._model = build_model(settings.architecture, settings.num_classes, settings.model_seed)
         self._spec = parameter_spec(self._model.state_dict())
         self._counts_release = CountsRelease(settings.state_dir / "pooled_class_counts_sent.json")
-        self._privacy = RecordPrivacy(settings, self._model, data.train_labels.numel())
+        self._training = TrainingSettings.of(settings)
+        self._privacy = RecordPrivacy(self._training, self._model, data.train_labels.numel())
         self._publish_record_epsilon()
         if settings.record_dp == "off":
             log.warning("record-level DP-SGD is OFF by this hospital's setting (record_dp=off)%s: its updates are "
@@ -125,7 +126,8 @@ class HospitalNode:
                                          ("aggregator", settings.aggregator, self._client.probe_aggregator)):
                 wait_until_reachable(peer, address, probe, tls=settings, seconds=settings.connect_seconds, log=log)
             self._public_key()  # fail fast if the key authority serves a secret key
-            return follow_rounds(self._client, settings, self._spec, classes=self._classes, stop=stop,
+            return follow_rounds(self._client, settings.node_id, self._spec,
+                                 reconnect_seconds=settings.reconnect_seconds, classes=self._classes, stop=stop,
                                  handle=self._take_part)
         except UnreachableError as unreachable:
             log.error("%s", unreachable)
@@ -264,17 +266,17 @@ class HospitalNode:
     def _train(self, plan: RoundPlan, global_weights: np.ndarray, consortium_control: np.ndarray,
                scaffold: ScaffoldClient | None) -> UploadTimings:
         generator = torch.Generator().manual_seed(hash((self._entropy, plan.round_id)) & 0x7FFFFFFF)
-        config = local_training(plan.training, self._settings)
+        config = local_training(plan.training, self._training)
         trainable = plan.training.trainable
         private, charge = None, None
         if self._budget is not None:
-            s = self._settings
+            t = self._training
             # Patients are the unit where this hospital knows them (user-level DP-SGD in every mode); else images.
             units, unit = self._data.unit_count, self._data.privacy_unit
             sample_rate, per_epoch = poisson_schedule(units, config.batch_size)
             charge = (sample_rate, per_epoch * config.epochs)
             sigma = self._budget.admit(plan.round_id, *charge, unit)  # a refusal trains nothing and spends nothing
-            private = PrivateTraining(sigma, s.dp_clip_norm, s.dp_grad_sample_mode, s.dp_physical_batch, trainable)
+            private = PrivateTraining(sigma, t.dp_clip_norm, t.dp_grad_sample_mode, t.dp_physical_batch, trainable)
         train_start = time.monotonic()
         local = {name: tensor.detach().clone() for name, tensor in self._model.state_dict().items()}
         result = train_round(self._model, self._data, config, device=self._device, generator=generator, spec=self._spec,

@@ -16,7 +16,7 @@ from opacus.accountants.utils import get_noise_multiplier
 
 from services.common.errors import PlanRefusedError
 from services.common.protocol.round_plan import LocalTrainingPlan
-from services.hospital_node.config import HospitalNodeSettings
+from services.hospital_node.config import HospitalNodeSettings, TrainingSettings
 from services.hospital_node.local_round import record_target
 from services.hospital_node.record_privacy import (
     RDP_ORDERS,
@@ -162,16 +162,16 @@ def _settings(tmp_path: Path, **values: object) -> HospitalNodeSettings:
 
 
 def test_the_hospitals_own_target_wins_over_the_aggregators_proposal(tmp_path: Path) -> None:
-    own = record_target(_plan(1000.0), _settings(tmp_path, record_epsilon=2.0), 48)
+    own = record_target(_plan(1000.0), TrainingSettings.of(_settings(tmp_path, record_epsilon=2.0)), 48)
     assert own is not None and own.epsilon == 2.0
-    adopted = record_target(_plan(8.0), _settings(tmp_path), 48)
+    adopted = record_target(_plan(8.0), TrainingSettings.of(_settings(tmp_path)), 48)
     assert adopted is not None and adopted.epsilon == 8.0
-    assert record_target(_plan(0.0), _settings(tmp_path), 48) is None
+    assert record_target(_plan(0.0), TrainingSettings.of(_settings(tmp_path)), 48) is None
 
 
 def test_the_default_delta_is_below_one_over_the_training_images(tmp_path: Path) -> None:
     for images in (48, 5000, 200_000):
-        target = record_target(_plan(8.0), _settings(tmp_path), images)
+        target = record_target(_plan(8.0), TrainingSettings.of(_settings(tmp_path)), images)
         assert target is not None and target.delta < 1 / images
 
 
@@ -182,7 +182,7 @@ def test_a_plan_without_a_proposal_cannot_turn_dp_off_once_a_ledger_exists(tmp_p
     q, steps = poisson_schedule(48, 16)
     budget.admit(1, q, steps)
     budget.spend(1, q, steps)
-    again = RecordBudget.open(path, record_target(_plan(0.0), _settings(tmp_path), 48))
+    again = RecordBudget.open(path, record_target(_plan(0.0), TrainingSettings.of(_settings(tmp_path)), 48))
     assert again is not None and again.epsilon() > 0
 
 
