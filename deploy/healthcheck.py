@@ -78,16 +78,16 @@ def healthy() -> bool:
     if name == "key_authority":
         from services.key_authority.config import KeyAuthoritySettings
 
-        ka = load_settings(KeyAuthoritySettings, "services.key_authority", None, arguments)
+        ka = load_settings(KeyAuthoritySettings, "services.key_authority", None, argv=arguments)
         return grpc_serving(ka.listen, ka, KEY_AUTHORITY_NAME)
     if name == "aggregator":
         from services.aggregator.config import AggregatorSettings
 
-        aggregator = load_settings(AggregatorSettings, "services.aggregator", None, arguments)
+        aggregator = load_settings(AggregatorSettings, "services.aggregator", None, argv=arguments)
         return grpc_serving(aggregator.listen, aggregator, AGGREGATOR_NAME)
     from services.hospital_node.config import HospitalNodeSettings
 
-    node = load_settings(HospitalNodeSettings, "services.hospital_node", None, arguments)
+    node = load_settings(HospitalNodeSettings, "services.hospital_node", None, argv=arguments)
     return metrics_answer(node.metrics_host, node.metrics_port) if node.metrics_port else True
 
 
@@ -95,7 +95,10 @@ def main() -> int:
     try:
         return 0 if healthy() else 1
     except (Exception, SystemExit) as error:  # any failure to ask is "unhealthy" (exit 1, never 2: reserved)
-        print(f"unhealthy: {type(error).__name__}: {error}", file=sys.stderr)
+        import grpc
+
+        detail = f"{error.code().name}: {error.details()}" if isinstance(error, grpc.RpcError) else str(error)
+        print(f"unhealthy: {type(error).__name__}: {' '.join(detail.split())}", file=sys.stderr)  # one line
         return 1
 
 
