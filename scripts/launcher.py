@@ -57,6 +57,19 @@ def free_port() -> int:
     raise RuntimeError(f"no free loopback port in {LISTEN_PORTS.start}..{LISTEN_PORTS.stop - 1}")
 
 
+def wait_for_port(address: str, seconds: float) -> None:
+    """Return once something accepts connections on loopback `address` ("127.0.0.1:PORT"); an AssertionError
+    after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", int(address.rsplit(":", 1)[1])), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"nothing listened on {address} within {seconds:.0f} s")
+
+
 SettingValues = dict[str, object]
 # Set by the launcher for each process; a caller who names one of these is refused.
 LAUNCHER_SETTINGS = frozenset({

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -140,8 +140,16 @@ class HospitalNodeSettings(ServiceSettings):
         return value
 
 
+class SettingsSlice:
+    """A part's frozen slice of the node's settings: the fields the part reads, copied once by `of`."""
+
+    @classmethod
+    def of(cls, settings: HospitalNodeSettings) -> Self:
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
-class FloorSettings:
+class FloorSettings(SettingsSlice):
     """The privacy floor's slice of the settings: all `privacy_floor` reads (built once, in `service.py`)."""
 
     node_id: str
@@ -154,13 +162,9 @@ class FloorSettings:
     max_local_epochs: int
     max_batch_size: int
 
-    @classmethod
-    def of(cls, settings: HospitalNodeSettings) -> FloorSettings:
-        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
-
 
 @dataclass(frozen=True)
-class DataSettings:
+class DataSettings(SettingsSlice):
     """The data's slice of the settings: all `data.local_data` reads (built once, in `service.py`)."""
 
     node_id: str
@@ -179,13 +183,9 @@ class DataSettings:
     partition_parties: int
     partition_index: int
 
-    @classmethod
-    def of(cls, settings: HospitalNodeSettings) -> DataSettings:
-        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
-
 
 @dataclass(frozen=True)
-class TrainingSettings:
+class TrainingSettings(SettingsSlice):
     """The hospital's own part of local training and of its record-level DP-SGD: all `local_round` and
     `admission.RecordPrivacy` read, and the DP-SGD settings the node's training step uses (built once, in
     `node_loop`)."""
@@ -203,7 +203,3 @@ class TrainingSettings:
     dp_grad_sample_mode: Literal["hooks", "ghost"]
     dp_physical_batch: int
     state_dir: Path  # where the record-level DP ledger lives
-
-    @classmethod
-    def of(cls, settings: HospitalNodeSettings) -> TrainingSettings:
-        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})

@@ -6,15 +6,13 @@ broken script in `make test`, minutes earlier (a changed call signature once lef
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from scripts.launcher import free_port
+from scripts.launcher import free_port, wait_for_port
 from scripts.make_certs import issue, make_ca
 from scripts.settings_env import child_environment
 from services.common.protocol.node_identity import generate_identity
@@ -23,17 +21,6 @@ from services.key_authority.config import KeyAuthoritySettings
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 BASE_ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-
-
-def _wait_for_port(address: str, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", int(address.rsplit(":", 1)[1])), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"nothing listened on {address} within {seconds} s")
 
 
 def _healthcheck(environment: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -52,7 +39,7 @@ def test_the_healthcheck_passes_for_a_serving_key_authority_and_fails_for_a_sile
     process = subprocess.Popen([sys.executable, "-m", "services.key_authority"], cwd=REPO, env=environment,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for_port(settings.listen, 120)
+        wait_for_port(settings.listen, 120)
         serving = _healthcheck(environment)
         assert serving.returncode == 0, serving.stderr
         silent = _healthcheck({**environment, "FEDXRAY_KA_LISTEN": f"127.0.0.1:{free_port()}"})

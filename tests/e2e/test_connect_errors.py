@@ -7,7 +7,6 @@ after 66 s in a thread traceback with DEADLINE_EXCEEDED, and nothing mentioned T
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.launcher import free_port
+from scripts.launcher import free_port, wait_for_port
 from scripts.make_certs import issue, make_ca
 from scripts.settings_env import child_environment
 from services.common.protocol.node_identity import generate_identity
@@ -65,13 +64,7 @@ def key_authority(tmp_path: Path) -> Iterator[tuple[str, Path]]:
                                env=child_environment(BASE_ENV, settings), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", int(address.rsplit(":", 1)[1])), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.2)
+        wait_for_port(address, 120)
         yield address, certs
     finally:
         process.terminate()
