@@ -7,8 +7,8 @@ First Principles", S&P 2022, on why low-FPR is what counts).
 (epsilon, delta)-DP bounds every such test: TPR <= e^eps * FPR + delta, and 1 - FPR <= e^eps * (1 - TPR) + delta
 (Kairouz et al., ICML 2015). `bound_violations` checks each ROC point against both with the sampling error
 taken into account: a violation needs the one-sided Clopper-Pearson lower bound of the one rate to exceed what
-the upper bound of the other allows, at the stated confidence. A violation means the run's accounting is wrong
-(or the attack saw more than the guarantee covers): a bug to chase, not a result to print.
+the upper bound of the other allows, at the stated confidence for the whole curve. A violation means the run's
+accounting is wrong (or the attack saw more than the guarantee covers): a bug to chase, not a result to print.
 """
 
 from __future__ import annotations
@@ -72,8 +72,11 @@ class Violation:
 
 
 def bound_violations(curve: Roc, epsilon: float, delta: float, confidence: float = 0.95) -> list[Violation]:
-    """The ROC points that (epsilon, delta)-DP rules out even after the sampling error at `confidence`."""
+    """The ROC points that (epsilon, delta)-DP rules out even after the sampling error: each point is tested at
+    1 - (1 - `confidence`) / points (Bonferroni), so that a curve of many points raises no false alarm by
+    chance."""
     factor = math.exp(epsilon)
+    confidence = 1 - (1 - confidence) / len(curve.fpr)
     found = []
     for fpr, tpr in zip(curve.fpr, curve.tpr):
         tp, fp = tpr * curve.members, fpr * curve.nonmembers
