@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 PROTO := protos/fedxray/v1/fedxray.proto
 
-.PHONY: venv demo test test-fast protos pretrain privacy-table bench-he bench-round bench-dp bench-help soak clean
+.PHONY: venv demo test test-fast protos attacks pretrain privacy-table bench-he bench-round bench-dp bench-help soak clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ venv: $(STAMP)
 ## demo: five hospitals, SYNTHETIC radiographs, ResNet-50 from the public stand-in (built on first use), three secure rounds of per-patient DP-SGD on 127.0.0.1
 demo: $(STAMP)
 	$(PY) -m scripts.consortium
+
+## attacks: gradient inversion against what each party holds (SYNTHETIC data); writes runs/attacks/ATTACKS.md
+attacks: $(STAMP)
+	$(PY) -m experiments.attacks --out runs/attacks
 
 ## pretrain: the public stand-in the demo starts from (SYNTHETIC, another seed and task), cached under runs/pretrain
 pretrain: $(STAMP)
