@@ -39,6 +39,7 @@ from experiments.attacks.inversion import (
     fidelity,
     invert,
     loss_gradient,
+    psnr,
     split_like,
 )
 from experiments.simulator import secure_sum
@@ -122,7 +123,7 @@ def _targets(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 
 def _rank(reconstruction: torch.Tensor, truth: torch.Tensor, others: torch.Tensor) -> int:
-    scores = [fidelity(reconstruction, candidate.unsqueeze(0)).psnr for candidate in torch.cat([truth, others])]
+    scores = [psnr(reconstruction, candidate.unsqueeze(0)) for candidate in torch.cat([truth, others])]
     return 1 + sum(score > scores[0] for score in scores[1:])
 
 
@@ -141,7 +142,7 @@ def run(out: Path, quick: bool, progress: Callable[[str], None] = print) -> list
             reconstruction = invert(model, split_like(vector, model), victim_labels[:case.images],
                                     (case.images, 1, SIZE, SIZE), settings=settings)
             # A batch comes back in any order: the victim's reconstruction is the one closest to it.
-            best = max(range(case.images), key=lambda j: fidelity(reconstruction[j:j + 1], victims[:1]).psnr)
+            best = max(range(case.images), key=lambda j: psnr(reconstruction[j:j + 1], victims[:1]))
             attacked: Fidelity = fidelity(reconstruction[best:best + 1], victims[:1])
             prior = fidelity(prior_image, victims[:1])
             outcome = Outcome(name, case.holder, attacked.psnr, attacked.ssim, prior.psnr, prior.ssim,

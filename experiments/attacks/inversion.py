@@ -109,9 +109,13 @@ class Fidelity:
     ssim: float
 
 
+def psnr(reconstruction: torch.Tensor, truth: torch.Tensor) -> float:
+    """PSNR (dB) of images in [0, 1], each image scored alone and the scores averaged."""
+    return float(peak_signal_noise_ratio(reconstruction, truth, data_range=1.0, reduction="elementwise_mean",
+                                         dim=(1, 2, 3)))
+
+
 def fidelity(reconstruction: torch.Tensor, truth: torch.Tensor) -> Fidelity:
     """PSNR and SSIM of images in [0, 1], each image scored alone and the scores averaged."""
-    psnr = peak_signal_noise_ratio(reconstruction, truth, data_range=1.0, reduction="elementwise_mean",
-                                   dim=(1, 2, 3))
     ssim = structural_similarity_index_measure(reconstruction, truth, data_range=1.0)
-    return Fidelity(float(psnr), float(ssim))  # type: ignore[arg-type]
+    return Fidelity(psnr(reconstruction, truth), float(ssim))  # type: ignore[arg-type]
