@@ -19,7 +19,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m scripts.consortium
 
-## attacks: gradient inversion against what each party holds (SYNTHETIC data); writes runs/attacks/ATTACKS.md
+## attacks: gradient inversion, membership inference and adversarial examples against FedXray's protections (SYNTHETIC data); writes runs/attacks/ATTACKS.md
 attacks: $(STAMP)
 	$(PY) -m experiments.attacks --out runs/attacks
 

@@ -1,22 +1,19 @@
-"""The attack harness (issue 34), first section: gradient inversion against what each party holds.
+"""The attack harness: the known attacks against FedXray's own protections, on SYNTHETIC data.
 
-    python -m experiments.attacks --out runs/attacks [--quick]
+    python -m experiments.attacks --out runs/attacks [--quick]      (make attacks)
 
-On SYNTHETIC radiographs (32 px) and the small sigmoid CNN of the DLG paper, where inversion is known to work,
-the Inverting Gradients attack (`experiments.attacks.inversion`) is run against:
+Three sections, each with a baseline where the attack should succeed beside FedXray's configuration:
 
-- one hospital's plaintext update, as a plain-FedAvg server sees it: one image, one step; four images, one step;
-  one image, five local steps;
-- FedXray's aggregator: the decrypted sum of five hospitals' updates, each encoded by the real secure codec
-  (clip, randomized rounding, Skellam noise at the default variance 16, mod 2^b);
-- one image's DP-SGD step (clipped to 1, Gaussian noise at the sigma the hospital's PLD plan gives for epsilon 8
-  and 2 over one epoch of 200 images in batches of 16, delta 1e-5).
+1. gradient inversion against what each party holds (`inversion_section`);
+2. membership inference against the consortium's final models, non-private and under DP-SGD, with every DP
+   model's ROC checked against its bound (`membership_section`; a violation stops the command with an error);
+3. FGSM and PGD against the same models, and the hospitals' PGD adversarial training with its cost
+   (`robustness_section`).
 
-The attacker is told the true labels (generous to it). Each reconstruction is scored against the true image by
-PSNR and SSIM beside the population prior (the mean of 64 other SYNTHETIC images, which needs no attack), and by
-re-identification: the rank of the true image among 65 candidates by PSNR to the reconstruction (1: singled
-out). Writes ATTACKS.md, attacks.json and inversion.png to --out; one progress line per case. Membership
-inference and adversarial examples are not in this command yet (their pieces are in this package, tested).
+Sections 2 and 3 start from the public ResNet-50 stand-in (`experiments.pretrain`, cached; built first when
+missing, about 4 minutes here). Writes ATTACKS.md, attacks.json and the figures inversion.png, membership.png and
+robustness.png to --out, with progress lines throughout. --quick: a small size for tests (a 1-epoch stand-in on
+300 images, 500 inversion steps, two shadow sets, two budgets), whose figures say nothing.
 """
 
 from __future__ import annotations
@@ -26,178 +23,148 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
-import matplotlib
-import numpy as np
 import torch
 
-from experiments.attacks.inversion import (
-    Fidelity,
-    InversionSettings,
-    dlg_lenet,
-    fidelity,
-    invert,
-    loss_gradient,
-    psnr,
-    split_like,
-)
-from experiments.simulator import secure_sum
-from services.common.secure_sum.ckks_params import ckks_parameters, field_layout
-from services.common.secure_sum.noise import NoiseKind
-from services.common.secure_sum.update_codec import plan_quantization
-from services.hospital_node.data.synthetic_xray import generate_synthetic_xrays
-from services.hospital_node.record_privacy import plan_noise_multiplier
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-SIZE, POOL, LEARNING_RATE, DELTA = 32, 64, 0.1, 1e-5
+from experiments.attacks import inversion_section, membership_section, robustness_section
+from experiments.pretrain import CACHE, StandIn, stand_in_weights
+from experiments.privacy_table import hospitals, pooled
+from services.common.ml.initial_weights import load_initial_weights
+from services.common.ml.models import build_model
 
 
 @dataclass(frozen=True)
-class Case:
-    name: str
-    holder: str  # who holds what is attacked
-    images: int  # how many images the attacker reconstructs
+class Size:
+    """How big a run is: the default (docs/ATTACKS.md) or --quick (tests)."""
+
+    stand_in: StandIn
+    images_per_node: int
+    shadows: int
+    epsilons: tuple[float, ...]
+    budgets: list[float]  # x 1/255
+    pgd_steps: int
+    robust_images: int
+    fine_tune_epochs: int
+    adversarial_epsilon: float  # the adversarial training's budget, x 1/255
 
 
-@dataclass(frozen=True)
-class Outcome:
-    case: str
-    holder: str
-    psnr: float
-    ssim: float
-    prior_psnr: float
-    prior_ssim: float
-    rank: int  # of the true image among the candidates by PSNR to the reconstruction; 1: singled out
-    candidates: int
-    seconds: float
+DEFAULT = Size(StandIn(image_size=32), 200, 4, (8.0, 2.0, 1.0), [1, 2, 4, 8], 10, 200, 5, 4)
+QUICK = Size(StandIn(image_size=32, images=300, epochs=1), 40, 2, (8.0,), [2, 8], 3, 40, 1, 4)
 
 
-def _flat(gradient: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([g.flatten() for g in gradient])
-
-
-def _local_steps(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int) -> torch.Tensor:
-    """Minus the weight change of `steps` plain SGD steps: the direction a multi-step update carries."""
-    start = [p.detach().clone() for p in model.parameters()]
-    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(images), labels).backward()
-        optimizer.step()
-    change = torch.cat([(p.detach() - s).flatten() for p, s in zip(model.parameters(), start)])
-    with torch.no_grad():
-        for p, s in zip(model.parameters(), start):
-            p.copy_(s)
-    return -change
-
-
-def _targets(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-             rng: np.random.Generator) -> dict[str, tuple[Case, torch.Tensor]]:
-    """What each party holds, as a flat vector the attack reads as a gradient; images[0] is the victim."""
-    one = _flat(loss_gradient(model, images[:1], labels[:1]))
-    held: dict[str, tuple[Case, torch.Tensor]] = {
-        "plaintext, 1 image, 1 step": (Case("plaintext, 1 image, 1 step", "plain FedAvg server", 1), one),
-        "plaintext, 4 images, 1 step": (Case("plaintext, 4 images, 1 step", "plain FedAvg server", 4),
-                                        _flat(loss_gradient(model, images[:4], labels[:4]))),
-        "plaintext, 1 image, 5 steps": (Case("plaintext, 1 image, 5 steps", "plain FedAvg server", 1),
-                                        _local_steps(model, images[:1], labels[:1], 5)),
-    }
-    updates = [(-LEARNING_RATE * _flat(loss_gradient(model, images[i:i + 1], labels[i:i + 1]))).double().numpy()
-               for i in range(5)]
-    layout = field_layout(ckks_parameters(8), 8)
-    plan = plan_quantization(updates[0].size, 20.0, layout.bits, max_participants=8, min_participants=3,
-                             noise_kind=NoiseKind.SKELLAM, noise_variance=16.0)
-    decrypted = torch.from_numpy(-secure_sum(updates, plan, rng)).float()
-    held["FedXray secure sum of 5"] = (Case("FedXray secure sum of 5", "FedXray aggregator", 1), decrypted)
-    clip = 1.0
-    clipped = one * min(1.0, clip / float(one.norm()))
-    for epsilon in (8.0, 2.0):
-        sigma = plan_noise_multiplier(epsilon, DELTA, 16 / 200, 200 // 16)
-        noisy = clipped + torch.from_numpy(rng.normal(0.0, sigma * clip, one.numel())).float()
-        name = f"DP-SGD step, epsilon {epsilon:g} (sigma {sigma:.2f})"
-        held[name] = (Case(name, "plain FedAvg server, DP-SGD node", 1), noisy)
-    return held
-
-
-def _rank(reconstruction: torch.Tensor, truth: torch.Tensor, others: torch.Tensor) -> int:
-    scores = [psnr(reconstruction, candidate.unsqueeze(0)) for candidate in torch.cat([truth, others])]
-    return 1 + sum(score > scores[0] for score in scores[1:])
-
-
-def run(out: Path, quick: bool, progress: Callable[[str], None] = print) -> list[Outcome]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        images, labels = (torch.from_numpy(a) for a in generate_synthetic_xrays(4 + POOL, SIZE, 2, seed=3))
-        victims, victim_labels, pool = images[:4], labels[:4], images[4:]
-        model = dlg_lenet(2, SIZE)
-        settings = InversionSettings(steps=500 if quick else 2000)
-        prior_image = pool.mean(dim=0, keepdim=True)
-        outcomes, pictures = [], []
-        for name, (case, vector) in _targets(model, victims, victim_labels, np.random.default_rng(0)).items():
-            started = time.monotonic()
-            reconstruction = invert(model, split_like(vector, model), victim_labels[:case.images],
-                                    (case.images, 1, SIZE, SIZE), settings=settings)
-            # A batch comes back in any order: the victim's reconstruction is the one closest to it.
-            best = max(range(case.images), key=lambda j: psnr(reconstruction[j:j + 1], victims[:1]))
-            attacked: Fidelity = fidelity(reconstruction[best:best + 1], victims[:1])
-            prior = fidelity(prior_image, victims[:1])
-            outcome = Outcome(name, case.holder, attacked.psnr, attacked.ssim, prior.psnr, prior.ssim,
-                              _rank(reconstruction[best:best + 1], victims[:1], pool), POOL + 1,
-                              time.monotonic() - started)
-            outcomes.append(outcome)
-            pictures.append((name, reconstruction[best, 0]))
-            progress(f"  {name}: PSNR {outcome.psnr:.1f} dB (prior {outcome.prior_psnr:.1f}), SSIM "
-                     f"{outcome.ssim:.2f}, rank {outcome.rank} of {outcome.candidates} ({outcome.seconds:.0f} s)")
-    finally:
-        torch.set_num_threads(threads)
+def run(out: Path, *, quick: bool, cache: Path = CACHE,
+        progress: Callable[[str], None] = partial(print, flush=True)) -> dict[str, object]:
+    size = QUICK if quick else DEFAULT
     out.mkdir(parents=True, exist_ok=True)
-    (out / "attacks.json").write_text(json.dumps([asdict(o) for o in outcomes], indent=2))
-    _figure(victims[0, 0], pictures, out / "inversion.png")
-    _report(outcomes, settings, out / "ATTACKS.md", quick)
-    return outcomes
+    threads = torch.get_num_threads()
+    started = time.monotonic()
+    progress("1/3 gradient inversion (SYNTHETIC data, DLG CNN, one thread):")
+    inversion = inversion_section.run(out, quick, progress)
+    torch.set_num_threads(threads)
+    progress("2/3 membership inference on the consortium's final models (SYNTHETIC data):")
+    base = build_model("resnet50", 2, 0)
+    load_initial_weights(base, stand_in_weights(size.stand_in, cache))
+    progress("  the demo's model: one head update from the public ResNet-50 stand-in")
+    head_updates = inversion_section.head_update_attack(base, progress)
+    membership, models = membership_section.run(base, images_per_node=size.images_per_node, shadows=size.shadows,
+                                                epsilons=size.epsilons, progress=progress)
+    membership_section.figure(membership, out / "membership.png")
+    progress("3/3 adversarial examples (SYNTHETIC validation images):")
+    validation = pooled(hospitals(membership_section.TARGET_SEED, size.images_per_node, 32))
+    images, labels = validation.val_images[:size.robust_images], validation.val_labels[:size.robust_images]
+    attacked = [(name, model) for name, model in models.items() if "baseline" not in name][:3]
+    robustness = []
+    for name, model in attacked:
+        robustness.append(robustness_section.measure(name, model, images, labels, budgets=size.budgets,
+                                                                 steps=size.pgd_steps))
+        progress(f"  {name}: PGD accuracy {' '.join(f'{a:.2f}' for a in robustness[-1].pgd['accuracy'])}")
+    for adversarial in (0.0, size.adversarial_epsilon):
+        model, seconds = robustness_section.fine_tune(base, images_per_node=size.images_per_node,
+                                                      epochs=size.fine_tune_epochs,
+                                                      adversarial_epsilon=adversarial / 255)
+        name = ("last block fine-tuned, " + (f"PGD adversarial training at {adversarial:g}/255" if adversarial
+                                             else "plain"))
+        robustness.append(robustness_section.measure(name, model, images, labels, budgets=size.budgets,
+                                                                 steps=size.pgd_steps))
+        robustness[-1].step_seconds = seconds
+        progress(f"  {name} ({seconds:.2f} s a step): PGD accuracy "
+                 f"{' '.join(f'{a:.2f}' for a in robustness[-1].pgd['accuracy'])}")
+    robustness_section.figure(robustness, out / "robustness.png")
+    minutes = (time.monotonic() - started) / 60
+    rows = {"inversion": [asdict(o) for o in inversion], "head_updates": [asdict(o) for o in head_updates],
+            "membership": [r.row() for r in membership],
+            "robustness": [asdict(r) for r in robustness], "minutes": round(minutes, 1), "quick": quick}
+    (out / "attacks.json").write_text(json.dumps(rows, indent=2))
+    (out / "ATTACKS.md").write_text(_report(size, quick, inversion=inversion, head_updates=head_updates,
+                                                    membership=membership, robustness=robustness, minutes=minutes))
+    return rows
 
 
-def _figure(truth: torch.Tensor, pictures: list[tuple[str, torch.Tensor]], path: Path) -> None:
-    fig, axes = plt.subplots(1, len(pictures) + 1, figsize=(2.2 * (len(pictures) + 1), 2.8))
-    for axis, (title, image) in zip(axes, [("true image", truth), *pictures]):
-        axis.imshow(image.numpy(), cmap="gray", vmin=0, vmax=1)
-        axis.set_title(title.replace(", ", ",\n", 1), fontsize=7)
-        axis.axis("off")
-    fig.suptitle("Gradient inversion on SYNTHETIC radiographs (DLG CNN, 32 px)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def _report(size: Size, quick: bool, *, inversion: list[inversion_section.Outcome],
+            head_updates: list[inversion_section.HeadOutcome], membership: list[membership_section.Result],
+            robustness: list[robustness_section.Robustness],
+            minutes: float) -> str:
+    prior = inversion[0]
+    costs = [r for r in robustness if r.step_seconds is not None]
+    cost_rows = "\n".join(f"| {r.model} | {r.step_seconds:.2f} | {r.pgd['f1'][0]:.3f} | {r.pgd['accuracy'][0]:.3f} | "
+                          f"{r.pgd['accuracy'][-1]:.3f} |" for r in costs)
+    return f"""# Attacks on SYNTHETIC data
 
+`python -m experiments.attacks{' --quick' if quick else ''}`: {minutes:.1f} minutes. Every figure is on SYNTHETIC
+radiographs.
 
-def _report(outcomes: list[Outcome], settings: InversionSettings, path: Path, quick: bool) -> None:
-    rows = "\n".join(f"| {o.case} | {o.holder} | {o.psnr:.1f} | {o.ssim:.2f} | {o.psnr - o.prior_psnr:+.1f} | "
-                     f"{o.rank} of {o.candidates} |" for o in outcomes)
-    path.write_text(f"""# Attacks on SYNTHETIC data: gradient inversion
+## 1. Gradient inversion
 
-`python -m experiments.attacks{' --quick' if quick else ''}`: Inverting Gradients, {settings.steps} Adam steps,
-true labels given to the attacker, on the DLG paper's small CNN at 32 px. The prior is the mean of
-{outcomes[0].candidates - 1} other SYNTHETIC images: PSNR {outcomes[0].prior_psnr:.1f} dB and SSIM
-{outcomes[0].prior_ssim:.2f} against the victim, with no attack at all.
+Inverting Gradients, {inversion_section.steps(quick)} Adam steps, true labels given to the attacker, on the DLG
+paper's small CNN at 32 px. The prior is the mean of {prior.candidates - 1} other SYNTHETIC images: PSNR
+{prior.prior_psnr:.1f} dB and SSIM {prior.prior_ssim:.2f} against the victim, with no attack at all.
 
-| case | who holds it | PSNR (dB) | SSIM | PSNR gain over the prior | rank of the true image |
-|---|---|---|---|---|---|
-{rows}
+{inversion_section.table(inversion)}
 
 ![originals and reconstructions](inversion.png)
-""")
+
+The demo's own model: one image's update of the ResNet-50 head (from the public stand-in) holds the image's
+features exactly; matched against 65 candidates:
+
+{inversion_section.head_table(head_updates)}
+
+## 2. Membership inference
+
+The public ResNet-50 stand-in with its head trained by the consortium (3 secure rounds, five hospitals of
+{size.images_per_node} SYNTHETIC images); {size.shadows} shadow set(s) for offline LiRA; members and non-members
+matched by class. Every DP model's curves are checked against TPR <= e^eps FPR + delta (95%, Bonferroni over
+the curve's points).
+
+{membership_section.table(membership)}
+
+![ROC curves, log-log](membership.png)
+
+## 3. Adversarial examples
+
+PGD ({size.pgd_steps} steps, no random start) and FGSM on {size.robust_images}
+pooled validation images. PGD rows:
+
+{robustness_section.table(robustness)}
+
+The hospitals' PGD adversarial training (`FEDXRAY_NODE_ADVERSARIAL_EPSILON`), last block and head, pooled images,
+{size.fine_tune_epochs} epochs:
+
+| model | seconds per step | clean F1 | clean accuracy | accuracy at {size.budgets[-1]:g}/255 |
+|---|---|---|---|---|
+{cost_rows}
+
+![accuracy, F1 and AUC against the budget](robustness.png)
+"""
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/attacks"))
-    parser.add_argument("--quick", action="store_true", help="500 attack steps instead of 2000")
+    parser.add_argument("--quick", action="store_true", help="the tests' small size; its figures say nothing")
     args = parser.parse_args()
-    print("gradient inversion (SYNTHETIC data):")
-    run(args.out, args.quick)
+    run(args.out, quick=args.quick)
     print(f"wrote {args.out / 'ATTACKS.md'}")
 
 

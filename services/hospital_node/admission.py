@@ -62,7 +62,9 @@ class RecordPrivacy:
             require_private_model(self.model, self.settings.architecture)  # refused at start: BatchNorm and the like
 
     def require(self, plan: RoundPlan) -> None:
-        """Under record-level DP, refuse the rounds that would release something DP-SGD does not cover."""
+        """Under record-level DP, refuse the rounds that would release something DP-SGD does not cover; and with
+        adversarial training on, the rounds it cannot run in (under DP-SGD, or of the head alone)."""
+        self._require_adversarial(plan)
         if self.budget is None:
             self.budget = RecordBudget.open(self.ledger_path, record_target(plan.training, self.settings,
                                                                             self.train_images))
@@ -78,6 +80,17 @@ class RecordPrivacy:
         if unsupported is not None:
             raise PlanRefusedError("record_privacy_unsupported", f"round {plan.round_id} asks for {unsupported}, "
                                    "which this hospital's record-level DP-SGD does not cover")
+
+
+    def _require_adversarial(self, plan: RoundPlan) -> None:
+        if self.settings.adversarial_epsilon <= 0 or plan.kind is not RoundKind.TRAIN:
+            return
+        private = self.budget is not None or record_target(plan.training, self.settings, self.train_images) is not None
+        if private or plan.training.trainable == "head":
+            raise PlanRefusedError("adversarial_training_unsupported", f"round {plan.round_id} would train "
+                                   + ("under DP-SGD" if private else "the head alone, on frozen features")
+                                   + ", where this hospital's PGD adversarial training (adversarial_epsilon "
+                                   f"{self.settings.adversarial_epsilon:g}) cannot run")
 
 
 class AdmissionGate:

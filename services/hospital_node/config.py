@@ -113,6 +113,12 @@ class HospitalNodeSettings(ServiceSettings):
     augment: bool = Field(True, description="small rotations, shifts, zoom, brightness/contrast (no flips)")
     freeze_head: bool = Field(False, description="local training leaves the classifier head as it arrived and "
                               "trains the body only (FedBABU, Oh et al., ICLR 2022)")
+    adversarial_epsilon: float = Field(
+        0.0, ge=0, le=0.1, description="PGD adversarial training (Madry et al., ICLR 2018): each local step trains "
+        "on PGD examples within this L-infinity radius of its images (in [0, 1]; 4/255 is about 0.016); 0: off. "
+        "Each step costs adversarial_steps more forward and backward passes. Plain local training only: a round "
+        "under DP-SGD or of the head alone declines")
+    adversarial_steps: int = Field(3, ge=1, le=20, description="PGD steps per adversarial training batch")
     encryption_workers: int = Field(1, ge=0, description="processes encrypting uploads; 0: in-process")
     precompute_encryption: Literal["off", "on", "auto"] = Field(
         "auto", description="while training, the encryption workers draw the round's noise and masks and make its "
@@ -195,6 +201,8 @@ class TrainingSettings(SettingsSlice):
     lr_schedule: Literal["constant", "cosine"]
     augment: bool
     freeze_head: bool
+    adversarial_epsilon: float
+    adversarial_steps: int
     record_dp: Literal["auto", "off"]
     record_epsilon: float | None
     record_delta: float | None

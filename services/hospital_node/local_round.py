@@ -29,7 +29,8 @@ from services.hospital_node.trainer import LocalTraining, TrainStats, loss_gradi
 def local_training(plan: LocalTrainingPlan, settings: TrainingSettings) -> LocalTraining:
     """One round's local training: the round's part from the plan, the hospital's own part from its settings."""
     return LocalTraining(plan.epochs, plan.learning_rate, plan.batch_size, plan.optimizer, plan.proximal_mu,
-                         settings.imbalance, settings.lr_schedule, settings.augment, settings.freeze_head)
+                         settings.imbalance, settings.lr_schedule, settings.augment, settings.freeze_head,
+                         adversarial_epsilon=settings.adversarial_epsilon, adversarial_steps=settings.adversarial_steps)
 
 
 def record_target(plan: LocalTrainingPlan, settings: TrainingSettings, train_images: int) -> RecordBudgetTarget | None:
@@ -75,6 +76,10 @@ def train_round(model: nn.Module, data: LocalData, training: LocalTraining, *, d
     (then, under SCAFFOLD, the gradient at the global model minus c_i). `private`: DP-SGD (never with SCAFFOLD,
     whose control variate is a gradient of its own). `trainable` other than `all`: only that part trains, and the
     upload is the update at `positions` only (`services.common.ml.trainable`)."""
+    if training.adversarial_epsilon > 0 and (private is not None or trainable == "head"):
+        raise PrivateTrainingError("adversarial training needs the images' gradients through every trained layer: "
+                                   "it runs in plain local training of all parameters or a part other than the "
+                                   "head, not under DP-SGD and not in a head-only round")
     if trainable != "all":
         if scaffold is not None:
             raise PrivateTrainingError(f"SCAFFOLD's control variate needs every parameter trained, not {trainable}")

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
+from services.common.ml.adversarial import pgd
 from services.common.ml.classification_metrics import HISTOGRAM_BINS, histogram_edges
 from services.common.ml.evaluation_report import EvaluationCounts, EvaluationReport
 from services.common.ml.trainable import classifier_head
@@ -48,6 +49,10 @@ class LocalTraining:
     augment: bool = False
     # Train the body only; the classifier head keeps the weights it arrived with (FedBABU: Oh et al., ICLR 2022).
     freeze_head: bool = False
+    # PGD adversarial training (Madry et al., ICLR 2018): each step trains on the batch's PGD examples of this
+    # L-infinity radius (images in [0, 1]), found in `adversarial_steps` steps; 0: off.
+    adversarial_epsilon: float = 0.0
+    adversarial_steps: int = 3
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -131,6 +136,9 @@ def _train_steps(model: nn.Module, data: LocalData, config: LocalTraining, *, de
             if config.augment:
                 images = augment_batch(images, generator)
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if config.adversarial_epsilon > 0:
+                images = pgd(model, images, labels, epsilon=config.adversarial_epsilon, steps=config.adversarial_steps)
+                model.train()  # the attack ran in eval mode: BatchNorm's statistics see only what is trained on
             if use_amp:
                 images = images.contiguous(memory_format=torch.channels_last)
             optimizer.zero_grad(set_to_none=True)

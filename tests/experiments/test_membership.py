@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from experiments.attacks.membership import bound_violations, loss_scores, roc
+from experiments.attacks.membership_section import BoundViolated, Result, check, matched
 
 pytestmark = pytest.mark.unit
 
@@ -59,3 +60,24 @@ def test_tpr_at_a_false_positive_rate_reads_the_curve() -> None:
     assert curve.tpr_at(0.0) == pytest.approx(0.25)  # only 0.9 is above every non-member
     assert curve.tpr_at(0.25) == pytest.approx(0.75)  # above 0.2: 0.9, 0.8, 0.7, with 0.85 the one false positive
     assert curve.auc == pytest.approx(11 / 16)  # pairs a member outscores: 4 + 3 + 3 + 1
+
+
+def test_the_harness_stops_with_an_error_on_a_mis_accounted_run(one_thread: None) -> None:
+    """`make attacks` raises, rather than prints, when a model presented as DP beat its bound."""
+    curve = roc(*_memorizing_run())
+    honest = Result("claimed epsilon 20", 20.0, 1e-5, {"loss threshold": curve},
+                    {"loss threshold": bound_violations(curve, epsilon=20.0, delta=1e-5)})
+    check([honest])
+    mis_accounted = Result("claimed epsilon 0.5", 0.5, 1e-5, {"loss threshold": curve},
+                           {"loss threshold": bound_violations(curve, epsilon=0.5, delta=1e-5)})
+    with pytest.raises(BoundViolated, match="claimed epsilon 0.5, loss threshold"):
+        check([honest, mis_accounted])
+
+
+def test_members_and_non_members_are_matched_class_by_class() -> None:
+    """A skewed hospital's members against a balanced outside pool: the label mix alone would tell them apart."""
+    members = torch.tensor([1] * 30 + [0] * 5)
+    outsiders = torch.tensor([0, 1] * 20)
+    inside, outside = matched(members, outsiders)
+    assert torch.equal(members[inside].sort().values, outsiders[outside].sort().values)
+    assert len(inside) == 5 + 20  # all five of class 0; class 1 capped by the 20 outsiders

@@ -15,6 +15,7 @@ from services.aggregator.round_planner import RoundPlanner, broadcast_chunks
 from services.common.ml.evaluation_report import EvaluationReport, MaskedEvaluationReport
 from services.common.ml.model_spec import flatten_state, parameter_spec
 from services.common.ml.models import build_model
+from services.common.ml.trainable import classifier_head
 from services.common.protocol.node_identity import NodeKeyRegistry, generate_identity
 from services.common.protocol.public_key import PublicKeyInfo
 from services.common.protocol.round_plan import RoundDecline, RoundKind, RoundPlan
@@ -66,9 +67,10 @@ class Setting:
         for node in (*NODES, OTHER):
             generate_identity(folder, node)
         self.registry = NodeKeyRegistry.from_directory(folder)
-        self.settings = settings = HospitalNodeSettings(insecure=True, node_id=NODES[0], architecture="tiny", image_size=16,
-                                        identity_key=folder / f"{NODES[0]}.key", state_dir=tmp_path / "state",
-                                        allow_plaintext=True, encryption_workers=0, min_validation_images=4, seed=1)
+        self.settings = HospitalNodeSettings(insecure=True, node_id=NODES[0], architecture="tiny", image_size=16,
+                                             identity_key=folder / f"{NODES[0]}.key", state_dir=tmp_path / "state",
+                                             allow_plaintext=True, encryption_workers=0, min_validation_images=4,
+                                             seed=1)
         generator = torch.Generator().manual_seed(0)
         images, labels = torch.rand(24, 1, 16, 16, generator=generator), torch.tensor([0, 1] * 12)
         self.data = LocalData(images[:16], labels[:16], images[16:], labels[16:], 2)
@@ -188,3 +190,22 @@ def test_an_admitted_round_reports_then_uploads_once_with_a_signature_over_every
 def test_a_secure_plan_that_does_not_name_the_node_is_left_alone(setting: Setting) -> None:
     setting.send(2, secure=True, participants=NODES[1:] + ("hospital-4",))
     assert setting.client.declines == [] and setting.client.uploads == [] and setting.client.reports == []
+
+
+def test_adversarial_training_runs_in_a_plain_round_and_declines_a_head_only_or_dp_round(setting: Setting) -> None:
+    setting.settings = setting.settings.model_copy(update={"adversarial_epsilon": 4 / 255, "adversarial_steps": 2})
+    setting.restart()
+    plan = setting.planner.plan(2, RoundKind.TRAIN, broadcast_chunks(setting.weights), attempt=1,
+                                participants=frozenset(NODES))
+    head = classifier_head(build_model("tiny", 2, 0))
+    setting.node._take_part(replace(plan, training=replace(plan.training, trainable="head"),
+                                    quantization=replace(plan.quantization,
+                                                         dimension=head.weight.numel() + head.bias.numel())),
+                            broadcast_chunks(setting.weights))
+    setting.node._take_part(replace(plan, round_id=3, training=replace(plan.training, record_epsilon=8.0)),
+                            broadcast_chunks(setting.weights))
+    assert [(d.round_id, d.reason) for d in setting.client.declines] == [(2, "adversarial_training_unsupported"),
+                                                                        (3, "adversarial_training_unsupported")]
+    assert setting.client.uploads == []
+    setting.send(4)
+    assert len(setting.client.uploads) == 1 and len(setting.client.declines) == 2

@@ -1,7 +1,8 @@
 """Adversarial examples against a trained model: FGSM (Goodfellow et al., ICLR 2015) and L-infinity PGD (Madry et
-al., ICLR 2018), on images in [0, 1]. Kept short and our own: neither torchattacks nor ART was added as a
-dependency for two loops; `tests/experiments/test_adversarial.py` checks them against a linear model, whose
-worst case is known in closed form."""
+al., ICLR 2018), on images in [0, 1]: the attack harness's (`experiments.attacks`) and a hospital's PGD
+adversarial training (`trainer.LocalTraining.adversarial_epsilon`). Kept short and our own: neither torchattacks
+nor ART was added as a dependency for two loops; `tests/common/test_adversarial.py` checks them against a linear
+model, whose worst case is known in closed form."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilon: 
     return (images + epsilon * _input_gradient(model, images, labels).sign()).clamp(0, 1).detach()
 
 
-def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epsilon: float, *, steps: int = 10,
+def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epsilon: float, steps: int = 10,
         step_size: float | None = None) -> torch.Tensor:
     """`steps` signed-gradient steps of `step_size` (default 2.5 epsilon / steps, Madry et al.), each projected
     back onto the L-infinity ball of radius `epsilon` around `images` and onto [0, 1]. It starts at the images

@@ -10,8 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from experiments.attacks.adversarial import accuracy, fgsm, pgd
+from services.common.ml.adversarial import accuracy, fgsm, pgd
 from services.common.ml.models import build_model
+from services.hospital_node.data.local_data import LocalData
+from services.hospital_node.trainer import LocalTraining, train_local
 
 pytestmark = pytest.mark.unit
 
@@ -38,7 +40,7 @@ def test_on_a_linear_model_the_attack_reaches_the_closed_form_worst_case(attack:
     labels = torch.ones(8, dtype=torch.long)
     epsilon = 4 / 255
     adversarial = (fgsm(model, images, labels, epsilon) if attack == "fgsm"
-                   else pgd(model, images, labels, epsilon, steps=20))
+                   else pgd(model, images, labels, epsilon=epsilon, steps=20))
     drop = _margin(linear, images) - _margin(linear, adversarial)
     worst = epsilon * (linear.weight[1] - linear.weight[0]).abs().sum()
     assert torch.allclose(drop, worst.expand_as(drop), rtol=1e-4)
@@ -67,8 +69,27 @@ def test_pgd_lowers_a_trained_models_accuracy_monotonically_with_the_budget(one_
             nn.functional.cross_entropy(model(images[start:start + 32]), labels[start:start + 32]).backward()
             optimizer.step()
     held_out, truth = images[256:], labels[256:]
-    accuracies = [accuracy(model, pgd(model, held_out, truth, budget / 255, steps=10) if budget else held_out, truth)
+    accuracies = [accuracy(model, pgd(model, held_out, truth, epsilon=budget / 255, steps=10) if budget else held_out,
+                           truth)
                   for budget in (0, 1, 2, 4, 8, 16)]
     assert accuracies[0] > 0.9  # it learned (measured 1.0)
     assert all(later <= earlier for earlier, later in zip(accuracies, accuracies[1:])), accuracies
     assert accuracies[-1] < accuracies[0] - 0.5, accuracies  # measured 1.0 down to 0.16 at 16/255
+
+
+def test_adversarial_training_in_the_trainer_buys_robustness_at_its_budget(one_thread: None) -> None:
+    """The hospitals' setting (`LocalTraining.adversarial_epsilon`), through the node's trainer: trained on PGD
+    examples, the model keeps more accuracy under PGD at that budget than the same training without."""
+    images, labels = _halves(384, torch.Generator().manual_seed(0))
+    data = LocalData(images[:256], labels[:256], images[256:], labels[256:], 2)
+    budget = 12 / 255
+    robust = {}
+    for adversarial in (0.0, budget):
+        torch.manual_seed(0)
+        model = build_model("tiny-gn", 2, 0)
+        train_local(model, data, LocalTraining(6, 3e-3, 32, "adamw", imbalance="none", adversarial_epsilon=adversarial,
+                                               adversarial_steps=3),
+                    device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
+        attacked = pgd(model, images[256:], labels[256:], epsilon=budget, steps=10)
+        robust[adversarial] = accuracy(model, attacked, labels[256:])
+    assert robust[budget] > robust[0.0] + 0.2, robust
