@@ -1,4 +1,4 @@
-"""Run a key authority, an aggregator and N hospital nodes as separate local processes.
+r"""Run a key authority, an aggregator and N hospital nodes as separate local processes.
 
 `make demo` runs `python -m scripts.consortium` with its defaults: five hospitals on
 a SYNTHETIC chest-X-ray-like data set, ResNet-50, three secure rounds, each hospital
@@ -25,17 +25,24 @@ import sys
 import time
 from pathlib import Path
 
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+
+from scripts import model_card
 from scripts.launcher import (
     QUICK_TRAINING,
     REPO,
     TABLE_HEADER,
     Consortium,
     ConsortiumConfig,
+    ServiceFailed,
     SettingValues,
     format_row,
 )
 from services.aggregator.config import AggregatorSettings
-from services.common.ml.choices import TRAINABLE
+from services.common.ml.choices import ARCHITECTURES, TRAINABLE
+from services.common.runtime.settings_loader import validation_lines
+from services.hospital_node.config import HospitalNodeSettings
 
 # The demo's own choices, beside the settings models' defaults: small images, so that the five hospitals'
 # ResNet-50 rounds finish in minutes on a laptop's CPU; Dirichlet label skew, as hospitals have; one process per
@@ -70,6 +77,51 @@ def parse_hospital(text: str) -> tuple[str, str, Path]:
     return name, source, location
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module's description as written, and every option's default after its help."""
+
+
+def check_arguments(args: argparse.Namespace) -> list[str]:
+    """The settings the options become, checked by the services' own settings models before anything starts (the
+    stand-in's pretraining included): one line per problem."""
+    problems = []
+    checks: list[tuple[type[BaseSettings], dict[str, object]]] = [
+        (AggregatorSettings, {"rounds": args.rounds}), (HospitalNodeSettings, {"image_size": args.image_size})]
+    for model, values in checks:
+        try:
+            model(insecure=True, **values)
+        except ValidationError as error:
+            for line in validation_lines(error, ""):
+                name = line.split("=", 1)[0].split(":", 1)[0]
+                problems.append(f"--{name.lower().replace('_', '-')}{line[len(name):]}")
+    if args.images_per_node < 1 or args.nodes < 1 or args.timeout <= 0:
+        problems.append("--images-per-node and --nodes must be at least 1, --timeout above 0")
+    return problems
+
+
+def folder_classes(source: str, path: Path) -> tuple[str, ...] | None:
+    """The class folders a hospital's images are in, sorted (folder: PATH/train/<CLASS>, dicom: PATH/<CLASS>); None
+    where the source names no classes (medmnist)."""
+    root = path / "train" if source == "folder" else path if source == "dicom" else None
+    if root is None or not root.is_dir():
+        return None
+    return tuple(sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith(".")))
+
+
+def agree_class_names(own: list[tuple[str, str, Path]]) -> str:
+    """The class names every hospital's folders give, when they agree; a ValueError naming each hospital's names
+    side by side when they do not (the first hospital to join must not decide them for the others)."""
+    found = {name: folder_classes(source, path) for name, source, path in own}
+    distinct = set(found.values())
+    if len(distinct) == 1 and None not in distinct:
+        return ",".join(next(iter(distinct)))  # type: ignore[arg-type]
+    table = "; ".join(f"{name}: {', '.join(classes) if classes else '(no class folders)'}"
+                      for name, classes in found.items())
+    raise ValueError(f"the hospitals' class folders differ ({table}): agree on the names, pass them in label order "
+                     "with --class-names (for example --class-names NORMAL,PNEUMONIA), and rename the folders "
+                     "that differ")
+
+
 def joined_class_counts(path: Path) -> str:
     """The class table from the counts the hospitals sent when they joined (the aggregator's class_counts.json)."""
     from services.hospital_node.data.partition import format_class_counts
@@ -90,13 +142,19 @@ DEMO_RECORD_EPSILON = 8.0
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.consortium", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "demo")
-    parser.add_argument("--nodes", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=AggregatorSettings.model_fields["rounds"].default)
-    parser.add_argument("--architecture", default=DEMO_SETTINGS["architecture"])
-    parser.add_argument("--image-size", type=int, default=DEMO_SETTINGS["image_size"])
-    parser.add_argument("--images-per-node", type=int, default=DEMO_IMAGES_PER_NODE)
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--run-dir", type=Path, default=REPO / "runs" / "demo",
+                        help="where logs, checkpoints, ledgers and the report go (emptied first)")
+    parser.add_argument("--nodes", type=int, default=5, help="SYNTHETIC hospitals (without --hospital)")
+    parser.add_argument("--rounds", type=int, default=AggregatorSettings.model_fields["rounds"].default,
+                        help="training rounds")
+    parser.add_argument("--architecture", default=DEMO_SETTINGS["architecture"], choices=ARCHITECTURES,
+                        help="the model every service builds")
+    parser.add_argument("--image-size", type=int, default=DEMO_SETTINGS["image_size"],
+                        help="pixels per side every image is resized to")
+    parser.add_argument("--images-per-node", type=int, default=DEMO_IMAGES_PER_NODE,
+                        help="SYNTHETIC images per hospital (without --hospital; a hospital's own folder decides "
+                             "its count)")
     parser.add_argument("--plaintext", action="store_true", help="privacy off, for comparison")
     parser.add_argument("--record-epsilon", type=float, default=None,
                         help="record-level DP-SGD target the aggregator proposes to every hospital; 0: no "
@@ -124,14 +182,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--class-names", default=None, metavar="A,B",
                         help="the consortium's class names in label order (NORMAL,PNEUMONIA): every hospital's "
                              "folders must use them; unset: the first hospital's sorted class folders")
-    parser.add_argument("--timeout", type=float, default=1200.0)
+    parser.add_argument("--timeout", type=float, default=1200.0,
+                        help="seconds before the launcher gives up and stops every service")
     args = parser.parse_args(argv)
+    problems = check_arguments(args)
+    if problems:
+        for problem in problems:
+            print(f"python -m scripts.consortium: {problem}", file=sys.stderr)
+        return 2
     try:
         own = [parse_hospital(text) for text in args.hospital]
     except ValueError as bad:
         parser.error(str(bad))
     if own and len(own) < 3:
         parser.error(f"{len(own)} --hospital given; a consortium needs at least 3 (the secure sum's quorum)")
+    if own and args.class_names is None:
+        try:
+            args.class_names = agree_class_names(own)
+        except ValueError as differ:
+            parser.error(str(differ))
+        print(f"class names from every hospital's folders: {args.class_names} (--class-names sets them)", flush=True)
     if args.run_dir.exists():
         import shutil
 
@@ -160,7 +230,12 @@ def main(argv: list[str] | None = None) -> int:
                     **({"init_weights": args.init_weights.resolve()} if args.init_weights else {})},
         node={"record_rounds": args.rounds, **({"record_dp": "off"} if own and not record_dp else {})},
         per_node={i: {"data_source": source, "data_path": path} for i, (_, source, path) in enumerate(own)})
-    demo = Consortium(config)
+    try:
+        demo = Consortium(config)
+    except ValidationError as error:
+        for line in validation_lines(error, ""):
+            print(f"settings: {line.lower().split(':', 1)[0]}:{line.split(':', 1)[1]}", file=sys.stderr)
+        return 2
     aggregator, node = demo.aggregator_settings, demo.node_settings[0]
     data = (f"their own images ({', '.join(sorted({source for _, source, _ in own}))})" if own
             else "SYNTHETIC radiographs")
@@ -194,9 +269,26 @@ def main(argv: list[str] | None = None) -> int:
         print(format_row(row), flush=True)
 
     with demo as consortium:
-        code = consortium.wait(args.timeout, on_row=show)
+        try:
+            code = consortium.wait(args.timeout, on_row=show, fail_fast=True,
+                                   on_notice=lambda name, message: print(f"{name}: {message}", flush=True))
+        except ServiceFailed as failed:
+            who = f"hospital {failed.name}" if failed.name in consortium.node_ids else f"the {failed.name}"
+            print(f"{who} stopped (exit code {failed.code}): {failed.reason}", flush=True)
+            print(f"stopping the consortium; the full log: {args.run_dir / 'logs' / (failed.name + '.log')}",
+                  flush=True)
+            code = 1
         rows = consortium.rows()
+    if code == 124:
+        print(f"no result within --timeout {args.timeout:g} s; the services' logs are in {args.run_dir / 'logs'}",
+              flush=True)
     print(f"finished in {time.monotonic() - started:.0f} s with exit code {code}", flush=True)
+    card = model_card.write(args.run_dir, architecture=aggregator.architecture, num_classes=aggregator.num_classes,
+                            image_size=node.image_size, init_weights=aggregator.init_weights)
+    if card is not None:
+        print(f"the final model (round {card.round}) is described in {args.run_dir / 'MODEL_CARD.md'}; use it with "
+              f"`python -m scripts.predict --run-dir {args.run_dir} IMAGES...` or export it with "
+              f"`python -m scripts.export_model --run-dir {args.run_dir}`", flush=True)
     completed = [r for r in rows if not r.get("failed") and int(str(r.get("round", 0))) > 0]
     refits = sum(1 for r in completed if r.get("head_refit"))
     expected = (aggregator.rounds, 1 if aggregator.head_refit else 0)

@@ -5,6 +5,7 @@ processes, talking gRPC over 127.0.0.1, their logs in RUN_DIR/logs. Tests, bench
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -29,6 +31,7 @@ from services.common.protocol.node_identity import generate_identity
 from services.common.runtime.atomic_files import read_json_lines, write_json_atomic
 from services.common.runtime.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME, TlsSettings, channel
 from services.hospital_node.config import HospitalNodeSettings
+from services.hospital_node.data.synthetic_xray import synthetic_class_names
 from services.key_authority.config import KeyAuthoritySettings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,7 +91,8 @@ class ConsortiumConfig:
     node, min_participants to the aggregator and the key authority); `aggregator`, `key_authority` and `node`
     to that service only, `per_node[i]` to node i. A name no service knows is refused, and so is one the
     launcher sets itself (addresses, ports, folders, certificates, identities, node ids, partition indices).
-    Anything not named keeps the settings model's default: there are no other defaults.
+    Anything not named keeps the settings model's default: there are no other defaults, but for the aggregator's
+    class names (`agreed_class_names`).
     """
 
     run_dir: Path
@@ -144,9 +148,26 @@ class ConsortiumConfig:
                                        "insecure": self.insecure, **launcher})
 
     def aggregator_settings(self, **launcher: object) -> AggregatorSettings:
-        return AggregatorSettings(**{"expected_participants": self.nodes,
+        return AggregatorSettings(**{"expected_participants": self.nodes, **self.agreed_class_names(),
                                      **self.values_for("aggregator", self.aggregator), "insecure": self.insecure,
                                      **launcher})
+
+    def agreed_class_names(self) -> SettingValues:
+        """The aggregator's class names where the caller set none, as an operator would agree them: the SYNTHETIC
+        set's when every node trains on it, else the names every node was given, when they are the same. The
+        aggregator refuses to start a run of several hospitals without class names."""
+        sources, names = set(), set()
+        for index in range(self.nodes):
+            values = {**self.values_for("hospital_node", self.node), **self.per_node.get(index, {})}
+            sources.add(values.get("data_source", HospitalNodeSettings.model_fields["data_source"].default))
+            given = values.get("class_names")
+            names.add(",".join(given) if isinstance(given, (list, tuple)) else given)
+        if sources == {"synthetic"}:
+            classes = self.values_for("aggregator", self.aggregator).get(
+                "num_classes", AggregatorSettings.model_fields["num_classes"].default)
+            return {"class_names": synthetic_class_names(int(str(classes)))}
+        agreed = names.pop() if len(names) == 1 else None
+        return {"class_names": agreed} if agreed else {}
 
     def node_settings(self, index: int, **launcher: object) -> HospitalNodeSettings:
         """Node `index`'s settings (its id, part `index` of the SYNTHETIC set)."""
@@ -165,6 +186,38 @@ class Service:
     process: subprocess.Popen[bytes]
     log: IO[bytes]
     metrics_port: int
+    killed: bool = False  # by `kill` (chaos tests): its exit is not a failure
+
+
+class ServiceFailed(RuntimeError):
+    """A service of the consortium exited with an error before the run finished."""
+
+    def __init__(self, name: str, code: int, reason: str) -> None:
+        super().__init__(f"{name} stopped with exit code {code}: {reason}")
+        self.name, self.code, self.reason = name, code, reason
+
+
+def last_reason(log_path: Path) -> str:
+    """Why a service stopped, in one line, from its log: the last ERROR it logged (JSON or text logs), else the
+    last line it wrote (a settings error, a traceback's exception)."""
+    try:
+        lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return f"(no log at {log_path})"
+    for line in reversed(lines):
+        if line.startswith("{"):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and entry.get("level") in ("ERROR", "CRITICAL"):
+                return str(entry.get("msg"))
+        else:
+            for level in (" ERROR ", " CRITICAL "):
+                if level in line:
+                    return line.split(level, 1)[1]
+    plain = [line for line in lines if not line.startswith("{")]
+    return plain[-1] if plain else f"(no reason in {log_path})"
 
 
 class Consortium:
@@ -179,6 +232,7 @@ class Consortium:
         self.certs = config.run_dir / "certs"
         self.logs = config.run_dir / "logs"
         self.started_at = 0.0  # wall clock (time.time()) when start() launched the processes
+        self._notice_offsets: dict[str, int] = {}  # how far `new_notices` has read each log
         self.key_authority_settings = self._key_authority_settings(0)
         self.aggregator_settings = self._aggregator_settings(0)
         self.node_settings = [self._node_settings(index, 0) for index in range(config.nodes)]
@@ -243,7 +297,7 @@ class Consortium:
         """Each hospital's class counts of the SYNTHETIC set, as the nodes will split it (printed before the run;
         the report plots what the nodes themselves send when they join, in aggregator/class_counts.json)."""
         from services.hospital_node.data.partition import class_counts, format_class_counts, partition_indices
-        from services.hospital_node.data.synthetic_xray import generate_synthetic_xrays, synthetic_class_names
+        from services.hospital_node.data.synthetic_xray import generate_synthetic_xrays
 
         s = self.node_settings[0]
         _, labels = generate_synthetic_xrays(s.synthetic_images, 16, s.num_classes, s.synthetic_seed)
@@ -279,6 +333,7 @@ class Consortium:
     def kill(self, name: str) -> None:
         """SIGKILL one service (chaos tests): no handler runs, nothing is flushed or cleaned up."""
         service = self.services[name]
+        service.killed = True
         service.process.kill()
         service.process.wait()
         service.log.close()
@@ -298,8 +353,12 @@ class Consortium:
     def rows(self) -> list[dict[str, object]]:
         return read_json_lines(self.config.run_dir / "aggregator" / "rounds.jsonl")
 
-    def wait(self, timeout: float, on_row: object = None) -> int:
-        """Wait for the aggregator to finish; return its exit code (124 on timeout)."""
+    def wait(self, timeout: float, on_row: object = None, *, fail_fast: bool = False,
+             on_notice: Callable[[str, str], None] | None = None) -> int:
+        """Wait for the aggregator to finish; return its exit code (124 on timeout). `fail_fast`: raise
+        `ServiceFailed`, with the reason from its log, as soon as any service exits with an error (the launcher's
+        console; tests that break a hospital on purpose leave it off). `on_notice(service, message)`: each loud
+        warning a service logs (`new_notices`)."""
         deadline = time.monotonic() + timeout
         shown = 0
         while time.monotonic() < deadline:
@@ -309,6 +368,11 @@ class Consortium:
                 if callable(on_row):
                     on_row(row)
             shown = len(rows)
+            if on_notice is not None:
+                for name, message in self.new_notices():
+                    on_notice(name, message)
+            if fail_fast:
+                self._raise_on_failure()
             outcome = RunOutcome.read(self.config.run_dir / "aggregator")
             if aggregator.poll() is not None or outcome is not None:
                 for row in self.rows()[shown:]:
@@ -324,6 +388,40 @@ class Consortium:
                                        f"see {self.logs / (name + '.log')}")
             time.sleep(0.5)
         return 124
+
+    def new_notices(self) -> list[tuple[str, str]]:
+        """The loud warnings ("!!! ... !!!": a class with no images, skipped files, a validation split too small to
+        mean anything) the services logged since the last call, as (service, message)."""
+        found = []
+        for name in self.services:
+            path = self.logs / f"{name}.log"
+            try:
+                with open(path, "rb") as log:
+                    log.seek(self._notice_offsets.get(name, 0))
+                    text = log.read()
+            except OSError:
+                continue
+            complete = text[:text.rfind(b"\n") + 1]  # a line still being written waits for the next call
+            self._notice_offsets[name] = self._notice_offsets.get(name, 0) + len(complete)
+            for line in complete.decode(errors="replace").splitlines():
+                if "!!!" not in line:
+                    continue
+                message = line
+                if line.startswith("{"):
+                    try:
+                        message = str(json.loads(line).get("msg", line))
+                    except ValueError:
+                        pass
+                elif " WARNING " in line:
+                    message = line.split(" WARNING ", 1)[1]
+                found.append((name, message))
+        return found
+
+    def _raise_on_failure(self) -> None:
+        for name, service in self.services.items():
+            code = service.process.poll()
+            if code not in (None, 0) and not service.killed:
+                raise ServiceFailed(name, int(code), last_reason(self.logs / f"{name}.log"))
 
     def stop(self) -> None:
         for service in self.services.values():

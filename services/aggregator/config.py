@@ -9,18 +9,18 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.aggregator.round_schedule import RoundSchedule
-from services.common.ml.choices import FROZEN_NORM_ARCHITECTURES, Trainable
-from services.common.runtime.service_settings import ClassNames, ServiceSettings, require_one_name_per_class
+from services.common.ml.choices import FROZEN_NORM_ARCHITECTURES, Architecture, Trainable
+from services.common.runtime.service_settings import Address, ClassNames, ServiceSettings, require_one_name_per_class
 from services.common.secure_sum.noise import NoiseKind
 
 
 class AggregatorSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FEDXRAY_AGG_", extra="forbid")
 
-    listen: str = Field("127.0.0.1:50052", description="gRPC host:port to serve nodes on")
+    listen: Address = Field("127.0.0.1:50052", description="gRPC host:port to serve nodes on")
     metrics_host: str = Field("127.0.0.1", description="address /metrics listens on")
     metrics_port: int = Field(9102, description="Prometheus /metrics port; 0 disables")
-    key_authority: str = Field("127.0.0.1:50051", description="key authority host:port")
+    key_authority: Address = Field("127.0.0.1:50051", description="key authority host:port")
     state_dir: Path = Field(Path("runs/aggregator"), description="checkpoints, staging, round log")
     node_keys_dir: Path = Field(Path("runs/identities"), description="<node_id>.pub Ed25519 keys of the nodes")
     secure: bool = Field(True, description="false: plaintext mode (privacy off), for comparison only")
@@ -45,13 +45,14 @@ class AggregatorSettings(ServiceSettings):
     stream_close_grace_seconds: float = Field(
         2.0, gt=0, description="how long an upload that ends without its attestation waits to learn whether its "
         "node went away (a broken stream) or closed it on purpose (a truncated one)")
-    architecture: str = Field("resnet50", description="resnet50 | resnet18 | efficientnet-b0 (GroupNorm) | "
+    architecture: Architecture = Field("resnet50", description="resnet50 | resnet18 | efficientnet-b0 (GroupNorm) | "
                               "resnet50-bn | resnet50-bn-frozen (ImageNet-style BatchNorm weights, frozen: from init_weights, "
                               "trainable head or last_block) | tiny | tiny-gn")
     num_classes: int = Field(2, ge=2, description="classes the model predicts")
     class_names: ClassNames = Field(
         None, description="the consortium's class names in label order, comma-separated (NORMAL,PNEUMONIA): a "
-        "hospital joining with other names or another order is refused. Unset: those of the first hospital to join")
+        "hospital joining with other names or another order is refused. Required when more than one hospital is "
+        "registered; unset with one: that hospital's")
     model_seed: int = 0
     # The defaults of local training, the server step and the clip norm are the recipe docs/RESULTS.md found to
     # learn on five hospitals' skewed data, so that a first run on a hospital's own images learns.

@@ -26,6 +26,10 @@ class _Subscriber:
     outbox: queue.Queue[RoundMessage | None]
 
 
+class JoinTimeoutError(TimeoutError):
+    """Too few members joined in time; it names those that did not."""
+
+
 class Membership:
     def __init__(self, members: frozenset[str], spec: ParameterSpec, class_names: tuple[str, ...] | None = None,
                  on_join: Callable[[dict[str, ClassRoster]], None] | None = None) -> None:
@@ -140,7 +144,11 @@ class Membership:
                 if time.monotonic() > deadline:
                     if len(self._subscribers) >= minimum:
                         break
-                    raise TimeoutError(f"only {len(self._subscribers)} nodes joined within the join timeout")
+                    missing = sorted(self._members - set(self._subscribers))
+                    raise JoinTimeoutError(
+                        f"only {len(self._subscribers)} nodes joined within the join timeout ({timeout:g} s; "
+                        f"{minimum} needed); not joined: {', '.join(missing)} (see those hospitals' logs: a node "
+                        "that cannot load its images, or whose classes differ, exits with the reason)")
                 self._changed.wait(POLL_SECONDS)
             log.info("%d nodes connected; starting", len(self._subscribers))
             return set(self._subscribers)

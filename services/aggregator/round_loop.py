@@ -20,7 +20,7 @@ import numpy as np
 from services.aggregator.config import AggregatorSettings
 from services.aggregator.evaluation_board import EvaluationBoard, Row
 from services.aggregator.key_authority_client import KeyAuthorityClient
-from services.aggregator.membership import Membership
+from services.aggregator.membership import JoinTimeoutError, Membership
 from services.aggregator.privacy_budget import PrivacyBudgetGuard
 from services.aggregator.round_metrics import record_presence, record_round
 from services.aggregator.round_planner import RoundPlanner, broadcast_chunks
@@ -79,6 +79,9 @@ class RoundLoop:
         run = self._parts.run
         try:
             self._run(stop)
+        except JoinTimeoutError as error:  # the reason fits one line; a traceback would hide it
+            self.failed = True
+            log.error("cannot start: %s", error)
         except Exception:
             self.failed = True
             log.exception("round loop failed")

@@ -47,6 +47,11 @@ def serve(settings: AggregatorSettings, observer: DecryptionObserver | None = No
         log.info("starting from the weights in %s", settings.init_weights)
     spec = parameter_spec(model.state_dict())
     registry = NodeKeyRegistry.from_directory(settings.node_keys_dir)
+    if settings.class_names is None and len(registry.node_ids) > 1:
+        log.error("no class names configured for a consortium of %d hospitals: set FEDXRAY_AGG_CLASS_NAMES to the "
+                  "classes in label order, as every hospital names its folders (for example NORMAL,PNEUMONIA); "
+                  "without it the first hospital to join would decide them for all", len(registry.node_ids))
+        return 2
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     counts_path = settings.state_dir / "class_counts.json"
     membership = Membership(registry.node_ids, spec, settings.class_names,

@@ -9,7 +9,8 @@ from typing import Literal, Self
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.common.runtime.service_settings import ClassNames, ServiceSettings, require_one_name_per_class
+from services.common.ml.choices import Architecture
+from services.common.runtime.service_settings import Address, ClassNames, ServiceSettings, require_one_name_per_class
 
 # The record-level target a hospital's own images get unless it sets another (or turns DP-SGD off, explicitly).
 DEFAULT_RECORD_EPSILON = 8.0
@@ -19,8 +20,8 @@ class HospitalNodeSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FEDXRAY_NODE_", extra="forbid")
 
     node_id: str = Field("hospital-1", description="consortium member name (matches its identity key)")
-    aggregator: str = Field("127.0.0.1:50052", description="aggregator host:port")
-    key_authority: str = Field("127.0.0.1:50051", description="key authority host:port (public context only)")
+    aggregator: Address = Field("127.0.0.1:50052", description="aggregator host:port")
+    key_authority: Address = Field("127.0.0.1:50051", description="key authority host:port (public context only)")
     connect_seconds: float = Field(300.0, gt=0, description="at start, how long to keep trying to reach the "
                                    "aggregator and the key authority (retries logged, backoff 1 s doubling to 30 s); "
                                    "past it, the node exits 1 saying which address it could not reach")
@@ -73,7 +74,7 @@ class HospitalNodeSettings(ServiceSettings):
                             "privacy ledger (record_privacy.json), which must survive restarts")
     metrics_host: str = Field("127.0.0.1", description="address /metrics listens on")
     metrics_port: int = Field(0, description="Prometheus /metrics port; 0 disables")
-    architecture: str = Field("resnet50", description="resnet50 | resnet18 | efficientnet-b0 (GroupNorm) | resnet50-bn | resnet50-bn-frozen | tiny | tiny-gn (must match the aggregator)")
+    architecture: Architecture = Field("resnet50", description="resnet50 | resnet18 | efficientnet-b0 (GroupNorm) | resnet50-bn | resnet50-bn-frozen | tiny | tiny-gn (must match the aggregator)")
     num_classes: int = Field(2, ge=2, description="classes the model predicts (must match the aggregator)")
     image_size: int = Field(64, ge=16, description="images are resized to image_size x image_size pixels, grey")
     model_seed: int = Field(0, description="seed of the initial weights (the aggregator's own wins: it sends them)")

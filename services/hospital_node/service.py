@@ -37,6 +37,11 @@ def serve(settings: HospitalNodeSettings, observer: UploadObserver | None = None
     except PrivateTrainingError as error:
         log.error("cannot train under record-level DP-SGD: %s", error)
         return 2
+    except FileNotFoundError as error:
+        log.error("cannot read this hospital's key file %s: make its keys with `python -m services.hospital_node "
+                  "keygen --out %s --node-id %s` (FEDXRAY_NODE_IDENTITY_KEY names the private one)", error.filename,
+                  settings.identity_key.parent, settings.node_id)
+        return 2
     stop = shutdown_event()
     result: list[int] = []
     worker = threading.Thread(target=lambda: result.append(node.run(stop)), name="node", daemon=True)

@@ -7,13 +7,13 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.runtime.service_settings import ServiceSettings
+from services.common.runtime.service_settings import Address, ServiceSettings
 
 
 class KeyAuthoritySettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FEDXRAY_KA_", extra="forbid")
 
-    listen: str = Field("127.0.0.1:50051", description="gRPC host:port to serve on")
+    listen: Address = Field("127.0.0.1:50051", description="gRPC host:port to serve on")
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9101, description="Prometheus /metrics port; 0 disables")
     state_dir: Path = Field(Path("runs/key_authority"), description="decryption ledger (and key, if persisted)")

@@ -51,8 +51,9 @@ def test_servers_listen_on_every_interface_and_expose_metrics(file_name: str) ->
 def test_node_and_aggregator_files_agree_on_the_model() -> None:
     aggregator = AggregatorSettings(_env_file=ENV_DIR / "aggregator.env")
     node = HospitalNodeSettings(_env_file=ENV_DIR / "hospital-node.env")
-    assert (node.architecture, node.num_classes, node.model_seed) == \
-        (aggregator.architecture, aggregator.num_classes, aggregator.model_seed)
+    assert (node.architecture, node.num_classes, node.model_seed, node.class_names) == \
+        (aggregator.architecture, aggregator.num_classes, aggregator.model_seed, aggregator.class_names)
+    assert aggregator.class_names is not None  # configured, not raced: the aggregator refuses to start without
     assert node.metrics_host == "0.0.0.0" and node.metrics_port > 0
 
 

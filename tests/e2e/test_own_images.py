@@ -6,14 +6,20 @@ PNEUMONIA class carries one bright blob, a plain signal on purpose.
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from scripts.export_model import export
 from scripts.launcher import QUICK_TRAINING, TABLE_HEADER, Consortium, ConsortiumConfig
+from scripts.predict import main as predict_main
+from services.common.runtime.atomic_files import read_json_lines
 from tests.scripts.png_hospitals import write_hospital
 
 pytestmark = pytest.mark.e2e
@@ -51,6 +57,33 @@ def test_own_folders_run_in_one_command_print_the_table_and_learn(tmp_path: Path
     assert [row[0] for row in rows] == ["0", "1", "2", "3"] and rows[-1][-2:] == ["head", "refit"]
     auc = float(rows[-1][7])
     assert auc >= LEARNED_AUC, out
+    _use_the_model(tmp_path)
+
+
+def _use_the_model(tmp_path: Path) -> None:
+    """The run's model card, `predict` on the hospitals' own validation images (which reproduces the pooled
+    validation counts of the final row), and `export`, whose TorchScript and ONNX files match PyTorch."""
+    run = tmp_path / "run"
+    last = [r for r in read_json_lines(run / "aggregator" / "rounds.jsonl") if r.get("evaluation")][-1]
+    card = json.loads((run / "model.json").read_text())
+    assert card["class_names"] == ["NORMAL", "PNEUMONIA"] and card["round"] == last["round"]
+    text = (run / "MODEL_CARD.md").read_text()
+    assert "own images (folder)" in text and f"{last['evaluation']['auc']:.3f}" in text
+    assert all(f"| {name} | 40 | 40 |" in text for name in HOSPITALS)
+    folders = [tmp_path / "data" / name / "val" for name in HOSPITALS]
+    assert predict_main(["--run-dir", str(run), "--out", str(tmp_path / "p.csv"), *map(str, folders)]) == 0
+    with open(tmp_path / "p.csv") as handle:
+        predictions = list(csv.DictReader(handle))
+    assert len(predictions) == 60
+    confusion = np.zeros((2, 2), dtype=int)
+    for row in predictions:
+        truth = card["class_names"].index(Path(row["file"]).parent.name)
+        confusion[truth, card["class_names"].index(row["predicted"])] += 1
+        assert abs(float(row["p_NORMAL"]) + float(row["p_PNEUMONIA"]) - 1) < 1e-5
+    assert confusion.tolist() == last["evaluation"]["confusion"]
+    exported = export(run, tmp_path / "export")
+    assert exported.torchscript_error <= 1e-4 and exported.onnx_error <= 1e-4
+    assert (tmp_path / "export" / "model.onnx").stat().st_size > 1000
 
 
 def test_a_hospital_whose_lowercase_folder_would_swap_the_labels_is_refused_at_join(tmp_path: Path) -> None:

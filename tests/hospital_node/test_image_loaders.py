@@ -83,6 +83,18 @@ def test_folder_loader_scales_16_bit_png_by_full_scale(tmp_path: Path) -> None:
     np.testing.assert_allclose(dataset.images, 16384 / 65535, atol=1e-6)
 
 
+def test_a_12_bit_radiograph_saved_as_16_bit_png_loads_at_full_range(tmp_path: Path) -> None:
+    """Scaled by 65535 it would load at 1/16 of its brightness (a maximum of 0.062): it is scaled by 4095."""
+    path = tmp_path / "test" / "NORMAL" / "twelve.png"
+    path.parent.mkdir(parents=True)
+    pixels = np.zeros((10, 10), dtype=np.uint16)
+    pixels[:5], pixels[5:] = 2048, 4095
+    Image.fromarray(pixels).save(path)
+    dataset = load_image_folder(tmp_path, "test", image_size=10)
+    assert dataset.images.max() == pytest.approx(1.0)
+    np.testing.assert_allclose(dataset.images[0, 0, 0], 2048 / 4095, atol=1e-6)
+
+
 def test_folder_loader_reports_stray_files_and_refuses_a_missing_split(tmp_path: Path) -> None:
     write_grey_png(tmp_path / "val" / "NORMAL" / "a.png", 1)
     (tmp_path / "val" / "NORMAL" / "notes.txt").write_text("not an image")

@@ -37,12 +37,11 @@ import torch
 import torchvision
 from torch import nn
 
-from services.common.ml.choices import FROZEN_NORM_ARCHITECTURES
+from services.common.ml.choices import ARCHITECTURES, FROZEN_NORM_ARCHITECTURES
 
 __all__ = ["ARCHITECTURES", "FROZEN_NORM_ARCHITECTURES", "PER_EXAMPLE_ARCHITECTURES", "FrozenBatchNorm2d",
            "best_device", "build_model"]
 
-ARCHITECTURES = ("resnet50", "resnet18", "efficientnet-b0", "resnet50-bn", "resnet50-bn-frozen", "tiny", "tiny-gn")
 # Architectures without a batch statistic: the only ones DP-SGD can train (a batch statistic mixes the examples).
 PER_EXAMPLE_ARCHITECTURES = ("resnet50", "resnet18", "efficientnet-b0", "resnet50-bn-frozen", "tiny-gn")
 

@@ -1,10 +1,11 @@
-"""What every service's settings share beyond TLS (its logs), and the class-name list two of them read."""
+"""What every service's settings share beyond TLS (its logs), the class-name list two of them read, and the
+host:port form of every address."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic_settings import NoDecode
 
 from services.common.runtime.tls import TlsSettings
@@ -36,3 +37,17 @@ ClassNames = Annotated[tuple[str, ...] | None, NoDecode, BeforeValidator(_split_
 def require_one_name_per_class(names: tuple[str, ...] | None, num_classes: int | None) -> None:
     if names is not None and num_classes is not None and len(names) != num_classes:
         raise ValueError(f"class_names {','.join(names)} names {len(names)} classes; num_classes is {num_classes}")
+
+
+def _host_and_port(value: str) -> str:
+    host, colon, port = value.rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise ValueError(f"{value!r} needs a host and a port, host:port (for example aggregator.example.org:50052); "
+                         "without one, gRPC would silently dial port 443")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r}: port {port} is outside 1-65535")
+    return value
+
+
+# host:port, the port required and in range (gRPC takes "host" alone as port 443 and wraps a port past 65535).
+Address = Annotated[str, AfterValidator(_host_and_port)]

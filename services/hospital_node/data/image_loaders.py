@@ -179,14 +179,25 @@ def read_patients(root: str | Path, paths: Sequence[str]) -> np.ndarray | None:
     return patient_numbers([patient_of[p] for p in paths])
 
 
+STORED_BITS = (8, 10, 12, 14, 16)
+
+
+def stored_bits(maximum: float) -> int:
+    """The bit depth a 16-bit greyscale image's values were stored at, read from its own maximum (a PNG has no
+    BitsStored): a 12-bit radiograph saved as 16-bit has values up to 4095, and is scaled by 4095, not 65535."""
+    return next((bits for bits in STORED_BITS if maximum <= 2 ** bits - 1), STORED_BITS[-1])
+
+
 def read_picture(path: str | Path) -> FloatArray:
-    """One PNG/JPEG as a 2-D float32 array in [0, 1]; colour is converted to grey."""
+    """One PNG/JPEG as a 2-D float32 array in [0, 1]; colour is converted to grey, and 16-bit greyscale is scaled
+    by the bit depth its values use (`stored_bits`)."""
     try:
         with Image.open(path) as picture:
             picture.load()  # decode now, so a truncated file fails here
             if picture.mode.startswith("I"):
-                # 16-bit greyscale PNG (common for radiographs).
-                pixels = np.asarray(picture, dtype=np.float64) / 65535.0
+                # 16-bit greyscale PNG (common for radiographs), often holding 10-, 12- or 14-bit data.
+                pixels = np.asarray(picture, dtype=np.float64)
+                pixels = pixels / (2 ** stored_bits(float(pixels.max(initial=0.0))) - 1)
             else:
                 pixels = np.asarray(picture.convert("L"), dtype=np.float64) / 255.0
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
@@ -465,6 +476,13 @@ def _stretch(values: npt.NDArray[np.floating], low: float, high: float) -> npt.N
     if high <= low:
         return np.zeros(np.shape(values), dtype=np.float64)
     return np.clip((np.asarray(values, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+
+
+def load_for_prediction(path: str | Path, image_size: int) -> FloatArray:
+    """One image file as the model sees it, ``(1, S, S)`` in [0, 1]: a .dcm file as the DICOM loaders read it, any
+    other as the folder loader does, resized alike (`scripts.predict`)."""
+    pixels = read_dicom(path).pixels if Path(path).suffix.lower() == ".dcm" else read_picture(path)
+    return _resize_batch(pixels[None, None], image_size)[0]
 
 
 # --- preprocessing and augmentation -------------------------------------------------

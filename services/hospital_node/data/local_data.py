@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,7 +133,23 @@ def load_local_data(settings: DataSettings) -> LocalData:
     elif settings.data_source != "synthetic":
         log.info("patients: %d training images of %d patients (from %s)", data.train_labels.numel(), data.unit_count,
                  source_of_patients)
+    if settings.data_source != "synthetic":
+        _warn_if_validation_is_thin(settings.node_id, data.val_labels, names)
     return dataclasses.replace(data, classes=classes)
+
+
+MEANINGFUL_VALIDATION = 20  # validation images per class below which a hospital's metrics mean little
+
+
+def _warn_if_validation_is_thin(node_id: str, labels: torch.Tensor, names: tuple[str, ...]) -> None:
+    """A loud warning (the launcher shows it on the console) when this hospital's validation split is too small
+    for its metrics to mean anything: fewer than MEANINGFUL_VALIDATION images of a class, or none."""
+    counts = np.bincount(labels.numpy(), minlength=len(names))
+    thin = [f"{name}: {int(count)}" for name, count in zip(names, counts) if count < MEANINGFUL_VALIDATION]
+    if thin:
+        log.warning("!!! %s validates on %d images (%s): its metrics are not meaningful; give it a val/ folder "
+                    "with at least %d images of each class !!!", node_id, labels.numel(), ", ".join(thin),
+                    MEANINGFUL_VALIDATION)
 
 
 def _patients_file() -> str:
@@ -187,8 +204,13 @@ def _load_real(settings: DataSettings) -> tuple[np.ndarray, np.ndarray, tuple[st
     else:
         loaded = image_loaders.load_dicom_class_folders(settings.data_path, settings.image_size,
                                                         settings.class_names, settings.allow_extra_folders)
-    for skipped in [*loaded.skipped, *(held.skipped if held else [])]:
+    skipped_files = [*loaded.skipped, *(held.skipped if held else [])]
+    for skipped in skipped_files:
         log.warning("skipped %s: %s", skipped.path, skipped.reason)
+    if skipped_files:
+        reasons = Counter(skipped.reason.split(":", 1)[0] for skipped in skipped_files)
+        log.warning("!!! %s skipped %d files (%s); each is named in this log !!!", settings.node_id,
+                    len(skipped_files), ", ".join(f"{count} {reason}" for reason, count in reasons.most_common()))
     if len(loaded.class_names) != settings.num_classes:
         # Labels are class indices; a hospital that numbers its classes differently trains the wrong classes.
         hint = ("; set FEDXRAY_NODE_CLASS_NAMES to the consortium's class names in label order"
