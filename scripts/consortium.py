@@ -152,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the model every service builds")
     parser.add_argument("--image-size", type=int, default=DEMO_SETTINGS["image_size"],
                         help="pixels per side every image is resized to")
-    parser.add_argument("--images-per-node", type=int, default=DEMO_IMAGES_PER_NODE,
-                        help="SYNTHETIC images per hospital (without --hospital; a hospital's own folder decides "
-                             "its count)")
+    parser.add_argument("--images-per-node", type=int, default=None,
+                        help=f"SYNTHETIC images per hospital (default {DEMO_IMAGES_PER_NODE}); not with --hospital, "
+                             "whose folder decides its count")
     parser.add_argument("--plaintext", action="store_true", help="privacy off, for comparison")
     parser.add_argument("--record-epsilon", type=float, default=None,
                         help="record-level DP-SGD target the aggregator proposes to every hospital; 0: no "
@@ -185,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1200.0,
                         help="seconds before the launcher gives up and stops every service")
     args = parser.parse_args(argv)
+    if args.hospital and args.images_per_node is not None:
+        parser.error("--images-per-node sets the SYNTHETIC demo's size; with --hospital each folder decides its own")
+    args.images_per_node = DEMO_IMAGES_PER_NODE if args.images_per_node is None else args.images_per_node
     problems = check_arguments(args)
     if problems:
         for problem in problems:

@@ -18,17 +18,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 import grpc
 from pydantic_settings import BaseSettings
 
+from scripts.enroll import TLS_KEY, request, sign
 from scripts.make_certs import issue, make_ca
 from scripts.settings_env import child_environment
 from services.aggregator.config import AggregatorSettings
 from services.aggregator.run_outcome import RunOutcome
 from services.common.protocol.node_identity import generate_identity
-from services.common.runtime.atomic_files import read_json_lines, write_json_atomic
+from services.common.runtime.atomic_files import read_json_lines, write_atomic, write_json_atomic
 from services.common.runtime.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME, TlsSettings, channel
 from services.hospital_node.config import HospitalNodeSettings
 from services.hospital_node.data.synthetic_xray import synthetic_class_names
@@ -78,7 +79,7 @@ SettingValues = dict[str, object]
 LAUNCHER_SETTINGS = frozenset({
     "listen", "metrics_host", "metrics_port", "key_authority", "aggregator", "state_dir", "node_keys_dir",
     "identity_key", "node_id", "partition_parties", "partition_index", "tls_cert",
-    "tls_key", "tls_ca", "insecure"})
+    "tls_key", "tls_ca", "insecure", "peer_keys_dir"})
 SERVICE_SETTINGS: dict[str, type[BaseSettings]] = {
     "key_authority": KeyAuthoritySettings, "aggregator": AggregatorSettings, "hospital_node": HospitalNodeSettings}
 
@@ -107,6 +108,10 @@ class ConsortiumConfig:
     insecure: bool = False  # plaintext gRPC, no certificates
     extra_members: list[str] = field(default_factory=list)  # registered ids with no node process
     node_names: list[str] | None = None  # the nodes' ids; unset: hospital-1 .. hospital-N
+    # operator: the launcher makes every key (a local stack). request: each hospital makes its own keys and a
+    # certificate request in its own folder (RUN_DIR/hospitals/<id>/keys, `scripts.enroll`), the operator signs it,
+    # and only certificates and public keys leave that folder.
+    enrollment: Literal["operator", "request"] = "operator"
     # An aggregator the launcher does not start (a test's harness playing one): the nodes dial this address.
     external_aggregator: str | None = None
     # Test-only: the module each service runs (tests/service_hooks wraps the services' entry points), and the
@@ -122,9 +127,10 @@ class ConsortiumConfig:
             if len(self.node_names) != self.nodes or len(set(self.node_names)) != self.nodes:
                 raise ValueError(f"node_names {self.node_names} must name each of the {self.nodes} nodes once")
             for name in self.node_names:
-                if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", name):
+                if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", name) or name in (AGGREGATOR_NAME,
+                                                                                 KEY_AUTHORITY_NAME):
                     raise ValueError(f"hospital name {name!r}: use lowercase letters, digits and '-' (it names a "
-                                     "certificate and files)")
+                                     "certificate and files), and not a server's name")
         known = frozenset().union(*(model.model_fields for model in SERVICE_SETTINGS.values()))
         for source, values in (("settings", self.settings), ("aggregator", self.aggregator),
                                ("key_authority", self.key_authority), ("node", self.node),
@@ -229,6 +235,9 @@ class Consortium:
         self.ka_address = f"127.0.0.1:{free_port()}"
         self.aggregator_address = config.external_aggregator or f"127.0.0.1:{free_port()}"
         self.identities = config.run_dir / "identities"
+        # The members' public keys, which the servers read: beside their private halves in a local stack, alone
+        # under request enrollment.
+        self.public_keys = config.run_dir / "public-keys" if config.enrollment == "request" else self.identities
         self.certs = config.run_dir / "certs"
         self.logs = config.run_dir / "logs"
         self.started_at = 0.0  # wall clock (time.time()) when start() launched the processes
@@ -241,10 +250,20 @@ class Consortium:
     def members(self) -> list[str]:
         return self.node_ids + list(self.config.extra_members)
 
+    def keys_of(self, name: str) -> Path:
+        """Where hospital `name` keeps its own keys under request enrollment."""
+        return self.config.run_dir / "hospitals" / name / "keys"
+
+    def _enrolled(self, name: str) -> bool:
+        return self.config.enrollment == "request" and name in self.members
+
     def tls_for(self, name: str) -> TlsSettings:
         """The TLS settings of consortium member `name`, for tests that act as that member."""
         if self.config.insecure:
             return TlsSettings(insecure=True)
+        if self._enrolled(name):
+            own = self.keys_of(name)
+            return TlsSettings(tls_cert=own / f"{name}.pem", tls_key=own / TLS_KEY, tls_ca=own / "ca.pem")
         return TlsSettings(tls_cert=self.certs / f"{name}.pem", tls_key=self.certs / f"{name}.key",
                            tls_ca=self.certs / "ca.pem")
 
@@ -264,18 +283,20 @@ class Consortium:
     def _key_authority_settings(self, metrics_port: int) -> KeyAuthoritySettings:
         return self.config.key_authority_settings(
             listen=self.ka_address, metrics_port=metrics_port, state_dir=self.config.run_dir / "key_authority",
-            node_keys_dir=self.identities, **self._tls(KEY_AUTHORITY_NAME))
+            node_keys_dir=self.public_keys, **self._tls(KEY_AUTHORITY_NAME))
 
     def _aggregator_settings(self, metrics_port: int) -> AggregatorSettings:
         return self.config.aggregator_settings(
             listen=self.aggregator_address, metrics_port=metrics_port, key_authority=self.ka_address,
-            state_dir=self.config.run_dir / "aggregator", node_keys_dir=self.identities, **self._tls(AGGREGATOR_NAME))
+            state_dir=self.config.run_dir / "aggregator", node_keys_dir=self.public_keys,
+            **self._tls(AGGREGATOR_NAME))
 
     def _node_settings(self, index: int, metrics_port: int) -> HospitalNodeSettings:
         node_id = self.config.node_id(index)
         return self.config.node_settings(
             index, aggregator=self.aggregator_address, key_authority=self.ka_address,
-            identity_key=self.identities / f"{node_id}.key", metrics_port=metrics_port,
+            identity_key=(self.keys_of(node_id) if self._enrolled(node_id) else self.identities) / f"{node_id}.key",
+            **({"peer_keys_dir": self.public_keys} if self._enrolled(node_id) else {}), metrics_port=metrics_port,
             state_dir=self.config.run_dir / "hospitals" / node_id, **self._tls(node_id))
 
     def _start(self, name: str, service: str, settings: BaseSettings, metrics_port: int) -> None:
@@ -306,16 +327,33 @@ class Consortium:
         counts = class_counts(labels, parts, s.num_classes)
         return format_class_counts(counts, synthetic_class_names(s.num_classes), self.node_ids)
 
+    def _enroll_by_request(self) -> None:
+        """Each hospital makes its keys and request in its own folder; the operator signs the request and sends
+        back the certificate and the CA's, and files the hospital's public keys."""
+        ca, ca_key = make_ca(self.certs)
+        for name in (KEY_AUTHORITY_NAME, AGGREGATOR_NAME):
+            issue(self.certs, name, ca, ca_key)
+        for name in self.members:
+            own = self.keys_of(name)
+            if not (own / TLS_KEY).exists():
+                made = request(name, name, own)
+                sign(self.certs, own / f"{name}.csr", own)  # what comes back: the certificate and ca.pem
+                for public in made.sent[1:]:
+                    write_atomic(self.public_keys / public.name, public.read_bytes())
+
     def start(self) -> Consortium:
         c = self.config
         self.started_at = time.time()
-        for node_id in self.members:
-            if not (self.identities / f"{node_id}.key").exists():
-                generate_identity(self.identities, node_id)
-        if not c.insecure:
-            ca, ca_key = make_ca(self.certs)
-            for name in (KEY_AUTHORITY_NAME, AGGREGATOR_NAME, *self.members):
-                issue(self.certs, name, ca, ca_key)
+        if c.enrollment == "request":
+            self._enroll_by_request()
+        else:
+            for node_id in self.members:
+                if not (self.identities / f"{node_id}.key").exists():
+                    generate_identity(self.identities, node_id)
+            if not c.insecure:
+                ca, ca_key = make_ca(self.certs)
+                for name in (KEY_AUTHORITY_NAME, AGGREGATOR_NAME, *self.members):
+                    issue(self.certs, name, ca, ca_key)
         c.run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(c.run_dir / "run.json", {"data": self.data_description()})
         ka_metrics, agg_metrics = free_port(), free_port()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import re
 from pathlib import Path
 
 from cryptography import x509
@@ -24,6 +25,7 @@ from services.common.runtime.atomic_files import write_atomic
 from services.common.runtime.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME
 
 VALID_DAYS = 825
+NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # a hospital's id: DNS-safe, it names its certificate
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
@@ -55,18 +57,27 @@ def make_ca(out: Path, common_name: str = "FedXray consortium CA") -> tuple[x509
 
 
 def issue(out: Path, name: str, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey) -> None:
+    """A key and a certificate for `name`, both made here: for the servers, and the local consortium's nodes (a
+    hospital of a real consortium makes its own key: `scripts.enroll`)."""
     key = ec.generate_private_key(ec.SECP256R1())
+    write_atomic(out / f"{name}.pem", certify(name, key.public_key(), ca, ca_key).public_bytes(
+        serialization.Encoding.PEM))
+    _write_key(out / f"{name}.key", key)
+
+
+def certify(name: str, public_key: ec.EllipticCurvePublicKey, ca: x509.Certificate,
+            ca_key: ec.EllipticCurvePrivateKey, subject: x509.Name | None = None) -> x509.Certificate:
+    """The CA's certificate for `public_key` under the common name `name` (the party's identity), server and
+    client use, `name` as its DNS name."""
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(_name(name)).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+    return (x509.CertificateBuilder().subject_name(subject or _name(name)).issuer_name(ca.subject)
+            .public_key(public_key).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)
             .sign(ca_key, hashes.SHA256()))
-    write_atomic(out / f"{name}.pem", cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(out / f"{name}.key", key)
 
 
 def make_consortium_certs(out: Path, node_ids: list[str]) -> None:
@@ -86,8 +97,15 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("deploy/certs"))
     parser.add_argument("--nodes", type=int, default=5, help="hospital-1 .. hospital-N")
+    parser.add_argument("--names", default=None, metavar="A,B,C",
+                        help="the hospitals' ids instead of hospital-1 .. hospital-N (lowercase letters, digits, '-'); "
+                             "for a local stack only: a real hospital makes its own keys (python -m scripts.enroll)")
     args = parser.parse_args(argv)
-    nodes = [f"hospital-{i + 1}" for i in range(args.nodes)]
+    nodes = args.names.split(",") if args.names else [f"hospital-{i + 1}" for i in range(args.nodes)]
+    for node in nodes:
+        if not NAME.fullmatch(node) or node in (AGGREGATOR_NAME, KEY_AUTHORITY_NAME):
+            parser.error(f"hospital id {node!r}: use lowercase letters, digits and '-' (it names a certificate), "
+                         "and not a server's name")
     make_consortium_certs(args.out, nodes)
     print(f"wrote CA, key-authority, aggregator and {', '.join(nodes)} certificates to {args.out}")
 

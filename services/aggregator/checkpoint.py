@@ -28,13 +28,19 @@ class Checkpoint:
 
 
 def save_checkpoint(directory: Path, round_id: int, weights: np.ndarray, *, optimizer_state: dict[str, np.ndarray],
-                    round_state: dict[str, Any]) -> Path:
-    """Write `round_<r>.npz` and then point `latest.json` at it, each file replaced whole."""
+                    round_state: dict[str, Any], keep: int = 0) -> Path:
+    """Write `round_<r>.npz` and then point `latest.json` at it, each file replaced whole. `keep` > 0: then delete
+    every older round's file but round 0's (the model the run started from) and the newest `keep`."""
     path = directory / f"round_{round_id:04d}.npz"
     with atomic_writer(path) as handle:
         np.savez(handle, weights=weights.astype(np.float32), **{f"opt_{k}": v for k, v in optimizer_state.items()})
     write_atomic(directory / LATEST, json.dumps({"round": round_id, "file": path.name, **round_state},
                                                 default=float).encode())
+    if keep > 0:
+        rounds = sorted(directory.glob("round_*.npz"))
+        for old in rounds[:-keep]:
+            if old.name != "round_0000.npz":
+                old.unlink()  # latest.json already names a newer file: a crash here loses nothing a resume needs
     return path
 
 

@@ -54,6 +54,9 @@ class AggregatorSettings(ServiceSettings):
         "hospital joining with other names or another order is refused. Required when more than one hospital is "
         "registered; unset with one: that hospital's")
     model_seed: int = 0
+    keep_checkpoints: int = Field(2, ge=0, description="round checkpoints kept in state_dir/checkpoints besides round "
+                                  "0's (the initial model): the newest N, the final model among them (a ResNet-50 "
+                                  "one is about 280 MB with server momentum); 0: every round's")
     # The defaults of local training, the server step and the clip norm are the recipe docs/RESULTS.md found to
     # learn on five hospitals' skewed data, so that a first run on a hospital's own images learns.
     local_epochs: int = Field(10, ge=1, description="hospitals' local epochs per round")

@@ -41,6 +41,7 @@ class RunState:
     pending_row: dict[str, Any] | None = None  # the last finished round's row, waiting for its model's evaluations
     interrupted_round: int | None = None  # a round a restart abandoned (set on restore only)
     finished: bool = False  # the run ended, its closing evaluation written: a restart only serves status
+    keep_checkpoints: int = 0  # round files kept besides round 0's (0: all); a setting, not saved
 
     def finish(self, directory: Path) -> None:
         """Record that the run is complete, closing evaluation included, before anyone is told so."""
@@ -63,7 +64,7 @@ class RunState:
         """Save the state as of `round_id` (0: the initial model)."""
         a = self.accountant
         return save_checkpoint(directory, self.round_id, self.weights, optimizer_state=self.strategy.state(),
-                               round_state={
+                               keep=self.keep_checkpoints, round_state={
             "completed_rounds": self.completed_rounds, "epsilon": a.epsilon(), "rdp": a.rdp,
             "accountant_rounds": a.rounds, "unaccounted_rounds": a.unaccounted_rounds,
             "record_epsilon": self.record_epsilon, "train_rounds": self.train_rounds,

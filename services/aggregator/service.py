@@ -65,6 +65,7 @@ def serve(settings: AggregatorSettings, observer: DecryptionObserver | None = No
     if run.weights.size != spec.count:
         raise SystemExit(f"the checkpoint in {settings.state_dir / 'checkpoints'} holds {run.weights.size} weights; "
                          f"{settings.architecture} has {spec.count}: another run's state directory?")
+    run.keep_checkpoints = settings.keep_checkpoints
     accountant = run.accountant
     parts = RoundParts(membership, intake, board,
                        PrivacyBudgetGuard(accountant, settings.epsilon_budget, settings.min_participants,

@@ -75,3 +75,23 @@ def test_a_sum_charged_after_the_checkpoint_stays_charged_after_a_restart(tmp_pa
     assert restored is not None
     assert restored.accountant.rounds == 1
     assert restored.accountant.epsilon() == run.accountant.epsilon() > 0
+
+
+def test_only_the_initial_model_and_the_newest_checkpoints_are_kept_and_the_newest_restores(tmp_path: Path) -> None:
+    run = _run(np.zeros(50))
+    run.keep_checkpoints = 2
+    run.checkpoint(tmp_path)  # round 0: the initial model
+    for round_id in range(1, 6):
+        run.next_round(tmp_path)
+        run.weights = np.full(50, float(round_id))
+        run.completed_rounds = round_id
+        run.checkpoint(tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("round_*.npz")) == ["round_0000.npz", "round_0004.npz",
+                                                                     "round_0005.npz"]
+    restored = RunState.restore(tmp_path, Scaffold(FedAvg(1.0, momentum=0.5), 50, 5), 1e-5)
+    assert restored is not None and restored.completed_rounds == 5 and np.all(restored.weights == 5.0)
+    every = _run(np.zeros(50))  # 0: every round's file stays
+    for round_id in range(3):
+        every.round_id = round_id
+        every.checkpoint(tmp_path / "all")
+    assert len(list((tmp_path / "all").glob("round_*.npz"))) == 3

@@ -20,7 +20,9 @@ from tests.service_hooks.hooks import TestHooks, hooked
 TINY: SettingValues = {"architecture": "tiny", "image_size": 32, "partition_scheme": "dirichlet",
                        "encryption_workers": 0, "torch_threads": 1,
                        # Test hospitals validate on a handful of SYNTHETIC images; the floor has tests of its own.
-                       "min_validation_images": 0, **QUICK_TRAINING}
+                       "min_validation_images": 0,
+                       # The tests compare the rounds' models: every round's checkpoint stays.
+                       "keep_checkpoints": 0, **QUICK_TRAINING}
 
 
 def tiny_config(run_dir: Path, nodes: int, rounds: int, *, images_per_node: int = 40, seed: int | None = None,
