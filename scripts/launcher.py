@@ -31,7 +31,7 @@ from services.aggregator.run_outcome import RunOutcome
 from services.common.protocol.node_identity import generate_identity
 from services.common.runtime.atomic_files import read_json_lines, write_atomic, write_json_atomic
 from services.common.runtime.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME, TlsSettings, channel
-from services.hospital_node.config import HospitalNodeSettings
+from services.hospital_node.config import MEANINGFUL_VALIDATION, HospitalNodeSettings
 from services.hospital_node.data.synthetic_xray import synthetic_class_names
 from services.key_authority.config import KeyAuthoritySettings
 
@@ -517,7 +517,24 @@ def format_row(row: dict[str, object]) -> str:
             f"{format_value(evaluation.get('f1')):>6} {format_value(evaluation.get('auc')):>6} "
             f"{format_value(row.get('epsilon'), 4):>12} {record_epsilon_text(row):>18}"
             + ("  head refit" if row.get("head_refit") else "")
-            + ("  FAILED" if row.get("failed") else ""))
+            + ("  FAILED" if row.get("failed") else "")
+            + thin_validation(evaluation))
+
+
+def thin_validation(evaluation: dict[str, object]) -> str:
+    """"  not meaningful: ..." when a class has fewer than MEANINGFUL_VALIDATION pooled validation images, or no
+    image was counted at all."""
+    confusion = evaluation.get("confusion")
+    if not isinstance(confusion, list) or not confusion:
+        return ""
+    per_class = [int(sum(row)) for row in confusion]
+    if min(per_class) >= MEANINGFUL_VALIDATION:
+        return ""
+    if not sum(per_class):
+        return ("  not meaningful: no validation image counted (a hospital with fewer than its "
+                "min_validation_images sends none)")
+    return (f"  not meaningful: {'/'.join(map(str, per_class))} validation images per class (fewer than "
+            f"{MEANINGFUL_VALIDATION})")
 
 
 # One SGD epoch of every layer a round, no head refit: the services' defaults before 2026-11-30, instead of their

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scripts.launcher import thin_validation
 from services.common.runtime.atomic_files import read_json, read_json_lines, write_atomic
 
 CARD = "model.json"
@@ -34,9 +35,9 @@ class ModelCard:
 
 def write(run_dir: Path, *, architecture: str, num_classes: int, image_size: int,
           init_weights: Path | None) -> ModelCard | None:
-    """The card of the run's final model (the last row's), or None when no round produced one."""
+    """The card of the run's final model (the last evaluated row's), or None when no round produced one."""
     rows = read_json_lines(run_dir / "aggregator" / "rounds.jsonl")
-    finals = [r for r in rows if isinstance(r.get("evaluation"), dict) and r["evaluation"].get("examples")]
+    finals = [r for r in rows if isinstance(r.get("evaluation"), dict)]
     if not finals:
         return None
     row = finals[-1]
@@ -85,6 +86,7 @@ def _markdown(card: ModelCard, row: dict[str, object], counts: dict[str, object]
 {('Not shared by: ' + ', '.join(counts['not_shared']) + '.') if counts.get('not_shared') else ''}
 
 ## Pooled validation metrics of this model ({evaluation.get('examples')} images, {evaluation.get('nodes')} hospitals)
+{thin_validation(evaluation).strip().capitalize()}
 
 | accuracy | precision | recall | F1 | AUC |
 |---|---|---|---|---|

@@ -16,6 +16,9 @@ from services.common.runtime.service_settings import Address, ClassNames, Servic
 DEFAULT_RECORD_EPSILON = 8.0
 
 
+# Validation images per class below which metrics mean little: the node, the console and the model card say so.
+MEANINGFUL_VALIDATION = 20
+
 class HospitalNodeSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FEDXRAY_NODE_", extra="forbid")
 

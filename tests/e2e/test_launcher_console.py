@@ -99,3 +99,8 @@ def test_a_thin_validation_split_and_skipped_files_are_said_on_the_console(tmp_p
     for name in HOSPITALS:  # 5 validation images per class
         assert f"{name}: !!! {name} validates on 10 images (NORMAL: 5, PNEUMONIA: 5)" in out, out[-3000:]
     assert "city: !!! city skipped 1 files (1 unreadable image)" in out
+    # Below min_validation_images (20) each hospital counts nothing: the rows' zeros are said to mean nothing, on
+    # the console and in the model card (once they printed as an accuracy of 0.000 without a word).
+    rows = [line for line in out.splitlines() if line.split()[:1] in (["0"], ["1"], ["2"])]
+    assert len(rows) == 3 and all("not meaningful: no validation image counted" in row for row in rows), out[-3000:]
+    assert "Not meaningful: no validation image counted" in (tmp_path / "run" / "MODEL_CARD.md").read_text()

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from services.common.protocol.class_roster import ClassRoster
-from services.hospital_node.config import DataSettings
+from services.hospital_node.config import MEANINGFUL_VALIDATION, DataSettings
 from services.hospital_node.data.partition import partition_indices
 from services.hospital_node.data.synthetic_xray import (
     MAX_IMAGES_PER_PATIENT,
@@ -136,9 +136,6 @@ def load_local_data(settings: DataSettings) -> LocalData:
     if settings.data_source != "synthetic":
         _warn_if_validation_is_thin(settings.node_id, data.val_labels, names)
     return dataclasses.replace(data, classes=classes)
-
-
-MEANINGFUL_VALIDATION = 20  # validation images per class below which a hospital's metrics mean little
 
 
 def _warn_if_validation_is_thin(node_id: str, labels: torch.Tensor, names: tuple[str, ...]) -> None:
