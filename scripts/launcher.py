@@ -9,7 +9,6 @@ import json
 import math
 import os
 import random
-import re
 import signal
 import socket
 import subprocess
@@ -24,7 +23,7 @@ import grpc
 from pydantic_settings import BaseSettings
 
 from scripts.enroll import TLS_KEY, request, sign
-from scripts.make_certs import issue, make_ca
+from scripts.make_certs import hospital_id_problem, issue, make_ca
 from scripts.settings_env import child_environment
 from services.aggregator.config import AggregatorSettings
 from services.aggregator.run_outcome import RunOutcome
@@ -127,10 +126,9 @@ class ConsortiumConfig:
             if len(self.node_names) != self.nodes or len(set(self.node_names)) != self.nodes:
                 raise ValueError(f"node_names {self.node_names} must name each of the {self.nodes} nodes once")
             for name in self.node_names:
-                if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", name) or name in (AGGREGATOR_NAME,
-                                                                                 KEY_AUTHORITY_NAME):
-                    raise ValueError(f"hospital name {name!r}: use lowercase letters, digits and '-' (it names a "
-                                     "certificate and files), and not a server's name")
+                problem = hospital_id_problem(name)
+                if problem:
+                    raise ValueError(f"{problem}: it names a certificate and files")
         known = frozenset().union(*(model.model_fields for model in SERVICE_SETTINGS.values()))
         for source, values in (("settings", self.settings), ("aggregator", self.aggregator),
                                ("key_authority", self.key_authority), ("node", self.node),
@@ -203,13 +201,16 @@ class ServiceFailed(RuntimeError):
         self.name, self.code, self.reason = name, code, reason
 
 
-def last_reason(log_path: Path) -> str:
-    """Why a service stopped, in one line, from its log: the last ERROR it logged (JSON or text logs), else the
-    last line it wrote (a settings error, a traceback's exception)."""
+def last_reason(log_path: Path, offset: int = 0) -> str:
+    """Why a service stopped, in one line, from its log past `offset` (where its last start began): the last ERROR
+    it logged (JSON or text logs), else the last line it wrote (a settings error, a traceback's exception)."""
     try:
-        lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+        with open(log_path, "rb") as log:
+            log.seek(offset)
+            text = log.read().decode(errors="replace")
     except OSError:
         return f"(no log at {log_path})"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     for line in reversed(lines):
         if line.startswith("{"):
             try:
@@ -242,6 +243,7 @@ class Consortium:
         self.logs = config.run_dir / "logs"
         self.started_at = 0.0  # wall clock (time.time()) when start() launched the processes
         self._notice_offsets: dict[str, int] = {}  # how far `new_notices` has read each log
+        self._log_starts: dict[str, int] = {}  # where each service's last start began in its log
         self.key_authority_settings = self._key_authority_settings(0)
         self.aggregator_settings = self._aggregator_settings(0)
         self.node_settings = [self._node_settings(index, 0) for index in range(config.nodes)]
@@ -302,6 +304,7 @@ class Consortium:
     def _start(self, name: str, service: str, settings: BaseSettings, metrics_port: int) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = open(self.logs / f"{name}.log", "ab")  # a restarted service goes on in the same log
+        self._log_starts[name] = log.tell()
         python_path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
         base = {**os.environ, "PYTHONPATH": python_path, "PYTHONUNBUFFERED": "1", **self.config.hook_env}
         module = self.config.modules.get(service, f"services.{service}")
@@ -330,16 +333,16 @@ class Consortium:
     def _enroll_by_request(self) -> None:
         """Each hospital makes its keys and request in its own folder; the operator signs the request and sends
         back the certificate and the CA's, and files the hospital's public keys."""
-        ca, ca_key = make_ca(self.certs)
+        ca, ca_key = make_ca(self.certs)  # a new CA each start (as in operator mode): every request is signed anew
         for name in (KEY_AUTHORITY_NAME, AGGREGATOR_NAME):
             issue(self.certs, name, ca, ca_key)
         for name in self.members:
             own = self.keys_of(name)
-            if not (own / TLS_KEY).exists():
+            if not (own / TLS_KEY).exists():  # a restart keeps the keys the hospital made
                 made = request(name, name, own)
-                sign(self.certs, own / f"{name}.csr", own)  # what comes back: the certificate and ca.pem
                 for public in made.sent[1:]:
                     write_atomic(self.public_keys / public.name, public.read_bytes())
+            sign(self.certs, own / f"{name}.csr", own, name=name)  # what comes back: the certificate and ca.pem
 
     def start(self) -> Consortium:
         c = self.config
@@ -409,17 +412,19 @@ class Consortium:
             if on_notice is not None:
                 for name, message in self.new_notices():
                     on_notice(name, message)
-            if fail_fast:
-                self._raise_on_failure()
             outcome = RunOutcome.read(self.config.run_dir / "aggregator")
             if aggregator.poll() is not None or outcome is not None:
                 for row in self.rows()[shown:]:
                     if callable(on_row):
                         on_row(row)
+                if fail_fast and aggregator.poll() not in (None, 0):
+                    self._raise_on_failure()  # the aggregator's own reason, after its last rows
                 if aggregator.poll() is not None:
                     return int(aggregator.returncode)
                 assert outcome is not None
                 return 1 if outcome.failed else 0
+            if fail_fast:
+                self._raise_on_failure()
             for name, service in self.services.items():
                 if name in ("key_authority",) and service.process.poll() is not None:
                     raise RuntimeError(f"{name} exited early with {service.process.returncode}; "
@@ -459,7 +464,8 @@ class Consortium:
         for name, service in self.services.items():
             code = service.process.poll()
             if code not in (None, 0) and not service.killed:
-                raise ServiceFailed(name, int(code), last_reason(self.logs / f"{name}.log"))
+                raise ServiceFailed(name, int(code), last_reason(self.logs / f"{name}.log",
+                                                                 self._log_starts.get(name, 0)))
 
     def stop(self) -> None:
         for service in self.services.values():

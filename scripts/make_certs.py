@@ -26,6 +26,18 @@ from services.common.runtime.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME
 
 VALID_DAYS = 825
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")  # a hospital's id: DNS-safe, it names its certificate
+# Names no hospital may take: the servers' (a certificate's name is its holder's identity), and those of files in
+# the folders that hold a hospital's keys or the CA's (ca.pem, tls.key), and localhost.
+RESERVED = frozenset({AGGREGATOR_NAME, KEY_AUTHORITY_NAME, "ca", "tls", "localhost"})
+
+
+def hospital_id_problem(name: str) -> str | None:
+    """Why `name` cannot be a hospital's id, or None."""
+    if not NAME.fullmatch(name):
+        return f"hospital id {name!r}: use lowercase letters, digits and '-' (a DNS-safe id)"
+    if name in RESERVED:
+        return f"hospital id {name!r} is reserved ({', '.join(sorted(RESERVED))})"
+    return None
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
@@ -66,17 +78,19 @@ def issue(out: Path, name: str, ca: x509.Certificate, ca_key: ec.EllipticCurvePr
 
 
 def certify(name: str, public_key: ec.EllipticCurvePublicKey, ca: x509.Certificate,
-            ca_key: ec.EllipticCurvePrivateKey, subject: x509.Name | None = None) -> x509.Certificate:
-    """The CA's certificate for `public_key` under the common name `name` (the party's identity), server and
-    client use, `name` as its DNS name."""
+            ca_key: ec.EllipticCurvePrivateKey, *, subject: x509.Name | None = None,
+            server: bool = True) -> x509.Certificate:
+    """The CA's certificate for `public_key` under the common name `name` (the party's identity), `name` as its
+    DNS name; client use, and server use unless `server` is False (a hospital serves no TLS)."""
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH] if server else [
+        ExtendedKeyUsageOID.CLIENT_AUTH]
     now = datetime.datetime.now(datetime.timezone.utc)
     return (x509.CertificateBuilder().subject_name(subject or _name(name)).issuer_name(ca.subject)
             .public_key(public_key).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .sign(ca_key, hashes.SHA256()))
 
 
@@ -103,9 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     nodes = args.names.split(",") if args.names else [f"hospital-{i + 1}" for i in range(args.nodes)]
     for node in nodes:
-        if not NAME.fullmatch(node) or node in (AGGREGATOR_NAME, KEY_AUTHORITY_NAME):
-            parser.error(f"hospital id {node!r}: use lowercase letters, digits and '-' (it names a certificate), "
-                         "and not a server's name")
+        problem = hospital_id_problem(node)
+        if problem:
+            parser.error(problem)
     make_consortium_certs(args.out, nodes)
     print(f"wrote CA, key-authority, aggregator and {', '.join(nodes)} certificates to {args.out}")
 

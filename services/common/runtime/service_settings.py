@@ -3,6 +3,7 @@ host:port form of every address."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field
@@ -41,7 +42,9 @@ def require_one_name_per_class(names: tuple[str, ...] | None, num_classes: int |
 
 def _host_and_port(value: str) -> str:
     host, colon, port = value.rpartition(":")
-    if not colon or not host or not port.isdigit():
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise ValueError(f"{value!r}: write an IPv6 host in brackets, [::1]:50051")
+    if not colon or not host or not re.fullmatch(r"[0-9]+", port):
         raise ValueError(f"{value!r} needs a host and a port, host:port (for example aggregator.example.org:50052); "
                          "without one, gRPC would silently dial port 443")
     if not 1 <= int(port) <= 65535:
