@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 PROTO := protos/fedxray/v1/fedxray.proto
 
-.PHONY: venv demo test test-fast protos attacks pretrain privacy-table bench-he bench-round bench-dp bench-help soak clean
+.PHONY: venv demo test test-fast protos attacks k8s-render pretrain privacy-table bench-he bench-round bench-dp bench-help soak clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -77,5 +77,13 @@ compose-config:
 	@echo "compose-config: $(COMPOSE_YML) (+ GPU override, grafana profile) is valid"
 
 ## compose-test: real `docker compose up` (root): 5 hospitals, 2 rounds, asserts round latency in Prometheus
+## k8s-render: render every Kubernetes overlay (deploy/k8s) to runs/k8s/<overlay>.yaml with kubectl kustomize
+k8s-render:
+	mkdir -p runs/k8s
+	for overlay in consortium hospital hospital-gpu; do \
+		kubectl kustomize --load-restrictor=LoadRestrictionsNone deploy/k8s/overlays/$$overlay > runs/k8s/$$overlay.yaml || exit 1; \
+	done
+	@echo "rendered: runs/k8s/{consortium,hospital,hospital-gpu}.yaml"
+
 compose-test: $(STAMP)
 	PY=$(PY) deploy/compose_test.sh
