@@ -39,6 +39,12 @@ from services.common.runtime.tls import KEY_AUTHORITY_NAME, add_port, channel
 def serve(settings: AggregatorSettings, observer: DecryptionObserver | None = None) -> int:
     """`observer` is for tests only (tests/service_hooks); the command line never sets it."""
     log = configure_logging("aggregator", settings.log_level, settings.log_format == "json")
+    members = NodeKeyRegistry.from_directory(settings.node_keys_dir).node_ids
+    if settings.class_names is None and len(members) > 1:
+        log.error("no class names configured for a consortium of %d hospitals: set FEDXRAY_AGG_CLASS_NAMES to the "
+                  "classes in label order, as every hospital names its folders (for example NORMAL,PNEUMONIA); "
+                  "without it the first hospital to join would decide them for all", len(members))
+        return 2
     metrics = ServiceMetrics("aggregator", holds_secret_key=False)
     serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
     model = build_model(settings.architecture, settings.num_classes, settings.model_seed)
@@ -47,11 +53,6 @@ def serve(settings: AggregatorSettings, observer: DecryptionObserver | None = No
         log.info("starting from the weights in %s", settings.init_weights)
     spec = parameter_spec(model.state_dict())
     registry = NodeKeyRegistry.from_directory(settings.node_keys_dir)
-    if settings.class_names is None and len(registry.node_ids) > 1:
-        log.error("no class names configured for a consortium of %d hospitals: set FEDXRAY_AGG_CLASS_NAMES to the "
-                  "classes in label order, as every hospital names its folders (for example NORMAL,PNEUMONIA); "
-                  "without it the first hospital to join would decide them for all", len(registry.node_ids))
-        return 2
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     counts_path = settings.state_dir / "class_counts.json"
     membership = Membership(registry.node_ids, spec, settings.class_names,
