@@ -80,10 +80,10 @@ compose-config:
 ## k8s-render: render every Kubernetes overlay (deploy/k8s) to runs/k8s/<overlay>.yaml with kubectl kustomize
 k8s-render:
 	mkdir -p runs/k8s
-	for overlay in consortium hospital hospital-gpu; do \
+	for overlay in consortium hospital hospital-gpu monitoring; do \
 		kubectl kustomize --load-restrictor=LoadRestrictionsNone deploy/k8s/overlays/$$overlay > runs/k8s/$$overlay.yaml || exit 1; \
 	done
-	@echo "rendered: runs/k8s/{consortium,hospital,hospital-gpu}.yaml"
+	@echo "rendered: runs/k8s/{consortium,hospital,hospital-gpu,monitoring}.yaml"
 
 compose-test: $(STAMP)
 	PY=$(PY) deploy/compose_test.sh

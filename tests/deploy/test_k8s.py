@@ -205,3 +205,11 @@ def test_the_gpu_overlay_asks_for_one_gpu_and_only_it(rendered: dict[str, list[d
         container = _of(rendered[overlay], "StatefulSet")[0]["spec"]["template"]["spec"]["containers"][0]
         return container["resources"]["limits"].get("nvidia.com/gpu")
     assert (gpus("hospital-gpu"), gpus("hospital")) == (1, None)
+
+
+def test_the_monitoring_overlay_carries_the_grafana_dashboard_as_it_is() -> None:
+    [dashboard] = render("monitoring")
+    kubernetes_validate.validate(dashboard, KUBERNETES, strict=True)
+    assert dashboard["kind"] == "ConfigMap" and dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    source = REPO / "deploy" / "grafana" / "dashboards" / "fedxray.json"
+    assert dashboard["data"]["fedxray.json"] == source.read_text()
