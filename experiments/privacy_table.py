@@ -161,7 +161,7 @@ def federated(model: torch.nn.Module, parts: list[LocalData], recipe: Recipe, tr
     return model, float(epsilon) if epsilon is not None else 0.0
 
 
-def _codec(recipe: Recipe) -> Codec:
+def recipe_codec(recipe: Recipe) -> Codec:
     values = {"clip_norm": recipe.secure_clip_norm, "noise_variance": recipe.noise_variance, "architecture": "resnet50"}
     return Codec(ConsortiumConfig(run_dir=Path("."), nodes=NODES, settings=values, insecure=True))
 
@@ -172,7 +172,7 @@ def run_seed(seed: int, weights: Path, args: argparse.Namespace, recipe: Recipe)
     truth = data.val_labels.numpy()
     base = build_model("resnet50", 2, 0)
     load_initial_weights(base, weights)
-    codec = _codec(recipe)
+    codec = recipe_codec(recipe)
     rng = np.random.default_rng(seed)
     results: dict[str, np.ndarray] = {}
     arms: list[dict[str, object]] = []

@@ -39,7 +39,7 @@ from experiments.attacks.inversion import (
     psnr,
     split_like,
 )
-from experiments.privacy_table import Recipe, _codec
+from experiments.privacy_table import Recipe, recipe_codec
 from experiments.simulator import secure_sum
 from services.common.ml.head_refit import penultimate_features
 from services.common.ml.trainable import classifier_head
@@ -227,7 +227,7 @@ def head_update_attack(base: torch.nn.Module, progress: Callable[[str], None] = 
                  f"{outcome.candidates}")
         return outcome
 
-    codec = _codec(Recipe())
+    codec = recipe_codec(Recipe())
     updates = [update(i) for i in range(5)]
     total = secure_sum(updates, codec.update_plan(updates[0].size), np.random.default_rng(1))
     return [score("ResNet-50 head, plaintext, 1 image", updates[0]),

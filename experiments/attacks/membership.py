@@ -28,7 +28,12 @@ def loss_scores(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) ->
     """The loss-threshold attack's scores (Yeom et al., CSF 2018): minus each record's loss."""
     model.eval()
     with torch.no_grad():
-        return (-F.cross_entropy(model(images), labels, reduction="none")).numpy()
+        return logit_loss_scores(model(images), labels)
+
+
+def logit_loss_scores(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """The same scores from the model's logits (in float64)."""
+    return (-F.cross_entropy(logits.double(), labels, reduction="none")).numpy()
 
 
 @dataclass(frozen=True)

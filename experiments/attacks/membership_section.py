@@ -31,8 +31,8 @@ import matplotlib
 import numpy as np
 import torch
 
-from experiments.attacks.membership import Roc, Violation, bound_violations, roc
-from experiments.privacy_table import Recipe, _codec, federated, hospitals, pooled
+from experiments.attacks.membership import Roc, Violation, bound_violations, logit_loss_scores, roc
+from experiments.privacy_table import Recipe, federated, hospitals, pooled, recipe_codec
 from services.common.ml.head_refit import penultimate_features
 from services.common.ml.trainable import classifier_head
 from services.hospital_node.data.local_data import LocalData
@@ -87,7 +87,7 @@ def train(base: torch.nn.Module, parts: list[LocalData], target: Target, recipe:
         model = copy.deepcopy(base)
         train_head(model, parts[0], HARD_FIT, device=CPU, generator=torch.Generator().manual_seed(seed))
         return model
-    model, _ = federated(base, parts, recipe, "head", target.epsilon, _codec(recipe), seed)
+    model, _ = federated(base, parts, recipe, "head", target.epsilon, recipe_codec(recipe), seed)
     return model
 
 
@@ -102,10 +102,6 @@ def _confidence(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
     own = log_p.gather(1, labels.view(-1, 1)).squeeze(1)
     rest = torch.logsumexp(log_p.scatter(1, labels.view(-1, 1), float("-inf")), dim=1)
     return (own - rest).numpy()
-
-
-def _loss(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
-    return -torch.nn.functional.cross_entropy(logits.double(), labels, reduction="none").numpy()
 
 
 def matched(member_labels: torch.Tensor, outsider_labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -158,7 +154,8 @@ def run(base: torch.nn.Module, *, images_per_node: int, shadows: int, epsilons: 
         lira = (_confidence(logits[target.name], labels) - out.mean(axis=0)) / max(float(out.std(axis=0).mean()), 1e-12)
         inside, outside = matched(labels[:target_parts[0].train_labels.numel() if target.hard_fit else count],
                                   labels[count:])
-        for attack, score in (("loss threshold", _loss(logits[target.name], labels)), ("offline LiRA", lira)):
+        scored = (("loss threshold", logit_loss_scores(logits[target.name], labels)), ("offline LiRA", lira))
+        for attack, score in scored:
             curve = roc(score[inside], score[count + outside])
             result.curves[attack] = curve
             if target.epsilon is not None:
