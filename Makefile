@@ -4,16 +4,25 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
+# checkov, the Kubernetes manifests' policy scan, in a virtual environment of its own (its dependencies would pin
+# the services' own): deploy/k8s/requirements-checkov.txt.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.requirements-installed
 PROTO := protos/fedxray/v1/fedxray.proto
 
-.PHONY: venv demo test test-fast protos attacks k8s-render pretrain privacy-table bench-he bench-round bench-dp bench-help soak clean
+.PHONY: venv demo test test-fast protos attacks k8s-render k8s-scan pretrain privacy-table bench-he bench-round bench-dp bench-help soak clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
 	@touch $(STAMP)
 
-venv: $(STAMP)
+$(CHECKOV_STAMP): deploy/k8s/requirements-checkov.txt
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --disable-pip-version-check -q -r deploy/k8s/requirements-checkov.txt
+	@touch $(CHECKOV_STAMP)
+
+venv: $(STAMP) $(CHECKOV_STAMP)
 
 ## demo: five hospitals, SYNTHETIC radiographs, ResNet-50 from the public stand-in (built on first use), three secure rounds of per-patient DP-SGD on 127.0.0.1
 demo: $(STAMP)
@@ -32,7 +41,7 @@ privacy-table: $(STAMP)
 	$(PY) -m experiments.privacy_table --out runs/privacy_table
 
 ## test: the whole suite (unit, property-based, multi-process end-to-end)
-test: $(STAMP)
+test: $(STAMP) $(CHECKOV_STAMP)
 	$(PY) -m pytest -q tests
 
 ## test-fast: the unit tests only (no service processes, no Docker), under a minute on 2 cores
@@ -84,6 +93,10 @@ k8s-render:
 		kubectl kustomize --load-restrictor=LoadRestrictionsNone deploy/k8s/overlays/$$overlay > runs/k8s/$$overlay.yaml || exit 1; \
 	done
 	@echo "rendered: runs/k8s/{consortium,hospital,hospital-gpu,monitoring}.yaml"
+
+## k8s-scan: render every overlay, then checkov's policy scan of them (exceptions, with reasons: deploy/k8s/checkov.yaml)
+k8s-scan: k8s-render $(CHECKOV_STAMP)
+	$(CHECKOV_VENV)/bin/checkov --config-file deploy/k8s/checkov.yaml -d runs/k8s
 
 compose-test: $(STAMP)
 	PY=$(PY) deploy/compose_test.sh

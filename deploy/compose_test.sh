@@ -162,7 +162,9 @@ compose() { deploy/compose.sh --project-name "$PROJECT" -f deploy/docker-compose
 export DOCKER_HOST="${DOCKER_HOST:-unix:///var/run/docker.sock}"
 log "building images (FedXray on $BASE_IMAGE, offline from deploy/wheelhouse; Prometheus from Debian's package); log: $work/build.log"
 compose build >"$work/build.log" 2>&1 || { tail -n 60 "$work/build.log"; fail "image build failed; see $work/build.log"; }
-log "FedXray image: $("$DOCKER" image inspect --format '{{.Size}}' fedxray:local | awk '{printf "%.0f MB", $1 / 1e6}')"
+for image in fedxray-key-authority:local fedxray-cpu:local; do
+    log "image $image: $("$DOCKER" image inspect --format '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1 / 1e6}')"
+done
 
 # --- 7. run ---------------------------------------------------------------------------
 stack_up=1

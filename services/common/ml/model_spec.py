@@ -15,11 +15,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from services.common.errors import SpecMismatchError
+
+if TYPE_CHECKING:  # torch loads where tensors are flattened: the key authority, which only reads specs, has no torch
+    import torch
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ def parameter_spec(state: Mapping[str, torch.Tensor]) -> ParameterSpec:
 
 def flatten_state(state: Mapping[str, torch.Tensor]) -> np.ndarray:
     """All aggregated tensors of `state`, in `state`'s order, as one float64 vector."""
+    import torch
+
     parts = [
         tensor.detach().to("cpu", torch.float64).reshape(-1).numpy()
         for name, tensor in state.items()
@@ -87,6 +92,8 @@ def restore_state(
 
     Local tensors (BatchNorm statistics) keep `template`'s values.
     """
+    import torch
+
     parameter_spec(template).require_equal(spec)
     if flat.shape != (spec.count,):
         raise SpecMismatchError(f"flat vector has shape {flat.shape}, spec expects ({spec.count},)")
@@ -110,6 +117,8 @@ def upload_value_count(parameter_count: int, drift_correction: bool) -> int:
 
 def flatten_named(named: Mapping[str, torch.Tensor], spec: ParameterSpec) -> np.ndarray:
     """Tensors keyed by state name (a gradient per parameter, say) in `spec`'s order; 0 for a missing one."""
+    import torch
+
     parts = [named[name].detach().to("cpu", torch.float64).reshape(-1).numpy() if name in named
              else np.zeros(int(np.prod(shape, dtype=np.int64)), dtype=np.float64)
              for name, shape in zip(spec.names, spec.shapes)]
