@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import trace_report
 from scripts.launcher import QUICK_TRAINING, Consortium, ConsortiumConfig
 from services.common.runtime.metrics import PHASES
 
@@ -42,6 +43,10 @@ def run_mode(secure: bool, args: argparse.Namespace, root: Path, drift_correctio
                   # each (a precompute needs a worker to run beside training).
                   "torch_threads": 1, "encryption_workers": 1,
                   "precompute_encryption": "on" if precompute else "off"},
+        # Every service writes its spans (services/common/runtime/tracing.py): the breakdown below.
+        aggregator={"trace_file": root / label / "traces" / "aggregator.jsonl"},
+        key_authority={"trace_file": root / label / "traces" / "key_authority.jsonl"},
+        per_node={i: {"trace_file": root / label / "traces" / f"node-{i + 1}.jsonl"} for i in range(5)},
     )
     started = time.monotonic()
     print(f"[{label}] starting 5 hospitals, {args.rounds} round(s)...", flush=True)
@@ -98,9 +103,11 @@ def main(argv: list[str] | None = None) -> None:
         runs = {"plaintext": run_mode(False, args, Path(tmp)), "secure": run_mode(True, args, Path(tmp)),
                 "secure+pre": run_mode(True, args, Path(tmp), precompute=True)}
         drift = run_mode(True, args, Path(tmp), drift_correction=True) if args.drift_correction else []
-    print(f"\n{args.architecture} at {args.image_size}px, 5 nodes x {args.train_images} SYNTHETIC training images, "
-          f"1 local epoch; medians over {args.rounds} round(s)")
-    print_side_by_side(runs, "plaintext")
+        print(f"\n{args.architecture} at {args.image_size}px, 5 nodes x {args.train_images} SYNTHETIC training "
+              f"images, 1 local epoch; medians over {args.rounds} round(s)")
+        print_side_by_side(runs, "plaintext")
+        print("\nthe critical path, traced (OpenTelemetry spans of every service; benchmarks/trace_report.py)")
+        print(trace_report.report({label: Path(tmp) / label / "traces" for label in runs}))
     if drift:
         print(f"\nsecure with drift correction, same workload; medians over {args.rounds} round(s)")
         print_side_by_side({"secure": runs["secure"], "+drift": drift}, "secure")

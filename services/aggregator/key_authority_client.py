@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import grpc
@@ -16,6 +17,7 @@ from services.common.protocol.public_key import PublicKeyInfo
 from services.common.protocol.upload import DecryptManifest
 from services.common.protocol.wire import decrypt_requests, indexed_field_values_from_wire, public_key_from_wire
 from services.common.runtime.retry import RetryPolicy, retry_call
+from services.common.runtime.tracing import outgoing_metadata, record_span, span
 
 log = logging.getLogger(__name__)
 MAX_RETRY_PAUSE = 15.0
@@ -50,11 +52,38 @@ class KeyAuthorityClient:
         return values
 
     def _decrypt_once(self, manifest: DecryptManifest, chunks: Iterator[list[bytes]]) -> np.ndarray:
-        parts = []
-        responses = self._stub.Decrypt(decrypt_requests(manifest, chunks), timeout=1800)
-        for expected, response in enumerate(responses):
-            index, values = indexed_field_values_from_wire(response)
-            if index != expected:
-                raise MalformedChunkError(f"key authority answered chunk {index}, expected {expected}")
-            parts.append(values)
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        with span("aggregator.decrypt_rpc", round=manifest.round_id, attempt=manifest.attempt,
+                  chunks=manifest.chunk_count):
+            sent = _Timed(chunks)
+            parts = []
+            responses = self._stub.Decrypt(decrypt_requests(manifest, sent), timeout=1800, metadata=outgoing_metadata())
+            first_answer = last_answer = 0
+            for expected, response in enumerate(responses):
+                last_answer = time.time_ns()
+                first_answer = first_answer or last_answer
+                index, values = indexed_field_values_from_wire(response)
+                if index != expected:
+                    raise MalformedChunkError(f"key authority answered chunk {index}, expected {expected}")
+                parts.append(values)
+            # The stream's stretches: chunks read from staging and handed to gRPC; the key authority's work until
+            # its first answer; the answers.
+            if sent.first:
+                record_span("aggregator.send_chunks", sent.first, sent.last, chunks=sent.count)
+                if first_answer:
+                    record_span("aggregator.await_answer", sent.last, first_answer)
+                    record_span("aggregator.receive_answers", first_answer, last_answer, chunks=len(parts))
+            return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+class _Timed(Iterator[list[bytes]]):
+    """The chunks, noting when the first was asked for and the last handed out."""
+
+    def __init__(self, chunks: Iterator[list[bytes]]) -> None:
+        self._chunks, self.first, self.last, self.count = chunks, 0, 0, 0
+
+    def __next__(self) -> list[bytes]:
+        if not self.first:
+            self.first = time.time_ns()
+        chunk = next(self._chunks)
+        self.last, self.count = time.time_ns(), self.count + 1
+        return chunk

@@ -36,6 +36,7 @@ from services.common.protocol.public_key import PublicKeyInfo
 from services.common.protocol.round_plan import ModelChunk, RoundKind, TrainingFinished
 from services.common.runtime.atomic_files import write_json_atomic
 from services.common.runtime.metrics import ServiceMetrics
+from services.common.runtime.tracing import span
 from services.common.secure_sum.ckks_params import load_public_context
 from services.common.secure_sum.pooled_counts import POOLED_COUNTS_FILE, PooledCountsError, pool_counts
 
@@ -234,9 +235,16 @@ class RoundLoop:
         """Collect (in attempts), seal, decrypt, charge the release, apply and checkpoint: the round's row, marked
         failed when no attempt completed with the quorum, the sum was corrupted (nothing decrypted then), the key
         authority refused it, it was out of bounds, or the strategy refused it (the model stays as it was)."""
+        with span("aggregator.round", kind=kind.name.lower()) as round_span:
+            row = self._traced_round(planner, kind, stop, apply)
+            round_span.set_attribute("round", int(str(row["round"])))
+            return row
+
+    def _traced_round(self, planner: RoundPlanner, kind: RoundKind, stop: threading.Event, apply: Apply) -> Row:
         s, p = self._settings, self._parts
         started = time.monotonic()
-        state = self._collect(planner, kind, stop)
+        with span("aggregator.collect"):
+            state = self._collect(planner, kind, stop)
         record_presence(self._metrics, self._missed, p.membership.members, list(state.contributors))
         participants = len(state.contributors)
         row: Row = {"round": state.round_id, "attempt": state.attempt, "participants": participants,
@@ -249,11 +257,13 @@ class RoundLoop:
         decrypt_start = time.monotonic()
         # Charged, on disk, before the sum goes to the key authority: a crash after the decryption can never
         # forget the release (a refused decryption stays charged: the conservative side).
-        p.guard.spend(state.plan.quantization, participants)
-        p.run.save_accountant(self._checkpoints)
+        with span("aggregator.charge_privacy"):
+            p.guard.spend(state.plan.quantization, participants)
+            p.run.save_accountant(self._checkpoints)
         try:
-            mean_upload = release_mean(state, self._key_authority, self._observer,
-                                       retry_seconds=s.decrypt_retry_seconds, stop=stop)
+            with span("aggregator.release", round=state.round_id, attempt=state.attempt):
+                mean_upload = release_mean(state, self._key_authority, self._observer,
+                                           retry_seconds=s.decrypt_retry_seconds, stop=stop)
         except DecryptionRefusedError as refused:
             return self._failed(row, started, "key_authority_refused", refused)
         except ImplausibleSumError as implausible:
@@ -261,7 +271,8 @@ class RoundLoop:
         decrypt_seconds = time.monotonic() - decrypt_start
         apply_start = time.monotonic()
         try:
-            p.run.weights = apply(p.run.weights, mean_upload, participants)
+            with span("aggregator.apply"):
+                p.run.weights = apply(p.run.weights, mean_upload, participants)
         except HeadRefitError as refused:
             log.error("round %d: %s; the model stays as it was", state.round_id, refused)
             row.update(failed=True, error=str(refused))

@@ -34,11 +34,13 @@ from services.common.runtime.service_runtime import (
     shutdown_event,
 )
 from services.common.runtime.tls import KEY_AUTHORITY_NAME, add_port, channel
+from services.common.runtime.tracing import configure_tracing
 
 
 def serve(settings: AggregatorSettings, observer: DecryptionObserver | None = None) -> int:
     """`observer` is for tests only (tests/service_hooks); the command line never sets it."""
     log = configure_logging("aggregator", settings.log_level, settings.log_format == "json")
+    configure_tracing("aggregator", settings.trace_file)
     members = NodeKeyRegistry.from_directory(settings.node_keys_dir).node_ids
     if settings.class_names is None and len(members) > 1:
         log.error("no class names configured for a consortium of %d hospitals: set FEDXRAY_AGG_CLASS_NAMES to the "

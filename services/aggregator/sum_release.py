@@ -14,6 +14,7 @@ from services.common.errors import ImplausibleSumError
 from services.common.protocol.round_plan import RoundPlan
 from services.common.protocol.upload import DecryptManifest
 from services.common.protocol.wire import plan_digest
+from services.common.runtime.tracing import span
 from services.common.secure_sum.noise import noise_mean
 from services.common.secure_sum.packing import field_offset, to_centered
 from services.common.secure_sum.quantize import l2_norm
@@ -42,6 +43,12 @@ def release_mean(state: RoundState, key_authority: KeyAuthorityClient,
                                        retry_seconds, stop)
     if observer is not None:
         observer(plan, field_sums, [c.header.node_id for c in contributors])
+    with span("aggregator.decode", values=int(field_sums.size)):
+        return _decoded_mean(state, field_sums, participants)
+
+
+def _decoded_mean(state: RoundState, field_sums: np.ndarray, participants: int) -> np.ndarray:
+    plan = state.plan
     q = plan.quantization
     signed = to_centered(field_sums - np.int64(participants) * np.int64(field_offset(q.bits)), q.bits)
     centred = signed.astype(np.float64) - noise_mean(q.noise_kind, q.node_noise_variance, participants)

@@ -9,6 +9,7 @@ import torch
 from services.common.runtime.metrics import ServiceMetrics
 from services.common.runtime.service_runtime import configure_logging, serve_metrics, shutdown_event
 from services.common.runtime.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME, channel
+from services.common.runtime.tracing import configure_tracing
 from services.hospital_node.config import DataSettings, HospitalNodeSettings
 from services.hospital_node.consortium_client import ConsortiumClient
 from services.hospital_node.data.image_loaders import DatasetFormatError
@@ -20,6 +21,7 @@ from services.hospital_node.private_training import PrivateTrainingError
 def serve(settings: HospitalNodeSettings, observer: UploadObserver | None = None) -> int:
     """`observer` is for tests only (tests/service_hooks); the command line never sets it."""
     log = configure_logging(settings.node_id, settings.log_level, settings.log_format == "json")
+    configure_tracing(settings.node_id, settings.trace_file)
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     metrics = ServiceMetrics("hospital_node", holds_secret_key=False)

@@ -23,6 +23,7 @@ from services.common.protocol.upload import (
     disclosures_digest,
 )
 from services.common.protocol.wire import plan_digest
+from services.common.runtime.tracing import record_span
 from services.common.secure_sum.pairwise_masks import (
     MaskScope,
     PeerMask,
@@ -93,8 +94,20 @@ def _signed_chunks(plan: RoundPlan, node_id: str, key: Ed25519PrivateKey, *, tim
                            disclosures_digest(disclosures.record_privacy, disclosures.masked_class_counts),
                            plan.model.sha256)
     attestation = replace(unsigned, signature=sign_attestation(key, unsigned.signed_message()))
-    yield replace(previous, attestation=attestation, phases=timings.phases(),
+    phases = timings.phases()
+    _trace_upload(plan, timings, phases)
+    yield replace(previous, attestation=attestation, phases=phases,
                   record_privacy=disclosures.record_privacy, masked_class_counts=disclosures.masked_class_counts)
+
+
+def _trace_upload(plan: RoundPlan, timings: UploadTimings, phases: PhaseSeconds) -> None:
+    """The node's spans of one upload: training, then the stretch from its update to its last chunk, with the
+    seconds spent encoding and encrypting in it (they interleave with the sending)."""
+    now_ns, now = time.time_ns(), time.monotonic()
+    trained_ns = now_ns - int((now - timings.started) * 1e9)
+    record_span("node.train", trained_ns - int(timings.train * 1e9), trained_ns, round=plan.round_id)
+    record_span("node.upload", trained_ns, now_ns, round=plan.round_id, attempt=plan.attempt,
+                encode_seconds=phases.encode, encrypt_seconds=phases.encrypt, precompute_seconds=phases.precompute)
 
 
 def attempt_scope(consortium: str, plan: RoundPlan) -> MaskScope:

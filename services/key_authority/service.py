@@ -12,6 +12,7 @@ from services.common.runtime.service_runtime import (
     shutdown_event,
 )
 from services.common.runtime.tls import add_port
+from services.common.runtime.tracing import configure_tracing
 from services.key_authority.config import KeyAuthoritySettings
 from services.key_authority.decryption_policy import DecryptionLedger, DecryptionPolicy
 from services.key_authority.decryption_pool import DecryptionPool
@@ -21,6 +22,7 @@ from services.key_authority.servicer import KeyAuthorityServicer
 
 def serve(settings: KeyAuthoritySettings) -> None:
     log = configure_logging("key_authority", settings.log_level, settings.log_format == "json")
+    configure_tracing("key_authority", settings.trace_file)
     try:
         keys = load_or_create_keys(settings.max_participants, settings.bits, settings.state_dir,
                                    settings.persist_secret_key)

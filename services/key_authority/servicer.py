@@ -22,6 +22,7 @@ from services.common.protocol.wire import (
 from services.common.runtime.grpc_status import translate_stream_errors
 from services.common.runtime.metrics import ServiceMetrics
 from services.common.runtime.tls import AGGREGATOR_NAME, peer_common_name
+from services.common.runtime.tracing import incoming_context, span
 from services.common.secure_sum.pairwise_masks import MaskScope, authority_unmasks
 from services.key_authority.decryption_policy import DecryptionPolicy
 from services.key_authority.decryption_pool import DecryptionPool
@@ -57,27 +58,37 @@ class KeyAuthorityServicer(pb_grpc.KeyAuthorityServicer):
     @translate_stream_errors
     def Decrypt(self, request_iterator: Iterator[pb.DecryptRequest],
                 context: grpc.ServicerContext) -> Iterator[pb.DecryptResponse]:
-        peer = peer_common_name(context)
-        if self._require_aggregator and peer != AGGREGATOR_NAME:
-            raise PolicyViolationError(f"decryption is answered only for the aggregator's certificate, not {peer!r}")
-        manifest = decrypt_manifest_from_wire(next(request_iterator, None))
-        self._policy.check(manifest)  # refuses before a single ciphertext is read
-        scope = MaskScope(self._consortium, manifest.key_id, manifest.round_id, manifest.attempt,
-                          manifest.participants, manifest.plan_digest)
-        try:
-            unmasks = authority_unmasks(self._keys.agreement, self._node_agreement_keys, scope)
-        except KeyError as missing:
-            raise PolicyViolationError(f"round {manifest.round_id}: {missing.args[0]}") from missing
-        chunks = checked_chunks(self._keys, manifest, self._chunks(request_iterator))  # ... or decrypted
-        self._policy.claim(manifest)
-        log.info("decrypting round %d attempt %d: %d chunks, %d participants", manifest.round_id, manifest.attempt,
-                 manifest.chunk_count, len(manifest.participants))
-        start = time.perf_counter()
-        fields = decrypt_checked(self._keys, manifest, chunks, unmasks=unmasks,  # every slot, before any value leaves
-                                 pool=self._decryption)
-        self._metrics.observe_phase("decrypt", time.perf_counter() - start)
-        for index, values in enumerate(fields):
-            yield field_values_to_wire(index, values)
+        with incoming_context(context.invocation_metadata()), span("ka.decrypt_rpc") as rpc_span:
+            peer = peer_common_name(context)
+            if self._require_aggregator and peer != AGGREGATOR_NAME:
+                raise PolicyViolationError(
+                    f"decryption is answered only for the aggregator's certificate, not {peer!r}")
+            manifest = decrypt_manifest_from_wire(next(request_iterator, None))
+            rpc_span.set_attributes({"round": manifest.round_id, "attempt": manifest.attempt,
+                                     "chunks": manifest.chunk_count, "participants": len(manifest.participants)})
+            with span("ka.policy_check"):
+                self._policy.check(manifest)  # refuses before a single ciphertext is read
+            scope = MaskScope(self._consortium, manifest.key_id, manifest.round_id, manifest.attempt,
+                              manifest.participants, manifest.plan_digest)
+            try:
+                with span("ka.mask_agreement"):
+                    unmasks = authority_unmasks(self._keys.agreement, self._node_agreement_keys, scope)
+            except KeyError as missing:
+                raise PolicyViolationError(f"round {manifest.round_id}: {missing.args[0]}") from missing
+            with span("ka.receive_and_check"):
+                chunks = checked_chunks(self._keys, manifest, self._chunks(request_iterator))  # ... or decrypted
+            with span("ka.ledger_claim"):
+                self._policy.claim(manifest)
+            log.info("decrypting round %d attempt %d: %d chunks, %d participants", manifest.round_id,
+                     manifest.attempt, manifest.chunk_count, len(manifest.participants))
+            start = time.perf_counter()
+            with span("ka.decrypt"):
+                fields = decrypt_checked(self._keys, manifest, chunks, unmasks=unmasks,  # every slot, before any value
+                                         pool=self._decryption)  # leaves
+            self._metrics.observe_phase("decrypt", time.perf_counter() - start)
+            with span("ka.answer"):
+                for index, values in enumerate(fields):
+                    yield field_values_to_wire(index, values)
 
     def _chunks(self, request_iterator: Iterator[pb.DecryptRequest]) -> Iterator[tuple[int, list[bytes]]]:
         for expected_index, message in enumerate(request_iterator):

@@ -11,6 +11,7 @@ from services.common.errors import MalformedChunkError
 from services.common.protocol.chunking import ciphertexts_in_chunk
 from services.common.protocol.round_plan import SumLayout
 from services.common.protocol.upload import DecryptManifest
+from services.common.runtime.tracing import span
 from services.common.secure_sum.he_codec import CiphertextShape, check_ciphertext
 from services.common.secure_sum.packing import unpack_fields
 from services.common.secure_sum.pairwise_masks import PeerMask, mask_values
@@ -50,11 +51,13 @@ def decrypt_checked(keys: KeyMaterial, manifest: DecryptManifest, chunks: list[l
     layout = keys.layout_for(manifest.layout)
     dtype = "<u8" if manifest.layout is SumLayout.STATISTICS else "<u4"
     remaining, start, fields = manifest.value_count, 0, []
-    decrypted = (pool or DecryptionPool(keys.secret_context, 0)).slot_integers(chunks, keys.params.slots)
-    for slot_integers in decrypted:
-        count = min(remaining, slot_integers.size * layout.fields_per_slot)
-        unmasked = unpack_fields(slot_integers, layout, count) + mask_values(unmasks, start, count, layout.bits)
-        fields.append(np.mod(unmasked, layout.modulus).astype(dtype))
-        remaining -= count
-        start += count
+    with span("ka.decrypt_slots", chunks=len(chunks)):
+        decrypted = (pool or DecryptionPool(keys.secret_context, 0)).slot_integers(chunks, keys.params.slots)
+    with span("ka.unmask", participants=len(unmasks)):
+        for slot_integers in decrypted:
+            count = min(remaining, slot_integers.size * layout.fields_per_slot)
+            unmasked = unpack_fields(slot_integers, layout, count) + mask_values(unmasks, start, count, layout.bits)
+            fields.append(np.mod(unmasked, layout.modulus).astype(dtype))
+            remaining -= count
+            start += count
     return fields

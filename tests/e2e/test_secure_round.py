@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from dataclasses import replace
@@ -42,7 +43,8 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
                          settings={"noise_variance": 12.0, "clip_norm": 5.0,
                                    "partition_scheme": "label_mix",  # 40 images each, so 8 held out per hospital:
                                    "calibration_fraction": 0.5},  # 4 calibrate, 4 are evaluated
-                         aggregator={"linger_seconds": 600})
+                         aggregator={"linger_seconds": 600, "trace_file": run_dir / "traces" / "aggregator.jsonl"},
+                         key_authority={"trace_file": run_dir / "traces" / "key_authority.jsonl"})
     secret_key_gauges: dict[str, float] = {}
     consortium = Consortium(config)
     done = threading.Event()
@@ -94,6 +96,34 @@ def test_rounds_complete_with_all_five_hospitals(finished_run) -> None:  # type:
     assert all(r["participants"] == NODES and not r.get("failed") for r in rows)
     assert all(r["evaluation"] and r["evaluation"]["examples"] > 0 for r in consortium.rows())
 
+
+
+def test_each_release_is_one_trace_across_the_aggregator_and_the_key_authority(finished_run) -> None:  # type: ignore[no-untyped-def]
+    """The spans of the critical path (services/common/runtime/tracing.py): the key authority's are children of the
+    aggregator's call, through the traceparent in the gRPC metadata, and every phase is there for every round."""
+    consortium, code, _, _ = finished_run
+    assert code == 0
+    traces = consortium.config.run_dir / "traces"
+    spans = [json.loads(line) for name in ("aggregator", "key_authority")
+             for line in (traces / f"{name}.jsonl").read_text().splitlines()]
+    by_id = {span["span"]: span for span in spans}
+    calls = [s for s in spans if s["name"] == "aggregator.decrypt_rpc"]
+    assert sorted(s["attributes"]["round"] for s in calls) == [1, 2]
+    for call in calls:
+        own = [s for s in spans if s["trace"] == call["trace"]]
+        names = {s["name"] for s in own}
+        assert {"aggregator.round", "aggregator.collect", "aggregator.charge_privacy", "aggregator.release",
+                "aggregator.send_chunks", "aggregator.await_answer", "aggregator.receive_answers", "aggregator.decode",
+                "aggregator.apply", "ka.decrypt_rpc", "ka.policy_check", "ka.mask_agreement", "ka.receive_and_check",
+                "ka.ledger_claim", "ka.decrypt", "ka.decrypt_slots", "ka.unmask", "ka.answer"} <= names, names
+        rpc = next(s for s in own if s["name"] == "ka.decrypt_rpc")
+        assert rpc["service"] == "key_authority" and by_id[rpc["parent"]] == call
+        assert rpc["attributes"]["round"] == call["attributes"]["round"]
+        # The key authority's work lies within the aggregator's call (one clock: the same machine).
+        assert call["start"] <= rpc["start"] and rpc["start"] + rpc["seconds"] <= call["start"] + call["seconds"] + 0.05
+    # Ids, counts and timings only: no attribute carries a value of a sum or a key.
+    assert all(isinstance(v, (int, float, str, bool)) and len(str(v)) < 40
+               for s in spans for v in s["attributes"].values())
 
 
 def test_the_run_progress_gauges_the_alerts_read_end_settled(finished_run) -> None:  # type: ignore[no-untyped-def]

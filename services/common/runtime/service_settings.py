@@ -4,6 +4,7 @@ host:port form of every address."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field
@@ -18,6 +19,8 @@ class ServiceSettings(TlsSettings):
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     log_format: Literal["json", "text"] = Field("json", description="json: one JSON object per line (for log "
                                                 "collectors); text: time, service, level and message, for a person")
+    trace_file: Path | None = Field(None, description="write the round's OpenTelemetry spans here, one JSON line "
+                                    "each (timings and ids, no values); unset: no tracing")
 
 
 def _split_class_names(value: object) -> object:
