@@ -17,6 +17,7 @@ and decrypted), side by side.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
@@ -31,10 +32,13 @@ def run_mode(secure: bool, args: argparse.Namespace, root: Path, drift_correctio
              precompute: bool = False, trainable: str = "all") -> list[dict[str, object]]:
     label = ("secure" if secure else "plaintext") + ("+drift" if drift_correction else "") + (
         "+pre" if precompute else "") + ("" if trainable == "all" else f"+{trainable}")
+    nodes = args.nodes
     config = ConsortiumConfig(
-        run_dir=root / label, nodes=5, seed=args.seed,
+        run_dir=root / label, nodes=nodes, seed=args.seed,
         # 200 training images per node after the 20% validation split.
         images_per_node=args.train_images * 5 // 4,
+        # Fewer than 3 hospitals (the crossover runs): a quorum of all of them.
+        aggregator={"trace_file": root / label / "traces" / "aggregator.jsonl", "min_participants": min(3, nodes)},
         settings={**QUICK_TRAINING, "rounds": args.rounds, "secure": secure, "allow_plaintext": not secure,
                   "drift_correction": drift_correction, "trainable": trainable,
                   "architecture": args.architecture, "image_size": args.image_size, "partition_scheme": "iid",
@@ -44,12 +48,13 @@ def run_mode(secure: bool, args: argparse.Namespace, root: Path, drift_correctio
                   "torch_threads": 1, "encryption_workers": 1,
                   "precompute_encryption": "on" if precompute else "off"},
         # Every service writes its spans (services/common/runtime/tracing.py): the breakdown below.
-        aggregator={"trace_file": root / label / "traces" / "aggregator.jsonl"},
-        key_authority={"trace_file": root / label / "traces" / "key_authority.jsonl"},
-        per_node={i: {"trace_file": root / label / "traces" / f"node-{i + 1}.jsonl"} for i in range(5)},
+        key_authority={"trace_file": root / label / "traces" / "key_authority.jsonl", "min_participants": min(3, nodes),
+                       **({} if args.decrypt_workers is None else {"decrypt_workers": args.decrypt_workers})},
+        per_node={i: {"trace_file": root / label / "traces" / f"node-{i + 1}.jsonl", "min_participants": min(3, nodes)}
+                  for i in range(nodes)},
     )
     started = time.monotonic()
-    print(f"[{label}] starting 5 hospitals, {args.rounds} round(s)...", flush=True)
+    print(f"[{label}] starting {nodes} hospitals, {args.rounds} round(s)...", flush=True)
     with Consortium(config) as consortium:
         code = consortium.wait(args.timeout, on_row=lambda row: print(
             f"  round {row['round']} done: {float(str(row.get('seconds', 0))):.1f} s", flush=True))
@@ -86,11 +91,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--architecture", default="resnet50")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--train-images", type=int, default=200, help="training images per node")
+    parser.add_argument("--nodes", type=int, default=5, help="hospitals on this machine (the quorum: at most 3)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--drift-correction", action="store_true", help="also time secure rounds with it on")
     parser.add_argument("--trainable-modes", action="store_true",
                         help="only secure rounds, training all, last_block and head (only those values travel)")
+    parser.add_argument("--decrypt-workers", type=int, help="the key authority's decryption processes (default: its "
+                        "own default)")
+    parser.add_argument("--only", choices=("plaintext", "secure", "secure+pre"), action="append",
+                        help="run only these (repeatable); the ratios need plaintext")
+    parser.add_argument("--keep", type=Path, help="run in this folder and keep it (logs, rows, span files)")
     args = parser.parse_args(argv)
     if args.trainable_modes:
         with tempfile.TemporaryDirectory(prefix="bench-round-") as tmp:
@@ -99,13 +110,16 @@ def main(argv: list[str] | None = None) -> None:
               f"{args.train_images} SYNTHETIC training images, 1 local epoch; medians over {args.rounds} round(s)")
         print_side_by_side(modes, "all")
         return
-    with tempfile.TemporaryDirectory(prefix="bench-round-") as tmp:
-        runs = {"plaintext": run_mode(False, args, Path(tmp)), "secure": run_mode(True, args, Path(tmp)),
-                "secure+pre": run_mode(True, args, Path(tmp), precompute=True)}
+    with (contextlib.nullcontext(str(args.keep)) if args.keep else tempfile.TemporaryDirectory(prefix="bench-round-")
+          ) as tmp:
+        plans = {"plaintext": lambda: run_mode(False, args, Path(tmp)),
+                 "secure": lambda: run_mode(True, args, Path(tmp)),
+                 "secure+pre": lambda: run_mode(True, args, Path(tmp), precompute=True)}
+        runs = {label: run() for label, run in plans.items() if not args.only or label in args.only}
         drift = run_mode(True, args, Path(tmp), drift_correction=True) if args.drift_correction else []
-        print(f"\n{args.architecture} at {args.image_size}px, 5 nodes x {args.train_images} SYNTHETIC training "
-              f"images, 1 local epoch; medians over {args.rounds} round(s)")
-        print_side_by_side(runs, "plaintext")
+        print(f"\n{args.architecture} at {args.image_size}px, {args.nodes} nodes x {args.train_images} SYNTHETIC "
+              f"training images, 1 local epoch; medians over {args.rounds} round(s)")
+        print_side_by_side(runs, "plaintext" if "plaintext" in runs else next(iter(runs)))
         print("\nthe critical path, traced (OpenTelemetry spans of every service; benchmarks/trace_report.py)")
         print(trace_report.report({label: Path(tmp) / label / "traces" for label in runs}))
     if drift:

@@ -28,11 +28,15 @@ RELEASE = (
     ("ka.decrypt_rpc", "    key authority: Decrypt"),
     ("ka.policy_check", "      policy check"),
     ("ka.mask_agreement", "      mask agreement"),
-    ("ka.receive_and_check", "      receive and check chunks"),
+    ("ka.receive_and_check", "      receive and check chunks (before: all, then decrypt)"),
     ("ka.ledger_claim", "      ledger claim (fsync)"),
     ("ka.decrypt", "      decrypt"),
     ("ka.decrypt_slots", "        TenSEAL decrypt, round slots"),
     ("ka.unmask", "        unpack, remove masks"),
+    ("ka.receive_and_decrypt", "      receive, check and decrypt, pipelined"),
+    ("ka.receive_and_decrypt@decrypt_seconds", "        decrypting here, or handing to workers"),
+    ("ka.receive_and_decrypt@unmask_seconds", "        unpack, remove masks"),
+    ("ka.receive_and_decrypt@tail_seconds", "        after the last chunk arrived"),
     ("ka.answer", "      answer stream"),
     ("aggregator.await_answer", "    last chunk sent to first answer"),
     ("aggregator.receive_answers", "    first to last answer"),
@@ -58,6 +62,9 @@ def per_round(spans: list[dict[str, Any]]) -> dict[str, list[float]]:
         round_id = s["attributes"].get("round", trace_round.get(s["trace"]))
         if round_id is not None:
             rounds[(s["name"], int(round_id))].append(float(s["seconds"]))
+            for key, value in s["attributes"].items():  # seconds an attribute holds: name@attribute
+                if key.endswith("_seconds"):
+                    rounds[(f"{s['name']}@{key}", int(round_id))].append(float(value))
     out: dict[str, list[float]] = defaultdict(list)
     for (name, _), seconds in sorted(rounds.items()):
         out[name].append(max(seconds) if name.startswith("node.") else sum(seconds))

@@ -148,7 +148,8 @@ class ConsortiumConfig:
 
     def key_authority_settings(self, **launcher: object) -> KeyAuthoritySettings:
         """The key authority's settings; `launcher` adds what the launcher decides (address, folders, TLS)."""
-        return KeyAuthoritySettings(**{**self.values_for("key_authority", self.key_authority),
+        # Every service shares this machine: the key authority decrypts in its own process unless told otherwise.
+        return KeyAuthoritySettings(**{"decrypt_workers": 0, **self.values_for("key_authority", self.key_authority),
                                        "insecure": self.insecure, **launcher})
 
     def aggregator_settings(self, **launcher: object) -> AggregatorSettings:
@@ -180,6 +181,8 @@ class ConsortiumConfig:
             values.setdefault("synthetic_images", self.images_per_node * self.nodes)
         if self.seed is not None:
             values.setdefault("seed", self.seed * 1000 + index)
+        # The hospitals share this machine: each counts on its share of the cores (precompute_encryption=auto).
+        values.setdefault("cpu_cores", len(os.sched_getaffinity(0)) / self.nodes)
         return HospitalNodeSettings(**{**values, "node_id": self.node_id(index), "partition_parties": self.nodes,
                                        "partition_index": index, "insecure": self.insecure, **launcher})
 

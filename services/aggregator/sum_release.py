@@ -15,10 +15,8 @@ from services.common.protocol.round_plan import RoundPlan
 from services.common.protocol.upload import DecryptManifest
 from services.common.protocol.wire import plan_digest
 from services.common.runtime.tracing import span
-from services.common.secure_sum.noise import noise_mean
-from services.common.secure_sum.packing import field_offset, to_centered
 from services.common.secure_sum.quantize import l2_norm
-from services.common.secure_sum.update_codec import decode_mean_update, sum_norm_bound
+from services.common.secure_sum.update_codec import centred_sum, mean_from_centred, sum_norm_bound
 
 # Called with each decrypted sum's plan, field integers and contributors (a test's window; None in production).
 DecryptionObserver = Callable[[RoundPlan, np.ndarray, list[str]], None]
@@ -50,11 +48,10 @@ def release_mean(state: RoundState, key_authority: KeyAuthorityClient,
 def _decoded_mean(state: RoundState, field_sums: np.ndarray, participants: int) -> np.ndarray:
     plan = state.plan
     q = plan.quantization
-    signed = to_centered(field_sums - np.int64(participants) * np.int64(field_offset(q.bits)), q.bits)
-    centred = signed.astype(np.float64) - noise_mean(q.noise_kind, q.node_noise_variance, participants)
+    centred = centred_sum(field_sums, q, participants)
     norm, bound = l2_norm(centred), sum_norm_bound(q, participants)
     if norm > bound:
         raise ImplausibleSumError(f"round {state.round_id} attempt {plan.attempt}: the decrypted sum has norm "
                                   f"{norm:.4g}, above the {bound:.4g} that {participants} clipped uploads and the "
                                   "noise reach but with probability 1e-6")
-    return decode_mean_update(field_sums, q, participants)
+    return mean_from_centred(centred, q, participants)

@@ -127,9 +127,12 @@ class HospitalNodeSettings(ServiceSettings):
     precompute_encryption: Literal["off", "on", "auto"] = Field(
         "auto", description="while training, the encryption workers draw the round's noise and masks and make its "
         "fresh encryptions of zero ahead, so that after training each chunk is only round, add, pack, encode, add "
-        "and serialize (needs "
-        "encryption_workers >= 1). auto: on when training runs on CUDA, where the CPU cores are otherwise idle; on "
-        "a CPU-only node they compete with training")
+        "and serialize (needs encryption_workers >= 1). auto: on when training runs on CUDA, where the CPU cores are "
+        "otherwise idle, or when this node's CPU cores (cpu_cores) cover its training threads and its encryption "
+        "workers, so that neither waits for the other (docs/BENCHMARKS.md measured the crossover); off otherwise")
+    cpu_cores: float | None = Field(None, gt=0, description="the CPU cores this node can count on, for "
+                                    "precompute_encryption=auto; unset: the cores it may run on (its CPU affinity). "
+                                    "The local launcher gives each of the hospitals it runs on one machine its share")
     torch_threads: int = Field(0, ge=0, description="CPU threads for training; 0: torch default")
     seed: int | None = Field(None, description="fixes training randomness (tests); the noise and masks of a secure "
                              "upload always come from the OS's entropy")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import threading
 import time
@@ -58,6 +59,20 @@ from services.hospital_node.upload_ledger import UploadLedger
 
 log = logging.getLogger(__name__)
 
+
+
+def precompute_pays(device: str, cpu_cores: float | None, torch_threads: int, encryption_workers: int) -> bool:
+    """`precompute_encryption=auto`: whether drawing a round's noise, masks and encryptions of zero while training
+    shortens the round. It needs an encryption worker; on CUDA the CPU cores it uses are otherwise idle; on a CPU it
+    pays only where the training threads and the workers each have a core (docs/BENCHMARKS.md, "Where the precompute
+    pays": with fewer, the precompute slows training by more than it takes off the upload). Torch's default threads
+    (0) take every core."""
+    if encryption_workers < 1:
+        return False
+    if device == "cuda":
+        return True
+    cores = cpu_cores if cpu_cores is not None else float(len(os.sched_getaffinity(0)))
+    return cores >= (torch_threads or cores) + encryption_workers
 
 class UploadObserver(Protocol):
     """A test's window on the uploads (tests/service_hooks); production nodes have none."""
@@ -218,7 +233,9 @@ class HospitalNode:
         """Start drawing the round attempt's noise and masks and making its encryptions of zero on the encryption
         workers, to run while this node trains (`precompute_encryption`); the recipe the upload then uses, or None."""
         setting = self._settings.precompute_encryption
-        if not plan.secure or setting == "off" or (setting == "auto" and self._device.type != "cuda"):
+        if not plan.secure or setting == "off" or (setting == "auto" and not precompute_pays(
+                self._device.type, self._settings.cpu_cores, self._settings.torch_threads,
+                self._settings.encryption_workers)):
             return None
         assert self._pool is not None
         recipe = self._recipe(plan, f"{plan.round_id}:{plan.attempt}")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.runtime.service_settings import Address, ServiceSettings
+
+# Unset decrypt_workers takes at most this many: each worker process holds a copy of the secret key.
+MAX_AUTO_DECRYPT_WORKERS = 4
 
 
 class KeyAuthoritySettings(ServiceSettings):
@@ -26,6 +30,14 @@ class KeyAuthoritySettings(ServiceSettings):
     min_participants: int = Field(3, ge=1, description="fewest distinct attested nodes in a decryptable sum")
     bits: int | None = Field(None, description="field bits; None: the largest CKKS can carry exactly")
     consortium: str = Field("fedxray", description="the consortium's name, as the hospitals' (masks are bound to it)")
-    decrypt_workers: int = Field(0, ge=0, description="the key authority's own processes that decrypt a sum's chunks "
-                                 "in parallel (each holds the secret key; none leaves the key authority's host); 0: "
-                                 "in this process, one chunk after another")
+    decrypt_workers: int | None = Field(None, ge=0, description="the key authority's own processes that decrypt a "
+                                        "sum's chunks in parallel, as they arrive (each holds the secret key; none "
+                                        "leaves the key authority's host); 0: in this process, one chunk after "
+                                        "another; unset: one fewer than this host's cores (its CPU affinity), at most "
+                                        "4, so 0 on one core")
+
+    def decryption_processes(self) -> int:
+        """`decrypt_workers`, or what unset means on this host."""
+        if self.decrypt_workers is not None:
+            return self.decrypt_workers
+        return min(MAX_AUTO_DECRYPT_WORKERS, len(os.sched_getaffinity(0)) - 1)

@@ -9,13 +9,15 @@ a chunk that does not decrypt to integers refuses the whole sum, as in one proce
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import multiprocessing
+from collections.abc import Iterator
 
 import numpy as np
 import tenseal as ts
 
-from services.common.secure_sum.he_codec import decrypt_to_slot_integers
+from services.common.secure_sum.he_codec import decrypt_to_slot_integers, rounded_slot_integers
 
 _worker_secret: ts.Context | None = None
 
@@ -43,10 +45,14 @@ class DecryptionPool:
 
     def slot_integers(self, chunks: list[list[bytes]], slots: int) -> list[np.ndarray]:
         """Each chunk's rounded slot integers, in order; all chunks are decrypted before any is returned."""
-        if self._executor is None:
-            return [decrypt_to_slot_integers(self._secret, ciphertexts, slots) for ciphertexts in chunks]
-        futures = [self._executor.submit(_decrypt_in_worker, ciphertexts, slots) for ciphertexts in chunks]
-        return [future.result() for future in futures]
+        stream = self.stream(slots)
+        for ciphertexts in chunks:
+            stream.submit(ciphertexts)
+        return list(stream.rest())
+
+    def stream(self, slots: int) -> DecryptionStream:
+        """Chunks decrypted as they are handed in (a sum's decryption overlapping its transfer), read back in order."""
+        return DecryptionStream(self._secret, self._executor, slots)
 
     def close(self) -> None:
         if self._executor is not None:
@@ -57,3 +63,41 @@ class DecryptionPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class DecryptionStream:
+    """One sum's chunks in flight: `submit` each as it arrives, take results in order with `ready` (those done, not
+    waiting) and `rest` (all, waiting). In this process (no executor), `submit` decrypts at once."""
+
+    def __init__(self, secret: ts.Context, executor: concurrent.futures.ProcessPoolExecutor | None,
+                 slots: int) -> None:
+        self._secret, self._executor, self._slots = secret, executor, slots
+        self._pending: collections.deque[concurrent.futures.Future[np.ndarray] | np.ndarray] = collections.deque()
+
+    def submit(self, ciphertexts: list[bytes], parsed: list[ts.CKKSVector] | None = None) -> None:
+        """`parsed`: the same ciphertexts already deserialized under the secret context (decrypted as they are, in
+        this process; workers parse the bytes themselves)."""
+        if self._executor is None:
+            self._pending.append(decrypt_to_slot_integers(self._secret, ciphertexts, self._slots) if parsed is None
+                                 else rounded_slot_integers(parsed, self._slots))
+        else:
+            self._pending.append(self._executor.submit(_decrypt_in_worker, ciphertexts, self._slots))
+
+    def ready(self) -> Iterator[np.ndarray]:
+        while self._pending and (isinstance(self._pending[0], np.ndarray) or self._pending[0].done()):
+            yield self._result(self._pending.popleft())
+
+    def rest(self) -> Iterator[np.ndarray]:
+        while self._pending:
+            yield self._result(self._pending.popleft())
+
+    def cancel(self) -> None:
+        """Drop what is still in flight (a refused sum): nothing of it is read."""
+        for item in self._pending:
+            if isinstance(item, concurrent.futures.Future):
+                item.cancel()
+        self._pending.clear()
+
+    @staticmethod
+    def _result(item: concurrent.futures.Future[np.ndarray] | np.ndarray) -> np.ndarray:
+        return item if isinstance(item, np.ndarray) else item.result()

@@ -34,7 +34,7 @@ def serve(settings: KeyAuthoritySettings) -> None:
     metrics = ServiceMetrics("key_authority", holds_secret_key=keys.secret_context.is_private())
     serve_metrics(metrics, settings.metrics_host, settings.metrics_port)
     server, health = grpc_server()
-    decryption = DecryptionPool(keys.secret_context, settings.decrypt_workers)
+    decryption = DecryptionPool(keys.secret_context, settings.decryption_processes())
     servicer = KeyAuthorityServicer(keys, policy, settings.min_participants, metrics=metrics,
                                     node_agreement_keys=registry.agreement_keys,
                                     consortium=settings.consortium,

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from protos.fedxray.v1 import fedxray_pb2 as pb
 from protos.fedxray.v1 import fedxray_pb2_grpc as pb_grpc
 from services.common.errors import PolicyViolationError
+from services.common.protocol.upload import DecryptManifest
 from services.common.protocol.wire import (
     decrypt_chunk_from_wire,
     decrypt_manifest_from_wire,
@@ -27,7 +28,7 @@ from services.common.secure_sum.pairwise_masks import MaskScope, authority_unmas
 from services.key_authority.decryption_policy import DecryptionPolicy
 from services.key_authority.decryption_pool import DecryptionPool
 from services.key_authority.key_store import KeyMaterial
-from services.key_authority.sum_decryption import checked_chunks, decrypt_checked
+from services.key_authority.sum_decryption import decrypt_stream
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +76,22 @@ class KeyAuthorityServicer(pb_grpc.KeyAuthorityServicer):
                     unmasks = authority_unmasks(self._keys.agreement, self._node_agreement_keys, scope)
             except KeyError as missing:
                 raise PolicyViolationError(f"round {manifest.round_id}: {missing.args[0]}") from missing
-            with span("ka.receive_and_check"):
-                chunks = checked_chunks(self._keys, manifest, self._chunks(request_iterator))  # ... or decrypted
-            with span("ka.ledger_claim"):
-                self._policy.claim(manifest)
-            log.info("decrypting round %d attempt %d: %d chunks, %d participants", manifest.round_id,
+            log.info("decrypting round %d attempt %d: %d chunks, %d participants, as they arrive", manifest.round_id,
                      manifest.attempt, manifest.chunk_count, len(manifest.participants))
             start = time.perf_counter()
-            with span("ka.decrypt"):
-                fields = decrypt_checked(self._keys, manifest, chunks, unmasks=unmasks,  # every slot, before any value
-                                         pool=self._decryption)  # leaves
+            with span("ka.receive_and_decrypt"):
+                # The round goes into the ledger once its first chunk is checked, before anything is decrypted; every
+                # chunk is checked and every slot decrypted before any value leaves.
+                fields = decrypt_stream(self._keys, manifest, self._chunks(request_iterator), unmasks=unmasks,
+                                        claim=lambda: self._claim(manifest), pool=self._decryption)
             self._metrics.observe_phase("decrypt", time.perf_counter() - start)
             with span("ka.answer"):
                 for index, values in enumerate(fields):
                     yield field_values_to_wire(index, values)
+
+    def _claim(self, manifest: DecryptManifest) -> None:
+        with span("ka.ledger_claim"):
+            self._policy.claim(manifest)
 
     def _chunks(self, request_iterator: Iterator[pb.DecryptRequest]) -> Iterator[tuple[int, list[bytes]]]:
         for expected_index, message in enumerate(request_iterator):

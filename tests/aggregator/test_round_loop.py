@@ -52,7 +52,7 @@ from services.hospital_node.update_stream import (
 )
 from services.key_authority.decryption_policy import DecryptionLedger, DecryptionPolicy
 from services.key_authority.key_store import KeyMaterial, load_or_create_keys
-from services.key_authority.sum_decryption import checked_chunks, decrypt_checked
+from services.key_authority.sum_decryption import decrypt_stream
 from tests.evaluations import histograms_for
 
 NODES = ("hospital-1", "hospital-2", "hospital-3")
@@ -80,10 +80,10 @@ class InProcessKeyAuthority:
         scope = MaskScope("fedxray", manifest.key_id, manifest.round_id, manifest.attempt, manifest.participants,
                           manifest.plan_digest)
         unmasks = authority_unmasks(self.keys.agreement, self.policy_keys, scope)
-        checked = checked_chunks(self.keys, manifest, enumerate(chunks()))
-        self.policy.claim(manifest)
+        fields = decrypt_stream(self.keys, manifest, enumerate(chunks()), unmasks=unmasks,
+                                claim=lambda: self.policy.claim(manifest))
         self.decrypted.append(manifest.round_id)
-        return np.concatenate(decrypt_checked(self.keys, manifest, checked, unmasks=unmasks)).astype(np.int64)
+        return np.concatenate(fields).astype(np.int64)
 
 
 def _counts() -> EvaluationCounts:

@@ -114,8 +114,8 @@ def test_each_release_is_one_trace_across_the_aggregator_and_the_key_authority(f
         names = {s["name"] for s in own}
         assert {"aggregator.round", "aggregator.collect", "aggregator.charge_privacy", "aggregator.release",
                 "aggregator.send_chunks", "aggregator.await_answer", "aggregator.receive_answers", "aggregator.decode",
-                "aggregator.apply", "ka.decrypt_rpc", "ka.policy_check", "ka.mask_agreement", "ka.receive_and_check",
-                "ka.ledger_claim", "ka.decrypt", "ka.decrypt_slots", "ka.unmask", "ka.answer"} <= names, names
+                "aggregator.apply", "ka.decrypt_rpc", "ka.policy_check", "ka.mask_agreement", "ka.receive_and_decrypt",
+                "ka.ledger_claim", "ka.answer"} <= names, names
         rpc = next(s for s in own if s["name"] == "ka.decrypt_rpc")
         assert rpc["service"] == "key_authority" and by_id[rpc["parent"]] == call
         assert rpc["attributes"]["round"] == call["attributes"]["round"]

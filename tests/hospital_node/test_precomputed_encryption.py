@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from services.hospital_node.encryption_pool import (
     encrypt_rows_from_stock,
     fill_stock,
 )
+from services.hospital_node.node_loop import precompute_pays
 from services.key_authority.key_store import make_secret_context
 
 pytestmark = pytest.mark.unit
@@ -203,3 +205,27 @@ def test_an_upload_left_half_way_cannot_read_or_write_a_newer_uploads_ciphertext
         decrypted = unpack_fields(decrypt_to_slot_integers(secret, chunk.ciphertexts, PARAMS.slots), recipe.layout,
                                   chunk.fields.size)
         assert np.array_equal(decrypted, sent), chunk.index
+
+
+@pytest.mark.parametrize(("device", "cores", "threads", "workers", "expected"), [
+    ("cuda", 1.0, 1, 1, True),   # the GPU trains; the CPU cores are otherwise idle
+    ("cuda", 8.0, 0, 0, False),  # no worker to precompute on
+    ("cpu", 2.0, 1, 1, True),    # one hospital on this 2-core machine: training and the worker each have a core
+    ("cpu", 1.0, 1, 1, False),   # two hospitals on it: they would share a core
+    ("cpu", 0.4, 1, 1, False),   # the five-hospital demo
+    ("cpu", 16.0, 0, 1, False),  # torch's default threads take every core
+    ("cpu", 16.0, 12, 2, True),
+    ("cpu", 16.0, 15, 2, False),
+])
+def test_auto_precompute_follows_the_measured_crossover(device: str, cores: float, threads: int, workers: int,
+                                                        expected: bool) -> None:
+    assert precompute_pays(device, cores, threads, workers) is expected
+
+
+def test_the_launcher_gives_each_hospital_its_share_of_the_cores(tmp_path: Path) -> None:
+    import os
+
+    from scripts.launcher import ConsortiumConfig
+    settings = ConsortiumConfig(run_dir=tmp_path, nodes=4, insecure=True).node_settings(0)
+    assert settings.cpu_cores == pytest.approx(len(os.sched_getaffinity(0)) / 4)
+    assert ConsortiumConfig(run_dir=tmp_path, nodes=4, insecure=True, node={"cpu_cores": 3}).node_settings(1).cpu_cores == 3

@@ -103,3 +103,8 @@ def record_span(name: str, start_ns: int, end_ns: int, **attributes: int | float
     sit inside one block, such as a stream's chunks handed out by a generator."""
     tracer = trace.get_tracer(_TRACER_NAME)
     tracer.start_span(name, attributes=attributes, start_time=start_ns).end(end_time=end_ns)
+
+
+def annotate(**attributes: int | float | str | bool) -> None:
+    """Attributes on the current span (no-op when nothing is traced)."""
+    trace.get_current_span().set_attributes(attributes)

@@ -146,9 +146,15 @@ def decrypt_to_slot_integers(secret_context: ts.Context, payloads: Sequence[byte
     """
     if not secret_context.is_private():
         raise ValueError("decryption needs the secret-key context")
-    out = np.empty(len(payloads) * slots, dtype=np.int64)
-    for position, payload in enumerate(payloads):
-        raw = np.asarray(deserialize_ciphertext(secret_context, payload).decrypt(), dtype=np.float64)
+    return rounded_slot_integers([deserialize_ciphertext(secret_context, payload) for payload in payloads], slots)
+
+
+def rounded_slot_integers(vectors: Sequence[ts.CKKSVector], slots: int) -> np.ndarray:
+    """`decrypt_to_slot_integers` of ciphertexts already deserialized under the secret-key context (by
+    `check_ciphertext`, say), so that each is parsed once."""
+    out = np.empty(len(vectors) * slots, dtype=np.int64)
+    for position, vector in enumerate(vectors):
+        raw = np.asarray(vector.decrypt(), dtype=np.float64)
         rounded = np.rint(raw)
         if raw.size != slots or np.max(np.abs(raw - rounded)) > MAX_ROUNDING_DISTANCE:
             raise DecryptionIntegrityError(

@@ -68,7 +68,10 @@ def to_modular(values: np.ndarray, bits: int) -> np.ndarray:
 def to_centered(values: np.ndarray, bits: int) -> np.ndarray:
     """Integers mod 2^bits mapped to the signed range [-2^(bits-1), 2^(bits-1))."""
     half = np.int64(1) << (bits - 1)
-    centered: np.ndarray = np.mod(values.astype(np.int64) + half, np.int64(1) << bits) - half
+    # x mod 2^bits is x's low bits in two's complement, for negative x too: a mask, not a division.
+    centered: np.ndarray = values.astype(np.int64) + half
+    np.bitwise_and(centered, (np.int64(1) << bits) - 1, out=centered)
+    centered -= half
     return centered
 
 

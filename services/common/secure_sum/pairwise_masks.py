@@ -130,18 +130,14 @@ def mask_values(masks: Sequence[PeerMask], start: int, count: int, bits: int) ->
     """This node's total mask for field values [start, start + count), in [0, 2^bits); any slice of it equals the
     same slice of the whole, so chunks are masked independently."""
     word = _word(bits)
-    # Signed sums of at most n_max (<= 1024) words stay exact in int32 for 16-bit fields, in int64 for wider ones;
-    # one reduction at the end.
-    accumulator = np.dtype(np.int32) if bits <= 16 else np.dtype(np.int64)
-    total: np.ndarray = np.zeros(count, dtype=accumulator)
-    low_bits = word.type((1 << bits) - 1)
+    # Summed in the word itself, wrapping mod 2^word: 2^bits divides 2^word, so the sum mod 2^bits is exact, and each
+    # keystream is added as it comes, with no masking or widening of its own. One reduction at the end.
+    total: np.ndarray = np.zeros(count, dtype=word)
     for mask in masks:
         stream = np.frombuffer(keystream(mask.key, start * word.itemsize, count * word.itemsize), dtype=word)
-        # Below 2^bits, so exact in the accumulator (and a 64-bit word never meets a signed one as a float).
-        values = (stream & low_bits).astype(accumulator, copy=False)
         if mask.sign > 0:
-            np.add(total, values, out=total)
+            np.add(total, stream, out=total)
         else:
-            np.subtract(total, values, out=total)
-    reduced: np.ndarray = np.mod(total, 1 << bits).astype(np.int64)
-    return reduced
+            np.subtract(total, stream, out=total)
+    np.bitwise_and(total, word.type((1 << bits) - 1), out=total)
+    return total.astype(np.int64)

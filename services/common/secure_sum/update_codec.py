@@ -174,11 +174,22 @@ def sum_norm_bound(plan: QuantizationPlan, participants: int, tail_probability: 
     return participants * plan.l2_sensitivity + noise
 
 
-def decode_mean_update(field_sums: np.ndarray, plan: QuantizationPlan, participants: int) -> np.ndarray:
-    """The participants' mean float update from the modular sum of their encodings."""
+def centred_sum(field_sums: np.ndarray, plan: QuantizationPlan, participants: int) -> np.ndarray:
+    """The participants' summed encodings, signed, less the summed noise's mean, in integer units (float64)."""
     if participants < 1:
         raise ValueError("cannot average zero participants")
     unshifted = field_sums - np.int64(participants) * np.int64(field_offset(plan.bits))
     signed = to_centered(unshifted, plan.bits).astype(np.float64)
     signed -= noise_mean(plan.noise_kind, plan.node_noise_variance, participants)
-    return signed / (participants * plan.scale)
+    return signed
+
+
+def decode_mean_update(field_sums: np.ndarray, plan: QuantizationPlan, participants: int) -> np.ndarray:
+    """The participants' mean float update from the modular sum of their encodings."""
+    return mean_from_centred(centred_sum(field_sums, plan, participants), plan, participants)
+
+
+def mean_from_centred(centred: np.ndarray, plan: QuantizationPlan, participants: int) -> np.ndarray:
+    """`centred_sum`'s vector as the mean update, divided in place."""
+    centred /= participants * plan.scale
+    return centred
