@@ -10,7 +10,7 @@ CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.requirements-installed
 PROTO := protos/fedxray/v1/fedxray.proto
 
-.PHONY: venv demo test test-fast protos attacks k8s-render k8s-scan pretrain privacy-table bench-he bench-round bench-dp bench-help soak clean
+.PHONY: venv demo test test-fast protos attacks k8s-render k8s-scan pretrain privacy-table bench-he bench-round bench-decrypt bench-dp bench-help soak clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ bench-he: $(STAMP)
 ## bench-round: plaintext, secure and secure-with-precompute rounds and their critical paths, ResNet-50 at 64 px, 5 nodes x 200 images
 bench-round: $(STAMP)
 	$(PY) -m benchmarks.bench_round
+
+## bench-decrypt: the key authority alone decrypting a ResNet-50-sized sum as it streams in, by decryption processes
+bench-decrypt: $(STAMP)
+	$(PY) -m benchmarks.bench_decrypt
 
 ## soak: 20 rounds through the real services (tiny model); memory, open files and staging per process and round
 soak: $(STAMP)

@@ -38,8 +38,11 @@ class KeyAuthorityClient:
                 retry_seconds: float = 0.0, stop: threading.Event | None = None) -> np.ndarray:
         """The sum's field integers mod 2^bits, in order. While the key authority cannot be reached (UNAVAILABLE: down
         or restarting), the whole request is sent again, after 1, 2, 4 ... (at most 15) seconds, for `retry_seconds`
-        in all; it refuses a round it has already claimed in its ledger, so a retry never decrypts a round twice. A
-        refusal, or no answer within `retry_seconds`, becomes `DecryptionRefusedError`."""
+        in all; it refuses a round it has already claimed in its ledger, so a retry never decrypts a round twice. It
+        claims a round once the stream's first chunk passes its checks (it decrypts as the chunks arrive), so a retry
+        helps only where the stream broke before that: a key authority restarting, a connection cut or a deadline
+        passed later in the stream spends the round. A refusal, or no answer within `retry_seconds`, becomes
+        `DecryptionRefusedError`."""
         policy = RetryPolicy({grpc.StatusCode.UNAVAILABLE}, seconds=retry_seconds, max_pause=MAX_RETRY_PAUSE)
         try:
             values = retry_call(lambda: self._decrypt_once(manifest, chunks()), policy,

@@ -131,7 +131,8 @@ class HospitalNodeSettings(ServiceSettings):
         "otherwise idle, or when this node's CPU cores (cpu_cores) cover its training threads and its encryption "
         "workers, so that neither waits for the other (docs/BENCHMARKS.md measured the crossover); off otherwise")
     cpu_cores: float | None = Field(None, gt=0, description="the CPU cores this node can count on, for "
-                                    "precompute_encryption=auto; unset: the cores it may run on (its CPU affinity). "
+                                    "precompute_encryption=auto; unset: the cores it may run on (its CPU affinity, "
+                                    "cut to its container's CPU limit). "
                                     "The local launcher gives each of the hospitals it runs on one machine its share")
     torch_threads: int = Field(0, ge=0, description="CPU threads for training; 0: torch default")
     seed: int | None = Field(None, description="fixes training randomness (tests); the noise and masks of a secure "

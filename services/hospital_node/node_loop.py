@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import threading
 import time
@@ -29,6 +28,7 @@ from services.common.protocol.node_identity import NodeKeyRegistry, load_agreeme
 from services.common.protocol.public_key import PublicKeyInfo
 from services.common.protocol.round_plan import RoundDecline, RoundKind, RoundPlan
 from services.common.protocol.upload import UploadChunk
+from services.common.runtime.cpu import usable_cores
 from services.common.runtime.metrics import ServiceMetrics
 from services.common.runtime.retry import RetryPolicy, retry_call
 from services.common.secure_sum.ckks_params import key_id as key_id_of
@@ -71,7 +71,7 @@ def precompute_pays(device: str, cpu_cores: float | None, torch_threads: int, en
         return False
     if device == "cuda":
         return True
-    cores = cpu_cores if cpu_cores is not None else float(len(os.sched_getaffinity(0)))
+    cores = cpu_cores if cpu_cores is not None else usable_cores()
     return cores >= (torch_threads or cores) + encryption_workers
 
 class UploadObserver(Protocol):

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from services.common.runtime.cpu import usable_cores
 from services.common.runtime.service_settings import Address, ServiceSettings
 
 # Unset decrypt_workers takes at most this many: each worker process holds a copy of the secret key.
 MAX_AUTO_DECRYPT_WORKERS = 4
+# ... and none below this many cores: one worker beside the service's own process was slower than none
+# (`make bench-decrypt`: 1.82 s against 1.34 s on 2 cores), two faster (1.20 s).
+MIN_CORES_FOR_DECRYPT_WORKERS = 3
 
 
 class KeyAuthoritySettings(ServiceSettings):
@@ -33,11 +36,13 @@ class KeyAuthoritySettings(ServiceSettings):
     decrypt_workers: int | None = Field(None, ge=0, description="the key authority's own processes that decrypt a "
                                         "sum's chunks in parallel, as they arrive (each holds the secret key; none "
                                         "leaves the key authority's host); 0: in this process, one chunk after "
-                                        "another; unset: one fewer than this host's cores (its CPU affinity), at most "
-                                        "4, so 0 on one core")
+                                        "another; unset: one fewer than this host's cores (its CPU affinity, cut to "
+                                        "its container's CPU limit), at most 4, on three cores or more, and 0 below "
+                                        "(one worker only adds the copying: docs/BENCHMARKS.md)")
 
     def decryption_processes(self) -> int:
         """`decrypt_workers`, or what unset means on this host."""
         if self.decrypt_workers is not None:
             return self.decrypt_workers
-        return min(MAX_AUTO_DECRYPT_WORKERS, len(os.sched_getaffinity(0)) - 1)
+        cores = int(usable_cores())
+        return min(MAX_AUTO_DECRYPT_WORKERS, cores - 1) if cores >= MIN_CORES_FOR_DECRYPT_WORKERS else 0

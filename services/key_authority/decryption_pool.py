@@ -17,7 +17,11 @@ from collections.abc import Iterator
 import numpy as np
 import tenseal as ts
 
+from services.common.errors import DecryptionIntegrityError
 from services.common.secure_sum.he_codec import decrypt_to_slot_integers, rounded_slot_integers
+
+# A chunk's rounded slot integers, or why it has none.
+Result = np.ndarray | DecryptionIntegrityError
 
 _worker_secret: ts.Context | None = None
 
@@ -48,7 +52,11 @@ class DecryptionPool:
         stream = self.stream(slots)
         for ciphertexts in chunks:
             stream.submit(ciphertexts)
-        return list(stream.rest())
+        results = list(stream.rest())
+        for result in results:
+            if isinstance(result, DecryptionIntegrityError):
+                raise result
+        return results  # type: ignore[return-value]  (no failure among them)
 
     def stream(self, slots: int) -> DecryptionStream:
         """Chunks decrypted as they are handed in (a sum's decryption overlapping its transfer), read back in order."""
@@ -67,27 +75,33 @@ class DecryptionPool:
 
 class DecryptionStream:
     """One sum's chunks in flight: `submit` each as it arrives, take results in order with `ready` (those done, not
-    waiting) and `rest` (all, waiting). In this process (no executor), `submit` decrypts at once."""
+    waiting) and `rest` (all, waiting). In this process (no executor), `submit` decrypts at once. A chunk that does
+    not decrypt to integers comes back as its `DecryptionIntegrityError`, in its place, not raised: the caller
+    decides when to say so (the key authority, only once the whole stream has arrived)."""
 
     def __init__(self, secret: ts.Context, executor: concurrent.futures.ProcessPoolExecutor | None,
                  slots: int) -> None:
         self._secret, self._executor, self._slots = secret, executor, slots
-        self._pending: collections.deque[concurrent.futures.Future[np.ndarray] | np.ndarray] = collections.deque()
+        self._pending: collections.deque[concurrent.futures.Future[np.ndarray] | Result] = collections.deque()
 
     def submit(self, ciphertexts: list[bytes], parsed: list[ts.CKKSVector] | None = None) -> None:
         """`parsed`: the same ciphertexts already deserialized under the secret context (decrypted as they are, in
         this process; workers parse the bytes themselves)."""
-        if self._executor is None:
+        if self._executor is not None:
+            self._pending.append(self._executor.submit(_decrypt_in_worker, ciphertexts, self._slots))
+            return
+        try:
             self._pending.append(decrypt_to_slot_integers(self._secret, ciphertexts, self._slots) if parsed is None
                                  else rounded_slot_integers(parsed, self._slots))
-        else:
-            self._pending.append(self._executor.submit(_decrypt_in_worker, ciphertexts, self._slots))
+        except DecryptionIntegrityError as failed:
+            self._pending.append(failed)
 
-    def ready(self) -> Iterator[np.ndarray]:
-        while self._pending and (isinstance(self._pending[0], np.ndarray) or self._pending[0].done()):
+    def ready(self) -> Iterator[Result]:
+        while self._pending and not (isinstance(self._pending[0], concurrent.futures.Future)
+                                     and not self._pending[0].done()):
             yield self._result(self._pending.popleft())
 
-    def rest(self) -> Iterator[np.ndarray]:
+    def rest(self) -> Iterator[Result]:
         while self._pending:
             yield self._result(self._pending.popleft())
 
@@ -99,5 +113,10 @@ class DecryptionStream:
         self._pending.clear()
 
     @staticmethod
-    def _result(item: concurrent.futures.Future[np.ndarray] | np.ndarray) -> np.ndarray:
-        return item if isinstance(item, np.ndarray) else item.result()
+    def _result(item: concurrent.futures.Future[np.ndarray] | Result) -> Result:
+        if not isinstance(item, concurrent.futures.Future):
+            return item
+        try:
+            return item.result()
+        except DecryptionIntegrityError as failed:
+            return failed

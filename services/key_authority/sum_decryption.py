@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from services.common.errors import MalformedChunkError
+from services.common.errors import DecryptionIntegrityError, MalformedChunkError
 from services.common.protocol.chunking import ciphertexts_in_chunk
 from services.common.protocol.round_plan import SumLayout
 from services.common.protocol.upload import DecryptManifest
@@ -31,10 +31,12 @@ def decrypt_stream(keys: KeyMaterial, manifest: DecryptManifest, chunks: Iterabl
     Each chunk is checked as it arrives (exactly the ciphertexts the attested upload length requires, each of this
     key's exact shape; a refusal names the first that is not), then decrypted and rounded while the next one is on
     its way: on `pool`'s worker processes, or here. `claim` (the caller's ledger entry, durable) runs once, after the
-    first chunk is checked and before anything is decrypted: a round is decrypted at most once, and no refusal that
-    depends on the secret key can be asked for twice. Nothing is returned before every chunk has arrived, been
-    checked and been decrypted: a malformed chunk, a short stream, or a slot far from an integer (CKKS IND-CPA-D,
-    Li and Micciancio 2021: only rounded integers ever leave) refuses the whole sum."""
+    first chunk is checked and before anything is decrypted: a round is decrypted at most once. A chunk that
+    decrypts off the integers is noted, and the stream is read, checked and decrypted to its end all the same; only
+    then is the sum refused, without saying which chunk, so a refusal that depends on the secret key comes once per
+    round and tells the aggregator nothing it could act on within the stream. Nothing is returned before every
+    chunk has arrived, been checked and been decrypted: a malformed chunk, a short stream, or a slot far from an
+    integer (CKKS IND-CPA-D, Li and Micciancio 2021: only rounded integers ever leave) refuses the whole sum."""
     layout, shape = keys.layout_for(manifest.layout), CiphertextShape.of(keys.secret_context)
     dtype = "<u8" if manifest.layout is SumLayout.STATISTICS else "<u4"
     stream = (pool or DecryptionPool(keys.secret_context, 0)).stream(keys.params.slots)
@@ -52,7 +54,15 @@ def decrypt_stream(keys: KeyMaterial, manifest: DecryptManifest, chunks: Iterabl
         position["start"] += count
         seconds["unmask_seconds"] += time.perf_counter() - started
 
-    received = 0
+    received, integral = 0, True
+
+    def take(result: np.ndarray | DecryptionIntegrityError) -> None:
+        nonlocal integral
+        if isinstance(result, DecryptionIntegrityError):
+            integral = False  # said only once the whole stream has arrived: never which chunk, never early
+        else:
+            unmask(result)
+
     try:
         for expected_index, (index, ciphertexts) in enumerate(chunks):
             if index != expected_index or expected_index >= manifest.chunk_count:
@@ -70,16 +80,19 @@ def decrypt_stream(keys: KeyMaterial, manifest: DecryptManifest, chunks: Iterabl
             stream.submit(ciphertexts, parsed)  # in this process: decrypted now; on workers: handed over
             seconds["decrypt_seconds"] += time.perf_counter() - started
             received += 1
-            for slot_integers in stream.ready():
-                unmask(slot_integers)
+            for result in stream.ready():
+                take(result)
         if received != manifest.chunk_count:
             raise MalformedChunkError(f"the sum ended after {received} of {manifest.chunk_count} chunks")
         tail = time.perf_counter()
-        for slot_integers in stream.rest():
-            unmask(slot_integers)
+        for result in stream.rest():
+            take(result)
         seconds["tail_seconds"] = time.perf_counter() - tail  # after the last chunk arrived
     except BaseException:
         stream.cancel()
         raise
     annotate(**seconds)
+    if not integral:
+        raise DecryptionIntegrityError("the sum does not decrypt to integers in every slot: not a valid aggregate; "
+                                       "nothing is returned, and the round stays spent")
     return fields

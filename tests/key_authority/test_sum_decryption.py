@@ -109,16 +109,19 @@ def test_a_malformed_first_chunk_is_refused_before_the_ledger_and_a_malformed_la
 
 def test_a_crafted_chunk_that_decrypts_off_the_integers_spends_the_round_and_returns_nothing(
         keys: KeyMaterial) -> None:
-    """The refusal that depends on the secret key (a slot far from an integer) comes only after the ledger entry, so
-    a dishonest aggregator gets one such answer per round, not one per try."""
+    """The refusal that depends on the secret key (a slot far from an integer) comes after the ledger entry and only
+    once the whole stream has been read: one such answer per round, and never which chunk, nor early enough for a
+    dishonest aggregator to choose its next chunks by it."""
     manifest, _ = _manifest(keys)
-    crafted = _rows(keys) + 0.5
+    rows = _rows(keys)
+    crafted = _chunks(keys, rows)
+    crafted[1] = _chunks(keys, rows + 0.5)[1]  # only the middle chunk is off the integers
     for workers in (0, 2):
-        claims: list[int] = []
-        with DecryptionPool(keys.secret_context, workers) as pool, pytest.raises(DecryptionIntegrityError):
-            decrypt_stream(keys, manifest, enumerate(_chunks(keys, crafted)), unmasks=[],
-                           claim=lambda: claims.append(1), pool=pool)
-        assert claims == [1]
+        events = Events()
+        with DecryptionPool(keys.secret_context, workers) as pool, pytest.raises(DecryptionIntegrityError) as refused:
+            decrypt_stream(keys, manifest, events.chunks(crafted), unmasks=[], claim=events.claim, pool=pool)
+        assert events.log == ["chunk 0", "claim", "chunk 1", "chunk 2"], workers  # read to the end, then refused
+        assert "chunk" not in str(refused.value) and "ciphertext" not in str(refused.value)
 
 
 def test_a_refused_claim_stops_the_stream_before_any_decryption(keys: KeyMaterial, tmp_path: Path) -> None:
@@ -132,3 +135,13 @@ def test_a_refused_claim_stops_the_stream_before_any_decryption(keys: KeyMateria
     with pytest.raises(MalformedChunkError, match="already decrypted"):
         decrypt_stream(keys, manifest, events.chunks(_chunks(keys, _rows(keys))), unmasks=[], claim=refuse)
     assert events.log == ["chunk 0", "claim"]
+
+
+@pytest.mark.slow
+def test_the_decryption_benchmark_runs_each_process_count(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import bench_decrypt
+
+    bench_decrypt.main(["--dimension", "60000", "--workers", "0", "1", "--repeats", "1"])
+    table = capsys.readouterr().out.split("the key authority alone")[1].splitlines()
+    rows = {line.split()[0]: float(line.split()[2]) for line in table[2:] if line.strip()}
+    assert rows.keys() == {"0", "1"} and rows["0"] == 1.0

@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher
 from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from services.common.secure_sum.packing import MAX_SLOT_BITS
+
 MASK_DOMAIN = b"fedxray.v1/pairwise-mask"
 SET_DOMAIN = b"fedxray.v1/participant-set"
 CHACHA_BLOCK = 64
@@ -109,6 +111,7 @@ def authority_unmasks(private: X25519PrivateKey, nodes: Mapping[str, X25519Publi
             for node in sorted(set(scope.participants))]
 
 
+
 def _word(bits: int) -> np.dtype[np.unsignedinteger]:
     """The smallest unsigned word holding `bits`: its values mod 2^bits stay uniform, as 2^bits divides 2^word."""
     for dtype in (np.uint16, np.uint32, np.uint64):
@@ -129,6 +132,8 @@ def keystream(key: bytes, offset: int, length: int) -> bytes:
 def mask_values(masks: Sequence[PeerMask], start: int, count: int, bits: int) -> np.ndarray:
     """This node's total mask for field values [start, start + count), in [0, 2^bits); any slice of it equals the
     same slice of the whole, so chunks are masked independently."""
+    if not 1 <= bits <= MAX_SLOT_BITS:
+        raise ValueError(f"masks of {bits}-bit fields: 1 to {MAX_SLOT_BITS} bits, so that they fit an int64")
     word = _word(bits)
     # Summed in the word itself, wrapping mod 2^word: 2^bits divides 2^word, so the sum mod 2^bits is exact, and each
     # keystream is added as it comes, with no masking or widening of its own. One reduction at the end.
