@@ -52,11 +52,12 @@ class DecryptionPool:
         stream = self.stream(slots)
         for ciphertexts in chunks:
             stream.submit(ciphertexts)
-        results = list(stream.rest())
-        for result in results:
+        decrypted = []
+        for result in stream.rest():
             if isinstance(result, DecryptionIntegrityError):
                 raise result
-        return results  # type: ignore[return-value]  (no failure among them)
+            decrypted.append(result)
+        return decrypted
 
     def stream(self, slots: int) -> DecryptionStream:
         """Chunks decrypted as they are handed in (a sum's decryption overlapping its transfer), read back in order."""
