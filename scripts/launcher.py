@@ -29,6 +29,7 @@ from services.aggregator.config import AggregatorSettings
 from services.aggregator.run_outcome import RunOutcome
 from services.common.protocol.node_identity import generate_identity
 from services.common.runtime.atomic_files import read_json_lines, write_atomic, write_json_atomic
+from services.common.runtime.cpu import usable_cores
 from services.common.runtime.tls import AGGREGATOR_NAME, KEY_AUTHORITY_NAME, TlsSettings, channel
 from services.hospital_node.config import MEANINGFUL_VALIDATION, HospitalNodeSettings
 from services.hospital_node.data.synthetic_xray import synthetic_class_names
@@ -182,7 +183,7 @@ class ConsortiumConfig:
         if self.seed is not None:
             values.setdefault("seed", self.seed * 1000 + index)
         # The hospitals share this machine: each counts on its share of the cores (precompute_encryption=auto).
-        values.setdefault("cpu_cores", len(os.sched_getaffinity(0)) / self.nodes)
+        values.setdefault("cpu_cores", usable_cores() / self.nodes)
         return HospitalNodeSettings(**{**values, "node_id": self.node_id(index), "partition_parties": self.nodes,
                                        "partition_index": index, "insecure": self.insecure, **launcher})
 

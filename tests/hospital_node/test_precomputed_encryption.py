@@ -223,9 +223,8 @@ def test_auto_precompute_follows_the_measured_crossover(device: str, cores: floa
 
 
 def test_the_launcher_gives_each_hospital_its_share_of_the_cores(tmp_path: Path) -> None:
-    import os
-
     from scripts.launcher import ConsortiumConfig
+    from services.common.runtime.cpu import usable_cores
     settings = ConsortiumConfig(run_dir=tmp_path, nodes=4, insecure=True).node_settings(0)
-    assert settings.cpu_cores == pytest.approx(len(os.sched_getaffinity(0)) / 4)
+    assert settings.cpu_cores == pytest.approx(usable_cores() / 4)
     assert ConsortiumConfig(run_dir=tmp_path, nodes=4, insecure=True, node={"cpu_cores": 3}).node_settings(1).cpu_cores == 3

@@ -65,13 +65,14 @@ def to_modular(values: np.ndarray, bits: int) -> np.ndarray:
     return np.bitwise_and(values.astype(np.int64, copy=False), (np.int64(1) << bits) - 1)
 
 
-def to_centered(values: np.ndarray, bits: int) -> np.ndarray:
-    """Integers mod 2^bits mapped to the signed range [-2^(bits-1), 2^(bits-1))."""
+def to_centered(values: np.ndarray, bits: int, shift: int = 0) -> np.ndarray:
+    """Integers mod 2^bits (plus `shift`, folded into the same pass) mapped to the signed range
+    [-2^(bits-1), 2^(bits-1)). One new array; the rest happens in it."""
     if not 1 <= bits <= MAX_SLOT_BITS:
         raise ValueError(f"centring {bits}-bit fields: 1 to {MAX_SLOT_BITS} bits, so that the sums fit an int64")
     half = np.int64(1) << (bits - 1)
     # x mod 2^bits is x's low bits in two's complement, for negative x too: a mask, not a division.
-    centered: np.ndarray = values.astype(np.int64) + half
+    centered: np.ndarray = values.astype(np.int64) + (half + np.int64(shift))
     np.bitwise_and(centered, (np.int64(1) << bits) - 1, out=centered)
     centered -= half
     return centered

@@ -111,7 +111,6 @@ def authority_unmasks(private: X25519PrivateKey, nodes: Mapping[str, X25519Publi
             for node in sorted(set(scope.participants))]
 
 
-
 def _word(bits: int) -> np.dtype[np.unsignedinteger]:
     """The smallest unsigned word holding `bits`: its values mod 2^bits stay uniform, as 2^bits divides 2^word."""
     for dtype in (np.uint16, np.uint32, np.uint64):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.common.secure_sum.noise import NoiseKind, node_noise_share, noise_mean, sample_noise
-from services.common.secure_sum.packing import field_offset, to_modular
+from services.common.secure_sum.packing import field_offset, to_centered, to_modular
 from services.common.secure_sum.quantize import clip_factor, round_piece, rounded_l2_bound, scale_and_clamp_piece
 
 # The summed noise may reach this many standard deviations before it could wrap
@@ -178,12 +178,9 @@ def centred_sum(field_sums: np.ndarray, plan: QuantizationPlan, participants: in
     """The participants' summed encodings, signed, less the summed noise's mean, in integer units (float64)."""
     if participants < 1:
         raise ValueError("cannot average zero participants")
-    # to_centered(field_sums - participants * offset), with the two shifts folded into one addition and the rest in
-    # place: two arrays of the update's size made, not four (each a page-faulted 188 MB for ResNet-50).
-    half = np.int64(1) << (plan.bits - 1)
-    centred = field_sums.astype(np.int64) + (half - np.int64(participants) * np.int64(field_offset(plan.bits)))
-    np.bitwise_and(centred, (np.int64(1) << plan.bits) - 1, out=centred)
-    centred -= half
+    # The offsets removed in the centring's own pass: two arrays of the update's size made, not four (each a
+    # page-faulted 188 MB for ResNet-50).
+    centred = to_centered(field_sums, plan.bits, shift=-participants * field_offset(plan.bits))
     signed = centred.astype(np.float64)
     del centred
     signed -= noise_mean(plan.noise_kind, plan.node_noise_variance, participants)
