@@ -4,8 +4,11 @@
 
 Writes model.ts (TorchScript, traced), model.onnx (ONNX, a variable batch of 1 x S x S grey images in [0, 1],
 logits out; softmax them for probabilities) and model.json (the model card: class names in label order, image
-size, operating point). Both exports are run on the same random batch as the PyTorch model; a largest difference
-in the logits above 1e-4 is an error, and nothing is called exported.
+size, operating point). Both exports are run on the same random batch as the PyTorch model. Their largest
+difference in the logits, over the logits' scale (the largest logit's magnitude, at least 1), above 1e-3 is an
+error, and nothing is called exported. 1e-3 is the relative tolerance of PyTorch's own ONNX export check: ONNX
+Runtime sums in its own order with its own kernels, so its last digits differ by processor (1.2e-4 absolute was
+measured on one CI machine), while a wrong export differs in the first.
 """
 
 from __future__ import annotations
@@ -17,14 +20,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-TOLERANCE = 1e-4
+TOLERANCE = 1e-3  # relative to the logits' scale; see the docstring
 
 
 @dataclass(frozen=True)
 class Exported:
     torchscript: Path
     onnx: Path
-    torchscript_error: float  # largest absolute difference of the logits against PyTorch's
+    torchscript_error: float  # largest difference of the logits against PyTorch's, over the logits' scale
     onnx_error: float
 
 
@@ -45,13 +48,15 @@ def export(run_dir: Path, out: Path) -> Exported:
     traced.save(str(torchscript))
     torch.onnx.export(model, (batch[:1],), str(onnx_path), dynamo=False, input_names=["images"],
                       output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    scale = max(1.0, float(np.abs(expected).max()))
     with torch.no_grad():
-        script_error = float(np.abs(torch.jit.load(str(torchscript))(batch).numpy() - expected).max())
+        script_error = float(np.abs(torch.jit.load(str(torchscript))(batch).numpy() - expected).max()) / scale
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    onnx_error = float(np.abs(session.run(["logits"], {"images": batch.numpy()})[0] - expected).max())
+    onnx_error = float(np.abs(session.run(["logits"], {"images": batch.numpy()})[0] - expected).max()) / scale
     if max(script_error, onnx_error) > TOLERANCE:
-        raise ValueError(f"the exports differ from PyTorch by up to {max(script_error, onnx_error):.2e} in the logits "
-                         f"(TorchScript {script_error:.2e}, ONNX {onnx_error:.2e}; tolerance {TOLERANCE:g})")
+        raise ValueError(f"the exports differ from PyTorch by up to {max(script_error, onnx_error):.2e} of the logits' "
+                         f"scale {scale:.3g} (TorchScript {script_error:.2e}, ONNX {onnx_error:.2e}; "
+                         f"tolerance {TOLERANCE:g})")
     shutil.copyfile(run_dir / CARD, out / CARD)
     return Exported(torchscript, onnx_path, script_error, onnx_error)
 
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m scripts.export_model: {error}", file=sys.stderr)
         return 2
     print(json.dumps({"torchscript": str(done.torchscript), "onnx": str(done.onnx),
-                      "largest difference to PyTorch": {"torchscript": done.torchscript_error,
+                      "largest difference to PyTorch, over the logits' scale": {"torchscript": done.torchscript_error,
                                                         "onnx": done.onnx_error}}, indent=2))
     return 0
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.export_model import export
+from scripts.export_model import TOLERANCE, export
 from scripts.launcher import QUICK_TRAINING, TABLE_HEADER, Consortium, ConsortiumConfig
 from scripts.predict import main as predict_main
 from services.common.runtime.atomic_files import read_json_lines
@@ -88,7 +88,7 @@ def _use_the_model(tmp_path: Path) -> None:
         assert abs(float(row["p_NORMAL"]) + float(row["p_PNEUMONIA"]) - 1) < 1e-5
     assert confusion.tolist() == last["evaluation"]["confusion"]
     exported = export(run, tmp_path / "export")
-    assert exported.torchscript_error <= 1e-4 and exported.onnx_error <= 1e-4
+    assert exported.torchscript_error <= TOLERANCE and exported.onnx_error <= TOLERANCE
     assert (tmp_path / "export" / "model.onnx").stat().st_size > 1000
 
 
