@@ -14,16 +14,15 @@ from services.common.ml.adversarial import accuracy, fgsm, pgd
 from services.common.ml.models import build_model
 from services.hospital_node.data.local_data import LocalData
 from services.hospital_node.trainer import LocalTraining, train_local
+from tests.threads import one_torch_thread
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
 def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 def _margin(model: nn.Linear, images: torch.Tensor) -> torch.Tensor:

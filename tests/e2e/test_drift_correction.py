@@ -27,6 +27,7 @@ from tests.e2e.consortium_checks import (
     run_to_completion,
     tiny_config,
 )
+from tests.threads import one_torch_thread
 
 NODES, ROUNDS = 3, 2
 
@@ -91,13 +92,9 @@ def test_uploads_carry_the_control_variate_change_and_the_aggregator_applies_bot
     start = checkpoint_weights(tmp_path, 1).astype(np.float32)
     # One thread, as the nodes train (torch_threads=1): another thread count sums the images' gradients in another
     # order, and float32 rounding then differs by a few 1e-6 on elements near zero (seen once in CI).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         _check_round_two_changes(consortium, records, sent, model=model, spec=spec, start=start, count=count,
                                  aggregator=aggregator)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _check_round_two_changes(consortium, records, sent, *,  # type: ignore[no-untyped-def]

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from scripts.export_model import TOLERANCE, export
 from scripts.launcher import QUICK_TRAINING, TABLE_HEADER, Consortium, ConsortiumConfig
 from scripts.predict import main as predict_main
 from services.common.runtime.atomic_files import read_json_lines
 from tests.scripts.png_hospitals import write_hospital
+from tests.threads import one_torch_thread
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -72,12 +72,8 @@ def _use_the_model(tmp_path: Path) -> None:
     assert "own images (folder)" in text and f"{last['evaluation']['auc']:.3f}" in text
     assert all(f"| {name} | 40 | 40 |" in text for name in HOSPITALS)
     folders = [tmp_path / "data" / name / "val" for name in HOSPITALS]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the nodes evaluated (torch_threads=1): the same sums, to the last digit
-    try:
+    with one_torch_thread():  # as the nodes evaluated (torch_threads=1): the same sums, to the last digit
         assert predict_main(["--run-dir", str(run), "--out", str(tmp_path / "p.csv"), *map(str, folders)]) == 0
-    finally:
-        torch.set_num_threads(threads)
     with open(tmp_path / "p.csv") as handle:
         predictions = list(csv.DictReader(handle))
     assert len(predictions) == 60

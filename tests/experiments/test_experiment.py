@@ -20,6 +20,7 @@ from services.hospital_node.config import DataSettings
 from services.hospital_node.data.local_data import load_local_data
 from services.hospital_node.trainer import LocalTraining, predict
 from tests.e2e.consortium_checks import checkpoint_weights
+from tests.threads import one_torch_thread
 
 
 def _data_config(seed: int, **settings: object) -> ConsortiumConfig:
@@ -92,7 +93,8 @@ def test_side_by_side_experiment_reports_secure_plaintext_and_centralized(tmp_pa
         assert f"No paired F1 gap for {mode}: {mode}: each hospital keeps 6 normalisation statistics" in report
     # The baseline's saved model is the one it evaluated last.
     baseline = paired.final_model("centralized", tmp_path / "centralized", "tiny", 2)
-    scores = paired.positive_scores(baseline, "tiny", pooled, torch.device("cpu"))
+    with one_torch_thread():  # as the baseline evaluated (--torch-threads 1): the same sums, to the last digit
+        scores = paired.positive_scores(baseline, "tiny", pooled, torch.device("cpu"))
     assert confusion_matrix(pooled.val_labels.numpy(), scores.argmax(axis=1), 2).tolist() == central["evaluation"]["confusion"]
 
 

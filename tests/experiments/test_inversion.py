@@ -29,6 +29,7 @@ from services.common.secure_sum.ckks_params import ckks_parameters, field_layout
 from services.common.secure_sum.noise import NoiseKind
 from services.common.secure_sum.update_codec import plan_quantization
 from services.hospital_node.data.synthetic_xray import generate_synthetic_xrays
+from tests.threads import one_torch_thread
 
 pytestmark = [pytest.mark.unit, pytest.mark.slow]  # 20 s: `make test` runs it, `make test-fast` does not
 SIZE, HOSPITALS, LEARNING_RATE = 32, 5, 0.1
@@ -36,11 +37,9 @@ SIZE, HOSPITALS, LEARNING_RATE = 32, 5, 0.1
 
 @pytest.fixture
 def victim_and_others() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: more threads only contend on a loaded machine
-    images, labels = generate_synthetic_xrays(HOSPITALS, SIZE, 2, seed=3)
-    yield torch.from_numpy(images), torch.from_numpy(labels)
-    torch.set_num_threads(threads)
+    with one_torch_thread():  # small tensors: more threads only contend on a loaded machine
+        images, labels = generate_synthetic_xrays(HOSPITALS, SIZE, 2, seed=3)
+        yield torch.from_numpy(images), torch.from_numpy(labels)
 
 
 def _flat(gradient: list[torch.Tensor]) -> torch.Tensor:

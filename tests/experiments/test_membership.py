@@ -16,16 +16,15 @@ from torch import nn
 
 from experiments.attacks.membership import bound_violations, loss_scores, roc
 from experiments.attacks.membership_section import BoundViolated, Result, check, matched
+from tests.threads import one_torch_thread
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
 def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: more threads only contend on a loaded machine
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():  # small tensors: more threads only contend on a loaded machine
+        yield
 
 
 def _memorizing_run() -> tuple[np.ndarray, np.ndarray]:
