@@ -93,10 +93,10 @@ compose-config:
 ## k8s-render: render every Kubernetes overlay (deploy/k8s) to runs/k8s/<overlay>.yaml with kubectl kustomize
 k8s-render:
 	mkdir -p runs/k8s
-	for overlay in consortium hospital hospital-gpu monitoring; do \
+	for overlay in consortium hospital hospital-gpu monitoring monitoring-operator; do \
 		kubectl kustomize --load-restrictor=LoadRestrictionsNone deploy/k8s/overlays/$$overlay > runs/k8s/$$overlay.yaml || exit 1; \
 	done
-	@echo "rendered: runs/k8s/{consortium,hospital,hospital-gpu,monitoring}.yaml"
+	@echo "rendered: runs/k8s/{consortium,hospital,hospital-gpu,monitoring,monitoring-operator}.yaml"
 
 ## k8s-scan: render every overlay, then checkov's policy scan of them (exceptions, with reasons: deploy/k8s/checkov.yaml)
 k8s-scan: k8s-render $(CHECKOV_STAMP)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -213,3 +214,71 @@ def test_the_monitoring_overlay_carries_the_grafana_dashboard_as_it_is() -> None
     assert dashboard["kind"] == "ConfigMap" and dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     source = REPO / "deploy" / "grafana" / "dashboards" / "fedxray.json"
     assert dashboard["data"]["fedxray.json"] == source.read_text()
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    matches = all(labels.get(key) == value for key, value in selector.get("matchLabels", {}).items())
+    for expression in selector.get("matchExpressions", []):
+        value, operator = labels.get(expression["key"]), expression["operator"]
+        matches &= (value in expression["values"]) if operator == "In" else (value not in expression["values"])
+    return matches
+
+
+def scrape_problems(monitor: dict[str, Any], docs: list[dict[str, Any]]) -> list[str]:
+    """Where the ServiceMonitor misses a FedXray service: it selects every service's Service in any namespace, and
+    its endpoint names a Service port that reaches the container's metrics port."""
+    found = []
+    if monitor["spec"].get("namespaceSelector") != {"any": True}:
+        found.append("the ServiceMonitor must look in every namespace (the hospitals' are their own)")
+    [endpoint] = monitor["spec"]["endpoints"]
+    workloads = {w["metadata"]["name"]: w for w in _of(docs, "StatefulSet")}
+    for service in _of(docs, "Service"):
+        name = service["metadata"]["name"]
+        if not _selects(monitor["spec"]["selector"], service["metadata"].get("labels", {})):
+            found.append(f"{name}: not selected")
+            continue
+        ports = {p["name"]: p for p in service["spec"]["ports"]}
+        if endpoint["port"] not in ports:
+            found.append(f"{name}: has no port named {endpoint['port']}")
+            continue
+        container = workloads[name]["spec"]["template"]["spec"]["containers"][0]
+        if ports[endpoint["port"]]["targetPort"] != "metrics" or \
+                "metrics" not in {p["name"] for p in container["ports"]}:
+            found.append(f"{name}: port {endpoint['port']} does not reach the container's metrics port")
+    return found
+
+
+def test_the_operator_overlay_scrapes_every_service_and_carries_the_alert_rules_as_they_are(
+        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """monitoring-operator: a ServiceMonitor for the Prometheus Operator, and deploy/prometheus/alerts.yml as a
+    PrometheusRule. Its CRDs' schemas are not available offline, so the objects are checked here field by field."""
+    docs = render("monitoring-operator")
+    [monitor] = _of(docs, "ServiceMonitor")
+    [rule] = _of(docs, "PrometheusRule")
+    assert {d["apiVersion"] for d in docs} == {"monitoring.coreos.com/v1"} and len(docs) == 2
+    assert all(d["metadata"]["namespace"] == "monitoring" for d in docs)
+    for overlay in ("consortium", "hospital"):
+        assert scrape_problems(monitor, rendered[overlay]) == [], overlay
+    # The alert rules are alerts.yml's, generated (the committed file is what the script writes now)...
+    alerts = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.yml").read_text())
+    assert rule["spec"]["groups"] == alerts["groups"]
+    check = subprocess.run([sys.executable, str(REPO / "deploy" / "k8s" / "prometheus_rule.py"), "--check"],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
+    # ...and their job labels are the Services' names, which a ServiceMonitor without jobLabel gives its targets.
+    services = {s["metadata"]["name"] for overlay in ("consortium", "hospital")
+                for s in _of(rendered[overlay], "Service")}
+    jobs = set()
+    for group in alerts["groups"]:
+        for alert in group["rules"]:
+            for quoted in (part.split('"')[1] for part in alert["expr"].split("job=")[1:]):
+                jobs |= set(quoted.split("|"))  # job="a" or job=~"a|b"
+    assert jobs and jobs <= services, jobs - services
+    assert "jobLabel" not in monitor["spec"]
+    # The check can fail: a misspelled port, and a selector that leaves the hospitals out.
+    broken = copy.deepcopy(monitor)
+    broken["spec"]["endpoints"][0]["port"] = "metric"
+    assert len(scrape_problems(broken, rendered["consortium"])) == 2
+    broken = copy.deepcopy(monitor)
+    broken["spec"]["selector"]["matchExpressions"][0]["values"].remove("hospital-node")
+    assert scrape_problems(broken, rendered["hospital"]) == ["hospital-node: not selected"]

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.unit, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 CHECKOV = REPO / ".venv-checkov" / "bin" / "checkov"
 CONFIG = REPO / "deploy" / "k8s" / "checkov.yaml"
-OVERLAYS = ("consortium", "hospital", "hospital-gpu", "monitoring")
+OVERLAYS = ("consortium", "hospital", "hospital-gpu", "monitoring", "monitoring-operator")
 
 
 def scan(folder: Path) -> list[dict[str, Any]]:
