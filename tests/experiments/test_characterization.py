@@ -1,5 +1,5 @@
 """The refactor kept the rounds' arithmetic: the simulator reproduces the rows the pre-refactor sweep recorded
-(counts exactly, losses and scores within a relative 1e-5, since kernels differ from one processor to the next:
+(counts exactly, scores within a relative 1e-5 and losses 1e-4, since kernels differ from one processor to the next:
 `tests/recorded.py`; recorded (`characterization/`, made by `python -m scripts.sweep` at commit 10761ce; its settings are there too).
 
 The old sweep named its settings its own way; the mapping below is the only translation, and every value not
