@@ -49,10 +49,14 @@ def export(run_dir: Path, out: Path) -> Exported:
     torch.onnx.export(model, (batch[:1],), str(onnx_path), dynamo=False, input_names=["images"],
                       output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
     scale = max(1.0, float(np.abs(expected).max()))
+
+    def error(logits: np.ndarray) -> float:
+        return float(np.abs(logits - expected).max()) / scale
+
     with torch.no_grad():
-        script_error = float(np.abs(torch.jit.load(str(torchscript))(batch).numpy() - expected).max()) / scale
+        script_error = error(torch.jit.load(str(torchscript))(batch).numpy())
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    onnx_error = float(np.abs(session.run(["logits"], {"images": batch.numpy()})[0] - expected).max()) / scale
+    onnx_error = error(session.run(["logits"], {"images": batch.numpy()})[0])
     if max(script_error, onnx_error) > TOLERANCE:
         raise ValueError(f"the exports differ from PyTorch by up to {max(script_error, onnx_error):.2e} of the logits' "
                          f"scale {scale:.3g} (TorchScript {script_error:.2e}, ONNX {onnx_error:.2e}; "
